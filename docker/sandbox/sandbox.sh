@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# The callmfa sandbox: a real Asterisk 22, a real redis-server and `callmfa serve`, all inside
+# a private network namespace that holds only loopback. Needs root.
+#
+#   sandbox.sh deps      install the Debian packages and build the Asterisk root if missing
+#   sandbox.sh up        start everything (safe to run twice) and write $SANDBOX_DIR/env
+#   sandbox.sh down      stop exactly what `up` started, by pid, and remove the namespace
+#   sandbox.sh status    print what runs
+#   sandbox.sh exec CMD  run CMD inside the namespace with $SANDBOX_DIR/env loaded
+#
+# Settings (environment):
+#   CALLMFA_NETNS           namespace name                  (default: callmfa)
+#   CALLMFA_SANDBOX_DIR     state, env file and logs        (default: <repo>/.sandbox)
+#   CALLMFA_ASTERISK_ROOT   the Debian sid root, reused     (default: /var/tmp/callmfa/asterisk-root)
+#   CALLMFA_PHONE           where the simulated phone is    (default: 127.0.0.1:5070)
+#   CALLMFA_SANDBOX_SERVE   0 to start no `callmfa serve`   (default: 1)
+# Any other CALLMFA_* variable is passed to `callmfa serve`.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+NS=${CALLMFA_NETNS:-callmfa}
+SB=${CALLMFA_SANDBOX_DIR:-$repo/.sandbox}
+ROOT=${CALLMFA_ASTERISK_ROOT:-/var/tmp/callmfa/asterisk-root}
+PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}
+SERVE=${CALLMFA_SANDBOX_SERVE:-1}
+VENV=${CALLMFA_VENV:-$repo/.venv}
+SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
+READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
+AST_CONF=/etc/asterisk-$NS/asterisk.conf
+APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps)
+
+log() { printf 'sandbox[%s]: %s\n' "$NS" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+in_ns() { ip netns exec "$NS" "$@"; }
+ast() { chroot "$ROOT" /usr/sbin/asterisk -C "$AST_CONF" "$@"; }
+
+[[ $(id -u) == 0 ]] || die "the sandbox needs root (network namespaces, chroot)"
+
+# wait_for DESCRIPTION COMMAND...: poll COMMAND until it succeeds, up to READY_SECS.
+wait_for() {
+  local what=$1 deadline=$((SECONDS + READY_SECS))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "$what not ready after ${READY_SECS}s (logs: $SB/logs)"
+    sleep 0.05
+  done
+}
+
+# alive NAME: the process recorded in $SB/pids/NAME.pid runs and is still the one we started.
+alive() {
+  local pidfile=$SB/pids/$1.pid pid
+  [[ -f $pidfile ]] || return 1
+  read -r pid cmd <"$pidfile" || return 1
+  [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$cmd"
+}
+
+# start NAME MATCH COMMAND...: start COMMAND in the background; MATCH identifies it in /proc.
+start() {
+  local name=$1 match=$2
+  shift 2
+  "$@" >>"$SB/logs/$name.log" 2>&1 </dev/null &
+  echo "$! $match" >"$SB/pids/$name.pid"
+}
+
+stop() {
+  local name=$1 pid cmd deadline
+  alive "$name" || { rm -f "$SB/pids/$name.pid"; return 0; }
+  read -r pid cmd <"$SB/pids/$name.pid"
+  kill -TERM "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + 20))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name did not stop on SIGTERM; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$SB/pids/$name.pid"
+}
+
+cmd_deps() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if [[ ! -x $ROOT/usr/sbin/asterisk ]]; then
+    mkdir -p "$(dirname "$ROOT")"
+    (
+      flock 9
+      [[ -x $ROOT/usr/sbin/asterisk ]] && exit 0
+      log "building the Debian sid root with Asterisk in $ROOT (about a minute)"
+      rm -rf "$ROOT.tmp"
+      debootstrap --variant=minbase --include=asterisk,asterisk-core-sounds-en-gsm \
+        sid "$ROOT.tmp" "$SID_MIRROR" >"$(dirname "$ROOT")/debootstrap.log" 2>&1 ||
+        die "debootstrap failed, see $(dirname "$ROOT")/debootstrap.log"
+      mv "$ROOT.tmp" "$ROOT"
+    ) 9>"$ROOT.lock"
+  fi
+  # No resolver inside the root: the sandbox has only loopback.
+  : >"$ROOT/etc/resolv.conf"
+  printf '127.0.0.1 localhost\n::1 localhost\n' >"$ROOT/etc/hosts"
+}
+
+install_asterisk_config() {
+  local etc=$ROOT/etc/asterisk-$NS secret
+  rm -rf "$etc"
+  mkdir -p "$etc"
+  cp "$here"/asterisk/*.conf "$repo"/dialplan/*.conf "$etc/"
+  cp "$ROOT/etc/asterisk/indications.conf" "$ROOT/etc/asterisk/amd.conf" "$ROOT/etc/asterisk/acl.conf" "$etc/"
+  sed -i "s/@NS@/$NS/g" "$etc/asterisk.conf"
+  sed -i "s/@PHONE@/$PHONE/g" "$etc/pjsip.conf"
+  secret=$(cat "$SB/ami-secret")
+  sed -i "s/^secret = .*/secret = $secret/" "$etc/manager_callmfa.conf"
+  chmod 640 "$etc/manager_callmfa.conf"
+  for d in "/run/asterisk-$NS" "/var/log/asterisk-$NS" "/var/lib/asterisk-$NS" "/var/spool/asterisk-$NS"; do
+    mkdir -p "$ROOT$d"
+  done
+  : >"$ROOT/var/log/asterisk-$NS/messages.log"
+  chroot "$ROOT" chown -R asterisk:asterisk "/etc/asterisk-$NS" "/run/asterisk-$NS" \
+    "/var/log/asterisk-$NS" "/var/lib/asterisk-$NS" "/var/spool/asterisk-$NS"
+  ln -sfn "$ROOT/var/log/asterisk-$NS/messages.log" "$SB/logs/asterisk.log"
+}
+
+write_env() {
+  cat >"$SB/env" <<EOF
+# Written by sandbox.sh up; load with: source $SB/env
+export CALLMFA_NETNS=$NS
+export CALLMFA_REDIS_URL=redis://127.0.0.1:6379/0
+export CALLMFA_AMI_HOST=127.0.0.1
+export CALLMFA_AMI_PORT=5038
+export CALLMFA_AMI_USER=callmfa
+export CALLMFA_AMI_SECRET_FILE=$SB/ami-secret
+export CALLMFA_AGI_HOST=127.0.0.1
+export CALLMFA_AGI_PORT=4573
+export CALLMFA_DIAL_TEMPLATE='PJSIP/{number}@callmfa-phone'
+export CALLMFA_PHONE=$PHONE
+export CALLMFA_ASTERISK_ROOT=$ROOT
+export CALLMFA_ASTERISK_CONF=$AST_CONF
+EOF
+}
+
+cmd_up() {
+  cmd_deps
+  mkdir -p "$SB/logs" "$SB/pids" "$SB/redis"
+  if [[ ! -s $SB/ami-secret ]]; then
+    (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$SB/ami-secret")
+  fi
+  ip netns list | grep -qw "^$NS" || ip netns add "$NS"
+  in_ns ip link set lo up
+  write_env
+
+  if ! alive redis; then
+    start redis redis-server ip netns exec "$NS" redis-server --bind 127.0.0.1 --port 6379 --save '' \
+      --appendonly no --dir "$SB/redis" --protected-mode yes
+  fi
+  wait_for "redis-server" sh -c "ip netns exec '$NS' redis-cli -p 6379 ping | grep -q PONG"
+
+  if ! alive asterisk; then
+    install_asterisk_config
+    start asterisk /usr/sbin/asterisk ip netns exec "$NS" chroot "$ROOT" /usr/sbin/asterisk -f -n \
+      -C "$AST_CONF" -U asterisk -G asterisk
+  fi
+  wait_for "Asterisk" ast -rx 'core waitfullybooted'
+
+  if [[ $SERVE != 0 ]] && ! alive callmfa; then
+    [[ -x $VENV/bin/callmfa ]] || die "no $VENV/bin/callmfa: run 'make venv' first"
+    : >"$SB/logs/callmfa.log"
+    # shellcheck disable=SC1091
+    start callmfa "callmfa serve" ip netns exec "$NS" bash -c "source '$SB/env' && exec '$VENV/bin/callmfa' serve"
+    wait_for "callmfa serve" sh -c "grep -q '\"service_ready\"' '$SB/logs/callmfa.log' && kill -0 \$(cut -d' ' -f1 '$SB/pids/callmfa.pid')"
+  fi
+  log "up: redis 127.0.0.1:6379, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573 (namespace $NS; env in $SB/env)"
+}
+
+cmd_down() {
+  if [[ -d $SB/pids ]]; then
+    stop callmfa
+    for f in "$SB"/pids/phone*.pid; do [[ -e $f ]] && stop "$(basename "$f" .pid)"; done
+    if alive asterisk; then ast -rx 'core stop now' >/dev/null 2>&1 || true; fi
+    stop asterisk
+    stop redis
+  fi
+  if ip netns list | grep -qw "^$NS"; then ip netns del "$NS"; fi
+  log "down"
+}
+
+cmd_status() {
+  local rc=0
+  for name in redis asterisk callmfa; do
+    if alive "$name"; then echo "$name: running (pid $(cut -d' ' -f1 "$SB/pids/$name.pid"))"; else echo "$name: stopped"; rc=3; fi
+  done
+  ip netns list | grep -qw "^$NS" && echo "namespace $NS: present" || echo "namespace $NS: absent"
+  return $rc
+}
+
+cmd_exec() {
+  [[ -f $SB/env ]] || die "the sandbox is not up: run '$0 up' first"
+  exec ip netns exec "$NS" bash -c 'source "$1" && shift && exec "$@"' _ "$SB/env" "$@"
+}
+
+case ${1:-} in
+  deps) cmd_deps ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  exec) shift; cmd_exec "$@" ;;
+  *) echo "usage: $0 {deps|up|down|status|exec CMD...}" >&2; exit 2 ;;
+esac

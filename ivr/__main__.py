@@ -1,0 +1,7 @@
+"""``python -m ivr`` is ``callmfa``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""The ``callmfa`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from . import __version__
+from .app import serve
+from .client import VerificationClient
+from .domain.outcome import Outcome
+from .exceptions import IvrError
+from .log import configure
+from .settings import Settings
+
+EXIT_OK, EXIT_NOT_APPROVED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="callmfa", description="Phone-call verification on Asterisk (settings: CALLMFA_*)."
+    )
+    p.add_argument("--version", action="version", version=f"callmfa {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the originator and the FastAGI server")
+    v = sub.add_parser("verify", help="place one verification and print its outcome")
+    v.add_argument("--user", required=True)
+    v.add_argument("--phone", required=True, help="E.164, e.g. +15550100 or +15550100x1234")
+    v.add_argument("--lang", default="en")
+    v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
+    v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
+    sub.add_parser("settings", help="print the settings reference")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``callmfa`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except IvrError as e:
+        print(f"callmfa: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    configure(settings.log_level)
+    try:
+        if args.command == "serve":
+            asyncio.run(serve(settings))
+            return EXIT_OK
+        if args.command == "verify":
+            return asyncio.run(_verify(settings, args))
+        for name, default, doc in Settings.reference():
+            print(f"{name}\t{default}\t{doc}")
+        return EXIT_OK
+    except IvrError as e:
+        structlog.get_logger("ivr.cli").error("command_failed", error=str(e))
+        print(f"callmfa: {e}", file=sys.stderr)
+        return EXIT_NOT_APPROVED
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    async with VerificationClient.from_url(settings.redis_url) as client:
+        since = int(time.time() * 1000) - 1
+        rid = await client.submit(
+            user=args.user, phone=args.phone, lang=args.lang, expires_in_s=args.timeout
+        )
+        progress = None
+        if not args.json:
+            print(f"verification {rid}: calling {args.phone}")
+            progress = asyncio.create_task(_print_progress(client, rid, since, args.timeout))
+        record = await client.wait(rid, args.timeout)
+        if progress is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress, 2)
+            progress.cancel()
+    if record is None:
+        print(json.dumps({"id": rid, "outcome": None, "detail": "timeout"}) if args.json
+              else f"no outcome within {args.timeout:g}s")
+        return EXIT_NOT_APPROVED
+    if args.json:
+        print(record.to_json())
+    else:
+        print(f"outcome: {record.outcome.value}" + (f" ({record.detail})" if record.detail else ""))
+    return EXIT_OK if record.outcome is Outcome.APPROVED else EXIT_NOT_APPROVED
+
+
+async def _print_progress(
+    client: VerificationClient, rid: str, since: int, wait_s: float
+) -> None:
+    async for ev in client.watch(rid, since_ms=since, timeout_s=wait_s):
+        extra = f" {ev.fields['outcome']}" if "outcome" in ev.fields else ""
+        print(f"  {ev.at}  {ev.event}{extra}", flush=True)

@@ -1,0 +1,125 @@
+"""The sign-in side: ask for a verification and wait for its outcome, over Redis only.
+
+    async with VerificationClient.from_url("redis://127.0.0.1:6379/0") as client:
+        record = await client.verify(user="alice", phone="+15550100")
+        if record.outcome is Outcome.APPROVED: ...
+
+One client shares one pub/sub subscription among all its waiting calls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from redis.asyncio import Redis
+
+from .domain.outcome import OutcomeRecord, iso
+from .storage.results import ResultListener
+from .storage.store import EVENTS, REQUESTS, connect
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One entry of ``callmfa:events`` for a verification."""
+
+    id: str
+    event: str
+    at: str
+    fields: Mapping[str, str]
+
+
+class VerificationClient:
+    """Submits requests to ``callmfa:requests`` and reads outcomes and progress."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._results = ResultListener(redis)
+        self._started = False
+
+    @classmethod
+    def from_url(cls, url: str, *, max_connections: int = 50, timeout_s: float = 5.0) -> Self:
+        """A client with its own connection pool (closed by :meth:`aclose`)."""
+        return cls(connect(url, max_connections=max_connections, timeout_s=timeout_s))
+
+    async def __aenter__(self) -> Self:
+        await self._ensure_started()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the subscription and close the connection pool."""
+        await self._results.close()
+        await self._redis.aclose()
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self._results.start()
+            self._started = True
+
+    async def submit(
+        self,
+        *,
+        user: str,
+        phone: str,
+        mode: str = "standard",
+        lang: str = "en",
+        expires_in_s: float | None = 120,
+        context: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue a verification; returns its id."""
+        rid = request_id or str(uuid.uuid4())
+        request: dict[str, Any] = {
+            "id": rid, "user": user, "phone": phone, "mode": mode, "lang": lang,
+            "context": dict(context or {}),
+        }
+        if expires_in_s is not None:
+            request["expires_at"] = iso(time.time() + expires_in_s)
+        await self._redis.xadd(REQUESTS, {"request": json.dumps(request)})
+        return rid
+
+    async def wait(self, request_id: str, timeout_s: float) -> OutcomeRecord | None:
+        """The outcome of ``request_id``, or None if none arrives within ``timeout_s``."""
+        await self._ensure_started()
+        return await self._results.wait(request_id, timeout_s)
+
+    async def verify(
+        self, *, user: str, phone: str, timeout_s: float = 180, **options: Any
+    ) -> OutcomeRecord | None:
+        """Queue a verification and wait for its outcome (None on timeout)."""
+        await self._ensure_started()
+        rid = await self.submit(user=user, phone=phone, **options)
+        return await self._results.wait(rid, timeout_s)
+
+    async def watch(
+        self, request_id: str, *, since_ms: int = 0, timeout_s: float = 180
+    ) -> AsyncIterator[ProgressEvent]:
+        """Yield the progress events of ``request_id`` until ``finished`` (or the timeout).
+
+        ``since_ms`` (epoch milliseconds) skips older history; use the time just before
+        the request was submitted.
+        """
+        last = f"{since_ms}-0"
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            reply: Any = await self._redis.xread({EVENTS: last}, count=500,
+                                            block=int(min(left, 1.0) * 1000) or 1)
+            for _stream, items in reply or ():
+                for entry_id, raw in items:
+                    last = entry_id.decode()
+                    fields = {k.decode(): v.decode() for k, v in raw.items()}
+                    if fields.get("id") != request_id:
+                        continue
+                    yield ProgressEvent(request_id, fields["event"], fields.get("at", ""), fields)
+                    if fields["event"] == "finished":
+                        return

@@ -1,0 +1,113 @@
+"""Outcome values, the outcome record the sign-in service reads, and the AMI mapping."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """How a verification ended. Exactly one per request id."""
+
+    APPROVED = "approved"
+    FRAUD_REPORTED = "fraud_reported"
+    NO_INPUT = "no_input"
+    HUNG_UP = "hung_up"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    UNREACHABLE = "unreachable"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    ERROR = "error"
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as UTC ISO 8601 with milliseconds (``2026-11-28T01:05:40.997Z``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def parse_iso(text: str) -> float:
+    """ISO 8601 with an offset (or ``Z``) to epoch seconds; naive times are refused."""
+    when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError("no time zone")
+    return when.timestamp()
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutcomeRecord:
+    """The JSON object stored at ``callmfa:result:<id>`` and published on ``callmfa:results``.
+
+    Times are epoch seconds here and ISO 8601 strings on the wire.
+    """
+
+    id: str
+    user: str | None
+    outcome: Outcome
+    detail: str | None = None
+    hangup_cause: int | None = None
+    requested_at: float | None = None
+    call_started_at: float | None = None
+    answered_at: float | None = None
+    input_at: float | None = None
+    finished_at: float | None = None
+
+    _TIMES = ("requested_at", "call_started_at", "answered_at", "input_at", "finished_at")
+
+    def to_json(self) -> str:
+        """The wire form (public API, see docs/contract.md)."""
+        data: dict[str, Any] = asdict(self)
+        data["outcome"] = self.outcome.value
+        for name in self._TIMES:
+            data[name] = iso(data[name])
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> OutcomeRecord:
+        """Parse the wire form back (what the client does)."""
+        data = json.loads(text)
+        for name in cls._TIMES:
+            if data.get(name) is not None:
+                data[name] = parse_iso(data[name])
+        data["outcome"] = Outcome(data["outcome"])
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+
+# OriginateResponse "Reason" values (Asterisk's AST_CONTROL_* codes).
+REASON_HANGUP = 1
+REASON_RING_TIMEOUT = 3
+REASON_ANSWERED = 4
+REASON_BUSY = 5
+REASON_CONGESTION = 8
+
+# Q.850 hang-up causes that say "the person did not take the call".
+_BUSY_CAUSES = {17: "user_busy", 21: "call_rejected"}
+_NO_ANSWER_CAUSES = {18: "no_user_response", 19: "no_answer"}
+
+
+def failed_call_outcome(reason: int | None, cause: int | None) -> tuple[Outcome, str]:
+    """Map a failed Originate (Reason) and the channel's Hangup cause to an outcome.
+
+    Asterisk 22 reports a 486 Busy as Reason 0 with cause 17, so the cause decides when
+    there is one; the Reason only breaks ties when no Hangup event came.
+    """
+    if cause in _BUSY_CAUSES:
+        return Outcome.BUSY, _BUSY_CAUSES[cause]
+    if cause in _NO_ANSWER_CAUSES:
+        return Outcome.NO_ANSWER, _NO_ANSWER_CAUSES[cause]
+    if reason == REASON_BUSY:
+        return Outcome.BUSY, "user_busy"
+    if reason == REASON_RING_TIMEOUT:
+        return Outcome.NO_ANSWER, "no_answer"
+    if cause is not None and cause > 0:
+        return Outcome.UNREACHABLE, f"cause_{cause}"
+    if reason == REASON_CONGESTION:
+        return Outcome.UNREACHABLE, "congestion"
+    return Outcome.UNREACHABLE, "originate_failed"

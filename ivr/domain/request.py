@@ -1,0 +1,134 @@
+"""Verification requests: the JSON a sign-in service puts on ``callmfa:requests``.
+
+Everything here is checked before a byte reaches AMI: a request either parses into a
+:class:`VerificationRequest` whose every field is safe to put in a header, or raises
+:class:`~ivr.exceptions.RequestError` with the one-word detail of the ``rejected`` outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exceptions import RequestError
+from .outcome import parse_iso
+
+MODES = frozenset({"standard"})
+FIELDS = frozenset({"id", "user", "phone", "mode", "lang", "expires_at", "context"})
+MAX_REQUEST_BYTES = 8192
+MAX_CONTEXT_BYTES = 4096
+MAX_USER_CHARS = 128
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+# E.164: '+', a country code that does not start with 0, at most 15 digits in all;
+# an office extension may follow after an 'x'.
+_PHONE = re.compile(r"\+([1-9][0-9]{6,14})(?:x([0-9]{1,10}))?\Z")
+_LANG = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?\Z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerificationRequest:
+    """A validated request. ``number`` is E.164 with '+'; ``extension`` is digits or ''."""
+
+    id: str
+    user: str
+    number: str
+    extension: str
+    mode: str
+    lang: str
+    requested_at: float
+    expires_at: float
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def phone(self) -> str:
+        """The phone as the client wrote it."""
+        return f"{self.number}x{self.extension}" if self.extension else self.number
+
+
+def peek_id(raw: str | bytes) -> str | None:
+    """The id of a request that failed to parse, if one can be read at all.
+
+    Used to give even a broken request an outcome the client can find.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    if isinstance(data, dict):
+        value = data.get("id")
+        if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+            return value.lower() if _UUID.match(value.lower()) else value
+    return None
+
+
+def parse_request(
+    raw: str | bytes, *, requested_at: float, default_ttl_s: float
+) -> VerificationRequest:
+    """Parse and validate one request; raise RequestError with the reason if it is bad."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise RequestError("too_large", f"request is over {MAX_REQUEST_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, TypeError):
+        raise RequestError("invalid_json", "request is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("invalid_json", "request must be a JSON object")
+    unknown = set(data) - FIELDS
+    if unknown:
+        raise RequestError("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
+
+    rid = data.get("id")
+    if not isinstance(rid, str) or not _UUID.match(rid.lower()):
+        raise RequestError("invalid_id", "id must be a UUID such as 0b6d...-...")
+    user = data.get("user")
+    if (
+        not isinstance(user, str)
+        or not 0 < len(user) <= MAX_USER_CHARS
+        or any(unicodedata.category(c).startswith("C") for c in user)
+    ):
+        raise RequestError(
+            "invalid_user", f"user must be 1 to {MAX_USER_CHARS} printable characters"
+        )
+    phone = data.get("phone")
+    match = _PHONE.match(phone) if isinstance(phone, str) else None
+    if match is None:
+        raise RequestError(
+            "invalid_phone", "phone must be E.164 like +15550100, optionally x1234 for an extension"
+        )
+    mode = data.get("mode", "standard")
+    if mode not in MODES:
+        raise RequestError("unsupported_mode", f"mode must be one of {', '.join(sorted(MODES))}")
+    lang = data.get("lang") or "en"
+    if not isinstance(lang, str) or not _LANG.match(lang):
+        raise RequestError("invalid_lang", "lang must be a language tag such as en or fr-CA")
+    expires_raw = data.get("expires_at")
+    if expires_raw is None:
+        expires_at = requested_at + default_ttl_s
+    else:
+        try:
+            expires_at = parse_iso(expires_raw)
+        except (ValueError, TypeError, AttributeError):
+            raise RequestError(
+                "invalid_expires_at", "expires_at must be ISO 8601 with a time zone"
+            ) from None
+    context = data.get("context") or {}
+    if not isinstance(context, dict):
+        raise RequestError("invalid_context", "context must be a JSON object")
+    if len(json.dumps(context)) > MAX_CONTEXT_BYTES:
+        raise RequestError("invalid_context", f"context is over {MAX_CONTEXT_BYTES} bytes")
+
+    return VerificationRequest(
+        id=rid.lower(),
+        user=user,
+        number="+" + match.group(1),
+        extension=match.group(2) or "",
+        mode=mode,
+        lang=lang,
+        requested_at=requested_at,
+        expires_at=expires_at,
+        context=context,
+    )

@@ -1,0 +1,252 @@
+"""The originator: takes requests from the stream, places the calls, settles the outcomes.
+
+Per request: validate, check expiry, claim the call (once per id), Originate through AMI,
+then either map a failed call to its outcome or wait for the IVR's outcome. The stream
+entry is acknowledged only once an outcome is stored, so a crash leaves it pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+import structlog
+
+from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
+from .domain.request import VerificationRequest, parse_request, peek_id
+from .exceptions import AmiConnectError, AmiError, RequestError
+from .settings import Settings
+from .storage.results import ResultListener
+from .storage.store import Claim, Entry, Store
+from .transport.ami import AmiClient, ChannelWatch
+
+log = structlog.get_logger("ivr.originator")
+
+HANGUP_EVENT_WAIT_S = 2.0
+READ_BLOCK_MS = 1000
+
+
+class Originator:
+    """Consumes ``callmfa:requests`` with at most ``settings.max_in_flight`` calls at once."""
+
+    def __init__(
+        self, settings: Settings, store: Store, ami: AmiClient, results: ResultListener
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._ami = ami
+        self._results = results
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being worked on now."""
+        return len(self._tasks)
+
+    async def run(self) -> None:
+        """Read and dispatch requests until :meth:`stop`."""
+        await self._store.ensure_group()
+        while not self._stopping.is_set():
+            free = self._settings.max_in_flight - len(self._tasks)
+            if free <= 0:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            entries = await self._store.read_requests(
+                self._settings.consumer, count=min(free, 100), block_ms=READ_BLOCK_MS
+            )
+            for entry in entries:
+                task = asyncio.create_task(self._handle(entry))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, grace_s: float) -> None:
+        """Take no new requests; let calls finish for ``grace_s``, then cancel the rest.
+
+        A cancelled request stays pending in the group, for this or another originator.
+        """
+        self._stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("requests_left_pending", count=len(pending))
+                await asyncio.wait(pending)
+
+    async def _handle(self, entry: Entry) -> None:
+        structlog.contextvars.bind_contextvars(entry_id=entry.entry_id)
+        try:
+            if await self._process(entry):
+                await self._store.ack(entry.entry_id)
+        except Exception:
+            # Redis or a bug: leave the entry pending so that it is retried, never lost.
+            log.exception("request_failed")
+
+    async def _process(self, entry: Entry) -> bool:
+        """Settle one entry; True when it may be acknowledged."""
+        try:
+            req = parse_request(
+                entry.payload or b"",
+                requested_at=entry.enqueued_at,
+                default_ttl_s=self._settings.request_ttl_s,
+            )
+        except RequestError as e:
+            return await self._reject(entry, e)
+        structlog.contextvars.bind_contextvars(verification_id=req.id)
+        if time.time() > req.expires_at:
+            await self._finish(req, Outcome.EXPIRED, "not placed before expires_at")
+            return True
+        claim = await self._store.claim_call(req.id, _call_fields(req))
+        if claim is not Claim.NEW:
+            log.info("request_duplicate", found=claim.value)
+            return True
+        await self._store.event(req.id, "queued")
+        await self._call(req)
+        return True
+
+    async def _reject(self, entry: Entry, error: RequestError) -> bool:
+        rid = peek_id(entry.payload or b"")
+        log.warning("request_rejected", verification_id=rid, detail=error.detail,
+                    error=error.message)
+        if rid is None:
+            await self._store.deadletter(entry.entry_id, entry.payload, error.message)
+            return True
+        record = OutcomeRecord(
+            id=rid, user=None, outcome=Outcome.REJECTED, detail=error.detail,
+            requested_at=entry.enqueued_at, finished_at=time.time(),
+        )
+        await self._store.store_outcome(record)
+        return True
+
+    async def _call(self, req: VerificationRequest) -> None:
+        s = self._settings
+        fields = {
+            "Channel": s.dial_template.format(number=req.number, digits=req.number[1:]),
+            "Context": s.context,
+            "Exten": "s",
+            "Priority": "1",
+            "Timeout": str(int(s.ring_timeout_s * 1000)),
+            "ChannelId": req.id,
+        }
+        if s.caller_id:
+            fields["CallerID"] = s.caller_id
+        variables = {
+            "CALLMFA_ID": req.id,
+            "CALLMFA_EXTENSION": req.extension,
+            "CALLMFA_AGI": s.agi_url,
+            "CALLMFA_MAX_SECS": str(s.max_call_s),
+        }
+        started = time.time()
+        watch = self._ami.watch(req.id)
+        ringing = asyncio.create_task(self._report_ringing(req.id, watch))
+        try:
+            await self._store.event(req.id, "dialing")
+            log.info("originate_sent", channel=fields["Channel"])
+            result = await self._ami.originate(
+                fields, variables, timeout_s=s.ring_timeout_s + 15
+            )
+            if result.answered:
+                answered = time.time()
+                await self._store.update_call(req.id, answered_at=str(answered))
+                await self._store.event(req.id, "answered")
+                log.info("call_answered", ring_ms=round((answered - started) * 1000))
+                await self._settle_answered(req, watch, started)
+                return
+            cause = await _hangup_cause(watch, HANGUP_EVENT_WAIT_S)
+            outcome, detail = failed_call_outcome(result.reason, cause)
+            log.info("call_failed", reason=result.reason, hangup_cause=cause)
+            await self._finish(req, outcome, detail, started=started, cause=cause)
+        except AmiConnectError as e:
+            await self._finish(req, Outcome.ERROR, "asterisk_lost", started=started)
+            log.error("call_lost", error=str(e))
+        except AmiError as e:
+            log.error("originate_failed", error=str(e), payload=e.payload)
+            await self._finish(req, Outcome.ERROR, "originate_failed", started=started)
+        finally:
+            ringing.cancel()
+            self._ami.unwatch(req.id)
+
+    async def _settle_answered(
+        self, req: VerificationRequest, watch: ChannelWatch, started: float
+    ) -> None:
+        """The IVR stores the outcome; if the channel ends without one, store an error."""
+        s = self._settings
+        waiting = asyncio.create_task(self._results.wait(req.id, s.max_call_s + 30))
+        try:
+            pending: set[asyncio.Future[Any]] = {waiting, watch.hangup}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                # Hung up: the IVR's outcome is at most a moment behind the Hangup event.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiting), s.outcome_grace_s)
+            record = waiting.result() if waiting.done() else None
+        finally:
+            waiting.cancel()
+        if record is not None:
+            _log_finished(record)
+            return
+        cause = watch.hangup.result() if watch.hangup.done() and not watch.hangup.exception() \
+            else None
+        detail = "asterisk_lost" if watch.hangup.done() and watch.hangup.exception() \
+            else "no_ivr_outcome"
+        await self._finish(req, Outcome.ERROR, detail, started=started, cause=cause)
+
+    async def _report_ringing(self, rid: str, watch: ChannelWatch) -> None:
+        await watch.ringing.wait()
+        await self._store.event(rid, "ringing")
+
+    async def _finish(
+        self,
+        req: VerificationRequest,
+        outcome: Outcome,
+        detail: str | None,
+        *,
+        started: float | None = None,
+        cause: int | None = None,
+    ) -> None:
+        record = OutcomeRecord(
+            id=req.id, user=req.user, outcome=outcome, detail=detail, hangup_cause=cause,
+            requested_at=req.requested_at, call_started_at=started, finished_at=time.time(),
+        )
+        if await self._store.store_outcome(record):
+            _log_finished(record)
+
+
+def _call_fields(req: VerificationRequest) -> dict[str, str]:
+    """What the IVR (possibly another process) needs to know about the call."""
+    return {
+        "user": req.user,
+        "number": req.number,
+        "mode": req.mode,
+        "lang": req.lang,
+        "requested_at": str(req.requested_at),
+        "call_started_at": str(time.time()),
+        "context": json.dumps(req.context),
+    }
+
+
+async def _hangup_cause(watch: ChannelWatch, wait_s: float) -> int | None:
+    try:
+        return await asyncio.wait_for(asyncio.shield(watch.hangup), wait_s)
+    except (TimeoutError, AmiConnectError):
+        return None
+
+
+def _log_finished(record: OutcomeRecord) -> None:
+    """The canonical one line per verification."""
+    def ms(a: float | None, b: float | None) -> int | None:
+        return round((b - a) * 1000) if a is not None and b is not None else None
+
+    log.info(
+        "verification_finished",
+        outcome=record.outcome.value,
+        detail=record.detail,
+        hangup_cause=record.hangup_cause,
+        total_ms=ms(record.requested_at, record.finished_at),
+        queue_ms=ms(record.requested_at, record.call_started_at),
+        input_at=iso(record.input_at),
+    )

@@ -1,0 +1,144 @@
+"""One frozen settings object, loaded once from ``CALLMFA_*`` environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .exceptions import SettingsError
+
+ENV_PREFIX = "CALLMFA_"
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything callmfa can be told, with the defaults a single-PBX install wants.
+
+    Each field is read from ``CALLMFA_<FIELD NAME IN UPPER CASE>``; ``ami_secret`` may
+    instead come from the file named by ``CALLMFA_AMI_SECRET_FILE``.
+    """
+
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata={"doc": "Redis URL (redis:// or rediss:// for TLS; user:password@ for ACL)."},
+    )
+    ami_host: str = field(default="127.0.0.1", metadata={"doc": "Asterisk Manager host."})
+    ami_port: int = field(default=5038, metadata={"doc": "Asterisk Manager port."})
+    ami_user: str = field(default="callmfa", metadata={"doc": "AMI account (manager.conf)."})
+    ami_secret: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "AMI secret; or CALLMFA_AMI_SECRET_FILE names a file holding it."},
+    )
+    agi_host: str = field(default="127.0.0.1", metadata={"doc": "FastAGI listen address."})
+    agi_port: int = field(default=4573, metadata={"doc": "FastAGI listen port."})
+    agi_url: str = field(
+        default="agi://127.0.0.1:4573/verify",
+        metadata={"doc": "The AGI URL the dialplan runs (passed as CALLMFA_AGI)."},
+    )
+    dial_template: str = field(
+        default="PJSIP/{number}@trunk",
+        metadata={"doc": "Dial string; {number} is +E.164, {digits} the same without '+'."},
+    )
+    caller_id: str = field(
+        default="", metadata={"doc": 'Caller ID shown to the user, e.g. "Sign-in" <+15550000>.'}
+    )
+    context: str = field(default="callmfa-verify", metadata={"doc": "Dialplan context."})
+    ring_timeout_s: float = field(default=30.0, metadata={"doc": "How long the phone rings."})
+    max_call_s: int = field(default=120, metadata={"doc": "Hard limit on an answered call."})
+    max_in_flight: int = field(default=100, metadata={"doc": "Calls placed at once, at most."})
+    input_timeout_s: float = field(
+        default=6.0, metadata={"doc": "Wait for a key after the prompt ends."}
+    )
+    max_attempts: int = field(default=3, metadata={"doc": "Prompts played before giving up."})
+    request_ttl_s: int = field(
+        default=120, metadata={"doc": "Deadline for requests that carry no expires_at."}
+    )
+    result_ttl_s: int = field(default=3600, metadata={"doc": "How long outcomes stay in Redis."})
+    events_maxlen: int = field(default=100_000, metadata={"doc": "Approximate events cap."})
+    connect_timeout_s: float = field(
+        default=5.0, metadata={"doc": "AMI and Redis connect and login timeout."}
+    )
+    agi_header_timeout_s: float = field(
+        default=5.0, metadata={"doc": "Time allowed for an AGI client to send its headers."}
+    )
+    agi_command_timeout_s: float = field(
+        default=90.0, metadata={"doc": "Longest wait for a reply to one AGI command."}
+    )
+    agi_max_sessions: int = field(default=1000, metadata={"doc": "FastAGI sessions at once."})
+    outcome_grace_s: float = field(
+        default=3.0, metadata={"doc": "After hang-up, wait this long for the IVR's outcome."}
+    )
+    shutdown_grace_s: float = field(
+        default=30.0, metadata={"doc": "On SIGTERM, how long in-flight calls may finish."}
+    )
+    consumer: str = field(
+        default_factory=_default_consumer,
+        metadata={"doc": "This originator's name in the consumer group (host-pid)."},
+    )
+    log_level: str = field(default="info", metadata={"doc": "debug, info, warning or error."})
+
+    def __post_init__(self) -> None:
+        for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):
+            value = getattr(self, name)
+            # These reach AMI headers: a CR or LF would inject headers.
+            if any(c in value for c in "\r\n\0"):
+                raise SettingsError(f"CALLMFA_{name.upper()} must not contain CR, LF or NUL")
+        if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
+            raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
+        for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``CALLMFA_*`` variables; unknown ones are an error."""
+        env = os.environ if environ is None else environ
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name == "ami_secret_file":
+                try:
+                    values["ami_secret"] = Path(raw).read_text().strip()
+                except OSError as e:
+                    raise SettingsError(f"{key}: cannot read {raw}: {e.strerror}") from None
+                continue
+            if name not in known:
+                continue  # other tools (the sandbox, tests) share the prefix
+            values[name] = _convert(key, raw, known[name].type)
+        return cls(**values)
+
+    @classmethod
+    def reference(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, description) for every setting, for the docs."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = "" if f.name == "ami_secret" else str(f.default)
+            else:
+                default = "(host-pid)"
+            rows.append((ENV_PREFIX + f.name.upper(), default, f.metadata["doc"]))
+        return rows
+
+
+def _convert(key: str, raw: str, kind: object) -> object:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{key}={raw!r} is not a number") from None
+    return raw

@@ -1,0 +1,174 @@
+"""The Redis side of the contract (docs/contract.md): requests, calls, outcomes, events.
+
+Two operations are Lua scripts, so that several originators and FastAGI servers agree:
+``claim_call`` places a request's call at most once, and ``store_outcome`` stores the
+first outcome for an id and publishes it; any later outcome for the same id is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ResponseError
+
+from ..domain.outcome import OutcomeRecord, iso
+
+log = structlog.get_logger("ivr.store")
+
+REQUESTS = "callmfa:requests"
+GROUP = "originators"
+RESULTS_CHANNEL = "callmfa:results"
+EVENTS = "callmfa:events"
+DEADLETTER = "callmfa:deadletter"
+
+
+def result_key(rid: str) -> str:
+    """Where the outcome of ``rid`` is stored."""
+    return f"callmfa:result:{rid}"
+
+
+def call_key(rid: str) -> str:
+    """The call marker of ``rid``: what the IVR needs, and proof that it was dialled."""
+    return f"callmfa:call:{rid}"
+
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'in_progress' end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 'new'
+"""
+
+_STORE_OUTCOME = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('PUBLISH', ARGV[3], ARGV[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+             'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7])
+  return 1
+end
+return 0
+"""
+
+
+class Claim(StrEnum):
+    """What ``claim_call`` found."""
+
+    NEW = "new"  # ours to dial
+    DONE = "done"  # an outcome exists already
+    IN_PROGRESS = "in_progress"  # another delivery of the same id is being dialled
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry: its id (whose first part is the enqueue time in ms) and payload."""
+
+    entry_id: str
+    payload: bytes | None
+
+    @property
+    def enqueued_at(self) -> float:
+        """Epoch seconds at which the sign-in service added the request."""
+        return int(self.entry_id.split("-", 1)[0]) / 1000
+
+
+def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+    """A client on a blocking pool: waiting for a free connection beats failing at once."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s + 10,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)
+
+
+class Store:
+    """callmfa's keys in one Redis."""
+
+    def __init__(self, redis: Redis, *, result_ttl_s: int, events_maxlen: int) -> None:
+        self.redis = redis
+        self._ttl = result_ttl_s
+        self._maxlen = events_maxlen
+        self._claim = redis.register_script(_CLAIM)
+        self._store_outcome = redis.register_script(_STORE_OUTCOME)
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) if missing."""
+        try:
+            await self.redis.xgroup_create(REQUESTS, GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def read_requests(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
+        """New entries for this consumer, waiting up to ``block_ms``."""
+        reply: Any = await self.redis.xreadgroup(
+            GROUP, consumer, {REQUESTS: ">"}, count=count, block=block_ms
+        )
+        entries = []
+        for _stream, items in reply or ():
+            for entry_id, fields in items:
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                entries.append(Entry(eid, (fields or {}).get(b"request")))
+        return entries
+
+    async def ack(self, entry_id: str) -> None:
+        """The request is done with: its outcome is stored."""
+        await self.redis.xack(REQUESTS, GROUP, entry_id)
+
+    async def claim_call(self, rid: str, fields: Mapping[str, str]) -> Claim:
+        """Record that ``rid`` is being dialled, unless it was already."""
+        args: list[str | int] = [self._ttl]
+        for k, v in fields.items():
+            args += [k, v]
+        found = await self._claim(keys=[result_key(rid), call_key(rid)], args=args)
+        return Claim(found.decode() if isinstance(found, bytes) else found)
+
+    async def call_info(self, rid: str) -> dict[str, str]:
+        """The call marker's fields (empty if unknown)."""
+        raw: Any = await self.redis.hgetall(call_key(rid))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def update_call(self, rid: str, **fields: str) -> None:
+        """Add facts to a call marker (e.g. answered_at)."""
+        mapping: dict[Any, Any] = dict(fields)
+        await self.redis.hset(call_key(rid), mapping=mapping)
+
+    async def store_outcome(self, record: OutcomeRecord) -> bool:
+        """Store and publish the outcome; False if ``record.id`` already had one."""
+        stored = await self._store_outcome(
+            keys=[result_key(record.id), EVENTS],
+            args=[
+                record.to_json(), self._ttl, RESULTS_CHANNEL, self._maxlen, record.id,
+                iso(record.finished_at) or "", record.outcome.value,
+            ],
+        )
+        return bool(stored)
+
+    async def get_outcome(self, rid: str) -> OutcomeRecord | None:
+        """The stored outcome, if any."""
+        raw = await self.redis.get(result_key(rid))
+        return OutcomeRecord.from_json(raw) if raw is not None else None
+
+    async def event(self, rid: str, name: str, **fields: str) -> None:
+        """Append a progress event (queued, dialing, ringing, answered, input)."""
+        data: dict[Any, Any] = {"id": rid, "event": name, "at": iso(time.time()) or "", **fields}
+        await self.redis.xadd(EVENTS, data, maxlen=self._maxlen, approximate=True)
+
+    async def deadletter(self, entry_id: str, payload: bytes | None, error: str) -> None:
+        """Keep a request that cannot even be answered (no usable id), with the reason."""
+        await self.redis.xadd(
+            DEADLETTER,
+            {"entry_id": entry_id, "request": payload or b"", "error": error},
+            maxlen=self._maxlen,
+            approximate=True,
+        )

@@ -1,0 +1,228 @@
+"""A simulated phone for tests and demos: sipp (Debian package ``sip-tester``) as the callee.
+
+    with SippPhone(PhoneBehaviour(keys="#", dtmf="info"), workdir=tmp) as phone:
+        ...  # place a verification call to any number
+        assert phone.wait(timeout_s=30) == 0
+
+The phone answers (or is busy, or rejects, or never answers), waits, presses keys over SIP
+INFO or RFC 4733 (root is needed to play the RFC 4733 pcaps) or hangs up, and exits after
+``calls`` calls; its exit code is 0 when every call went as scripted.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+PCAP_DIR = Path("/usr/share/sip-tester")
+_PCAP_NAMES = {"#": "pound", "*": "star"}
+
+
+@dataclass(frozen=True)
+class PhoneBehaviour:
+    """What the simulated user does when called."""
+
+    keys: str = "#"  # pressed after answering; "" for silence
+    dtmf: Literal["info", "rfc4733"] = "info"
+    key_delay_ms: int = 1000  # from the answer to the first key
+    answer_delay_ms: int = 0  # ringing time before answering
+    hangup_after_ms: int | None = None  # hang up this long after answering
+    reject_with: int | None = None  # answer with this SIP status instead (486, 404, 503)
+    ring_forever: bool = False  # ring until the caller cancels
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9*#]*", self.keys):
+            raise ValueError("keys may hold 0-9, * and # only")
+
+
+_HEADERS = """[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>"""
+
+_SDP = """v=0
+o=phone 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-16"""
+
+
+def _response(status: str, sdp: bool = False, extra: str = "") -> str:
+    body = f"Content-Type: application/sdp\nContent-Length: [len]\n\n{_SDP}" if sdp \
+        else "Content-Length: 0"
+    return f"""  <send{' retrans="500"' if sdp else ''}><![CDATA[
+SIP/2.0 {status}
+{_HEADERS}{extra}
+{body}
+]]></send>
+"""
+
+
+def _request(method: str, cseq: int, body: str = "", content_type: str = "") -> str:
+    headers = f"Content-Type: {content_type}\nContent-Length: [len]\n\n{body}" if body \
+        else "Content-Length: 0"
+    return f"""  <send retrans="500"><![CDATA[
+{method} [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: [$local_to];tag=[pid]SIPpTag01[call_number]
+To: [$remote_from]
+Call-ID: [call_id]
+CSeq: {cseq} {method}
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+{headers}
+]]></send>
+  <recv response="200"/>
+"""
+
+
+def scenario_xml(b: PhoneBehaviour) -> str:
+    """The sipp UAS scenario for one behaviour."""
+    # Capture the dialog's headers at the INVITE: [last_From:]/[last_To:] flip later.
+    steps = """  <recv request="INVITE" rrs="true">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="remote_from"/>
+      <ereg regexp=".*" search_in="hdr" header="To:" check_it="true" assign_to="local_to"/>
+      <ereg regexp=".*" search_in="hdr" header="CSeq:" check_it="true" assign_to="inv_cseq"/>
+    </action>
+  </recv>
+"""
+    if b.reject_with is not None:
+        steps += _response(f"{b.reject_with} Rejected")
+        steps += '  <recv request="ACK"/>\n'
+        return _wrap(steps)
+    steps += _response("180 Ringing")
+    if b.ring_forever:
+        steps += '  <recv request="CANCEL"/>\n'
+        steps += _response("200 OK")
+        steps += """  <send><![CDATA[
+SIP/2.0 487 Request Terminated
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+CSeq: [$inv_cseq]
+Content-Length: 0
+]]></send>
+  <recv request="ACK"/>
+"""
+        return _wrap(steps)
+    if b.answer_delay_ms:
+        steps += f'  <pause milliseconds="{b.answer_delay_ms}"/>\n'
+    steps += _response("200 OK", sdp=True)
+    steps += '  <recv request="ACK" crlf="true"/>\n'
+    cseq = 1
+    if b.keys:
+        steps += f'  <pause milliseconds="{b.key_delay_ms}"/>\n'
+        for key in b.keys:
+            if b.dtmf == "info":
+                steps += _request("INFO", cseq, f"Signal={key}\nDuration=160",
+                                  "application/dtmf-relay")
+                cseq += 1
+            else:
+                pcap = PCAP_DIR / f"dtmf_2833_{_PCAP_NAMES.get(key, key)}.pcap"
+                steps += f"""  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>
+  <pause milliseconds="250"/>
+"""
+            steps += '  <pause milliseconds="150"/>\n'
+    if b.hangup_after_ms is not None:
+        steps += f'  <pause milliseconds="{b.hangup_after_ms}"/>\n'
+        steps += _request("BYE", cseq)
+    else:
+        steps += '  <recv request="BYE"/>\n'
+        steps += _response("200 OK")
+    return _wrap(steps)
+
+
+def _wrap(steps: str) -> str:
+    # sipp refuses a variable that is used only once: this log line uses each again.
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="callmfa phone">
+{steps}  <nop><action><log message="[$local_to] [$remote_from] [$inv_cseq]"/></action></nop>
+</scenario>
+"""
+
+
+class SippPhone:
+    """Runs sipp as ``calls`` phones that all behave the same; stops it on exit."""
+
+    def __init__(
+        self,
+        behaviour: PhoneBehaviour,
+        *,
+        workdir: Path,
+        address: str = "127.0.0.1:5070",
+        calls: int = 1,
+        media_port: int = 16000,
+        timeout_s: float = 120,
+    ) -> None:
+        self.behaviour = behaviour
+        self._workdir = workdir
+        self._host, _, port = address.partition(":")
+        self._port = int(port or 5070)
+        self._calls = calls
+        self._media_port = media_port
+        self._timeout = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start listening; returns once sipp runs (it binds at once)."""
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        scenario = self._workdir / "phone.xml"
+        scenario.write_text(scenario_xml(self.behaviour))
+        cmd = [
+            "sipp", "-sf", str(scenario), "-i", self._host, "-p", str(self._port),
+            "-mp", str(self._media_port), "-m", str(self._calls), "-nostdin",
+            "-timeout", f"{int(self._timeout)}s", "-timeout_error",
+            "-max_recv_loops", "10000", "-l", str(max(self._calls, 1)),
+            "-trace_err", "-error_file", str(self._workdir / "errors.log"),
+            "-trace_logs", "-log_file", str(self._workdir / "sipp.log"),
+        ]
+        self._out = open(self._workdir / "stdout.log", "wb")  # noqa: SIM115 - closed in wait()
+        self._proc = subprocess.Popen(
+            cmd, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self._workdir,
+        )
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for sipp to finish its calls; its exit code (0: all as scripted)."""
+        assert self._proc is not None
+        try:
+            return self._proc.wait(timeout_s)
+        finally:
+            self._out.close()
+
+    def stop(self) -> None:
+        """Stop sipp if it still runs."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def errors(self) -> str:
+        """What sipp logged as errors (for assertion messages)."""
+        path = self._workdir / "errors.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def __enter__(self) -> SippPhone:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

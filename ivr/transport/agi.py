@@ -1,0 +1,144 @@
+"""The AGI protocol: header and reply parsing (pure), and an async command channel.
+
+Replies look like ``200 result=<n> [(data)] [endpos=<n>]``. Quirks handled here:
+``100 Trying`` may precede the real reply; a bare ``HANGUP`` line may arrive at any time
+after the caller hangs up; ``511`` means the channel is dead; ``520`` is followed by usage
+lines up to ``520 End of proper usage.``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from dataclasses import dataclass
+
+from ..exceptions import AgiCommandError, AgiError, AgiHangup
+
+MAX_LINE_BYTES = 4096
+MAX_HEADER_LINES = 200
+_REPLY = re.compile(r"(\d{3}) result=(\S*)(?: \((.*)\))?(?: endpos=\d+)?\s*\Z")
+# One argument: printable, no blank (it would split), no quote or backslash.
+_SAFE_ARG = re.compile(r"[^\s\"'\\]+\Z")
+
+
+@dataclass(frozen=True)
+class AgiReply:
+    """One parsed ``200`` reply. ``raw`` is the line as Asterisk sent it."""
+
+    code: int
+    result: str
+    data: str | None
+    raw: str
+
+
+def parse_header_line(line: str) -> tuple[str, str]:
+    """``agi_request: agi://...`` -> ("agi_request", "agi://...")."""
+    key, sep, value = line.partition(":")
+    if not sep or not key.startswith("agi_") or not key.replace("_", "").isalnum():
+        raise AgiError("malformed AGI header line", line)
+    return key, value.strip()
+
+
+def parse_reply(line: str) -> AgiReply:
+    """Parse a ``200 result=...`` line; raise AgiError for anything else."""
+    m = _REPLY.match(line)
+    if m is None or m.group(1) != "200":
+        raise AgiError("unexpected AGI reply", line)
+    return AgiReply(200, m.group(2), m.group(3), line)
+
+
+def format_command(*parts: str) -> bytes:
+    """One command line. Arguments come from our own catalogue; anything odd is refused."""
+    for part in parts[1:]:
+        if not _SAFE_ARG.match(part):
+            raise AgiError("unsafe AGI argument", part)
+    return (" ".join(parts) + "\n").encode()
+
+
+class AgiChannel:
+    """Runs AGI commands over one connection; every read has a timeout."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout_s: float
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._timeout = timeout_s
+        self.hung_up = False
+
+    async def _readline(self) -> str:
+        try:
+            raw = await asyncio.wait_for(self._reader.readuntil(b"\n"), self._timeout)
+        except asyncio.IncompleteReadError:
+            # Asterisk closes a FastAGI socket when the channel goes away.
+            self.hung_up = True
+            raise AgiHangup() from None
+        except asyncio.LimitOverrunError:
+            raise AgiError("AGI line too long") from None
+        return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+    async def execute(self, *parts: str) -> AgiReply:
+        """Send one command and return its reply; raise AgiHangup if the caller is gone."""
+        if self.hung_up:
+            raise AgiHangup()
+        self._writer.write(format_command(*parts))
+        try:
+            await self._writer.drain()
+        except ConnectionError:
+            self.hung_up = True
+            raise AgiHangup() from None
+        while True:
+            line = await self._readline()
+            if line == "HANGUP":
+                self.hung_up = True
+                continue  # the reply to the pending command still follows
+            code = line[:3]
+            if code == "100":
+                continue
+            if code == "200":
+                reply = parse_reply(line)
+                if reply.result == "-1":
+                    self.hung_up = True
+                    raise AgiHangup()
+                return reply
+            if code == "511":
+                self.hung_up = True
+                raise AgiHangup()
+            if line.startswith("520-"):
+                usage = [line]
+                while not usage[-1].startswith("520 "):
+                    usage.append(await self._readline())
+                raise AgiCommandError(520, "\n".join(usage))
+            if code.isdigit():
+                raise AgiCommandError(int(code), line)
+            raise AgiError("unexpected AGI line", line)
+
+    async def read_keys(
+        self, files: tuple[str, ...], timeout_ms: int, max_digits: int
+    ) -> tuple[str, bool]:
+        """Play ``files`` (a key cuts them) and collect keys up to '#': (keys, timed_out).
+
+        Not GET DATA: it takes one file only and answers a missing file with
+        ``result=-1``, like a hang-up. Read() takes a list and says how it ended.
+        """
+        await self.execute(
+            "EXEC", "Read", f"CALLMFA_KEYS,{'&'.join(files)},{max_digits},,1,{timeout_ms / 1000:g}"
+        )
+        reply = await self.execute("GET FULL VARIABLE", "${READSTATUS}:${CALLMFA_KEYS}")
+        status, _, keys = (reply.data or "").partition(":")
+        if status == "HANGUP":
+            self.hung_up = True
+            raise AgiHangup()
+        if status not in ("OK", "TIMEOUT"):
+            raise AgiError(f"Read() ended with {status or 'no status'}", reply.raw)
+        return keys, status == "TIMEOUT"
+
+    async def playback(self, files: tuple[str, ...]) -> None:
+        """Play ``files`` to the end."""
+        await self.execute("EXEC", "Playback", "&".join(files))
+
+    async def hangup(self) -> None:
+        """Hang up the channel; a caller who is already gone is fine."""
+        with contextlib.suppress(AgiHangup):
+            await self.execute("HANGUP")

@@ -1,0 +1,195 @@
+"""The Asterisk Manager Interface client: login with a deadline, Originate, channel events.
+
+panoramisk 1.4 supplies the wire protocol and the ActionID futures. Its connection
+handling is replaced: its ``connect()`` returns before the login and hides a wrong secret,
+and after a reconnect it re-sends unanswered actions, which for Originate could dial twice.
+Here a lost connection fails every pending action and reconnecting is the owner's choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from panoramisk import Manager
+from panoramisk.ami_protocol import AMIProtocol
+
+from ..exceptions import AmiConnectError, AmiError, AmiLoginError
+
+log = structlog.get_logger("ivr.ami")
+
+CHANNEL_STATE_RINGING = "5"
+
+
+@dataclass
+class ChannelWatch:
+    """What the AMI events told about one channel (matched on Uniqueid)."""
+
+    ringing: asyncio.Event = field(default_factory=asyncio.Event)
+    hangup: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(frozen=True)
+class OriginateResult:
+    """The OriginateResponse: ``answered`` with Reason 4, else the Reason code."""
+
+    answered: bool
+    reason: int | None
+    payload: Mapping[str, Any]
+
+
+class _Manager(Manager):  # type: ignore[misc]
+    """panoramisk's Manager minus its reconnect loop and action replay."""
+
+    def __init__(self, owner: AmiClient, **config: Any) -> None:
+        super().__init__(**config)
+        self._owner = owner
+
+    def connection_lost(self, exc: object) -> None:
+        self._connected = False
+        pinger: Any = getattr(self, "pinger", None)
+        if pinger is not None:
+            pinger.cancel()
+            self.pinger = None
+        # panoramisk parked the unanswered actions for replay; fail them instead.
+        pending = list(self.awaiting_actions)
+        if self.protocol is not None:
+            pending += list(self.protocol.responses.values())
+            self.protocol.responses.clear()
+        self.awaiting_actions.clear()
+        for action in pending:
+            if not action.future.done():
+                action.future.set_exception(AmiConnectError("AMI connection lost"))
+        self._owner._lost(exc)
+
+
+class AmiClient:
+    """One logged-in AMI connection."""
+
+    def __init__(
+        self, *, host: str, port: int, user: str, secret: str, timeout_s: float
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._user = user
+        self._secret = secret
+        self._timeout = timeout_s
+        self._manager: _Manager | None = None
+        self._watches: dict[str, ChannelWatch] = {}
+        self.connected = asyncio.Event()
+        self.lost = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"AmiClient({self._user}@{self._host}:{self._port}, secret=***)"
+
+    async def connect(self) -> None:
+        """Connect and log in; raise AmiConnectError or AmiLoginError within the timeout."""
+        loop = asyncio.get_running_loop()
+        manager = _Manager(
+            self, loop=loop, host=self._host, port=self._port, username=self._user,
+            secret=self._secret, events="on", ping_delay=10, ping_interval=10,
+        )
+        manager.register_event("Newstate", self._on_event)
+        manager.register_event("Hangup", self._on_event)
+        try:
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(AMIProtocol, self._host, self._port), self._timeout
+            )
+        except (OSError, TimeoutError) as e:
+            raise AmiConnectError(
+                f"cannot connect to AMI at {self._host}:{self._port}: {e}"
+            ) from None
+        done: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+        done.set_result((transport, protocol))
+        manager.connection_made(done)  # sends Login
+        try:
+            reply = await asyncio.wait_for(
+                asyncio.shield(manager.authenticated_future), self._timeout
+            )
+        except TimeoutError:
+            manager.close()
+            raise AmiLoginError(f"no AMI login reply within {self._timeout}s") from None
+        if not reply.success:
+            manager.close()
+            raise AmiLoginError(
+                f"AMI login refused for user {self._user!r}: {reply.message} "
+                "(check CALLMFA_AMI_USER / CALLMFA_AMI_SECRET and manager.conf permit=)",
+                dict(reply),
+            )
+        self._manager = manager
+        self.lost.clear()
+        self.connected.set()
+        log.info("ami_logged_in", host=self._host, port=self._port, user=self._user)
+
+    def _lost(self, exc: object) -> None:
+        if not self.connected.is_set():
+            return
+        self.connected.clear()
+        self.lost.set()
+        log.error("ami_connection_lost", error=str(exc) if exc else None)
+        for watch in self._watches.values():
+            if not watch.hangup.done():
+                watch.hangup.set_exception(AmiConnectError("AMI connection lost"))
+
+    def _on_event(self, _manager: Manager, event: Any) -> None:
+        watch = self._watches.get(event.get("Uniqueid", ""))
+        if watch is None:
+            return
+        if event.event == "Hangup":
+            if not watch.hangup.done():
+                try:
+                    cause = int(event.get("Cause", "0"))
+                except ValueError:
+                    cause = 0
+                watch.hangup.set_result(cause)
+        elif event.get("ChannelState") == CHANNEL_STATE_RINGING:
+            watch.ringing.set()
+
+    def watch(self, uniqueid: str) -> ChannelWatch:
+        """Start collecting events for a channel; call before Originate so none is missed."""
+        w = ChannelWatch()
+        self._watches[uniqueid] = w
+        return w
+
+    def unwatch(self, uniqueid: str) -> None:
+        """Stop collecting events for a channel."""
+        self._watches.pop(uniqueid, None)
+
+    async def originate(
+        self, fields: Mapping[str, str], variables: Mapping[str, str], *, timeout_s: float
+    ) -> OriginateResult:
+        """Send an async Originate and wait for its OriginateResponse."""
+        if self._manager is None or not self.connected.is_set():
+            raise AmiConnectError("not connected to AMI")
+        action: dict[str, Any] = {"Action": "Originate", "Async": "true", **fields}
+        action["Variable"] = [f"{k}={v}" for k, v in variables.items()]
+        for value in [*fields.values(), *action["Variable"]]:
+            if any(c in value for c in "\r\n\0"):
+                # Defence in depth: the request parser already refuses these.
+                raise AmiError("refusing an AMI header value with CR, LF or NUL", value)
+        future = self._manager.send_action(action)
+        try:
+            replies = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise AmiError(f"no OriginateResponse within {timeout_s}s") from None
+        if not isinstance(replies, list):
+            # A single reply is the synchronous refusal (permission, bad channel, ...).
+            raise AmiError(f"Originate refused: {replies.message}", dict(replies))
+        final = replies[-1]
+        try:
+            reason: int | None = int(final.get("Reason", ""))
+        except ValueError:
+            reason = None
+        return OriginateResult(final.get("Response") == "Success", reason, dict(final))
+
+    async def close(self) -> None:
+        """Log off and close the connection."""
+        manager, self._manager = self._manager, None
+        self.connected.clear()
+        if manager is not None:
+            manager.close()

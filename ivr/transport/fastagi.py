@@ -1,0 +1,149 @@
+"""An asyncio FastAGI server: headers with limits and a deadline, routing, graceful close.
+
+panoramisk's FastAGI loops forever when a client closes before the end of the headers;
+this one gives every connection a header deadline, a line limit and its own task, so a
+probe, half a header or garbage costs one task for at most ``header_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import structlog
+
+from ..exceptions import AgiError
+from .agi import MAX_HEADER_LINES, MAX_LINE_BYTES, AgiChannel, parse_header_line
+
+log = structlog.get_logger("ivr.fastagi")
+
+
+@dataclass(frozen=True)
+class AgiSession:
+    """One FastAGI connection: the headers Asterisk sent and the command channel."""
+
+    headers: Mapping[str, str]
+    channel: AgiChannel
+
+    @property
+    def script(self) -> str:
+        """The route: ``verify`` for ``agi://host:port/verify?x=1``."""
+        name = self.headers.get("agi_network_script", "")
+        return urlsplit("//h/" + name).path.strip("/")
+
+    @property
+    def args(self) -> list[str]:
+        """``agi_arg_1`` ... in order."""
+        out: list[str] = []
+        while f"agi_arg_{len(out) + 1}" in self.headers:
+            out.append(self.headers[f"agi_arg_{len(out) + 1}"])
+        return out
+
+
+Handler = Callable[[AgiSession], Awaitable[None]]
+
+
+class FastAgiServer:
+    """Serves ``routes`` (script name -> handler) on host:port."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Handler],
+        *,
+        host: str,
+        port: int,
+        header_timeout_s: float,
+        command_timeout_s: float,
+        max_sessions: int,
+    ) -> None:
+        self._routes = dict(routes)
+        self._host = host
+        self._port = port
+        self._header_timeout = header_timeout_s
+        self._command_timeout = command_timeout_s
+        self._max_sessions = max_sessions
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def active_sessions(self) -> int:
+        """Connections being served now."""
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Start listening."""
+        self._server = await asyncio.start_server(
+            self._accept, self._host, self._port, limit=MAX_LINE_BYTES, reuse_address=True
+        )
+        log.info("fastagi_listening", host=self._host, port=self.port)
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._tasks) >= self._max_sessions:
+            log.warning("fastagi_session_refused", reason="max_sessions")
+            writer.close()
+            return
+        task = asyncio.create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            try:
+                headers = await asyncio.wait_for(_read_headers(reader), self._header_timeout)
+            except (AgiError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
+                log.warning("fastagi_bad_client", peer=str(peer), error=type(e).__name__)
+                return
+            session = AgiSession(
+                headers, AgiChannel(reader, writer, timeout_s=self._command_timeout)
+            )
+            handler = self._routes.get(session.script)
+            if handler is None:
+                log.warning("fastagi_unknown_script", script=session.script, peer=str(peer))
+                return
+            await handler(session)
+        except Exception:
+            # The one boundary per session: log it, end the call, keep serving others.
+            log.exception("fastagi_session_failed", peer=str(peer))
+        finally:
+            writer.close()
+
+    async def close(self, grace_s: float) -> None:
+        """Stop listening, let sessions finish for up to ``grace_s``, then cancel the rest."""
+        if self._server is not None:
+            self._server.close()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("fastagi_sessions_cancelled", count=len(pending))
+                await asyncio.wait(pending)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADER_LINES):
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise AgiError("AGI header line too long") from None
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if "agi_network_script" not in headers and "agi_request" not in headers:
+                raise AgiError("AGI headers without agi_request")
+            return headers
+        key, value = parse_header_line(line)
+        headers[key] = value
+    raise AgiError("too many AGI header lines")
