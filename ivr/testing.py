@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -154,6 +155,14 @@ def _wrap(steps: str) -> str:
 """
 
 
+def _udp_bound(port: int) -> bool:
+    """Whether a UDP socket is bound to ``port`` in this network namespace."""
+    suffix = f":{port:04X}"
+    with open("/proc/net/udp") as f:
+        next(f)  # the column titles
+        return any(line.split()[1].endswith(suffix) for line in f)
+
+
 class SippPhone:
     """Runs sipp as ``calls`` phones that all behave the same; stops it on exit."""
 
@@ -189,19 +198,21 @@ class SippPhone:
             "-trace_err", "-error_file", str(self._workdir / "errors.log"),
             "-trace_logs", "-log_file", str(self._workdir / "sipp.log"),
         ]
-        self._out = open(self._workdir / "stdout.log", "wb")  # noqa: SIM115 - closed in wait()
-        self._proc = subprocess.Popen(
-            cmd, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self._workdir,
-        )
+        with open(self._workdir / "stdout.log", "wb") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self._workdir,
+            )
+        deadline = time.monotonic() + 10
+        while not _udp_bound(self._port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sipp did not start: {self._workdir / 'stdout.log'}")
+            time.sleep(0.01)
 
     def wait(self, timeout_s: float) -> int:
         """Wait for sipp to finish its calls; its exit code (0: all as scripted)."""
         assert self._proc is not None
-        try:
-            return self._proc.wait(timeout_s)
-        finally:
-            self._out.close()
+        return self._proc.wait(timeout_s)
 
     def stop(self) -> None:
         """Stop sipp if it still runs."""

@@ -77,12 +77,17 @@ Event = Started | Digits | Done | HungUp
 
 
 class StandardFlow:
-    """'#' approves, '0#' reports fraud; anything else is asked again, up to max_attempts."""
+    """'#' approves, '0#' reports fraud; anything else is asked again, up to max_attempts.
+
+    Running out of attempts is ``no_input``: detail ``invalid_input`` if a wrong key was
+    pressed at any point, else ``timeout`` (silence throughout, typical of voicemail).
+    """
 
     def __init__(self, *, input_timeout_ms: int, max_attempts: int) -> None:
         self._timeout_ms = input_timeout_ms
         self._max_attempts = max_attempts
         self._attempts = 0
+        self._wrong_key = False
         self._closing: tuple[str, ...] | None = None
         self._state = "new"
 
@@ -122,6 +127,8 @@ class StandardFlow:
         if not event.timed_out and event.digits == "0":
             return self._report(Outcome.FRAUD_REPORTED, None, "fraud_reported")
         silent = event.timed_out and event.digits == ""
+        self._wrong_key = self._wrong_key or not silent
         if self._attempts < self._max_attempts:
             return self._collect(("greeting",) if silent else ("retry", "greeting"))
-        return self._report(Outcome.NO_INPUT, "timeout" if silent else "invalid_input", "failed")
+        detail = "invalid_input" if self._wrong_key else "timeout"
+        return self._report(Outcome.NO_INPUT, detail, "failed")

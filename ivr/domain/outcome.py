@@ -90,6 +90,13 @@ REASON_CONGESTION = 8
 # Q.850 hang-up causes that say "the person did not take the call".
 _BUSY_CAUSES = {17: "user_busy", 21: "call_rejected"}
 _NO_ANSWER_CAUSES = {18: "no_user_response", 19: "no_answer"}
+# The common "cannot reach that phone" causes, by name; others read "cause_<n>".
+_UNREACHABLE_CAUSES = {
+    1: "unallocated_number", 3: "no_route", 20: "subscriber_absent",
+    27: "destination_out_of_order", 28: "invalid_number_format", 34: "congestion",
+    38: "network_out_of_order", 41: "temporary_failure", 42: "switch_congestion",
+    58: "bearer_not_available",
+}
 
 
 def failed_call_outcome(reason: int | None, cause: int | None) -> tuple[Outcome, str]:
@@ -107,7 +114,7 @@ def failed_call_outcome(reason: int | None, cause: int | None) -> tuple[Outcome,
     if reason == REASON_RING_TIMEOUT:
         return Outcome.NO_ANSWER, "no_answer"
     if cause is not None and cause > 0:
-        return Outcome.UNREACHABLE, f"cause_{cause}"
+        return Outcome.UNREACHABLE, _UNREACHABLE_CAUSES.get(cause, f"cause_{cause}")
     if reason == REASON_CONGESTION:
         return Outcome.UNREACHABLE, "congestion"
     return Outcome.UNREACHABLE, "originate_failed"

@@ -1,0 +1,160 @@
+"""Fixtures shared by every test layer: a real redis-server, and the real sandbox."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+REPO = Path(__file__).resolve().parent.parent
+SANDBOX = REPO / "docker" / "sandbox" / "sandbox.sh"
+CLONE_NEWNET = 0x40000000
+
+
+def wait_until(predicate: object, timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` (a callable) until true; never a fixed sleep."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout_s}s")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is missing: run 'make deps' (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def ping() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_until(ping, 10, "redis-server")
+    return proc, RedisServer(port)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, for one test module."""
+    proc, server = _start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client on an emptied database."""
+    client = Redis.from_url(redis_server.url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+# --- the sandbox: real Asterisk, redis-server and `callmfa serve` in a network namespace ---
+
+@dataclass(frozen=True)
+class Sandbox:
+    netns: str
+    directory: Path
+    env: dict[str, str]
+
+    @property
+    def redis_url(self) -> str:
+        return self.env["CALLMFA_REDIS_URL"]
+
+    def asterisk(self, command: str) -> str:
+        """Run an Asterisk CLI command (as `asterisk -rx`)."""
+        root = self.env["CALLMFA_ASTERISK_ROOT"]
+        out = subprocess.run(
+            ["chroot", root, "/usr/sbin/asterisk", "-C", self.env["CALLMFA_ASTERISK_CONF"],
+             "-rx", command],
+            capture_output=True, text=True, timeout=30, check=True,
+        )
+        return out.stdout
+
+
+# What the end-to-end tests run `callmfa serve` with: short timeouts keep the suite fast.
+E2E_SETTINGS = {
+    "CALLMFA_INPUT_TIMEOUT_S": "1.5",
+    "CALLMFA_MAX_ATTEMPTS": "2",
+    "CALLMFA_RING_TIMEOUT_S": "3",
+    "CALLMFA_OUTCOME_GRACE_S": "2",
+    "CALLMFA_SHUTDOWN_GRACE_S": "5",
+    "CALLMFA_LOG_LEVEL": "debug",
+}
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    """The whole system, up once per session; the test process joins its namespace.
+
+    Joining (setns) puts this thread's new sockets and child processes (sipp) on the
+    namespace's loopback, where Redis, AMI, SIP and FastAGI listen.
+    """
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root (network namespace, chroot): run as root")
+    netns = os.environ.get("CALLMFA_TEST_NETNS", "callmfa-test")
+    directory = REPO / ".sandbox-test"
+    env = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": netns,
+           "CALLMFA_SANDBOX_DIR": str(directory)}
+    subprocess.run(["bash", str(SANDBOX), "down"], env=env, check=False, capture_output=True)
+    up = subprocess.run(["bash", str(SANDBOX), "up"], env=env, capture_output=True, text=True)
+    if up.returncode != 0:
+        pytest.fail(f"sandbox up failed:\n{up.stderr[-4000:]}")
+    values = {}
+    for line in (directory / "env").read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            values[key] = value.strip("'")
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        _setns(target)
+        yield Sandbox(netns, directory, values)
+    finally:
+        _setns(home)
+        os.close(home)
+        os.close(target)
+        subprocess.run(["bash", str(SANDBOX), "down"], env=env, check=False, capture_output=True)
