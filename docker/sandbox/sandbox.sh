@@ -28,7 +28,7 @@ VENV=${CALLMFA_VENV:-$repo/.venv}
 SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
-APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps)
+APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make)
 
 log() { printf 'sandbox[%s]: %s\n' "$NS" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -129,6 +129,7 @@ write_env() {
   cat >"$SB/env" <<EOF
 # Written by sandbox.sh up; load with: source $SB/env
 export CALLMFA_NETNS=$NS
+export CALLMFA_SANDBOX_DIR=$SB
 export CALLMFA_REDIS_URL=redis://127.0.0.1:6379/0
 export CALLMFA_AMI_HOST=127.0.0.1
 export CALLMFA_AMI_PORT=5038

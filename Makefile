@@ -1,0 +1,53 @@
+# callmfa: `make demo` and `make test` do all the set-up on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+SANDBOX := bash docker/sandbox/sandbox.sh
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean
+
+help:
+	@echo "make demo          one real verification call to a simulated phone, end to end"
+	@echo "make test          lint, types and every test (unit, integration, end-to-end)"
+	@echo "make sandbox-up    Asterisk + Redis + callmfa serve in netns \$$CALLMFA_NETNS (default callmfa)"
+	@echo "make sandbox-down  stop them and remove the namespace"
+
+deps:
+	$(SANDBOX) deps
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || $(SANDBOX) deps
+	$(PYTHON) -m venv $(VENV) || { $(SANDBOX) deps && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(VENV)/bin/pip install -q --upgrade 'pip>=25.1'
+	$(VENV)/bin/pip install -q -e . --group dev
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+test: deps venv lint
+	@rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
+	exit $$rc
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+sandbox-up: deps venv
+	$(SANDBOX) up
+
+sandbox-down:
+	$(SANDBOX) down
+
+demo: deps venv
+	$(SANDBOX) up
+	@rc=0; $(SANDBOX) exec $(VENV)/bin/python docker/sandbox/demo.py || rc=$$?; \
+	$(SANDBOX) down; exit $$rc
+
+clean: sandbox-down
+	rm -rf $(VENV) .sandbox .sandbox-test *.egg-info
