@@ -8,16 +8,17 @@ flight finish up to ``shutdown_grace_s``; close the FastAGI server; close AMI; c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 
 import structlog
 
+from .exceptions import AmiConnectError
 from .originator import Originator
 from .session import VerificationIvr
 from .settings import Settings
 from .storage.results import ResultListener
 from .storage.store import Store, connect
+from .tasks import cancel_and_wait
 from .transport.ami import AmiClient
 from .transport.fastagi import FastAgiServer
 
@@ -62,12 +63,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await asyncio.wait({running, stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
         log.info("service_stopping", in_flight=originator.in_flight)
         await originator.stop(settings.shutdown_grace_s)
-        for task in (running, stopped, lost):
-            task.cancel()
-        for task in (running, stopped, lost):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(stopped, lost)
+        if running.done():
+            running.result()  # the originator failed: raise why
+        await cancel_and_wait(running)
         await agi.close(grace_s=settings.shutdown_grace_s)
+        if lost.done() and not stop.is_set():
+            raise AmiConnectError("lost the AMI connection; stopped (restart to reconnect)")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

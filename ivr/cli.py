@@ -11,14 +11,17 @@ import time
 from collections.abc import Sequence
 
 import structlog
+from redis.exceptions import RedisError
 
 from . import __version__
 from .app import serve
 from .client import VerificationClient
 from .domain.outcome import Outcome
-from .exceptions import IvrError
+from .domain.request import parse_request
+from .exceptions import IvrError, RequestError
 from .log import configure
 from .settings import Settings
+from .tasks import cancel_and_wait
 
 EXIT_OK, EXIT_NOT_APPROVED, EXIT_USAGE = 0, 1, 2
 
@@ -54,11 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(serve(settings))
             return EXIT_OK
         if args.command == "verify":
+            try:
+                parse_request(
+                    json.dumps({"id": "00000000-0000-0000-0000-000000000000", "user": args.user,
+                                "phone": args.phone, "lang": args.lang}),
+                    requested_at=0, default_ttl_s=0,
+                )
+            except RequestError as e:
+                print(f"callmfa: {e.message}", file=sys.stderr)
+                return EXIT_USAGE
             return asyncio.run(_verify(settings, args))
         for name, default, doc in Settings.reference():
             print(f"{name}\t{default}\t{doc}")
         return EXIT_OK
-    except IvrError as e:
+    except (IvrError, RedisError, OSError) as e:
         structlog.get_logger("ivr.cli").error("command_failed", error=str(e))
         print(f"callmfa: {e}", file=sys.stderr)
         return EXIT_NOT_APPROVED
@@ -79,8 +91,8 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
         record = await client.wait(rid, args.timeout)
         if progress is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress, 2)
-            progress.cancel()
+                await asyncio.wait_for(asyncio.shield(progress), 2)
+            await cancel_and_wait(progress)
     if record is None:
         print(json.dumps({"id": rid, "outcome": None, "detail": "timeout"}) if args.json
               else f"no outcome within {args.timeout:g}s")

@@ -21,6 +21,7 @@ from .exceptions import AmiConnectError, AmiError, RequestError
 from .settings import Settings
 from .storage.results import ResultListener
 from .storage.store import Claim, Entry, Store
+from .tasks import cancel_and_wait
 from .transport.ami import AmiClient, ChannelWatch
 
 log = structlog.get_logger("ivr.originator")
@@ -167,7 +168,7 @@ class Originator:
             log.error("originate_failed", error=str(e), payload=e.payload)
             await self._finish(req, Outcome.ERROR, "originate_failed", started=started)
         finally:
-            ringing.cancel()
+            await cancel_and_wait(ringing)
             self._ami.unwatch(req.id)
 
     async def _settle_answered(
@@ -185,7 +186,7 @@ class Originator:
                     await asyncio.wait_for(asyncio.shield(waiting), s.outcome_grace_s)
             record = waiting.result() if waiting.done() else None
         finally:
-            waiting.cancel()
+            await cancel_and_wait(waiting)
         if record is not None:
             _log_finished(record)
             return
