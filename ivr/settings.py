@@ -101,7 +101,10 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``CALLMFA_*`` variables; unknown ones are an error."""
+        """Build settings from ``CALLMFA_*`` variables.
+
+        Variables that name no setting are ignored: the sandbox and tests share the prefix.
+        """
         env = os.environ if environ is None else environ
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
@@ -114,6 +117,8 @@ class Settings:
                     values["ami_secret"] = Path(raw).read_text().strip()
                 except OSError as e:
                     raise SettingsError(f"{key}: cannot read {raw}: {e.strerror}") from None
+                except UnicodeDecodeError:
+                    raise SettingsError(f"{key}: {raw} is not UTF-8 text") from None
                 continue
             if name not in known:
                 continue  # other tools (the sandbox, tests) share the prefix

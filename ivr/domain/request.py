@@ -56,7 +56,7 @@ def peek_id(raw: str | bytes) -> str | None:
     """
     try:
         data = json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     if isinstance(data, dict):
         value = data.get("id")
@@ -73,7 +73,7 @@ def parse_request(
         raise RequestError("too_large", f"request is over {MAX_REQUEST_BYTES} bytes")
     try:
         data = json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise RequestError("invalid_json", "request is not valid JSON") from None
     if not isinstance(data, dict):
         raise RequestError("invalid_json", "request must be a JSON object")
@@ -100,7 +100,7 @@ def parse_request(
             "invalid_phone", "phone must be E.164 like +15550100, optionally x1234 for an extension"
         )
     mode = data.get("mode", "standard")
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise RequestError("unsupported_mode", f"mode must be one of {', '.join(sorted(MODES))}")
     lang = data.get("lang") or "en"
     if not isinstance(lang, str) or not _LANG.match(lang):
@@ -115,7 +115,9 @@ def parse_request(
             raise RequestError(
                 "invalid_expires_at", "expires_at must be ISO 8601 with a time zone"
             ) from None
-    context = data.get("context") or {}
+    context = data.get("context")
+    if context is None:
+        context = {}
     if not isinstance(context, dict):
         raise RequestError("invalid_context", "context must be a JSON object")
     if len(json.dumps(context)) > MAX_CONTEXT_BYTES:

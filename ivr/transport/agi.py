@@ -19,7 +19,7 @@ MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 200
 _REPLY = re.compile(r"(\d{3}) result=(\S*)(?: \((.*)\))?(?: endpos=\d+)?\s*\Z")
 # One argument: printable, no blank (it would split), no quote or backslash.
-_SAFE_ARG = re.compile(r"[^\s\"'\\]+\Z")
+_SAFE_ARG = re.compile(r"[!#-&(-\[\]-~]+\Z")
 
 
 @dataclass(frozen=True)
