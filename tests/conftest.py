@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import socket
@@ -135,7 +136,9 @@ def sandbox() -> Iterator[Sandbox]:
     """
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root (network namespace, chroot): run as root")
-    netns = os.environ.get("CALLMFA_TEST_NETNS", "callmfa-test")
+    # One namespace per checkout, so that two clones can run their suites side by side.
+    default = "cmt-" + hashlib.sha1(str(REPO).encode()).hexdigest()[:8]  # noqa: S324
+    netns = os.environ.get("CALLMFA_TEST_NETNS", default)
     directory = REPO / ".sandbox-test"
     env = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": netns,
            "CALLMFA_SANDBOX_DIR": str(directory)}
