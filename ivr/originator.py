@@ -59,6 +59,8 @@ class Originator:
             entries = await self._store.read_requests(
                 self._settings.consumer, count=min(free, 100), block_ms=READ_BLOCK_MS
             )
+            if self._stopping.is_set():
+                break  # read during stop(): leave them pending, undialled
             for entry in entries:
                 task = asyncio.create_task(self._handle(entry))
                 self._tasks.add(task)

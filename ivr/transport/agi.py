@@ -70,10 +70,12 @@ class AgiChannel:
     async def _readline(self) -> str:
         try:
             raw = await asyncio.wait_for(self._reader.readuntil(b"\n"), self._timeout)
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             # Asterisk closes a FastAGI socket when the channel goes away.
             self.hung_up = True
             raise AgiHangup() from None
+        except TimeoutError:
+            raise AgiError(f"no AGI reply within {self._timeout}s") from None
         except asyncio.LimitOverrunError:
             raise AgiError("AGI line too long") from None
         return raw.decode("utf-8", "replace").rstrip("\r\n")

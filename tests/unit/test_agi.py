@@ -327,11 +327,11 @@ class TestExecute:
         assert channel.hung_up
 
     async def test_reply_never_arrives(self) -> None:
-        """No reply raises TimeoutError after the channel timeout."""
+        """No reply within the channel timeout is an AgiError (the IVR's error path)."""
         channel, _, _ = make_channel(timeout_s=0.05)
         start = time.monotonic()
 
-        with pytest.raises(TimeoutError):
+        with pytest.raises(AgiError, match="no AGI reply"):
             await channel.execute("NOOP")
 
         assert time.monotonic() - start < 2

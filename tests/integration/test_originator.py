@@ -1,0 +1,644 @@
+"""The originator against real Redis, with a hand-written fake AMI.
+
+Requests go in the way the sign-in service adds them (XADD callmfa:requests); outcomes
+come out through a ResultListener. The fake AMI records every Originate and plays the
+telephone network: answered (and the IVR stores an outcome), busy, no answer, errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+from redis.asyncio import Redis
+
+import ivr.originator
+from ivr.domain.outcome import Outcome, OutcomeRecord, iso
+from ivr.exceptions import AmiConnectError, AmiError
+from ivr.originator import Originator
+from ivr.settings import Settings
+from ivr.storage.results import ResultListener
+from ivr.storage.store import DEADLETTER, EVENTS, GROUP, REQUESTS, Store, call_key
+from ivr.transport.ami import AmiClient, ChannelWatch, OriginateResult
+
+from .conftest import eventually
+
+WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class OriginateCall:
+    """One Originate the fake received."""
+
+    fields: dict[str, str]
+    variables: dict[str, str]
+    timeout_s: float
+
+
+Network = Callable[["FakeAmi", OriginateCall, ChannelWatch], Awaitable[OriginateResult]]
+
+
+@dataclass
+class FakeAmi:
+    """What the originator uses of AmiClient: watch, unwatch and originate.
+
+    ``network`` decides what happens to each call; it may raise AmiError.
+    """
+
+    store: Store
+    network: Network
+    calls: list[OriginateCall] = field(default_factory=list)
+    log: list[tuple[str, str]] = field(default_factory=list)
+    watches: dict[str, ChannelWatch] = field(default_factory=dict)
+    active: int = 0
+    max_active: int = 0
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def watch(self, uniqueid: str) -> ChannelWatch:
+        self.log.append(("watch", uniqueid))
+        self.watches[uniqueid] = ChannelWatch()
+        return self.watches[uniqueid]
+
+    def unwatch(self, uniqueid: str) -> None:
+        self.log.append(("unwatch", uniqueid))
+        self.watches.pop(uniqueid, None)
+
+    async def originate(
+        self, fields: Mapping[str, str], variables: Mapping[str, str], *, timeout_s: float
+    ) -> OriginateResult:
+        call = OriginateCall(dict(fields), dict(variables), timeout_s)
+        self.calls.append(call)
+        self.log.append(("originate", fields["ChannelId"]))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            return await self.network(self, call, self.watches[fields["ChannelId"]])
+        finally:
+            self.active -= 1
+
+    def later(self, coro: Awaitable[None]) -> None:
+        """Run what happens after the answer (the IVR, the hang-up) in the background."""
+        async def run() -> None:
+            await coro
+
+        task = asyncio.create_task(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+# --- what the network does with a call ---
+
+def answered_then(outcome: Outcome | None, cause: int = 16) -> Network:
+    """The phone answers; the IVR stores ``outcome`` (None: nothing), then the channel
+    hangs up with ``cause``."""
+    async def network(ami: FakeAmi, call: OriginateCall, watch: ChannelWatch) -> OriginateResult:
+        rid = call.fields["ChannelId"]
+
+        async def ivr_then_hangup() -> None:
+            # The IVR starts once the originator has seen the answer (as on a real line,
+            # where the greeting alone outlasts that).
+            async def answer_noted() -> bool:
+                return bool(await ami.store.redis.hexists(call_key(rid), "answered_at"))
+            await eventually(answer_noted, what="answered_at in the call marker")
+            if outcome is not None:
+                await ami.store.store_outcome(OutcomeRecord(
+                    id=rid, user="alice", outcome=outcome, input_at=time.time(),
+                    finished_at=time.time(),
+                ))
+            watch.hangup.set_result(cause)
+
+        ami.later(ivr_then_hangup())
+        return OriginateResult(True, 4, {"Response": "Success", "Reason": "4"})
+    return network
+
+
+def failed(reason: int, cause: int | None) -> Network:
+    """The call fails with OriginateResponse ``reason``; a Hangup event with ``cause``
+    comes first (None: no Hangup event at all)."""
+    async def network(ami: FakeAmi, call: OriginateCall, watch: ChannelWatch) -> OriginateResult:
+        if cause is not None:
+            watch.hangup.set_result(cause)
+        return OriginateResult(False, reason, {"Response": "Failure", "Reason": str(reason)})
+    return network
+
+
+def raising(error: AmiError) -> Network:
+    async def network(ami: FakeAmi, call: OriginateCall, watch: ChannelWatch) -> OriginateResult:
+        raise error
+    return network
+
+
+@dataclass
+class Harness:
+    """A running originator and what the tests need around it."""
+
+    originator: Originator
+    ami: FakeAmi
+    results: ResultListener
+    store: Store
+    redis: Redis
+    task: asyncio.Task[None]
+
+    async def submit(
+        self, *, rid: str | None = None, phone: str = "+15550100",
+        expires_in_s: float | None = 120, **extra: Any,
+    ) -> tuple[str, str]:
+        """XADD a request shaped like VerificationClient.submit's; (id, entry id)."""
+        rid = rid or str(uuid.uuid4())
+        request: dict[str, Any] = {
+            "id": rid, "user": "alice", "phone": phone, "mode": "standard", "lang": "en",
+            "context": {"ip": "192.0.2.1"}, **extra,
+        }
+        if expires_in_s is not None:
+            request["expires_at"] = iso(time.time() + expires_in_s)
+        return rid, await self.add_raw(json.dumps(request))
+
+    async def add_raw(self, payload: str | bytes | None) -> str:
+        fields: dict[Any, Any] = {"request": payload} if payload is not None else {"x": "y"}
+        entry: bytes = await self.redis.xadd(REQUESTS, fields)
+        return entry.decode()
+
+    async def outcome(self, rid: str) -> OutcomeRecord:
+        record = await self.results.wait(rid, WAIT_S)
+        assert record is not None, f"no outcome for {rid} within {WAIT_S}s"
+        return record
+
+    async def pending(self) -> int:
+        summary: Any = await self.redis.xpending(REQUESTS, GROUP)
+        return int(summary["pending"])
+
+    async def all_acked(self) -> None:
+        """Wait until the group has no pending entry (acks follow the outcome)."""
+        async def none_pending() -> bool:
+            return await self.pending() == 0
+        await eventually(none_pending, timeout_s=WAIT_S, what="every entry acked")
+
+    async def events_of(self, rid: str) -> list[dict[str, str]]:
+        out = []
+        for _, raw in await self.redis.xrange(EVENTS):
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            if fields.get("id") == rid:
+                out.append(fields)
+        return out
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "dial_template": "PJSIP/{number}@trunk",
+        "caller_id": '"Sign-in" <+15550000>',
+        "context": "callmfa-verify",
+        "agi_url": "agi://127.0.0.1:4573/verify",
+        "ring_timeout_s": 3.0,
+        "max_call_s": 60,
+        "max_in_flight": 10,
+        "outcome_grace_s": 0.2,
+        "request_ttl_s": 120,
+        "result_ttl_s": 60,
+        "consumer": "test-originator",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+Start = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def start(redis: Redis) -> AsyncIterator[Start]:
+    """Start an originator (real Store, ResultListener and Redis) on a FakeAmi."""
+    harnesses: list[Harness] = []
+
+    async def run(network: Network, **settings: Any) -> Harness:
+        store = Store(redis, result_ttl_s=60, events_maxlen=1000)
+        results = ResultListener(redis)
+        await results.start()
+        ami = FakeAmi(store, network)
+        originator = Originator(make_settings(**settings), store, cast(AmiClient, ami), results)
+        task = asyncio.create_task(originator.run())
+        harness = Harness(originator, ami, results, store, redis, task)
+        harnesses.append(harness)
+        # run() creates the group first: wait for it, so no test races the XADD.
+        async def group_exists() -> bool:
+            return bool(await redis.exists(REQUESTS)) and bool(
+                await redis.xinfo_groups(REQUESTS)
+            )
+        await eventually(group_exists, what="consumer group")
+        return harness
+
+    yield run
+    for h in harnesses:
+        await h.originator.stop(grace_s=1.0)
+        h.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await h.task
+        for task in list(h.ami.background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await h.results.close()
+
+
+class TestRefusedBeforeDialling:
+    async def test_expired_request(self, start: Start) -> None:
+        """expires_at in the past: outcome expired, no call placed, entry acked."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid, _ = await h.submit(expires_in_s=-1)
+
+        record = await h.outcome(rid)
+
+        assert record.outcome is Outcome.EXPIRED
+        assert record.user == "alice"
+        assert h.ami.calls == []
+        assert h.ami.log == []
+        await h.all_acked()
+
+    @pytest.mark.parametrize("phone", [
+        "+1555\r\n0100", "+1555abc0100", "+" + "1" * 40, "", "15550100", "+15550100\n",
+        "+05550100", "+15550100x", "+15550100x12345678901", "+1 555 0100",
+    ])
+    async def test_bad_phone_is_rejected(self, start: Start, phone: str) -> None:
+        """A malformed phone: outcome rejected/invalid_phone, nothing reaches AMI."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid, _ = await h.submit(phone=phone)
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail) == (Outcome.REJECTED, "invalid_phone")
+        assert h.ami.calls == []
+        assert not await h.redis.exists(call_key(rid))
+        await h.all_acked()
+
+    @pytest.mark.parametrize(("change", "detail"), [
+        ({"mode": "sms"}, "unsupported_mode"),
+        ({"lang": "english!"}, "invalid_lang"),
+        ({"expires_at": "2030-01-01T00:00:00"}, "invalid_expires_at"),
+        ({"user": ""}, "invalid_user"),
+        ({"user": "al\nice"}, "invalid_user"),
+        ({"context": [1]}, "invalid_context"),
+        ({"extra": 1}, "unknown_field"),
+    ])
+    async def test_other_invalid_fields_are_rejected(
+        self, start: Start, change: dict[str, Any], detail: str
+    ) -> None:
+        """Each invalid field gets its rejected detail, and no call."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid = str(uuid.uuid4())
+        request = {"id": rid, "user": "alice", "phone": "+15550100", **change}
+        await h.add_raw(json.dumps(request))
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail) == (Outcome.REJECTED, detail)
+        assert h.ami.calls == []
+
+    @pytest.mark.parametrize("payload", [
+        b"not json", b"\xff\xfe", b"[1, 2]", b'{"user": "alice"}', b"", None,
+    ])
+    async def test_request_without_id_goes_to_deadletter(
+        self, start: Start, payload: bytes | None
+    ) -> None:
+        """A request with no readable id cannot get an outcome: it is copied to
+        callmfa:deadletter with the reason, and acked."""
+        h = await start(answered_then(Outcome.APPROVED))
+        entry_id = await h.add_raw(payload)
+
+        async def dead_lettered() -> bool:
+            return await h.redis.xlen(DEADLETTER) == 1
+        await eventually(dead_lettered, what="deadletter entry")
+        await h.all_acked()
+
+        [(_, fields)] = await h.redis.xrange(DEADLETTER)
+        assert fields[b"entry_id"].decode() == entry_id
+        assert fields[b"request"] == (payload or b"")
+        assert fields[b"error"]
+        assert h.ami.calls == []
+        assert await h.redis.keys("callmfa:result:*") == []
+
+
+class TestOriginate:
+    async def test_originate_fields_and_variables(self, start: Start) -> None:
+        """The Originate carries the dial string from the template, the request id as
+        ChannelId, the ring timeout in ms, the caller ID, and the IVR's variables."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid, _ = await h.submit(phone="+15550100x1234")
+
+        await h.outcome(rid)
+
+        [call] = h.ami.calls
+        assert call.fields == {
+            "Channel": "PJSIP/+15550100@trunk",
+            "Context": "callmfa-verify",
+            "Exten": "s",
+            "Priority": "1",
+            "Timeout": "3000",
+            "ChannelId": rid,
+            "CallerID": '"Sign-in" <+15550000>',
+        }
+        assert call.variables == {
+            "CALLMFA_ID": rid,
+            "CALLMFA_EXTENSION": "1234",
+            "CALLMFA_AGI": "agi://127.0.0.1:4573/verify",
+            "CALLMFA_MAX_SECS": "60",
+        }
+        assert call.timeout_s > 3.0, "the wait for OriginateResponse outlasts the ringing"
+        await h.all_acked()
+        assert h.ami.log == [("watch", rid), ("originate", rid), ("unwatch", rid)]
+
+    async def test_digits_template_and_no_caller_id(self, start: Start) -> None:
+        """{digits} is the number without '+'; no CallerID field without a caller_id;
+        no extension gives an empty CALLMFA_EXTENSION."""
+        h = await start(
+            answered_then(Outcome.APPROVED), dial_template="SIP/{digits}@gw", caller_id=""
+        )
+        rid, _ = await h.submit(phone="+4930123456")
+
+        await h.outcome(rid)
+
+        [call] = h.ami.calls
+        assert call.fields["Channel"] == "SIP/4930123456@gw"
+        assert "CallerID" not in call.fields
+        assert call.variables["CALLMFA_EXTENSION"] == ""
+
+    async def test_uppercase_id_is_normalised(self, start: Start) -> None:
+        """An upper-case UUID is dialled and answered under its lower-case form."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid = str(uuid.uuid4())
+        await h.submit(rid=rid.upper())
+
+        record = await h.outcome(rid)
+
+        assert record.outcome is Outcome.APPROVED
+        assert h.ami.calls[0].fields["ChannelId"] == rid
+
+
+class TestCallOutcomes:
+    async def test_answered_keeps_the_ivr_outcome(self, start: Start) -> None:
+        """An answered call ends with the IVR's outcome; the marker gets answered_at and
+        the events go queued, dialing, answered, finished."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+        await h.all_acked()
+
+        assert record.outcome is Outcome.APPROVED
+        assert (await h.redis.hget(call_key(rid), "answered_at")) is not None
+        events = [e["event"] for e in await h.events_of(rid)]
+        assert events == ["queued", "dialing", "answered", "finished"]
+
+    async def test_busy(self, start: Start) -> None:
+        """A failed Originate (Reason 0) after a Hangup with cause 17 is busy."""
+        h = await start(failed(0, 17))
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail, record.hangup_cause) == (
+            Outcome.BUSY, "user_busy", 17)
+        assert record.call_started_at is not None
+        await h.all_acked()
+
+    async def test_no_answer_without_hangup_event(
+        self, start: Start, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Reason 3 (ring timeout) and no Hangup event within the wait is no_answer."""
+        monkeypatch.setattr(ivr.originator, "HANGUP_EVENT_WAIT_S", 0.1)
+        h = await start(failed(3, None))
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail, record.hangup_cause) == (
+            Outcome.NO_ANSWER, "no_answer", None)
+        await h.all_acked()
+
+    async def test_unreachable_cause(self, start: Start) -> None:
+        """A failed Originate with an unreachable cause (1) is unreachable."""
+        h = await start(failed(0, 1))
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+
+        assert record.outcome is Outcome.UNREACHABLE
+        assert record.hangup_cause == 1
+
+    async def test_ami_error_is_originate_failed(self, start: Start) -> None:
+        """Originate raising AmiError gives error/originate_failed."""
+        h = await start(raising(AmiError("Originate refused: Permission denied")))
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail) == (Outcome.ERROR, "originate_failed")
+        await h.all_acked()
+        assert h.ami.log[-1] == ("unwatch", rid)
+
+    async def test_ami_connection_lost_is_asterisk_lost(self, start: Start) -> None:
+        """Originate raising AmiConnectError gives error/asterisk_lost."""
+        h = await start(raising(AmiConnectError("AMI connection lost")))
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail) == (Outcome.ERROR, "asterisk_lost")
+        await h.all_acked()
+
+    async def test_answered_without_ivr_outcome(self, start: Start) -> None:
+        """Answered, then hung up with no IVR outcome within outcome_grace_s:
+        error/no_ivr_outcome with the hang-up cause."""
+        h = await start(answered_then(None, cause=16), outcome_grace_s=0.2)
+        rid, _ = await h.submit()
+        started = time.monotonic()
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail, record.hangup_cause) == (
+            Outcome.ERROR, "no_ivr_outcome", 16)
+        assert time.monotonic() - started >= 0.2
+        await h.all_acked()
+
+    async def test_ami_lost_during_answered_call(self, start: Start) -> None:
+        """The AMI connection dropping during an answered call (the watch fails) with no
+        IVR outcome gives error/asterisk_lost."""
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            watch.hangup.set_exception(AmiConnectError("AMI connection lost"))
+            return OriginateResult(True, 4, {})
+
+        h = await start(network)
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail) == (Outcome.ERROR, "asterisk_lost")
+
+
+class TestDeliveryAndConcurrency:
+    async def test_same_id_twice_places_one_call(self, start: Start) -> None:
+        """Two entries with the same id (added together): one Originate, one outcome,
+        both entries acked."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid = str(uuid.uuid4())
+        await h.submit(rid=rid)
+        await h.submit(rid=rid)
+
+        record = await h.outcome(rid)
+        await h.all_acked()
+
+        assert record.outcome is Outcome.APPROVED
+        assert len(h.ami.calls) == 1
+        finished = [e for e in await h.events_of(rid) if e["event"] == "finished"]
+        assert len(finished) == 1
+        info = (await h.redis.xinfo_groups(REQUESTS))[0]
+        assert info["entries-read"] == 2
+
+    async def test_same_id_after_its_outcome(self, start: Start) -> None:
+        """A request id that already has an outcome is acked without a second call."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid, _ = await h.submit()
+        first = await h.outcome(rid)
+        _, second_entry = await h.submit(rid=rid)
+
+        async def delivered_and_acked() -> bool:
+            info = (await h.redis.xinfo_groups(REQUESTS))[0]
+            return info["last-delivered-id"].decode() == second_entry and info["pending"] == 0
+        await eventually(delivered_and_acked, what="second entry settled")
+
+        assert len(h.ami.calls) == 1
+        assert await h.store.get_outcome(rid) == first
+
+    async def test_entries_acked_only_after_outcome(self, start: Start) -> None:
+        """While a call rings the entry stays pending; once the outcome is stored, every
+        entry is acked."""
+        ring = asyncio.Event()
+
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            await ring.wait()
+            watch.hangup.set_result(17)
+            return OriginateResult(False, 0, {})
+
+        h = await start(network)
+        ids = [(await h.submit())[0] for _ in range(3)]
+
+        async def all_ringing() -> bool:
+            return h.ami.active == 3
+        await eventually(all_ringing, what="three calls ringing")
+        assert await h.pending() == 3
+        ring.set()
+        records = [await h.outcome(rid) for rid in ids]
+        await h.all_acked()
+
+        assert [r.outcome for r in records] == [Outcome.BUSY] * 3
+
+    async def test_max_in_flight_limits_concurrent_calls(self, start: Start) -> None:
+        """max_in_flight=2 with 5 slow calls: never more than 2 Originates at once, and
+        all 5 get their outcome."""
+        gate = asyncio.Event()
+
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            await gate.wait()
+            watch.hangup.set_result(17)
+            return OriginateResult(False, 0, {})
+
+        h = await start(network, max_in_flight=2)
+        ids = [(await h.submit())[0] for _ in range(5)]
+
+        async def two_ringing() -> bool:
+            return h.ami.active == 2
+        await eventually(two_ringing, what="two calls in progress")
+        assert len(h.ami.calls) == 2
+        assert await h.pending() == 2, "the others are not even read yet"
+        gate.set()
+        for rid in ids:
+            assert (await h.outcome(rid)).outcome is Outcome.BUSY
+        await h.all_acked()
+
+        assert len(h.ami.calls) == 5
+        assert h.ami.max_active == 2
+
+
+class TestStop:
+    async def test_stop_cancels_overrunning_call_and_leaves_it_pending(
+        self, start: Start
+    ) -> None:
+        """A call still running after the grace period is cancelled: no outcome, and its
+        entry stays pending (not acked) in the group."""
+        never = asyncio.Event()
+
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            await never.wait()
+            raise AssertionError("unreachable")
+
+        h = await start(network)
+        rid, _ = await h.submit()
+
+        async def dialling() -> bool:
+            return h.ami.active == 1
+        await eventually(dialling, what="the call in progress")
+
+        await asyncio.wait_for(h.originator.stop(grace_s=0.1), 2)
+
+        assert h.originator.in_flight == 0
+        assert await h.store.get_outcome(rid) is None
+        assert await h.pending() == 1
+        assert h.ami.log[-1] == ("unwatch", rid)
+
+    async def test_stop_lets_a_call_finish_within_grace(self, start: Start) -> None:
+        """A call that ends within the grace period gets its outcome and its ack."""
+        ring = asyncio.Event()
+
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            await ring.wait()
+            watch.hangup.set_result(17)
+            return OriginateResult(False, 0, {})
+
+        h = await start(network)
+        rid, _ = await h.submit()
+
+        async def dialling() -> bool:
+            return h.ami.active == 1
+        await eventually(dialling, what="the call in progress")
+        stopping = asyncio.create_task(h.originator.stop(grace_s=5))
+        ring.set()
+        await asyncio.wait_for(stopping, 2)
+
+        record = await h.store.get_outcome(rid)
+        assert record is not None
+        assert record.outcome is Outcome.BUSY
+        assert await h.pending() == 0
+
+    async def test_no_new_call_after_stop(self, start: Start) -> None:
+        """After stop() the originator takes no new request: one added while run() is
+        blocked reading is not dialled, and run() ends with nothing in flight."""
+        h = await start(answered_then(Outcome.APPROVED))
+
+        async def reading() -> bool:
+            clients = await h.redis.client_list()
+            return any(
+                c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "") for c in clients
+            )
+        await eventually(reading, what="run() blocked in XREADGROUP")
+
+        await h.originator.stop(grace_s=1.0)
+        rid, _ = await h.submit()
+        await asyncio.wait_for(h.task, 3)  # run() returns at the end of its read
+
+        assert h.originator.in_flight == 0
+        assert h.ami.calls == []
+        assert await h.store.get_outcome(rid) is None
