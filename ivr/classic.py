@@ -113,10 +113,17 @@ class ClassicDriver:
     def _carry_out(self, step: Step, call: CallContext) -> Event:
         try:
             if isinstance(step, Collect):
-                self._command("appexec", "Read", read_args(
-                    call.files(step.prompts, self._settings), step.timeout_ms, step.max_digits))
-                digits, timed_out = parse_read_result(
-                    str(self._command("get_full_variable", READ_RESULT)))
+                files = call.files(step.prompts, self._settings)
+                if step.secret:  # GET DATA: unlike Read(), it does not log the keys
+                    reply = self._command("execute", "GET DATA", files[0],
+                                          str(step.timeout_ms), str(step.max_digits))
+                    digits, data = reply["result"]
+                    timed_out = data == "timeout"
+                else:
+                    self._command("appexec", "Read", read_args(
+                        files, step.timeout_ms, step.max_digits))
+                    digits, timed_out = parse_read_result(
+                        str(self._command("get_full_variable", READ_RESULT)))
                 if digits or not timed_out:
                     call.input_at = time.time()
                     self._store.event(call.id, "input")

@@ -99,10 +99,15 @@ class VerificationIvr:
             event: Event
             try:
                 if isinstance(step, Collect):
-                    digits, timed_out = await channel.read_keys(
-                        call.files(step.prompts, self._settings), step.timeout_ms,
-                        step.max_digits,
-                    )
+                    files = call.files(step.prompts, self._settings)
+                    if step.secret:
+                        digits, timed_out = await channel.get_data(
+                            files[0], step.timeout_ms, step.max_digits
+                        )
+                    else:
+                        digits, timed_out = await channel.read_keys(
+                            files, step.timeout_ms, step.max_digits
+                        )
                     if digits or not timed_out:
                         call.input_at = time.time()
                         await self._store.event(call.id, "input")

@@ -166,11 +166,12 @@ install_classic_agi() {
 # callmfa's own prompts (make prompts) into the root's sounds directory.
 install_prompts() {
   "$VENV/bin/python" -m ivr.promptgen "$repo/build/prompts" >/dev/null
-  local dir lang
+  local dir lang target
   for dir in "$repo"/build/prompts/*/callmfa; do
     lang=$(basename "$(dirname "$dir")")
-    mkdir -p "$ROOT/usr/share/asterisk/sounds/$lang/callmfa"
-    cp "$dir"/*.wav "$ROOT/usr/share/asterisk/sounds/$lang/callmfa/"
+    # sounds/en is an absolute symlink inside the root: resolve it there.
+    target=$(chroot "$ROOT" sh -c "mkdir -p /usr/share/asterisk/sounds/$lang/callmfa && readlink -f /usr/share/asterisk/sounds/$lang/callmfa")
+    cp "$dir"/*.wav "$ROOT$target/"
   done
 }
 

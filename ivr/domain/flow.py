@@ -40,11 +40,17 @@ FRAUD_KEYS = "0"
 # Steps: what the flow asks the driver to do.
 @dataclass(frozen=True)
 class Collect:
-    """Play the prompts (a key cuts them short) and collect keys up to '#'."""
+    """Play the prompts (a key cuts them short) and collect keys up to '#'.
+
+    ``secret``: the keys are a PIN or match code. There is then exactly one prompt, so that
+    drivers can use AGI's GET DATA, which (unlike Read()) never writes the keys to
+    Asterisk's log.
+    """
 
     prompts: tuple[str, ...]
     timeout_ms: int
     max_digits: int
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,7 @@ class VerificationFlow:
         self._wrong_key = False
         self._wrong_code = False
         self._closing: tuple[str, ...] | None = None
+        self._pending: Collect | None = None
         self._state = "new"
 
     @property
@@ -158,7 +165,11 @@ class VerificationFlow:
         """Advance the flow by one event and return the next step."""
         if self._state == "new" and isinstance(event, Started):
             return self._start(event)
-        if self._state in ("collecting", "checking") and isinstance(event, HungUp):
+        if self._state == "preamble" and isinstance(event, Done):
+            self._state = "collecting"
+            assert self._pending is not None
+            return self._pending
+        if self._state in ("preamble", "collecting", "checking") and isinstance(event, HungUp):
             return self._report(Outcome.HUNG_UP, None)
         if self._state == "collecting" and isinstance(event, Digits):
             return self._on_digits(event)
@@ -186,12 +197,20 @@ class VerificationFlow:
                                 closing=False, prompt="failed")
         return self._collect(())
 
-    def _collect(self, before: tuple[str, ...], *, attempt: bool = True) -> Collect:
+    def _collect(self, before: tuple[str, ...], *, attempt: bool = True) -> Collect | Play:
         self._state = "collecting"
         if attempt:
             self._attempts += 1
-        max_digits = 4 if self.mode == "standard" else PIN_MAX_DIGITS + 8
-        return Collect((*before, _GREETINGS[self.mode]), self._timeout_ms, max_digits)
+        if self.mode == "standard":
+            return Collect((*before, _GREETINGS[self.mode]), self._timeout_ms, 4)
+        collect = Collect((_GREETINGS[self.mode],), self._timeout_ms, PIN_MAX_DIGITS + 8,
+                          secret=True)
+        if not before:
+            return collect
+        # A secret Collect has one prompt: what comes before it is played first.
+        self._state = "preamble"
+        self._pending = collect
+        return Play(before)
 
     def _report(
         self, outcome: Outcome, detail: str | None, *, closing: bool = True,
@@ -206,9 +225,11 @@ class VerificationFlow:
         keys = event.digits
         if "*" in keys:
             keys = keys.rsplit("*", 1)[1]
-            if not keys and self._restarts < self._max_attempts:
-                self._restarts += 1
-                return self._collect((), attempt=False)
+            if not keys:
+                if self._restarts < self._max_attempts:
+                    self._restarts += 1
+                    return self._collect((), attempt=False)
+                keys = "*"  # restarted too often: a wrong key like any other
         if not event.timed_out and keys == FRAUD_KEYS:
             return self._report(Outcome.FRAUD_REPORTED, None)
         if not event.timed_out and self._well_formed(keys):

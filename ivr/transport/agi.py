@@ -149,6 +149,14 @@ class AgiChannel:
             self.hung_up = True
             raise
 
+    async def get_data(self, file: str, timeout_ms: int, max_digits: int) -> tuple[str, bool]:
+        """GET DATA: play one file (a key cuts it), collect keys up to '#': (keys, timed_out).
+
+        For secret keys: unlike Read(), it does not log what was keyed.
+        """
+        reply = await self.execute("GET DATA", file, str(timeout_ms), str(max_digits))
+        return reply.result, reply.data == "timeout"
+
     async def get_full_variable(self, expression: str) -> str:
         """Evaluate a dialplan expression such as ``${AMDSTATUS}`` ('' when empty)."""
         reply = await self.execute("GET FULL VARIABLE", expression)
