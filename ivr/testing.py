@@ -175,7 +175,9 @@ def synthesize(text: str, target: Path, voice: str = "en-us") -> int:
                     str(pcm)], check=True, timeout=60)
     with wave.open(str(pcm)) as w:
         ms = int(w.getnframes() * 1000 // w.getframerate())
-    subprocess.run(["sox", str(pcm), "-e", "u-law", str(target)], check=True, timeout=60)
+    # Then 3 s of silence: answering-machine detection decides on silence it hears as RTP.
+    subprocess.run(["sox", str(pcm), "-e", "u-law", str(target), "pad", "0", "3"], check=True,
+                   timeout=60)
     return ms
 
 
