@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -21,13 +22,23 @@ VOICEMAIL = ("Hi, you have reached the voicemail of Alice Example. I am not avai
              "and I will call you back as soon as I can.")
 
 
-def set_pin(sandbox: Sandbox, user: str, pin: str) -> None:
-    """`callmfa pin set USER` with the PIN on stdin, as an admin's script would."""
+def _callmfa(sandbox: Sandbox, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CALLMFA_REDIS_URL": sandbox.redis_url}
-    out = subprocess.run([str(REPO / ".venv" / "bin" / "callmfa"), "pin", "set", user],
-                         input=pin + "\n", capture_output=True, text=True, env=env, timeout=30)
+    return subprocess.run([str(REPO / ".venv" / "bin" / "callmfa"), *args], input=stdin,
+                          capture_output=True, text=True, env=env, timeout=30)
+
+
+async def set_pin(sandbox: Sandbox, user: str, pin: str) -> None:
+    """`callmfa pin set USER` with the PIN on stdin, as an admin's script would."""
+    out = await asyncio.to_thread(_callmfa, sandbox, "pin", "set", user, stdin=pin + "\n")
     assert out.returncode == 0, out.stderr
     assert pin not in out.stdout + out.stderr
+
+
+def _new_lines(log: Path, offset: int) -> list[str]:
+    with log.open(errors="replace") as f:
+        f.seek(offset)
+        return f.readlines()
 
 
 async def verify(client: VerificationClient, user: str, **kw: object) -> OutcomeRecord:
@@ -41,7 +52,7 @@ class TestPin:
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:
         """The PIN set with `callmfa pin set`, keyed then '#': approved."""
-        set_pin(sandbox, "pin-right", PIN)
+        await set_pin(sandbox, "pin-right", PIN)
         phone(keys=PIN + "#")
         record = await verify(client, "pin-right", mode="pin")
         assert (record.outcome, record.detail) == (Outcome.APPROVED, None)
@@ -50,7 +61,7 @@ class TestPin:
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:
         """A wrong PIN on every attempt (2 in the e2e settings): denied, wrong_code."""
-        set_pin(sandbox, "pin-wrong", PIN)
+        await set_pin(sandbox, "pin-wrong", PIN)
         phone(keys="1111#2222#")
         record = await verify(client, "pin-wrong", mode="pin")
         assert (record.outcome, record.detail) == (Outcome.DENIED, "wrong_code")
@@ -60,15 +71,13 @@ class TestPin:
     ) -> None:
         """After 2 denied calls (the e2e lockout setting) even the right PIN gets locked_out;
         `callmfa pin unlock` lets the user in again."""
-        set_pin(sandbox, "pin-lock", PIN)
-        for _ in range(2):
-            phone(keys="1111#2222#")
-            assert (await verify(client, "pin-lock", mode="pin")).outcome is Outcome.DENIED
-        phone(keys=PIN + "#")
-        assert (await verify(client, "pin-lock", mode="pin")).outcome is Outcome.LOCKED_OUT
-        env = {**os.environ, "CALLMFA_REDIS_URL": sandbox.redis_url}
-        out = subprocess.run([str(REPO / ".venv" / "bin" / "callmfa"), "pin", "unlock",
-                              "pin-lock"], capture_output=True, text=True, env=env, timeout=30)
+        await set_pin(sandbox, "pin-lock", PIN)
+        for keys, outcome in [("1111#2222#", Outcome.DENIED), ("1111#2222#", Outcome.DENIED),
+                              (PIN + "#", Outcome.LOCKED_OUT)]:
+            p = phone(keys=keys)
+            assert (await verify(client, "pin-lock", mode="pin")).outcome is outcome
+            p.wait(30)  # one phone at a time on the phone's address
+        out = await asyncio.to_thread(_callmfa, sandbox, "pin", "unlock", "pin-lock")
         assert out.returncode == 0, out.stderr
         phone(keys=PIN + "#")
         assert (await verify(client, "pin-lock", mode="pin")).outcome is Outcome.APPROVED
@@ -78,14 +87,15 @@ class TestPin:
     ) -> None:
         """After PIN calls, the PIN is in no log line (callmfa's, Asterisk's) and nowhere in
         Redis: only its salted hash is stored."""
-        set_pin(sandbox, "pin-secret", PIN)
-        phone(keys=PIN + "#")
+        await set_pin(sandbox, "pin-secret", PIN)
+        p = phone(keys=PIN + "#")
         assert (await verify(client, "pin-secret", mode="pin")).outcome is Outcome.APPROVED
+        p.wait(30)
         phone(keys="42#")
         assert (await verify(client, "match-secret", mode="match",
                              match_number="42")).outcome is Outcome.APPROVED
         for log in (sandbox.directory / "logs").glob("*.log"):
-            text = log.read_text(errors="replace")
+            text = log.read_text(errors="replace")  # noqa: ASYNC240
             assert PIN not in text, log
             assert "User entered" not in text, log  # Read() would log the keys
         redis = Redis.from_url(sandbox.redis_url)
@@ -143,7 +153,8 @@ class TestMachineDetection:
         phone(keys="#", speech="Hello.")
         record = await verify(client, "alice")
         assert record.outcome is Outcome.APPROVED
-        assert "AMD: Channel" in (sandbox.directory / "logs" / "asterisk.log").read_text()
+        log = sandbox.directory / "logs" / "asterisk.log"
+        assert "AMD: Channel" in await asyncio.to_thread(log.read_text)
 
 
 class TestLanguages:
@@ -152,12 +163,11 @@ class TestLanguages:
     ) -> None:
         """lang fr-CA: the channel's language is fr and Asterisk plays callmfa's French file."""
         log = Path(sandbox.directory / "logs" / "asterisk.log")
-        offset = log.stat().st_size
+        offset = await asyncio.to_thread(lambda: log.stat().st_size)
         phone(keys="#", key_delay_ms=1500)
         record = await verify(client, "alice", lang="fr-CA")
         assert record.outcome is Outcome.APPROVED
-        with log.open(errors="replace") as f:
-            f.seek(offset)
-            played = [line for line in f if "Playing 'callmfa/" in line]
+        lines = await asyncio.to_thread(_new_lines, log, offset)
+        played = [line for line in lines if "Playing 'callmfa/" in line]
         assert any("callmfa/greeting" in line and "(language 'fr')" in line for line in played), \
             played
