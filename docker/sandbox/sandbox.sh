@@ -30,7 +30,7 @@ READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
 APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
 # Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
-ROOT_PACKAGES=(python3 python3-redis)
+ROOT_PACKAGES=(python3 python3-redis python3-six)
 
 log() { printf 'sandbox[%s]: %s\n' "$NS" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -110,10 +110,10 @@ cmd_deps() {
 
 # The classic AGI script runs inside the root: it needs python3 and redis-py there.
 install_root_packages() {
-  chroot "$ROOT" python3 -c 'import redis' >/dev/null 2>&1 && return 0
+  chroot "$ROOT" python3 -c "import redis, six" >/dev/null 2>&1 && return 0
   (
     flock 9
-    chroot "$ROOT" python3 -c 'import redis' >/dev/null 2>&1 && exit 0
+    chroot "$ROOT" python3 -c "import redis, six" >/dev/null 2>&1 && exit 0
     log "installing ${ROOT_PACKAGES[*]} into $ROOT"
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
     chroot "$ROOT" apt-get -o Acquire::Check-Valid-Until=false update -qq >>"$(dirname "$ROOT")/apt.log" 2>&1 &&

@@ -95,7 +95,7 @@ class TestPin:
         assert (await verify(client, "match-secret", mode="match",
                              match_number="42")).outcome is Outcome.APPROVED
         for log in (sandbox.directory / "logs").glob("*.log"):
-            text = log.read_text(errors="replace")  # noqa: ASYNC240
+            text = log.read_text(errors="replace")
             assert PIN not in text, log
             assert "User entered" not in text, log  # Read() would log the keys
         redis = Redis.from_url(sandbox.redis_url)
