@@ -159,7 +159,7 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$NS/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: this sandbox's, less the AMI secret it does not need.
   { grep -v -e AMI_SECRET -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /'; } >"$ROOT/etc/asterisk-$NS/callmfa.env"
+      -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true; } >"$ROOT/etc/asterisk-$NS/callmfa.env"
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$NS/agi-bin" "/etc/asterisk-$NS/callmfa.env"
 }
 
