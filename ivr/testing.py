@@ -38,6 +38,7 @@ class PhoneBehaviour:
     reject_with: int | None = None  # answer with this SIP status instead (486, 404, 503)
     ring_forever: bool = False  # ring until the caller cancels
     speech: str | None = None  # said on answer (espeak-ng); key_delay_ms counts from its end
+    speech_delay_ms: int = 0  # silence between the answer and the speech
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9*#]*", self.keys):
@@ -127,6 +128,8 @@ Content-Length: 0
     steps += _response("200 OK", sdp=True)
     steps += '  <recv request="ACK" crlf="true"/>\n'
     if b.speech and speech_file is not None:
+        if b.speech_delay_ms:
+            steps += f'  <pause milliseconds="{b.speech_delay_ms}"/>\n'
         steps += f"""  <nop><action><exec rtp_stream="{speech_file},1,0"/></action></nop>
   <pause milliseconds="{speech_ms}"/>
 """
