@@ -52,7 +52,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         secret=settings.ami_secret, timeout_s=settings.connect_timeout_s,
     )
     agi = FastAgiServer(
-        {"verify": VerificationIvr(settings, store, pin_store(redis, settings))},
+        {"verify": VerificationIvr(settings, store)},
         host=settings.agi_host,
         port=settings.agi_port,
         header_timeout_s=settings.agi_header_timeout_s,

@@ -44,10 +44,12 @@ log = structlog.get_logger("ivr.session")
 class VerificationIvr:
     """The FastAGI handler for the ``verify`` route."""
 
-    def __init__(self, settings: Settings, store: Store, pins: PinStore) -> None:
+    def __init__(self, settings: Settings, store: Store, pins: PinStore | None = None) -> None:
         self._settings = settings
         self._store = store
-        self._pins = pins
+        self._pins = pins or PinStore(
+            store.redis, lockout_after=settings.pin_lockout_after, lockout_s=settings.pin_lockout_s
+        )
 
     async def __call__(self, session: AgiSession) -> None:
         """Run one verification call to its end."""
