@@ -5,13 +5,14 @@ VENV := .venv
 SANDBOX := bash docker/sandbox/sandbox.sh
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean
+.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean prompts
 
 help:
 	@echo "make demo          one real verification call to a simulated phone, end to end"
 	@echo "make test          lint, types and every test (unit, integration, end-to-end)"
 	@echo "make sandbox-up    Asterisk + Redis + callmfa serve in netns \$$CALLMFA_NETNS (default callmfa)"
 	@echo "make sandbox-down  stop them and remove the namespace"
+	@echo "make prompts       callmfa's own prompt recordings into build/prompts/<lang>/callmfa/"
 
 deps:
 	$(SANDBOX) deps
@@ -37,6 +38,12 @@ test: deps venv lint
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+# Needs espeak-ng and sox (make deps installs them). Copy build/prompts/* into Asterisk's
+# sounds directory (e.g. /usr/share/asterisk/sounds/) on the Asterisk host.
+prompts: venv
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || $(SANDBOX) deps
+	$(VENV)/bin/python -m ivr.promptgen build/prompts
 
 sandbox-up: deps venv
 	$(SANDBOX) up

@@ -11,11 +11,13 @@ import asyncio
 import signal
 
 import structlog
+from redis.asyncio import Redis
 
 from .exceptions import AmiConnectError
 from .originator import Originator
 from .session import VerificationIvr
 from .settings import Settings
+from .storage.pins import PinStore
 from .storage.results import ResultListener
 from .storage.store import Store, connect
 from .tasks import cancel_and_wait
@@ -23,6 +25,13 @@ from .transport.ami import AmiClient
 from .transport.fastagi import FastAgiServer
 
 log = structlog.get_logger("ivr.app")
+
+
+def pin_store(redis: Redis, settings: Settings) -> PinStore:
+    """The PIN store with the configured lockout policy."""
+    return PinStore(
+        redis, lockout_after=settings.pin_lockout_after, lockout_s=settings.pin_lockout_s
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

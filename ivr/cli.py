@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import structlog
 from redis.exceptions import RedisError
 
-from . import __version__
+from . import __version__, pincli
 from .app import serve
 from .client import VerificationClient
 from .domain.outcome import Outcome
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
     v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
     sub.add_parser("settings", help="print the settings reference")
+    pincli.add_parser(sub)
     return p
 
 
@@ -67,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"callmfa: {e.message}", file=sys.stderr)
                 return EXIT_USAGE
             return asyncio.run(_verify(settings, args))
+        if args.command == "pin":
+            return asyncio.run(pincli.run(settings, args))
         for name, default, doc in Settings.reference():
             print(f"{name}\t{default}\t{doc}")
         return EXIT_OK

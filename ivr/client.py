@@ -19,6 +19,7 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 
+from .domain.codes import hash_code
 from .domain.outcome import OutcomeRecord, iso
 from .storage.results import ResultListener
 from .storage.store import EVENTS, REQUESTS, connect
@@ -76,13 +77,20 @@ class VerificationClient:
         expires_in_s: float | None = 120,
         context: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        match_number: str | None = None,
     ) -> str:
-        """Queue a verification; returns its id."""
+        """Queue a verification; returns its id.
+
+        ``match_number`` (mode ``match``): the number the sign-in page shows; only its
+        salted hash is sent.
+        """
         rid = request_id or str(uuid.uuid4())
         request: dict[str, Any] = {
             "id": rid, "user": user, "phone": phone, "mode": mode, "lang": lang,
             "context": dict(context or {}),
         }
+        if match_number is not None:
+            request["match_hash"] = hash_code(match_number)
         if expires_in_s is not None:
             request["expires_at"] = iso(time.time() + expires_in_s)
         await self._redis.xadd(REQUESTS, {"request": json.dumps(request)})

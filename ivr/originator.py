@@ -129,7 +129,7 @@ class Originator:
         s = self._settings
         fields = {
             "Channel": s.dial_template.format(number=req.number, digits=req.number[1:]),
-            "Context": s.context,
+            "Context": s.dialplan_context,
             "Exten": "s",
             "Priority": "1",
             "Timeout": str(int(s.ring_timeout_s * 1000)),
@@ -142,6 +142,7 @@ class Originator:
             "CALLMFA_EXTENSION": req.extension,
             "CALLMFA_AGI": s.agi_url,
             "CALLMFA_MAX_SECS": str(s.max_call_s),
+            "CALLMFA_AMD": s.amd,
         }
         started = time.time()
         watch = self._ami.watch(req.id)
@@ -221,7 +222,7 @@ class Originator:
 
 def _call_fields(req: VerificationRequest) -> dict[str, str]:
     """What the IVR (possibly another process) needs to know about the call."""
-    return {
+    fields = {
         "user": req.user,
         "number": req.number,
         "mode": req.mode,
@@ -230,6 +231,9 @@ def _call_fields(req: VerificationRequest) -> dict[str, str]:
         "call_started_at": str(time.time()),
         "context": json.dumps(req.context),
     }
+    if req.match_hash:
+        fields["match_hash"] = req.match_hash
+    return fields
 
 
 async def _hangup_cause(watch: ChannelWatch, wait_s: float) -> int | None:

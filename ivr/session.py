@@ -1,16 +1,22 @@
 """The verification IVR over FastAGI: one session per answered call.
 
-It loads the call marker the originator wrote, drives the sans-IO flow over the AGI
-channel and stores the outcome the moment the keys are known, before the goodbye prompt.
+It loads the call marker the originator wrote (and the user's PIN state in pin mode),
+drives the sans-IO flow over the AGI channel and stores the outcome the moment the keys
+are known, before the goodbye prompt. The slow code hash runs in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
 
+from .call import AMD_STATUS, CallContext, PinEffect
+from .domain.codes import check_code
 from .domain.flow import (
+    CheckCode,
+    CodeChecked,
     Collect,
     Digits,
     Done,
@@ -18,14 +24,16 @@ from .domain.flow import (
     Hangup,
     HungUp,
     Play,
-    StandardFlow,
+    Report,
     Started,
     Step,
+    VerificationFlow,
 )
-from .domain.outcome import Outcome, OutcomeRecord
+from .domain.outcome import Outcome
 from .domain.prompts import sound_files
 from .exceptions import AgiError, AgiHangup
 from .settings import Settings
+from .storage.pins import PinState, PinStore
 from .storage.store import Store
 from .transport.agi import AgiChannel
 from .transport.fastagi import AgiSession
@@ -36,9 +44,12 @@ log = structlog.get_logger("ivr.session")
 class VerificationIvr:
     """The FastAGI handler for the ``verify`` route."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, pins: PinStore | None = None) -> None:
         self._settings = settings
         self._store = store
+        self._pins = pins or PinStore(
+            store.redis, lockout_after=settings.pin_lockout_after, lockout_s=settings.pin_lockout_s
+        )
 
     async def __call__(self, session: AgiSession) -> None:
         """Run one verification call to its end."""
@@ -53,38 +64,66 @@ class VerificationIvr:
             log.warning("ivr_unknown_call")
             await _play_and_hang_up(session.channel, ("failed",))
             return
-        call = _Call(rid, info, answered)
-        flow = StandardFlow(
-            input_timeout_ms=int(self._settings.input_timeout_s * 1000),
-            max_attempts=self._settings.max_attempts,
-        )
+        call = CallContext.from_marker(rid, info, answered)
         try:
-            await self._run(flow, session.channel, call)
+            started = await self._prepare(call, session.channel)
+            await self._run(call.flow(self._settings), started, session.channel, call)
         except AgiError as e:
             log.error("ivr_agi_failed", error=str(e), raw=e.raw)
-            await self._report(call, Outcome.ERROR, "agi_failed")
+            await self._report(call, Report(Outcome.ERROR, "agi_failed"))
             if not session.channel.hung_up:
                 await session.channel.hangup()
 
-    async def _run(self, flow: StandardFlow, channel: AgiChannel, call: _Call) -> None:
-        step: Step = flow.send(Started())
+    async def _prepare(self, call: CallContext, channel: AgiChannel) -> Started:
+        """The channel's language and AMD verdict, overridden prompts, the PIN state."""
+        pin = await self._pins.state(call.user) if call.mode == "pin" and call.user \
+            else PinState()
+        amd = ""
+        try:
+            await channel.set_variable("CHANNEL(language)", call.lang)
+            probe = call.override_probe(self._settings)
+            answer = await channel.get_full_variable(
+                f"${{{AMD_STATUS}}}|" + (probe[1] if probe else "")
+            )
+            amd, _, bits = answer.partition("|")
+            if probe:
+                call.apply_override_probe(probe[0], bits)
+        except AgiHangup:
+            pass  # the flow's first step finds the caller gone and reports hung_up
+        log.info("ivr_started", mode=call.mode, lang=call.lang, amd=amd or None)
+        return call.started(amd_status=amd, pin_hash=pin.hash, pin_locked=pin.locked)
+
+    async def _run(
+        self, flow: VerificationFlow, started: Started, channel: AgiChannel, call: CallContext
+    ) -> None:
+        step: Step = flow.send(started)
         while not isinstance(step, Hangup):
             event: Event
             try:
                 if isinstance(step, Collect):
-                    digits, timed_out = await channel.read_keys(
-                        sound_files(step.prompts, call.lang), step.timeout_ms, step.max_digits
-                    )
+                    files = call.files(step.prompts, self._settings)
+                    if step.secret:
+                        digits, timed_out = await channel.get_data(
+                            files[0], step.timeout_ms, step.max_digits
+                        )
+                    else:
+                        digits, timed_out = await channel.read_keys(
+                            files, step.timeout_ms, step.max_digits
+                        )
                     if digits or not timed_out:
                         call.input_at = time.time()
                         await self._store.event(call.id, "input")
                     log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
                     event = Digits(digits, timed_out)
+                elif isinstance(step, CheckCode):
+                    ok = await asyncio.to_thread(check_code, step.digits, call.expected_hash)
+                    log.info("code_checked", ok=ok)
+                    event = CodeChecked(ok)
                 elif isinstance(step, Play):
-                    await channel.playback(sound_files(step.prompts, call.lang))
+                    await channel.playback(call.files(step.prompts, self._settings))
                     event = Done()
                 else:
-                    await self._report(call, step.outcome, step.detail)
+                    await self._report(call, step)
                     event = Done()
             except AgiHangup:
                 log.info("caller_hung_up")
@@ -93,42 +132,22 @@ class VerificationIvr:
         if not channel.hung_up:
             await channel.hangup()
 
-    async def _report(self, call: _Call, outcome: Outcome, detail: str | None) -> None:
-        record = OutcomeRecord(
-            id=call.id, user=call.user, outcome=outcome, detail=detail,
-            requested_at=call.requested_at, call_started_at=call.call_started_at,
-            answered_at=call.answered_at, input_at=call.input_at, finished_at=time.time(),
-        )
-        stored = await self._store.store_outcome(record)
+    async def _report(self, call: CallContext, step: Report) -> None:
+        stored = await self._store.store_outcome(call.record(step.outcome, step.detail))
         published = time.time()
         log.info(
             "outcome_published" if stored else "outcome_already_known",
-            outcome=outcome.value,
-            detail=detail,
+            outcome=step.outcome.value,
+            detail=step.detail,
             input_to_published_ms=round((published - call.input_at) * 1000, 2)
             if call.input_at else None,
         )
-
-
-class _Call:
-    """What one IVR session knows about its verification."""
-
-    def __init__(self, rid: str, info: dict[str, str], answered: float) -> None:
-        self.id = rid
-        self.user = info.get("user")
-        self.lang = info.get("lang", "en")
-        self.requested_at = _float(info.get("requested_at"))
-        self.call_started_at = _float(info.get("call_started_at"))
-        # The originator records the answer; if its note is not in yet, ours is as good.
-        self.answered_at = _float(info.get("answered_at")) or answered
-        self.input_at: float | None = None
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+        effect = call.pin_effect(step.outcome) if stored else PinEffect.NONE
+        if effect is PinEffect.COUNT_DENIAL and call.user:
+            if await self._pins.record_denial(call.user):
+                log.warning("pin_locked_out", after=self._settings.pin_lockout_after)
+        elif effect is PinEffect.RESET and call.user:
+            await self._pins.reset(call.user)
 
 
 async def _play_and_hang_up(channel: AgiChannel, prompts: tuple[str, ...]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,29 @@ class Settings:
         metadata={"doc": "This originator's name in the consumer group (host-pid)."},
     )
     log_level: str = field(default="info", metadata={"doc": "debug, info, warning or error."})
+    agi_mode: str = field(
+        default="fastagi",
+        metadata={"doc": "fastagi (callmfa serve runs the IVR) or classic (the Asterisk host "
+                         "runs agi_scripts/callmfa-verify.agi): picks the context <CONTEXT> or "
+                         "<CONTEXT>-classic."},
+    )
+    amd: str = field(
+        default="on",
+        metadata={"doc": "Answering-machine detection (Asterisk's AMD()) before the greeting: "
+                         "on or off. MACHINE ends the call as machine_answered."},
+    )
+    pin_lockout_after: int = field(
+        default=3, metadata={"doc": "Denied PIN calls in a row that lock the user out."}
+    )
+    pin_lockout_s: float = field(
+        default=900.0,
+        metadata={"doc": "How long a PIN lockout lasts; 0: until `callmfa pin unlock`."},
+    )
+    prompt_override_dir: str = field(
+        default="",
+        metadata={"doc": "Directory ON THE ASTERISK HOST holding admin recordings "
+                         "<lang>/<prompt id>.wav that replace callmfa's own prompts."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):
@@ -93,11 +117,26 @@ class Settings:
             # These reach AMI headers: a CR or LF would inject headers.
             if any(c in value for c in "\r\n\0"):
                 raise SettingsError(f"CALLMFA_{name.upper()} must not contain CR, LF or NUL")
+        if self.agi_mode not in ("fastagi", "classic"):
+            raise SettingsError("CALLMFA_AGI_MODE must be fastagi or classic")
+        if self.amd not in ("on", "off"):
+            raise SettingsError("CALLMFA_AMD must be on or off")
+        if self.prompt_override_dir and not re.fullmatch(r"/[A-Za-z0-9_./-]*[^/]",
+                                                         self.prompt_override_dir):
+            raise SettingsError(
+                "CALLMFA_PROMPT_OVERRIDE_DIR must be an absolute path of letters, digits, _ . - /"
+            )
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
-        for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s"):
+        for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s",
+                     "pin_lockout_after"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
+
+    @property
+    def dialplan_context(self) -> str:
+        """The context the originator sends calls to, for the configured AGI mode."""
+        return self.context if self.agi_mode == "fastagi" else f"{self.context}-classic"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -4,9 +4,11 @@
         ...  # place a verification call to any number
         assert phone.wait(timeout_s=30) == 0
 
-The phone answers (or is busy, or rejects, or never answers), waits, presses keys over SIP
-INFO or RFC 4733 (root is needed to play the RFC 4733 pcaps) or hangs up, and exits after
-``calls`` calls; its exit code is 0 when every call went as scripted.
+The phone answers (or is busy, or rejects, or never answers), may say something (``speech``:
+a text spoken with espeak-ng and sent as RTP, so that answering-machine detection hears a
+person's "hello" or a voicemail's long greeting), waits, presses keys over SIP INFO or
+RFC 4733 (root is needed to play the RFC 4733 pcaps) or hangs up, and exits after ``calls``
+calls; its exit code is 0 when every call went as scripted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +37,8 @@ class PhoneBehaviour:
     hangup_after_ms: int | None = None  # hang up this long after answering
     reject_with: int | None = None  # answer with this SIP status instead (486, 404, 503)
     ring_forever: bool = False  # ring until the caller cancels
+    speech: str | None = None  # said on answer (espeak-ng); key_delay_ms counts from its end
+    speech_delay_ms: int = 0  # silence between the answer and the speech
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9*#]*", self.keys):
@@ -87,8 +92,8 @@ Max-Forwards: 70
 """
 
 
-def scenario_xml(b: PhoneBehaviour) -> str:
-    """The sipp UAS scenario for one behaviour."""
+def scenario_xml(b: PhoneBehaviour, *, speech_file: Path | None = None, speech_ms: int = 0) -> str:
+    """The sipp UAS scenario for one behaviour (``speech_file``: its speech as u-law WAV)."""
     # Capture the dialog's headers at the INVITE: [last_From:]/[last_To:] flip later.
     steps = """  <recv request="INVITE" rrs="true">
     <action>
@@ -122,6 +127,12 @@ Content-Length: 0
         steps += f'  <pause milliseconds="{b.answer_delay_ms}"/>\n'
     steps += _response("200 OK", sdp=True)
     steps += '  <recv request="ACK" crlf="true"/>\n'
+    if b.speech and speech_file is not None:
+        if b.speech_delay_ms:
+            steps += f'  <pause milliseconds="{b.speech_delay_ms}"/>\n'
+        steps += f"""  <nop><action><exec rtp_stream="{speech_file},1,0"/></action></nop>
+  <pause milliseconds="{speech_ms}"/>
+"""
     cseq = 1
     if b.keys:
         steps += f'  <pause milliseconds="{b.key_delay_ms}"/>\n'
@@ -153,6 +164,24 @@ def _wrap(steps: str) -> str:
 {steps}  <nop><action><log message="[$local_to] [$remote_from] [$inv_cseq]"/></action></nop>
 </scenario>
 """
+
+
+def synthesize(text: str, target: Path, voice: str = "en-us") -> int:
+    """Say ``text`` into ``target`` (8 kHz mono u-law WAV, as sipp streams it); its length in ms.
+
+    Needs espeak-ng and sox (Debian packages of the same names).
+    """
+    pcm = target.with_suffix(".pcm.wav")
+    raw = target.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, timeout=60)
+    subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer",
+                    str(pcm)], check=True, timeout=60)
+    with wave.open(str(pcm)) as w:
+        ms = int(w.getnframes() * 1000 // w.getframerate())
+    # Then 3 s of silence: answering-machine detection decides on silence it hears as RTP.
+    subprocess.run(["sox", str(pcm), "-e", "u-law", str(target), "pad", "0", "3"], check=True,
+                   timeout=60)
+    return ms
 
 
 def _udp_bound(port: int) -> bool:
@@ -189,7 +218,13 @@ class SippPhone:
         """Start listening; returns once sipp runs (it binds at once)."""
         self._workdir.mkdir(parents=True, exist_ok=True)
         scenario = self._workdir / "phone.xml"
-        scenario.write_text(scenario_xml(self.behaviour))
+        speech_file, speech_ms = None, 0
+        if self.behaviour.speech:
+            speech_file = self._workdir / "speech.wav"
+            speech_ms = synthesize(self.behaviour.speech, speech_file)
+        scenario.write_text(
+            scenario_xml(self.behaviour, speech_file=speech_file, speech_ms=speech_ms)
+        )
         cmd = [
             "sipp", "-sf", str(scenario), "-i", self._host, "-p", str(self._port),
             "-mp", str(self._media_port), "-m", str(self._calls), "-nostdin",

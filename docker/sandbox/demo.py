@@ -25,7 +25,8 @@ PHONE = "+15550100"
 
 async def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="callmfa-demo-"))
-    behaviour = PhoneBehaviour(keys="#", key_delay_ms=1500)
+    # The user says "Hello." on answering (machine detection listens), then presses #.
+    behaviour = PhoneBehaviour(keys="#", key_delay_ms=1500, speech="Hello.")
     with SippPhone(behaviour, workdir=workdir, address=os.environ["CALLMFA_PHONE"]) as phone:
         async with VerificationClient.from_url(os.environ["CALLMFA_REDIS_URL"]) as client:
             print(f"callmfa demo: verifying user 'alice' by calling {PHONE}")

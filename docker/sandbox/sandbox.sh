@@ -28,7 +28,9 @@ VENV=${CALLMFA_VENV:-$repo/.venv}
 SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
-APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make)
+APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
+# Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
+ROOT_PACKAGES=(python3 python3-redis python3-six)
 
 log() { printf 'sandbox[%s]: %s\n' "$NS" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -100,9 +102,26 @@ cmd_deps() {
       mv "$ROOT.tmp" "$ROOT"
     ) 9>"$ROOT.lock"
   fi
+  install_root_packages
   # No resolver inside the root: the sandbox has only loopback.
   : >"$ROOT/etc/resolv.conf"
   printf '127.0.0.1 localhost\n::1 localhost\n' >"$ROOT/etc/hosts"
+}
+
+# The classic AGI script runs inside the root: it needs python3 and redis-py there.
+install_root_packages() {
+  chroot "$ROOT" python3 -c "import redis, six" >/dev/null 2>&1 && return 0
+  (
+    flock 9
+    chroot "$ROOT" python3 -c "import redis, six" >/dev/null 2>&1 && exit 0
+    log "installing ${ROOT_PACKAGES[*]} into $ROOT"
+    cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    chroot "$ROOT" apt-get -o Acquire::Check-Valid-Until=false update -qq >>"$(dirname "$ROOT")/apt.log" 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get install -y -qq --no-install-recommends \
+        "${ROOT_PACKAGES[@]}" >>"$(dirname "$ROOT")/apt.log" 2>&1 ||
+      die "apt-get in $ROOT failed, see $(dirname "$ROOT")/apt.log"
+    : >"$ROOT/etc/resolv.conf"
+  ) 9>"$ROOT.lock"
 }
 
 install_asterisk_config() {
@@ -123,6 +142,37 @@ install_asterisk_config() {
   chroot "$ROOT" chown -R asterisk:asterisk "/etc/asterisk-$NS" "/run/asterisk-$NS" \
     "/var/log/asterisk-$NS" "/var/lib/asterisk-$NS" "/var/spool/asterisk-$NS"
   ln -sfn "$ROOT/var/log/asterisk-$NS/messages.log" "$SB/logs/asterisk.log"
+  install_classic_agi
+  install_prompts
+}
+
+# The classic AGI script and what it imports (ivr, pyst2's asterisk package) in this
+# instance's astagidir; redis-py comes from the root's python3-redis.
+install_classic_agi() {
+  local agi=$ROOT/var/lib/asterisk-$NS/agi-bin site
+  site=$("$VENV/bin/python" -c 'import asterisk, os; print(os.path.dirname(os.path.dirname(asterisk.__file__)))')
+  rm -rf "$agi"
+  mkdir -p "$agi/callmfa-lib"
+  install -m 755 "$repo/agi_scripts/callmfa-verify.agi" "$agi/"
+  cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
+  find "$agi" -name __pycache__ -prune -exec rm -rf {} +
+  chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$NS/agi-bin/callmfa-lib" >/dev/null
+  # The script's settings: this sandbox's, less the AMI secret it does not need.
+  { grep -v -e AMI_SECRET -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
+      -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true; } >"$ROOT/etc/asterisk-$NS/callmfa.env"
+  chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$NS/agi-bin" "/etc/asterisk-$NS/callmfa.env"
+}
+
+# callmfa's own prompts (make prompts) into the root's sounds directory.
+install_prompts() {
+  "$VENV/bin/python" -m ivr.promptgen "$repo/build/prompts" >/dev/null
+  local dir lang target
+  for dir in "$repo"/build/prompts/*/callmfa; do
+    lang=$(basename "$(dirname "$dir")")
+    # sounds/en is an absolute symlink inside the root: resolve it there.
+    target=$(chroot "$ROOT" sh -c "mkdir -p /usr/share/asterisk/sounds/$lang/callmfa && readlink -f /usr/share/asterisk/sounds/$lang/callmfa")
+    cp "$dir"/*.wav "$ROOT$target/"
+  done
 }
 
 write_env() {

@@ -3,27 +3,54 @@
 A driver starts the flow with :class:`Started` and then feeds it what happened after each
 step until the flow returns :class:`Hangup`::
 
+    flow = make_flow("pin", input_timeout_ms=6000, max_attempts=3)
     step = flow.send(Started())
     while not isinstance(step, Hangup):
-        event = carry_out(step)          # play, collect, store the outcome
+        event = carry_out(step)          # play, collect, check a code, store the outcome
         step = flow.send(event)
+
+One flow serves every mode:
+
+- ``standard``: ``#`` approves.
+- ``pin``: the user keys their PIN then ``#``; a wrong PIN is asked again up to
+  ``max_attempts`` times, then ``denied``.
+- ``match``: the user keys the number the sign-in page shows, then ``#``; a wrong number
+  is ``denied`` at once (a guess must not get a second try).
+
+In every mode ``0#`` reports fraud, ``*`` throws away what was keyed before it (``*`` last
+replays the prompt, not counted as an attempt, a few times at most), any other input counts
+as a wrong attempt, and nothing after the outcome changes it. The flow never sees a code's
+hash: it asks the driver to :class:`CheckCode` (a slow hash, done off the event loop) and
+is told the verdict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .outcome import Outcome
+
+MODES = ("standard", "pin", "match")
+PIN_MIN_DIGITS = 4
+PIN_MAX_DIGITS = 12
+MATCH_DIGITS = 2
+FRAUD_KEYS = "0"
 
 
 # Steps: what the flow asks the driver to do.
 @dataclass(frozen=True)
 class Collect:
-    """Play the prompts (a key cuts them short) and collect keys up to '#'."""
+    """Play the prompts (a key cuts them short) and collect keys up to '#'.
+
+    ``secret``: the keys are a PIN or match code. There is then exactly one prompt, so that
+    drivers can use AGI's GET DATA, which (unlike Read()) never writes the keys to
+    Asterisk's log.
+    """
 
     prompts: tuple[str, ...]
     timeout_ms: int
     max_digits: int
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -31,6 +58,13 @@ class Play:
     """Play the prompts to the end; keys are ignored."""
 
     prompts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CheckCode:
+    """Compare these keys with the expected code's hash; answer with :class:`CodeChecked`."""
+
+    digits: str = field(repr=False)  # a PIN: never in a log line
 
 
 @dataclass(frozen=True)
@@ -46,21 +80,36 @@ class Hangup:
     """The flow is over: hang up (or, if the caller is gone, just stop)."""
 
 
-Step = Collect | Play | Report | Hangup
+Step = Collect | Play | CheckCode | Report | Hangup
 
 
 # Events: what happened.
 @dataclass(frozen=True)
 class Started:
-    """The call is answered and the IVR runs."""
+    """The call is answered and the IVR runs.
+
+    ``machine``: answering-machine detection said MACHINE. ``locked``: the user's PIN is
+    locked out. ``code_known``: the expected code's hash is there (pin and match modes).
+    """
+
+    machine: bool = False
+    locked: bool = False
+    code_known: bool = True
 
 
 @dataclass(frozen=True)
 class Digits:
     """Keys collected before '#' (not included), the digit limit, or the timeout."""
 
-    digits: str
+    digits: str = field(repr=False)
     timed_out: bool
+
+
+@dataclass(frozen=True)
+class CodeChecked:
+    """The verdict on a :class:`CheckCode`."""
+
+    ok: bool
 
 
 @dataclass(frozen=True)
@@ -73,33 +122,59 @@ class HungUp:
     """The caller hung up."""
 
 
-Event = Started | Digits | Done | HungUp
+Event = Started | Digits | CodeChecked | Done | HungUp
+
+_GREETINGS = {"standard": "greeting", "pin": "pin_greeting", "match": "match_greeting"}
+_CLOSINGS = {
+    Outcome.APPROVED: "approved",
+    Outcome.FRAUD_REPORTED: "fraud_reported",
+    Outcome.NO_INPUT: "failed",
+    Outcome.DENIED: "denied",
+    Outcome.LOCKED_OUT: "locked_out",
+}
 
 
-class StandardFlow:
-    """'#' approves, '0#' reports fraud; anything else is asked again, up to max_attempts.
+class VerificationFlow:
+    """The state machine of one verification call; see the module docstring for the rules.
 
-    Running out of attempts is ``no_input``: detail ``invalid_input`` if a wrong key was
-    pressed at any point, else ``timeout`` (silence throughout, typical of voicemail).
+    Running out of attempts is ``no_input`` (detail ``invalid_input`` if a wrong key was
+    pressed at any point, else ``timeout``), or ``denied`` (``wrong_code``) if a code was
+    checked and found wrong.
     """
 
-    def __init__(self, *, input_timeout_ms: int, max_attempts: int) -> None:
+    def __init__(self, mode: str, *, input_timeout_ms: int, max_attempts: int) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode = mode
         self._timeout_ms = input_timeout_ms
         self._max_attempts = max_attempts
         self._attempts = 0
+        self._restarts = 0
         self._wrong_key = False
+        self._wrong_code = False
         self._closing: tuple[str, ...] | None = None
+        self._pending: Collect | None = None
         self._state = "new"
+
+    @property
+    def finished(self) -> bool:
+        """The outcome is decided: nothing the caller does changes it any more."""
+        return self._state in ("reporting", "closing", "done")
 
     def send(self, event: Event) -> Step:
         """Advance the flow by one event and return the next step."""
         if self._state == "new" and isinstance(event, Started):
-            return self._collect(("greeting",))
-        if self._state == "collecting":
-            if isinstance(event, HungUp):
-                return self._report(Outcome.HUNG_UP, None, None)
-            if isinstance(event, Digits):
-                return self._on_digits(event)
+            return self._start(event)
+        if self._state == "preamble" and isinstance(event, Done):
+            self._state = "collecting"
+            assert self._pending is not None
+            return self._pending
+        if self._state in ("preamble", "collecting", "checking") and isinstance(event, HungUp):
+            return self._report(Outcome.HUNG_UP, None)
+        if self._state == "collecting" and isinstance(event, Digits):
+            return self._on_digits(event)
+        if self._state == "checking" and isinstance(event, CodeChecked):
+            return self._on_checked(event.ok)
         if self._state == "reporting" and isinstance(event, Done):
             if self._closing:
                 self._state = "closing"
@@ -111,24 +186,93 @@ class StandardFlow:
             return Hangup()
         raise ValueError(f"{type(event).__name__} is not expected in state {self._state}")
 
-    def _collect(self, prompts: tuple[str, ...]) -> Collect:
-        self._state = "collecting"
-        self._attempts += 1
-        return Collect(prompts, self._timeout_ms, max_digits=4)
+    def _start(self, event: Started) -> Step:
+        if event.machine:
+            return self._report(Outcome.MACHINE_ANSWERED, None, closing=False)
+        if self.mode == "pin" and event.locked:
+            return self._report(Outcome.LOCKED_OUT, None)
+        if self.mode != "standard" and not event.code_known:
+            # Nothing to compare the keys with: never approve, tell the sign-in service why.
+            return self._report(Outcome.ERROR, "no_pin" if self.mode == "pin" else "no_code",
+                                closing=False, prompt="failed")
+        return self._collect(())
 
-    def _report(self, outcome: Outcome, detail: str | None, closing: str | None) -> Report:
+    def _collect(self, before: tuple[str, ...], *, attempt: bool = True) -> Collect | Play:
+        self._state = "collecting"
+        if attempt:
+            self._attempts += 1
+        if self.mode == "standard":
+            return Collect((*before, _GREETINGS[self.mode]), self._timeout_ms, 4)
+        collect = Collect((_GREETINGS[self.mode],), self._timeout_ms, PIN_MAX_DIGITS + 8,
+                          secret=True)
+        if not before:
+            return collect
+        # A secret Collect has one prompt: what comes before it is played first.
+        self._state = "preamble"
+        self._pending = collect
+        return Play(before)
+
+    def _report(
+        self, outcome: Outcome, detail: str | None, *, closing: bool = True,
+        prompt: str | None = None,
+    ) -> Report:
         self._state = "reporting"
-        self._closing = (closing,) if closing else None
+        name = prompt or (_CLOSINGS.get(outcome) if closing else None)
+        self._closing = (name,) if name else None
         return Report(outcome, detail)
 
     def _on_digits(self, event: Digits) -> Step:
-        if not event.timed_out and event.digits == "":
-            return self._report(Outcome.APPROVED, None, "approved")
-        if not event.timed_out and event.digits == "0":
-            return self._report(Outcome.FRAUD_REPORTED, None, "fraud_reported")
+        keys = event.digits
+        if "*" in keys:
+            keys = keys.rsplit("*", 1)[1]
+            if not keys:
+                if self._restarts < self._max_attempts:
+                    self._restarts += 1
+                    return self._collect((), attempt=False)
+                keys = "*"  # restarted too often: a wrong key like any other
+        if not event.timed_out and keys == FRAUD_KEYS:
+            return self._report(Outcome.FRAUD_REPORTED, None)
+        if not event.timed_out and self._well_formed(keys):
+            if self.mode == "standard":
+                return self._report(Outcome.APPROVED, None)
+            self._state = "checking"
+            return CheckCode(keys)
         silent = event.timed_out and event.digits == ""
         self._wrong_key = self._wrong_key or not silent
+        return self._retry_or_fail(() if silent else ("retry",))
+
+    def _well_formed(self, keys: str) -> bool:
+        if self.mode == "standard":
+            return keys == ""
+        if not keys.isdigit() or not keys.isascii():
+            return False
+        if self.mode == "pin":
+            return PIN_MIN_DIGITS <= len(keys) <= PIN_MAX_DIGITS
+        return len(keys) == MATCH_DIGITS
+
+    def _on_checked(self, ok: bool) -> Step:
+        if ok:
+            return self._report(Outcome.APPROVED, None)
+        self._wrong_code = True
+        if self.mode == "match":
+            return self._report(Outcome.DENIED, "wrong_code")
+        return self._retry_or_fail(("wrong_code",))
+
+    def _retry_or_fail(self, before: tuple[str, ...]) -> Step:
         if self._attempts < self._max_attempts:
-            return self._collect(("greeting",) if silent else ("retry", "greeting"))
-        detail = "invalid_input" if self._wrong_key else "timeout"
-        return self._report(Outcome.NO_INPUT, detail, "failed")
+            return self._collect(before)
+        if self._wrong_code:
+            return self._report(Outcome.DENIED, "wrong_code")
+        return self._report(Outcome.NO_INPUT, "invalid_input" if self._wrong_key else "timeout")
+
+
+class StandardFlow(VerificationFlow):
+    """'#' approves, '0#' reports fraud: the ``standard`` mode."""
+
+    def __init__(self, *, input_timeout_ms: int, max_attempts: int) -> None:
+        super().__init__("standard", input_timeout_ms=input_timeout_ms, max_attempts=max_attempts)
+
+
+def make_flow(mode: str, *, input_timeout_ms: int, max_attempts: int) -> VerificationFlow:
+    """The flow for a request's ``mode``."""
+    return VerificationFlow(mode, input_timeout_ms=input_timeout_ms, max_attempts=max_attempts)

@@ -14,6 +14,9 @@ class Outcome(StrEnum):
 
     APPROVED = "approved"
     FRAUD_REPORTED = "fraud_reported"
+    DENIED = "denied"
+    LOCKED_OUT = "locked_out"
+    MACHINE_ANSWERED = "machine_answered"
     NO_INPUT = "no_input"
     HUNG_UP = "hung_up"
     NO_ANSWER = "no_answer"

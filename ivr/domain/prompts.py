@@ -1,24 +1,128 @@
-"""The prompt catalogue: every prompt the flow plays, by id, in one place.
+"""The prompt catalogue: every prompt the flow plays, by id and language, in one place.
 
-For now the prompts are built from Asterisk's core sounds (English); a later catalogue
-adds callmfa's own recordings and languages under the same ids.
+``make prompts`` turns these texts into callmfa's own recordings (espeak-ng + sox, 8 kHz
+mono WAV) under ``<sounds>/<lang>/callmfa/<id>.wav``, where Asterisk finds them for a channel
+whose language is ``<lang>`` and falls back to ``en`` by itself. An administrator's own
+recording ``<override dir>/<lang>/<id>.wav`` wins over the generated one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
-CORE_SOUNDS: dict[str, tuple[str, ...]] = {
-    # "Hello. Press pound." + "Press zero, then press pound." (to report fraud)
-    "greeting": ("hello", "vm-press", "digits/pound", "vm-press", "digits/0", "vm-then-pound"),
-    "retry": ("pm-invalid-option", "please-try-again"),
-    "approved": ("auth-thankyou", "goodbye"),
-    "fraud_reported": ("privacy-thankyou", "goodbye"),
-    "failed": ("im-sorry", "goodbye"),
+DEFAULT_LANGUAGE = "en"
+SOUNDS_SUBDIR = "callmfa"
+
+PROMPTS: dict[str, dict[str, str]] = {
+    "greeting": {
+        "en": "This is a sign-in verification call. To approve the sign-in, press pound. "
+              "If you did not try to sign in, press zero, then pound.",
+        "fr": "Ceci est un appel de vérification de connexion. Pour approuver la connexion, "
+              "appuyez sur dièse. Si vous n'avez pas essayé de vous connecter, appuyez sur "
+              "zéro, puis dièse.",
+        "de": "Dies ist ein Anruf zur Bestätigung einer Anmeldung. Um die Anmeldung zu "
+              "bestätigen, drücken Sie die Raute-Taste. Wenn Sie sich nicht anmelden wollten, "
+              "drücken Sie null und dann Raute.",
+        "es": "Esta es una llamada de verificación de inicio de sesión. Para aprobarlo, pulse "
+              "almohadilla. Si usted no intentó iniciar sesión, pulse cero y luego almohadilla.",
+    },
+    "pin_greeting": {
+        "en": "This is a sign-in verification call. Enter your PIN, then press pound. "
+              "If you did not try to sign in, press zero, then pound.",
+        "fr": "Ceci est un appel de vérification de connexion. Saisissez votre code personnel, "
+              "puis appuyez sur dièse. Si vous n'avez pas essayé de vous connecter, appuyez sur "
+              "zéro, puis dièse.",
+        "de": "Dies ist ein Anruf zur Bestätigung einer Anmeldung. Geben Sie Ihre PIN ein und "
+              "drücken Sie dann Raute. Wenn Sie sich nicht anmelden wollten, drücken Sie null "
+              "und dann Raute.",
+        "es": "Esta es una llamada de verificación de inicio de sesión. Marque su PIN y luego "
+              "pulse almohadilla. Si usted no intentó iniciar sesión, pulse cero y luego "
+              "almohadilla.",
+    },
+    "match_greeting": {
+        "en": "This is a sign-in verification call. Enter the two-digit number shown on your "
+              "screen, then press pound. If you did not try to sign in, press zero, then pound.",
+        "fr": "Ceci est un appel de vérification de connexion. Saisissez le nombre à deux "
+              "chiffres affiché sur votre écran, puis appuyez sur dièse. Si vous n'avez pas "
+              "essayé de vous connecter, appuyez sur zéro, puis dièse.",
+        "de": "Dies ist ein Anruf zur Bestätigung einer Anmeldung. Geben Sie die zweistellige "
+              "Zahl auf Ihrem Bildschirm ein und drücken Sie dann Raute. Wenn Sie sich nicht "
+              "anmelden wollten, drücken Sie null und dann Raute.",
+        "es": "Esta es una llamada de verificación de inicio de sesión. Marque el número de dos "
+              "cifras que aparece en su pantalla y luego pulse almohadilla. Si usted no intentó "
+              "iniciar sesión, pulse cero y luego almohadilla.",
+    },
+    "retry": {
+        "en": "Sorry, that is not a valid key.",
+        "fr": "Désolé, cette touche n'est pas valide.",
+        "de": "Diese Eingabe ist leider ungültig.",
+        "es": "Lo sentimos, esa tecla no es válida.",
+    },
+    "wrong_code": {
+        "en": "That code is not correct.",
+        "fr": "Ce code n'est pas correct.",
+        "de": "Dieser Code ist nicht richtig.",
+        "es": "Ese código no es correcto.",
+    },
+    "approved": {
+        "en": "Thank you. The sign-in is approved. Goodbye.",
+        "fr": "Merci. La connexion est approuvée. Au revoir.",
+        "de": "Danke. Die Anmeldung ist bestätigt. Auf Wiederhören.",
+        "es": "Gracias. El inicio de sesión está aprobado. Adiós.",
+    },
+    "fraud_reported": {
+        "en": "Thank you. The sign-in was blocked and reported. Goodbye.",
+        "fr": "Merci. La connexion a été bloquée et signalée. Au revoir.",
+        "de": "Danke. Die Anmeldung wurde blockiert und gemeldet. Auf Wiederhören.",
+        "es": "Gracias. El inicio de sesión fue bloqueado y notificado. Adiós.",
+    },
+    "denied": {
+        "en": "The sign-in is denied. Goodbye.",
+        "fr": "La connexion est refusée. Au revoir.",
+        "de": "Die Anmeldung wurde abgelehnt. Auf Wiederhören.",
+        "es": "El inicio de sesión fue denegado. Adiós.",
+    },
+    "locked_out": {
+        "en": "Too many wrong codes. Sign-in by phone is locked; please contact your "
+              "administrator. Goodbye.",
+        "fr": "Trop de codes erronés. La connexion par téléphone est bloquée; veuillez "
+              "contacter votre administrateur. Au revoir.",
+        "de": "Zu viele falsche Codes. Die Anmeldung per Telefon ist gesperrt; bitte wenden "
+              "Sie sich an Ihre Administration. Auf Wiederhören.",
+        "es": "Demasiados códigos incorrectos. El inicio de sesión por teléfono está bloqueado; "
+              "contacte con su administrador. Adiós.",
+    },
+    "failed": {
+        "en": "Sorry, no valid answer was received. Goodbye.",
+        "fr": "Désolé, aucune réponse valide n'a été reçue. Au revoir.",
+        "de": "Leider wurde keine gültige Eingabe empfangen. Auf Wiederhören.",
+        "es": "Lo sentimos, no se recibió ninguna respuesta válida. Adiós.",
+    },
 }
 
+LANGUAGES: tuple[str, ...] = tuple(PROMPTS["greeting"])
 
-def sound_files(prompt_ids: Iterable[str], lang: str = "en") -> tuple[str, ...]:
-    """The sound files (no extension) that make up these prompts, in order."""
-    del lang  # the core sounds exist in English only
-    return tuple(f for pid in prompt_ids for f in CORE_SOUNDS[pid])
+
+def prompt_language(lang: str) -> str:
+    """The catalogue language for a request's ``lang`` (``fr-CA`` -> ``fr``; unknown -> en)."""
+    base = lang.replace("_", "-").split("-", 1)[0].lower()
+    return base if base in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def sound_files(
+    prompt_ids: Iterable[str],
+    lang: str = DEFAULT_LANGUAGE,
+    *,
+    override_dir: str = "",
+    overridden: Collection[str] = (),
+) -> tuple[str, ...]:
+    """The files (no extension) Asterisk plays for these prompts, in order.
+
+    Generated prompts are named relative to the sounds directory (Asterisk adds the
+    channel's language); ``overridden`` ids play the administrator's file instead.
+    """
+    language = prompt_language(lang)
+    return tuple(
+        f"{override_dir}/{language}/{pid}" if pid in overridden else f"{SOUNDS_SUBDIR}/{pid}"
+        for pid in prompt_ids
+    )

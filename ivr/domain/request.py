@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import RequestError
+from .codes import is_valid_hash
+from .flow import MODES as FLOW_MODES
 from .outcome import parse_iso
 
-MODES = frozenset({"standard"})
-FIELDS = frozenset({"id", "user", "phone", "mode", "lang", "expires_at", "context"})
+MODES = frozenset(FLOW_MODES)
+FIELDS = frozenset(
+    {"id", "user", "phone", "mode", "lang", "expires_at", "context", "match_hash"}
+)
 MAX_REQUEST_BYTES = 8192
 MAX_CONTEXT_BYTES = 4096
 MAX_USER_CHARS = 128
@@ -42,6 +46,7 @@ class VerificationRequest:
     requested_at: float
     expires_at: float
     context: dict[str, Any] = field(default_factory=dict)
+    match_hash: str = field(default="", repr=False)
 
     @property
     def phone(self) -> str:
@@ -102,6 +107,13 @@ def parse_request(
     mode = data.get("mode", "standard")
     if not isinstance(mode, str) or mode not in MODES:
         raise RequestError("unsupported_mode", f"mode must be one of {', '.join(sorted(MODES))}")
+    match_hash = data.get("match_hash")
+    if mode == "match" and (not isinstance(match_hash, str) or not is_valid_hash(match_hash)):
+        raise RequestError(
+            "invalid_match_hash", "mode match needs match_hash: scrypt$14$8$1$<salt>$<hash>"
+        )
+    if mode != "match" and match_hash is not None:
+        raise RequestError("invalid_match_hash", "match_hash is for mode match only")
     lang = data.get("lang") or "en"
     if not isinstance(lang, str) or not _LANG.match(lang):
         raise RequestError("invalid_lang", "lang must be a language tag such as en or fr-CA")
@@ -133,4 +145,5 @@ def parse_request(
         requested_at=requested_at,
         expires_at=expires_at,
         context=context,
+        match_hash=match_hash or "",
     )

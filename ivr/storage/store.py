@@ -7,7 +7,6 @@ first outcome for an id and publishes it; any later outcome for the same id is d
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -17,26 +16,26 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
-from ..domain.outcome import OutcomeRecord, iso
+from ..domain.outcome import OutcomeRecord
+from .keys import (
+    DEADLETTER,
+    EVENTS,
+    GROUP,
+    REQUESTS,
+    RESULTS_CHANNEL,
+    STORE_OUTCOME,
+    call_key,
+    event_fields,
+    outcome_script_args,
+    result_key,
+)
 
 log = structlog.get_logger("ivr.store")
 
-REQUESTS = "callmfa:requests"
-GROUP = "originators"
-RESULTS_CHANNEL = "callmfa:results"
-EVENTS = "callmfa:events"
-DEADLETTER = "callmfa:deadletter"
-
-
-def result_key(rid: str) -> str:
-    """Where the outcome of ``rid`` is stored."""
-    return f"callmfa:result:{rid}"
-
-
-def call_key(rid: str) -> str:
-    """The call marker of ``rid``: what the IVR needs, and proof that it was dialled."""
-    return f"callmfa:call:{rid}"
-
+__all__ = [
+    "DEADLETTER", "EVENTS", "GROUP", "REQUESTS", "RESULTS_CHANNEL", "Claim", "Entry", "Store",
+    "call_key", "connect", "result_key",
+]
 
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
@@ -44,16 +43,6 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 'in_progress' end
 redis.call('HSET', KEYS[2], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 'new'
-"""
-
-_STORE_OUTCOME = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('PUBLISH', ARGV[3], ARGV[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-             'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7])
-  return 1
-end
-return 0
 """
 
 
@@ -99,7 +88,7 @@ class Store:
         self._ttl = result_ttl_s
         self._maxlen = events_maxlen
         self._claim = redis.register_script(_CLAIM)
-        self._store_outcome = redis.register_script(_STORE_OUTCOME)
+        self._store_outcome = redis.register_script(STORE_OUTCOME)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing."""
@@ -145,14 +134,8 @@ class Store:
 
     async def store_outcome(self, record: OutcomeRecord) -> bool:
         """Store and publish the outcome; False if ``record.id`` already had one."""
-        stored = await self._store_outcome(
-            keys=[result_key(record.id), EVENTS],
-            args=[
-                record.to_json(), self._ttl, RESULTS_CHANNEL, self._maxlen, record.id,
-                iso(record.finished_at) or "", record.outcome.value,
-            ],
-        )
-        return bool(stored)
+        keys, args = outcome_script_args(record, self._ttl, self._maxlen)
+        return bool(await self._store_outcome(keys=keys, args=args))
 
     async def get_outcome(self, rid: str) -> OutcomeRecord | None:
         """The stored outcome, if any."""
@@ -161,7 +144,7 @@ class Store:
 
     async def event(self, rid: str, name: str, **fields: str) -> None:
         """Append a progress event (queued, dialing, ringing, answered, input)."""
-        data: dict[Any, Any] = {"id": rid, "event": name, "at": iso(time.time()) or "", **fields}
+        data: dict[Any, Any] = event_fields(rid, name, **fields)
         await self.redis.xadd(EVENTS, data, maxlen=self._maxlen, approximate=True)
 
     async def deadletter(self, entry_id: str, payload: bytes | None, error: str) -> None:

@@ -56,6 +56,25 @@ def format_command(*parts: str) -> bytes:
     return (" ".join(parts) + "\n").encode()
 
 
+READ_VARIABLE = "CALLMFA_KEYS"
+READ_RESULT = "${READSTATUS}:${CALLMFA_KEYS}"
+
+
+def read_args(files: tuple[str, ...], timeout_ms: int, max_digits: int) -> str:
+    """The argument of ``EXEC Read`` that plays ``files`` and collects keys up to '#'."""
+    return f"{READ_VARIABLE},{'&'.join(files)},{max_digits},,1,{timeout_ms / 1000:g}"
+
+
+def parse_read_result(data: str, raw: str = "") -> tuple[str, bool]:
+    """``READ_RESULT``'s value as (keys, timed_out); AgiHangup if the caller hung up."""
+    status, _, keys = data.partition(":")
+    if status == "HANGUP":
+        raise AgiHangup()
+    if status not in ("OK", "TIMEOUT"):
+        raise AgiError(f"Read() ended with {status or 'no status'}", raw or data)
+    return keys, status == "TIMEOUT"
+
+
 class AgiChannel:
     """Runs AGI commands over one connection; every read has a timeout."""
 
@@ -124,17 +143,30 @@ class AgiChannel:
         Not GET DATA: it takes one file only and answers a missing file with
         ``result=-1``, like a hang-up. Read() takes a list and says how it ended.
         """
-        await self.execute(
-            "EXEC", "Read", f"CALLMFA_KEYS,{'&'.join(files)},{max_digits},,1,{timeout_ms / 1000:g}"
-        )
-        reply = await self.execute("GET FULL VARIABLE", "${READSTATUS}:${CALLMFA_KEYS}")
-        status, _, keys = (reply.data or "").partition(":")
-        if status == "HANGUP":
+        await self.execute("EXEC", "Read", read_args(files, timeout_ms, max_digits))
+        reply = await self.execute("GET FULL VARIABLE", READ_RESULT)
+        try:
+            return parse_read_result(reply.data or "", reply.raw)
+        except AgiHangup:
             self.hung_up = True
-            raise AgiHangup()
-        if status not in ("OK", "TIMEOUT"):
-            raise AgiError(f"Read() ended with {status or 'no status'}", reply.raw)
-        return keys, status == "TIMEOUT"
+            raise
+
+    async def get_data(self, file: str, timeout_ms: int, max_digits: int) -> tuple[str, bool]:
+        """GET DATA: play one file (a key cuts it), collect keys up to '#': (keys, timed_out).
+
+        For secret keys: unlike Read(), it does not log what was keyed.
+        """
+        reply = await self.execute("GET DATA", file, str(timeout_ms), str(max_digits))
+        return reply.result, reply.data == "timeout"
+
+    async def get_full_variable(self, expression: str) -> str:
+        """Evaluate a dialplan expression such as ``${AMDSTATUS}`` ('' when empty)."""
+        reply = await self.execute("GET FULL VARIABLE", expression)
+        return reply.data or ""
+
+    async def set_variable(self, name: str, value: str) -> None:
+        """Set a channel variable or function, e.g. ``CHANNEL(language)``."""
+        await self.execute("SET VARIABLE", name, value)
 
     async def playback(self, files: tuple[str, ...]) -> None:
         """Play ``files`` to the end."""

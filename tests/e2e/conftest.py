@@ -27,10 +27,15 @@ PhoneFactory = Callable[..., SippPhone]
 
 @pytest.fixture
 def phone(sandbox: Sandbox, tmp_path: Path) -> Iterator[PhoneFactory]:
-    """Start the user's phone (sipp) on the sandbox's phone address; stopped after the test."""
+    """Start the user's phone (sipp) on the sandbox's phone address; stopped after the test.
+
+    Unless told otherwise the phone says "Hello." on answering, as a person does.
+    """
     started: list[SippPhone] = []
 
     def start(calls: int = 1, **behaviour: object) -> SippPhone:
+        # A person says "hello" on answering: answering-machine detection (on) needs it.
+        behaviour.setdefault("speech", "Hello.")
         p = SippPhone(
             PhoneBehaviour(**behaviour),  # type: ignore[arg-type]
             workdir=tmp_path / f"phone{len(started)}",

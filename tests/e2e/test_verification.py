@@ -102,7 +102,8 @@ class TestAnswered:
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:
         """+E.164x1234 dials the number, keys 1234 after the answer, then runs the IVR."""
-        p = phone(keys="#", key_delay_ms=2500)
+        # The person comes to the phone once the extension is keyed (~2.6 s), then says hello.
+        p = phone(keys="#", speech_delay_ms=3500, key_delay_ms=1500)
         record = await _verify(client, phone=PHONE + "x1234")
         assert record.outcome is Outcome.APPROVED
         assert p.wait(20) == 0, p.errors()

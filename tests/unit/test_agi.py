@@ -445,7 +445,7 @@ class TestReadKeys:
         await channel.read_keys(sound_files(("retry", "greeting")), 6000, 4)
 
         first = bytes(writer.written).split(b"\n")[0]
-        assert first.startswith(b"EXEC Read CALLMFA_KEYS,pm-invalid-option&please-try-again&hello")
+        assert first.startswith(b"EXEC Read CALLMFA_KEYS,callmfa/retry&callmfa/greeting,4,,1,6")
 
 
 class TestPlaybackAndHangup:

@@ -31,7 +31,7 @@ WRONG_KEYS = [
     Digits("00", timed_out=False),
     Digits("0", timed_out=True),
     Digits("1234", timed_out=False),
-    Digits("*", timed_out=False),
+    Digits("*5", timed_out=False),
 ]
 
 
@@ -245,7 +245,8 @@ class TestUnexpectedEvents:
 
 digits_events = st.builds(
     Digits,
-    digits=st.one_of(st.just(""), st.just("0"), st.text(alphabet="0123456789*", max_size=4)),
+    # No "*" here: it restarts the prompt (tests/unit/test_flow_modes.py covers it).
+    digits=st.one_of(st.just(""), st.just("0"), st.text(alphabet="0123456789", max_size=4)),
     timed_out=st.booleans(),
 )
 

@@ -43,6 +43,9 @@ class TestOutcome:
         assert {o.value for o in Outcome} == {
             "approved",
             "fraud_reported",
+            "denied",
+            "locked_out",
+            "machine_answered",
             "no_input",
             "hung_up",
             "no_answer",

@@ -1,0 +1,132 @@
+"""What an IVR driver knows about one verification call, shared by the FastAGI and classic drivers.
+
+Everything here is I/O free: the drivers load the call marker, the PIN state and the
+channel's facts, and this module turns them into the flow, its :class:`Started` event, the
+files to play and the outcome record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .domain.flow import Started, VerificationFlow, make_flow
+from .domain.outcome import Outcome, OutcomeRecord
+from .domain.prompts import PROMPTS, prompt_language, sound_files
+from .settings import Settings
+
+# Dialplan variables the drivers read (set by AMD() and our dialplan).
+AMD_STATUS = "AMDSTATUS"
+
+
+class PinEffect(Enum):
+    """What an outcome does to the user's PIN denial count."""
+
+    NONE = "none"
+    COUNT_DENIAL = "count_denial"
+    RESET = "reset"
+
+
+@dataclass
+class CallContext:
+    """One call: its request's facts, the code it expects and the times of its timeline."""
+
+    id: str
+    user: str | None
+    mode: str
+    lang: str
+    requested_at: float | None
+    call_started_at: float | None
+    answered_at: float
+    match_hash: str = field(default="", repr=False)
+    input_at: float | None = None
+    overridden: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_marker(cls, rid: str, info: dict[str, str], answered: float) -> CallContext:
+        """From the call marker (``callmfa:call:<id>``) the originator wrote."""
+        return cls(
+            id=rid,
+            user=info.get("user"),
+            mode=info.get("mode", "standard"),
+            lang=prompt_language(info.get("lang", "en")),
+            requested_at=_float(info.get("requested_at")),
+            call_started_at=_float(info.get("call_started_at")),
+            # The originator records the answer; if its note is not in yet, ours is as good.
+            answered_at=_float(info.get("answered_at")) or answered,
+            match_hash=info.get("match_hash", ""),
+        )
+
+    def flow(self, settings: Settings) -> VerificationFlow:
+        """The flow for this call's mode."""
+        return make_flow(
+            self.mode,
+            input_timeout_ms=int(settings.input_timeout_s * 1000),
+            max_attempts=settings.max_attempts,
+        )
+
+    def started(self, *, amd_status: str, pin_hash: str, pin_locked: bool) -> Started:
+        """The flow's first event; remembers the code the keys will be checked against."""
+        if self.mode == "pin":
+            self.match_hash = pin_hash
+        return Started(
+            machine=amd_status.strip().upper() == "MACHINE",
+            locked=self.mode == "pin" and pin_locked,
+            code_known=self.mode == "standard" or bool(self.match_hash),
+        )
+
+    @property
+    def expected_hash(self) -> str:
+        """The hash a :class:`~ivr.domain.flow.CheckCode` is checked against."""
+        return self.match_hash
+
+    def files(self, prompts: tuple[str, ...], settings: Settings) -> tuple[str, ...]:
+        """The sound files for these prompts (the admin's override, else ours)."""
+        return sound_files(
+            prompts, self.lang, override_dir=settings.prompt_override_dir,
+            overridden=self.overridden,
+        )
+
+    def override_probe(self, settings: Settings) -> tuple[str, str] | None:
+        """(prompt ids, a dialplan expression) that tells which prompts the admin overrode.
+
+        The expression gives one '1' or '0' per id, in order (func_env's STAT); None when
+        no override directory is configured.
+        """
+        if not settings.prompt_override_dir:
+            return None
+        ids = tuple(PROMPTS)
+        base = f"{settings.prompt_override_dir}/{self.lang}"
+        return ",".join(ids), "".join(f"${{STAT(e,{base}/{pid}.wav)}}" for pid in ids)
+
+    def apply_override_probe(self, ids: str, answer: str) -> None:
+        """Remember the overridden prompts from the probe's answer."""
+        self.overridden = frozenset(
+            pid for pid, bit in zip(ids.split(","), answer, strict=False) if bit == "1"
+        )
+
+    def record(self, outcome: Outcome, detail: str | None) -> OutcomeRecord:
+        """The outcome record, with the timeline so far."""
+        return OutcomeRecord(
+            id=self.id, user=self.user, outcome=outcome, detail=detail,
+            requested_at=self.requested_at, call_started_at=self.call_started_at,
+            answered_at=self.answered_at, input_at=self.input_at, finished_at=time.time(),
+        )
+
+    def pin_effect(self, outcome: Outcome) -> PinEffect:
+        """A denied PIN call counts toward the lockout; an approved one clears the count."""
+        if self.mode != "pin" or not self.user:
+            return PinEffect.NONE
+        if outcome is Outcome.DENIED:
+            return PinEffect.COUNT_DENIAL
+        if outcome is Outcome.APPROVED:
+            return PinEffect.RESET
+        return PinEffect.NONE
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,184 @@
+"""The classic AGI driver: the same flow, run by Asterisk as a process per call (pyst2).
+
+``agi_scripts/callmfa-verify.agi`` calls :func:`main`. Settings come from the environment
+Asterisk passes and from ``$AST_CONFIG_DIR/callmfa.env`` (``CALLMFA_X=value`` lines; the
+environment wins). Nothing is written to stderr: pyst2 traces every command and reply
+there (the keys, a PIN among them), and Asterisk may log it, so it goes to /dev/null.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from .call import AMD_STATUS, CallContext, PinEffect
+from .domain.codes import check_code
+from .domain.flow import (
+    CheckCode,
+    CodeChecked,
+    Collect,
+    Digits,
+    Done,
+    Event,
+    Hangup,
+    HungUp,
+    Play,
+    Report,
+    Step,
+)
+from .domain.outcome import Outcome
+from .domain.prompts import sound_files
+from .exceptions import AgiError, AgiHangup, IvrError
+from .settings import Settings
+from .transport.agi import READ_RESULT, parse_read_result, read_args
+
+ENV_FILE = "callmfa.env"
+
+
+def load_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment over ``$AST_CONFIG_DIR/callmfa.env`` (if there is one)."""
+    values: dict[str, str] = {}
+    path = Path(environ.get("CALLMFA_ENV_FILE")
+                or Path(environ.get("AST_CONFIG_DIR", "/etc/asterisk")) / ENV_FILE)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            key, sep, value = line.strip().removeprefix("export ").partition("=")
+            if sep and key.startswith("CALLMFA_"):
+                values[key] = value.strip().strip("'\"")
+    values.update({k: v for k, v in environ.items() if k.startswith("CALLMFA_")})
+    return values
+
+
+class ClassicDriver:
+    """Carries out the flow's steps over pyst2's AGI (stdin/stdout) and redis-py's sync client."""
+
+    def __init__(self, agi: Any, store: Any, settings: Settings) -> None:
+        self._agi = agi
+        self._store = store
+        self._settings = settings
+
+    def _command(self, method: str, *args: str) -> Any:
+        from asterisk.agi import AGIAppError, AGIError
+
+        try:
+            return getattr(self._agi, method)(*args)
+        except AGIAppError:
+            raise AgiHangup() from None  # result=-1, SIGHUP or SIGPIPE: the caller is gone
+        except AGIError as e:
+            raise AgiError(f"AGI {method} failed", str(e)) from None
+
+    def _log(self, message: str) -> None:
+        with contextlib.suppress(AgiHangup, AgiError):  # a log line is not worth a failed call
+            self._command("verbose", f"callmfa: {message}", "3")
+
+    def run(self, rid: str) -> None:
+        """Run one verification call to its end."""
+        info = self._store.call_info(rid) if rid else {}
+        if not info:
+            self._log(f"{rid}: not a call callmfa placed; hanging up")
+            self._play_and_hang_up(sound_files(("failed",)))
+            return
+        call = CallContext.from_marker(rid, info, time.time())
+        pin = self._store.pin_state(call.user) if call.mode == "pin" and call.user else None
+        amd = ""
+        try:
+            self._command("set_variable", "CHANNEL(language)", call.lang)
+            probe = call.override_probe(self._settings)
+            answer = self._command(
+                "get_full_variable", f"${{{AMD_STATUS}}}|" + (probe[1] if probe else "")
+            )
+            amd, _, bits = str(answer).partition("|")
+            if probe:
+                call.apply_override_probe(probe[0], bits)
+        except AgiHangup:
+            pass  # the flow's first step finds the caller gone
+        started = call.started(
+            amd_status=amd, pin_hash=pin.hash if pin else "", pin_locked=bool(pin and pin.locked)
+        )
+        flow = call.flow(self._settings)
+        step: Step = flow.send(started)
+        try:
+            while not isinstance(step, Hangup):
+                step = flow.send(self._carry_out(step, call))
+        except AgiError as e:
+            self._log(f"{rid}: AGI failed: {e}")
+            self._report(call, Report(Outcome.ERROR, "agi_failed"))
+        self._play_and_hang_up(())
+
+    def _carry_out(self, step: Step, call: CallContext) -> Event:
+        try:
+            if isinstance(step, Collect):
+                files = call.files(step.prompts, self._settings)
+                if step.secret:  # GET DATA: unlike Read(), it does not log the keys
+                    reply = self._command("execute", "GET DATA", files[0],
+                                          str(step.timeout_ms), str(step.max_digits))
+                    digits, data = reply["result"]
+                    timed_out = data == "timeout"
+                else:
+                    self._command("appexec", "Read", read_args(
+                        files, step.timeout_ms, step.max_digits))
+                    digits, timed_out = parse_read_result(
+                        str(self._command("get_full_variable", READ_RESULT)))
+                if digits or not timed_out:
+                    call.input_at = time.time()
+                    self._store.event(call.id, "input")
+                return Digits(digits, timed_out)
+            if isinstance(step, CheckCode):
+                return CodeChecked(check_code(step.digits, call.expected_hash))
+            if isinstance(step, Play):
+                self._command("appexec", "Playback", "&".join(
+                    call.files(step.prompts, self._settings)))
+                return Done()
+            assert isinstance(step, Report)
+            self._report(call, step)
+            return Done()
+        except AgiHangup:
+            return HungUp()
+
+    def _report(self, call: CallContext, step: Report) -> None:
+        stored = self._store.store_outcome(call.record(step.outcome, step.detail))
+        self._log(f"{call.id}: outcome {step.outcome.value}"
+                  + ("" if stored else " (an outcome was already stored)"))
+        effect = call.pin_effect(step.outcome) if stored else PinEffect.NONE
+        if effect is PinEffect.COUNT_DENIAL and call.user:
+            if self._store.record_denial(call.user):
+                self._log(f"{call.id}: the user's PIN is now locked out")
+        elif effect is PinEffect.RESET and call.user:
+            self._store.reset_pin(call.user)
+
+    def _play_and_hang_up(self, files: tuple[str, ...]) -> None:
+        try:
+            if files:
+                self._command("appexec", "Playback", "&".join(files))
+            self._command("hangup")
+        except (AgiHangup, AgiError):
+            pass
+
+
+def main(
+    argv: Sequence[str], stdin: IO[str] | None = None, stdout: IO[str] | None = None
+) -> int:
+    """Run the IVR for the call Asterisk handed this process; 0 unless nothing could run."""
+    from asterisk.agi import AGI
+
+    from .storage.sync import SyncStore
+
+    with open(os.devnull, "w") as sink:
+        agi = AGI(stdin or sys.stdin, stdout or sys.stdout, sink)
+        try:
+            settings = Settings.from_env(load_env(os.environ))
+        except IvrError as e:
+            agi.verbose(f"callmfa: bad settings: {e}", 1)
+            return 1
+        rid = argv[1] if len(argv) > 1 else agi.env.get("agi_uniqueid", "")
+        store = SyncStore.connect(settings)
+        try:
+            ClassicDriver(agi, store, settings).run(rid)
+        finally:
+            store.close()
+    return 0

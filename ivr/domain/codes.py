@@ -1,0 +1,60 @@
+"""Salted hashes of the codes a user keys (PINs, match numbers): scrypt, never the code itself.
+
+The stored form is one ASCII string, ``scrypt$<log2 N>$<r>$<p>$<salt>$<hash>`` (salt and
+hash in unpadded URL-safe base64). Checking costs tens of milliseconds of CPU on purpose:
+drivers run it off the event loop. Parameters read from a hash are bounded, so a hash that
+came with a request cannot make the check take a second or a gigabyte.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+
+LOG2_N, R, P = 14, 8, 1  # 16 MiB and ~40 ms per check
+MAX_LOG2_N, MAX_R, MAX_P = 16, 8, 2
+_FORMAT = re.compile(
+    r"scrypt\$(\d{1,2})\$(\d{1,2})\$(\d)\$([A-Za-z0-9_-]{16,64})\$([A-Za-z0-9_-]{32,88})\Z"
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(code: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(
+        code.encode(), salt=salt, n=1 << log2_n, r=r, p=p, dklen=32,
+        maxmem=128 * r * (1 << log2_n) * 2 + 1024 * 1024,
+    )
+
+
+def hash_code(code: str, *, log2_n: int = LOG2_N, r: int = R, p: int = P) -> str:
+    """The stored form of ``code``, with a fresh random salt."""
+    salt = os.urandom(16)
+    return f"scrypt${log2_n}${r}${p}${_b64(salt)}${_b64(_scrypt(code, salt, log2_n, r, p))}"
+
+
+def is_valid_hash(stored: str) -> bool:
+    """Whether ``stored`` is a hash this module can check, within the parameter bounds."""
+    m = _FORMAT.match(stored)
+    if m is None:
+        return False
+    log2_n, r, p = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return 10 <= log2_n <= MAX_LOG2_N and 1 <= r <= MAX_R and 1 <= p <= MAX_P
+
+
+def check_code(code: str, stored: str) -> bool:
+    """Whether ``code`` is the code behind ``stored``; a malformed hash matches nothing."""
+    if not is_valid_hash(stored):
+        return False
+    _, log2_n, r, p, salt, digest = stored.split("$")
+    actual = _scrypt(code, _unb64(salt), int(log2_n), int(r), int(p))
+    return hmac.compare_digest(actual, _unb64(digest))

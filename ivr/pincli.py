@@ -1,0 +1,68 @@
+"""``callmfa pin set|unlock USER``: an administrator sets a user's PIN or lifts a lockout.
+
+The PIN is read without echo (or as one line from a pipe, for scripts), hashed with scrypt
+at once and only the hash is stored; the PIN itself is never printed, logged or kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from .app import pin_store
+from .domain.codes import hash_code
+from .domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
+from .settings import Settings
+from .storage.store import connect
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``pin`` command to the ``callmfa`` parser."""
+    p = sub.add_parser("pin", help="set a user's PIN (pin mode) or unlock a locked-out user")
+    actions = p.add_subparsers(dest="pin_action", required=True)
+    s = actions.add_parser("set", help="set or replace USER's PIN (read without echo)")
+    s.add_argument("user")
+    u = actions.add_parser("unlock", help="clear USER's wrong-PIN count and lockout")
+    u.add_argument("user")
+
+
+def read_pin() -> str:
+    """The new PIN, typed twice on a terminal or one line on stdin."""
+    if sys.stdin.isatty():
+        pin = getpass.getpass("New PIN: ")
+        if getpass.getpass("Again: ") != pin:
+            raise ValueError("the two PINs differ")
+        return pin
+    return sys.stdin.readline().strip()
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Carry out ``callmfa pin ...``."""
+    if args.pin_action == "set":
+        try:
+            pin = read_pin()
+        except ValueError as e:
+            print(f"callmfa: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if not (pin.isascii() and pin.isdigit() and PIN_MIN_DIGITS <= len(pin) <= PIN_MAX_DIGITS):
+            print(f"callmfa: a PIN is {PIN_MIN_DIGITS} to {PIN_MAX_DIGITS} digits",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        code_hash = hash_code(pin)
+    redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    try:
+        pins = pin_store(redis, settings)
+        if args.pin_action == "set":
+            await pins.set_hash(args.user, code_hash)
+            print(f"PIN set for {args.user}")
+            return EXIT_OK
+        if await pins.reset(args.user):
+            print(f"{args.user} unlocked")
+            return EXIT_OK
+        print(f"callmfa: {args.user} has no PIN", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await redis.aclose()

@@ -1,0 +1,54 @@
+"""callmfa's Redis key names, and the one Lua script every IVR driver runs (no client here).
+
+Shared by the asyncio store (``callmfa serve``) and the classic AGI driver's sync store.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..domain.outcome import OutcomeRecord, iso
+
+REQUESTS = "callmfa:requests"
+GROUP = "originators"
+RESULTS_CHANNEL = "callmfa:results"
+EVENTS = "callmfa:events"
+DEADLETTER = "callmfa:deadletter"
+
+
+def result_key(rid: str) -> str:
+    """Where the outcome of ``rid`` is stored."""
+    return f"callmfa:result:{rid}"
+
+
+def call_key(rid: str) -> str:
+    """The call marker of ``rid``: what the IVR needs, and proof that it was dialled."""
+    return f"callmfa:call:{rid}"
+
+
+
+
+STORE_OUTCOME = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('PUBLISH', ARGV[3], ARGV[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+             'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7])
+  return 1
+end
+return 0
+"""
+
+
+def outcome_script_args(
+    record: OutcomeRecord, ttl_s: int, events_maxlen: int
+) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of the store-outcome script (shared with the classic AGI driver)."""
+    return [result_key(record.id), EVENTS], [
+        record.to_json(), ttl_s, RESULTS_CHANNEL, events_maxlen, record.id,
+        iso(record.finished_at) or "", record.outcome.value,
+    ]
+
+
+def event_fields(rid: str, name: str, **fields: str) -> dict[str, str]:
+    """One ``callmfa:events`` entry."""
+    return {"id": rid, "event": name, "at": iso(time.time()) or "", **fields}

@@ -1,0 +1,74 @@
+"""The Redis side for the classic AGI driver: redis-py's sync client, the same keys and scripts.
+
+Imported only by the classic AGI script (one short-lived process per call), so it loads
+nothing from ``redis.asyncio``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis import Redis
+
+from ..domain.outcome import OutcomeRecord
+from ..settings import Settings
+from .keys import EVENTS, STORE_OUTCOME, call_key, event_fields, outcome_script_args
+from .pins import RECORD_DENIAL, PinState, lock_value, parse_pin_state, pin_key
+
+
+class SyncStore:
+    """What one IVR call reads and writes: its marker, the PIN state, events, the outcome."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+
+    @classmethod
+    def connect(cls, settings: Settings) -> SyncStore:
+        """A single connection with the configured timeouts (one call, one process)."""
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=settings.connect_timeout_s,
+            socket_timeout=settings.connect_timeout_s + 5,
+        )
+        return cls(redis, settings)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._redis.close()
+
+    def call_info(self, rid: str) -> dict[str, str]:
+        """The call marker's fields (empty if unknown)."""
+        raw: Any = self._redis.hgetall(call_key(rid))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def pin_state(self, user: str) -> PinState:
+        """The user's PIN hash and lockout."""
+        raw: Any = self._redis.hgetall(pin_key(user))
+        return parse_pin_state(raw, time.time())
+
+    def event(self, rid: str, name: str) -> None:
+        """Append a progress event."""
+        data: dict[Any, Any] = event_fields(rid, name)
+        self._redis.xadd(EVENTS, data, maxlen=self._settings.events_maxlen, approximate=True)
+
+    def store_outcome(self, record: OutcomeRecord) -> bool:
+        """Store and publish the outcome; False if the id already had one."""
+        keys, args = outcome_script_args(
+            record, self._settings.result_ttl_s, self._settings.events_maxlen
+        )
+        return bool(self._redis.eval(STORE_OUTCOME, len(keys), *keys, *args))
+
+    def record_denial(self, user: str) -> bool:
+        """Count a denied PIN call; True when it locked the user out."""
+        locked = self._redis.eval(
+            RECORD_DENIAL, 1, pin_key(user), self._settings.pin_lockout_after,
+            lock_value(time.time(), self._settings.pin_lockout_s),
+        )
+        return bool(locked)
+
+    def reset_pin(self, user: str) -> None:
+        """Clear the user's denials after a success."""
+        if self._redis.exists(pin_key(user)):
+            self._redis.hset(pin_key(user), mapping={"denials": 0, "locked_until": 0})

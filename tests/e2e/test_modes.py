@@ -1,0 +1,172 @@
+"""PIN and match modes, machine detection and languages, through the real chain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from ivr.client import VerificationClient
+from ivr.domain.outcome import Outcome, OutcomeRecord
+
+from ..conftest import REPO, Sandbox
+from .conftest import PhoneFactory
+
+PHONE = "+15550100"
+PIN = "5938271046"  # ten digits: nothing else in a log or in Redis looks like it
+VOICEMAIL = ("Hi, you have reached the voicemail of Alice Example. I am not available right "
+             "now. Please leave your name, your number and a short message after the tone, "
+             "and I will call you back as soon as I can.")
+
+
+def _callmfa(sandbox: Sandbox, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CALLMFA_REDIS_URL": sandbox.redis_url}
+    return subprocess.run([str(REPO / ".venv" / "bin" / "callmfa"), *args], input=stdin,
+                          capture_output=True, text=True, env=env, timeout=30)
+
+
+async def set_pin(sandbox: Sandbox, user: str, pin: str) -> None:
+    """`callmfa pin set USER` with the PIN on stdin, as an admin's script would."""
+    out = await asyncio.to_thread(_callmfa, sandbox, "pin", "set", user, stdin=pin + "\n")
+    assert out.returncode == 0, out.stderr
+    assert pin not in out.stdout + out.stderr
+
+
+def _new_lines(log: Path, offset: int) -> list[str]:
+    with log.open(errors="replace") as f:
+        f.seek(offset)
+        return f.readlines()
+
+
+async def verify(client: VerificationClient, user: str, **kw: object) -> OutcomeRecord:
+    record = await client.verify(user=user, phone=PHONE, timeout_s=60, **kw)
+    assert record is not None, "no outcome within 60 s"
+    return record
+
+
+class TestPin:
+    async def test_right_pin_approves(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """The PIN set with `callmfa pin set`, keyed then '#': approved."""
+        await set_pin(sandbox, "pin-right", PIN)
+        phone(keys=PIN + "#")
+        record = await verify(client, "pin-right", mode="pin")
+        assert (record.outcome, record.detail) == (Outcome.APPROVED, None)
+
+    async def test_wrong_pin_twice_is_denied(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """A wrong PIN on every attempt (2 in the e2e settings): denied, wrong_code."""
+        await set_pin(sandbox, "pin-wrong", PIN)
+        phone(keys="1111#2222#")
+        record = await verify(client, "pin-wrong", mode="pin")
+        assert (record.outcome, record.detail) == (Outcome.DENIED, "wrong_code")
+
+    async def test_denied_calls_lock_the_user_out(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """After 2 denied calls (the e2e lockout setting) even the right PIN gets locked_out;
+        `callmfa pin unlock` lets the user in again."""
+        await set_pin(sandbox, "pin-lock", PIN)
+        for keys, outcome in [("1111#2222#", Outcome.DENIED), ("1111#2222#", Outcome.DENIED),
+                              (PIN + "#", Outcome.LOCKED_OUT)]:
+            p = phone(keys=keys)
+            assert (await verify(client, "pin-lock", mode="pin")).outcome is outcome
+            p.wait(30)  # one phone at a time on the phone's address
+        out = await asyncio.to_thread(_callmfa, sandbox, "pin", "unlock", "pin-lock")
+        assert out.returncode == 0, out.stderr
+        phone(keys=PIN + "#")
+        assert (await verify(client, "pin-lock", mode="pin")).outcome is Outcome.APPROVED
+
+    async def test_pin_appears_nowhere(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """After PIN calls, the PIN is in no log line (callmfa's, Asterisk's) and nowhere in
+        Redis: only its salted hash is stored."""
+        await set_pin(sandbox, "pin-secret", PIN)
+        p = phone(keys=PIN + "#")
+        assert (await verify(client, "pin-secret", mode="pin")).outcome is Outcome.APPROVED
+        p.wait(30)
+        phone(keys="42#")
+        assert (await verify(client, "match-secret", mode="match",
+                             match_number="42")).outcome is Outcome.APPROVED
+        for log in (sandbox.directory / "logs").glob("*.log"):
+            text = log.read_text(errors="replace")
+            assert PIN not in text, log
+        redis = Redis.from_url(sandbox.redis_url)
+        try:
+            dump = []
+            async for key in redis.scan_iter():
+                kind = (await redis.type(key)).decode()
+                if kind == "string":
+                    dump.append(await redis.get(key))
+                elif kind == "hash":
+                    dump.append(repr(await redis.hgetall(key)).encode())
+                elif kind == "stream":
+                    dump.append(repr(await redis.xrange(key)).encode())
+                dump.append(key)
+        finally:
+            await redis.aclose()
+        blob = b"\n".join(d for d in dump if d)
+        assert PIN.encode() not in blob
+        assert b"scrypt$" in blob
+
+
+class TestMatch:
+    async def test_right_number_approves(
+        self, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """The number shown on the sign-in page, keyed then '#': approved."""
+        phone(keys="37#")
+        record = await verify(client, "match-right", mode="match", match_number="37")
+        assert record.outcome is Outcome.APPROVED
+
+    async def test_wrong_number_is_denied_at_once(
+        self, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """A wrong number (approve-by-habit, or a phisher's page): denied, no second guess."""
+        phone(keys="73#")
+        record = await verify(client, "match-wrong", mode="match", match_number="37")
+        assert (record.outcome, record.detail) == (Outcome.DENIED, "wrong_code")
+
+
+class TestMachineDetection:
+    async def test_voicemail_greeting_is_machine_answered(
+        self, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """A long recorded greeting, then '#' (a voicemail's beep menu): machine_answered,
+        never approved."""
+        p = phone(keys="#", speech=VOICEMAIL, key_delay_ms=200)
+        record = await verify(client, "alice")
+        assert (record.outcome, record.input_at) == (Outcome.MACHINE_ANSWERED, None)
+        p.stop()
+
+    async def test_short_hello_is_a_person(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """A short "hello" and a pause: AMD says HUMAN and the IVR runs."""
+        phone(keys="#", speech="Hello.")
+        record = await verify(client, "alice")
+        assert record.outcome is Outcome.APPROVED
+        log = sandbox.directory / "logs" / "asterisk.log"
+        assert "AMD: Channel" in await asyncio.to_thread(log.read_text)
+
+
+class TestLanguages:
+    async def test_french_request_plays_french_prompts(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """lang fr-CA: the channel's language is fr and Asterisk plays callmfa's French file."""
+        log = Path(sandbox.directory / "logs" / "asterisk.log")
+        offset = await asyncio.to_thread(lambda: log.stat().st_size)
+        phone(keys="#", key_delay_ms=1500)
+        record = await verify(client, "alice", lang="fr-CA")
+        assert record.outcome is Outcome.APPROVED
+        lines = await asyncio.to_thread(_new_lines, log, offset)
+        played = [line for line in lines if "Playing 'callmfa/" in line]
+        assert any("callmfa/greeting" in line and "(language 'fr')" in line for line in played), \
+            played
