@@ -38,7 +38,8 @@ class TestSandboxScript:
         self, sandbox: Sandbox, tmp_path: Path
     ) -> None:
         """up is idempotent (same pids), down stops exactly those and removes the netns."""
-        env = {**os.environ, "CALLMFA_NETNS": "callmfa-lifecycle",
+        netns = sandbox.netns + "-lc"  # per checkout, like the test sandbox's own
+        env = {**os.environ, "CALLMFA_NETNS": netns,
                "CALLMFA_SANDBOX_DIR": str(tmp_path / "sb"), "CALLMFA_SANDBOX_SERVE": "0"}
 
         def run(*args: str) -> None:
@@ -52,8 +53,8 @@ class TestSandboxScript:
         run("down")
         run("down")
         assert not any(_alive(pid) for pid in first.values())
-        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert "callmfa-lifecycle" not in netns
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert netns not in listed.split()
 
 
 class TestGracefulShutdown:
