@@ -124,17 +124,23 @@ class DialplanCalls:
 
 
 async def closed_loop(
-    place: Placer, dial: Iterator[str], *, calls: int, concurrency: int
+    place: Placer, dial: Iterator[str], *, calls: int, concurrency: int, ramp_s: float = 0.0
 ) -> list[CallResult]:
-    """``concurrency`` callers, each placing its next call when the last one ended."""
+    """``concurrency`` callers, each placing its next call when the last one ended.
+
+    The callers start spread over ``ramp_s`` (about one call's length): started at once,
+    they would stay in step and the load would be bursts of ``concurrency`` calls.
+    """
     results: list[CallResult] = []
     todo = iter(range(calls))
+    callers = min(concurrency, calls)
 
-    async def caller() -> None:
+    async def caller(i: int) -> None:
+        await asyncio.sleep(ramp_s * i / callers)
         for _ in todo:  # shared: each caller takes the next call
             results.append(await place(next(dial)))
 
-    await asyncio.gather(*(caller() for _ in range(min(concurrency, calls))))
+    await asyncio.gather(*(caller(i) for i in range(callers)))
     return results
 
 

@@ -127,8 +127,10 @@ class Bench:
         started = time.time()
         try:
             if load.concurrency:
+                # About one call's length: the wait for '#' plus the goodbye prompt.
+                ramp = self.args.key_delay_ms / 1000 + 1.5
                 results = await closed_loop(place, self.dial, calls=load.calls,
-                                            concurrency=load.concurrency)
+                                            concurrency=load.concurrency, ramp_s=ramp)
             else:
                 results = await open_loop(place, self.dial, calls=load.calls, rate=load.rate)
         finally:
@@ -150,8 +152,9 @@ class Bench:
         row["cpu_ms_per_call"]["sipp"] = round(phone.cpu_s * 1000 / n, 3)
         if variant != "dialplan":
             published = _service_latencies(self.service.log, log_offset)
+            sample = _steady(results) if load.concurrency else results
             row["latency_ms"]["service_input_to_published"] = percentiles(
-                [published[r.rid] for r in results if r.rid in published])
+                [published[r.rid] for r in sample if r.rid in published])
         row["callmfa_rss_kib"] = {"peak": peak_rss, **memory_kib(pids["callmfa"])}
         row["machine"] = machine_load()
         if record:
@@ -168,7 +171,8 @@ class Bench:
                 failures[r.outcome] = failures.get(r.outcome, 0) + 1
         times = phone.times()
         invite, key_to_outcome, human = [], [], self.args.key_delay_ms
-        for r in results:
+        sample = _steady(results) if load.concurrency else results
+        for r in sample:
             t = times.get(r.number)
             if t is not None and t.invite_at is not None:
                 invite.append((t.invite_at - r.submitted_at) * 1000)
@@ -179,7 +183,8 @@ class Bench:
         if variant != "dialplan":
             latency["key_to_outcome"] = percentiles(key_to_outcome)
             latency["request_to_outcome_minus_human"] = percentiles(
-                [(r.outcome_at - r.submitted_at) * 1000 - human for r in ok if r.outcome_at])
+                [(r.outcome_at - r.submitted_at) * 1000 - human for r in sample
+                 if r.ok and r.outcome_at])
         return {
             "variant": variant, "load": "closed" if load.concurrency else "open",
             "concurrency": load.concurrency or None, "rate": load.rate or None,
@@ -188,6 +193,18 @@ class Bench:
             "calls_per_s": round(_throughput(results), 2),
             "latency_ms": latency, "sipp_exit": phone.exit_code,
         }
+
+
+def _steady(results: list[CallResult]) -> list[CallResult]:
+    """The calls placed once all callers were busy: after the first call ended.
+
+    The ramp's calls are left out of the latencies (not out of the counts or the CPU).
+    """
+    ended = [r.ended_at for r in results if r.ended_at is not None]
+    if not ended:
+        return results
+    steady = [r for r in results if r.submitted_at >= min(ended)]
+    return steady or results
 
 
 def _throughput(results: list[CallResult]) -> float:
