@@ -18,11 +18,12 @@ from .domain.flow import (
     Hangup,
     HungUp,
     Play,
+    Report,
     StandardFlow,
     Started,
     Step,
 )
-from .domain.outcome import Outcome, OutcomeRecord
+from .domain.outcome import Outcome, OutcomeRecord, iso
 from .domain.prompts import sound_files
 from .exceptions import AgiError, AgiHangup
 from .settings import Settings
@@ -76,8 +77,9 @@ class VerificationIvr:
                         sound_files(step.prompts, call.lang), step.timeout_ms, step.max_digits
                     )
                     if digits or not timed_out:
+                        # The 'input' event goes with the outcome, in one round trip.
                         call.input_at = time.time()
-                        await self._store.event(call.id, "input")
+                        call.input_pending = True
                     log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
                     event = Digits(digits, timed_out)
                 elif isinstance(step, Play):
@@ -90,6 +92,9 @@ class VerificationIvr:
                 log.info("caller_hung_up")
                 event = HungUp()
             step = flow.send(event)
+            if call.input_pending and not isinstance(step, Report):
+                await self._store.event(call.id, "input", at=iso(call.input_at) or "")
+                call.input_pending = False
         if not channel.hung_up:
             await channel.hangup()
 
@@ -99,7 +104,9 @@ class VerificationIvr:
             requested_at=call.requested_at, call_started_at=call.call_started_at,
             answered_at=call.answered_at, input_at=call.input_at, finished_at=time.time(),
         )
-        stored = await self._store.store_outcome(record)
+        input_at = call.input_at if call.input_pending else None
+        call.input_pending = False
+        stored = await self._store.store_outcome(record, input_at=input_at)
         published = time.time()
         log.info(
             "outcome_published" if stored else "outcome_already_known",
@@ -122,6 +129,7 @@ class _Call:
         # The originator records the answer; if its note is not in yet, ours is as good.
         self.answered_at = _float(info.get("answered_at")) or answered
         self.input_at: float | None = None
+        self.input_pending = False  # the 'input' event is not in Redis yet
 
 
 def _float(value: str | None) -> float | None:

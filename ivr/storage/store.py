@@ -47,6 +47,10 @@ return 'new'
 """
 
 _STORE_OUTCOME = """
+if ARGV[8] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+             'id', ARGV[5], 'event', 'input', 'at', ARGV[8])
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('PUBLISH', ARGV[3], ARGV[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
@@ -143,13 +147,16 @@ class Store:
         mapping: dict[Any, Any] = dict(fields)
         await self.redis.hset(call_key(rid), mapping=mapping)
 
-    async def store_outcome(self, record: OutcomeRecord) -> bool:
-        """Store and publish the outcome; False if ``record.id`` already had one."""
+    async def store_outcome(self, record: OutcomeRecord, *, input_at: float | None = None) -> bool:
+        """Store and publish the outcome; False if ``record.id`` already had one.
+
+        With ``input_at``, the ``input`` event is appended first, in the same round trip.
+        """
         stored = await self._store_outcome(
             keys=[result_key(record.id), EVENTS],
             args=[
                 record.to_json(), self._ttl, RESULTS_CHANNEL, self._maxlen, record.id,
-                iso(record.finished_at) or "", record.outcome.value,
+                iso(record.finished_at) or "", record.outcome.value, iso(input_at) or "",
             ],
         )
         return bool(stored)
