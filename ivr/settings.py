@@ -86,6 +86,10 @@ class Settings:
         metadata={"doc": "This originator's name in the consumer group (host-pid)."},
     )
     log_level: str = field(default="info", metadata={"doc": "debug, info, warning or error."})
+    event_loop: str = field(
+        default="asyncio",
+        metadata={"doc": "asyncio, or uvloop (pip install 'callmfa[fast]'): ~20% less CPU."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):
@@ -93,6 +97,8 @@ class Settings:
             # These reach AMI headers: a CR or LF would inject headers.
             if any(c in value for c in "\r\n\0"):
                 raise SettingsError(f"CALLMFA_{name.upper()} must not contain CR, LF or NUL")
+        if self.event_loop not in ("asyncio", "uvloop"):
+            raise SettingsError("CALLMFA_EVENT_LOOP must be asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
         for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s"):
