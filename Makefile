@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 SANDBOX := bash docker/sandbox/sandbox.sh
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean prompts
+.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean prompts bench
 
 help:
 	@echo "make demo          one real verification call to a simulated phone, end to end"
@@ -13,6 +14,7 @@ help:
 	@echo "make sandbox-up    Asterisk + Redis + callmfa serve in netns \$$CALLMFA_NETNS (default callmfa)"
 	@echo "make sandbox-down  stop them and remove the namespace"
 	@echo "make prompts       callmfa's own prompt recordings into build/prompts/<lang>/callmfa/"
+	@echo "make bench         benchmark vs the pure-dialplan floor (BENCH_ARGS=--full: 10k soak)"
 
 deps:
 	$(SANDBOX) deps
@@ -56,5 +58,13 @@ demo: deps venv
 	@rc=0; $(SANDBOX) exec $(VENV)/bin/python docker/sandbox/demo.py || rc=$$?; \
 	$(SANDBOX) down; exit $$rc
 
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q --group bench
+	touch $@
+
+# A few minutes; BENCH_ARGS="--full" adds the 10,000-verification soak, --help lists the rest.
+bench: deps venv $(VENV)/.bench-installed
+	$(VENV)/bin/python -m bench --plot .sandbox-bench/benchmarks.png $(BENCH_ARGS)
+
 clean: sandbox-down
-	rm -rf $(VENV) .sandbox .sandbox-test *.egg-info
+	rm -rf $(VENV) .sandbox .sandbox-test .sandbox-bench *.egg-info

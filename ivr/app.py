@@ -8,6 +8,7 @@ flight finish up to ``shutdown_grace_s``; close the FastAGI server; close AMI; c
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import structlog
@@ -65,6 +66,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await results.start()
         await ami.connect()
         await agi.start()
+        # Start-up objects (modules, settings, clients) live as long as the process: keep
+        # them out of the collector's full passes, which otherwise stall calls for ~30 ms.
+        gc.freeze()
         running = asyncio.create_task(originator.run(), name="originator")
         log.info("service_ready", consumer=settings.consumer, agi_port=agi.port)
         stopped = asyncio.create_task(stop.wait())

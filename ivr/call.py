@@ -41,6 +41,7 @@ class CallContext:
     answered_at: float
     match_hash: str = field(default="", repr=False)
     input_at: float | None = None
+    input_pending: bool = False  # keys collected, 'input' event not yet written
     overridden: frozenset[str] = frozenset()
 
     @classmethod

@@ -18,7 +18,7 @@ from .app import serve
 from .client import VerificationClient
 from .domain.outcome import Outcome
 from .domain.request import parse_request
-from .exceptions import IvrError, RequestError
+from .exceptions import IvrError, RequestError, SettingsError
 from .log import configure
 from .settings import Settings
 from .tasks import cancel_and_wait
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level)
     try:
         if args.command == "serve":
-            asyncio.run(serve(settings))
+            _run_serve(settings)
             return EXIT_OK
         if args.command == "verify":
             try:
@@ -79,6 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_APPROVED
     except KeyboardInterrupt:
         return 130
+
+
+def _run_serve(settings: Settings) -> None:
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise SettingsError(
+                "CALLMFA_EVENT_LOOP=uvloop needs uvloop: pip install 'callmfa[fast]'"
+            ) from None
+        uvloop.run(serve(settings))
+    else:
+        asyncio.run(serve(settings))
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:

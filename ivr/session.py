@@ -29,7 +29,7 @@ from .domain.flow import (
     Step,
     VerificationFlow,
 )
-from .domain.outcome import Outcome
+from .domain.outcome import Outcome, iso
 from .domain.prompts import sound_files
 from .exceptions import AgiError, AgiHangup
 from .settings import Settings
@@ -111,8 +111,9 @@ class VerificationIvr:
                             files, step.timeout_ms, step.max_digits
                         )
                     if digits or not timed_out:
+                        # The 'input' event goes with the outcome, in one round trip.
                         call.input_at = time.time()
-                        await self._store.event(call.id, "input")
+                        call.input_pending = True
                     log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
                     event = Digits(digits, timed_out)
                 elif isinstance(step, CheckCode):
@@ -129,11 +130,19 @@ class VerificationIvr:
                 log.info("caller_hung_up")
                 event = HungUp()
             step = flow.send(event)
+            if call.input_pending and not isinstance(step, Report):
+                await self._store.event(call.id, "input", at=iso(call.input_at) or "")
+                call.input_pending = False
         if not channel.hung_up:
             await channel.hangup()
 
     async def _report(self, call: CallContext, step: Report) -> None:
-        stored = await self._store.store_outcome(call.record(step.outcome, step.detail))
+        # The 'input' event rides with the outcome, in the same round trip.
+        input_at = call.input_at if call.input_pending else None
+        call.input_pending = False
+        stored = await self._store.store_outcome(
+            call.record(step.outcome, step.detail), input_at=input_at
+        )
         published = time.time()
         log.info(
             "outcome_published" if stored else "outcome_already_known",

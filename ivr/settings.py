@@ -110,6 +110,10 @@ class Settings:
         metadata={"doc": "Directory ON THE ASTERISK HOST holding admin recordings "
                          "<lang>/<prompt id>.wav that replace callmfa's own prompts."},
     )
+    event_loop: str = field(
+        default="asyncio",
+        metadata={"doc": "asyncio, or uvloop (pip install 'callmfa[fast]'): ~20% less CPU."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):
@@ -126,6 +130,8 @@ class Settings:
             raise SettingsError(
                 "CALLMFA_PROMPT_OVERRIDE_DIR must be an absolute path of letters, digits, _ . - /"
             )
+        if self.event_loop not in ("asyncio", "uvloop"):
+            raise SettingsError("CALLMFA_EVENT_LOOP must be asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
         for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s",

@@ -29,6 +29,10 @@ def call_key(rid: str) -> str:
 
 
 STORE_OUTCOME = """
+if ARGV[8] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+             'id', ARGV[5], 'event', 'input', 'at', ARGV[8])
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('PUBLISH', ARGV[3], ARGV[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
@@ -40,12 +44,16 @@ return 0
 
 
 def outcome_script_args(
-    record: OutcomeRecord, ttl_s: int, events_maxlen: int
+    record: OutcomeRecord, ttl_s: int, events_maxlen: int, input_at: float | None = None
 ) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of the store-outcome script (shared with the classic AGI driver)."""
+    """KEYS and ARGV of the store-outcome script (shared with the classic AGI driver).
+
+    With ``input_at``, the script first appends the ``input`` event: one round trip
+    after the key press instead of two.
+    """
     return [result_key(record.id), EVENTS], [
         record.to_json(), ttl_s, RESULTS_CHANNEL, events_maxlen, record.id,
-        iso(record.finished_at) or "", record.outcome.value,
+        iso(record.finished_at) or "", record.outcome.value, iso(input_at) or "",
     ]
 
 

@@ -132,9 +132,12 @@ class Store:
         mapping: dict[Any, Any] = dict(fields)
         await self.redis.hset(call_key(rid), mapping=mapping)
 
-    async def store_outcome(self, record: OutcomeRecord) -> bool:
-        """Store and publish the outcome; False if ``record.id`` already had one."""
-        keys, args = outcome_script_args(record, self._ttl, self._maxlen)
+    async def store_outcome(self, record: OutcomeRecord, *, input_at: float | None = None) -> bool:
+        """Store and publish the outcome; False if ``record.id`` already had one.
+
+        With ``input_at``, the ``input`` event is appended first, in the same round trip.
+        """
+        keys, args = outcome_script_args(record, self._ttl, self._maxlen, input_at)
         return bool(await self._store_outcome(keys=keys, args=args))
 
     async def get_outcome(self, rid: str) -> OutcomeRecord | None:

@@ -275,3 +275,15 @@ class TestReference:
         }
 
         assert Settings.from_env(env) == Settings()
+
+
+class TestEventLoop:
+    def test_default_is_asyncio(self) -> None:
+        """The standard library's loop is the default; uvloop is an opt-in extra."""
+        assert Settings().event_loop == "asyncio"
+        assert Settings.from_env({"CALLMFA_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+
+    def test_unknown_loop_refused(self) -> None:
+        """A typo is a clear error at start-up, not a silent fallback."""
+        with pytest.raises(SettingsError, match="CALLMFA_EVENT_LOOP"):
+            Settings.from_env({"CALLMFA_EVENT_LOOP": "trio"})

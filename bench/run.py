@@ -1,0 +1,350 @@
+"""The benchmark: callmfa against the pure-dialplan floor (and classic AGI), in one run.
+
+Prints one JSON line per run, then a table and a summary JSON line (ratios and targets).
+Needs root (it brings up its own sandbox in its own network namespace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ivr.client import VerificationClient
+from ivr.transport.ami import AmiClient
+
+from .load import CallmfaCalls, CallResult, DialplanCalls, Placer, closed_loop, numbers, open_loop
+from .phone import BenchPhone
+from .report import percentiles, summary, table
+from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
+
+CLASSIC_SCRIPT = REPO / "agi_scripts" / "callmfa-verify.agi"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--concurrency", default="10,50,200,500",
+                   help="calls in flight for the closed-loop runs (default 10,50,200,500)")
+    p.add_argument("--calls-per-flight", type=int, default=4,
+                   help="calls per closed-loop run = this x concurrency (default 4)")
+    p.add_argument("--min-calls", type=int, default=60, help="at least this many per run")
+    p.add_argument("--rate", type=float, default=50,
+                   help="open-loop arrivals per second (0: no open-loop run; default 50)")
+    p.add_argument("--rate-calls", type=int, default=500, help="calls in the open-loop run")
+    p.add_argument("--soak", type=int, default=2000,
+                   help="verifications in the leak check (0: none; --full: 10000)")
+    p.add_argument("--soak-concurrency", type=int, default=200)
+    p.add_argument("--full", action="store_true", help="the 10,000-verification soak")
+    p.add_argument("--key-delay-ms", type=int, default=1000,
+                   help="the scripted human: answer, wait this long, press '#' (default 1000)")
+    p.add_argument("--variants", default="callmfa,dialplan,classic",
+                   help="which of callmfa, dialplan, classic to run")
+    p.add_argument("--classic-env", action="append", default=[],
+                   help="KEY=VALUE for `callmfa serve` in the classic-AGI variant "
+                        "(default CALLMFA_AGI_URL=callmfa-verify.agi)")
+    p.add_argument("--set", action="append", default=[], dest="settings",
+                   help="KEY=VALUE for `callmfa serve` in every variant (e.g. CALLMFA_LOG_LEVEL)")
+    p.add_argument("--profile", type=Path,
+                   help="py-spy (raw stacks) of callmfa serve during its largest run")
+    p.add_argument("--netns", default=default_netns())
+    p.add_argument("--sandbox-dir", type=Path, default=REPO / ".sandbox-bench")
+    p.add_argument("--out", type=Path, help="results directory (default <sandbox-dir>/results)")
+    p.add_argument("--plot", type=Path, help="write the PNG plot here (needs matplotlib)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a few seconds, tiny counts: proves the bench runs end to end")
+    return p
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in items)
+
+
+@dataclass
+class Load:
+    """One run's load: closed loop at ``concurrency`` or open loop at ``rate``."""
+
+    calls: int
+    concurrency: int = 0
+    rate: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """``c200`` or ``r50``."""
+        return f"c{self.concurrency}" if self.concurrency else f"r{self.rate:g}"
+
+
+class Bench:
+    """Runs loads against the sandbox and turns what it saw into figures."""
+
+    def __init__(self, args: argparse.Namespace, sandbox: Sandbox, out: Path) -> None:
+        self.args = args
+        self.sandbox = sandbox
+        self.out = out
+        self.dial = numbers()
+        self.rows: list[dict[str, Any]] = []
+        self.service: Service | None = None
+
+    def start_service(self, name: str, extra: dict[str, str]) -> Service:
+        """(Re)start ``callmfa serve`` with the bench settings and ``extra``."""
+        if self.service is not None:
+            self.service.stop()
+        self.service = Service(self.sandbox, self.out / f"callmfa-{name}.log",
+                               {**_pairs(self.args.settings), **extra})
+        self.service.start()
+        return self.service
+
+    async def run(self, variant: str, place: Placer, load: Load, *, trace: bool = True,
+                  profile: Path | None = None, record: bool = True) -> dict[str, Any]:
+        """One run: a fresh phone, the load, CPU and memory deltas, latencies."""
+        assert self.service is not None
+        phone = BenchPhone(self.out / f"{variant}-{load.label}", calls=load.calls, trace=trace,
+                           address=self.sandbox.env["CALLMFA_PHONE"],
+                           key_delay_ms=self.args.key_delay_ms)
+        phone.start()
+        pids = {"asterisk": self.sandbox.pid("asterisk"), "redis": self.sandbox.pid("redis"),
+                "callmfa": self.service.pid, "bench": os.getpid()}
+        before = {name: cpu(pid) for name, pid in pids.items()}
+        log_offset = self.service.log.stat().st_size
+        spy = _py_spy(self.service.pid, profile) if profile else None
+        peak_rss = 0
+
+        async def sample() -> None:
+            nonlocal peak_rss
+            while True:
+                peak_rss = max(peak_rss, memory_kib(pids["callmfa"])["VmRSS"])
+                await asyncio.sleep(0.2)
+
+        sampler = asyncio.create_task(sample())
+        started = time.time()
+        try:
+            if load.concurrency:
+                # About one call's length: the wait for '#' plus the goodbye prompt.
+                ramp = self.args.key_delay_ms / 1000 + 1.5
+                results = await closed_loop(place, self.dial, calls=load.calls,
+                                            concurrency=load.concurrency, ramp_s=ramp)
+            else:
+                results = await open_loop(place, self.dial, calls=load.calls, rate=load.rate)
+        finally:
+            sampler.cancel()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            await asyncio.to_thread(spy.wait, 60)
+        await asyncio.to_thread(phone.finish, 30)
+        await asyncio.sleep(0.3)  # let the service log its last lines
+        after = {name: cpu(pid) for name, pid in pids.items()}
+        row = self._row(variant, load, results, started, phone)
+        n = max(len(results), 1)
+        row["cpu_ms_per_call"] = {
+            name: round((after[name].self_s - before[name].self_s) * 1000 / n, 3)
+            for name in pids
+        }
+        row["cpu_ms_per_call"]["asterisk_children"] = round(
+            (after["asterisk"].children_s - before["asterisk"].children_s) * 1000 / n, 3)
+        row["cpu_ms_per_call"]["sipp"] = round(phone.cpu_s * 1000 / n, 3)
+        if variant != "dialplan":
+            published = _service_latencies(self.service.log, log_offset)
+            sample = _steady(results) if load.concurrency else results
+            row["latency_ms"]["service_input_to_published"] = percentiles(
+                [published[r.rid] for r in sample if r.rid in published])
+        row["callmfa_rss_kib"] = {"peak": peak_rss, **memory_kib(pids["callmfa"])}
+        row["machine"] = machine_load()
+        if record:
+            self.rows.append(row)
+            print(json.dumps(row), flush=True)
+        return row
+
+    def _row(self, variant: str, load: Load, results: list[CallResult], started: float,
+             phone: BenchPhone) -> dict[str, Any]:
+        ok = [r for r in results if r.ok]
+        failures: dict[str, int] = {}
+        for r in results:
+            if not r.ok:
+                failures[r.outcome] = failures.get(r.outcome, 0) + 1
+        times = phone.times()
+        invite, key_to_outcome, human = [], [], self.args.key_delay_ms
+        sample = _steady(results) if load.concurrency else results
+        for r in sample:
+            t = times.get(r.number)
+            if t is not None and t.invite_at is not None:
+                invite.append((t.invite_at - r.submitted_at) * 1000)
+            if t is not None and t.key_at is not None and r.outcome_at is not None \
+                    and variant != "dialplan":
+                key_to_outcome.append((r.outcome_at - t.key_at) * 1000)
+        latency = {"request_to_invite": percentiles(invite)}
+        if variant != "dialplan":
+            latency["key_to_outcome"] = percentiles(key_to_outcome)
+            latency["request_to_outcome_minus_human"] = percentiles(
+                [(r.outcome_at - r.submitted_at) * 1000 - human for r in sample
+                 if r.ok and r.outcome_at])
+        return {
+            "variant": variant, "load": "closed" if load.concurrency else "open",
+            "concurrency": load.concurrency or None, "rate": load.rate or None,
+            "calls": len(results), "ok": len(ok), "failures": failures,
+            "seconds": round(time.time() - started, 2),
+            "calls_per_s": round(_throughput(results), 2),
+            "latency_ms": latency, "sipp_exit": phone.exit_code,
+        }
+
+
+def _steady(results: list[CallResult]) -> list[CallResult]:
+    """The calls placed once all callers were busy: after the first call ended.
+
+    The ramp's calls are left out of the latencies (not out of the counts or the CPU).
+    """
+    ended = [r.ended_at for r in results if r.ended_at is not None]
+    if not ended:
+        return results
+    steady = [r for r in results if r.submitted_at >= min(ended)]
+    return steady or results
+
+
+def _throughput(results: list[CallResult]) -> float:
+    """Completed calls per second while every caller was busy (first end to last start)."""
+    ended = sorted(r.ended_at for r in results if r.ended_at is not None and r.ok)
+    if not ended:
+        return 0.0
+    first_end, last_start = ended[0], max(r.submitted_at for r in results)
+    if last_start - first_end >= 2.0:
+        inside = sum(1 for t in ended if first_end < t <= last_start)
+        return inside / (last_start - first_end)
+    return len(ended) / max(ended[-1] - min(r.submitted_at for r in results), 1e-3)
+
+
+def _service_latencies(log: Path, offset: int) -> dict[str, float]:
+    """input_to_published_ms per verification id, from the service's outcome_published lines."""
+    out = {}
+    with open(log, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            if b'"outcome_published"' in line:
+                try:
+                    event = json.loads(line)
+                    value = event["input_to_published_ms"]
+                    if value is not None:
+                        out[event["verification_id"]] = float(value)
+                except (ValueError, KeyError):
+                    continue
+    return out
+
+
+def _py_spy(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
+         "--nonblocking", "--rate", "200", "-o", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _loads(args: argparse.Namespace) -> Iterator[Load]:
+    for c in (int(x) for x in args.concurrency.split(",") if x):
+        yield Load(max(c * args.calls_per_flight, args.min_calls), concurrency=c)
+
+
+async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
+                 secret: str) -> dict[str, Any]:
+    variants = set(args.variants.split(","))
+    env = sandbox.env
+    ami = AmiClient(host=env["CALLMFA_AMI_HOST"], port=int(env["CALLMFA_AMI_PORT"]),
+                    user=env["CALLMFA_AMI_USER"], timeout_s=10, secret=secret)
+    await ami.connect()
+    loads = list(_loads(args))
+    top = max(loads, key=lambda x: x.concurrency)
+    client = VerificationClient.from_url(env["CALLMFA_REDIS_URL"],
+                                         max_connections=2 * top.concurrency + 50, timeout_s=30)
+    bench = Bench(args, sandbox, out)
+    extra: dict[str, Any] = {"machine_before": machine_load()}
+    try:
+        await client.__aenter__()
+        ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
+        service = bench.start_service("fastagi", {})
+        # Warm-up (imports, pools, first prompts read from disk): not reported.
+        await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
+        idle = memory_kib(service.pid)["VmRSS"]
+        for load in loads:
+            # Interleaved, so that both see the same machine.
+            if "callmfa" in variants:
+                profile = args.profile if load is top else None
+                await bench.run("callmfa", ours, load, profile=profile)
+            if "dialplan" in variants:
+                await bench.run("dialplan", floor, load)
+        if "callmfa" in variants:
+            hwm = memory_kib(service.pid)["VmHWM"]
+            extra["memory"] = {
+                "idle_rss_kib": idle, "hwm_kib": hwm, "max_in_flight": top.concurrency,
+                "kib_per_in_flight_call": round((hwm - idle) / max(top.concurrency, 1), 2),
+            }
+        if args.rate:
+            rate = Load(args.rate_calls, rate=args.rate)
+            for variant, place in (("callmfa", ours), ("dialplan", floor)):
+                if variant in variants:
+                    await bench.run(variant, place, rate)
+        soak = 10_000 if args.full else args.soak
+        if soak and "callmfa" in variants:
+            extra["soak"] = await _soak(bench, ours, soak, args.soak_concurrency)
+        if "classic" in variants:
+            if CLASSIC_SCRIPT.exists():
+                bench.start_service("classic", _pairs(
+                    args.classic_env or ["CALLMFA_AGI_URL=callmfa-verify.agi"]))
+                for load in loads:
+                    await bench.run("classic", ours, load)
+            else:
+                extra["classic"] = f"skipped: {CLASSIC_SCRIPT.relative_to(REPO)} is not there"
+                print(f"classic AGI: {extra['classic']}", file=sys.stderr)
+    finally:
+        if bench.service is not None:
+            bench.service.stop()
+        await client.aclose()
+        await ami.close()
+    return {"rows": bench.rows, **extra}
+
+
+async def _soak(bench: Bench, place: Placer, count: int, concurrency: int) -> dict[str, Any]:
+    """RSS before and after ``count`` verifications (no trace: the phone's log would be huge)."""
+    assert bench.service is not None
+    pid = bench.service.pid
+    warm = max(count // 10, concurrency)
+    await bench.run("soak-warmup", place, Load(warm, concurrency=concurrency), trace=False,
+                    record=False)
+    before = memory_kib(pid)["VmRSS"]
+    row = await bench.run("callmfa-soak", place, Load(count, concurrency=concurrency),
+                          trace=False)
+    after = memory_kib(pid)["VmRSS"]
+    return {"verifications": count, "after_warmup_rss_kib": before, "after_rss_kib": after,
+            "growth_kib": after - before, "ok": row["ok"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bring up the sandbox, run, print, tear down."""
+    args = _parser().parse_args(argv)
+    if args.smoke:
+        args.concurrency, args.min_calls, args.calls_per_flight = "2", 4, 2
+        args.key_delay_ms, args.rate, args.soak = 100, 0, 0
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespace, chroot)", file=sys.stderr)
+        return 2
+    out = args.out or args.sandbox_dir / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    with Sandbox(args.netns, args.sandbox_dir).running() as sandbox:
+        secret = Path(sandbox.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
+        result = asyncio.run(_bench(args, sandbox, out, secret))
+    print(table(result["rows"]))
+    final = summary(result)
+    print(json.dumps(final), flush=True)
+    with open(out / "results.jsonl", "a") as f:
+        for row in result["rows"]:
+            f.write(json.dumps(row) + "\n")
+        f.write(json.dumps(final) + "\n")
+    if args.plot:
+        from .plot import plot
+
+        plot(result["rows"], args.plot)
+    return 0

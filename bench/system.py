@@ -1,0 +1,155 @@
+"""The processes under test: the bench's own sandbox, ``callmfa serve``, /proc accounting."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SANDBOX = REPO / "docker" / "sandbox" / "sandbox.sh"
+CLONE_NEWNET = 0x40000000
+TICK = os.sysconf("SC_CLK_TCK")
+
+# What `callmfa serve` runs with in the bench: room for the largest sweep, production logging.
+SERVICE_SETTINGS = {
+    "CALLMFA_MAX_IN_FLIGHT": "2000",
+    "CALLMFA_AGI_MAX_SESSIONS": "4000",
+    "CALLMFA_RING_TIMEOUT_S": "10",
+    "CALLMFA_LOG_LEVEL": "info",
+}
+
+
+def default_netns() -> str:
+    """One bench namespace per checkout, so two clones can bench side by side."""
+    return "cmb-" + hashlib.sha1(str(REPO).encode()).hexdigest()[:8]  # noqa: S324
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds of one process (self, and reaped children such as classic AGI scripts)."""
+
+    self_s: float
+    children_s: float
+
+
+def cpu(pid: int) -> CpuSample:
+    """utime+stime and cutime+cstime of ``pid`` from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3); utime, stime, cutime, cstime are fields 14-17.
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return CpuSample((utime + stime) / TICK, (cutime + cstime) / TICK)
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of ``pid`` in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def machine_load() -> dict[str, object]:
+    """What else the machine was doing: load averages and core count."""
+    with open("/proc/loadavg") as f:
+        one, five, fifteen = (float(x) for x in f.read().split()[:3])
+    return {"cores": os.cpu_count(), "loadavg": [one, five, fifteen]}
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+class Sandbox:
+    """Asterisk and redis-server in the bench's own namespace (no ``callmfa serve``)."""
+
+    def __init__(self, netns: str, directory: Path) -> None:
+        self.netns = netns
+        self.directory = directory
+        self.env: dict[str, str] = {}
+        self._script_env = {
+            **os.environ, "CALLMFA_NETNS": netns, "CALLMFA_SANDBOX_DIR": str(directory),
+            "CALLMFA_SANDBOX_SERVE": "0",
+        }
+
+    def _script(self, command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(SANDBOX), command], env=self._script_env,
+                              capture_output=True, text=True, check=False)
+
+    @contextmanager
+    def running(self) -> Iterator[Sandbox]:
+        """Up (fresh), this thread inside its namespace; down on exit."""
+        self._script("down")
+        up = self._script("up")
+        if up.returncode != 0:
+            raise RuntimeError(f"sandbox up failed:\n{up.stderr[-3000:]}")
+        for line in (self.directory / "env").read_text().splitlines():
+            if line.startswith("export "):
+                key, _, value = line[len("export "):].partition("=")
+                self.env[key] = value.strip("'")
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
+        try:
+            _setns(target)
+            yield self
+        finally:
+            _setns(home)
+            os.close(home)
+            os.close(target)
+            self._script("down")
+
+    def pid(self, name: str) -> int:
+        """The pid that sandbox.sh recorded for ``name`` (asterisk, redis)."""
+        return int((self.directory / "pids" / f"{name}.pid").read_text().split()[0])
+
+
+class Service:
+    """``callmfa serve`` started by the bench (plain Python, no -X dev), logging to a file."""
+
+    def __init__(self, sandbox: Sandbox, log: Path, settings: Mapping[str, str]) -> None:
+        self._env = {**os.environ, **sandbox.env, **SERVICE_SETTINGS, **settings}
+        self._env.pop("PYTHONDEVMODE", None)
+        self.log = log
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The service's pid."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    def start(self, timeout_s: float = 30) -> None:
+        """Start and wait for its ``service_ready`` line."""
+        with open(self.log, "wb") as out:
+            self._proc = subprocess.Popen(
+                [str(REPO / ".venv" / "bin" / "callmfa"), "serve"], env=self._env,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout_s
+        while b'"service_ready"' not in self.log.read_bytes():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"callmfa serve did not start: {self.log}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM, then wait (it drains its calls)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
