@@ -13,7 +13,9 @@ import signal
 import structlog
 
 from .exceptions import AmiConnectError
+from .metrics import Metrics, MetricsServer
 from .originator import Originator
+from .probe import PROBE_ROUTE, AgiProbe
 from .session import VerificationIvr
 from .settings import Settings
 from .storage.results import ResultListener
@@ -36,14 +38,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         max_connections=settings.max_in_flight * 2 + 20,
         timeout_s=settings.connect_timeout_s,
     )
-    store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen)
+    metrics = Metrics()
+    store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
+                  observer=metrics)
     results = ResultListener(redis)
     ami = AmiClient(
         host=settings.ami_host, port=settings.ami_port, user=settings.ami_user,
         secret=settings.ami_secret, timeout_s=settings.connect_timeout_s,
     )
     agi = FastAgiServer(
-        {"verify": VerificationIvr(settings, store)},
+        {"verify": VerificationIvr(settings, store), PROBE_ROUTE: AgiProbe(redis)},
         host=settings.agi_host,
         port=settings.agi_port,
         header_timeout_s=settings.agi_header_timeout_s,
@@ -51,11 +55,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         max_sessions=settings.agi_max_sessions,
     )
     originator = Originator(settings, store, ami, results)
+    metrics.in_flight.set_function(lambda: originator.in_flight)
+    metrics.agi_sessions.set_function(lambda: agi.active_sessions)
+    exporter = MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port,
+                             refresh=lambda: metrics.refresh_queue(redis),
+                             healthy=ami.connected.is_set) if settings.metrics_port else None
     try:
         await asyncio.wait_for(redis.ping(), settings.connect_timeout_s)
         await results.start()
         await ami.connect()
         await agi.start()
+        if exporter is not None:
+            await exporter.start()
         running = asyncio.create_task(originator.run(), name="originator")
         log.info("service_ready", consumer=settings.consumer, agi_port=agi.port)
         stopped = asyncio.create_task(stop.wait())
@@ -73,6 +84,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if exporter is not None:
+            await exporter.close()
         await ami.close()
         await results.close()
         await redis.aclose()

@@ -86,6 +86,12 @@ class Settings:
         metadata={"doc": "This originator's name in the consumer group (host-pid)."},
     )
     log_level: str = field(default="info", metadata={"doc": "debug, info, warning or error."})
+    metrics_host: str = field(
+        default="127.0.0.1", metadata={"doc": "Prometheus endpoint address (/metrics, /healthz)."}
+    )
+    metrics_port: int = field(
+        default=0, metadata={"doc": "Prometheus endpoint port; 0 serves no endpoint."}
+    )
 
     def __post_init__(self) -> None:
         for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -50,7 +50,8 @@ _STORE_OUTCOME = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('PUBLISH', ARGV[3], ARGV[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-             'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7])
+             'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7],
+             'user', ARGV[8])
   return 1
 end
 return 0
@@ -91,11 +92,25 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
     return Redis.from_pool(pool)
 
 
+class StoreObserver(Protocol):
+    """Told of what the store wrote (the metrics)."""
+
+    def event_added(self, name: str) -> None:
+        """A progress event was written."""
+
+    def outcome_stored(self, record: OutcomeRecord) -> None:
+        """The first outcome for an id was stored."""
+
+
 class Store:
     """callmfa's keys in one Redis."""
 
-    def __init__(self, redis: Redis, *, result_ttl_s: int, events_maxlen: int) -> None:
+    def __init__(
+        self, redis: Redis, *, result_ttl_s: int, events_maxlen: int,
+        observer: StoreObserver | None = None,
+    ) -> None:
         self.redis = redis
+        self._observer = observer
         self._ttl = result_ttl_s
         self._maxlen = events_maxlen
         self._claim = redis.register_script(_CLAIM)
@@ -149,9 +164,11 @@ class Store:
             keys=[result_key(record.id), EVENTS],
             args=[
                 record.to_json(), self._ttl, RESULTS_CHANNEL, self._maxlen, record.id,
-                iso(record.finished_at) or "", record.outcome.value,
+                iso(record.finished_at) or "", record.outcome.value, record.user or "",
             ],
         )
+        if stored and self._observer is not None:
+            self._observer.outcome_stored(record)
         return bool(stored)
 
     async def get_outcome(self, rid: str) -> OutcomeRecord | None:
@@ -163,6 +180,8 @@ class Store:
         """Append a progress event (queued, dialing, ringing, answered, input)."""
         data: dict[Any, Any] = {"id": rid, "event": name, "at": iso(time.time()) or "", **fields}
         await self.redis.xadd(EVENTS, data, maxlen=self._maxlen, approximate=True)
+        if self._observer is not None:
+            self._observer.event_added(name)
 
     async def deadletter(self, entry_id: str, payload: bytes | None, error: str) -> None:
         """Keep a request that cannot even be answered (no usable id), with the reason."""
