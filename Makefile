@@ -5,7 +5,7 @@ VENV := .venv
 SANDBOX := bash docker/sandbox/sandbox.sh
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean
+.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean docs lock
 
 help:
 	@echo "make demo          one real verification call to a simulated phone, end to end"
@@ -16,11 +16,11 @@ help:
 deps:
 	$(SANDBOX) deps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml docker/requirements.lock
 	@command -v $(PYTHON) >/dev/null || $(SANDBOX) deps
 	$(PYTHON) -m venv $(VENV) || { $(SANDBOX) deps && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/pip install -q --upgrade 'pip>=25.1'
-	$(VENV)/bin/pip install -q -e . --group dev
+	$(VENV)/bin/pip install -q -e . --group dev -c docker/requirements.lock
 	touch $@
 
 venv: $(VENV)/.installed
@@ -48,6 +48,17 @@ demo: deps venv
 	$(SANDBOX) up
 	@rc=0; $(SANDBOX) exec $(VENV)/bin/python docker/sandbox/demo.py || rc=$$?; \
 	$(SANDBOX) down; exit $$rc
+
+# The settings tables in README.md and docs/settings.md, from ivr/settings.py.
+docs: venv
+	$(VENV)/bin/python -m ivr.reference README.md docs/settings.md
+
+# docker/requirements.lock: the runtime dependencies as a fresh install resolves them today.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q .
+	{ sed -n '/^#/p' docker/requirements.lock; .lock-venv/bin/pip freeze --exclude callmfa; } \
+	  >docker/requirements.lock.new && mv docker/requirements.lock.new docker/requirements.lock
+	rm -rf .lock-venv
 
 clean: sandbox-down
 	rm -rf $(VENV) .sandbox .sandbox-test *.egg-info
