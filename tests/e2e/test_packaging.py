@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ LOCK = REPO / "docker" / "requirements.lock"
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the wheel, the venv's bin directory): built and installed as a user would."""
     tmp = tmp_path_factory.mktemp("wheel")
     subprocess.run([str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w",
@@ -27,7 +26,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     pip = tmp / "venv" / "bin" / "pip"
     subprocess.run([str(pip), "install", "-q", "-c", str(LOCK), str(wheel)], check=True,
                    capture_output=True, timeout=300)
-    yield wheel, tmp / "venv" / "bin"
+    return wheel, tmp / "venv" / "bin"
 
 
 class TestWheel:

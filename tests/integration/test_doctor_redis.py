@@ -53,4 +53,4 @@ class TestRedisAcl:
         settings = Settings(redis_url="redis://127.0.0.1:1/0", connect_timeout_s=1)
         results = [r async for r in check_redis(settings)]
         assert [(r.name, r.status) for r in results] == [("redis", Status.FAIL)]
-        assert results[0].fix and "CALLMFA_REDIS_URL" in results[0].fix
+        assert "CALLMFA_REDIS_URL" in (results[0].fix or "")
