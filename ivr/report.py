@@ -120,11 +120,12 @@ def _columns(report: Report) -> list[str]:
 def _table(header: list[str], rows: Iterable[list[str]]) -> str:
     rows = [header, *rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    def cell(text: str, width: int) -> str:
+        numeric = text.rstrip("%").replace(".", "", 1).isdigit()
+        return text.rjust(width) if numeric else text.ljust(width)
+
     return "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                  enumerate(zip(r, widths, strict=True))).rstrip()
-        for r in rows
-    )
+        "  ".join(cell(c, w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def render_text(report: Report) -> str:
