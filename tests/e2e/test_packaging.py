@@ -15,17 +15,21 @@ from .test_operations import run_cli
 LOCK = REPO / "docker" / "requirements.lock"
 
 
+def _run(*args: str) -> None:
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"{args[:2]} failed:\n{out.stdout}\n{out.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the wheel, the venv's bin directory): built and installed as a user would."""
     tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run([str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w",
-                    str(tmp / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)
+    _run(str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w",
+         str(tmp / "dist"), str(REPO))
     wheel = next((tmp / "dist").glob("callmfa-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
     pip = tmp / "venv" / "bin" / "pip"
-    subprocess.run([str(pip), "install", "-q", "-c", str(LOCK), str(wheel)], check=True,
-                   capture_output=True, timeout=300)
+    _run(str(pip), "install", "-q", "-c", str(LOCK), str(wheel))
     return wheel, tmp / "venv" / "bin"
 
 
