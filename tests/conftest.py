@@ -93,6 +93,7 @@ class Sandbox:
     netns: str
     directory: Path
     env: dict[str, str]
+    host_netns_fd: int = -1  # the namespace the tests started in, for tools that need a network
 
     @property
     def redis_url(self) -> str:
@@ -156,7 +157,7 @@ def sandbox() -> Iterator[Sandbox]:
     target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
         _setns(target)
-        yield Sandbox(netns, directory, values)
+        yield Sandbox(netns, directory, values, home)
     finally:
         _setns(home)
         os.close(home)

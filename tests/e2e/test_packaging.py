@@ -9,27 +9,32 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, Sandbox
+from ..conftest import REPO, Sandbox, _setns
 from .test_operations import run_cli
 
 LOCK = REPO / "docker" / "requirements.lock"
 
 
-def _run(*args: str) -> None:
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+def _run(sandbox: Sandbox, *args: str) -> None:
+    # pip needs the package index: run it in the namespace the tests started in, not in the
+    # sandbox's (which this thread joined, and which holds only loopback).
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: _setns(sandbox.host_netns_fd))
     assert out.returncode == 0, f"{args[:2]} failed:\n{out.stdout}\n{out.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def installed(
+    tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox
+) -> tuple[Path, Path]:
     """(the wheel, the venv's bin directory): built and installed as a user would."""
     tmp = tmp_path_factory.mktemp("wheel")
-    _run(str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w",
+    _run(sandbox, str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w",
          str(tmp / "dist"), str(REPO))
     wheel = next((tmp / "dist").glob("callmfa-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
     pip = tmp / "venv" / "bin" / "pip"
-    _run(str(pip), "install", "-q", "-c", str(LOCK), str(wheel))
+    _run(sandbox, str(pip), "install", "-q", "-c", str(LOCK), str(wheel))
     return wheel, tmp / "venv" / "bin"
 
 
