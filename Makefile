@@ -6,7 +6,7 @@ SANDBOX := bash docker/sandbox/sandbox.sh
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean prompts bench
+.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean prompts bench docs lock
 
 help:
 	@echo "make demo          one real verification call to a simulated phone, end to end"
@@ -19,11 +19,11 @@ help:
 deps:
 	$(SANDBOX) deps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml docker/requirements.lock
 	@command -v $(PYTHON) >/dev/null || $(SANDBOX) deps
 	$(PYTHON) -m venv $(VENV) || { $(SANDBOX) deps && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/pip install -q --upgrade 'pip>=25.1'
-	$(VENV)/bin/pip install -q -e . --group dev
+	$(VENV)/bin/pip install -q -e . --group dev -c docker/requirements.lock
 	touch $@
 
 venv: $(VENV)/.installed
@@ -65,6 +65,17 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 # A few minutes; BENCH_ARGS="--full" adds the 10,000-verification soak, --help lists the rest.
 bench: deps venv $(VENV)/.bench-installed
 	$(VENV)/bin/python -m bench --plot .sandbox-bench/benchmarks.png $(BENCH_ARGS)
+
+# The settings tables in README.md and docs/settings.md, from ivr/settings.py.
+docs: venv
+	$(VENV)/bin/python -m ivr.reference README.md docs/settings.md
+
+# docker/requirements.lock: the runtime dependencies as a fresh install resolves them today.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q .
+	{ sed -n '/^#/p' docker/requirements.lock; .lock-venv/bin/pip freeze --exclude callmfa; } \
+	  >docker/requirements.lock.new && mv docker/requirements.lock.new docker/requirements.lock
+	rm -rf .lock-venv
 
 clean: sandbox-down
 	rm -rf $(VENV) .sandbox .sandbox-test .sandbox-bench *.egg-info

@@ -15,7 +15,9 @@ import structlog
 from redis.asyncio import Redis
 
 from .exceptions import AmiConnectError
+from .metrics import Metrics, MetricsServer
 from .originator import Originator
+from .probe import PROBE_ROUTE, AgiProbe
 from .session import VerificationIvr
 from .settings import Settings
 from .storage.pins import PinStore
@@ -46,14 +48,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         max_connections=settings.max_in_flight * 2 + 20,
         timeout_s=settings.connect_timeout_s,
     )
-    store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen)
+    metrics = Metrics()
+    store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
+                  observer=metrics)
     results = ResultListener(redis)
     ami = AmiClient(
         host=settings.ami_host, port=settings.ami_port, user=settings.ami_user,
         secret=settings.ami_secret, timeout_s=settings.connect_timeout_s,
     )
     agi = FastAgiServer(
-        {"verify": VerificationIvr(settings, store)},
+        {"verify": VerificationIvr(settings, store), PROBE_ROUTE: AgiProbe(redis)},
         host=settings.agi_host,
         port=settings.agi_port,
         header_timeout_s=settings.agi_header_timeout_s,
@@ -61,6 +65,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         max_sessions=settings.agi_max_sessions,
     )
     originator = Originator(settings, store, ami, results)
+    metrics.in_flight.set_function(lambda: originator.in_flight)
+    metrics.agi_sessions.set_function(lambda: agi.active_sessions)
+    exporter = MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port,
+                             refresh=lambda: metrics.refresh_queue(redis),
+                             healthy=ami.connected.is_set) if settings.metrics_port else None
     try:
         await asyncio.wait_for(redis.ping(), settings.connect_timeout_s)
         await results.start()
@@ -69,6 +78,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         # Start-up objects (modules, settings, clients) live as long as the process: keep
         # them out of the collector's full passes, which otherwise stall calls for ~30 ms.
         gc.freeze()
+        if exporter is not None:
+            await exporter.start()
         running = asyncio.create_task(originator.run(), name="originator")
         log.info("service_ready", consumer=settings.consumer, agi_port=agi.port)
         stopped = asyncio.create_task(stop.wait())
@@ -86,6 +97,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if exporter is not None:
+            await exporter.close()
         await ami.close()
         await results.close()
         await redis.aclose()

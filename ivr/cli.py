@@ -16,10 +16,12 @@ from redis.exceptions import RedisError
 from . import __version__, pincli
 from .app import serve
 from .client import VerificationClient
+from .commands import add_commands
 from .domain.outcome import Outcome
 from .domain.request import parse_request
 from .exceptions import IvrError, RequestError, SettingsError
 from .log import configure
+from .reference import settings_markdown
 from .settings import Settings
 from .tasks import cancel_and_wait
 
@@ -39,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--lang", default="en")
     v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
     v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
-    sub.add_parser("settings", help="print the settings reference")
+    st = sub.add_parser("settings", help="print the settings reference")
+    st.add_argument("--markdown", action="store_true", help="as the Markdown table of the docs")
     pincli.add_parser(sub)
+    add_commands(sub)
     return p
 
 
@@ -70,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_verify(settings, args))
         if args.command == "pin":
             return asyncio.run(pincli.run(settings, args))
+        if hasattr(args, "run"):
+            code: int = args.run(settings, args)
+            return code
+        if args.markdown:
+            print(settings_markdown(), end="")
+            return EXIT_OK
         for name, default, doc in Settings.reference():
             print(f"{name}\t{default}\t{doc}")
         return EXIT_OK

@@ -114,6 +114,12 @@ class Settings:
         default="asyncio",
         metadata={"doc": "asyncio, or uvloop (pip install 'callmfa[fast]'): ~20% less CPU."},
     )
+    metrics_host: str = field(
+        default="127.0.0.1", metadata={"doc": "Prometheus endpoint address (/metrics, /healthz)."}
+    )
+    metrics_port: int = field(
+        default=0, metadata={"doc": "Prometheus endpoint port; 0 serves no endpoint."}
+    )
 
     def __post_init__(self) -> None:
         for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):

@@ -93,6 +93,7 @@ class Sandbox:
     netns: str
     directory: Path
     env: dict[str, str]
+    host_netns_fd: int = -1  # the namespace the tests started in, for tools that need a network
 
     @property
     def redis_url(self) -> str:
@@ -118,6 +119,7 @@ E2E_SETTINGS = {
     "CALLMFA_SHUTDOWN_GRACE_S": "5",
     "CALLMFA_LOG_LEVEL": "debug",
     "CALLMFA_PIN_LOCKOUT_AFTER": "2",
+    "CALLMFA_METRICS_PORT": "9573",
 }
 
 
@@ -156,7 +158,7 @@ def sandbox() -> Iterator[Sandbox]:
     target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
         _setns(target)
-        yield Sandbox(netns, directory, values)
+        yield Sandbox(netns, directory, values, home)
     finally:
         _setns(home)
         os.close(home)

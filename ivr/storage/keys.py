@@ -36,7 +36,8 @@ end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('PUBLISH', ARGV[3], ARGV[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-             'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7])
+             'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7],
+             'user', ARGV[9])
   return 1
 end
 return 0
@@ -54,6 +55,7 @@ def outcome_script_args(
     return [result_key(record.id), EVENTS], [
         record.to_json(), ttl_s, RESULTS_CHANNEL, events_maxlen, record.id,
         iso(record.finished_at) or "", record.outcome.value, iso(input_at) or "",
+        record.user or "",
     ]
 
 

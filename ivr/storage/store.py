@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -80,11 +80,25 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
     return Redis.from_pool(pool)
 
 
+class StoreObserver(Protocol):
+    """Told of what the store wrote (the metrics)."""
+
+    def event_added(self, name: str) -> None:
+        """A progress event was written."""
+
+    def outcome_stored(self, record: OutcomeRecord) -> None:
+        """The first outcome for an id was stored."""
+
+
 class Store:
     """callmfa's keys in one Redis."""
 
-    def __init__(self, redis: Redis, *, result_ttl_s: int, events_maxlen: int) -> None:
+    def __init__(
+        self, redis: Redis, *, result_ttl_s: int, events_maxlen: int,
+        observer: StoreObserver | None = None,
+    ) -> None:
         self.redis = redis
+        self._observer = observer
         self._ttl = result_ttl_s
         self._maxlen = events_maxlen
         self._claim = redis.register_script(_CLAIM)
@@ -138,7 +152,10 @@ class Store:
         With ``input_at``, the ``input`` event is appended first, in the same round trip.
         """
         keys, args = outcome_script_args(record, self._ttl, self._maxlen, input_at)
-        return bool(await self._store_outcome(keys=keys, args=args))
+        stored = bool(await self._store_outcome(keys=keys, args=args))
+        if stored and self._observer is not None:
+            self._observer.outcome_stored(record)
+        return stored
 
     async def get_outcome(self, rid: str) -> OutcomeRecord | None:
         """The stored outcome, if any."""
@@ -149,6 +166,8 @@ class Store:
         """Append a progress event (queued, dialing, ringing, answered, input)."""
         data: dict[Any, Any] = event_fields(rid, name, **fields)
         await self.redis.xadd(EVENTS, data, maxlen=self._maxlen, approximate=True)
+        if self._observer is not None:
+            self._observer.event_added(name)
 
     async def deadletter(self, entry_id: str, payload: bytes | None, error: str) -> None:
         """Keep a request that cannot even be answered (no usable id), with the reason."""

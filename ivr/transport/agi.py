@@ -99,8 +99,12 @@ class AgiChannel:
             raise AgiError("AGI line too long") from None
         return raw.decode("utf-8", "replace").rstrip("\r\n")
 
-    async def execute(self, *parts: str) -> AgiReply:
-        """Send one command and return its reply; raise AgiHangup if the caller is gone."""
+    async def execute(self, *parts: str, minus_one_is_hangup: bool = True) -> AgiReply:
+        """Send one command and return its reply; raise AgiHangup if the caller is gone.
+
+        ``minus_one_is_hangup=False`` returns ``result=-1`` for commands where it means a
+        failure (STREAM FILE of a missing file) rather than a hang-up.
+        """
         if self.hung_up:
             raise AgiHangup()
         self._writer.write(format_command(*parts))
@@ -119,7 +123,7 @@ class AgiChannel:
                 continue
             if code == "200":
                 reply = parse_reply(line)
-                if reply.result == "-1":
+                if reply.result == "-1" and minus_one_is_hangup:
                     self.hung_up = True
                     raise AgiHangup()
                 return reply

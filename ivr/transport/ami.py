@@ -193,3 +193,14 @@ class AmiClient:
         self.connected.clear()
         if manager is not None:
             manager.close()
+
+    async def action(self, fields: Mapping[str, str], *, timeout_s: float) -> list[dict[str, Any]]:
+        """Send any action; its reply messages (one, or a list's events) as dicts."""
+        if self._manager is None or not self.connected.is_set():
+            raise AmiConnectError("not connected to AMI")
+        future = self._manager.send_action(dict(fields))
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise AmiError(f"no reply to {fields.get('Action')} within {timeout_s}s") from None
+        return [dict(m) for m in (reply if isinstance(reply, list) else [reply])]

@@ -1,0 +1,113 @@
+"""The operations commands of ``callmfa``: check, report, install-dialplan.
+
+Each registers its own sub-parser with a ``run(settings, args) -> exit code``, so that the
+main command line only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from . import doctor, report
+from .settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register check, report and install-dialplan."""
+    c = sub.add_parser("check", help="check Redis, AMI, dialplan, FastAGI and prompts; "
+                                     "exit 1 if anything fails")
+    c.add_argument("--call", metavar="NUMBER",
+                   help="also place a real verification to NUMBER (E.164) and expect '#'")
+    c.add_argument("--call-timeout", type=float, default=90, metavar="S",
+                   help="seconds to wait for the test call's outcome (default 90)")
+    c.set_defaults(run=_check)
+    r = sub.add_parser("report", help="outcomes per day, per user and per value, from "
+                                      "callmfa:events")
+    r.add_argument("--since", metavar="DATE", help="from this UTC day or ISO time")
+    r.add_argument("--until", metavar="DATE", help="up to this UTC day (inclusive) or ISO time")
+    r.add_argument("--csv", action="store_true", help="day,user,outcome,count rows")
+    r.set_defaults(run=_report)
+    d = sub.add_parser("install-dialplan", help="copy the dialplan and manager.conf snippets "
+                                                "into DIR (e.g. /etc/asterisk)")
+    d.add_argument("directory", metavar="DIR", type=Path)
+    d.add_argument("--force", action="store_true", help="overwrite existing files")
+    d.set_defaults(run=_install_dialplan)
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> int:
+        failed = 0
+        print("callmfa check")
+        async for result in doctor.run_checks(
+            settings, call=args.call, call_timeout_s=args.call_timeout
+        ):
+            print(f"  {result.status.value:<5} {result.name:<14} {result.message}", flush=True)
+            if result.fix and result.status in (doctor.Status.FAIL, doctor.Status.WARN):
+                print(f"  {'':<5} {'':<14} fix: {result.fix}", flush=True)
+            failed += result.status is doctor.Status.FAIL
+        print("all checks passed" if not failed else f"{failed} check(s) failed")
+        return EXIT_FAILED if failed else EXIT_OK
+
+    return asyncio.run(run())
+
+
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        since = report.parse_bound(args.since) if args.since else None
+        until = report.parse_bound(args.until) if args.until else None
+    except ValueError as e:
+        print(f"callmfa: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if until is not None and args.until and len(args.until) == 10:
+        until += 86_400_000 - 1  # a day bound includes the whole day
+
+    async def run() -> report.Report:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=30,
+                               socket_connect_timeout=settings.connect_timeout_s)
+        try:
+            return await report.collect(redis, since_ms=since, until_ms=until)
+        finally:
+            await redis.aclose()
+
+    data = asyncio.run(run())
+    sys.stdout.write(report.render_csv(data) if args.csv else report.render_text(data))
+    return EXIT_OK
+
+
+def dialplan_directory() -> Path:
+    """The shipped dialplan files: package data in a wheel, ``dialplan/`` in a checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "dialplan", package.parent / "dialplan"):
+        if candidate.is_dir() and any(candidate.glob("*.conf")):
+            return candidate
+    raise FileNotFoundError("callmfa's dialplan files are not installed")
+
+
+def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
+    del settings
+    source = dialplan_directory()
+    target: Path = args.directory
+    if not target.is_dir():
+        print(f"callmfa: {target} is not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    files = sorted(source.glob("*.conf"))
+    existing = [f.name for f in files if (target / f.name).exists()]
+    if existing and not args.force:
+        print(f"callmfa: {', '.join(existing)} exist in {target}; --force overwrites",
+              file=sys.stderr)
+        return EXIT_FAILED
+    for f in files:
+        shutil.copyfile(f, target / f.name)
+        print(f"installed {target / f.name}")
+    print('next: add #include "extensions_callmfa.conf" to extensions.conf and\n'
+          '      #include "manager_callmfa.conf" to manager.conf, set the secret, then\n'
+          "      asterisk -rx 'dialplan reload' and asterisk -rx 'manager reload'")
+    return EXIT_OK

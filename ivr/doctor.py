@@ -1,0 +1,384 @@
+"""``callmfa check``: connect with the configured settings and say what works, with fixes.
+
+Each check ends ok, warn (works, but look at it), FAIL (callmfa cannot work this way) or
+skip (an earlier failure hides it). Checks that need no call on a phone go through a
+*probe*: a Local channel into the verification context whose AGI runs callmfa's ``check``
+route (see :mod:`ivr.probe`); that proves, from Asterisk's side, that the context exists,
+that it reaches the FastAGI address and which prompts Asterisk can play. It works with the
+least-privilege AMI account (``write = originate``), which may not run ``ShowDialPlan``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from .client import VerificationClient
+from .domain.outcome import Outcome
+from .exceptions import AmiConnectError, AmiError, AmiLoginError
+from .probe import PROBE_ROUTE, new_probe_id, probe_key
+from .settings import Settings
+from .storage.keys import STORE_OUTCOME
+from .storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect
+from .transport.ami import AmiClient
+
+SAMPLE_NUMBER = "+15550100"
+KNOWN_TECHNOLOGIES = {"PJSIP", "SIP", "IAX2", "DAHDI", "Local", "Motif", "UNISTIM", "WebSocket"}
+DANGEROUS_PRIVILEGES = ("system", "command", "config")
+PROBE_WAIT_S = 5.0
+_CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]*/[^\s,|&;]+\Z")
+_PRIV = re.compile(r"\(Priv: ([^)]*)\)")
+
+# What to do about each outcome of a test call (also docs/troubleshooting.md).
+OUTCOME_FIXES: dict[Outcome, str] = {
+    Outcome.FRAUD_REPORTED: "the phone pressed 0#: press # alone to approve",
+    Outcome.NO_INPUT: "answered but no '#': a voicemail or a phone that cannot send DTMF "
+                      "(check the trunk's dtmf_mode: rfc4733 or info)",
+    Outcome.HUNG_UP: "the callee hung up during the prompt",
+    Outcome.NO_ANSWER: "nobody answered: raise CALLMFA_RING_TIMEOUT_S or check the number",
+    Outcome.BUSY: "the line was busy or the call was declined",
+    Outcome.UNREACHABLE: "the trunk refused the call: check CALLMFA_DIAL_TEMPLATE, the trunk's "
+                         "registration and the Q.850 cause in detail",
+    Outcome.REJECTED: "the request was invalid: see detail (the number must be E.164, +...)",
+    Outcome.EXPIRED: "not placed in time: is `callmfa serve` running and consuming "
+                     "callmfa:requests?",
+    Outcome.ERROR: "see detail: originate_failed (Asterisk refused: context, channel "
+                   "technology, AMI rights), no_ivr_outcome (Asterisk cannot reach FastAGI)",
+}
+
+
+class Status(StrEnum):
+    """How one check ended."""
+
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the report, with what to do when it is not ok."""
+
+    name: str
+    status: Status
+    message: str
+    fix: str | None = None
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return urlunsplit(parts._replace(netloc=user + host))
+    return url
+
+
+def probe_url(agi_url: str) -> str:
+    """The AGI URL with its route replaced by the probe's."""
+    parts = urlsplit(agi_url)
+    return urlunsplit(parts._replace(path="/" + PROBE_ROUTE, query=""))
+
+
+def check_dial_template(template: str) -> CheckResult:
+    """The template must render a ``TECH/resource`` dial string for a sample number."""
+    try:
+        channel = template.format(number=SAMPLE_NUMBER, digits=SAMPLE_NUMBER[1:])
+    except (KeyError, IndexError, ValueError) as e:
+        return CheckResult("dial-template", Status.FAIL, f"{template!r} does not render: {e!r}",
+                           "use only {number} and {digits} as placeholders")
+    if not _CHANNEL.match(channel):
+        return CheckResult("dial-template", Status.FAIL,
+                           f"{template!r} gives {channel!r}, not a TECH/resource dial string",
+                           "e.g. CALLMFA_DIAL_TEMPLATE='PJSIP/{number}@my-trunk'")
+    tech = channel.split("/", 1)[0]
+    if tech not in KNOWN_TECHNOLOGIES:
+        return CheckResult("dial-template", Status.WARN,
+                           f"{SAMPLE_NUMBER} dials {channel}: unusual technology {tech!r}",
+                           "check the channel driver name (PJSIP, IAX2, DAHDI, ...)")
+    return CheckResult("dial-template", Status.OK, f"{SAMPLE_NUMBER} dials {channel}")
+
+
+def check_agi_address(settings: Settings) -> CheckResult | None:
+    """A loopback AGI URL with Asterisk elsewhere means Asterisk calls itself."""
+    agi_host = urlsplit(settings.agi_url).hostname or ""
+    loopback = {"127.0.0.1", "localhost", "::1"}
+    if agi_host in loopback and settings.ami_host not in loopback:
+        return CheckResult(
+            "agi-url", Status.WARN,
+            f"CALLMFA_AGI_URL points at {agi_host} but Asterisk is at {settings.ami_host}: "
+            "Asterisk would connect to itself",
+            "set CALLMFA_AGI_URL=agi://<this host's address>:<port>/verify and "
+            "CALLMFA_AGI_HOST=0.0.0.0 (behind a firewall)")
+    return None
+
+
+# --- Redis ---------------------------------------------------------------------------
+
+async def _redis_acl(redis: Redis) -> list[str]:
+    """Run every command callmfa uses, on throwaway keys; return those the ACL refuses."""
+    base = f"callmfa:check:{uuid.uuid4().hex}"
+    result, call, events, stream = (f"{base}:{k}" for k in ("result", "call", "events", "q"))
+    steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("EVALSHA/SCRIPT LOAD (claim script)", lambda: redis.register_script(_CLAIM)(
+            keys=[result, call], args=[30, "user", "check"])),
+        ("HGETALL", lambda: redis.hgetall(call)),
+        ("HSET", lambda: redis.hset(call, "answered_at", "0")),
+        ("EVALSHA (outcome script: SET, PUBLISH, XADD)", lambda: redis.register_script(
+            STORE_OUTCOME)(keys=[result, events], args=[
+                "{}", 30, base, 10, "check", "", "approved", "", ""])),
+        ("GET", lambda: redis.get(result)),
+        ("XGROUP CREATE", lambda: redis.xgroup_create(stream, "g", id="0", mkstream=True)),
+        ("XADD", lambda: redis.xadd(stream, {"request": "{}"}, maxlen=10, approximate=True)),
+        ("XREADGROUP", lambda: redis.xreadgroup("g", "check", {stream: ">"}, count=1)),
+        ("XACK", lambda: redis.xack(stream, "g", "0-1")),
+        ("XLEN", lambda: redis.xlen(stream)),
+        ("XINFO GROUPS", lambda: redis.xinfo_groups(stream)),
+        ("XRANGE", lambda: redis.xrange(events, count=1)),
+        ("XREAD", lambda: redis.xread({events: "0-0"}, count=1)),
+        ("EXPIRE", lambda: redis.expire(stream, 30)),
+    ]
+    refused = []
+    for name, step in steps:
+        try:
+            await step()
+        except ResponseError as e:
+            if not _refused(e):
+                raise
+            refused.append(name)
+    for key in (events, stream):
+        with contextlib.suppress(ResponseError):
+            await redis.expire(key, 30)
+    pubsub = redis.pubsub()
+    try:
+        await pubsub.subscribe(RESULTS_CHANNEL)
+        confirmed = await pubsub.get_message(timeout=5)  # a refusal is raised here
+        if confirmed is None or confirmed.get("type") != "subscribe":
+            refused.append(f"SUBSCRIBE {RESULTS_CHANNEL} (no confirmation)")
+        await pubsub.unsubscribe(RESULTS_CHANNEL)
+    except ResponseError as e:
+        if not _refused(e):
+            raise
+        refused.append(f"SUBSCRIBE {RESULTS_CHANNEL}")
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    return refused
+
+
+def _refused(error: ResponseError) -> bool:
+    text = str(error)
+    # Inside a script, Redis 7.0 words the ACL refusal without the NOPERM prefix.
+    return "NOPERM" in text or "permission" in text.lower() or "can't run this command" in text
+
+
+async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
+    """Reachable, every command allowed, and the request queue's state."""
+    url = _redacted(settings.redis_url)
+    redis = connect(settings.redis_url, max_connections=4, timeout_s=settings.connect_timeout_s)
+    try:
+        try:
+            await asyncio.wait_for(redis.ping(), settings.connect_timeout_s)
+        except (RedisError, OSError, TimeoutError) as e:
+            yield CheckResult("redis", Status.FAIL, f"cannot reach {url}: {e or 'timeout'}",
+                              "start Redis or fix CALLMFA_REDIS_URL (user:password@ for ACL)")
+            return
+        refused = await _redis_acl(redis)
+        if refused:
+            yield CheckResult(
+                "redis-acl", Status.FAIL, "the Redis ACL refuses: " + ", ".join(refused),
+                "allow callmfa's commands on ~callmfa:* and &callmfa:* "
+                "(docs/operations.md has the ACL line)")
+        else:
+            yield CheckResult("redis", Status.OK,
+                              f"{url} reachable; the ACL allows every command callmfa uses")
+        yield await _queue_state(redis)
+    finally:
+        await redis.aclose()
+
+
+async def _queue_state(redis: Redis) -> CheckResult:
+    length = await redis.xlen(REQUESTS)
+    try:
+        groups = await redis.xinfo_groups(REQUESTS)
+    except ResponseError:
+        groups = []
+    group = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
+    if group is None:
+        return CheckResult("queue", Status.WARN,
+                           f"{REQUESTS} has no consumer group {GROUP!r} yet ({length} entries)",
+                           "`callmfa serve` creates it at start-up: is it running?")
+    return CheckResult(
+        "queue", Status.OK,
+        f"{REQUESTS}: {length} entries, {group.get('lag')} waiting, {group.get('pending')} "
+        f"being worked on, {group.get('consumers')} consumer(s) known")
+
+
+# --- AMI and the probe -----------------------------------------------------------------
+
+def _privileges(list_commands: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """(permitted actions, privilege classes they need) from a ListCommands reply."""
+    actions, classes = set(), set()
+    for action, text in list_commands.items():
+        m = _PRIV.search(str(text))
+        if m is None:
+            continue
+        actions.add(action)
+        classes |= {c.strip() for c in m.group(1).split(",")} - {"<none>", "all"}
+    return actions, classes
+
+
+async def check_ami(settings: Settings, ami: AmiClient) -> AsyncIterator[CheckResult]:
+    """Login, then what the account may do."""
+    where = f"{settings.ami_user}@{settings.ami_host}:{settings.ami_port}"
+    try:
+        await ami.connect()
+    except AmiLoginError as e:
+        yield CheckResult("ami-login", Status.FAIL, str(e).split(" (check")[0],
+                          "give callmfa the secret of the [" + settings.ami_user + "] account "
+                          "in manager.conf (CALLMFA_AMI_SECRET or CALLMFA_AMI_SECRET_FILE), "
+                          "permit this host there, then `manager reload`")
+        return
+    except AmiConnectError as e:
+        yield CheckResult("ami-login", Status.FAIL, str(e),
+                          "is Asterisk running with manager.conf enabled = yes and bindaddr/"
+                          "port matching CALLMFA_AMI_HOST/CALLMFA_AMI_PORT?")
+        return
+    yield CheckResult("ami-login", Status.OK, f"logged in as {where}")
+    reply = (await ami.action({"Action": "ListCommands"}, timeout_s=settings.connect_timeout_s))[0]
+    actions, classes = _privileges(reply)
+    if "Originate" not in actions:
+        yield CheckResult("ami-rights", Status.FAIL, f"{settings.ami_user} may not Originate",
+                          "write = originate in its manager.conf section")
+        return
+    dangerous = sorted(c for c in classes if c in DANGEROUS_PRIVILEGES)
+    if dangerous:
+        yield CheckResult(
+            "ami-rights", Status.WARN,
+            f"{settings.ami_user} may originate, and also has {', '.join(dangerous)}: more "
+            "than callmfa needs",
+            "read = call and write = originate only (dialplan/manager_callmfa.conf)")
+    else:
+        yield CheckResult("ami-rights", Status.OK,
+                          f"{settings.ami_user} may originate; nothing more dangerous")
+
+
+async def check_probe(
+    settings: Settings, ami: AmiClient, redis_url: str
+) -> AsyncIterator[CheckResult]:
+    """Originate a Local channel into the context; its AGI must reach callmfa's probe."""
+    probe_id = new_probe_id()
+    url = probe_url(settings.agi_url)
+    watch = ami.watch(probe_id)
+    redis = connect(redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    try:
+        try:
+            await ami.originate(
+                {"Channel": f"Local/s@{settings.context}", "Application": "Wait", "Data": "1",
+                 "Timeout": "10000", "ChannelId": probe_id},
+                {"CALLMFA_ID": probe_id, "CALLMFA_AGI": url, "CALLMFA_EXTENSION": "",
+                 "CALLMFA_MAX_SECS": "30"},
+                timeout_s=settings.connect_timeout_s + 15,
+            )
+        except AmiError as e:
+            yield CheckResult("dialplan", Status.FAIL, f"the probe call was refused: {e}",
+                              "check the AMI account's write = originate")
+            return
+        # The probe stores its finding before it hangs up, so after the hang-up it is there.
+        with contextlib.suppress(TimeoutError, AmiConnectError):
+            await asyncio.wait_for(asyncio.shield(watch.hangup), PROBE_WAIT_S)
+        raw = await redis.get(probe_key(probe_id))
+        cause = watch.hangup.result() if watch.hangup.done() and not watch.hangup.exception() \
+            else None
+    finally:
+        ami.unwatch(probe_id)
+        await redis.aclose()
+    ctx = settings.context
+    if raw is None:
+        if cause == 0:  # Asterisk found nothing to run: the Local channel never started
+            yield CheckResult("dialplan", Status.FAIL,
+                              f"Asterisk has no extension s in context [{ctx}]",
+                              "include extensions_callmfa.conf in extensions.conf "
+                              "(callmfa install-dialplan DIR), then `dialplan reload`")
+            yield CheckResult("fastagi", Status.SKIP, "needs the dialplan")
+        else:
+            yield CheckResult("dialplan", Status.OK, f"Asterisk runs [{ctx}]")
+            yield CheckResult(
+                "fastagi", Status.FAIL, f"Asterisk ran [{ctx}] but did not reach {url}",
+                "is `callmfa serve` running, and is CALLMFA_AGI_URL's host:port reachable "
+                "from the Asterisk host (CALLMFA_AGI_HOST, firewall)? The Asterisk log says "
+                "'Connecting to ... failed'")
+        yield CheckResult("prompts", Status.SKIP, "needs the FastAGI probe")
+        return
+    found = json.loads(raw)
+    yield CheckResult("dialplan", Status.OK,
+                      f"Asterisk runs [{ctx}] (proved by a probe call; ShowDialPlan not needed)")
+    yield CheckResult("fastagi", Status.OK, f"Asterisk reached callmfa at {url}")
+    missing: dict[str, list[str]] = found.get("missing", {})
+    if missing:
+        text = "; ".join(f"{lang}: {', '.join(files)}" for lang, files in missing.items())
+        yield CheckResult("prompts", Status.FAIL, f"Asterisk cannot play {text}",
+                          "install the sound files (e.g. Debian's asterisk-core-sounds-en-gsm) "
+                          "in Asterisk's sounds directory")
+    else:
+        yield CheckResult("prompts", Status.OK,
+                          "Asterisk can play every prompt in " + ", ".join(found["languages"]))
+
+
+async def check_call(settings: Settings, number: str, timeout_s: float) -> CheckResult:
+    """Place a real verification to ``number`` through the running service."""
+    async with VerificationClient.from_url(settings.redis_url) as client:
+        record = await client.verify(user="callmfa-check", phone=number, timeout_s=timeout_s,
+                                     expires_in_s=timeout_s)
+    if record is None:
+        return CheckResult("call", Status.FAIL, f"no outcome for {number} within {timeout_s:g}s",
+                           OUTCOME_FIXES[Outcome.EXPIRED])
+    text = f"{number}: {record.outcome.value}" + (f" ({record.detail})" if record.detail else "")
+    if record.outcome is Outcome.APPROVED:
+        return CheckResult("call", Status.OK, text + " - the whole chain works")
+    return CheckResult("call", Status.FAIL, text, OUTCOME_FIXES[record.outcome])
+
+
+async def run_checks(
+    settings: Settings, *, call: str | None = None, call_timeout_s: float = 90
+) -> AsyncIterator[CheckResult]:
+    """Every check, in order, as each one finishes."""
+    yield check_dial_template(settings.dial_template)
+    agi = check_agi_address(settings)
+    if agi is not None:
+        yield agi
+    redis_ok = True
+    async for result in check_redis(settings):
+        redis_ok = redis_ok and result.status is not Status.FAIL
+        yield result
+    ami = AmiClient(host=settings.ami_host, port=settings.ami_port, user=settings.ami_user,
+                    secret=settings.ami_secret, timeout_s=settings.connect_timeout_s)
+    try:
+        ami_ok = True
+        async for result in check_ami(settings, ami):
+            ami_ok = ami_ok and result.status is not Status.FAIL
+            yield result
+        if ami_ok and redis_ok:
+            async for result in check_probe(settings, ami, settings.redis_url):
+                yield result
+        else:
+            for name in ("dialplan", "fastagi", "prompts"):
+                yield CheckResult(name, Status.SKIP, "needs AMI and Redis")
+    finally:
+        await ami.close()
+    if call is not None:
+        if ami_ok and redis_ok:
+            yield await check_call(settings, call, call_timeout_s)
+        else:
+            yield CheckResult("call", Status.SKIP, "needs AMI and Redis")

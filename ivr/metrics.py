@@ -1,0 +1,248 @@
+"""Prometheus metrics: one registry per service, passed explicitly, served over HTTP.
+
+prometheus-client's default ``REGISTRY`` is a module global; callmfa never uses it. A
+:class:`Metrics` owns its own ``CollectorRegistry``, so two services in one process (tests)
+count apart. The store reports every stored outcome and progress event to it
+(:meth:`Metrics.outcome_stored`, :meth:`Metrics.event_added`); gauges that mirror live
+state read it at scrape time; the queue depth is read from Redis at scrape time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from . import __version__
+from .domain.outcome import Outcome, OutcomeRecord
+from .storage.store import GROUP, REQUESTS
+
+log = structlog.get_logger("ivr.metrics")
+
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT_S = 5.0
+REFRESH_TIMEOUT_S = 2.0
+
+
+class Metrics:
+    """Every metric callmfa exports, in one private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Info("callmfa", "callmfa build information.", registry=r).info({"version": __version__})
+        self.calls_placed = Counter(
+            "callmfa_calls_placed", "Calls sent to Asterisk (AMI Originate).", registry=r
+        )
+        self.progress_events = Counter(
+            "callmfa_progress_events", "Progress events written, by event.", ["event"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "callmfa_outcomes", "Outcomes stored (one per verification), by outcome value.",
+            ["outcome"], registry=r,
+        )
+        for outcome in Outcome:
+            self.outcomes.labels(outcome.value)  # every value exported from the start, at 0
+        self.request_to_call = Histogram(
+            "callmfa_request_to_call_seconds",
+            "From the request entering the queue to the Originate being sent.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.input_to_outcome = Histogram(
+            "callmfa_input_to_outcome_seconds",
+            "From the key press ('#') reaching callmfa to the outcome stored in Redis.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.verification = Histogram(
+            "callmfa_verification_seconds",
+            "A whole verification: from the request entering the queue to its outcome.",
+            buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "callmfa_calls_in_flight", "Requests this originator is working on now.", registry=r
+        )
+        self.agi_sessions = Gauge(
+            "callmfa_agi_sessions", "FastAGI sessions (answered calls in the IVR) now.",
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "callmfa_queue_length", "Entries in callmfa:requests (XLEN).", registry=r
+        )
+        self.queue_lag = Gauge(
+            "callmfa_queue_lag",
+            "Requests not yet delivered to any originator (consumer group lag).", registry=r,
+        )
+        self.queue_pending = Gauge(
+            "callmfa_queue_pending",
+            "Requests delivered but not yet acknowledged (being worked on, or orphaned).",
+            registry=r,
+        )
+        self.ami_reconnects = Counter(
+            "callmfa_ami_reconnects", "AMI connections re-established after a loss.", registry=r
+        )
+        self.redis_reconnects = Counter(
+            "callmfa_redis_reconnects", "Redis connections re-established after a loss.",
+            registry=r,
+        )
+        self.scrape_errors = Counter(
+            "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
+        )
+
+    def event_added(self, name: str) -> None:
+        """A progress event was written; ``dialing`` means a call was placed."""
+        self.progress_events.labels(name).inc()
+        if name == "dialing":
+            self.calls_placed.inc()
+
+    def outcome_stored(self, record: OutcomeRecord) -> None:
+        """The (first and only) outcome of a verification was stored."""
+        self.outcomes.labels(record.outcome.value).inc()
+        _observe(self.request_to_call, record.requested_at, record.call_started_at)
+        _observe(self.input_to_outcome, record.input_at, record.finished_at)
+        _observe(self.verification, record.requested_at, record.finished_at)
+
+    def ami_reconnected(self) -> None:
+        """For the AMI connection's owner: a lost connection was re-established."""
+        self.ami_reconnects.inc()
+
+    def redis_reconnected(self) -> None:
+        """For Redis connections' owners: a lost connection was re-established."""
+        self.redis_reconnects.inc()
+
+    async def refresh_queue(self, redis: Redis) -> None:
+        """Read the request queue's length, lag and pending count from Redis."""
+        length = await redis.xlen(REQUESTS)
+        self.queue_length.set(length)
+        try:
+            groups = await redis.xinfo_groups(REQUESTS)
+        except ResponseError:  # no such key: nothing was ever queued
+            groups = []
+        for group in groups:
+            name = group.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == GROUP:
+                lag = group.get("lag")
+                # lag is nil when Redis cannot tell (entries deleted); fall back to the length.
+                self.queue_lag.set(length if lag is None else int(lag))
+                self.queue_pending.set(int(group.get("pending", 0)))
+                return
+        self.queue_lag.set(length)
+        self.queue_pending.set(0)
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+
+def _observe(histogram: Histogram, start: float | None, end: float | None) -> None:
+    if start is not None and end is not None and end >= start:
+        histogram.observe(end - start)
+
+
+class MetricsServer:
+    """``GET /metrics`` (Prometheus) and ``GET /healthz`` over plain HTTP/1.0, on asyncio.
+
+    Every connection gets one request with a deadline and a size limit, then is closed.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        host: str,
+        port: int,
+        refresh: Callable[[], Awaitable[None]] | None = None,
+        healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._refresh = refresh
+        self._healthy = healthy
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        """Start listening."""
+        self._server = await asyncio.start_server(
+            self._accept, self._host, self._port, limit=MAX_REQUEST_BYTES, reuse_address=True
+        )
+        log.info("metrics_listening", host=self._host, port=self.port)
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ConnectionError):
+                return
+            method, _, rest = head.decode("latin-1").partition(" ")
+            path = rest.split(" ", 1)[0].split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path == "/metrics":
+                await self._refresh_figures()
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._metrics.exposition()
+            elif path == "/healthz":
+                ok = self._healthy()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ok\n" if ok else b"not ready\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics\n"
+            writer.write(
+                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + (body if method == "GET" else b"")
+            )
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _refresh_figures(self) -> None:
+        if self._refresh is None:
+            return
+        try:
+            await asyncio.wait_for(self._refresh(), REFRESH_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError) as e:
+            self._metrics.scrape_errors.inc()
+            log.warning("metrics_refresh_failed", error=str(e))
+
+    async def close(self) -> None:
+        """Stop listening and finish the requests being answered."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self._server is not None:
+            await self._server.wait_closed()

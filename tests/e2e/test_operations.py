@@ -1,0 +1,160 @@
+"""Operations on the real chain: `callmfa check`, the metrics endpoint, `callmfa report`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.request
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ivr import __version__
+from ivr.client import VerificationClient
+from ivr.domain.outcome import Outcome
+
+from ..conftest import E2E_SETTINGS, REPO, Sandbox
+from .conftest import PhoneFactory
+
+CALLMFA = str(REPO / ".venv" / "bin" / "callmfa")
+PHONE = "+15550100"
+
+
+def sandbox_env(sandbox: Sandbox, **overrides: str) -> dict[str, str]:
+    """What `sandbox.sh exec` gives a command: the sandbox's settings, then ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMFA_")}
+    env.update(sandbox.env)
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def run_cli(sandbox: Sandbox, *args: str, exe: str = CALLMFA, unset: tuple[str, ...] = (),
+            **overrides: str) -> subprocess.CompletedProcess[str]:
+    env = sandbox_env(sandbox, **overrides)
+    for name in unset:
+        env.pop(name, None)
+    return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def scrape(port: int = int(E2E_SETTINGS["CALLMFA_METRICS_PORT"])) -> dict[str, float]:
+    """Every sample of the sandbox's /metrics, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return samples
+
+
+class TestCheck:
+    def test_all_ok_against_the_sandbox(self, sandbox: Sandbox) -> None:
+        """Redis, ACL, AMI login and rights, dialplan, FastAGI and prompts: all ok, exit 0."""
+        out = run_cli(sandbox, "check")
+        assert out.returncode == 0, out.stdout + out.stderr
+        lines = out.stdout.splitlines()
+        for name in ("redis", "ami-login", "ami-rights", "dialplan", "fastagi", "prompts"):
+            assert any(line.split()[:2] == ["ok", name] for line in lines), out.stdout
+        assert not any(line.split()[0] in ("FAIL", "warn") for line in lines[1:-1]), out.stdout
+        assert lines[-1] == "all checks passed"
+
+    def test_wrong_ami_secret_fails_with_a_fix(self, sandbox: Sandbox) -> None:
+        """A wrong secret: the login check fails, says why and what to do; exit 1."""
+        out = run_cli(sandbox, "check", unset=("CALLMFA_AMI_SECRET_FILE",),
+                      CALLMFA_AMI_SECRET="not-the-secret")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "FAIL  ami-login      AMI login refused for user 'callmfa': Authentication " \
+               "failed" in out.stdout
+        assert "fix: give callmfa the secret of the [callmfa] account in manager.conf" \
+               in out.stdout
+        assert out.stdout.splitlines()[-1] == "1 check(s) failed"
+
+    def test_missing_context_and_unreachable_fastagi_are_told_apart(
+        self, sandbox: Sandbox
+    ) -> None:
+        """No such context: dialplan fails. A wrong AGI port: dialplan ok, FastAGI fails."""
+        out = run_cli(sandbox, "check", CALLMFA_CONTEXT="no-such-context")
+        assert out.returncode == 1
+        assert "FAIL  dialplan       Asterisk has no extension s in context [no-such-context]" \
+               in out.stdout
+        out = run_cli(sandbox, "check", CALLMFA_AGI_URL="agi://127.0.0.1:4999/verify")
+        assert out.returncode == 1
+        assert "ok    dialplan" in out.stdout
+        assert "FAIL  fastagi        Asterisk ran [callmfa-verify] but did not reach " \
+               "agi://127.0.0.1:4999/check" in out.stdout
+
+    def test_call_places_a_real_verification(
+        self, sandbox: Sandbox, phone: PhoneFactory
+    ) -> None:
+        """--call NUMBER: a real call to the phone, which presses '#': ok."""
+        p = phone(keys="#")
+        out = run_cli(sandbox, "check", "--call", PHONE)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"ok    call           {PHONE}: approved - the whole chain works" in out.stdout
+        assert p.wait(20) == 0, p.errors()
+
+
+class TestMetrics:
+    async def test_mixed_outcomes_are_counted(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """approved, fraud_reported, busy, no_answer: each counted once, with the latencies."""
+        before = scrape()
+        script = [({"keys": "#"}, Outcome.APPROVED), ({"keys": "0#"}, Outcome.FRAUD_REPORTED),
+                  ({"reject_with": 486}, Outcome.BUSY),
+                  ({"ring_forever": True}, Outcome.NO_ANSWER)]
+        for behaviour, expected in script:
+            p = phone(**behaviour)
+            record = await client.verify(user="metrics", phone=PHONE, timeout_s=40)
+            assert record is not None
+            assert record.outcome is expected
+            assert p.wait(20) == 0, p.errors()
+        after = scrape()
+
+        def delta(name: str) -> float:
+            return after.get(name, 0) - before.get(name, 0)
+
+        for outcome in Outcome:
+            counted = 1 if outcome in {o for _, o in script} else 0
+            assert delta(f"callmfa_outcomes_total{{outcome={outcome.value}}}") == counted
+        assert delta("callmfa_calls_placed_total{}") == 4
+        assert delta("callmfa_verification_seconds_count{}") == 4
+        assert delta("callmfa_request_to_call_seconds_count{}") == 4
+        assert delta("callmfa_input_to_outcome_seconds_count{}") == 2  # the two with a key
+        assert delta("callmfa_progress_events_total{event=answered}") == 2
+        assert after["callmfa_calls_in_flight{}"] == 0
+        assert after["callmfa_queue_lag{}"] == 0
+        assert after["callmfa_ami_reconnects_total{}"] == 0
+        assert after[f"callmfa_info{{version={__version__}}}"] == 1
+
+    def test_health_endpoint(self, sandbox: Sandbox) -> None:
+        """/healthz answers 200 while the service is logged in to AMI."""
+        port = E2E_SETTINGS["CALLMFA_METRICS_PORT"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert (r.status, r.read()) == (200, b"ok\n")
+
+
+class TestReport:
+    async def test_counts_per_user_and_outcome(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """Two calls of a new user show in the CSV report under that user, by outcome."""
+        user = f"report-{uuid.uuid4().hex[:8]}"
+        for behaviour in ({"keys": "#"}, {"reject_with": 486}):
+            p = phone(**behaviour)
+            assert await client.verify(user=user, phone=PHONE, timeout_s=40) is not None
+            assert p.wait(20) == 0, p.errors()
+        out = run_cli(sandbox, "report", "--csv")
+        assert out.returncode == 0, out.stderr
+        rows = [line.split(",") for line in out.stdout.splitlines()]
+        assert rows[0] == ["day", "user", "outcome", "count"]
+        mine = sorted((r[2], r[3]) for r in rows if r[1] == user)
+        assert mine == [("approved", "1"), ("busy", "1")]
+        text = run_cli(sandbox, "report").stdout
+        assert "per user" in text
+        assert user in text
+
+
+pytestmark = pytest.mark.e2e

@@ -1,0 +1,80 @@
+"""The built wheel, installed into a fresh venv, is a working callmfa."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ..conftest import REPO, Sandbox, _setns
+from .test_operations import run_cli
+
+LOCK = REPO / "docker" / "requirements.lock"
+
+
+def _run(sandbox: Sandbox, *args: str) -> None:
+    # pip needs the package index: run it in the namespace the tests started in, not in the
+    # sandbox's (which this thread joined, and which holds only loopback).
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: _setns(sandbox.host_netns_fd))
+    assert out.returncode == 0, f"{args[:2]} failed:\n{out.stdout}\n{out.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def installed(
+    tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox
+) -> tuple[Path, Path]:
+    """(the wheel, the venv's bin directory): built and installed as a user would."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    _run(sandbox, str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w",
+         str(tmp / "dist"), str(REPO))
+    wheel = next((tmp / "dist").glob("callmfa-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
+    pip = tmp / "venv" / "bin" / "pip"
+    _run(sandbox, str(pip), "install", "-q", "-c", str(LOCK), str(wheel))
+    return wheel, tmp / "venv" / "bin"
+
+
+class TestWheel:
+    def test_holds_every_module_and_the_dialplan(self, installed: tuple[Path, Path]) -> None:
+        """Every ivr module and every dialplan file is in the wheel (none forgotten)."""
+        names = set(zipfile.ZipFile(installed[0]).namelist())
+        modules = {str(p.relative_to(REPO)) for p in (REPO / "ivr").rglob("*.py")}
+        assert modules <= names, sorted(modules - names)
+        assert {f"ivr/dialplan/{p.name}" for p in (REPO / "dialplan").glob("*.conf")} <= names
+        assert "ivr/py.typed" in names
+
+    def test_help(self, installed: tuple[Path, Path]) -> None:
+        """`callmfa --help` from the fresh venv lists the commands."""
+        out = subprocess.run([str(installed[1] / "callmfa"), "--help"], capture_output=True,
+                             text=True, check=True, timeout=60)
+        for command in ("serve", "verify", "check", "report", "install-dialplan", "settings"):
+            assert command in out.stdout
+
+    def test_install_dialplan_copies_the_shipped_files(
+        self, installed: tuple[Path, Path], tmp_path: Path
+    ) -> None:
+        """install-dialplan DIR copies the same files the repository's dialplan/ holds."""
+        out = subprocess.run([str(installed[1] / "callmfa"), "install-dialplan", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        for conf in (REPO / "dialplan").glob("*.conf"):
+            assert (tmp_path / conf.name).read_text() == conf.read_text()
+        again = subprocess.run([str(installed[1] / "callmfa"), "install-dialplan",
+                                str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1
+        assert "--force overwrites" in again.stderr
+
+    def test_check_against_the_sandbox(
+        self, installed: tuple[Path, Path], sandbox: Sandbox
+    ) -> None:
+        """`callmfa check` from the wheel's venv: all ok against the sandbox."""
+        out = run_cli(sandbox, "check", exe=str(installed[1] / "callmfa"))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.splitlines()[-1] == "all checks passed"
+
+
+pytestmark = pytest.mark.e2e

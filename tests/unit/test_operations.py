@@ -1,0 +1,147 @@
+"""Operations pieces without a PBX: metrics, the report, the doctor's pure checks, the docs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ivr.doctor import Status, _privileges, check_dial_template, probe_url
+from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.metrics import Metrics, MetricsServer
+from ivr.reference import BEGIN, END, settings_markdown
+from ivr.report import Finished, Report, render_csv, render_text
+from ivr.settings import Settings
+
+from ..conftest import REPO
+
+
+def _samples(metrics: Metrics) -> dict[str, float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in family.samples:
+            out[s.name + json.dumps(s.labels, sort_keys=True)] = s.value
+    return out
+
+
+class TestMetrics:
+    def test_an_outcome_counts_once_with_its_latencies(self) -> None:
+        """outcome_stored counts the value and observes the three latencies it has."""
+        m = Metrics()
+        m.outcome_stored(OutcomeRecord(id="a", user="u", outcome=Outcome.APPROVED,
+                                       requested_at=10.0, call_started_at=10.01, input_at=14.0,
+                                       finished_at=14.002))
+        m.outcome_stored(OutcomeRecord(id="b", user="u", outcome=Outcome.BUSY,
+                                       requested_at=10.0, call_started_at=10.01,
+                                       finished_at=12.0))
+        s = _samples(m)
+        assert s['callmfa_outcomes_total{"outcome": "approved"}'] == 1
+        assert s['callmfa_outcomes_total{"outcome": "busy"}'] == 1
+        assert s['callmfa_outcomes_total{"outcome": "error"}'] == 0
+        assert s["callmfa_verification_seconds_count{}"] == 2
+        assert s["callmfa_input_to_outcome_seconds_count{}"] == 1
+
+    def test_registries_are_separate(self) -> None:
+        """Two Metrics never share counts (no global registry)."""
+        a, b = Metrics(), Metrics()
+        a.event_added("dialing")
+        assert _samples(a)["callmfa_calls_placed_total{}"] == 1
+        assert _samples(b)["callmfa_calls_placed_total{}"] == 0
+
+    async def test_server_answers_metrics_health_and_404(self) -> None:
+        """GET /metrics, /healthz (503 when unhealthy) and anything else over real TCP."""
+        healthy = [True]
+        server = MetricsServer(Metrics(), host="127.0.0.1", port=0,
+                               healthy=lambda: healthy[0])
+        await server.start()
+
+        async def get(path: str) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return data
+
+        try:
+            assert b"callmfa_calls_placed_total 0.0" in await get("/metrics")
+            assert (await get("/healthz")).startswith(b"HTTP/1.0 200")
+            healthy[0] = False
+            assert (await get("/healthz")).startswith(b"HTTP/1.0 503")
+            assert (await get("/nope")).startswith(b"HTTP/1.0 404")
+        finally:
+            await server.close()
+
+
+class TestReport:
+    REPORT = Report(
+        finished=[Finished("1", "2026-11-27T10:00:00.000Z", "alice", "approved"),
+                  Finished("2", "2026-11-28T10:00:00.000Z", "alice", "fraud_reported"),
+                  Finished("3", "2026-11-28T11:00:00.000Z", "bob", "approved")],
+        other=Counter({("2026-11-28", "blocked"): 1}),
+    )
+
+    def test_csv_counts_per_day_user_and_outcome(self) -> None:
+        """One row per (day, user, outcome); other events as event:<name>."""
+        assert render_csv(self.REPORT).splitlines() == [
+            "day,user,outcome,count", "2026-11-27,alice,approved,1",
+            "2026-11-28,alice,fraud_reported,1", "2026-11-28,bob,approved,1",
+            "2026-11-28,,event:blocked,1"]
+
+    def test_text_lists_fraud_reports_and_blocks(self) -> None:
+        """The table shows every section, the fraud report's id and the blocks."""
+        text = render_text(self.REPORT)
+        for part in ("3 verifications", "per day (UTC)", "per user", "per outcome",
+                     "fraud reports (1)", "blocked"):
+            assert part in text
+        assert any(line.startswith("2026-11-28T10:00:00.000Z  alice") and line.endswith(" 2")
+                   for line in text.splitlines())
+
+
+class TestDoctorPureChecks:
+    def test_dial_templates(self) -> None:
+        """A TECH/resource string is ok; blanks fail; an unknown technology warns."""
+        assert check_dial_template("PJSIP/{number}@trunk").status is Status.OK
+        assert check_dial_template("PJSIP/{number}@a b").status is Status.FAIL
+        assert check_dial_template("PJSIP/{nmber}{number}").status is Status.FAIL
+        assert check_dial_template("Foo/{digits}").status is Status.WARN
+
+    def test_privileges_from_list_commands(self) -> None:
+        """ListCommands' '(Priv: ...)' gives the actions and their privilege classes."""
+        actions, classes = _privileges({
+            "Response": "Success", "Originate": "Originate a call.  (Priv: originate,all)",
+            "Command": "Execute Asterisk CLI Command.  (Priv: command,all)",
+            "Ping": "Keepalive command.  (Priv: <none>)"})
+        assert actions == {"Originate", "Command", "Ping"}
+        assert classes == {"originate", "command"}
+
+    def test_probe_url_replaces_the_route(self) -> None:
+        """The probe runs on the same host and port, route check."""
+        assert probe_url("agi://pbx.example:4573/verify?x=1") == "agi://pbx.example:4573/check"
+
+
+class TestSettingsReference:
+    def test_docs_and_readme_match_the_code(self) -> None:
+        """README.md and docs/settings.md hold exactly the generated table (`make docs`)."""
+        for name in ("README.md", "docs/settings.md"):
+            text = (REPO / name).read_text()
+            block = text.split(BEGIN + "\n", 1)[1].split(END, 1)[0]
+            assert block == settings_markdown(), f"{name} is stale: run `make docs`"
+
+    def test_every_setting_is_in_the_table(self) -> None:
+        """One row per Settings field."""
+        table = settings_markdown()
+        for name, _, _ in Settings.reference():
+            assert f"| `{name}` |" in table
+
+    def test_grafana_dashboard_uses_exported_metrics(self) -> None:
+        """Every metric the dashboard queries is one callmfa exports."""
+        exported = {f.name for f in text_string_to_metric_families(
+            Metrics().exposition().decode())}
+        dashboard = (REPO / "docs" / "grafana-dashboard.json").read_text()
+        exprs = [t["expr"] for p in json.loads(dashboard)["panels"] for t in p["targets"]]
+        used = {re.sub(r"_(bucket|total|count|sum)$", "", n)
+                for e in exprs for n in re.findall(r"callmfa_\w+", e)}
+        assert used <= exported | {"callmfa_info"}, used - exported
