@@ -14,6 +14,7 @@ import structlog
 
 from .exceptions import AmiConnectError
 from .originator import Originator
+from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
 from .storage.results import ResultListener
@@ -36,21 +37,24 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         max_connections=settings.max_in_flight * 2 + 20,
         timeout_s=settings.connect_timeout_s,
     )
-    store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen)
+    store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
+                  signing_key=settings.signing_key.encode())
+    security = Security.for_redis(settings, redis)
     results = ResultListener(redis)
     ami = AmiClient(
         host=settings.ami_host, port=settings.ami_port, user=settings.ami_user,
         secret=settings.ami_secret, timeout_s=settings.connect_timeout_s,
     )
     agi = FastAgiServer(
-        {"verify": VerificationIvr(settings, store)},
+        {"verify": VerificationIvr(settings, store, security)},
         host=settings.agi_host,
         port=settings.agi_port,
         header_timeout_s=settings.agi_header_timeout_s,
         command_timeout_s=settings.agi_command_timeout_s,
         max_sessions=settings.agi_max_sessions,
+        allowed_peers=settings.agi_peer_networks(),
     )
-    originator = Originator(settings, store, ami, results)
+    originator = Originator(settings, store, ami, results, security)
     try:
         await asyncio.wait_for(redis.ping(), settings.connect_timeout_s)
         await results.start()

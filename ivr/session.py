@@ -25,6 +25,7 @@ from .domain.flow import (
 from .domain.outcome import Outcome, OutcomeRecord
 from .domain.prompts import sound_files
 from .exceptions import AgiError, AgiHangup
+from .security import Security
 from .settings import Settings
 from .storage.store import Store
 from .transport.agi import AgiChannel
@@ -36,9 +37,10 @@ log = structlog.get_logger("ivr.session")
 class VerificationIvr:
     """The FastAGI handler for the ``verify`` route."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, security: Security | None = None) -> None:
         self._settings = settings
         self._store = store
+        self._security = security or Security.for_redis(settings, store.redis)
 
     async def __call__(self, session: AgiSession) -> None:
         """Run one verification call to its end."""
@@ -94,6 +96,11 @@ class VerificationIvr:
             await channel.hangup()
 
     async def _report(self, call: _Call, outcome: Outcome, detail: str | None) -> None:
+        if outcome is Outcome.FRAUD_REPORTED and call.user:
+            # Block before the outcome is published: the next request must find the block.
+            await self._security.report_fraud(
+                rid=call.id, user=call.user, number=call.number, context=call.context
+            )
         record = OutcomeRecord(
             id=call.id, user=call.user, outcome=outcome, detail=detail,
             requested_at=call.requested_at, call_started_at=call.call_started_at,
@@ -117,6 +124,8 @@ class _Call:
         self.id = rid
         self.user = info.get("user")
         self.lang = info.get("lang", "en")
+        self.number = info.get("number", "")
+        self.context = info.get("context", "{}")
         self.requested_at = _float(info.get("requested_at"))
         self.call_started_at = _float(info.get("call_started_at"))
         # The originator records the answer; if its note is not in yet, ours is as good.

@@ -18,6 +18,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
 from ..domain.outcome import OutcomeRecord, iso
+from ..domain.signing import signed_json
 
 log = structlog.get_logger("ivr.store")
 
@@ -94,8 +95,11 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
 class Store:
     """callmfa's keys in one Redis."""
 
-    def __init__(self, redis: Redis, *, result_ttl_s: int, events_maxlen: int) -> None:
+    def __init__(
+        self, redis: Redis, *, result_ttl_s: int, events_maxlen: int, signing_key: bytes = b""
+    ) -> None:
         self.redis = redis
+        self._signing_key = signing_key  # outcomes carry an HMAC "sig" when set
         self._ttl = result_ttl_s
         self._maxlen = events_maxlen
         self._claim = redis.register_script(_CLAIM)
@@ -145,10 +149,11 @@ class Store:
 
     async def store_outcome(self, record: OutcomeRecord) -> bool:
         """Store and publish the outcome; False if ``record.id`` already had one."""
+        wire = signed_json(self._signing_key, record) if self._signing_key else record.to_json()
         stored = await self._store_outcome(
             keys=[result_key(record.id), EVENTS],
             args=[
-                record.to_json(), self._ttl, RESULTS_CHANNEL, self._maxlen, record.id,
+                wire, self._ttl, RESULTS_CHANNEL, self._maxlen, record.id,
                 iso(record.finished_at) or "", record.outcome.value,
             ],
         )
