@@ -117,6 +117,13 @@ E2E_SETTINGS = {
     "CALLMFA_OUTCOME_GRACE_S": "2",
     "CALLMFA_SHUTDOWN_GRACE_S": "5",
     "CALLMFA_LOG_LEVEL": "debug",
+    # The suite calls the same user and number back to back: no cooldowns or hourly caps
+    # here (tests/e2e/test_security.py runs its own service with them on).
+    "CALLMFA_THROTTLE_USER_COOLDOWN_S": "0",
+    "CALLMFA_THROTTLE_NUMBER_COOLDOWN_S": "0",
+    "CALLMFA_THROTTLE_USER_PER_HOUR": "0",
+    "CALLMFA_THROTTLE_NUMBER_PER_HOUR": "0",
+    "CALLMFA_THROTTLE_GLOBAL_PER_HOUR": "0",
 }
 
 
