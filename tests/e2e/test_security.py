@@ -265,3 +265,80 @@ class TestSignedOutcomes:
         with pytest.raises(OutcomeSignatureError):
             await signin.wait(record.id, 5)
         secured.admin("unblock", user)
+
+
+# --- hardening of the sandbox's own service and Asterisk ---
+
+async def _idle_connection(host: str, port: int, source: str | None = None) -> tuple[
+        asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(
+        host, port, local_addr=(source, 0) if source else None)
+
+
+class TestFastAgiHardening:
+    async def test_slowloris_does_not_stop_a_real_call(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """100 connections that send half a header and go idle; a real call still approves."""
+        conns = await asyncio.gather(*(_idle_connection("127.0.0.1", 4573) for _ in range(100)))
+        try:
+            for _, writer in conns:
+                writer.write(b"agi_network: yes\n")
+            await asyncio.gather(*(w.drain() for _, w in conns))
+            p = phone(keys="#")
+            record = await client.verify(user="alice", phone="+15550100", timeout_s=40)
+            assert record is not None
+            assert record.outcome is Outcome.APPROVED
+            assert p.wait(20) == 0, p.errors()
+            # The header deadline ends every idle connection.
+            closed = await asyncio.wait_for(
+                asyncio.gather(*(r.read() for r, _ in conns)), 30)
+            assert closed == [b""] * 100
+        finally:
+            for _, writer in conns:
+                writer.close()
+
+    async def test_peer_outside_the_allow_list_is_refused(self, sandbox: Sandbox) -> None:
+        """A FastAGI connection from 127.0.0.2 (not in CALLMFA_AGI_ALLOWED_PEERS) is closed
+        at once, before any header is read."""
+        reader, writer = await _idle_connection("127.0.0.1", 4573, source="127.0.0.2")
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+        log = (sandbox.directory / "logs" / "callmfa.log").read_text()
+        assert "fastagi_peer_refused" in log
+        assert "127.0.0.2" in log
+
+
+async def _ami_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        action: str) -> str:
+    writer.write(action.replace("\n", "\r\n").encode() + b"\r\n")
+    await writer.drain()
+    return (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode()
+
+
+class TestAmiAccount:
+    async def test_callmfa_account_can_originate_only(self, sandbox: Sandbox) -> None:
+        """The shipped AMI account logs in, but Command and Originate of a System app are
+        refused: read = call, write = originate (no system), nothing else."""
+        secret = Path(sandbox.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
+        reader, writer = await asyncio.open_connection("127.0.0.1", 5038)
+        try:
+            await asyncio.wait_for(reader.readline(), 10)  # the banner
+            login = await _ami_exchange(
+                reader, writer,
+                f"Action: Login\nUsername: callmfa\nSecret: {secret}\nEvents: off\n")
+            assert "Response: Success" in login
+            command = await _ami_exchange(
+                reader, writer, "Action: Command\nCommand: core show version\n")
+            assert "Response: Error" in command
+            assert "Permission denied" in command
+            system = await _ami_exchange(
+                reader, writer,
+                "Action: Originate\nChannel: Local/s@callmfa-verify\nApplication: System\n"
+                "Data: touch /tmp/callmfa-pwned\n")
+            assert "Response: Error" in system
+            assert "Forbidden" in system
+        finally:
+            writer.close()
