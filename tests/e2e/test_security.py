@@ -311,6 +311,10 @@ class TestFastAgiHardening:
         assert "127.0.0.2" in log
 
 
+def _ami_secret(sandbox: Sandbox) -> str:
+    return Path(sandbox.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
+
+
 async def _ami_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         action: str) -> str:
     writer.write(action.replace("\n", "\r\n").encode() + b"\r\n")
@@ -322,7 +326,7 @@ class TestAmiAccount:
     async def test_callmfa_account_can_originate_only(self, sandbox: Sandbox) -> None:
         """The shipped AMI account logs in, but Command and Originate of a System app are
         refused: read = call, write = originate (no system), nothing else."""
-        secret = Path(sandbox.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
+        secret = _ami_secret(sandbox)
         reader, writer = await asyncio.open_connection("127.0.0.1", 5038)
         try:
             await asyncio.wait_for(reader.readline(), 10)  # the banner
