@@ -207,8 +207,8 @@ class SippPhone:
         deadline = time.monotonic() + 10
         while not _udp_bound(self._port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                out = (self._workdir / "stdout.log").read_text(errors="replace")[:2000]
-                raise RuntimeError(f"sipp did not start (or exited at once):\n{out}")
+                early = (self._workdir / "stdout.log").read_text(errors="replace")[:2000]
+                raise RuntimeError(f"sipp did not start (or exited at once):\n{early}")
             time.sleep(0.01)
 
     def wait(self, timeout_s: float) -> int:
