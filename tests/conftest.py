@@ -124,6 +124,8 @@ E2E_SETTINGS = {
     "CALLMFA_THROTTLE_USER_PER_HOUR": "0",
     "CALLMFA_THROTTLE_NUMBER_PER_HOUR": "0",
     "CALLMFA_THROTTLE_GLOBAL_PER_HOUR": "0",
+    # ... and a 0# (test_zero_pound_reports_fraud) is audited without blocking 'alice'.
+    "CALLMFA_FRAUD_BLOCK_S": "0",
 }
 
 

@@ -62,7 +62,7 @@ def secured(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Itera
                "CALLMFA_AGI_PORT": "4574", "CALLMFA_AGI_URL": "agi://127.0.0.1:4574/verify",
                "CALLMFA_SIGNING_KEY_FILE": str(key_file), "CALLMFA_CONSUMER": "secured",
                "CALLMFA_THROTTLE_USER_PER_HOUR": "5", "CALLMFA_THROTTLE_NUMBER_PER_HOUR": "5",
-               "CALLMFA_THROTTLE_GLOBAL_PER_HOUR": "500"}
+               "CALLMFA_THROTTLE_GLOBAL_PER_HOUR": "500", "CALLMFA_FRAUD_BLOCK_S": "7776000"}
         log = directory / "callmfa.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([str(CALLMFA), "serve"], env=env, stdout=out,
