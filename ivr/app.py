@@ -18,6 +18,7 @@ from .exceptions import AmiConnectError
 from .metrics import Metrics, MetricsServer
 from .originator import Originator
 from .probe import PROBE_ROUTE, AgiProbe
+from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
 from .storage.pins import PinStore
@@ -50,21 +51,24 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     metrics = Metrics()
     store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
-                  observer=metrics)
+                  observer=metrics, signing_key=settings.signing_key.encode())
+    security = Security.for_redis(settings, redis)
     results = ResultListener(redis)
     ami = AmiClient(
         host=settings.ami_host, port=settings.ami_port, user=settings.ami_user,
         secret=settings.ami_secret, timeout_s=settings.connect_timeout_s,
     )
     agi = FastAgiServer(
-        {"verify": VerificationIvr(settings, store), PROBE_ROUTE: AgiProbe(redis)},
+        {"verify": VerificationIvr(settings, store, security=security),
+         PROBE_ROUTE: AgiProbe(redis)},
         host=settings.agi_host,
         port=settings.agi_port,
         header_timeout_s=settings.agi_header_timeout_s,
         command_timeout_s=settings.agi_command_timeout_s,
         max_sessions=settings.agi_max_sessions,
+        allowed_peers=settings.agi_peer_networks(),
     )
-    originator = Originator(settings, store, ami, results)
+    originator = Originator(settings, store, ami, results, security)
     metrics.in_flight.set_function(lambda: originator.in_flight)
     metrics.agi_sessions.set_function(lambda: agi.active_sessions)
     exporter = MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port,

@@ -39,6 +39,8 @@ class CallContext:
     requested_at: float | None
     call_started_at: float | None
     answered_at: float
+    number: str = ""
+    context: str = "{}"
     match_hash: str = field(default="", repr=False)
     input_at: float | None = None
     input_pending: bool = False  # keys collected, 'input' event not yet written
@@ -56,6 +58,8 @@ class CallContext:
             call_started_at=_float(info.get("call_started_at")),
             # The originator records the answer; if its note is not in yet, ours is as good.
             answered_at=_float(info.get("answered_at")) or answered,
+            number=info.get("number", ""),
+            context=info.get("context", "{}"),
             match_hash=info.get("match_hash", ""),
         )
 

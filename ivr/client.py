@@ -4,11 +4,14 @@
         record = await client.verify(user="alice", phone="+15550100")
         if record.outcome is Outcome.APPROVED: ...
 
-One client shares one pub/sub subscription among all its waiting calls.
+One client shares one pub/sub subscription among all its waiting calls. Given the
+service's ``signing_key`` (CALLMFA_SIGNING_KEY), it refuses unsigned or tampered outcomes:
+``wait`` and ``verify`` raise :class:`~ivr.exceptions.OutcomeSignatureError`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -21,6 +24,7 @@ from redis.asyncio import Redis
 
 from .domain.codes import hash_code
 from .domain.outcome import OutcomeRecord, iso
+from .domain.signing import verified
 from .storage.results import ResultListener
 from .storage.store import EVENTS, REQUESTS, connect
 
@@ -38,15 +42,24 @@ class ProgressEvent:
 class VerificationClient:
     """Submits requests to ``callmfa:requests`` and reads outcomes and progress."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, signing_key: str | bytes = b"") -> None:
         self._redis = redis
-        self._results = ResultListener(redis)
+        key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        parse = functools.partial(verified, key) if key else OutcomeRecord.from_json
+        self._results = ResultListener(redis, parse)
         self._started = False
 
+    def __repr__(self) -> str:
+        return f"VerificationClient({self._redis!r}, signing_key=***)"
+
     @classmethod
-    def from_url(cls, url: str, *, max_connections: int = 50, timeout_s: float = 5.0) -> Self:
+    def from_url(
+        cls, url: str, *, max_connections: int = 50, timeout_s: float = 5.0,
+        signing_key: str | bytes = b"",
+    ) -> Self:
         """A client with its own connection pool (closed by :meth:`aclose`)."""
-        return cls(connect(url, max_connections=max_connections, timeout_s=timeout_s))
+        return cls(connect(url, max_connections=max_connections, timeout_s=timeout_s),
+                   signing_key=signing_key)
 
     async def __aenter__(self) -> Self:
         await self._ensure_started()
@@ -97,7 +110,11 @@ class VerificationClient:
         return rid
 
     async def wait(self, request_id: str, timeout_s: float) -> OutcomeRecord | None:
-        """The outcome of ``request_id``, or None if none arrives within ``timeout_s``."""
+        """The outcome of ``request_id``, or None if none arrives within ``timeout_s``.
+
+        With a signing key, a stored outcome whose signature is missing or wrong raises
+        OutcomeSignatureError (a forged published message is ignored).
+        """
         await self._ensure_started()
         return await self._results.wait(request_id, timeout_s)
 

@@ -54,3 +54,7 @@ class AgiCommandError(AgiError):
 
 class AgiHangup(IvrError):  # noqa: N818 - a control-flow signal, not a failure
     """The caller hung up. Not an error: drivers turn it into the flow's HungUp event."""
+
+
+class OutcomeSignatureError(IvrError):
+    """An outcome is unsigned or its signature does not match: it may be forged."""

@@ -18,6 +18,7 @@ import structlog
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
 from .domain.request import VerificationRequest, parse_request, peek_id
 from .exceptions import AmiConnectError, AmiError, RequestError
+from .security import Security
 from .settings import Settings
 from .storage.results import ResultListener
 from .storage.store import Claim, Entry, Store
@@ -34,12 +35,18 @@ class Originator:
     """Consumes ``callmfa:requests`` with at most ``settings.max_in_flight`` calls at once."""
 
     def __init__(
-        self, settings: Settings, store: Store, ami: AmiClient, results: ResultListener
+        self,
+        settings: Settings,
+        store: Store,
+        ami: AmiClient,
+        results: ResultListener,
+        security: Security | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._ami = ami
         self._results = results
+        self._security = security or Security.for_redis(settings, store.redis)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -102,6 +109,12 @@ class Originator:
         structlog.contextvars.bind_contextvars(verification_id=req.id)
         if time.time() > req.expires_at:
             await self._finish(req, Outcome.EXPIRED, "not placed before expires_at")
+            return True
+        # Security policy (docs/security.md): decided before the call is claimed or placed.
+        refusal = await self._security.screen(req)
+        if refusal is not None:
+            await self._finish(req, refusal.outcome, refusal.detail,
+                               retry_after=refusal.retry_after)
             return True
         claim = await self._store.claim_call(req.id, _call_fields(req))
         if claim is not Claim.NEW:
@@ -211,10 +224,12 @@ class Originator:
         *,
         started: float | None = None,
         cause: int | None = None,
+        retry_after: int | None = None,
     ) -> None:
         record = OutcomeRecord(
             id=req.id, user=req.user, outcome=outcome, detail=detail, hangup_cause=cause,
             requested_at=req.requested_at, call_started_at=started, finished_at=time.time(),
+            retry_after=retry_after,
         )
         if await self._store.store_outcome(record):
             _log_finished(record)

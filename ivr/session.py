@@ -32,6 +32,7 @@ from .domain.flow import (
 from .domain.outcome import Outcome, iso
 from .domain.prompts import sound_files
 from .exceptions import AgiError, AgiHangup
+from .security import Security
 from .settings import Settings
 from .storage.pins import PinState, PinStore
 from .storage.store import Store
@@ -44,12 +45,20 @@ log = structlog.get_logger("ivr.session")
 class VerificationIvr:
     """The FastAGI handler for the ``verify`` route."""
 
-    def __init__(self, settings: Settings, store: Store, pins: PinStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        pins: PinStore | None = None,
+        security: Security | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._pins = pins or PinStore(
             store.redis, lockout_after=settings.pin_lockout_after, lockout_s=settings.pin_lockout_s
         )
+        self._security = security or Security.for_redis(settings, store.redis)
 
     async def __call__(self, session: AgiSession) -> None:
         """Run one verification call to its end."""
@@ -137,6 +146,11 @@ class VerificationIvr:
             await channel.hangup()
 
     async def _report(self, call: CallContext, step: Report) -> None:
+        if step.outcome is Outcome.FRAUD_REPORTED and call.user:
+            # Block before the outcome is published: the next request must find the block.
+            await self._security.report_fraud(
+                rid=call.id, user=call.user, number=call.number, context=call.context
+            )
         # The 'input' event rides with the outcome, in the same round trip.
         input_at = call.input_at if call.input_pending else None
         call.input_pending = False

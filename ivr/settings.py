@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -11,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .domain.policy import parse_prefixes
 from .exceptions import SettingsError
 
 ENV_PREFIX = "CALLMFA_"
+# Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
+SECRETS = ("ami_secret", "signing_key")
 
 
 def _default_consumer() -> str:
@@ -24,8 +28,9 @@ def _default_consumer() -> str:
 class Settings:
     """Everything callmfa can be told, with the defaults a single-PBX install wants.
 
-    Each field is read from ``CALLMFA_<FIELD NAME IN UPPER CASE>``; ``ami_secret`` may
-    instead come from the file named by ``CALLMFA_AMI_SECRET_FILE``.
+    Each field is read from ``CALLMFA_<FIELD NAME IN UPPER CASE>``; the secrets
+    (``ami_secret``, ``signing_key``) may instead come from the file named by
+    ``CALLMFA_<NAME>_FILE``.
     """
 
     redis_url: str = field(
@@ -120,6 +125,47 @@ class Settings:
     metrics_port: int = field(
         default=0, metadata={"doc": "Prometheus endpoint port; 0 serves no endpoint."}
     )
+    # Security and anti-fraud (docs/security.md).
+    allowed_prefixes: str = field(
+        default="+1",
+        metadata={"doc": "E.164 prefixes that may be dialled, comma-separated: your own "
+                  "country, e.g. +44 or +33,+32 (default +1, US/Canada)."},
+    )
+    denied_prefixes: str = field(
+        default="",
+        metadata={"doc": "Prefixes never dialled, added to the shipped premium-rate and "
+                  "high-risk list; the longest matching prefix decides, allow wins a tie."},
+    )
+    throttle_user_cooldown_s: int = field(
+        default=60, metadata={"doc": "Seconds between two calls to one user (0: off)."}
+    )
+    throttle_number_cooldown_s: int = field(
+        default=60, metadata={"doc": "Seconds between two calls to one number (0: off)."}
+    )
+    throttle_user_per_hour: int = field(
+        default=5, metadata={"doc": "Calls per user in any hour (0: no cap)."}
+    )
+    throttle_number_per_hour: int = field(
+        default=5, metadata={"doc": "Calls per phone number in any hour (0: no cap)."}
+    )
+    throttle_global_per_hour: int = field(
+        default=500, metadata={"doc": "Calls in all in any hour (0: no cap)."}
+    )
+    fraud_block_s: int = field(
+        default=90 * 86400,
+        metadata={"doc": "How long 0# (fraud_reported) blocks the user (default 90 days)."},
+    )
+    signing_key: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "HMAC-SHA256 key that signs outcomes (field sig); or "
+                  "CALLMFA_SIGNING_KEY_FILE. Empty: outcomes are not signed."},
+    )
+    agi_allowed_peers: str = field(
+        default="127.0.0.1",
+        metadata={"doc": "Addresses or networks that may connect to FastAGI, "
+                  "comma-separated (your Asterisk servers)."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):
@@ -144,6 +190,32 @@ class Settings:
                      "pin_lockout_after"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
+        self._check_security()
+
+    def _check_security(self) -> None:
+        for name in ("allowed_prefixes", "denied_prefixes"):
+            try:
+                parse_prefixes(getattr(self, name))
+            except ValueError as e:
+                raise SettingsError(f"CALLMFA_{name.upper()}: {e}") from None
+        if not parse_prefixes(self.allowed_prefixes):
+            raise SettingsError("CALLMFA_ALLOWED_PREFIXES is empty: no number could be called")
+        for name in ("throttle_user_cooldown_s", "throttle_number_cooldown_s",
+                     "throttle_user_per_hour", "throttle_number_per_hour",
+                     "throttle_global_per_hour", "fraud_block_s"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"CALLMFA_{name.upper()} must not be negative")
+        try:
+            self.agi_peer_networks()
+        except ValueError as e:
+            raise SettingsError(f"CALLMFA_AGI_ALLOWED_PEERS: {e}") from None
+
+    def agi_peer_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``agi_allowed_peers`` as networks (a bare address is a /32 or /128)."""
+        return tuple(
+            ipaddress.ip_network(item.strip(), strict=False)
+            for item in self.agi_allowed_peers.split(",") if item.strip()
+        )
 
     @property
     def dialplan_context(self) -> str:
@@ -163,9 +235,9 @@ class Settings:
             if not key.startswith(ENV_PREFIX):
                 continue
             name = key[len(ENV_PREFIX) :].lower()
-            if name == "ami_secret_file":
+            if name.endswith("_file") and name[: -len("_file")] in SECRETS:
                 try:
-                    values["ami_secret"] = Path(raw).read_text().strip()
+                    values[name[: -len("_file")]] = Path(raw).read_text().strip()
                 except OSError as e:
                     raise SettingsError(f"{key}: cannot read {raw}: {e.strerror}") from None
                 except UnicodeDecodeError:
@@ -182,7 +254,7 @@ class Settings:
         rows = []
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
-                default = "" if f.name == "ami_secret" else str(f.default)
+                default = "" if f.name in SECRETS else str(f.default)
             else:
                 default = "(host-pid)"
             rows.append((ENV_PREFIX + f.name.upper(), default, f.metadata["doc"]))

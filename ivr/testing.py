@@ -232,6 +232,7 @@ class SippPhone:
             "-max_recv_loops", "10000", "-l", str(max(self._calls, 1)),
             "-trace_err", "-error_file", str(self._workdir / "errors.log"),
             "-trace_logs", "-log_file", str(self._workdir / "sipp.log"),
+            "-trace_msg", "-message_file", str(self._workdir / "messages.log"),
         ]
         with open(self._workdir / "stdout.log", "wb") as out:
             self._proc = subprocess.Popen(
@@ -259,6 +260,14 @@ class SippPhone:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+    def received(self, method: str) -> int:
+        """How many SIP requests of ``method`` (e.g. INVITE) the phone has received."""
+        path = self._workdir / "messages.log"
+        if not path.exists():
+            return 0
+        text = path.read_text(errors="replace")
+        return len(re.findall(rf"^{method} sip:", text, re.MULTILINE))
 
     def errors(self) -> str:
         """What sipp logged as errors (for assertion messages)."""

@@ -120,6 +120,15 @@ E2E_SETTINGS = {
     "CALLMFA_LOG_LEVEL": "debug",
     "CALLMFA_PIN_LOCKOUT_AFTER": "2",
     "CALLMFA_METRICS_PORT": "9573",
+    # The suite calls the same user and number back to back: no cooldowns or hourly caps
+    # here (tests/e2e/test_security.py runs its own service with them on).
+    "CALLMFA_THROTTLE_USER_COOLDOWN_S": "0",
+    "CALLMFA_THROTTLE_NUMBER_COOLDOWN_S": "0",
+    "CALLMFA_THROTTLE_USER_PER_HOUR": "0",
+    "CALLMFA_THROTTLE_NUMBER_PER_HOUR": "0",
+    "CALLMFA_THROTTLE_GLOBAL_PER_HOUR": "0",
+    # ... and a 0# (test_zero_pound_reports_fraud) is audited without blocking 'alice'.
+    "CALLMFA_FRAUD_BLOCK_S": "0",
 }
 
 

@@ -25,6 +25,9 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     ERROR = "error"
+    THROTTLED = "throttled"
+    BLOCKED = "blocked"
+    BYPASSED = "bypassed"
 
 
 def iso(ts: float | None) -> str | None:
@@ -61,26 +64,37 @@ class OutcomeRecord:
     answered_at: float | None = None
     input_at: float | None = None
     finished_at: float | None = None
+    retry_after: int | None = None  # seconds; set on ``throttled`` only
 
     _TIMES = ("requested_at", "call_started_at", "answered_at", "input_at", "finished_at")
 
-    def to_json(self) -> str:
-        """The wire form (public API, see docs/contract.md)."""
+    def to_wire(self) -> dict[str, Any]:
+        """The wire form as a dict: ISO times, the outcome as its string."""
         data: dict[str, Any] = asdict(self)
         data["outcome"] = self.outcome.value
         for name in self._TIMES:
             data[name] = iso(data[name])
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return data
+
+    def to_json(self) -> str:
+        """The wire form (public API, see docs/contract.md)."""
+        return json.dumps(self.to_wire(), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> OutcomeRecord:
         """Parse the wire form back (what the client does)."""
-        data = json.loads(text)
+        return cls.from_wire(json.loads(text))
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> OutcomeRecord:
+        """The record from a parsed wire object; fields it does not know (``sig``) are ignored."""
+        data = dict(data)
         for name in cls._TIMES:
             if data.get(name) is not None:
                 data[name] = parse_iso(data[name])
         data["outcome"] = Outcome(data["outcome"])
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+        known: dict[str, Any] = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
 
 
 # OriginateResponse "Reason" values (Asterisk's AST_CONTROL_* codes).

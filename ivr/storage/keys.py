@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from ..domain.outcome import OutcomeRecord, iso
+from ..domain.signing import signed_json
 
 REQUESTS = "callmfa:requests"
 GROUP = "originators"
@@ -45,15 +46,21 @@ return 0
 
 
 def outcome_script_args(
-    record: OutcomeRecord, ttl_s: int, events_maxlen: int, input_at: float | None = None
+    record: OutcomeRecord,
+    ttl_s: int,
+    events_maxlen: int,
+    input_at: float | None = None,
+    *,
+    signing_key: bytes = b"",
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of the store-outcome script (shared with the classic AGI driver).
 
     With ``input_at``, the script first appends the ``input`` event: one round trip
     after the key press instead of two.
     """
+    wire = signed_json(signing_key, record) if signing_key else record.to_json()
     return [result_key(record.id), EVENTS], [
-        record.to_json(), ttl_s, RESULTS_CHANNEL, events_maxlen, record.id,
+        wire, ttl_s, RESULTS_CHANNEL, events_maxlen, record.id,
         iso(record.finished_at) or "", record.outcome.value, iso(input_at) or "",
         record.user or "",
     ]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..domain.outcome import OutcomeRecord
+from ..exceptions import OutcomeSignatureError
 from .store import RESULTS_CHANNEL, result_key
 
 log = structlog.get_logger("ivr.results")
@@ -21,10 +23,17 @@ class ResultListener:
 
     A waiter registers, then reads the result key: an outcome stored before the
     registration is found by the read, one stored after it arrives by pub/sub.
+
+    ``parse`` turns the stored JSON into a record; a verifying parser (see
+    :func:`ivr.domain.signing.verified`) raises OutcomeSignatureError on a forgery: a
+    forged key makes :meth:`wait` raise, a forged message is dropped.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(
+        self, redis: Redis, parse: Callable[[str | bytes], OutcomeRecord] = OutcomeRecord.from_json
+    ) -> None:
         self._redis = redis
+        self._parse = parse
         self._waiters: dict[str, list[asyncio.Future[OutcomeRecord]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -78,7 +87,11 @@ class ResultListener:
             return
         futures = self._waiters.get(rid)
         if futures:
-            record = OutcomeRecord.from_json(data)
+            try:
+                record = self._parse(data)
+            except OutcomeSignatureError as e:
+                log.warning("outcome_refused", verification_id=rid, error=str(e))
+                return
             for f in futures:
                 if not f.done():
                     f.set_result(record)
@@ -97,12 +110,12 @@ class ResultListener:
         try:
             raw = await self._redis.get(result_key(rid))
             if raw is not None:
-                return OutcomeRecord.from_json(raw)
+                return self._parse(raw)
             try:
                 return await asyncio.wait_for(future, timeout_s)
             except TimeoutError:
                 raw = await self._redis.get(result_key(rid))
-                return OutcomeRecord.from_json(raw) if raw is not None else None
+                return self._parse(raw) if raw is not None else None
         finally:
             futures = self._waiters.get(rid, [])
             if future in futures:

@@ -95,10 +95,11 @@ class Store:
 
     def __init__(
         self, redis: Redis, *, result_ttl_s: int, events_maxlen: int,
-        observer: StoreObserver | None = None,
+        observer: StoreObserver | None = None, signing_key: bytes = b"",
     ) -> None:
         self.redis = redis
         self._observer = observer
+        self._signing_key = signing_key  # outcomes carry an HMAC "sig" when set
         self._ttl = result_ttl_s
         self._maxlen = events_maxlen
         self._claim = redis.register_script(_CLAIM)
@@ -151,7 +152,9 @@ class Store:
 
         With ``input_at``, the ``input`` event is appended first, in the same round trip.
         """
-        keys, args = outcome_script_args(record, self._ttl, self._maxlen, input_at)
+        keys, args = outcome_script_args(
+            record, self._ttl, self._maxlen, input_at, signing_key=self._signing_key
+        )
         stored = bool(await self._store_outcome(keys=keys, args=args))
         if stored and self._observer is not None:
             self._observer.outcome_stored(record)

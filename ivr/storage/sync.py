@@ -56,7 +56,8 @@ class SyncStore:
     def store_outcome(self, record: OutcomeRecord) -> bool:
         """Store and publish the outcome; False if the id already had one."""
         keys, args = outcome_script_args(
-            record, self._settings.result_ttl_s, self._settings.events_maxlen
+            record, self._settings.result_ttl_s, self._settings.events_maxlen,
+            signing_key=self._settings.signing_key.encode(),
         )
         return bool(self._redis.eval(STORE_OUTCOME, len(keys), *keys, *args))
 

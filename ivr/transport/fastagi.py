@@ -8,7 +8,8 @@ probe, half a header or garbage costs one task for at most ``header_timeout_s``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import ipaddress
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -43,6 +44,18 @@ class AgiSession:
 
 
 Handler = Callable[[AgiSession], Awaitable[None]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def peer_allowed(peer: object, allowed: Sequence[Network]) -> bool:
+    """Whether the socket peer (``(host, port, ...)``) is in one of the ``allowed`` networks."""
+    try:
+        ip = ipaddress.ip_address(peer[0])  # type: ignore[index]
+    except (TypeError, IndexError, ValueError):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in allowed)
 
 
 class FastAgiServer:
@@ -57,8 +70,10 @@ class FastAgiServer:
         header_timeout_s: float,
         command_timeout_s: float,
         max_sessions: int,
+        allowed_peers: Sequence[Network] | None = None,
     ) -> None:
         self._routes = dict(routes)
+        self._allowed_peers = allowed_peers  # None: any peer (tests); serve passes its list
         self._host = host
         self._port = port
         self._header_timeout = header_timeout_s
@@ -87,6 +102,11 @@ class FastAgiServer:
         log.info("fastagi_listening", host=self._host, port=self.port)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if self._allowed_peers is not None and not peer_allowed(peer, self._allowed_peers):
+            log.warning("fastagi_peer_refused", peer=str(peer))
+            writer.close()
+            return
         if len(self._tasks) >= self._max_sessions:
             log.warning("fastagi_session_refused", reason="max_sessions")
             writer.close()

@@ -215,9 +215,15 @@ class TestObservability:
         """Every IVR outcome logs input_to_published_ms, bound to the verification id."""
         phone(keys="#")
         record = await _verify(client)
-        lines = (sandbox.directory / "logs" / "callmfa.log").read_text().splitlines()
-        published = [json.loads(line) for line in lines if record.id in line
-                     and '"outcome_published"' in line]
+        published: list[dict[str, object]] = []
+        # The line is written just after the outcome is published: poll for it.
+        for _ in range(250):
+            lines = (sandbox.directory / "logs" / "callmfa.log").read_text().splitlines()
+            published = [json.loads(line) for line in lines if record.id in line
+                         and '"outcome_published"' in line]
+            if published:
+                break
+            await asyncio.sleep(0.02)
         assert len(published) == 1
         assert published[0]["verification_id"] == record.id
         assert 0 <= published[0]["input_to_published_ms"] < 1000

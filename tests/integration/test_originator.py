@@ -202,6 +202,13 @@ def make_settings(**overrides: Any) -> Settings:
         "request_ttl_s": 120,
         "result_ttl_s": 60,
         "consumer": "test-originator",
+        # Any number, no cooldowns or caps: the security policy is tested in test_guard.py.
+        "allowed_prefixes": "+",
+        "throttle_user_cooldown_s": 0,
+        "throttle_number_cooldown_s": 0,
+        "throttle_user_per_hour": 0,
+        "throttle_number_per_hour": 0,
+        "throttle_global_per_hour": 0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -528,7 +535,8 @@ class TestDeliveryAndConcurrency:
             return OriginateResult(False, 0, {})
 
         h = await start(network)
-        ids = [(await h.submit())[0] for _ in range(3)]
+        # One user per call: a user has at most one call in flight (docs/security.md).
+        ids = [(await h.submit(user=f"user{i}"))[0] for i in range(3)]
 
         async def all_ringing() -> bool:
             return h.ami.active == 3
@@ -553,7 +561,7 @@ class TestDeliveryAndConcurrency:
             return OriginateResult(False, 0, {})
 
         h = await start(network, max_in_flight=2)
-        ids = [(await h.submit())[0] for _ in range(5)]
+        ids = [(await h.submit(user=f"user{i}"))[0] for i in range(5)]
 
         async def two_ringing() -> bool:
             return h.ami.active == 2

@@ -33,6 +33,7 @@ CONTRACT_KEYS = {
     "answered_at",
     "input_at",
     "finished_at",
+    "retry_after",
 }
 TIME_KEYS = ("requested_at", "call_started_at", "answered_at", "input_at", "finished_at")
 
@@ -54,6 +55,9 @@ class TestOutcome:
             "rejected",
             "expired",
             "error",
+            "throttled",
+            "blocked",
+            "bypassed",
         }
 
     def test_is_a_string(self) -> None:
@@ -189,6 +193,7 @@ class TestOutcomeRecord:
             "answered_at": None,
             "input_at": None,
             "finished_at": None,
+            "retry_after": None,
         }
 
     def test_full_to_json(self) -> None:

@@ -1,0 +1,94 @@
+"""The security policy a request meets before its call is placed (docs/security.md).
+
+Number policy first (pure, no Redis), then admission in Redis (blocks, bypasses,
+throttles). Every refusal is an outcome with a reason, never a silent drop. The IVR
+reports a ``0#`` here, which blocks the user before the outcome is published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from redis.asyncio import Redis
+
+from .domain.outcome import Outcome
+from .domain.policy import NumberPolicy, parse_prefixes, shipped_denied_prefixes
+from .domain.request import VerificationRequest
+from .settings import Settings
+from .storage.guard import Guard, Limits, Verdict
+
+log = structlog.get_logger("ivr.security")
+
+LOCK_MARGIN_S = 60
+_REFUSED = {Verdict.BLOCKED: Outcome.BLOCKED, Verdict.BYPASSED: Outcome.BYPASSED,
+            Verdict.THROTTLED: Outcome.THROTTLED}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request that gets an outcome without a call."""
+
+    outcome: Outcome
+    detail: str | None = None
+    retry_after: int | None = None
+
+
+def number_policy(settings: Settings) -> NumberPolicy:
+    """The allow-list from the settings; the shipped deny-list plus the settings' own."""
+    return NumberPolicy(
+        allowed=parse_prefixes(settings.allowed_prefixes),
+        denied=shipped_denied_prefixes() + parse_prefixes(settings.denied_prefixes),
+    )
+
+
+def limits(settings: Settings) -> Limits:
+    """Throttling limits from the settings."""
+    return Limits(
+        user_cooldown_s=settings.throttle_user_cooldown_s,
+        number_cooldown_s=settings.throttle_number_cooldown_s,
+        user_per_hour=settings.throttle_user_per_hour,
+        number_per_hour=settings.throttle_number_per_hour,
+        global_per_hour=settings.throttle_global_per_hour,
+        lock_ttl_s=int(settings.ring_timeout_s + settings.max_call_s + settings.outcome_grace_s)
+        + LOCK_MARGIN_S,
+    )
+
+
+class Security:
+    """Screens requests before a call; turns a fraud report into a block."""
+
+    def __init__(self, settings: Settings, guard: Guard) -> None:
+        self._settings = settings
+        self._policy = number_policy(settings)
+        self.guard = guard
+
+    @classmethod
+    def for_redis(cls, settings: Settings, redis: Redis) -> Security:
+        """The policy of ``settings`` over the guard in ``redis``."""
+        return cls(settings, Guard(redis, limits(settings)))
+
+    async def screen(self, req: VerificationRequest) -> Refusal | None:
+        """None if the call may be placed (or is a duplicate delivery), else the refusal."""
+        why = self._policy.refusal(req.number)
+        if why is not None:
+            log.warning("number_refused", number=req.number, reason=why)
+            return Refusal(Outcome.REJECTED, "number_not_allowed")
+        admission = await self.guard.admit(req.id, req.user, req.number)
+        outcome = _REFUSED.get(admission.verdict)
+        if outcome is None:
+            return None
+        log.warning("request_refused", outcome=outcome.value, detail=admission.detail,
+                    retry_after=admission.retry_after)
+        return Refusal(outcome, admission.detail, admission.retry_after)
+
+    async def report_fraud(self, *, rid: str, user: str, number: str, context: str) -> None:
+        """The user pressed 0#: block them (unless blocking is off), audit, notify."""
+        block_s = self._settings.fraud_block_s
+        if block_s > 0:
+            await self.guard.block(user, block_s, actor="ivr", reason="fraud_reported",
+                                   id=rid, number=number, context=context)
+        else:
+            await self.guard.record("fraud_reported", user, actor="ivr",
+                                    id=rid, number=number, context=context)
+        log.warning("fraud_reported", user=user, blocked_for_s=block_s)

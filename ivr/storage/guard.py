@@ -1,0 +1,235 @@
+"""Throttles, blocks, bypasses and the audit stream, in Redis (docs/security.md).
+
+Admission is one Lua script, so that any number of originators agree: it finds duplicate
+deliveries, blocked users, one-time bypasses, a call already in flight for the user,
+cooldowns and hourly caps (sliding windows on Redis' own clock), and on success takes the
+user's in-flight lock and counts the call, all in one step. The lock names the request
+that holds it and counts as released once that request has an outcome, so it is free the
+moment the outcome is stored, with a TTL for a holder that never gets one.
+
+Every change of a block or a bypass is written to ``callmfa:audit`` and published on
+``callmfa:security`` in the same script.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..domain.outcome import iso
+from .store import call_key, result_key
+
+BLOCKED = "callmfa:blocked"
+AUDIT = "callmfa:audit"
+SECURITY_CHANNEL = "callmfa:security"
+AUDIT_MAXLEN = 1_000_000
+HOUR_MS = 3_600_000
+
+
+def bypass_key(user: str) -> str:
+    """The one-time bypass of ``user`` (exists while it may be used)."""
+    return f"callmfa:bypass:{user}"
+
+
+def inflight_key(user: str) -> str:
+    """The id of the request whose call to ``user`` is in flight."""
+    return f"callmfa:inflight:{user}"
+
+
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rid, user, number = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'duplicate', '', 0}
+end
+local holder = redis.call('GET', KEYS[5])
+if holder == rid then return {'duplicate', '', 0} end
+local blocked_until = redis.call('ZSCORE', KEYS[3], user)
+if blocked_until and tonumber(blocked_until) > now then return {'blocked', '', 0} end
+if redis.call('GETDEL', KEYS[4]) then
+  redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[10], '*', 'event', 'bypass_used',
+             'user', user, 'id', rid, 'number', number, 'actor', 'originator', 'at', ARGV[12])
+  return {'bypassed', '', 0}
+end
+local function left(key)
+  local ms = redis.call('PTTL', key)
+  if ms > 0 then return math.ceil(ms / 1000) end
+  return 0
+end
+if holder and redis.call('EXISTS', ARGV[11] .. holder) == 0 then
+  return {'throttled', 'call_in_progress', math.max(1, left(KEYS[6]))}
+end
+local wait = left(KEYS[6])
+if wait > 0 then return {'throttled', 'user_cooldown', wait} end
+wait = left(KEYS[7])
+if wait > 0 then return {'throttled', 'number_cooldown', wait} end
+local function full(key, cap)
+  if cap <= 0 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 3600000)
+  local n = redis.call('ZCARD', key)
+  if n < cap then return 0 end
+  local oldest = redis.call('ZRANGE', key, n - cap, n - cap, 'WITHSCORES')
+  return math.max(1, math.ceil((tonumber(oldest[2]) + 3600000 - now) / 1000))
+end
+local caps = {{KEYS[8], tonumber(ARGV[7]), 'user_hourly_cap'},
+              {KEYS[9], tonumber(ARGV[8]), 'number_hourly_cap'},
+              {KEYS[10], tonumber(ARGV[9]), 'global_hourly_cap'}}
+for _, c in ipairs(caps) do
+  wait = full(c[1], c[2])
+  if wait > 0 then return {'throttled', c[3], wait} end
+end
+redis.call('SET', KEYS[5], rid, 'EX', ARGV[4])
+if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[6], rid, 'EX', ARGV[5]) end
+if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[7], rid, 'EX', ARGV[6]) end
+for _, c in ipairs(caps) do
+  if c[2] > 0 then
+    redis.call('ZADD', c[1], now, rid)
+    redis.call('PEXPIRE', c[1], 3600000)
+  end
+end
+return {'admitted', '', 0}
+"""
+
+# KEYS: the block set, the user's bypass key, the audit stream.
+# ARGV: op, user, until_ms or bypass seconds, audit maxlen, channel, message, audit fields...
+_RECORD = """
+local op, user = ARGV[1], ARGV[2]
+local changed = 1
+if op == 'blocked' then
+  redis.call('ZADD', KEYS[1], ARGV[3], user)
+elseif op == 'unblocked' then
+  changed = redis.call('ZREM', KEYS[1], user)
+elseif op == 'bypass_granted' then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+end
+if changed == 1 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 7))
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
+return changed
+"""
+
+
+class Verdict(StrEnum):
+    """What admission decided."""
+
+    ADMITTED = "admitted"  # the call may be placed; the lock is taken and the call counted
+    DUPLICATE = "duplicate"  # the same id again: let the call claim deduplicate it
+    BLOCKED = "blocked"
+    BYPASSED = "bypassed"
+    THROTTLED = "throttled"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The verdict, with ``detail`` and ``retry_after`` (seconds) for ``throttled``."""
+
+    verdict: Verdict
+    detail: str | None = None
+    retry_after: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Throttling limits; 0 turns one off. ``lock_ttl_s`` bounds a lost in-flight lock."""
+
+    user_cooldown_s: int
+    number_cooldown_s: int
+    user_per_hour: int
+    number_per_hour: int
+    global_per_hour: int
+    lock_ttl_s: int
+
+
+@dataclass(frozen=True)
+class BlockedUser:
+    """One entry of the block list."""
+
+    user: str
+    until: float
+
+
+class Guard:
+    """Admission, the block list, bypasses and the audit stream in one Redis."""
+
+    def __init__(self, redis: Redis, limits: Limits) -> None:
+        self.redis = redis
+        self._limits = limits
+        self._admit = redis.register_script(_ADMIT)
+        self._record = redis.register_script(_RECORD)
+
+    async def admit(self, rid: str, user: str, number: str) -> Admission:
+        """Decide, atomically, whether a call to ``user`` at ``number`` may be placed now."""
+        lim = self._limits
+        reply: Any = await self._admit(
+            keys=[
+                result_key(rid), call_key(rid), BLOCKED, bypass_key(user),
+                inflight_key(user), f"callmfa:cooldown:user:{user}",
+                f"callmfa:cooldown:number:{number}", f"callmfa:rate:user:{user}",
+                f"callmfa:rate:number:{number}", "callmfa:rate:global", AUDIT,
+            ],
+            args=[
+                rid, user, number, lim.lock_ttl_s, lim.user_cooldown_s, lim.number_cooldown_s,
+                lim.user_per_hour, lim.number_per_hour, lim.global_per_hour, AUDIT_MAXLEN,
+                result_key(""), iso(time.time()) or "",
+            ],
+        )
+        verdict, detail, retry = (v.decode() if isinstance(v, bytes) else v for v in reply)
+        return Admission(Verdict(verdict), detail or None, int(retry) or None)
+
+    async def block(self, user: str, duration_s: float, *, actor: str, reason: str,
+                    **facts: str) -> None:
+        """Block ``user`` for ``duration_s``; audited and published."""
+        until = time.time() + duration_s
+        await self.record("blocked", user, value=int(until * 1000), actor=actor, reason=reason,
+                          until=iso(until) or "", **facts)
+
+    async def unblock(self, user: str, *, actor: str, reason: str = "") -> bool:
+        """Lift a block; False if ``user`` was not blocked (nothing is audited then)."""
+        await self._prune()
+        return await self.record("unblocked", user, actor=actor, reason=reason)
+
+    async def grant_bypass(self, user: str, duration_s: int, *, actor: str,
+                           reason: str = "") -> None:
+        """The next request for ``user`` within ``duration_s`` ends ``bypassed``, uncalled."""
+        await self.record("bypass_granted", user, value=duration_s, actor=actor, reason=reason,
+                          until=iso(time.time() + duration_s) or "")
+
+    async def blocked(self) -> list[BlockedUser]:
+        """Users blocked now, soonest release first."""
+        await self._prune()
+        entries: Any = await self.redis.zrange(BLOCKED, 0, -1, withscores=True)
+        return [BlockedUser(u.decode(), score / 1000) for u, score in entries]
+
+    async def is_blocked(self, user: str) -> bool:
+        """Whether ``user`` is blocked now."""
+        score = await self.redis.zscore(BLOCKED, user)
+        return score is not None and score > time.time() * 1000
+
+    async def audit(self, count: int = 100) -> list[dict[str, str]]:
+        """The latest audit entries, newest first."""
+        entries: Any = await self.redis.xrevrange(AUDIT, count=count)
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+    async def _prune(self) -> None:
+        await self.redis.zremrangebyscore(BLOCKED, "-inf", time.time() * 1000)
+
+    async def record(self, event: str, user: str, *, value: int = 0, **facts: str) -> bool:
+        """Apply ``blocked`` (until ``value`` ms), ``unblocked`` or ``bypass_granted``
+        (``value`` seconds), or only audit any other ``event``; audited and published at once.
+
+        False when nothing changed (unblocking a user who was not blocked).
+        """
+        entry = {"event": event, "user": user, "at": iso(time.time()) or "", **facts}
+        args: list[str | int] = [event, user, value, AUDIT_MAXLEN, SECURITY_CHANNEL,
+                                 json.dumps(entry, separators=(",", ":"))]
+        for k, v in entry.items():
+            args += [k, v]
+        changed = await self._record(keys=[BLOCKED, bypass_key(user), AUDIT], args=args)
+        return bool(changed)

@@ -1,0 +1,163 @@
+"""The shipped Redis ACL file over TLS: each side can do its job and nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, NoPermissionError
+
+from ivr.client import VerificationClient
+from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.exceptions import OutcomeSignatureError
+from ivr.security import Security
+from ivr.settings import Settings
+from ivr.storage.store import Store, connect, result_key
+
+from ..secured_redis import SecuredRedis, secured_redis
+
+KEY = b"integration-signing-key"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRedis]:
+    """redis-server with the shipped ACL file on a TLS port."""
+    with secured_redis(tmp_path_factory.mktemp("tls")) as s:
+        yield s
+
+
+def _redis(server: SecuredRedis, user: str) -> Redis:
+    return connect(server.url(user), max_connections=5, timeout_s=5)
+
+
+class TestAcl:
+    async def test_service_side_does_its_whole_job(self, server: SecuredRedis) -> None:
+        """The service user reads requests, screens, claims, stores a signed outcome."""
+        redis = _redis(server, "callmfa-service")
+        try:
+            store = Store(redis, result_ttl_s=60, events_maxlen=100, signing_key=KEY)
+            await store.ensure_group()
+            await store.read_requests("c1", count=10, block_ms=10)
+            security = Security.for_redis(Settings(), redis)
+            rid = str(uuid.uuid4())
+            assert (await security.guard.admit(rid, "alice", "+15550100")).verdict == "admitted"
+            await store.claim_call(rid, {"user": "alice"})
+            await store.event(rid, "queued")
+            await security.report_fraud(rid=rid, user="bob", number="+15550100", context="{}")
+            assert await store.store_outcome(
+                OutcomeRecord(id=rid, user="alice", outcome=Outcome.BUSY))
+            assert [b.user for b in await security.guard.blocked()] == ["bob"]
+        finally:
+            await redis.aclose()
+
+    async def test_signin_side_submits_and_reads_but_cannot_forge(
+        self, server: SecuredRedis
+    ) -> None:
+        """The sign-in user adds requests and reads outcomes; writing an outcome is denied."""
+        service = _redis(server, "callmfa-service")
+        try:
+            async with VerificationClient.from_url(
+                server.url("callmfa-signin"), signing_key=KEY
+            ) as client:
+                rid = await client.submit(user="alice", phone="+15550100")
+                store = Store(service, result_ttl_s=60, events_maxlen=100, signing_key=KEY)
+                await store.store_outcome(
+                    OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED))
+                record = await client.wait(rid, 5)
+                assert record is not None
+                assert record.outcome is Outcome.APPROVED
+            signin = _redis(server, "callmfa-signin")
+            try:
+                with pytest.raises(NoPermissionError):
+                    await signin.set(result_key(str(uuid.uuid4())), "{}")
+                with pytest.raises(NoPermissionError):
+                    await signin.get("callmfa:blocked")
+                with pytest.raises(NoPermissionError):
+                    await signin.publish("callmfa:results", "{}")
+            finally:
+                await signin.aclose()
+        finally:
+            await service.aclose()
+
+    async def test_service_cannot_administer_redis(self, server: SecuredRedis) -> None:
+        """No FLUSHALL, CONFIG or KEYS for the service user, nor keys outside callmfa:*."""
+        redis = _redis(server, "callmfa-service")
+        try:
+            for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*"),
+                            ("GET", "session:1")):
+                with pytest.raises(NoPermissionError):
+                    await redis.execute_command(*command)
+        finally:
+            await redis.aclose()
+
+    async def test_default_user_is_off(self, server: SecuredRedis) -> None:
+        """No anonymous access."""
+        redis = connect(server.url("callmfa-signin").replace(
+            f"callmfa-signin:{server.passwords['callmfa-signin']}@", ""),
+            max_connections=1, timeout_s=5)
+        try:
+            with pytest.raises(AuthenticationError):
+                await redis.ping()
+        finally:
+            await redis.aclose()
+
+
+class TestSignedOutcomes:
+    async def test_tampered_outcome_is_refused(self, server: SecuredRedis) -> None:
+        """An outcome rewritten in Redis (fraud_reported -> approved) is refused."""
+        service = _redis(server, "callmfa-service")
+        try:
+            store = Store(service, result_ttl_s=60, events_maxlen=100, signing_key=KEY)
+            rid = str(uuid.uuid4())
+            await store.store_outcome(
+                OutcomeRecord(id=rid, user="alice", outcome=Outcome.FRAUD_REPORTED))
+            raw = (await service.get(result_key(rid))).decode()
+            await service.set(result_key(rid), raw.replace("fraud_reported", "approved"))
+            async with VerificationClient.from_url(
+                server.url("callmfa-signin"), signing_key=KEY
+            ) as client:
+                with pytest.raises(OutcomeSignatureError, match="mismatch"):
+                    await client.wait(rid, 5)
+        finally:
+            await service.aclose()
+
+    async def test_unsigned_outcome_is_refused(self, server: SecuredRedis) -> None:
+        """A client with a key refuses an outcome written without one."""
+        service = _redis(server, "callmfa-service")
+        try:
+            rid = str(uuid.uuid4())
+            await Store(service, result_ttl_s=60, events_maxlen=100).store_outcome(
+                OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED))
+            async with VerificationClient.from_url(
+                server.url("callmfa-signin"), signing_key=KEY
+            ) as client:
+                with pytest.raises(OutcomeSignatureError, match="unsigned"):
+                    await client.wait(rid, 5)
+        finally:
+            await service.aclose()
+
+    async def test_forged_publication_is_ignored_and_the_real_outcome_wins(
+        self, server: SecuredRedis
+    ) -> None:
+        """A forged message on callmfa:results is dropped; the signed outcome is returned."""
+        service = _redis(server, "callmfa-service")
+        try:
+            async with VerificationClient.from_url(
+                server.url("callmfa-signin"), signing_key=KEY
+            ) as client:
+                rid = str(uuid.uuid4())
+                task = asyncio.create_task(client.wait(rid, 5))
+                await asyncio.sleep(0.2)  # let the waiter register before publishing
+                forged = OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED)
+                await service.publish("callmfa:results", forged.to_json())
+                store = Store(service, result_ttl_s=60, events_maxlen=100, signing_key=KEY)
+                await store.store_outcome(
+                    OutcomeRecord(id=rid, user="alice", outcome=Outcome.NO_ANSWER))
+                record = await task
+                assert record is not None
+                assert record.outcome is Outcome.NO_ANSWER
+        finally:
+            await service.aclose()
