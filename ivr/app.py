@@ -1,18 +1,25 @@
-"""``callmfa serve``: the originator and the FastAGI server in one process.
+"""``callmfa serve``: the originator and the FastAGI server (either or both: CALLMFA_ROLES).
 
-Start-up connects Redis, logs in to AMI and listens for FastAGI, failing fast with a clear
-error. Shutdown (SIGTERM/SIGINT) runs in a fixed order: stop taking requests; let calls in
-flight finish up to ``shutdown_grace_s``; close the FastAGI server; close AMI; close Redis.
+Start-up connects Redis and logs in to every Asterisk (a refused login stops it with a
+clear error; an unreachable Asterisk is retried in the background), then listens for
+FastAGI and /healthz. AMI and Redis connections are re-established with backoff and jitter.
+SIGHUP re-reads the settings that may change at run time. SIGTERM/SIGINT shut down in a
+fixed order: stop taking requests; let calls in flight finish up to ``shutdown_grace_s``;
+close the FastAGI server; close AMI; close Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import signal
 
 import structlog
+from redis.exceptions import RedisError
 
-from .exceptions import AmiConnectError
+from .exceptions import IvrError
+from .log import configure
 from .originator import Originator
 from .session import VerificationIvr
 from .settings import Settings
@@ -20,60 +27,139 @@ from .storage.results import ResultListener
 from .storage.store import Store, connect
 from .tasks import cancel_and_wait
 from .transport.ami import AmiClient
+from .transport.ami_pool import AmiPool
 from .transport.fastagi import FastAgiServer
+from .transport.http import HttpServer, Response
 
 log = structlog.get_logger("ivr.app")
+
+
+class Service:
+    """The parts of one ``callmfa serve`` process and their order of start and stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        roles = settings.role_set
+        self.redis = connect(
+            settings.redis_url,
+            max_connections=settings.max_in_flight * 2 + settings.agi_max_sessions + 20,
+            timeout_s=settings.connect_timeout_s,
+        )
+        self.store = Store(
+            self.redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen
+        )
+        self.results = ResultListener(self.redis)
+        self.ivr = VerificationIvr(settings, self.store)
+        self.agi = FastAgiServer(
+            {"verify": self.ivr},
+            host=settings.agi_host,
+            port=settings.agi_port,
+            header_timeout_s=settings.agi_header_timeout_s,
+            command_timeout_s=settings.agi_command_timeout_s,
+            max_sessions=settings.agi_max_sessions,
+        ) if "agi" in roles else None
+        self.pool = AmiPool([
+            AmiClient(host=host, port=port, user=settings.ami_user, secret=settings.ami_secret,
+                      timeout_s=settings.connect_timeout_s)
+            for host, port in settings.asterisks
+        ], capacity=settings.max_per_asterisk) if "originator" in roles else None
+        self.originator = (
+            Originator(settings, self.store, self.pool, self.results) if self.pool else None
+        )
+        self.http = HttpServer(
+            {"/healthz": self.healthz}, host=settings.health_host, port=settings.health_port
+        ) if settings.health_port else None
+
+    async def healthz(self) -> Response:
+        """200 and a JSON status when every part works, 503 and the same JSON otherwise."""
+        try:
+            redis_ok = bool(await asyncio.wait_for(self.redis.ping(), 2))
+        except (RedisError, OSError, TimeoutError):
+            redis_ok = False
+        status: dict[str, object] = {"redis": redis_ok, "consumer": self.settings.consumer}
+        ok = redis_ok
+        if self.pool is not None and self.originator is not None:
+            asterisks = self.pool.status()
+            status["asterisk"] = asterisks
+            status["in_flight"] = self.originator.in_flight
+            ok = ok and any(a["logged_in"] for a in asterisks.values())
+        if self.agi is not None:
+            status["fastagi"] = {"listening": True, "sessions": self.agi.active_sessions}
+        status["ok"] = ok
+        return (200 if ok else 503), "application/json", json.dumps(status).encode() + b"\n"
+
+    def reload(self) -> None:
+        """SIGHUP: apply the settings that may change at run time; warn about the others."""
+        try:
+            fresh = Settings.load()
+        except IvrError as e:
+            log.error("reload_failed", error=str(e))
+            return
+        changed = self.settings.changed_fields(fresh)
+        needs_restart = sorted(changed - Settings.RELOADABLE)
+        if needs_restart:
+            log.warning("reload_needs_restart", settings=needs_restart)
+        applied = sorted(changed & Settings.RELOADABLE)
+        fresh = dataclasses.replace(self.settings, **{n: getattr(fresh, n) for n in applied})
+        self.settings = fresh
+        self.ivr.reload(fresh)
+        if self.originator is not None and self.pool is not None:
+            self.originator.reload(fresh)
+            self.pool.capacity = fresh.max_per_asterisk
+        configure(fresh.log_level)
+        log.info("settings_reloaded", changed=applied)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start every part, serve until ``stop``, then shut down in order."""
+        s = self.settings
+        running: asyncio.Task[None] | None = None
+        try:
+            await asyncio.wait_for(self.redis.ping(), s.connect_timeout_s)
+            await self.results.start()
+            if self.pool is not None:
+                await self.pool.start()
+            if self.agi is not None:
+                await self.agi.start()
+            if self.http is not None:
+                await self.http.start()
+            if self.originator is not None:
+                running = asyncio.create_task(self.originator.run(), name="originator")
+            log.info("service_ready", consumer=s.consumer, roles=sorted(s.role_set),
+                     agi_port=self.agi.port if self.agi else None)
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({t for t in (running, stopped) if t},
+                               return_when=asyncio.FIRST_COMPLETED)
+            log.info("service_stopping",
+                     in_flight=self.originator.in_flight if self.originator else 0)
+            if self.originator is not None:
+                await self.originator.stop(self.settings.shutdown_grace_s)
+            await cancel_and_wait(stopped)
+            if running is not None and running.done():
+                running.result()  # the originator failed: raise why
+            if self.agi is not None:
+                await self.agi.close(grace_s=self.settings.shutdown_grace_s)
+        finally:
+            if running is not None:
+                await cancel_and_wait(running)
+            if self.http is not None:
+                await self.http.close()
+            if self.pool is not None:
+                await self.pool.close()
+            await self.results.close()
+            await self.redis.aclose()
+            log.info("service_stopped")
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set or a SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
+    service = Service(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    redis = connect(
-        settings.redis_url,
-        max_connections=settings.max_in_flight * 2 + 20,
-        timeout_s=settings.connect_timeout_s,
-    )
-    store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen)
-    results = ResultListener(redis)
-    ami = AmiClient(
-        host=settings.ami_host, port=settings.ami_port, user=settings.ami_user,
-        secret=settings.ami_secret, timeout_s=settings.connect_timeout_s,
-    )
-    agi = FastAgiServer(
-        {"verify": VerificationIvr(settings, store)},
-        host=settings.agi_host,
-        port=settings.agi_port,
-        header_timeout_s=settings.agi_header_timeout_s,
-        command_timeout_s=settings.agi_command_timeout_s,
-        max_sessions=settings.agi_max_sessions,
-    )
-    originator = Originator(settings, store, ami, results)
+    loop.add_signal_handler(signal.SIGHUP, service.reload)
     try:
-        await asyncio.wait_for(redis.ping(), settings.connect_timeout_s)
-        await results.start()
-        await ami.connect()
-        await agi.start()
-        running = asyncio.create_task(originator.run(), name="originator")
-        log.info("service_ready", consumer=settings.consumer, agi_port=agi.port)
-        stopped = asyncio.create_task(stop.wait())
-        lost = asyncio.create_task(ami.lost.wait())
-        await asyncio.wait({running, stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
-        log.info("service_stopping", in_flight=originator.in_flight)
-        await originator.stop(settings.shutdown_grace_s)
-        await cancel_and_wait(stopped, lost)
-        if running.done():
-            running.result()  # the originator failed: raise why
-        await cancel_and_wait(running)
-        await agi.close(grace_s=settings.shutdown_grace_s)
-        if lost.done() and not stop.is_set():
-            raise AmiConnectError("lost the AMI connection; stopped (restart to reconnect)")
+        await service.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        await ami.close()
-        await results.close()
-        await redis.aclose()
-        log.info("service_stopped")

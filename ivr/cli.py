@@ -22,6 +22,7 @@ from .exceptions import IvrError, RequestError
 from .log import configure
 from .settings import Settings
 from .tasks import cancel_and_wait
+from .transport import http
 
 EXIT_OK, EXIT_NOT_APPROVED, EXIT_USAGE = 0, 1, 2
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
     v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
     sub.add_parser("settings", help="print the settings reference")
+    sub.add_parser("health", help="ask the running `callmfa serve` for its /healthz status")
     return p
 
 
@@ -47,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``callmfa`` console script."""
     args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = Settings.load()
     except IvrError as e:
         print(f"callmfa: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             asyncio.run(serve(settings))
             return EXIT_OK
+        if args.command == "health":
+            return asyncio.run(_health(settings))
         if args.command == "verify":
             try:
                 parse_request(
@@ -76,6 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_APPROVED
     except KeyboardInterrupt:
         return 130
+
+
+async def _health(settings: Settings) -> int:
+    """Print serve's /healthz JSON; exit 0 when healthy, 1 otherwise (or when unreachable)."""
+    try:
+        status, body = await http.get(settings.health_host, settings.health_port, "/healthz",
+                                      timeout_s=settings.connect_timeout_s)
+    except (OSError, TimeoutError) as e:
+        print(f"callmfa: no callmfa serve answers on {settings.health_host}:"
+              f"{settings.health_port}: {e}", file=sys.stderr)
+        return EXIT_NOT_APPROVED
+    print(body.decode().strip())
+    return EXIT_OK if status == 200 else EXIT_NOT_APPROVED
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:

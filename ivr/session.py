@@ -24,13 +24,17 @@ from .domain.flow import (
 )
 from .domain.outcome import Outcome, OutcomeRecord
 from .domain.prompts import sound_files
-from .exceptions import AgiError, AgiHangup
+from .exceptions import AgiConnectionLostError, AgiError, AgiHangup
 from .settings import Settings
+from .storage.retry import retrying
 from .storage.store import Store
 from .transport.agi import AgiChannel
 from .transport.fastagi import AgiSession
 
 log = structlog.get_logger("ivr.session")
+
+# The caller is on the line: an outcome stored a little late beats none (Redis restarting).
+STORE_RETRY_S = 30.0
 
 
 class VerificationIvr:
@@ -39,6 +43,10 @@ class VerificationIvr:
     def __init__(self, settings: Settings, store: Store) -> None:
         self._settings = settings
         self._store = store
+
+    def reload(self, settings: Settings) -> None:
+        """Apply settings that may change at run time (SIGHUP)."""
+        self._settings = settings
 
     async def __call__(self, session: AgiSession) -> None:
         """Run one verification call to its end."""
@@ -60,6 +68,9 @@ class VerificationIvr:
         )
         try:
             await self._run(flow, session.channel, call)
+        except AgiConnectionLostError as e:
+            log.error("ivr_asterisk_lost", error=str(e))
+            await self._report(call, Outcome.ERROR, "asterisk_lost")
         except AgiError as e:
             log.error("ivr_agi_failed", error=str(e), raw=e.raw)
             await self._report(call, Outcome.ERROR, "agi_failed")
@@ -99,7 +110,8 @@ class VerificationIvr:
             requested_at=call.requested_at, call_started_at=call.call_started_at,
             answered_at=call.answered_at, input_at=call.input_at, finished_at=time.time(),
         )
-        stored = await self._store.store_outcome(record)
+        stored = await retrying(lambda: self._store.store_outcome(record),
+                                what="store_outcome", for_s=STORE_RETRY_S)
         published = time.time()
         log.info(
             "outcome_published" if stored else "outcome_already_known",

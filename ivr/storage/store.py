@@ -33,6 +33,11 @@ def result_key(rid: str) -> str:
     return f"callmfa:result:{rid}"
 
 
+def consumer_key(consumer: str) -> str:
+    """The liveness lease of an originator: present while it runs."""
+    return f"callmfa:consumer:{consumer}"
+
+
 def call_key(rid: str) -> str:
     """The call marker of ``rid``: what the IVR needs, and proof that it was dialled."""
     return f"callmfa:call:{rid}"
@@ -66,6 +71,15 @@ class Claim(StrEnum):
 
 
 @dataclass(frozen=True)
+class Pending:
+    """A delivered, unacknowledged entry: who holds it and for how long."""
+
+    entry_id: str
+    consumer: str
+    idle_ms: int
+
+
+@dataclass(frozen=True)
 class Entry:
     """One stream entry: its id (whose first part is the enqueue time in ms) and payload."""
 
@@ -76,6 +90,10 @@ class Entry:
     def enqueued_at(self) -> float:
         """Epoch seconds at which the sign-in service added the request."""
         return int(self.entry_id.split("-", 1)[0]) / 1000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
@@ -102,7 +120,7 @@ class Store:
         self._store_outcome = redis.register_script(_STORE_OUTCOME)
 
     async def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) if missing."""
+        """Create the consumer group (and the stream) if missing (e.g. after a Redis loss)."""
         try:
             await self.redis.xgroup_create(REQUESTS, GROUP, id="0", mkstream=True)
         except ResponseError as e:
@@ -117,9 +135,44 @@ class Store:
         entries = []
         for _stream, items in reply or ():
             for entry_id, fields in items:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                entries.append(Entry(eid, (fields or {}).get(b"request")))
+                entries.append(Entry(_text(entry_id), (fields or {}).get(b"request")))
         return entries
+
+    async def heartbeat(self, consumer: str, lease_ms: int) -> None:
+        """Renew this originator's lease; others take over its entries once it lapses."""
+        await self.redis.set(consumer_key(consumer), "1", px=lease_ms)
+
+    async def retire(self, consumer: str) -> None:
+        """Give the lease up at once (clean shutdown): what is left pending is free to take."""
+        await self.redis.delete(consumer_key(consumer))
+
+    async def pending(self, min_idle_ms: int, count: int) -> list[Pending]:
+        """Entries delivered at least ``min_idle_ms`` ago and not acknowledged."""
+        rows: Any = await self.redis.xpending_range(
+            REQUESTS, GROUP, min="-", max="+", count=count, idle=min_idle_ms
+        )
+        return [
+            Pending(_text(r["message_id"]), _text(r["consumer"]), int(r["time_since_delivered"]))
+            for r in rows
+        ]
+
+    async def alive(self, consumers: set[str]) -> set[str]:
+        """Which of these originators hold a lease now."""
+        names = sorted(consumers)
+        if not names:
+            return set()
+        leases: Any = await self.redis.mget([consumer_key(c) for c in names])
+        return {name for name, lease in zip(names, leases, strict=True) if lease is not None}
+
+    async def claim(self, consumer: str, entry_ids: list[str], min_idle_ms: int) -> list[Entry]:
+        """Take entries over; an entry another originator claimed first is not returned."""
+        if not entry_ids:
+            return []
+        ids: list[Any] = list(entry_ids)
+        reply: Any = await self.redis.xclaim(
+            REQUESTS, GROUP, consumer, min_idle_time=min_idle_ms, message_ids=ids
+        )
+        return [Entry(_text(eid), (fields or {}).get(b"request")) for eid, fields in reply]
 
     async def ack(self, entry_id: str) -> None:
         """The request is done with: its outcome is stored."""
