@@ -268,8 +268,7 @@ class Originator:
             result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
             if result.answered:
                 answered = time.time()
-                await self._store.update_call(req.id, answered_at=str(answered))
-                await self._store.event(req.id, "answered")
+                await self._store.mark_answered(req.id, answered)
                 log.info("call_answered", ring_ms=round((answered - started) * 1000))
                 await self._settle_answered(req, watch, started)
                 return

@@ -175,6 +175,7 @@ class SippPhone:
         calls: int = 1,
         media_port: int = 16000,
         timeout_s: float = 120,
+        trace_messages: bool = False,
     ) -> None:
         self.behaviour = behaviour
         self._workdir = workdir
@@ -183,6 +184,7 @@ class SippPhone:
         self._calls = calls
         self._media_port = media_port
         self._timeout = timeout_s
+        self._trace_messages = trace_messages
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -198,6 +200,8 @@ class SippPhone:
             "-trace_err", "-error_file", str(self._workdir / "errors.log"),
             "-trace_logs", "-log_file", str(self._workdir / "sipp.log"),
         ]
+        if self._trace_messages:
+            cmd += ["-trace_msg", "-message_file", str(self._workdir / "messages.log")]
         with open(self._workdir / "stdout.log", "wb") as out:
             self._proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -206,8 +210,8 @@ class SippPhone:
         deadline = time.monotonic() + 10
         while not _udp_bound(self._port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                out = (self._workdir / "stdout.log").read_text(errors="replace")[:2000]
-                raise RuntimeError(f"sipp did not start (or exited at once):\n{out}")
+                said = (self._workdir / "stdout.log").read_text(errors="replace")[:2000]
+                raise RuntimeError(f"sipp did not start (or exited at once):\n{said}")
             time.sleep(0.01)
 
     def wait(self, timeout_s: float) -> int:
@@ -224,6 +228,15 @@ class SippPhone:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+    def invites(self) -> dict[str, int]:
+        """INVITEs received per dialled number (needs ``trace_messages=True``)."""
+        counts: dict[str, int] = {}
+        path = self._workdir / "messages.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for number in re.findall(r"^INVITE sip:([^@;\s]+)@", text, re.MULTILINE):
+            counts[number] = counts.get(number, 0) + 1
+        return counts
 
     def errors(self) -> str:
         """What sipp logged as errors (for assertion messages)."""

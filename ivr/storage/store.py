@@ -15,7 +15,11 @@ from typing import Any
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..domain.outcome import OutcomeRecord, iso
 
@@ -105,6 +109,9 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s + 10,
         health_check_interval=30,
+        # After a Redis restart every pooled connection is stale: retry on a fresh one.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis.from_pool(pool)
 
@@ -191,10 +198,14 @@ class Store:
         raw: Any = await self.redis.hgetall(call_key(rid))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def update_call(self, rid: str, **fields: str) -> None:
-        """Add facts to a call marker (e.g. answered_at)."""
-        mapping: dict[Any, Any] = dict(fields)
-        await self.redis.hset(call_key(rid), mapping=mapping)
+    async def mark_answered(self, rid: str, at: float) -> None:
+        """The call was answered: the ``answered`` event, then the marker's answered_at,
+        in one round trip (so the event precedes anything the IVR writes next)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(EVENTS, {"id": rid, "event": "answered", "at": iso(at) or ""},
+                      maxlen=self._maxlen, approximate=True)
+            pipe.hset(call_key(rid), "answered_at", str(at))
+            await pipe.execute()
 
     async def store_outcome(self, record: OutcomeRecord) -> bool:
         """Store and publish the outcome; False if ``record.id`` already had one."""

@@ -30,12 +30,13 @@ def phone(sandbox: Sandbox, tmp_path: Path) -> Iterator[PhoneFactory]:
     """Start the user's phone (sipp) on the sandbox's phone address; stopped after the test."""
     started: list[SippPhone] = []
 
-    def start(calls: int = 1, **behaviour: object) -> SippPhone:
+    def start(calls: int = 1, trace_messages: bool = False, **behaviour: object) -> SippPhone:
         p = SippPhone(
             PhoneBehaviour(**behaviour),  # type: ignore[arg-type]
             workdir=tmp_path / f"phone{len(started)}",
             address=sandbox.env["CALLMFA_PHONE"],
             calls=calls,
+            trace_messages=trace_messages,
         )
         p.start()
         started.append(p)
