@@ -1,21 +1,28 @@
-"""``callmfa serve``: the originator and the FastAGI server in one process.
+"""``callmfa serve``: the originator and the FastAGI server (either or both: CALLMFA_ROLES).
 
-Start-up connects Redis, logs in to AMI and listens for FastAGI, failing fast with a clear
-error. Shutdown (SIGTERM/SIGINT) runs in a fixed order: stop taking requests; let calls in
-flight finish up to ``shutdown_grace_s``; close the FastAGI server; close AMI; close Redis.
+Start-up connects Redis and logs in to every Asterisk (a refused login stops it with a
+clear error; an unreachable Asterisk is retried in the background), then listens for
+FastAGI, /healthz and (if enabled) /metrics. AMI and Redis connections are re-established
+with backoff and jitter. SIGHUP re-reads the settings that may change at run time.
+SIGTERM/SIGINT shut down in a fixed order: stop taking requests; let calls in flight finish
+up to ``shutdown_grace_s``; close the FastAGI server; close AMI; close Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import json
 import signal
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from .exceptions import AmiConnectError
-from .metrics import Metrics, MetricsServer
+from .exceptions import IvrError
+from .log import configure
+from .metrics import Metrics, metrics_route
 from .originator import Originator
 from .probe import PROBE_ROUTE, AgiProbe
 from .security import Security
@@ -26,7 +33,9 @@ from .storage.results import ResultListener
 from .storage.store import Store, connect
 from .tasks import cancel_and_wait
 from .transport.ami import AmiClient
+from .transport.ami_pool import AmiPool
 from .transport.fastagi import FastAgiServer
+from .transport.http import HttpServer, Response
 
 log = structlog.get_logger("ivr.app")
 
@@ -38,72 +47,150 @@ def pin_store(redis: Redis, settings: Settings) -> PinStore:
     )
 
 
+class Service:
+    """The parts of one ``callmfa serve`` process and their order of start and stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        roles = settings.role_set
+        self.redis = connect(
+            settings.redis_url,
+            max_connections=settings.max_in_flight * 2 + settings.agi_max_sessions + 20,
+            timeout_s=settings.connect_timeout_s,
+        )
+        self.metrics = Metrics()
+        self.store = Store(
+            self.redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
+            observer=self.metrics, signing_key=settings.signing_key.encode(),
+        )
+        security = Security.for_redis(settings, self.redis)
+        self.results = ResultListener(self.redis)
+        self.ivr = VerificationIvr(settings, self.store, security=security)
+        self.agi = FastAgiServer(
+            {"verify": self.ivr, PROBE_ROUTE: AgiProbe(self.redis)},
+            host=settings.agi_host,
+            port=settings.agi_port,
+            header_timeout_s=settings.agi_header_timeout_s,
+            command_timeout_s=settings.agi_command_timeout_s,
+            max_sessions=settings.agi_max_sessions,
+            allowed_peers=settings.agi_peer_networks(),
+        ) if "agi" in roles else None
+        self.pool = AmiPool([
+            AmiClient(host=host, port=port, user=settings.ami_user, secret=settings.ami_secret,
+                      timeout_s=settings.connect_timeout_s)
+            for host, port in settings.asterisks
+        ], capacity=settings.max_per_asterisk) if "originator" in roles else None
+        self.originator = (
+            Originator(settings, self.store, self.pool, self.results, security)
+            if self.pool else None
+        )
+        originator, agi = self.originator, self.agi
+        self.metrics.in_flight.set_function(lambda: originator.in_flight if originator else 0)
+        self.metrics.agi_sessions.set_function(lambda: agi.active_sessions if agi else 0)
+        self.http = [
+            HttpServer({"/healthz": self.healthz}, host=settings.health_host,
+                       port=settings.health_port) if settings.health_port else None,
+            HttpServer({"/healthz": self.healthz,
+                        "/metrics": metrics_route(self.metrics,
+                                                  lambda: self.metrics.refresh_queue(self.redis))},
+                       host=settings.metrics_host, port=settings.metrics_port)
+            if settings.metrics_port else None,
+        ]
+
+    async def healthz(self) -> Response:
+        """200 and a JSON status when every part works, 503 and the same JSON otherwise."""
+        try:
+            redis_ok = bool(await asyncio.wait_for(self.redis.ping(), 2))
+        except (RedisError, OSError, TimeoutError):
+            redis_ok = False
+        status: dict[str, object] = {"redis": redis_ok, "consumer": self.settings.consumer}
+        ok = redis_ok
+        if self.pool is not None and self.originator is not None:
+            asterisks = self.pool.status()
+            status["asterisk"] = asterisks
+            status["in_flight"] = self.originator.in_flight
+            ok = ok and any(a["logged_in"] for a in asterisks.values())
+        if self.agi is not None:
+            status["fastagi"] = {"listening": True, "sessions": self.agi.active_sessions}
+        status["ok"] = ok
+        return (200 if ok else 503), "application/json", json.dumps(status).encode() + b"\n"
+
+    def reload(self) -> None:
+        """SIGHUP: apply the settings that may change at run time; warn about the others."""
+        try:
+            fresh = Settings.load()
+        except IvrError as e:
+            log.error("reload_failed", error=str(e))
+            return
+        changed = self.settings.changed_fields(fresh)
+        needs_restart = sorted(changed - Settings.RELOADABLE)
+        if needs_restart:
+            log.warning("reload_needs_restart", settings=needs_restart)
+        applied = sorted(changed & Settings.RELOADABLE)
+        fresh = dataclasses.replace(self.settings, **{n: getattr(fresh, n) for n in applied})
+        self.settings = fresh
+        self.ivr.reload(fresh)
+        if self.originator is not None and self.pool is not None:
+            self.originator.reload(fresh)
+            self.pool.capacity = fresh.max_per_asterisk
+        configure(fresh.log_level)
+        log.info("settings_reloaded", changed=applied)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start every part, serve until ``stop``, then shut down in order."""
+        s = self.settings
+        running: asyncio.Task[None] | None = None
+        http = [h for h in self.http if h is not None]
+        try:
+            await asyncio.wait_for(self.redis.ping(), s.connect_timeout_s)
+            await self.results.start()
+            if self.pool is not None:
+                await self.pool.start()
+            if self.agi is not None:
+                await self.agi.start()
+            for server in http:
+                await server.start()
+            # Start-up objects (modules, settings, clients) live as long as the process: keep
+            # them out of the collector's full passes, which otherwise stall calls for ~30 ms.
+            gc.freeze()
+            if self.originator is not None:
+                running = asyncio.create_task(self.originator.run(), name="originator")
+            log.info("service_ready", consumer=s.consumer, roles=sorted(s.role_set),
+                     agi_port=self.agi.port if self.agi else None)
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({t for t in (running, stopped) if t},
+                               return_when=asyncio.FIRST_COMPLETED)
+            log.info("service_stopping",
+                     in_flight=self.originator.in_flight if self.originator else 0)
+            if self.originator is not None:
+                await self.originator.stop(self.settings.shutdown_grace_s)
+            await cancel_and_wait(stopped)
+            if running is not None and running.done():
+                running.result()  # the originator failed: raise why
+            if self.agi is not None:
+                await self.agi.close(grace_s=self.settings.shutdown_grace_s)
+        finally:
+            if running is not None:
+                await cancel_and_wait(running)
+            for server in http:
+                await server.close()
+            if self.pool is not None:
+                await self.pool.close()
+            await self.results.close()
+            await self.redis.aclose()
+            log.info("service_stopped")
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set or a SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
+    service = Service(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    redis = connect(
-        settings.redis_url,
-        max_connections=settings.max_in_flight * 2 + 20,
-        timeout_s=settings.connect_timeout_s,
-    )
-    metrics = Metrics()
-    store = Store(redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
-                  observer=metrics, signing_key=settings.signing_key.encode())
-    security = Security.for_redis(settings, redis)
-    results = ResultListener(redis)
-    ami = AmiClient(
-        host=settings.ami_host, port=settings.ami_port, user=settings.ami_user,
-        secret=settings.ami_secret, timeout_s=settings.connect_timeout_s,
-    )
-    agi = FastAgiServer(
-        {"verify": VerificationIvr(settings, store, security=security),
-         PROBE_ROUTE: AgiProbe(redis)},
-        host=settings.agi_host,
-        port=settings.agi_port,
-        header_timeout_s=settings.agi_header_timeout_s,
-        command_timeout_s=settings.agi_command_timeout_s,
-        max_sessions=settings.agi_max_sessions,
-        allowed_peers=settings.agi_peer_networks(),
-    )
-    originator = Originator(settings, store, ami, results, security)
-    metrics.in_flight.set_function(lambda: originator.in_flight)
-    metrics.agi_sessions.set_function(lambda: agi.active_sessions)
-    exporter = MetricsServer(metrics, host=settings.metrics_host, port=settings.metrics_port,
-                             refresh=lambda: metrics.refresh_queue(redis),
-                             healthy=ami.connected.is_set) if settings.metrics_port else None
+    loop.add_signal_handler(signal.SIGHUP, service.reload)
     try:
-        await asyncio.wait_for(redis.ping(), settings.connect_timeout_s)
-        await results.start()
-        await ami.connect()
-        await agi.start()
-        # Start-up objects (modules, settings, clients) live as long as the process: keep
-        # them out of the collector's full passes, which otherwise stall calls for ~30 ms.
-        gc.freeze()
-        if exporter is not None:
-            await exporter.start()
-        running = asyncio.create_task(originator.run(), name="originator")
-        log.info("service_ready", consumer=settings.consumer, agi_port=agi.port)
-        stopped = asyncio.create_task(stop.wait())
-        lost = asyncio.create_task(ami.lost.wait())
-        await asyncio.wait({running, stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
-        log.info("service_stopping", in_flight=originator.in_flight)
-        await originator.stop(settings.shutdown_grace_s)
-        await cancel_and_wait(stopped, lost)
-        if running.done():
-            running.result()  # the originator failed: raise why
-        await cancel_and_wait(running)
-        await agi.close(grace_s=settings.shutdown_grace_s)
-        if lost.done() and not stop.is_set():
-            raise AmiConnectError("lost the AMI connection; stopped (restart to reconnect)")
+        await service.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        if exporter is not None:
-            await exporter.close()
-        await ami.close()
-        await results.close()
-        await redis.aclose()
-        log.info("service_stopped")

@@ -24,6 +24,7 @@ from .log import configure
 from .reference import settings_markdown
 from .settings import Settings
 from .tasks import cancel_and_wait
+from .transport import http
 
 EXIT_OK, EXIT_NOT_APPROVED, EXIT_USAGE = 0, 1, 2
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     pincli.add_parser(sub)
     admin.add_parsers(sub)
     add_commands(sub)
+    sub.add_parser("health", help="ask the running `callmfa serve` for its /healthz status")
     return p
 
 
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``callmfa`` console script."""
     args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        settings = Settings.load()
     except IvrError as e:
         print(f"callmfa: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -62,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             _run_serve(settings)
             return EXIT_OK
+        if args.command == "health":
+            return asyncio.run(_health(settings))
         if args.command == "verify":
             try:
                 parse_request(
@@ -105,6 +109,19 @@ def _run_serve(settings: Settings) -> None:
         uvloop.run(serve(settings))
     else:
         asyncio.run(serve(settings))
+
+
+async def _health(settings: Settings) -> int:
+    """Print serve's /healthz JSON; exit 0 when healthy, 1 otherwise (or when unreachable)."""
+    try:
+        status, body = await http.get(settings.health_host, settings.health_port, "/healthz",
+                                      timeout_s=settings.connect_timeout_s)
+    except (OSError, TimeoutError) as e:
+        print(f"callmfa: no callmfa serve answers on {settings.health_host}:"
+              f"{settings.health_port}: {e}", file=sys.stderr)
+        return EXIT_NOT_APPROVED
+    print(body.decode().strip())
+    return EXIT_OK if status == 200 else EXIT_NOT_APPROVED
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:

@@ -52,6 +52,13 @@ class AgiCommandError(AgiError):
         self.code = code
 
 
+class AgiConnectionLostError(AgiError):
+    """The AGI connection ended with no hang-up from Asterisk: Asterisk itself went away.
+
+    A caller's hang-up always arrives as a ``HANGUP`` line or ``result=-1`` first.
+    """
+
+
 class AgiHangup(IvrError):  # noqa: N818 - a control-flow signal, not a failure
     """The caller hung up. Not an error: drivers turn it into the flow's HungUp event."""
 

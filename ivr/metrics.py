@@ -31,8 +31,6 @@ from .storage.store import GROUP, REQUESTS
 
 log = structlog.get_logger("ivr.metrics")
 
-MAX_REQUEST_BYTES = 8192
-REQUEST_TIMEOUT_S = 5.0
 REFRESH_TIMEOUT_S = 2.0
 
 
@@ -154,95 +152,21 @@ def _observe(histogram: Histogram, start: float | None, end: float | None) -> No
         histogram.observe(end - start)
 
 
-class MetricsServer:
-    """``GET /metrics`` (Prometheus) and ``GET /healthz`` over plain HTTP/1.0, on asyncio.
+def metrics_route(
+    metrics: Metrics, refresh: Callable[[], Awaitable[None]] | None = None
+) -> Callable[[], Awaitable[tuple[int, str, bytes]]]:
+    """The ``GET /metrics`` handler for :class:`ivr.transport.http.HttpServer`.
 
-    Every connection gets one request with a deadline and a size limit, then is closed.
+    ``refresh`` updates the figures read from Redis (queue depth) before each scrape; if
+    Redis does not answer in time, the scrape still answers and counts the error.
     """
-
-    def __init__(
-        self,
-        metrics: Metrics,
-        *,
-        host: str,
-        port: int,
-        refresh: Callable[[], Awaitable[None]] | None = None,
-        healthy: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self._metrics = metrics
-        self._host = host
-        self._port = port
-        self._refresh = refresh
-        self._healthy = healthy
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def start(self) -> None:
-        """Start listening."""
-        self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, limit=MAX_REQUEST_BYTES, reuse_address=True
-        )
-        log.info("metrics_listening", host=self._host, port=self.port)
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.create_task(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
+    async def route() -> tuple[int, str, bytes]:
+        if refresh is not None:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ConnectionError):
-                return
-            method, _, rest = head.decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                await self._refresh_figures()
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._metrics.exposition()
-            elif path == "/healthz":
-                ok = self._healthy()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", b"ok\n" if ok else b"not ready\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics\n"
-            writer.write(
-                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + (body if method == "GET" else b"")
-            )
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+                await asyncio.wait_for(refresh(), REFRESH_TIMEOUT_S)
+            except (RedisError, OSError, TimeoutError) as e:
+                metrics.scrape_errors.inc()
+                log.warning("metrics_refresh_failed", error=str(e))
+        return 200, CONTENT_TYPE_LATEST, metrics.exposition()
 
-    async def _refresh_figures(self) -> None:
-        if self._refresh is None:
-            return
-        try:
-            await asyncio.wait_for(self._refresh(), REFRESH_TIMEOUT_S)
-        except (RedisError, OSError, TimeoutError) as e:
-            self._metrics.scrape_errors.inc()
-            log.warning("metrics_refresh_failed", error=str(e))
-
-    async def close(self) -> None:
-        """Stop listening and finish the requests being answered."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
-        if self._server is not None:
-            await self._server.wait_closed()
+    return route

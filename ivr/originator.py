@@ -1,8 +1,16 @@
 """The originator: takes requests from the stream, places the calls, settles the outcomes.
 
-Per request: validate, check expiry, claim the call (once per id), Originate through AMI,
-then either map a failed call to its outcome or wait for the IVR's outcome. The stream
-entry is acknowledged only once an outcome is stored, so a crash leaves it pending.
+Per request: validate, check expiry, claim the call (once per id), Originate through the
+least busy Asterisk, then either map a failed call to its outcome or wait for the IVR's
+outcome. The stream entry is acknowledged only once an outcome is stored.
+
+Crash recovery uses what Redis offers: each originator holds a short lease
+(``callmfa:consumer:<name>``) that it renews every second. Entries still pending for a
+consumer whose lease lapsed are taken over with XCLAIM (only one claimer wins). A taken-over
+request whose call was already placed is never dialled again: the new owner waits for the
+IVR's outcome until the call must have ended, then records ``error`` (``originator_lost``).
+XAUTOCLAIM alone is not enough: it goes by idle time, and a live originator's entry is idle
+for as long as its call lasts.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import time
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisError, ResponseError
 
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
 from .domain.request import VerificationRequest, parse_request, peek_id
@@ -21,14 +30,18 @@ from .exceptions import AmiConnectError, AmiError, RequestError
 from .security import Security
 from .settings import Settings
 from .storage.results import ResultListener
+from .storage.retry import TRANSIENT, backoff, retrying
 from .storage.store import Claim, Entry, Store
 from .tasks import cancel_and_wait
 from .transport.ami import AmiClient, ChannelWatch
+from .transport.ami_pool import AmiPool
 
 log = structlog.get_logger("ivr.originator")
 
 HANGUP_EVENT_WAIT_S = 2.0
 READ_BLOCK_MS = 1000
+# How long a write that settles a request (outcome, ack) is retried across a Redis outage.
+SETTLE_RETRY_S = 300.0
 
 
 class Originator:
@@ -38,7 +51,7 @@ class Originator:
         self,
         settings: Settings,
         store: Store,
-        ami: AmiClient,
+        ami: AmiPool,
         results: ResultListener,
         security: Security | None = None,
     ) -> None:
@@ -47,7 +60,7 @@ class Originator:
         self._ami = ami
         self._results = results
         self._security = security or Security.for_redis(settings, store.redis)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], str] = {}  # task -> entry id
         self._stopping = asyncio.Event()
 
     @property
@@ -55,28 +68,99 @@ class Originator:
         """Requests being worked on now."""
         return len(self._tasks)
 
+    def reload(self, settings: Settings) -> None:
+        """Apply settings that may change at run time (SIGHUP)."""
+        self._settings = settings
+
     async def run(self) -> None:
-        """Read and dispatch requests until :meth:`stop`."""
-        await self._store.ensure_group()
+        """Read, take over and dispatch requests until :meth:`stop`."""
+        lease = self._settings.lease_s
+        await retrying(lambda: self._store.heartbeat(self._settings.consumer, int(lease * 1000)),
+                       what="heartbeat", for_s=SETTLE_RETRY_S)
+        helpers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._take_over())]
+        try:
+            await self._read_loop()
+        finally:
+            await cancel_and_wait(*helpers)
+
+    async def _read_loop(self) -> None:
+        attempt = 0
+        group_ready = False
         while not self._stopping.is_set():
             free = self._settings.max_in_flight - len(self._tasks)
             if free <= 0:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
                 continue
-            entries = await self._store.read_requests(
-                self._settings.consumer, count=min(free, 100), block_ms=READ_BLOCK_MS
-            )
+            try:
+                if not group_ready:
+                    await self._store.ensure_group()
+                    group_ready = True
+                entries = await self._store.read_requests(
+                    self._settings.consumer, count=min(free, 100), block_ms=READ_BLOCK_MS
+                )
+                attempt = 0
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                group_ready = False  # Redis lost its data: the group must be made again
+                log.warning("requests_group_missing")
+                continue
+            except TRANSIENT as e:
+                wait = backoff(attempt)
+                attempt += 1
+                log.warning("requests_read_failed", error=str(e) or type(e).__name__,
+                            retry_in_s=round(wait, 3))
+                await asyncio.sleep(wait)
+                continue
             if self._stopping.is_set():
                 break  # read during stop(): leave them pending, undialled
             for entry in entries:
-                task = asyncio.create_task(self._handle(entry))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(entry, taken_over=False)
+
+    def _spawn(self, entry: Entry, *, taken_over: bool) -> None:
+        task = asyncio.create_task(self._handle(entry, taken_over=taken_over))
+        self._tasks[task] = entry.entry_id
+        task.add_done_callback(self._tasks.pop)
+
+    async def _heartbeat(self) -> None:
+        lease_ms = int(self._settings.lease_s * 1000)
+        while True:
+            await asyncio.sleep(self._settings.lease_s / 4)
+            try:
+                await self._store.heartbeat(self._settings.consumer, lease_ms)
+            except TRANSIENT as e:
+                log.warning("heartbeat_failed", error=str(e) or type(e).__name__)
+
+    async def _take_over(self) -> None:
+        """Claim entries left pending by originators whose lease lapsed (or by ourselves)."""
+        min_idle_ms = int(self._settings.lease_s * 1000)
+        while True:
+            await asyncio.sleep(self._settings.lease_s / 2)
+            free = self._settings.max_in_flight - len(self._tasks)
+            if free <= 0 or self._stopping.is_set():
+                continue
+            try:
+                pending = await self._store.pending(min_idle_ms, count=max(free * 4, 50))
+                alive = await self._store.alive({p.consumer for p in pending})
+                mine = set(self._tasks.values())
+                orphans = [p.entry_id for p in pending
+                           if (p.consumer not in alive or p.consumer == self._settings.consumer)
+                           and p.entry_id not in mine][:free]
+                entries = await self._store.claim(self._settings.consumer, orphans, min_idle_ms)
+            except (*TRANSIENT, ResponseError) as e:
+                log.warning("take_over_failed", error=str(e) or type(e).__name__)
+                continue
+            if self._stopping.is_set():
+                break
+            for entry in entries:
+                log.info("request_taken_over", entry_id=entry.entry_id)
+                self._spawn(entry, taken_over=True)
 
     async def stop(self, grace_s: float) -> None:
         """Take no new requests; let calls finish for ``grace_s``, then cancel the rest.
 
-        A cancelled request stays pending in the group, for this or another originator.
+        A cancelled request stays pending; the lease is given up so that another
+        originator takes it over at once.
         """
         self._stopping.set()
         if self._tasks:
@@ -86,17 +170,21 @@ class Originator:
             if pending:
                 log.warning("requests_left_pending", count=len(pending))
                 await asyncio.wait(pending)
+        with contextlib.suppress(RedisError, OSError):
+            await self._store.retire(self._settings.consumer)
 
-    async def _handle(self, entry: Entry) -> None:
+    async def _handle(self, entry: Entry, *, taken_over: bool) -> None:
         structlog.contextvars.bind_contextvars(entry_id=entry.entry_id)
         try:
-            if await self._process(entry):
-                await self._store.ack(entry.entry_id)
+            if await self._process(entry, taken_over=taken_over):
+                await retrying(lambda: self._store.ack(entry.entry_id), what="ack",
+                               for_s=SETTLE_RETRY_S)
         except Exception:
-            # Redis or a bug: leave the entry pending so that it is retried, never lost.
+            # Redis gone for minutes, or a bug: the entry stays pending and is taken over
+            # again later (by us or another originator): retried, never lost.
             log.exception("request_failed")
 
-    async def _process(self, entry: Entry) -> bool:
+    async def _process(self, entry: Entry, *, taken_over: bool) -> bool:
         """Settle one entry; True when it may be acknowledged."""
         try:
             req = parse_request(
@@ -107,6 +195,13 @@ class Originator:
         except RequestError as e:
             return await self._reject(entry, e)
         structlog.contextvars.bind_contextvars(verification_id=req.id)
+        if taken_over:
+            if await self._store.get_outcome(req.id) is not None:
+                return True
+            info = await self._store.call_info(req.id)
+            if info:
+                await self._adopt(req, info)
+                return True
         if time.time() > req.expires_at:
             await self._finish(req, Outcome.EXPIRED, "not placed before expires_at")
             return True
@@ -124,6 +219,16 @@ class Originator:
         await self._call(req)
         return True
 
+    async def _adopt(self, req: VerificationRequest, info: dict[str, str]) -> None:
+        """A taken-over request whose call was placed: never dial again; wait, then settle."""
+        s = self._settings
+        started = float(info.get("call_started_at") or time.time())
+        ends_by = started + s.ring_timeout_s + s.max_call_s + s.outcome_grace_s
+        log.info("call_adopted", wait_s=round(max(0.0, ends_by - time.time()), 1))
+        record = await self._results.wait(req.id, max(0.0, ends_by - time.time()))
+        if record is None:
+            await self._finish(req, Outcome.ERROR, "originator_lost", started=started)
+
     async def _reject(self, entry: Entry, error: RequestError) -> bool:
         rid = peek_id(entry.payload or b"")
         log.warning("request_rejected", verification_id=rid, detail=error.detail,
@@ -135,10 +240,21 @@ class Originator:
             id=rid, user=None, outcome=Outcome.REJECTED, detail=error.detail,
             requested_at=entry.enqueued_at, finished_at=time.time(),
         )
-        await self._store.store_outcome(record)
+        await self._store_outcome(record)
         return True
 
     async def _call(self, req: VerificationRequest) -> None:
+        ami = await self._ami.acquire(timeout_s=req.expires_at - time.time())
+        if ami is None:
+            log.warning("no_asterisk_available")
+            await self._finish(req, Outcome.EXPIRED, "asterisk_unavailable")
+            return
+        try:
+            await self._call_through(ami, req)
+        finally:
+            await self._ami.release(ami)
+
+    async def _call_through(self, ami: AmiClient, req: VerificationRequest) -> None:
         s = self._settings
         fields = {
             "Channel": s.dial_template.format(number=req.number, digits=req.number[1:]),
@@ -158,18 +274,15 @@ class Originator:
             "CALLMFA_AMD": s.amd,
         }
         started = time.time()
-        watch = self._ami.watch(req.id)
+        watch = ami.watch(req.id)
         ringing = asyncio.create_task(self._report_ringing(req.id, watch))
         try:
             await self._store.event(req.id, "dialing")
-            log.info("originate_sent", channel=fields["Channel"])
-            result = await self._ami.originate(
-                fields, variables, timeout_s=s.ring_timeout_s + 15
-            )
+            log.info("originate_sent", channel=fields["Channel"], asterisk=ami.endpoint)
+            result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
             if result.answered:
                 answered = time.time()
-                await self._store.update_call(req.id, answered_at=str(answered))
-                await self._store.event(req.id, "answered")
+                await self._store.mark_answered(req.id, answered)
                 log.info("call_answered", ring_ms=round((answered - started) * 1000))
                 await self._settle_answered(req, watch, started)
                 return
@@ -178,14 +291,17 @@ class Originator:
             log.info("call_failed", reason=result.reason, hangup_cause=cause)
             await self._finish(req, outcome, detail, started=started, cause=cause)
         except AmiConnectError as e:
-            await self._finish(req, Outcome.ERROR, "asterisk_lost", started=started)
             log.error("call_lost", error=str(e))
+            # The IVR may still have had its say (or say it now): give it the grace time.
+            record = await self._results.wait(req.id, s.outcome_grace_s)
+            if record is None:
+                await self._finish(req, Outcome.ERROR, "asterisk_lost", started=started)
         except AmiError as e:
             log.error("originate_failed", error=str(e), payload=e.payload)
             await self._finish(req, Outcome.ERROR, "originate_failed", started=started)
         finally:
             await cancel_and_wait(ringing)
-            self._ami.unwatch(req.id)
+            ami.unwatch(req.id)
 
     async def _settle_answered(
         self, req: VerificationRequest, watch: ChannelWatch, started: float
@@ -206,15 +322,18 @@ class Originator:
         if record is not None:
             _log_finished(record)
             return
-        cause = watch.hangup.result() if watch.hangup.done() and not watch.hangup.exception() \
-            else None
-        detail = "asterisk_lost" if watch.hangup.done() and watch.hangup.exception() \
-            else "no_ivr_outcome"
+        lost = watch.hangup.done() and watch.hangup.exception() is not None
+        cause = watch.hangup.result() if watch.hangup.done() and not lost else None
+        detail = "asterisk_lost" if lost else "no_ivr_outcome"
         await self._finish(req, Outcome.ERROR, detail, started=started, cause=cause)
 
     async def _report_ringing(self, rid: str, watch: ChannelWatch) -> None:
         await watch.ringing.wait()
         await self._store.event(rid, "ringing")
+
+    async def _store_outcome(self, record: OutcomeRecord) -> bool:
+        return await retrying(lambda: self._store.store_outcome(record), what="store_outcome",
+                              for_s=SETTLE_RETRY_S)
 
     async def _finish(
         self,
@@ -231,7 +350,7 @@ class Originator:
             requested_at=req.requested_at, call_started_at=started, finished_at=time.time(),
             retry_after=retry_after,
         )
-        if await self._store.store_outcome(record):
+        if await self._store_outcome(record):
             _log_finished(record)
 
 

@@ -31,15 +31,19 @@ from .domain.flow import (
 )
 from .domain.outcome import Outcome, iso
 from .domain.prompts import sound_files
-from .exceptions import AgiError, AgiHangup
+from .exceptions import AgiConnectionLostError, AgiError, AgiHangup
 from .security import Security
 from .settings import Settings
 from .storage.pins import PinState, PinStore
+from .storage.retry import retrying
 from .storage.store import Store
 from .transport.agi import AgiChannel
 from .transport.fastagi import AgiSession
 
 log = structlog.get_logger("ivr.session")
+
+# The caller is on the line: an outcome stored a little late beats none (Redis restarting).
+STORE_RETRY_S = 30.0
 
 
 class VerificationIvr:
@@ -60,6 +64,10 @@ class VerificationIvr:
         )
         self._security = security or Security.for_redis(settings, store.redis)
 
+    def reload(self, settings: Settings) -> None:
+        """Apply settings that may change at run time (SIGHUP)."""
+        self._settings = settings
+
     async def __call__(self, session: AgiSession) -> None:
         """Run one verification call to its end."""
         answered = time.time()
@@ -77,6 +85,9 @@ class VerificationIvr:
         try:
             started = await self._prepare(call, session.channel)
             await self._run(call.flow(self._settings), started, session.channel, call)
+        except AgiConnectionLostError as e:
+            log.error("ivr_asterisk_lost", error=str(e))
+            await self._report(call, Report(Outcome.ERROR, "asterisk_lost"))
         except AgiError as e:
             log.error("ivr_agi_failed", error=str(e), raw=e.raw)
             await self._report(call, Report(Outcome.ERROR, "agi_failed"))
@@ -154,8 +165,10 @@ class VerificationIvr:
         # The 'input' event rides with the outcome, in the same round trip.
         input_at = call.input_at if call.input_pending else None
         call.input_pending = False
-        stored = await self._store.store_outcome(
-            call.record(step.outcome, step.detail), input_at=input_at
+        record = call.record(step.outcome, step.detail)
+        stored = await retrying(
+            lambda: self._store.store_outcome(record, input_at=input_at),
+            what="store_outcome", for_s=STORE_RETRY_S,
         )
         published = time.time()
         log.info(

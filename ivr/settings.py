@@ -39,6 +39,11 @@ class Settings:
     )
     ami_host: str = field(default="127.0.0.1", metadata={"doc": "Asterisk Manager host."})
     ami_port: int = field(default=5038, metadata={"doc": "Asterisk Manager port."})
+    ami_endpoints: str = field(
+        default="",
+        metadata={"doc": "Several Asterisk servers: host:port,host:port (same account); "
+                         "empty means AMI_HOST:AMI_PORT."},
+    )
     ami_user: str = field(default="callmfa", metadata={"doc": "AMI account (manager.conf)."})
     ami_secret: str = field(
         default="",
@@ -61,7 +66,12 @@ class Settings:
     context: str = field(default="callmfa-verify", metadata={"doc": "Dialplan context."})
     ring_timeout_s: float = field(default=30.0, metadata={"doc": "How long the phone rings."})
     max_call_s: int = field(default=120, metadata={"doc": "Hard limit on an answered call."})
-    max_in_flight: int = field(default=100, metadata={"doc": "Calls placed at once, at most."})
+    max_in_flight: int = field(
+        default=100, metadata={"doc": "Calls placed at once by this originator, at most."}
+    )
+    max_per_asterisk: int = field(
+        default=100, metadata={"doc": "Calls placed at once through one Asterisk, at most."}
+    )
     input_timeout_s: float = field(
         default=6.0, metadata={"doc": "Wait for a key after the prompt ends."}
     )
@@ -86,6 +96,19 @@ class Settings:
     )
     shutdown_grace_s: float = field(
         default=30.0, metadata={"doc": "On SIGTERM, how long in-flight calls may finish."}
+    )
+    lease_s: float = field(
+        default=5.0,
+        metadata={"doc": "Originator liveness lease; a dead one's requests are taken over "
+                         "after this long."},
+    )
+    roles: str = field(
+        default="originator,agi",
+        metadata={"doc": "What `callmfa serve` runs: originator, agi, or both."},
+    )
+    health_host: str = field(default="127.0.0.1", metadata={"doc": "/healthz listen address."})
+    health_port: int = field(
+        default=4580, metadata={"doc": "/healthz listen port (0: no HTTP endpoint)."}
     )
     consumer: str = field(
         default_factory=_default_consumer,
@@ -186,8 +209,13 @@ class Settings:
             raise SettingsError("CALLMFA_EVENT_LOOP must be asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
+        if not set(self.role_set) <= {"originator", "agi"} or not self.role_set:
+            raise SettingsError("CALLMFA_ROLES must name originator, agi or both")
+        for host, port in self.asterisks:
+            if not host or not 0 < port < 65536:
+                raise SettingsError(f"CALLMFA_AMI_ENDPOINTS: bad endpoint {host}:{port}")
         for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s",
-                     "pin_lockout_after"):
+                     "max_per_asterisk", "pin_lockout_after"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
         self._check_security()
@@ -222,6 +250,64 @@ class Settings:
         """The context the originator sends calls to, for the configured AGI mode."""
         return self.context if self.agi_mode == "fastagi" else f"{self.context}-classic"
 
+    @property
+    def role_set(self) -> frozenset[str]:
+        """The roles of ``roles`` as a set."""
+        return frozenset(r.strip() for r in self.roles.split(",") if r.strip())
+
+    @property
+    def asterisks(self) -> list[tuple[str, int]]:
+        """Every AMI endpoint as (host, port)."""
+        if not self.ami_endpoints.strip():
+            return [(self.ami_host, self.ami_port)]
+        out = []
+        for item in self.ami_endpoints.split(","):
+            host, _, port = item.strip().rpartition(":")
+            try:
+                out.append((host, int(port)))
+            except ValueError:
+                raise SettingsError(f"CALLMFA_AMI_ENDPOINTS: bad endpoint {item!r}") from None
+        return out
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment over ``CALLMFA_CONFIG_FILE`` over the defaults.
+
+        The file holds ``CALLMFA_NAME=value`` lines (``#`` comments); it is read again on
+        SIGHUP, so it is where settings that change at run time belong.
+        """
+        env = dict(os.environ if environ is None else environ)
+        path = env.get(ENV_PREFIX + "CONFIG_FILE")
+        if not path:
+            return cls.from_env(env)
+        try:
+            lines = Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SettingsError(f"CALLMFA_CONFIG_FILE: cannot read {path}: {e}") from None
+        merged: dict[str, str] = {}
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip().startswith(ENV_PREFIX):
+                raise SettingsError(f"{path}:{number}: expected CALLMFA_NAME=value")
+            merged[key.strip()] = value.strip().strip("'\"")
+        merged.update(env)
+        return cls.from_env(merged)
+
+    # What SIGHUP may change; everything else (addresses, secrets) needs a restart.
+    RELOADABLE = frozenset({
+        "caller_id", "ring_timeout_s", "max_call_s", "max_in_flight", "max_per_asterisk",
+        "input_timeout_s", "max_attempts", "request_ttl_s", "outcome_grace_s",
+        "shutdown_grace_s", "log_level", "dial_template", "agi_url",
+    })
+
+    def changed_fields(self, other: Settings) -> set[str]:
+        """Names of the settings whose values differ (consumer aside)."""
+        return {f.name for f in dataclasses.fields(self)
+                if f.name != "consumer" and getattr(self, f.name) != getattr(other, f.name)}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``CALLMFA_*`` variables.
@@ -235,6 +321,8 @@ class Settings:
             if not key.startswith(ENV_PREFIX):
                 continue
             name = key[len(ENV_PREFIX) :].lower()
+            if name == "config_file":
+                continue  # read by load()
             if name.endswith("_file") and name[: -len("_file")] in SECRETS:
                 try:
                     values[name[: -len("_file")]] = Path(raw).read_text().strip()

@@ -268,6 +268,14 @@ class SippPhone:
             return 0
         text = path.read_text(errors="replace")
         return len(re.findall(rf"^{method} sip:", text, re.MULTILINE))
+    def invites(self) -> dict[str, int]:
+        """INVITEs received per dialled number."""
+        counts: dict[str, int] = {}
+        path = self._workdir / "messages.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for number in re.findall(r"^INVITE sip:([^@;\s]+)@", text, re.MULTILINE):
+            counts[number] = counts.get(number, 0) + 1
+        return counts
 
     def errors(self) -> str:
         """What sipp logged as errors (for assertion messages)."""

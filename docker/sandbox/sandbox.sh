@@ -14,6 +14,7 @@
 #   CALLMFA_ASTERISK_ROOT   the Debian sid root, reused     (default: /var/tmp/callmfa/asterisk-root)
 #   CALLMFA_PHONE           where the simulated phone is    (default: 127.0.0.1:5070)
 #   CALLMFA_SANDBOX_SERVE   0 to start no `callmfa serve`   (default: 1)
+#   CALLMFA_ASTERISK_INSTANCES  2 adds a second Asterisk (AMI 5039, SIP 5061) (default: 1)
 # Any other CALLMFA_* variable is passed to `callmfa serve`.
 set -euo pipefail
 
@@ -27,6 +28,7 @@ SERVE=${CALLMFA_SANDBOX_SERVE:-1}
 VENV=${CALLMFA_VENV:-$repo/.venv}
 SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
+INSTANCES=${CALLMFA_ASTERISK_INSTANCES:-1}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
 APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
 # Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
@@ -36,6 +38,9 @@ log() { printf 'sandbox[%s]: %s\n' "$NS" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 in_ns() { ip netns exec "$NS" "$@"; }
 ast() { chroot "$ROOT" /usr/sbin/asterisk -C "$AST_CONF" "$@"; }
+# Instance 1 is "asterisk" (AMI 5038, SIP 5060); instance N is "asteriskN" on +N-1 ports.
+inst_name() { if (($1 == 1)); then echo asterisk; else echo "asterisk$1"; fi; }
+inst_key() { if (($1 == 1)); then echo "$NS"; else echo "$NS-$1"; fi; }
 
 [[ $(id -u) == 0 ]] || die "the sandbox needs root (network namespaces, chroot)"
 
@@ -125,42 +130,49 @@ install_root_packages() {
 }
 
 install_asterisk_config() {
-  local etc=$ROOT/etc/asterisk-$NS secret
+  local n=$1 key etc secret
+  key=$(inst_key "$n")
+  etc=$ROOT/etc/asterisk-$key
   rm -rf "$etc"
   mkdir -p "$etc"
   cp "$here"/asterisk/*.conf "$repo"/dialplan/*.conf "$etc/"
   cp "$ROOT/etc/asterisk/indications.conf" "$ROOT/etc/asterisk/amd.conf" "$ROOT/etc/asterisk/acl.conf" "$etc/"
-  sed -i "s/@NS@/$NS/g" "$etc/asterisk.conf"
+  sed -i "s/@NS@/$key/g" "$etc/asterisk.conf"
+  # Each instance its own ports (AMI, SIP) and RTP range.
+  sed -i "s/^port = 5038/port = $((5037 + n))/" "$etc/manager.conf"
+  sed -i "s/^bind = 127.0.0.1:5060/bind = 127.0.0.1:$((5059 + n))/" "$etc/pjsip.conf"
+  sed -i "s/^rtpstart = .*/rtpstart = $((15000 + 5000 * n))/; s/^rtpend = .*/rtpend = $((19999 + 5000 * n))/" "$etc/rtp.conf"
   sed -i "s/@PHONE@/$PHONE/g" "$etc/pjsip.conf"
   secret=$(cat "$SB/ami-secret")
   sed -i "s/^secret = .*/secret = $secret/" "$etc/manager_callmfa.conf"
   chmod 640 "$etc/manager_callmfa.conf"
-  for d in "/run/asterisk-$NS" "/var/log/asterisk-$NS" "/var/lib/asterisk-$NS" "/var/spool/asterisk-$NS"; do
+  for d in "/run/asterisk-$key" "/var/log/asterisk-$key" "/var/lib/asterisk-$key" "/var/spool/asterisk-$key"; do
     mkdir -p "$ROOT$d"
   done
-  : >"$ROOT/var/log/asterisk-$NS/messages.log"
-  chroot "$ROOT" chown -R asterisk:asterisk "/etc/asterisk-$NS" "/run/asterisk-$NS" \
-    "/var/log/asterisk-$NS" "/var/lib/asterisk-$NS" "/var/spool/asterisk-$NS"
-  ln -sfn "$ROOT/var/log/asterisk-$NS/messages.log" "$SB/logs/asterisk.log"
-  install_classic_agi
+  : >"$ROOT/var/log/asterisk-$key/messages.log"
+  chroot "$ROOT" chown -R asterisk:asterisk "/etc/asterisk-$key" "/run/asterisk-$key" \
+    "/var/log/asterisk-$key" "/var/lib/asterisk-$key" "/var/spool/asterisk-$key"
+  ln -sfn "$ROOT/var/log/asterisk-$key/messages.log" "$SB/logs/$(inst_name "$n").log"
+  install_classic_agi "$key"
   install_prompts
 }
 
 # The classic AGI script and what it imports (ivr, pyst2's asterisk package) in this
 # instance's astagidir; redis-py comes from the root's python3-redis.
 install_classic_agi() {
-  local agi=$ROOT/var/lib/asterisk-$NS/agi-bin site
+  local key=$1 agi site
+  agi=$ROOT/var/lib/asterisk-$key/agi-bin
   site=$("$VENV/bin/python" -c 'import asterisk, os; print(os.path.dirname(os.path.dirname(asterisk.__file__)))')
   rm -rf "$agi"
   mkdir -p "$agi/callmfa-lib"
   install -m 755 "$repo/agi_scripts/callmfa-verify.agi" "$agi/"
   cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
   find "$agi" -name __pycache__ -prune -exec rm -rf {} +
-  chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$NS/agi-bin/callmfa-lib" >/dev/null
+  chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: this sandbox's, less the AMI secret it does not need.
   { grep -v -e AMI_SECRET -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true; } >"$ROOT/etc/asterisk-$NS/callmfa.env"
-  chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$NS/agi-bin" "/etc/asterisk-$NS/callmfa.env"
+      -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true; } >"$ROOT/etc/asterisk-$key/callmfa.env"
+  chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin" "/etc/asterisk-$key/callmfa.env"
 }
 
 # callmfa's own prompts (make prompts) into the root's sounds directory.
@@ -192,6 +204,11 @@ export CALLMFA_PHONE=$PHONE
 export CALLMFA_ASTERISK_ROOT=$ROOT
 export CALLMFA_ASTERISK_CONF=$AST_CONF
 EOF
+  if ((INSTANCES > 1)); then
+    local endpoints=127.0.0.1:5038 n
+    for ((n = 2; n <= INSTANCES; n++)); do endpoints+=",127.0.0.1:$((5037 + n))"; done
+    echo "export CALLMFA_AMI_ENDPOINTS=$endpoints" >>"$SB/env"
+  fi
 }
 
 cmd_up() {
@@ -205,17 +222,24 @@ cmd_up() {
   write_env
 
   if ! alive redis; then
+    # AOF, as production needs: a restarted Redis keeps the queue and the outcomes.
     start redis redis-server ip netns exec "$NS" redis-server --bind 127.0.0.1 --port 6379 --save '' \
-      --appendonly no --dir "$SB/redis" --protected-mode yes
+      --appendonly yes --appendfsync everysec --dir "$SB/redis" --protected-mode yes
   fi
   wait_for "redis-server" sh -c "ip netns exec '$NS' redis-cli -p 6379 ping | grep -q PONG"
 
-  if ! alive asterisk; then
-    install_asterisk_config
-    start asterisk /usr/sbin/asterisk ip netns exec "$NS" chroot "$ROOT" /usr/sbin/asterisk -f -n \
-      -C "$AST_CONF" -U asterisk -G asterisk
-  fi
-  wait_for "Asterisk" ast -rx 'core waitfullybooted'
+  local n name key
+  for ((n = 1; n <= INSTANCES; n++)); do
+    name=$(inst_name "$n")
+    key=$(inst_key "$n")
+    if ! alive "$name"; then
+      install_asterisk_config "$n"
+      start "$name" /usr/sbin/asterisk ip netns exec "$NS" chroot "$ROOT" /usr/sbin/asterisk \
+        -f -n -C "/etc/asterisk-$key/asterisk.conf" -U asterisk -G asterisk
+    fi
+    wait_for "Asterisk $n" chroot "$ROOT" /usr/sbin/asterisk -C "/etc/asterisk-$key/asterisk.conf" \
+      -rx 'core waitfullybooted'
+  done
 
   if [[ $SERVE != 0 ]] && ! alive callmfa; then
     [[ -x $VENV/bin/callmfa ]] || die "no $VENV/bin/callmfa: run 'make venv' first"
@@ -231,8 +255,9 @@ cmd_down() {
   if [[ -d $SB/pids ]]; then
     stop callmfa
     for f in "$SB"/pids/phone*.pid; do [[ -e $f ]] && stop "$(basename "$f" .pid)"; done
-    if alive asterisk; then ast -rx 'core stop now' >/dev/null 2>&1 || true; fi
-    stop asterisk
+    for f in "$SB"/pids/asterisk*.pid; do
+      [[ -e $f ]] && stop "$(basename "$f" .pid)"
+    done
     stop redis
   fi
   if ip netns list | grep -qw "^$NS"; then ip netns del "$NS"; fi
@@ -241,7 +266,9 @@ cmd_down() {
 
 cmd_status() {
   local rc=0
-  for name in redis asterisk callmfa; do
+  local extra
+  extra=$(for f in "$SB"/pids/asterisk?*.pid; do [[ -e $f ]] && basename "$f" .pid; done || true)
+  for name in redis asterisk $extra callmfa; do
     if alive "$name"; then echo "$name: running (pid $(cut -d' ' -f1 "$SB/pids/$name.pid"))"; else echo "$name: stopped"; rc=3; fi
   done
   ip netns list | grep -qw "^$NS" && echo "namespace $NS: present" || echo "namespace $NS: absent"

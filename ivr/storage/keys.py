@@ -22,6 +22,11 @@ def result_key(rid: str) -> str:
     return f"callmfa:result:{rid}"
 
 
+def consumer_key(consumer: str) -> str:
+    """The liveness lease of an originator: present while it runs."""
+    return f"callmfa:consumer:{consumer}"
+
+
 def call_key(rid: str) -> str:
     """The call marker of ``rid``: what the IVR needs, and proof that it was dialled."""
     return f"callmfa:call:{rid}"

@@ -13,6 +13,8 @@ from redis.exceptions import RedisError
 
 from ..domain.outcome import OutcomeRecord
 from ..exceptions import OutcomeSignatureError
+from ..tasks import cancel_and_wait
+from .retry import retrying
 from .store import RESULTS_CHANNEL, result_key
 
 log = structlog.get_logger("ivr.results")
@@ -50,9 +52,7 @@ class ResultListener:
     async def close(self) -> None:
         """Stop listening."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -103,18 +103,22 @@ class ResultListener:
             if raw is not None:
                 self._dispatch(raw)
 
+    async def _get(self, rid: str, retry_s: float) -> bytes | str | None:
+        return await retrying(lambda: self._redis.get(result_key(rid)),
+                              what="get_outcome", for_s=max(retry_s, 1.0))
+
     async def wait(self, rid: str, timeout_s: float) -> OutcomeRecord | None:
         """The outcome of ``rid``, or None if there is none within ``timeout_s``."""
         future: asyncio.Future[OutcomeRecord] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(rid, []).append(future)
         try:
-            raw = await self._redis.get(result_key(rid))
+            raw = await self._get(rid, timeout_s)
             if raw is not None:
                 return self._parse(raw)
             try:
                 return await asyncio.wait_for(future, timeout_s)
             except TimeoutError:
-                raw = await self._redis.get(result_key(rid))
+                raw = await self._get(rid, timeout_s)
                 return self._parse(raw) if raw is not None else None
         finally:
             futures = self._waiters.get(rid, [])

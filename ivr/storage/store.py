@@ -14,9 +14,13 @@ from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..domain.outcome import OutcomeRecord
+from ..domain.outcome import OutcomeRecord, iso
 from .keys import (
     DEADLETTER,
     EVENTS,
@@ -25,6 +29,7 @@ from .keys import (
     RESULTS_CHANNEL,
     STORE_OUTCOME,
     call_key,
+    consumer_key,
     event_fields,
     outcome_script_args,
     result_key,
@@ -55,6 +60,15 @@ class Claim(StrEnum):
 
 
 @dataclass(frozen=True)
+class Pending:
+    """A delivered, unacknowledged entry: who holds it and for how long."""
+
+    entry_id: str
+    consumer: str
+    idle_ms: int
+
+
+@dataclass(frozen=True)
 class Entry:
     """One stream entry: its id (whose first part is the enqueue time in ms) and payload."""
 
@@ -67,6 +81,10 @@ class Entry:
         return int(self.entry_id.split("-", 1)[0]) / 1000
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
     """A client on a blocking pool: waiting for a free connection beats failing at once."""
     pool = BlockingConnectionPool.from_url(
@@ -76,6 +94,9 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s + 10,
         health_check_interval=30,
+        # After a Redis restart every pooled connection is stale: retry on a fresh one.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis.from_pool(pool)
 
@@ -106,7 +127,7 @@ class Store:
         self._store_outcome = redis.register_script(STORE_OUTCOME)
 
     async def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) if missing."""
+        """Create the consumer group (and the stream) if missing (e.g. after a Redis loss)."""
         try:
             await self.redis.xgroup_create(REQUESTS, GROUP, id="0", mkstream=True)
         except ResponseError as e:
@@ -121,9 +142,44 @@ class Store:
         entries = []
         for _stream, items in reply or ():
             for entry_id, fields in items:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                entries.append(Entry(eid, (fields or {}).get(b"request")))
+                entries.append(Entry(_text(entry_id), (fields or {}).get(b"request")))
         return entries
+
+    async def heartbeat(self, consumer: str, lease_ms: int) -> None:
+        """Renew this originator's lease; others take over its entries once it lapses."""
+        await self.redis.set(consumer_key(consumer), "1", px=lease_ms)
+
+    async def retire(self, consumer: str) -> None:
+        """Give the lease up at once (clean shutdown): what is left pending is free to take."""
+        await self.redis.delete(consumer_key(consumer))
+
+    async def pending(self, min_idle_ms: int, count: int) -> list[Pending]:
+        """Entries delivered at least ``min_idle_ms`` ago and not acknowledged."""
+        rows: Any = await self.redis.xpending_range(
+            REQUESTS, GROUP, min="-", max="+", count=count, idle=min_idle_ms
+        )
+        return [
+            Pending(_text(r["message_id"]), _text(r["consumer"]), int(r["time_since_delivered"]))
+            for r in rows
+        ]
+
+    async def alive(self, consumers: set[str]) -> set[str]:
+        """Which of these originators hold a lease now."""
+        names = sorted(consumers)
+        if not names:
+            return set()
+        leases: Any = await self.redis.mget([consumer_key(c) for c in names])
+        return {name for name, lease in zip(names, leases, strict=True) if lease is not None}
+
+    async def claim(self, consumer: str, entry_ids: list[str], min_idle_ms: int) -> list[Entry]:
+        """Take entries over; an entry another originator claimed first is not returned."""
+        if not entry_ids:
+            return []
+        ids: list[Any] = list(entry_ids)
+        reply: Any = await self.redis.xclaim(
+            REQUESTS, GROUP, consumer, min_idle_time=min_idle_ms, message_ids=ids
+        )
+        return [Entry(_text(eid), (fields or {}).get(b"request")) for eid, fields in reply]
 
     async def ack(self, entry_id: str) -> None:
         """The request is done with: its outcome is stored."""
@@ -142,10 +198,14 @@ class Store:
         raw: Any = await self.redis.hgetall(call_key(rid))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    async def update_call(self, rid: str, **fields: str) -> None:
-        """Add facts to a call marker (e.g. answered_at)."""
-        mapping: dict[Any, Any] = dict(fields)
-        await self.redis.hset(call_key(rid), mapping=mapping)
+    async def mark_answered(self, rid: str, at: float) -> None:
+        """The call was answered: the ``answered`` event, then the marker's answered_at,
+        in one round trip (so the event precedes anything the IVR writes next)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(EVENTS, {"id": rid, "event": "answered", "at": iso(at) or ""},
+                      maxlen=self._maxlen, approximate=True)
+            pipe.hset(call_key(rid), "answered_at", str(at))
+            await pipe.execute()
 
     async def store_outcome(self, record: OutcomeRecord, *, input_at: float | None = None) -> bool:
         """Store and publish the outcome; False if ``record.id`` already had one.

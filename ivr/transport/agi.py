@@ -13,7 +13,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 
-from ..exceptions import AgiCommandError, AgiError, AgiHangup
+from ..exceptions import AgiCommandError, AgiConnectionLostError, AgiError, AgiHangup
 
 MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 200
@@ -90,9 +90,11 @@ class AgiChannel:
         try:
             raw = await asyncio.wait_for(self._reader.readuntil(b"\n"), self._timeout)
         except (asyncio.IncompleteReadError, ConnectionError):
-            # Asterisk closes a FastAGI socket when the channel goes away.
-            self.hung_up = True
-            raise AgiHangup() from None
+            # After a caller's hang-up Asterisk says HANGUP before it closes the socket;
+            # a socket that just closes means Asterisk (or the network) went away.
+            if self.hung_up:
+                raise AgiHangup() from None
+            raise AgiConnectionLostError("the AGI connection closed without a hang-up") from None
         except TimeoutError:
             raise AgiError(f"no AGI reply within {self._timeout}s") from None
         except asyncio.LimitOverrunError:
@@ -111,8 +113,7 @@ class AgiChannel:
         try:
             await self._writer.drain()
         except ConnectionError:
-            self.hung_up = True
-            raise AgiHangup() from None
+            raise AgiConnectionLostError("the AGI connection broke") from None
         while True:
             line = await self._readline()
             if line == "HANGUP":
@@ -177,6 +178,6 @@ class AgiChannel:
         await self.execute("EXEC", "Playback", "&".join(files))
 
     async def hangup(self) -> None:
-        """Hang up the channel; a caller who is already gone is fine."""
-        with contextlib.suppress(AgiHangup):
+        """Hang up the channel; a caller (or an Asterisk) that is already gone is fine."""
+        with contextlib.suppress(AgiHangup, AgiConnectionLostError):
             await self.execute("HANGUP")

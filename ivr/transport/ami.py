@@ -9,6 +9,7 @@ Here a lost connection fails every pending action and reconnecting is the owner'
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,9 +84,37 @@ class AmiClient:
         self._watches: dict[str, ChannelWatch] = {}
         self.connected = asyncio.Event()
         self.lost = asyncio.Event()
+        self.reconnects = 0
 
     def __repr__(self) -> str:
-        return f"AmiClient({self._user}@{self._host}:{self._port}, secret=***)"
+        return f"AmiClient({self._user}@{self.endpoint}, secret=***)"
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of this Asterisk."""
+        return f"{self._host}:{self._port}"
+
+    async def maintain(self, *, max_backoff_s: float = 10.0) -> None:
+        """Stay logged in: reconnect with backoff and jitter whenever the connection drops.
+
+        Runs until cancelled. A refused login is retried too (slowly), so that fixing
+        manager.conf needs no restart of callmfa.
+        """
+        attempt = 0
+        while True:
+            if not self.connected.is_set():
+                try:
+                    await self.connect()
+                    attempt = 0
+                    self.reconnects += 1
+                except AmiError as e:
+                    wait = random.uniform(0, min(max_backoff_s, 0.25 * 2**attempt))  # noqa: S311
+                    attempt += 1
+                    log.warning("ami_reconnect_failed", endpoint=self.endpoint, error=str(e),
+                                retry_in_s=round(wait, 2))
+                    await asyncio.sleep(wait)
+                    continue
+            await self.lost.wait()
 
     async def connect(self) -> None:
         """Connect and log in; raise AmiConnectError or AmiLoginError within the timeout."""

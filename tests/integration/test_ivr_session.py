@@ -320,7 +320,10 @@ class TestHangUp:
         assert commands == [READ.format(files=GREETING), GET_KEYS, READ.format(files=GREETING)]
 
     async def test_socket_closed_without_reply(self, ivr: Ivr) -> None:
-        """Asterisk closing the socket while Read() runs counts as a hang-up."""
+        """The socket closing with no HANGUP first is Asterisk lost, not a hang-up.
+
+        (A caller's hang-up always reaches the IVR as HANGUP or result=-1 first.)
+        """
         rid = "99999999-9999-4999-8999-999999999999"
 
         def close_on_read(command: str) -> Reply | bool:
@@ -328,7 +331,7 @@ class TestHangUp:
 
         _, stored = await run_call(ivr, rid, on_command=close_on_read)
 
-        assert stored["outcome"] == "hung_up"
+        assert (stored["outcome"], stored["detail"]) == ("error", "asterisk_lost")
 
     async def test_dead_channel_reply_is_a_hang_up(self, ivr: Ivr) -> None:
         """'511 Command Not Permitted on a dead channel' counts as a hang-up."""
@@ -378,9 +381,9 @@ class TestHangUp:
         assert stored["outcome"] == "approved"
         assert commands == [READ.format(files=GREETING), GET_KEYS]
 
-    async def test_connection_reset_is_a_hang_up(self, ivr: Ivr) -> None:
-        """A connection reset (RST) while a command runs is the caller being gone: the IVR
-        stores hung_up, as for a closed socket."""
+    async def test_connection_reset_is_asterisk_lost(self, ivr: Ivr) -> None:
+        """A connection reset (RST) while a command runs: error/asterisk_lost, as for a
+        socket that closes without a hang-up."""
         rid = "cccccccc-cccc-4ccc-8ccc-cccccccccccc"
         await place_call(ivr.store, rid)
         asterisk = FakeAsterisk(
@@ -390,7 +393,8 @@ class TestHangUp:
         await asterisk.call(ivr.port, rid)
         await ivr.idle()
 
-        assert (await outcome_json(ivr.redis, rid) or {}).get("outcome") == "hung_up"
+        stored = await outcome_json(ivr.redis, rid) or {}
+        assert (stored.get("outcome"), stored.get("detail")) == ("error", "asterisk_lost")
 
 
 class TestErrors:

@@ -26,7 +26,8 @@ from ivr.originator import Originator
 from ivr.settings import Settings
 from ivr.storage.results import ResultListener
 from ivr.storage.store import DEADLETTER, EVENTS, GROUP, REQUESTS, Store, call_key
-from ivr.transport.ami import AmiClient, ChannelWatch, OriginateResult
+from ivr.transport.ami import ChannelWatch, OriginateResult
+from ivr.transport.ami_pool import AmiPool
 
 from .conftest import eventually
 
@@ -60,6 +61,15 @@ class FakeAmi:
     active: int = 0
     max_active: int = 0
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    endpoint = "fake-asterisk:5038"
+
+    # The AmiPool side: one fake Asterisk with unlimited room.
+    async def acquire(self, timeout_s: float) -> FakeAmi:
+        return self
+
+    async def release(self, client: FakeAmi) -> None:
+        pass
 
     def watch(self, uniqueid: str) -> ChannelWatch:
         self.log.append(("watch", uniqueid))
@@ -227,7 +237,7 @@ async def start(redis: Redis) -> AsyncIterator[Start]:
         results = ResultListener(redis)
         await results.start()
         ami = FakeAmi(store, network)
-        originator = Originator(make_settings(**settings), store, cast(AmiClient, ami), results)
+        originator = Originator(make_settings(**settings), store, cast(AmiPool, ami), results)
         task = asyncio.create_task(originator.run())
         harness = Harness(originator, ami, results, store, redis, task)
         harnesses.append(harness)

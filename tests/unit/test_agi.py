@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ivr.domain.prompts import sound_files
-from ivr.exceptions import AgiCommandError, AgiError, AgiHangup
+from ivr.exceptions import AgiCommandError, AgiConnectionLostError, AgiError, AgiHangup
 from ivr.transport.agi import (
     AgiChannel,
     AgiReply,
@@ -315,10 +315,23 @@ class TestExecute:
             await channel.execute("NOOP")
 
     @pytest.mark.parametrize("partial", [b"", b"200 resu"])
-    async def test_eof_is_hangup(self, partial: bytes) -> None:
-        """The peer closing the socket (even mid-line) raises AgiHangup."""
+    async def test_bare_eof_is_connection_lost(self, partial: bytes) -> None:
+        """A socket that closes with no HANGUP first (even mid-line): Asterisk went away.
+
+        A caller's hang-up always sends HANGUP (or result=-1) before Asterisk closes.
+        """
         channel, _, reader = make_channel()
         reader.feed_data(partial)
+        reader.feed_eof()
+
+        with pytest.raises(AgiConnectionLostError):
+            await channel.execute("NOOP")
+
+        assert not channel.hung_up
+
+    async def test_eof_after_hangup_line_is_hangup(self) -> None:
+        """HANGUP, then the socket closes: the caller hung up."""
+        channel, _, reader = make_channel("HANGUP")
         reader.feed_eof()
 
         with pytest.raises(AgiHangup):
@@ -345,15 +358,13 @@ class TestExecute:
         with pytest.raises(AgiError, match="too long"):
             await channel.execute("NOOP")
 
-    async def test_drain_connection_error_is_hangup(self) -> None:
-        """A connection error while sending means the caller is gone."""
+    async def test_drain_connection_error_is_connection_lost(self) -> None:
+        """A connection error while sending: the AGI connection itself broke."""
         writer = FakeWriter(drain_error=ConnectionResetError())
         channel, _, _ = make_channel(writer=writer)
 
-        with pytest.raises(AgiHangup):
+        with pytest.raises(AgiConnectionLostError):
             await channel.execute("NOOP")
-
-        assert channel.hung_up
 
     async def test_no_command_after_hangup(self) -> None:
         """Once hung up, execute raises AgiHangup without writing anything."""
@@ -474,9 +485,9 @@ class TestPlaybackAndHangup:
 
     @pytest.mark.parametrize("lines", [("200 result=-1",), ()])
     async def test_hangup_when_caller_is_gone(self, lines: tuple[str, ...]) -> None:
-        """hangup on a channel whose caller already left does not raise."""
+        """hangup on a channel whose caller (or whose Asterisk) is gone does not raise."""
         channel, _, _ = make_channel(*lines, eof=True)
 
         await channel.hangup()
 
-        assert channel.hung_up
+        assert channel.hung_up == bool(lines)

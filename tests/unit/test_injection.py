@@ -33,10 +33,21 @@ VALID = {"id": "0b6d2c44-3e4f-4a8e-9d7c-2f7f1c0e5a11", "user": "alice",
 
 
 class FakeAmi:
-    """Records the Originate actions; every call ends busy at once."""
+    """Records the Originate actions; every call ends busy at once.
+
+    Also the AmiPool side: one Asterisk, always free.
+    """
+
+    endpoint = "fake:5038"
 
     def __init__(self) -> None:
         self.actions: list[tuple[dict[str, str], dict[str, str]]] = []
+
+    async def acquire(self, timeout_s: float) -> FakeAmi:
+        return self
+
+    async def release(self, client: FakeAmi) -> None:
+        pass
 
     def watch(self, rid: str) -> ChannelWatch:
         w = ChannelWatch()
@@ -68,7 +79,7 @@ class FakeStore:
     async def event(self, rid: str, name: str, **fields: str) -> None:
         pass
 
-    async def update_call(self, rid: str, **fields: str) -> None:
+    async def mark_answered(self, rid: str, at: float) -> None:
         pass
 
     async def store_outcome(self, record: OutcomeRecord) -> bool:
@@ -93,7 +104,7 @@ class AdmitAll:
 def _run(payload: bytes) -> tuple[FakeAmi, FakeStore]:
     ami, store = FakeAmi(), FakeStore()
     originator = Originator(Settings(), store, ami, None, AdmitAll())  # type: ignore[arg-type]
-    asyncio.run(originator._process(Entry("1700000000000-0", payload)))
+    asyncio.run(originator._process(Entry("1700000000000-0", payload), taken_over=False))
     return ami, store
 
 

@@ -11,10 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.doctor import Status, _privileges, check_dial_template, probe_url
 from ivr.domain.outcome import Outcome, OutcomeRecord
-from ivr.metrics import Metrics, MetricsServer
+from ivr.metrics import Metrics, metrics_route
 from ivr.reference import BEGIN, END, settings_markdown
 from ivr.report import Finished, Report, render_csv, render_text
 from ivr.settings import Settings
+from ivr.transport.http import HttpServer, Response
 
 from ..conftest import REPO
 
@@ -54,8 +55,12 @@ class TestMetrics:
     async def test_server_answers_metrics_health_and_404(self) -> None:
         """GET /metrics, /healthz (503 when unhealthy) and anything else over real TCP."""
         healthy = [True]
-        server = MetricsServer(Metrics(), host="127.0.0.1", port=0,
-                               healthy=lambda: healthy[0])
+
+        async def healthz() -> Response:
+            return (200, "text/plain", b"ok\n") if healthy[0] else (503, "text/plain", b"no\n")
+
+        server = HttpServer({"/metrics": metrics_route(Metrics()), "/healthz": healthz},
+                            host="127.0.0.1", port=0)
         await server.start()
 
         async def get(path: str) -> bytes:
@@ -67,10 +72,10 @@ class TestMetrics:
 
         try:
             assert b"callmfa_calls_placed_total 0.0" in await get("/metrics")
-            assert (await get("/healthz")).startswith(b"HTTP/1.0 200")
+            assert (await get("/healthz")).startswith(b"HTTP/1.1 200")
             healthy[0] = False
-            assert (await get("/healthz")).startswith(b"HTTP/1.0 503")
-            assert (await get("/nope")).startswith(b"HTTP/1.0 404")
+            assert (await get("/healthz")).startswith(b"HTTP/1.1 503")
+            assert (await get("/nope")).startswith(b"HTTP/1.1 404")
         finally:
             await server.close()
 
