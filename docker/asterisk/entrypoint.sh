@@ -1,30 +1,73 @@
 #!/usr/bin/env bash
-# The Asterisk image's start-up: the very steps of install_asterisk_config in
-# docker/sandbox/sandbox.sh, with the root at / (tests/unit/test_docker.py compares them).
+# The Asterisk image's start-up: the sandbox's first Asterisk (docker/sandbox/sandbox.sh,
+# instance 1), with the root at / and the repository's files under /opt/callmfa. The
+# functions below are sandbox.sh's, step for step: tests/unit/test_docker.py compares them
+# and names every line that differs (SANDBOX_ONLY). Edit both files together.
 set -euo pipefail
 ROOT=/
+here=/opt/callmfa  # the sandbox's directory: asterisk/*.conf
+repo=/opt/callmfa  # the repository: dialplan/, agi_scripts/, ivr/ and the prompts in build/
 NS=${CALLMFA_NETNS:-callmfa}
 PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}
-AST_CONF=/etc/asterisk-$NS/asterisk.conf
-[[ -r $CALLMFA_AMI_SECRET_FILE ]] || { echo "no AMI secret at $CALLMFA_AMI_SECRET_FILE" >&2; exit 1; }
+[[ -r ${CALLMFA_AMI_SECRET_FILE:-} ]] || {
+  echo "callmfa-asterisk: no readable AMI secret at CALLMFA_AMI_SECRET_FILE=${CALLMFA_AMI_SECRET_FILE:-}" >&2
+  exit 1
+}
 
-# --- install_asterisk_config
-  etc=$ROOT/etc/asterisk-$NS
+inst_key() { if (($1 == 1)); then echo "$NS"; else echo "$NS-$1"; fi; }
+
+install_asterisk_config() {
+  local n=$1 key etc secret
+  key=$(inst_key "$n")
+  etc=$ROOT/etc/asterisk-$key
   rm -rf "$etc"
   mkdir -p "$etc"
-  cp /opt/callmfa/asterisk/*.conf /opt/callmfa/dialplan/*.conf "$etc/"
+  cp "$here"/asterisk/*.conf "$repo"/dialplan/*.conf "$etc/"
   cp "$ROOT/etc/asterisk/indications.conf" "$ROOT/etc/asterisk/amd.conf" "$ROOT/etc/asterisk/acl.conf" "$etc/"
-  sed -i "s/@NS@/$NS/g" "$etc/asterisk.conf"
+  sed -i "s/@NS@/$key/g" "$etc/asterisk.conf"
+  sed -i "s/^port = 5038/port = $((5037 + n))/" "$etc/manager.conf"
+  sed -i "s/^bind = 127.0.0.1:5060/bind = 127.0.0.1:$((5059 + n))/" "$etc/pjsip.conf"
+  sed -i "s/^rtpstart = .*/rtpstart = $((15000 + 5000 * n))/; s/^rtpend = .*/rtpend = $((19999 + 5000 * n))/" "$etc/rtp.conf"
   sed -i "s/@PHONE@/$PHONE/g" "$etc/pjsip.conf"
   secret=$(cat "$CALLMFA_AMI_SECRET_FILE")
   sed -i "s/^secret = .*/secret = $secret/" "$etc/manager_callmfa.conf"
   chmod 640 "$etc/manager_callmfa.conf"
-  for d in "/run/asterisk-$NS" "/var/log/asterisk-$NS" "/var/lib/asterisk-$NS" "/var/spool/asterisk-$NS"; do
+  for d in "/run/asterisk-$key" "/var/log/asterisk-$key" "/var/lib/asterisk-$key" "/var/spool/asterisk-$key"; do
     mkdir -p "$ROOT$d"
   done
-  : >"$ROOT/var/log/asterisk-$NS/messages.log"
-  chroot "$ROOT" chown -R asterisk:asterisk "/etc/asterisk-$NS" "/run/asterisk-$NS" \
-    "/var/log/asterisk-$NS" "/var/lib/asterisk-$NS" "/var/spool/asterisk-$NS"
-# --- end
+  : >"$ROOT/var/log/asterisk-$key/messages.log"
+  chroot "$ROOT" chown -R asterisk:asterisk "/etc/asterisk-$key" "/run/asterisk-$key" \
+    "/var/log/asterisk-$key" "/var/lib/asterisk-$key" "/var/spool/asterisk-$key"
+  install_classic_agi "$key"
+  install_prompts
+}
 
-exec /usr/sbin/asterisk -f -n -C "$AST_CONF" -U asterisk -G asterisk
+install_classic_agi() {
+  local key=$1 agi site
+  agi=$ROOT/var/lib/asterisk-$key/agi-bin
+  site=/opt/callmfa/site
+  rm -rf "$agi"
+  mkdir -p "$agi/callmfa-lib"
+  install -m 755 "$repo/agi_scripts/callmfa-verify.agi" "$agi/"
+  cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
+  find "$agi" -name __pycache__ -prune -exec rm -rf {} +
+  chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
+  { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e '^CALLMFA_NETNS=' \
+      | sed 's/^/export /' || true; } >"$ROOT/etc/asterisk-$key/callmfa.env"
+  chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin" "/etc/asterisk-$key/callmfa.env"
+}
+
+install_prompts() {
+  local dir lang target
+  for dir in "$repo"/build/prompts/*/callmfa; do
+    lang=$(basename "$(dirname "$dir")")
+    target=$(chroot "$ROOT" sh -c "mkdir -p /usr/share/asterisk/sounds/$lang/callmfa && readlink -f /usr/share/asterisk/sounds/$lang/callmfa")
+    cp "$dir"/*.wav "$ROOT$target/"
+  done
+}
+
+# One Asterisk per container: instance 1 (AMI 5038, SIP 5060); more PBXs, more containers.
+n=1
+key=$(inst_key "$n")
+install_asterisk_config "$n"
+exec /usr/sbin/asterisk -f -n -C "/etc/asterisk-$key/asterisk.conf" -U asterisk -G asterisk

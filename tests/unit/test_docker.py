@@ -8,6 +8,8 @@ versions or the service settings differ.
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
 import sys
 import tomllib
 from importlib.metadata import version
@@ -25,59 +27,211 @@ SERVICE_DOCKERFILE = (DOCKER / "Dockerfile").read_text()
 COMPOSE = (DOCKER / "compose.yaml").read_text()
 LOCK = (DOCKER / "requirements.lock").read_text()
 
-# The lines that must differ: where the files come from, and the sandbox's log link.
-SANDBOX_ONLY = {
-    'cp "$here"/asterisk/*.conf "$repo"/dialplan/*.conf "$etc/"':
-        'cp /opt/callmfa/asterisk/*.conf /opt/callmfa/dialplan/*.conf "$etc/"',
-    'secret=$(cat "$SB/ami-secret")': 'secret=$(cat "$CALLMFA_AMI_SECRET_FILE")',
-    'local etc=$ROOT/etc/asterisk-$NS secret': "etc=$ROOT/etc/asterisk-$NS",
+# The per-instance steps of `sandbox.sh up` (before it starts an Asterisk): the entrypoint
+# defines functions of the same names and runs them for instance 1.
+MIRRORED = ("inst_key", "install_asterisk_config", "install_classic_agi", "install_prompts")
+
+# Every line of those functions that must differ, as (function, sandbox line) -> the image's
+# line, or None where the image has no such step (lines as _functions gives them).
+SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
+    # The sandbox makes its AMI secret; the container is given one (a Docker secret).
+    ("install_asterisk_config", 'secret=$(cat "$SB/ami-secret")'):
+        'secret=$(cat "$CALLMFA_AMI_SECRET_FILE")',
+    # A link in the sandbox's logs directory; the container keeps the log where Asterisk puts it.
+    ("install_asterisk_config",
+     'ln -sfn "$ROOT/var/log/asterisk-$key/messages.log" "$SB/logs/$(inst_name "$n").log"'): None,
+    # pyst2's `asterisk` package: from the sandbox's venv; from the image's payload stage.
+    ("install_classic_agi",
+     "site=$(\"$VENV/bin/python\" -c 'import asterisk, os; "
+     "print(os.path.dirname(os.path.dirname(asterisk.__file__)))')"): "site=/opt/callmfa/site",
+    # The classic script's settings: the sandbox's env file and CALLMFA_* environment (less
+    # the AMI secret and its own variables); the container's CALLMFA_* environment (less the
+    # AMI secret and the namespace name).
+    ("install_classic_agi",
+     "{ grep -v -e AMI_SECRET -e '^#' \"$SB/env\"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET "
+     "-e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true; } "
+     '>"$ROOT/etc/asterisk-$key/callmfa.env"'):
+        "{ env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e '^CALLMFA_NETNS=' "
+        "| sed 's/^/export /' || true; } >\"$ROOT/etc/asterisk-$key/callmfa.env\"",
+    # The prompts are made once, when the image is built (test_prompts_made_at_build_time).
+    ("install_prompts", '"$VENV/bin/python" -m ivr.promptgen "$repo/build/prompts" >/dev/null'):
+        None,
 }
 
 
-def _function_body(script: str, name: str) -> list[str]:
-    body = script.split(f"{name}() {{\n", 1)[1].split("\n}\n", 1)[0]
-    return [line.strip() for line in body.splitlines() if line.strip()]
+def _logical_lines(text: str) -> list[str]:
+    """Shell lines with continuations joined, stripped, without blanks and comment lines."""
+    lines = re.sub(r"\s*\\\n\s*", " ", text).splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-def _asterisk_flags(text: str) -> list[str]:
-    m = re.search(r'chroot "\$ROOT" /usr/sbin/asterisk ((?:[^\n\\]|\\\n)*)',
-                  text.split("start asterisk")[-1])
-    assert m is not None
-    return m.group(1).replace("\\\n", " ").replace('"$AST_CONF"', "CONF").split()
+def _functions(script: str) -> dict[str, list[str]]:
+    """Each shell function of a script (`name() {` ... `}` or `name() { ...; }`), by name."""
+    found = {name: [body] for name, body in re.findall(r"^(\w+)\(\) \{ (.*); \}$", script, re.M)}
+    for name, body in re.findall(r"^(\w+)\(\) \{\n(.*?)^\}$", script, re.M | re.S):
+        found[name] = _logical_lines(body)
+    return found
+
+
+def _main(script: str) -> list[str]:
+    """A script's top-level lines (outside its functions)."""
+    body = re.sub(r"^\w+\(\) \{\n.*?^\}$", "", script, flags=re.M | re.S)
+    return _logical_lines(re.sub(r"^\w+\(\) \{ .*; \}$", "", body, flags=re.M))
+
+
+def _asterisk_flags(line: str) -> list[str]:
+    """The arguments after the last /usr/sbin/asterisk of a command line."""
+    words = shlex.split(line)
+    return words[len(words) - words[::-1].index("/usr/sbin/asterisk"):]
+
+
+def _bash_array(name: str) -> list[str]:
+    m = re.search(rf"^{name}=\(([^)]*)\)", SANDBOX_SH, re.M)
+    assert m is not None, name
+    return m.group(1).split()
+
+
+def _dockerfile_arg(name: str) -> list[str]:
+    m = re.search(rf'^ARG {name}="([^"]+)"', ASTERISK_DOCKERFILE, re.M)
+    assert m is not None, name
+    return m.group(1).split()
+
+
+SANDBOX_FUNCTIONS = _functions(SANDBOX_SH)
+ENTRYPOINT_FUNCTIONS = _functions(ENTRYPOINT)
+
+
+def _commands(line: str) -> list[str]:
+    """The first words of the commands in a shell line (also inside $(...) and after ;, &&, |)."""
+    return re.findall(r"(?:^|\$\(|[;&|{]\s)\s*([A-Za-z_]\w*)", line)
+
+
+def _undefined_variables(body: list[str], defined: set[str]) -> set[str]:
+    """The variables a function body reads that it neither declares nor finds in `defined`."""
+    text = "\n".join(body)
+    own = set(re.findall(r"^(\w+)=", text, re.M)) | set(re.findall(r"\bfor (\w+) in", text))
+    for declaration in re.findall(r"^local (.*)$", text, re.M):
+        own |= {word.split("=")[0] for word in declaration.split()}
+    return set(re.findall(r"\$\{?([A-Za-z_]\w*)", text)) - own - defined
 
 
 class TestAsteriskImage:
     def test_same_packages_from_the_same_suite(self) -> None:
-        """The image installs the packages debootstrap includes, from Debian sid."""
+        """The image installs debootstrap's packages and the root's, from Debian sid."""
         m = re.search(r"--include=(\S+)", SANDBOX_SH)
         assert m is not None
-        image = re.search(r'ARG ASTERISK_PACKAGES="([^"]+)"', ASTERISK_DOCKERFILE)
-        assert image is not None
-        assert set(image.group(1).split()) == set(m.group(1).split(","))
+        assert sorted(_dockerfile_arg("ASTERISK_PACKAGES")) == sorted(m.group(1).split(","))
+        assert _dockerfile_arg("ROOT_PACKAGES") == _bash_array("ROOT_PACKAGES")
         assert re.search(r"--include=\S+ \\\n\s+sid ", SANDBOX_SH)
         assert "FROM debian:sid-slim" in ASTERISK_DOCKERFILE
-        assert "--no-install-recommends $ASTERISK_PACKAGES" in ASTERISK_DOCKERFILE
+        assert any("--no-install-recommends $ASTERISK_PACKAGES $ROOT_PACKAGES &&" in line
+                   for line in _logical_lines(ASTERISK_DOCKERFILE))
 
-    def test_same_configuration_files(self) -> None:
-        """The image copies the sandbox's asterisk/*.conf and the product's dialplan/*.conf."""
-        assert "COPY docker/sandbox/asterisk/ /opt/callmfa/asterisk/" in ASTERISK_DOCKERFILE
-        assert "COPY dialplan/ /opt/callmfa/dialplan/" in ASTERISK_DOCKERFILE
+    def test_same_files_where_the_steps_read_them(self) -> None:
+        """Every repository path the steps read ($here/..., $repo/...) is copied there."""
+        roots = {var: re.search(rf"^{var}=(\S+)", ENTRYPOINT, re.M) for var in ("here", "repo")}
+        steps = "\n".join(line for fn in MIRRORED for line in ENTRYPOINT_FUNCTIONS[fn])
+        refs = set(re.findall(r'"\$(here|repo)"?/(\w+)', steps))
+        assert {name for _, name in refs} >= {"asterisk", "dialplan", "agi_scripts", "ivr"}
+        for var, name in refs:
+            root = roots[var]
+            assert root is not None, var
+            source = ("docker/sandbox/" if var == "here" else "") + name
+            if name == "build":  # made in the payload stage (test_prompts_made_at_build_time)
+                name = "build/prompts"
+                source = "--from=payload /opt/callmfa/build/prompts"
+            assert f"COPY {source}/ {root.group(1)}/{name}/" in ASTERISK_DOCKERFILE, name
 
     def test_same_configuration_steps(self) -> None:
-        """The entrypoint runs install_asterisk_config's steps, line for line."""
-        sandbox = [SANDBOX_ONLY.get(line, line)
-                   for line in _function_body(SANDBOX_SH, "install_asterisk_config")
-                   if not line.startswith("ln -sfn")]
-        block = ENTRYPOINT.split("# --- install_asterisk_config\n")[1].split("# --- end")[0]
-        image = [line.strip() for line in block.splitlines() if line.strip()]
-        assert image == sandbox
+        """The entrypoint runs the sandbox's per-instance functions, line for line."""
+        for (fn, line), _ in SANDBOX_ONLY.items():
+            assert line in SANDBOX_FUNCTIONS[fn], f"SANDBOX_ONLY is stale: {fn}: {line}"
+        for fn in MIRRORED:
+            sandbox = [SANDBOX_ONLY.get((fn, line), line) for line in SANDBOX_FUNCTIONS[fn]]
+            expected = [line for line in sandbox if line is not None]
+            assert ENTRYPOINT_FUNCTIONS[fn] == expected, fn
+            for line in expected:  # a step the sandbox adds in a new function needs it here
+                for command in _commands(line):
+                    assert command not in SANDBOX_FUNCTIONS or command in MIRRORED, (fn, line)
 
-    def test_same_asterisk_command_line(self) -> None:
-        """Asterisk runs with the same flags (foreground, user and group asterisk)."""
-        entry = ENTRYPOINT.split("exec /usr/sbin/asterisk ")[1].split("\n")[0]
-        assert entry.replace('"$AST_CONF"', "CONF").split() == _asterisk_flags(SANDBOX_SH)
-        assert "AST_CONF=/etc/asterisk-$NS/asterisk.conf" in SANDBOX_SH
-        assert "AST_CONF=/etc/asterisk-$NS/asterisk.conf" in ENTRYPOINT
+    def test_every_variable_the_steps_read_is_set(self) -> None:
+        """Under `set -u` no step reads a variable the entrypoint does not set (not $SB, $VENV)."""
+        defined = set(re.findall(r"^(\w+)=", "\n".join(_main(ENTRYPOINT)), re.M))
+        assert {"ROOT", "here", "repo", "NS", "PHONE"} <= defined
+        for fn in MIRRORED:
+            missing = _undefined_variables(ENTRYPOINT_FUNCTIONS[fn], defined)
+            assert missing <= {"CALLMFA_AMI_SECRET_FILE"}, (fn, missing)  # checked at start
+        assert "set -euo pipefail" in _main(ENTRYPOINT)
+        assert "ROOT=/" in _main(ENTRYPOINT)
+        for setting in ("NS=${CALLMFA_NETNS:-callmfa}", "PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}"):
+            assert setting in _main(SANDBOX_SH), setting
+            assert setting in _main(ENTRYPOINT), setting
+
+    def test_the_entrypoint_is_valid_bash(self) -> None:
+        """bash parses the entrypoint (no Docker engine runs it here)."""
+        subprocess.run(["bash", "-n", str(DOCKER / "asterisk" / "entrypoint.sh")], check=True,
+                       timeout=10)
+
+    def test_instance_one_configured_then_started_with_the_same_flags(self) -> None:
+        """As `sandbox.sh up` does for each instance: configure it, then start Asterisk with
+        the same flags (foreground, its asterisk.conf, user and group asterisk)."""
+        up = SANDBOX_FUNCTIONS["cmd_up"]
+        start = next(line for line in up if line.startswith('start "$name"'))
+        steps = ['key=$(inst_key "$n")', 'install_asterisk_config "$n"', start]
+        assert [line for line in up if line in steps] == steps
+        tail = _main(ENTRYPOINT)[-4:]
+        assert tail[:3] == ["n=1", *steps[:2]]
+        assert tail[3].startswith("exec /usr/sbin/asterisk ")
+        assert _asterisk_flags(tail[3]) == _asterisk_flags(start)
+
+    def test_same_readiness_check(self) -> None:
+        """The image's and compose's health checks are the sandbox's wait for Asterisk."""
+        wait = next(line for line in SANDBOX_FUNCTIONS["cmd_up"]
+                    if line.startswith('wait_for "Asterisk $n"'))
+        flags = _asterisk_flags(wait)
+        m = re.search(r"^HEALTHCHECK .* CMD (.*)$", "\n".join(_logical_lines(ASTERISK_DOCKERFILE)),
+                      re.M)
+        assert m is not None
+        image = [flag.replace("$CALLMFA_NETNS", "$key") for flag in _asterisk_flags(m.group(1))]
+        assert image == flags
+        compose = re.search(r'test: \["CMD", "/usr/sbin/asterisk", (.*)\]', COMPOSE)
+        assert compose is not None
+        assert "CALLMFA_NETNS: callmfa" in COMPOSE
+        assert [f.strip().strip('"') for f in compose.group(1).split(",")] == [
+            flag.replace("$key", "callmfa") for flag in flags]
+
+    def test_classic_agi_payload_from_the_lock(self) -> None:
+        """pyst2's `asterisk` package comes at the locked version (its six from the root's
+        python3-six), where the entrypoint's install_classic_agi takes it."""
+        site = SANDBOX_ONLY[("install_classic_agi", next(
+            line for line in SANDBOX_FUNCTIONS["install_classic_agi"] if line.startswith("site=")))]
+        assert site is not None
+        target = site.removeprefix("site=")
+        install = next(line for line in _logical_lines(ASTERISK_DOCKERFILE) if "pyst2" in line)
+        assert f"--no-deps --target {target} -c docker/requirements.lock pyst2" in install
+        assert f"COPY --from=payload {target}/asterisk/ {target}/asterisk/" in ASTERISK_DOCKERFILE
+        assert "python3-six" in _bash_array("ROOT_PACKAGES")
+
+    def test_prompts_made_at_build_time(self) -> None:
+        """The prompts the sandbox makes at `up` are made in the image's payload stage, with
+        the sandbox's tools (espeak-ng, sox) and Python, into the entrypoint's $repo/build."""
+        promptgen = SANDBOX_FUNCTIONS["install_prompts"][0]
+        assert SANDBOX_ONLY[("install_prompts", promptgen)] is None
+        assert {"espeak-ng", "sox"} <= set(_bash_array("APT_PACKAGES"))
+        payload = ASTERISK_DOCKERFILE.split("AS payload\n")[1].split("\nFROM ")[0]
+        assert "--no-install-recommends espeak-ng sox" in payload
+        assert "python -m ivr.promptgen /opt/callmfa/build/prompts" in payload
+        assert re.search(r"^repo=/opt/callmfa ", ENTRYPOINT, re.M)
+        assert f"ARG PYTHON={sys.version_info[0]}.{sys.version_info[1]}" in ASTERISK_DOCKERFILE
+        assert "FROM python:${PYTHON}-slim-bookworm AS payload" in ASTERISK_DOCKERFILE
+
+    def test_compose_gives_the_classic_agi_script_its_redis(self) -> None:
+        """The Asterisk container's CALLMFA_* settings (its callmfa.env) name the sandbox's
+        Redis, as the sandbox's env file does."""
+        exports = dict(re.findall(r"export (CALLMFA_\w+)=(.*)", SANDBOX_SH))
+        service = COMPOSE.split("  asterisk:\n", 1)[1].split("\n  redis:\n")[0]
+        compose = dict(re.findall(r"\n\s+(CALLMFA_\w+): (.*)", service))
+        assert compose["CALLMFA_REDIS_URL"] == exports["CALLMFA_REDIS_URL"]
 
 
 class TestServiceImage:
