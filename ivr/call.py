@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .domain.flow import Started, VerificationFlow, make_flow
+from .domain.flow import CodeChecked, Started, VerificationFlow, make_flow
 from .domain.outcome import Outcome, OutcomeRecord
 from .domain.prompts import PROMPTS, prompt_language, sound_files
 from .settings import Settings
@@ -44,6 +44,7 @@ class CallContext:
     match_hash: str = field(default="", repr=False)
     input_at: float | None = None
     input_pending: bool = False  # keys collected, 'input' event not yet written
+    wrong_codes: int = 0
     overridden: frozenset[str] = frozenset()
 
     @classmethod
@@ -119,14 +120,21 @@ class CallContext:
             answered_at=self.answered_at, input_at=self.input_at, finished_at=time.time(),
         )
 
+    def code_checked(self, ok: bool) -> CodeChecked:
+        """The flow's event for a checked code; a wrong one is remembered for the lockout."""
+        if not ok:
+            self.wrong_codes += 1
+        return CodeChecked(ok)
+
     def pin_effect(self, outcome: Outcome) -> PinEffect:
-        """A denied PIN call counts toward the lockout; an approved one clears the count."""
+        """A PIN call with a wrong PIN counts toward the lockout, however it ended (hanging
+        up after wrong guesses must not give free guesses); an approved one clears it."""
         if self.mode != "pin" or not self.user:
             return PinEffect.NONE
-        if outcome is Outcome.DENIED:
-            return PinEffect.COUNT_DENIAL
         if outcome is Outcome.APPROVED:
             return PinEffect.RESET
+        if outcome is Outcome.DENIED or self.wrong_codes:
+            return PinEffect.COUNT_DENIAL
         return PinEffect.NONE
 
 

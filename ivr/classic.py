@@ -20,7 +20,6 @@ from .call import AMD_STATUS, CallContext, PinEffect
 from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
-    CodeChecked,
     Collect,
     Digits,
     Done,
@@ -129,7 +128,7 @@ class ClassicDriver:
                     self._store.event(call.id, "input")
                 return Digits(digits, timed_out)
             if isinstance(step, CheckCode):
-                return CodeChecked(check_code(step.digits, call.expected_hash))
+                return call.code_checked(check_code(step.digits, call.expected_hash))
             if isinstance(step, Play):
                 self._command("appexec", "Playback", "&".join(
                     call.files(step.prompts, self._settings)))

@@ -16,7 +16,6 @@ from .call import AMD_STATUS, CallContext, PinEffect
 from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
-    CodeChecked,
     Collect,
     Digits,
     Done,
@@ -139,7 +138,7 @@ class VerificationIvr:
                 elif isinstance(step, CheckCode):
                     ok = await asyncio.to_thread(check_code, step.digits, call.expected_hash)
                     log.info("code_checked", ok=ok)
-                    event = CodeChecked(ok)
+                    event = call.code_checked(ok)
                 elif isinstance(step, Play):
                     await channel.playback(call.files(step.prompts, self._settings))
                     event = Done()

@@ -114,7 +114,7 @@ class Sandbox:
 E2E_SETTINGS = {
     "CALLMFA_INPUT_TIMEOUT_S": "1.5",
     "CALLMFA_MAX_ATTEMPTS": "2",
-    "CALLMFA_RING_TIMEOUT_S": "3",
+    "CALLMFA_RING_TIMEOUT_S": "5",
     "CALLMFA_OUTCOME_GRACE_S": "2",
     "CALLMFA_SHUTDOWN_GRACE_S": "5",
     "CALLMFA_MAX_CALL_S": "30",
@@ -132,6 +132,9 @@ E2E_SETTINGS = {
     # ... and a 0# (test_zero_pound_reports_fraud) is audited without blocking 'alice'.
     "CALLMFA_FRAUD_BLOCK_S": "0",
 }
+
+# A second `callmfa serve` beside the sandbox's own: its HTTP endpoints would clash.
+SECOND_SERVICE = {"CALLMFA_HEALTH_PORT": "0", "CALLMFA_METRICS_PORT": "0"}
 
 
 def _setns(fd: int) -> None:

@@ -206,6 +206,8 @@ class Store:
                       maxlen=self._maxlen, approximate=True)
             pipe.hset(call_key(rid), "answered_at", str(at))
             await pipe.execute()
+        if self._observer is not None:
+            self._observer.event_added("answered")
 
     async def store_outcome(self, record: OutcomeRecord, *, input_at: float | None = None) -> bool:
         """Store and publish the outcome; False if ``record.id`` already had one.

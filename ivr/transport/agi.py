@@ -85,6 +85,7 @@ class AgiChannel:
         self._writer = writer
         self._timeout = timeout_s
         self.hung_up = False
+        self._told_hangup = False  # Asterisk sent its HANGUP line
 
     async def _readline(self) -> str:
         try:
@@ -117,7 +118,7 @@ class AgiChannel:
         while True:
             line = await self._readline()
             if line == "HANGUP":
-                self.hung_up = True
+                self.hung_up = self._told_hangup = True
                 continue  # the reply to the pending command still follows
             code = line[:3]
             if code == "100":
@@ -161,7 +162,19 @@ class AgiChannel:
 
         For secret keys: unlike Read(), it does not log what was keyed.
         """
-        reply = await self.execute("GET DATA", file, str(timeout_ms), str(max_digits))
+        try:
+            reply = await self.execute("GET DATA", file, str(timeout_ms), str(max_digits))
+        except AgiHangup:
+            if self._told_hangup:
+                raise
+            # GET DATA answers a missing file with result=-1 too. A caller's hang-up is
+            # always announced by a HANGUP line before the next reply; ask and see.
+            self.hung_up = False
+            await self.execute("NOOP")
+            if self._told_hangup:
+                raise AgiHangup() from None
+            raise AgiError(f"GET DATA failed on a live call: is the prompt {file} installed?",
+                           "200 result=-1") from None
         return reply.result, reply.data == "timeout"
 
     async def get_full_variable(self, expression: str) -> str:

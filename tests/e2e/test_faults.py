@@ -24,7 +24,7 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.storage.store import EVENTS
 from ivr.transport import http
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, SECOND_SERVICE, Sandbox, wait_until
 from .conftest import PhoneFactory
 
 
@@ -103,7 +103,7 @@ class ServeProcess:
 
     def __init__(self, sandbox: Sandbox, log: Path, **env: str) -> None:
         self.log = log
-        full = {**os.environ, **E2E_SETTINGS, **sandbox.env, **env}
+        full = {**os.environ, **E2E_SETTINGS, **sandbox.env, **SECOND_SERVICE, **env}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [str(REPO / ".venv" / "bin" / "callmfa"), "serve"], env=full, stdout=out,
@@ -230,7 +230,7 @@ class TestTwoAsterisks:
         _up(sandbox, CALLMFA_ASTERISK_INSTANCES="2")
         endpoints = "127.0.0.1:5038,127.0.0.1:5039"
         second = ServeProcess(sandbox, tmp_path / "serve-b.log", CALLMFA_ROLES="originator",
-                              CALLMFA_HEALTH_PORT="0", CALLMFA_CONSUMER="originator-b",
+                              CALLMFA_CONSUMER="originator-b",
                               CALLMFA_AMI_ENDPOINTS=endpoints)
         try:
             p = phone(calls=100, keys="#", key_delay_ms=1500)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import urllib.request
@@ -130,10 +131,14 @@ class TestMetrics:
         assert after[f"callmfa_info{{version={__version__}}}"] == 1
 
     def test_health_endpoint(self, sandbox: Sandbox) -> None:
-        """/healthz answers 200 while the service is logged in to AMI."""
+        """/healthz answers 200 and a JSON status while Redis and AMI are up."""
         port = E2E_SETTINGS["CALLMFA_METRICS_PORT"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            assert (r.status, r.read()) == (200, b"ok\n")
+            status = json.loads(r.read())
+            assert r.status == 200
+        assert status["ok"] is True
+        assert status["redis"] is True
+        assert all(a["logged_in"] for a in status["asterisk"].values())
 
 
 class TestReport:

@@ -29,7 +29,7 @@ from ivr.exceptions import OutcomeSignatureError
 from ivr.storage.guard import AUDIT
 from ivr.storage.store import EVENTS, call_key, connect, result_key
 
-from ..conftest import E2E_SETTINGS, Sandbox, wait_until
+from ..conftest import E2E_SETTINGS, SECOND_SERVICE, Sandbox, wait_until
 from ..secured_redis import SecuredRedis, secured_redis
 from .conftest import PhoneFactory
 
@@ -57,7 +57,7 @@ def secured(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Itera
         key = secrets.token_hex(32)
         key_file = directory / "signing-key"
         key_file.write_text(key)
-        env = {**os.environ, **E2E_SETTINGS, **sandbox.env,
+        env = {**os.environ, **E2E_SETTINGS, **sandbox.env, **SECOND_SERVICE,
                "CALLMFA_REDIS_URL": redis.url("callmfa-service"),
                "CALLMFA_AGI_PORT": "4574", "CALLMFA_AGI_URL": "agi://127.0.0.1:4574/verify",
                "CALLMFA_SIGNING_KEY_FILE": str(key_file), "CALLMFA_CONSUMER": "secured",
