@@ -1,4 +1,6 @@
-"""Helpers for the integration tests: scripted TCP peers and polling with a deadline."""
+"""Helpers for the integration tests: scripted TCP peers, polling with a deadline, and the
+real IVR behind a real FastAGI server (the fake Asterisk that calls it is in
+fake_asterisk.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,19 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
+
+from ivr.session import VerificationIvr
+from ivr.settings import Settings
+from ivr.storage.store import Store
+from ivr.transport.fastagi import FastAgiServer
+
+COMMAND_TIMEOUT_S = 1.0
 
 
 async def eventually(
@@ -53,3 +65,58 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError, OSError):
         await writer.wait_closed()
+
+
+@dataclass
+class Ivr:
+    """The IVR under test: its FastAGI port, its settings and the store it writes to."""
+
+    server: FastAgiServer
+    settings: Settings
+    store: Store
+    redis: Redis
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def idle(self) -> None:
+        """Wait until every FastAGI session has ended."""
+        await eventually(
+            lambda: self.server.active_sessions == 0, timeout_s=COMMAND_TIMEOUT_S + 2,
+            what="the IVR session to end",
+        )
+
+
+StartIvr = Callable[..., Awaitable[Ivr]]
+
+
+@pytest.fixture
+async def start_ivr(redis: Redis) -> AsyncIterator[StartIvr]:
+    """Start the real VerificationIvr behind a real FastAGI server on a free port.
+
+    Settings: a 0.5 s input timeout and 2 attempts, then the keyword overrides.
+    """
+    servers: list[FastAgiServer] = []
+
+    async def start(**overrides: Any) -> Ivr:
+        store = Store(redis, result_ttl_s=60, events_maxlen=1000)
+        settings = Settings(**{"input_timeout_s": 0.5, "max_attempts": 2, **overrides})
+        server = FastAgiServer(
+            {"verify": VerificationIvr(settings, store)},
+            host="127.0.0.1", port=0, header_timeout_s=1.0,
+            command_timeout_s=COMMAND_TIMEOUT_S, max_sessions=10,
+        )
+        await server.start()
+        servers.append(server)
+        return Ivr(server, settings, store, redis)
+
+    yield start
+    for server in servers:
+        await server.close(grace_s=1.0)
+
+
+@pytest.fixture
+async def ivr(start_ivr: StartIvr) -> Ivr:
+    """The IVR with the default test settings."""
+    return await start_ivr()

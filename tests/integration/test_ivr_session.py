@@ -1,206 +1,64 @@
 """The verification IVR end to end over FastAGI and real Redis, with a scripted Asterisk.
 
-The fake Asterisk sends the AGI headers of a verification call and answers every command
-line the way Asterisk 22 does; the tests check what the sign-in service would see in
-Redis (the result key, the results channel, the events stream) and the commands sent.
+The fake Asterisk (fake_asterisk.py) sends the AGI headers of a verification call and
+answers every command line the way Asterisk 22 does; the tests check what the sign-in
+service would see in Redis (the result key, the results channel, the events stream) and
+the commands the IVR sent. These are the standard mode, machine detection, languages,
+hang-ups and errors; the pin and match modes are in test_ivr_modes.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from ivr.domain.outcome import Outcome, OutcomeRecord, parse_iso
-from ivr.session import VerificationIvr
-from ivr.settings import Settings
-from ivr.storage.store import EVENTS, RESULTS_CHANNEL, Store, result_key
-from ivr.transport.fastagi import FastAgiServer
+from ivr.storage.store import RESULTS_CHANNEL
 
-from .conftest import close_writer, eventually
+from .conftest import COMMAND_TIMEOUT_S, Ivr, StartIvr
+from .fake_asterisk import (
+    HANG_UP,
+    FakeAsterisk,
+    ReadStatus,
+    Reply,
+    events_of,
+    outcome_json,
+    place_call,
+    run_call,
+)
 
-GREETING = "hello&vm-press&digits/pound&vm-press&digits/0&vm-then-pound"
-RETRY_GREETING = f"pm-invalid-option&please-try-again&{GREETING}"
+SET_LANGUAGE = "SET VARIABLE CHANNEL(language) en"
+GET_AMD = "GET FULL VARIABLE ${AMDSTATUS}|"
+PREAMBLE = [SET_LANGUAGE, GET_AMD]
+GREETING = "callmfa/greeting"
+RETRY_GREETING = f"callmfa/retry&{GREETING}"
 READ = "EXEC Read CALLMFA_KEYS,{files},4,,1,0.5"
 GET_KEYS = "GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}"
-COMMAND_TIMEOUT_S = 1.0
 
-# What the caller does at one Read(): the keys before '#', silence, or hanging up.
-PRESS_POUND = "OK:"
-PRESS_ZERO_POUND = "OK:0"
-PRESS_WRONG = "OK:5"
-SILENCE = "TIMEOUT:"
-HANG_UP = "hangup"
+# What the caller does at one prompt: the keys pressed ('#' ends them), or nothing.
+PRESS_POUND = "#"
+PRESS_ZERO_POUND = "0#"
+PRESS_WRONG = "5#"
+SILENCE = ""
 
 
-@dataclass
-class Ivr:
-    """The IVR under test: its FastAGI port and the store it writes to."""
-
-    server: FastAgiServer
-    store: Store
-    redis: Redis
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    async def idle(self) -> None:
-        """Wait until every FastAGI session has ended (a hung-up peer does not wait)."""
-        await eventually(
-            lambda: self.server.active_sessions == 0, timeout_s=COMMAND_TIMEOUT_S + 2,
-            what="the IVR session to end",
-        )
-
-
-@pytest.fixture
-async def ivr(redis: Redis) -> AsyncIterator[Ivr]:
-    """The real VerificationIvr behind a real FastAGI server on a free port."""
-    store = Store(redis, result_ttl_s=60, events_maxlen=1000)
-    settings = Settings(input_timeout_s=0.5, max_attempts=2)
-    server = FastAgiServer(
-        {"verify": VerificationIvr(settings, store)},
-        host="127.0.0.1", port=0, header_timeout_s=1.0,
-        command_timeout_s=COMMAND_TIMEOUT_S, max_sessions=10,
-    )
-    await server.start()
-    yield Ivr(server, store, redis)
-    await server.close(grace_s=1.0)
-
-
-async def place_call(store: Store, rid: str) -> float:
-    """What the originator writes before dialling: the call marker."""
-    t = time.time() - 5
-    await store.claim_call(rid, {
-        "user": "alice", "number": "+15550100", "mode": "standard", "lang": "en",
-        "requested_at": str(t), "call_started_at": str(t), "context": "{}",
-    })
-    return t
-
-
-Reply = bytes | None  # None: hang up by closing the socket
-
-
-@dataclass
-class FakeAsterisk:
-    """Answers AGI commands like Asterisk 22; ``keys`` is what the caller does at each
-    Read(): a READSTATUS:keys pair (PRESS_POUND, SILENCE, ...) or HANG_UP.
-
-    ``on_command`` may override the reply to a command (return bytes, or None to close).
-    """
-
-    keys: list[str] = field(default_factory=list)
-    on_playback: Callable[[str], Awaitable[None]] | None = None
-    on_command: Callable[[str], Reply | bool] | None = None
-    reset: bool = False  # hang up with RST rather than FIN
-    commands: list[str] = field(default_factory=list)
-    _current: str = ""
-
-    def reply(self, command: str) -> Reply:
-        if self.on_command is not None:
-            custom = self.on_command(command)
-            if custom is not False:
-                assert not isinstance(custom, bool)
-                return custom
-        if command.startswith("EXEC Read "):
-            self._current = self.keys.pop(0)
-            if self._current == HANG_UP:
-                return b"HANGUP\n200 result=-1\n"
-            return b"200 result=0\n"
-        if command == GET_KEYS:
-            return f"200 result=1 ({self._current})\n".encode()
-        if command.startswith("EXEC Playback "):
-            return b"200 result=0\n"
-        if command == "HANGUP":
-            return b"200 result=1\n"
-        return b"510 Invalid or unknown command\n"
-
-    async def call(
-        self, port: int, rid: str, *, with_arg: bool = True, timeout_s: float = 5.0
-    ) -> list[str]:
-        """Run one AGI session for ``rid``; returns the commands received, in order."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        headers = [
-            "agi_network_script: verify", "agi_request: agi://127.0.0.1/verify",
-            "agi_channel: PJSIP/trunk-00000001", f"agi_uniqueid: {rid}",
-            "agi_callerid: 15550000",
-        ]
-        if with_arg:
-            headers.append(f"agi_arg_1: {rid}")
-        writer.write(("\n".join(headers) + "\n\n").encode())
-        try:
-            async with asyncio.timeout(timeout_s):
-                while line := await reader.readline():
-                    command = line.decode().rstrip("\n")
-                    self.commands.append(command)
-                    if command.startswith("EXEC Playback ") and self.on_playback is not None:
-                        await self.on_playback(command)
-                    answer = self.reply(command)
-                    if answer is None:
-                        if self.reset:
-                            _reset(writer)
-                        break
-                    writer.write(answer)
-                    if answer.endswith(b"200 result=-1\n"):
-                        break  # the channel is gone: Asterisk ends the AGI session
-        finally:
-            await close_writer(writer)
-        return self.commands
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with RST instead of FIN (SO_LINGER 0), as a crashed peer would."""
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
-async def outcome_json(redis: Redis, rid: str) -> dict[str, object] | None:
-    raw = await redis.get(result_key(rid))
-    return json.loads(raw) if raw is not None else None
-
-
-async def events_of(redis: Redis, rid: str) -> list[dict[str, str]]:
-    entries = await redis.xrange(EVENTS)
-    out = []
-    for _, fields in entries:
-        decoded = {k.decode(): v.decode() for k, v in fields.items()}
-        if decoded.get("id") == rid:
-            out.append(decoded)
-    return out
-
-
-async def run_call(
-    ivr: Ivr, rid: str, *keys: str, **options: Any
-) -> tuple[list[str], dict[str, Any]]:
-    """Place the marker, run the session, return (commands, stored outcome JSON)."""
-    await place_call(ivr.store, rid)
-    asterisk = FakeAsterisk(list(keys), **options)
-    commands = await asterisk.call(ivr.port, rid)
-    await ivr.idle()
-    stored = await outcome_json(ivr.redis, rid)
-    assert stored is not None, f"no outcome stored; commands were {commands}"
-    return commands, stored
+def playback(prompt: str) -> str:
+    return f"EXEC Playback callmfa/{prompt}"
 
 
 class TestApproved:
     async def test_pound_approves(self, ivr: Ivr) -> None:
-        """'#' stores outcome approved for the marker's user, with the times set."""
+        """'#' stores outcome approved for the marker's user, with the times set; the IVR
+        sets the language, reads AMD's verdict, plays our greeting and our goodbye."""
         rid = "11111111-1111-4111-8111-111111111111"
         before = time.time()
 
         commands, stored = await run_call(ivr, rid, PRESS_POUND)
 
         assert commands == [
-            READ.format(files=GREETING), GET_KEYS,
-            "EXEC Playback auth-thankyou&goodbye", "HANGUP",
+            *PREAMBLE, READ.format(files=GREETING), GET_KEYS, playback("approved"), "HANGUP",
         ]
         assert stored["id"] == rid
         assert stored["outcome"] == "approved"
@@ -260,7 +118,7 @@ class TestOtherKeys:
 
         assert stored["outcome"] == "fraud_reported"
         assert stored["input_at"] is not None
-        assert commands[-2:] == ["EXEC Playback privacy-thankyou&goodbye", "HANGUP"]
+        assert commands[-2:] == [playback("fraud_reported"), "HANGUP"]
 
     async def test_silence_twice_is_no_input_timeout(self, ivr: Ivr) -> None:
         """Two silent prompts (max_attempts=2) store no_input/timeout, no input time."""
@@ -271,8 +129,8 @@ class TestOtherKeys:
         assert (stored["outcome"], stored["detail"]) == ("no_input", "timeout")
         assert stored["input_at"] is None
         assert commands == [
-            READ.format(files=GREETING), GET_KEYS, READ.format(files=GREETING), GET_KEYS,
-            "EXEC Playback im-sorry&goodbye", "HANGUP",
+            *PREAMBLE, READ.format(files=GREETING), GET_KEYS, READ.format(files=GREETING),
+            GET_KEYS, playback("failed"), "HANGUP",
         ]
 
     async def test_wrong_key_twice_is_no_input_invalid(self, ivr: Ivr) -> None:
@@ -282,8 +140,8 @@ class TestOtherKeys:
         commands, stored = await run_call(ivr, rid, PRESS_WRONG, PRESS_WRONG)
 
         assert (stored["outcome"], stored["detail"]) == ("no_input", "invalid_input")
-        assert commands[2] == READ.format(files=RETRY_GREETING)
-        assert commands[-2:] == ["EXEC Playback im-sorry&goodbye", "HANGUP"]
+        assert commands[4] == READ.format(files=RETRY_GREETING)
+        assert commands[-2:] == [playback("failed"), "HANGUP"]
 
     async def test_silence_then_pound_approves(self, ivr: Ivr) -> None:
         """A silent first prompt and '#' at the second approves."""
@@ -294,11 +152,90 @@ class TestOtherKeys:
         assert stored["outcome"] == "approved"
 
 
+class TestMachineDetection:
+    async def test_machine_is_machine_answered_without_a_prompt(self, ivr: Ivr) -> None:
+        """AMDSTATUS=MACHINE stores machine_answered before any prompt: nothing is played
+        to the voicemail, no input time, and the IVR hangs up."""
+        rid = "16161616-1616-4616-8616-161616161616"
+
+        commands, stored = await run_call(ivr, rid, amd="MACHINE")
+
+        assert (stored["outcome"], stored["detail"]) == ("machine_answered", None)
+        assert stored["input_at"] is None
+        assert commands == [*PREAMBLE, "HANGUP"]
+        assert [e["event"] for e in await events_of(ivr.redis, rid)] == ["finished"]
+
+    @pytest.mark.parametrize("amd", ["HUMAN", "NOTSURE", ""])
+    async def test_person_unsure_or_amd_off_gets_the_greeting(self, ivr: Ivr, amd: str) -> None:
+        """HUMAN, NOTSURE and no AMDSTATUS at all (CALLMFA_AMD=off) play the greeting, and
+        '#' approves."""
+        rid = "17171717-1717-4717-8717-171717171717"
+
+        commands, stored = await run_call(ivr, rid, PRESS_POUND, amd=amd)
+
+        assert stored["outcome"] == "approved"
+        assert commands[2] == READ.format(files=GREETING)
+
+
+class TestLanguage:
+    @pytest.mark.parametrize(("lang", "channel"), [
+        ("fr", "fr"), ("de-AT", "de"), ("es_ES", "es"), ("en-GB", "en"), ("pt-BR", "en"),
+    ])
+    async def test_request_language_sets_the_channel_language(
+        self, ivr: Ivr, lang: str, channel: str
+    ) -> None:
+        """The request's lang (reduced to a catalogue language; unknown ones to en) becomes
+        the channel's language before the first prompt, so that Asterisk plays
+        sounds/<lang>/callmfa/*; the prompt names stay the same."""
+        rid = "18181818-1818-4818-8818-181818181818"
+
+        commands, stored = await run_call(ivr, rid, PRESS_POUND, marker={"lang": lang})
+
+        assert stored["outcome"] == "approved"
+        assert commands == [
+            f"SET VARIABLE CHANNEL(language) {channel}", GET_AMD, READ.format(files=GREETING),
+            GET_KEYS, playback("approved"), "HANGUP",
+        ]
+
+    async def test_admin_recording_replaces_ours(self, start_ivr: StartIvr) -> None:
+        """With CALLMFA_PROMPT_OVERRIDE_DIR, the IVR asks Asterisk (STAT) which recordings
+        exist for the call's language; an existing <dir>/fr/greeting.wav is played instead
+        of ours, and prompts without a French recording (even with a German one) stay
+        ours."""
+        ivr = await start_ivr(prompt_override_dir="/srv/prompts")
+        rid = "19191919-1919-4919-8919-191919191919"
+
+        commands, stored = await run_call(
+            ivr, rid, PRESS_POUND, marker={"lang": "fr"},
+            files=frozenset({"/srv/prompts/fr/greeting.wav", "/srv/prompts/de/approved.wav"}),
+        )
+
+        assert stored["outcome"] == "approved"
+        probe = commands[1]
+        assert probe.startswith("GET FULL VARIABLE ${AMDSTATUS}|${STAT(e,/srv/prompts/fr/")
+        for prompt in ("greeting", "approved", "failed"):
+            assert f"${{STAT(e,/srv/prompts/fr/{prompt}.wav)}}" in probe
+        assert commands[2:] == [
+            READ.format(files="/srv/prompts/fr/greeting"), GET_KEYS, playback("approved"),
+            "HANGUP",
+        ]
+
+    async def test_no_override_dir_asks_no_stat(self, ivr: Ivr) -> None:
+        """Without an override directory the AMD read carries no STAT probe."""
+        rid = "1a1a1a1a-1a1a-4a1a-8a1a-1a1a1a1a1a1a"
+
+        commands, _ = await run_call(ivr, rid, PRESS_POUND, marker={"lang": "de"})
+
+        assert commands[1] == GET_AMD
+
+
 class TestHangUp:
-    @pytest.mark.parametrize("reply", [b"HANGUP\n200 result=-1\n", b"200 result=-1\n"])
+    @pytest.mark.parametrize("reply", [
+        b"200 result=-1\nHANGUP\n", b"HANGUP\n200 result=-1\n", b"200 result=-1\n",
+    ])
     async def test_hang_up_during_prompt(self, ivr: Ivr, reply: bytes) -> None:
-        """'result=-1' to Read() (with or without the HANGUP line first), then a closed
-        socket, stores hung_up; no command follows."""
+        """'result=-1' to Read() (with Asterisk's HANGUP line after it, before it, or none)
+        stores hung_up; no command follows before the IVR closes the session."""
         rid = "88888888-8888-4888-8888-888888888888"
 
         def gone(command: str) -> Reply | bool:
@@ -308,7 +245,7 @@ class TestHangUp:
 
         assert stored["outcome"] == "hung_up"
         assert stored["input_at"] is None
-        assert commands == [READ.format(files=GREETING)]
+        assert commands == [*PREAMBLE, READ.format(files=GREETING)]
 
     async def test_hang_up_at_the_second_prompt(self, ivr: Ivr) -> None:
         """Silence, then a hang-up during the repeated prompt, stores hung_up."""
@@ -317,7 +254,32 @@ class TestHangUp:
         commands, stored = await run_call(ivr, rid, SILENCE, HANG_UP)
 
         assert stored["outcome"] == "hung_up"
-        assert commands == [READ.format(files=GREETING), GET_KEYS, READ.format(files=GREETING)]
+        assert commands == [
+            *PREAMBLE, READ.format(files=GREETING), GET_KEYS, READ.format(files=GREETING),
+        ]
+
+    async def test_hang_up_before_the_first_prompt(self, ivr: Ivr) -> None:
+        """A HANGUP line ahead of the reply to SET VARIABLE (the caller hung up as AMD
+        ended) stores hung_up, and the IVR sends nothing more."""
+        rid = "1b1b1b1b-1b1b-4b1b-8b1b-1b1b1b1b1b1b"
+
+        def gone(command: str) -> Reply | bool:
+            return b"HANGUP\n200 result=1\n" if command.startswith("SET VARIABLE") else False
+
+        commands, stored = await run_call(ivr, rid, on_command=gone)
+
+        assert stored["outcome"] == "hung_up"
+        assert commands == [SET_LANGUAGE]
+
+    async def test_hang_up_during_amd_runs_the_ivr_on_the_dead_channel(self, ivr: Ivr) -> None:
+        """Hung up during AMD: the dialplan's h extension runs the IVR on the dead channel
+        (AMDSTATUS=HANGUP, Read() answers -1); it stores hung_up."""
+        rid = "1c1c1c1c-1c1c-4c1c-8c1c-1c1c1c1c1c1c"
+
+        commands, stored = await run_call(ivr, rid, amd="HANGUP", dead=True)
+
+        assert (stored["outcome"], stored["input_at"]) == ("hung_up", None)
+        assert commands == [*PREAMBLE, READ.format(files=GREETING)]
 
     async def test_socket_closed_without_reply(self, ivr: Ivr) -> None:
         """The socket closing with no HANGUP first is Asterisk lost, not a hang-up.
@@ -345,28 +307,29 @@ class TestHangUp:
         commands, stored = await run_call(ivr, rid, on_command=dead)
 
         assert stored["outcome"] == "hung_up"
-        assert commands == [READ.format(files=GREETING)]
+        assert commands == [*PREAMBLE, READ.format(files=GREETING)]
 
     async def test_hang_up_during_goodbye_keeps_the_outcome(self, ivr: Ivr) -> None:
         """Hanging up during the goodbye leaves 'approved' and sends no HANGUP."""
         rid = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
 
         def gone(command: str) -> Reply | bool:
-            return b"HANGUP\n200 result=-1\n" if command.startswith("EXEC Playback") else False
+            return b"200 result=-1\nHANGUP\n" if command.startswith("EXEC Playback") else False
 
         commands, stored = await run_call(ivr, rid, PRESS_POUND, on_command=gone)
 
         assert stored["outcome"] == "approved"
-        assert commands[-1] == "EXEC Playback auth-thankyou&goodbye"
+        assert commands[-1] == playback("approved")
 
     async def test_read_status_hangup_is_a_hang_up(self, ivr: Ivr) -> None:
-        """READSTATUS=HANGUP (Read() ended by the hang-up) stores hung_up."""
+        """READSTATUS=HANGUP (Read() ended by the hang-up), even with result 0, stores
+        hung_up and the IVR sends nothing more."""
         rid = "abababab-abab-4bab-8bab-abababababab"
 
-        commands, stored = await run_call(ivr, rid, "HANGUP:")
+        commands, stored = await run_call(ivr, rid, ReadStatus("HANGUP"))
 
         assert stored["outcome"] == "hung_up"
-        assert commands == [READ.format(files=GREETING), GET_KEYS]
+        assert commands == [*PREAMBLE, READ.format(files=GREETING), GET_KEYS]
 
     async def test_pound_then_immediate_hang_up_is_approved(self, ivr: Ivr) -> None:
         """'#' and a hang-up right after (Asterisk's HANGUP line arrives before the
@@ -379,7 +342,7 @@ class TestHangUp:
         commands, stored = await run_call(ivr, rid, PRESS_POUND, on_command=pound_then_gone)
 
         assert stored["outcome"] == "approved"
-        assert commands == [READ.format(files=GREETING), GET_KEYS]
+        assert commands == [*PREAMBLE, READ.format(files=GREETING), GET_KEYS]
 
     async def test_connection_reset_is_asterisk_lost(self, ivr: Ivr) -> None:
         """A connection reset (RST) while a command runs: error/asterisk_lost, as for a
@@ -410,7 +373,20 @@ class TestErrors:
         commands, stored = await run_call(ivr, rid, on_command=refuse)
 
         assert (stored["outcome"], stored["detail"]) == ("error", "agi_failed")
-        assert commands == [READ.format(files=GREETING), "HANGUP"]
+        assert commands == [*PREAMBLE, READ.format(files=GREETING), "HANGUP"]
+
+    async def test_error_reply_before_the_first_prompt(self, ivr: Ivr) -> None:
+        """A 510 reply to the language's SET VARIABLE stores error/agi_failed; no prompt is
+        played and the IVR hangs up."""
+        rid = "1d1d1d1d-1d1d-4d1d-8d1d-1d1d1d1d1d1d"
+
+        def refuse(command: str) -> Reply | bool:
+            return b"510 Invalid or unknown command\n" if command == SET_LANGUAGE else False
+
+        commands, stored = await run_call(ivr, rid, on_command=refuse)
+
+        assert (stored["outcome"], stored["detail"]) == ("error", "agi_failed")
+        assert commands == [SET_LANGUAGE, "HANGUP"]
 
     async def test_usage_reply_is_error_agi_failed(self, ivr: Ivr) -> None:
         """A multi-line 520 usage reply is read to its end and stores error/agi_failed."""
@@ -428,13 +404,14 @@ class TestErrors:
         assert commands[-1] == "HANGUP"
 
     async def test_read_error_status_is_error_agi_failed(self, ivr: Ivr) -> None:
-        """READSTATUS=ERROR (e.g. a missing sound file) stores error/agi_failed."""
+        """READSTATUS=ERROR (here: the greeting's sound file is missing) stores
+        error/agi_failed and the IVR hangs up."""
         rid = "ffffffff-ffff-4fff-8fff-ffffffffffff"
 
-        commands, stored = await run_call(ivr, rid, "ERROR:")
+        commands, stored = await run_call(ivr, rid, missing=frozenset({GREETING}))
 
         assert (stored["outcome"], stored["detail"]) == ("error", "agi_failed")
-        assert commands[-1] == "HANGUP"
+        assert commands == [*PREAMBLE, READ.format(files=GREETING), GET_KEYS, "HANGUP"]
 
     async def test_no_reply_within_command_timeout_is_an_error(self, ivr: Ivr) -> None:
         """Asterisk not answering a command within agi_command_timeout_s ends the call as
@@ -466,7 +443,7 @@ class TestUnknownAndDuplicates:
         commands = await FakeAsterisk().call(ivr.port, rid)
         await ivr.idle()
 
-        assert commands == ["EXEC Playback im-sorry&goodbye", "HANGUP"]
+        assert commands == [playback("failed"), "HANGUP"]
         assert await ivr.redis.keys("callmfa:result:*") == []
         assert await events_of(ivr.redis, rid) == []
 

@@ -20,6 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 import ivr.originator
+from ivr.domain.codes import hash_code
 from ivr.domain.outcome import Outcome, OutcomeRecord, iso
 from ivr.exceptions import AmiConnectError, AmiError
 from ivr.originator import Originator
@@ -300,6 +301,9 @@ class TestRefusedBeforeDialling:
         ({"user": "al\nice"}, "invalid_user"),
         ({"context": [1]}, "invalid_context"),
         ({"extra": 1}, "unknown_field"),
+        ({"mode": "match"}, "invalid_match_hash"),
+        ({"mode": "match", "match_hash": "42"}, "invalid_match_hash"),
+        ({"match_hash": "scrypt$14$8$1$x$y"}, "invalid_match_hash"),
     ])
     async def test_other_invalid_fields_are_rejected(
         self, start: Start, change: dict[str, Any], detail: str
@@ -342,7 +346,8 @@ class TestRefusedBeforeDialling:
 class TestOriginate:
     async def test_originate_fields_and_variables(self, start: Start) -> None:
         """The Originate carries the dial string from the template, the request id as
-        ChannelId, the ring timeout in ms, the caller ID, and the IVR's variables."""
+        ChannelId, the ring timeout in ms, the caller ID, and the dialplan's variables
+        (answering-machine detection on by default)."""
         h = await start(answered_then(Outcome.APPROVED))
         rid, _ = await h.submit(phone="+15550100x1234")
 
@@ -363,6 +368,7 @@ class TestOriginate:
             "CALLMFA_EXTENSION": "1234",
             "CALLMFA_AGI": "agi://127.0.0.1:4573/verify",
             "CALLMFA_MAX_SECS": "60",
+            "CALLMFA_AMD": "on",
         }
         assert call.timeout_s > 3.0, "the wait for OriginateResponse outlasts the ringing"
         await h.all_acked()
@@ -382,6 +388,50 @@ class TestOriginate:
         assert call.fields["Channel"] == "SIP/4930123456@gw"
         assert "CallerID" not in call.fields
         assert call.variables["CALLMFA_EXTENSION"] == ""
+
+    async def test_amd_off_reaches_the_dialplan(self, start: Start) -> None:
+        """CALLMFA_AMD=off is passed on as the channel variable CALLMFA_AMD=off, which
+        makes the dialplan skip AMD()."""
+        h = await start(answered_then(Outcome.APPROVED), amd="off")
+        rid, _ = await h.submit()
+
+        await h.outcome(rid)
+
+        assert h.ami.calls[0].variables["CALLMFA_AMD"] == "off"
+
+    async def test_classic_agi_mode_uses_the_classic_context(self, start: Start) -> None:
+        """agi_mode classic sends the call to <context>-classic, where the dialplan runs
+        the classic AGI script."""
+        h = await start(answered_then(Outcome.APPROVED), agi_mode="classic")
+        rid, _ = await h.submit()
+
+        await h.outcome(rid)
+
+        assert h.ami.calls[0].fields["Context"] == "callmfa-verify-classic"
+
+    async def test_match_request_reaches_the_ivr_in_the_call_marker(self, start: Start) -> None:
+        """A match request's mode, lang and match_hash are in the call marker by the time
+        the call is placed (the IVR checks the keys against it: test_ivr_modes.py); the
+        hash goes to no AMI header or channel variable."""
+        markers: list[dict[str, str]] = []
+        approve = answered_then(Outcome.APPROVED)
+
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            markers.append(await ami.store.call_info(call.fields["ChannelId"]))
+            return await approve(ami, call, watch)
+
+        h = await start(network)
+        code_hash = hash_code("42")
+        rid, _ = await h.submit(mode="match", match_hash=code_hash, lang="fr-CA")
+
+        assert (await h.outcome(rid)).outcome is Outcome.APPROVED
+
+        [marker] = markers
+        assert (marker["mode"], marker["lang"], marker["match_hash"]) == (
+            "match", "fr-CA", code_hash)
+        assert code_hash not in repr(h.ami.calls)
 
     async def test_uppercase_id_is_normalised(self, start: Start) -> None:
         """An upper-case UUID is dialled and answered under its lower-case form."""
