@@ -86,6 +86,7 @@ class AgiChannel:
         self._timeout = timeout_s
         self.hung_up = False
         self._told_hangup = False  # Asterisk sent its HANGUP line
+        self._minus_one = False  # the last command failed with result=-1
 
     async def _readline(self) -> str:
         try:
@@ -110,6 +111,7 @@ class AgiChannel:
         """
         if self.hung_up:
             raise AgiHangup()
+        self._minus_one = False
         self._writer.write(format_command(*parts))
         try:
             await self._writer.drain()
@@ -126,7 +128,7 @@ class AgiChannel:
             if code == "200":
                 reply = parse_reply(line)
                 if reply.result == "-1" and minus_one_is_hangup:
-                    self.hung_up = True
+                    self.hung_up = self._minus_one = True
                     raise AgiHangup()
                 return reply
             if code == "511":
@@ -165,7 +167,7 @@ class AgiChannel:
         try:
             reply = await self.execute("GET DATA", file, str(timeout_ms), str(max_digits))
         except AgiHangup:
-            if self._told_hangup:
+            if self._told_hangup or not self._minus_one:
                 raise
             # GET DATA answers a missing file with result=-1 too. A caller's hang-up is
             # always announced by a HANGUP line before the next reply; ask and see.

@@ -126,6 +126,8 @@ class FakeAsterisk:
             return self._get_data(command.removeprefix("GET DATA ").split(" "))
         if command.startswith("EXEC Playback "):
             return b"200 result=-1\n" if self.dead else b"200 result=0\n"
+        if command == "NOOP":
+            return b"200 result=0\n"  # allowed on a dead channel too
         if command == "HANGUP":
             if self.dead:
                 return DEAD_CHANNEL

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
 from ivr.app import pin_store
@@ -171,14 +170,15 @@ class TestPinMode:
         assert (await pin_state(ivr.redis, "alice"))["denials"] == "0"
 
     async def test_hang_up_at_the_pin_prompt(self, ivr: Ivr) -> None:
-        """A hang-up during GET DATA (result -1) stores hung_up; nothing more is sent."""
+        """A hang-up during GET DATA (result -1) stores hung_up. One NOOP tells it from a
+        missing file (same -1): Asterisk announces a hang-up with HANGUP; nothing more."""
         await set_pin(ivr, "alice", PIN)
         rid = "2b212121-2121-4121-8121-212121212121"
 
         commands, stored = await run_call(ivr, rid, HANG_UP, marker=PIN_CALL)
 
         assert (stored["outcome"], stored["input_at"]) == ("hung_up", None)
-        assert commands == [*PREAMBLE, GET_PIN]
+        assert commands == [*PREAMBLE, GET_PIN, "NOOP"]
 
     async def test_hang_up_during_amd_in_pin_mode(self, ivr: Ivr) -> None:
         """The IVR run on the dead channel (h extension) gets 511 to GET DATA: hung_up."""
@@ -190,12 +190,6 @@ class TestPinMode:
         assert stored["outcome"] == "hung_up"
         assert commands == [*PREAMBLE, GET_PIN]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: a wrong PIN followed by a hang-up counts no denial (ivr/call.py "
-               "CallContext.pin_effect counts Outcome.DENIED only), so hanging up after "
-               "max_attempts-1 wrong PINs gives unlimited guesses and never locks out",
-    )
     async def test_wrong_pin_then_hang_up_counts_toward_the_lockout(
         self, start_ivr: StartIvr
     ) -> None:
@@ -267,13 +261,6 @@ class TestMatchMode:
         assert stored["outcome"] == "approved"
         assert commands[:3] == ["SET VARIABLE CHANNEL(language) fr", PREAMBLE[1], GET_MATCH]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: GET DATA answers result=-1 when its prompt file is missing, and "
-               "ivr/transport/agi.py AgiChannel.execute takes every -1 for a hang-up, so "
-               "pin/match calls report hung_up where the standard mode (Read()) reports "
-               "error/agi_failed",
-    )
     async def test_missing_prompt_is_an_error_not_a_hang_up(self, ivr: Ivr) -> None:
         """A missing match prompt (prompts not installed; the caller is still on the line)
         is an error, as a missing prompt is in the standard mode, not a hang-up."""
