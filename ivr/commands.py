@@ -82,13 +82,19 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def dialplan_directory() -> Path:
-    """The shipped dialplan files: package data in a wheel, ``dialplan/`` in a checkout."""
+def shipped_directory(name: str, pattern: str) -> Path:
+    """Shipped files (``dialplan``, ``agi_scripts``): package data in a wheel, the top-level
+    folder in a checkout."""
     package = Path(__file__).resolve().parent
-    for candidate in (package / "dialplan", package.parent / "dialplan"):
-        if candidate.is_dir() and any(candidate.glob("*.conf")):
+    for candidate in (package / name, package.parent / name):
+        if candidate.is_dir() and any(candidate.glob(pattern)):
             return candidate
-    raise FileNotFoundError("callmfa's dialplan files are not installed")
+    raise FileNotFoundError(f"callmfa's {name} files are not installed")
+
+
+def dialplan_directory() -> Path:
+    """The shipped dialplan files."""
+    return shipped_directory("dialplan", "*.conf")
 
 
 def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
@@ -98,16 +104,19 @@ def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
     if not target.is_dir():
         print(f"callmfa: {target} is not a directory", file=sys.stderr)
         return EXIT_USAGE
-    files = sorted(source.glob("*.conf"))
+    files = sorted(source.glob("*.conf")) + sorted(
+        shipped_directory("agi_scripts", "*.agi").glob("*.agi"))
     existing = [f.name for f in files if (target / f.name).exists()]
     if existing and not args.force:
         print(f"callmfa: {', '.join(existing)} exist in {target}; --force overwrites",
               file=sys.stderr)
         return EXIT_FAILED
     for f in files:
-        shutil.copyfile(f, target / f.name)
+        shutil.copy(f, target / f.name)  # keeps the AGI script executable
         print(f"installed {target / f.name}")
     print('next: add #include "extensions_callmfa.conf" to extensions.conf and\n'
           '      #include "manager_callmfa.conf" to manager.conf, set the secret, then\n'
-          "      asterisk -rx 'dialplan reload' and asterisk -rx 'manager reload'")
+          "      asterisk -rx 'dialplan reload' and asterisk -rx 'manager reload'.\n"
+          "      For CALLMFA_AGI_MODE=classic, move callmfa-verify.agi into Asterisk's\n"
+          "      agi-bin (it imports ivr and pyst2: see docs/asterisk.md)")
     return EXIT_OK

@@ -287,8 +287,9 @@ async def check_probe(
             await ami.originate(
                 {"Channel": f"Local/s@{settings.context}", "Application": "Wait", "Data": "1",
                  "Timeout": "10000", "ChannelId": probe_id},
+                # No AMD: a Local channel is silent, and AMD would listen for 5 s for nothing.
                 {"CALLMFA_ID": probe_id, "CALLMFA_AGI": url, "CALLMFA_EXTENSION": "",
-                 "CALLMFA_MAX_SECS": "30"},
+                 "CALLMFA_MAX_SECS": "30", "CALLMFA_AMD": "off"},
                 timeout_s=settings.connect_timeout_s + 15,
             )
         except AmiError as e:

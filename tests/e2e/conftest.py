@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from ivr.client import VerificationClient
 from ivr.testing import PhoneBehaviour, SippPhone
 
-from ..conftest import Sandbox
+from ..conftest import Sandbox, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -25,6 +26,14 @@ async def client(sandbox: Sandbox) -> AsyncIterator[VerificationClient]:
 PhoneFactory = Callable[..., SippPhone]
 
 
+def _no_calls(sandbox: Sandbox) -> bool:
+    try:
+        out = sandbox.asterisk("core show channels count")
+    except subprocess.CalledProcessError:
+        return True  # Asterisk is down (a fault test): no call of its can linger
+    return out.lstrip().startswith("0 active channels")
+
+
 @pytest.fixture
 def phone(sandbox: Sandbox, tmp_path: Path) -> Iterator[PhoneFactory]:
     """Start the user's phone (sipp) on the sandbox's phone address; stopped after the test.
@@ -34,6 +43,9 @@ def phone(sandbox: Sandbox, tmp_path: Path) -> Iterator[PhoneFactory]:
     started: list[SippPhone] = []
 
     def start(calls: int = 1, **behaviour: object) -> SippPhone:
+        if not started:
+            # Calls of earlier tests must be over: their late BYEs would reach this phone.
+            wait_until(lambda: _no_calls(sandbox), 40, "the sandbox's calls to end")
         # A person says "hello" on answering: answering-machine detection (on) needs it.
         behaviour.setdefault("speech", "Hello.")
         p = SippPhone(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -40,12 +41,14 @@ def installed(
 
 class TestWheel:
     def test_holds_every_module_and_the_dialplan(self, installed: tuple[Path, Path]) -> None:
-        """Every ivr module and every dialplan file is in the wheel (none forgotten)."""
+        """Every ivr module, dialplan file, AGI script and data file is in the wheel."""
         names = set(zipfile.ZipFile(installed[0]).namelist())
         modules = {str(p.relative_to(REPO)) for p in (REPO / "ivr").rglob("*.py")}
         assert modules <= names, sorted(modules - names)
         assert {f"ivr/dialplan/{p.name}" for p in (REPO / "dialplan").glob("*.conf")} <= names
         assert "ivr/py.typed" in names
+        assert "ivr/agi_scripts/callmfa-verify.agi" in names
+        assert {str(p.relative_to(REPO)) for p in (REPO / "ivr").rglob("data/*")} <= names
 
     def test_help(self, installed: tuple[Path, Path]) -> None:
         """`callmfa --help` from the fresh venv lists the commands."""
@@ -61,6 +64,7 @@ class TestWheel:
         out = subprocess.run([str(installed[1] / "callmfa"), "install-dialplan", str(tmp_path)],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
+        assert os.access(tmp_path / "callmfa-verify.agi", os.X_OK)
         for conf in (REPO / "dialplan").glob("*.conf"):
             assert (tmp_path / conf.name).read_text() == conf.read_text()
         again = subprocess.run([str(installed[1] / "callmfa"), "install-dialplan",
