@@ -292,7 +292,10 @@ class Settings:
             key, sep, value = line.partition("=")
             if not sep or not key.strip().startswith(ENV_PREFIX):
                 raise SettingsError(f"{path}:{number}: expected CALLMFA_NAME=value")
-            merged[key.strip()] = value.strip().strip("'\"")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]  # a wholly quoted value, as in a shell env file
+            merged[key.strip()] = value
         merged.update(env)
         return cls.from_env(merged)
 

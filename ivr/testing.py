@@ -268,6 +268,11 @@ class SippPhone:
             return 0
         text = path.read_text(errors="replace")
         return len(re.findall(rf"^{method} sip:", text, re.MULTILINE))
+    @property
+    def workdir(self) -> Path:
+        """Where the scenario, sipp's logs and its message trace are."""
+        return self._workdir
+
     def invites(self) -> dict[str, int]:
         """INVITEs received per dialled number."""
         counts: dict[str, int] = {}

@@ -160,6 +160,8 @@ def sandbox() -> Iterator[Sandbox]:
     env = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": netns,
            "CALLMFA_SANDBOX_DIR": str(directory)}
     subprocess.run(["bash", str(SANDBOX), "down"], env=env, check=False, capture_output=True)
+    # Redis persists (AOF): a session starts from an empty one, not an earlier run's queue.
+    shutil.rmtree(directory / "redis", ignore_errors=True)
     up = subprocess.run(["bash", str(SANDBOX), "up"], env=env, capture_output=True, text=True)
     if up.returncode != 0:
         pytest.fail(f"sandbox up failed:\n{up.stderr[-4000:]}")

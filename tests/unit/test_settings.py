@@ -287,3 +287,39 @@ class TestEventLoop:
         """A typo is a clear error at start-up, not a silent fallback."""
         with pytest.raises(SettingsError, match="CALLMFA_EVENT_LOOP"):
             Settings.from_env({"CALLMFA_EVENT_LOOP": "trio"})
+
+
+class TestConfigFile:
+    def test_file_under_the_environment(self, tmp_path: Path) -> None:
+        """CALLMFA_CONFIG_FILE's lines apply; the environment wins; comments are skipped."""
+        conf = tmp_path / "callmfa.conf"
+        conf.write_text("# comment\n\nCALLMFA_MAX_ATTEMPTS=5\nCALLMFA_RING_TIMEOUT_S=9\n")
+        s = Settings.load({"CALLMFA_CONFIG_FILE": str(conf), "CALLMFA_RING_TIMEOUT_S": "7"})
+        assert (s.max_attempts, s.ring_timeout_s) == (5, 7.0)
+
+    @pytest.mark.parametrize(("line", "value"), [
+        ('CALLMFA_CALLER_ID="Sign-in" <+15550000>', '"Sign-in" <+15550000>'),
+        ("CALLMFA_CALLER_ID='Sign-in <+15550000>'", "Sign-in <+15550000>"),
+        ('CALLMFA_CALLER_ID="Sign-in <+15550000>"', "Sign-in <+15550000>"),
+    ])
+    def test_only_wholly_quoted_values_are_unquoted(
+        self, tmp_path: Path, line: str, value: str
+    ) -> None:
+        """A caller ID that starts with a quoted name keeps its quotes."""
+        conf = tmp_path / "callmfa.conf"
+        conf.write_text(line + "\n")
+        assert Settings.load({"CALLMFA_CONFIG_FILE": str(conf)}).caller_id == value
+
+    def test_a_line_that_is_not_a_setting_is_an_error(self, tmp_path: Path) -> None:
+        """A stray line names the file and line number."""
+        conf = tmp_path / "callmfa.conf"
+        conf.write_text("CALLMFA_MAX_ATTEMPTS=2\nnonsense\n")
+        with pytest.raises(SettingsError, match=r"callmfa.conf:2"):
+            Settings.load({"CALLMFA_CONFIG_FILE": str(conf)})
+
+    def test_changed_fields_and_reloadable(self) -> None:
+        """changed_fields names what differs; RELOADABLE excludes addresses and secrets."""
+        a, b = Settings(max_attempts=2), Settings(max_attempts=3, agi_port=1)
+        assert a.changed_fields(b) == {"max_attempts", "agi_port"}
+        assert "max_attempts" in Settings.RELOADABLE
+        assert not {"agi_port", "redis_url", "ami_secret"} & Settings.RELOADABLE

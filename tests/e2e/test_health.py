@@ -1,0 +1,86 @@
+"""`callmfa health` and SIGHUP on the real sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from ivr.client import VerificationClient
+from ivr.domain.outcome import Outcome
+
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
+from .conftest import PhoneFactory
+
+CALLMFA = str(REPO / ".venv" / "bin" / "callmfa")
+
+
+def _serve_pid(sandbox: Sandbox) -> int:
+    return int((sandbox.directory / "pids" / "callmfa.pid").read_text().split()[0])
+
+
+def _restart_serve(sandbox: Sandbox, **env: str) -> None:
+    pid = _serve_pid(sandbox)
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "callmfa serve to stop")
+    full = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": sandbox.netns,
+            "CALLMFA_SANDBOX_DIR": str(sandbox.directory), **env}
+    subprocess.run(["bash", str(SANDBOX), "up"], env=full, check=True, capture_output=True,
+                   cwd=REPO, timeout=120)
+
+
+class TestHealth:
+    def test_health_command_reports_every_part(self, sandbox: Sandbox) -> None:
+        """`callmfa health` prints serve's /healthz JSON and exits 0 while all is up."""
+        out = subprocess.run([CALLMFA, "health"], env={**os.environ, **sandbox.env},
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stdout + out.stderr
+        status = json.loads(out.stdout)
+        assert status["ok"] is True
+        assert status["redis"] is True
+        assert status["asterisk"] == {
+            "127.0.0.1:5038": {"logged_in": True, "in_flight": 0, "reconnects": 0}}
+        assert status["fastagi"]["listening"] is True
+
+    def test_health_command_fails_when_nothing_answers(self, sandbox: Sandbox) -> None:
+        """With no service on the health port: exit 1 and a clear message."""
+        env = {**os.environ, **sandbox.env, "CALLMFA_HEALTH_PORT": "4599"}
+        out = subprocess.run([CALLMFA, "health"], env=env, capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 1
+        assert "no callmfa serve answers on 127.0.0.1:4599" in out.stderr
+
+
+class TestReload:
+    async def test_sighup_applies_run_time_settings_and_flags_the_rest(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory,
+        tmp_path: Path
+    ) -> None:
+        """SIGHUP re-reads CALLMFA_CONFIG_FILE: the caller ID changes on the next call; a
+        change of a setting that needs a restart is reported and not applied."""
+        config = tmp_path / "callmfa.conf"
+        config.write_text('CALLMFA_CALLER_ID="Before" <+15550001>\n')
+        _restart_serve(sandbox, CALLMFA_CONFIG_FILE=str(config))
+        try:
+            config.write_text('# reloaded\nCALLMFA_CALLER_ID="Reloaded" <+15550002>\n'
+                              "CALLMFA_AGI_MAX_SESSIONS=7\n")
+            os.kill(_serve_pid(sandbox), signal.SIGHUP)
+            log = sandbox.directory / "logs" / "callmfa.log"
+            wait_until(lambda: '"settings_reloaded"' in log.read_text(), 10, "the reload")
+            reloaded = [json.loads(line) for line in log.read_text().splitlines()
+                        if '"settings_reloaded"' in line or '"reload_needs_restart"' in line]
+            assert reloaded[0]["event"] == "reload_needs_restart"
+            assert reloaded[0]["settings"] == ["agi_max_sessions"]
+            assert reloaded[-1]["changed"] == ["caller_id"]
+
+            p = phone(keys="#")
+            record = await client.verify(user="reload", phone="+15550100", timeout_s=40)
+            assert record is not None
+            assert record.outcome is Outcome.APPROVED
+            assert p.wait(20) == 0, p.errors()
+            invite = (p.workdir / "messages.log").read_text()
+            assert '"Reloaded" <sip:+15550002@' in invite
+        finally:
+            _restart_serve(sandbox)
