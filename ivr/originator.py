@@ -32,7 +32,7 @@ from .settings import Settings
 from .storage.results import ResultListener
 from .storage.retry import TRANSIENT, backoff, retrying
 from .storage.store import Claim, Entry, Store
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, drain
 from .transport.ami import AmiClient, ChannelWatch
 from .transport.ami_pool import AmiPool
 
@@ -163,13 +163,8 @@ class Originator:
         originator takes it over at once.
         """
         self._stopping.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("requests_left_pending", count=len(pending))
-                await asyncio.wait(pending)
+        if left := await drain(list(self._tasks), grace_s):
+            log.warning("requests_left_pending", count=left)
         with contextlib.suppress(RedisError, OSError):
             await self._store.retire(self._settings.consumer)
 

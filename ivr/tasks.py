@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Collection
 from typing import Any
 
 
@@ -26,3 +27,15 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
         if not task.cancelled():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 task.result()
+
+
+async def drain(tasks: Collection[asyncio.Future[Any]], grace_s: float) -> int:
+    """Let ``tasks`` finish for up to ``grace_s``, then cancel the rest and wait for them.
+
+    Returns how many had to be cancelled (a graceful shutdown's leftovers).
+    """
+    if not tasks:
+        return 0
+    _, pending = await asyncio.wait(set(tasks), timeout=grace_s)
+    await cancel_and_wait(*pending)
+    return len(pending)

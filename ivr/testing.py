@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Literal
 
 PCAP_DIR = Path("/usr/share/sip-tester")
+STRAY_ALLOWANCE = 20  # concurrent slots for stray messages of earlier calls
 _PCAP_NAMES = {"#": "pound", "*": "star"}
 
 
@@ -227,9 +228,12 @@ class SippPhone:
         )
         cmd = [
             "sipp", "-sf", str(scenario), "-i", self._host, "-p", str(self._port),
-            "-mp", str(self._media_port), "-m", str(self._calls), "-nostdin",
+            # No -m: sipp counts as a call any stray message of an earlier phone's call (a
+            # late BYE) and would stop before the real ones. wait() counts successes.
+            "-mp", str(self._media_port), "-nostdin",
             "-timeout", f"{int(self._timeout)}s", "-timeout_error",
-            "-max_recv_loops", "10000", "-l", str(max(self._calls, 1)),
+            "-max_recv_loops", "10000", "-l", str(self._calls + STRAY_ALLOWANCE),
+            "-trace_stat", "-stf", str(self._workdir / "stats.csv"), "-fd", "1",
             "-trace_err", "-error_file", str(self._workdir / "errors.log"),
             "-trace_logs", "-log_file", str(self._workdir / "sipp.log"),
             "-trace_msg", "-message_file", str(self._workdir / "messages.log"),
@@ -246,10 +250,29 @@ class SippPhone:
                 raise RuntimeError(f"sipp did not start (or exited at once):\n{said}")
             time.sleep(0.01)
 
+    def successful_calls(self) -> int:
+        """Calls that went as scripted so far (sipp writes its statistics every second)."""
+        path = self._workdir / "stats.csv"
+        if not path.exists():
+            return 0
+        rows = [line.split(";") for line in path.read_text().splitlines() if line]
+        if len(rows) < 2:
+            return 0
+        return int(rows[-1][rows[0].index("SuccessfulCall(C)")])
+
     def wait(self, timeout_s: float) -> int:
-        """Wait for sipp to finish its calls; its exit code (0: all as scripted)."""
+        """Wait until the ``calls`` calls went as scripted (0), or the timeout (1); then
+        stop sipp. Stray messages of earlier calls do not count either way."""
         assert self._proc is not None
-        return self._proc.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.successful_calls() < self._calls:
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                ok = self.successful_calls() >= self._calls
+                self.stop()
+                return 0 if ok else 1
+            time.sleep(0.1)
+        self.stop()
+        return 0
 
     def stop(self) -> None:
         """Stop sipp if it still runs."""

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from ..exceptions import AgiError
+from ..tasks import drain
 from .agi import MAX_HEADER_LINES, MAX_LINE_BYTES, AgiChannel, parse_header_line
 
 log = structlog.get_logger("ivr.fastagi")
@@ -141,13 +142,8 @@ class FastAgiServer:
         """Stop listening, let sessions finish for up to ``grace_s``, then cancel the rest."""
         if self._server is not None:
             self._server.close()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("fastagi_sessions_cancelled", count=len(pending))
-                await asyncio.wait(pending)
+        if cancelled := await drain(list(self._tasks), grace_s):
+            log.warning("fastagi_sessions_cancelled", count=cancelled)
         if self._server is not None:
             await self._server.wait_closed()
 

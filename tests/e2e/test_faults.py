@@ -233,7 +233,7 @@ class TestTwoAsterisks:
                               CALLMFA_CONSUMER="originator-b",
                               CALLMFA_AMI_ENDPOINTS=endpoints)
         try:
-            p = phone(calls=100, keys="#", key_delay_ms=1500)
+            p = phone(calls=100, keys="#", key_delay_ms=3000)
             ids = await _submit(client, [f"+1555050{i:04d}" for i in range(100)])
             records = await _outcomes(client, ids, 90)
             assert [r.outcome if r else None for r in records] == [Outcome.APPROVED] * 100
@@ -245,7 +245,7 @@ class TestTwoAsterisks:
             assert min(first, other) >= 20, (first, other)
 
             _kill(_pid(sandbox, "asterisk2"))
-            p = phone(calls=10, keys="#", key_delay_ms=500)
+            p = phone(calls=10, keys="#", key_delay_ms=3000)
             ids = await _submit(client, [f"+1555060{i:04d}" for i in range(10)])
             records = await _outcomes(client, ids, 60)
             assert [r.outcome if r else None for r in records] == [Outcome.APPROVED] * 10
