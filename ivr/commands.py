@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from redis.asyncio import Redis
 
-from . import doctor, report
+from . import doctor, promptgen, report
 from .settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -39,6 +40,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                                                 "into DIR (e.g. /etc/asterisk)")
     d.add_argument("directory", metavar="DIR", type=Path)
     d.add_argument("--force", action="store_true", help="overwrite existing files")
+    d.add_argument("--prompts", metavar="SOUNDS_DIR", type=Path,
+                   help="also record callmfa's prompts (en, fr, de, es; needs espeak-ng and "
+                        "sox) into SOUNDS_DIR/<lang>/callmfa/, e.g. /usr/share/asterisk/sounds")
     d.set_defaults(run=_install_dialplan)
 
 
@@ -114,6 +118,14 @@ def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
     for f in files:
         shutil.copy(f, target / f.name)  # keeps the AGI script executable
         print(f"installed {target / f.name}")
+    if args.prompts is not None:
+        try:
+            made = promptgen.build(args.prompts)
+        except (OSError, subprocess.CalledProcessError) as e:
+            print(f"callmfa: recording the prompts failed ({e}): are espeak-ng and sox "
+                  "installed?", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"recorded {made} prompt file(s) under {args.prompts}/<lang>/callmfa/")
     print('next: add #include "extensions_callmfa.conf" to extensions.conf and\n'
           '      #include "manager_callmfa.conf" to manager.conf, set the secret, then\n'
           "      asterisk -rx 'dialplan reload' and asterisk -rx 'manager reload'.\n"

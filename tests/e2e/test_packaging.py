@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ivr.domain.prompts import LANGUAGES, PROMPTS
+
 from ..conftest import REPO, Sandbox, _setns
 from .test_operations import run_cli
 
@@ -71,6 +73,18 @@ class TestWheel:
                                 str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert again.returncode == 1
         assert "--force overwrites" in again.stderr
+
+    def test_install_dialplan_records_the_prompts(
+        self, installed: tuple[Path, Path], tmp_path: Path
+    ) -> None:
+        """--prompts SOUNDS_DIR records every prompt of the packaged catalogue, per language."""
+        sounds = tmp_path / "sounds"
+        out = subprocess.run([str(installed[1] / "callmfa"), "install-dialplan",
+                              str(tmp_path), "--prompts", str(sounds)],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        for lang in LANGUAGES:
+            assert {p.stem for p in (sounds / lang / "callmfa").glob("*.wav")} == set(PROMPTS)
 
     def test_check_against_the_sandbox(
         self, installed: tuple[Path, Path], sandbox: Sandbox
