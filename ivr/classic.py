@@ -140,6 +140,10 @@ class ClassicDriver:
             return HungUp()
 
     def _report(self, call: CallContext, step: Report) -> None:
+        if step.outcome is Outcome.FRAUD_REPORTED and call.user:
+            # Block before the outcome is published: the next request must find the block.
+            self._store.report_fraud(rid=call.id, user=call.user, number=call.number,
+                                     context=call.context)
         stored = self._store.store_outcome(call.record(step.outcome, step.detail))
         self._log(f"{call.id}: outcome {step.outcome.value}"
                   + ("" if stored else " (an outcome was already stored)"))

@@ -17,6 +17,7 @@ from .domain.policy import NumberPolicy, parse_prefixes, shipped_denied_prefixes
 from .domain.request import VerificationRequest
 from .settings import Settings
 from .storage.guard import Guard, Limits, Verdict
+from .storage.keys import fraud_report_args
 
 log = structlog.get_logger("ivr.security")
 
@@ -85,10 +86,6 @@ class Security:
     async def report_fraud(self, *, rid: str, user: str, number: str, context: str) -> None:
         """The user pressed 0#: block them (unless blocking is off), audit, notify."""
         block_s = self._settings.fraud_block_s
-        if block_s > 0:
-            await self.guard.block(user, block_s, actor="ivr", reason="fraud_reported",
-                                   id=rid, number=number, context=context)
-        else:
-            await self.guard.record("fraud_reported", user, actor="ivr",
-                                    id=rid, number=number, context=context)
+        await self.guard.apply(*fraud_report_args(
+            rid=rid, user=user, number=number, context=context, block_s=block_s))
         log.warning("fraud_reported", user=user, blocked_for_s=block_s)

@@ -13,7 +13,6 @@ Every change of a block or a bypass is written to ``callmfa:audit`` and publishe
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,18 +21,18 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ..domain.outcome import iso
+from .keys import (
+    AUDIT,
+    AUDIT_MAXLEN,
+    BLOCKED,
+    RECORD_AUDIT,
+    audit_script_args,
+    bypass_key,
+)
 from .store import call_key, result_key
 
-BLOCKED = "callmfa:blocked"
-AUDIT = "callmfa:audit"
-SECURITY_CHANNEL = "callmfa:security"
-AUDIT_MAXLEN = 1_000_000
 HOUR_MS = 3_600_000
 
-
-def bypass_key(user: str) -> str:
-    """The one-time bypass of ``user`` (exists while it may be used)."""
-    return f"callmfa:bypass:{user}"
 
 
 def inflight_key(user: str) -> str:
@@ -96,24 +95,6 @@ end
 return {'admitted', '', 0}
 """
 
-# KEYS: the block set, the user's bypass key, the audit stream.
-# ARGV: op, user, until_ms or bypass seconds, audit maxlen, channel, message, audit fields...
-_RECORD = """
-local op, user = ARGV[1], ARGV[2]
-local changed = 1
-if op == 'blocked' then
-  redis.call('ZADD', KEYS[1], ARGV[3], user)
-elseif op == 'unblocked' then
-  changed = redis.call('ZREM', KEYS[1], user)
-elseif op == 'bypass_granted' then
-  redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
-end
-if changed == 1 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 7))
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
-end
-return changed
-"""
 
 
 class Verdict(StrEnum):
@@ -162,7 +143,7 @@ class Guard:
         self.redis = redis
         self._limits = limits
         self._admit = redis.register_script(_ADMIT)
-        self._record = redis.register_script(_RECORD)
+        self._record = redis.register_script(RECORD_AUDIT)
 
     async def admit(self, rid: str, user: str, number: str) -> Admission:
         """Decide, atomically, whether a call to ``user`` at ``number`` may be placed now."""
@@ -226,10 +207,8 @@ class Guard:
 
         False when nothing changed (unblocking a user who was not blocked).
         """
-        entry = {"event": event, "user": user, "at": iso(time.time()) or "", **facts}
-        args: list[str | int] = [event, user, value, AUDIT_MAXLEN, SECURITY_CHANNEL,
-                                 json.dumps(entry, separators=(",", ":"))]
-        for k, v in entry.items():
-            args += [k, v]
-        changed = await self._record(keys=[BLOCKED, bypass_key(user), AUDIT], args=args)
-        return bool(changed)
+        return await self.apply(*audit_script_args(event, user, value, facts))
+
+    async def apply(self, keys: list[str], args: list[str | int]) -> bool:
+        """Run the audit script with prepared arguments (see ``ivr.storage.keys``)."""
+        return bool(await self._record(keys=keys, args=args))

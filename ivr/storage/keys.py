@@ -5,7 +5,9 @@ Shared by the asyncio store (``callmfa serve``) and the classic AGI driver's syn
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 
 from ..domain.outcome import OutcomeRecord, iso
 from ..domain.signing import signed_json
@@ -74,3 +76,60 @@ def outcome_script_args(
 def event_fields(rid: str, name: str, **fields: str) -> dict[str, str]:
     """One ``callmfa:events`` entry."""
     return {"id": rid, "event": name, "at": iso(time.time()) or "", **fields}
+
+
+# Security: blocks, bypasses and their audit trail (shared with the classic AGI driver).
+BLOCKED = "callmfa:blocked"
+AUDIT = "callmfa:audit"
+SECURITY_CHANNEL = "callmfa:security"
+AUDIT_MAXLEN = 1_000_000
+
+
+def bypass_key(user: str) -> str:
+    """The one-time bypass of ``user`` (exists while it may be used)."""
+    return f"callmfa:bypass:{user}"
+
+
+# KEYS: the block set, the user's bypass key, the audit stream.
+# ARGV: op, user, until_ms or bypass seconds, audit maxlen, channel, message, audit fields...
+RECORD_AUDIT = """
+local op, user = ARGV[1], ARGV[2]
+local changed = 1
+if op == 'blocked' then
+  redis.call('ZADD', KEYS[1], ARGV[3], user)
+elseif op == 'unblocked' then
+  changed = redis.call('ZREM', KEYS[1], user)
+elseif op == 'bypass_granted' then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+end
+if changed == 1 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 7))
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
+return changed
+"""
+
+
+def audit_script_args(
+    event: str, user: str, value: int, facts: Mapping[str, str]
+) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of the audit script: ``blocked`` (until ``value`` ms), ``unblocked``,
+    ``bypass_granted`` (``value`` seconds), or any other event, audited and published."""
+    entry = {"event": event, "user": user, "at": iso(time.time()) or "", **facts}
+    args: list[str | int] = [event, user, value, AUDIT_MAXLEN, SECURITY_CHANNEL,
+                             json.dumps(entry, separators=(",", ":"))]
+    for k, v in entry.items():
+        args += [k, v]
+    return [BLOCKED, bypass_key(user), AUDIT], args
+
+
+def fraud_report_args(
+    *, rid: str, user: str, number: str, context: str, block_s: float
+) -> tuple[list[str], list[str | int]]:
+    """The audit script's arguments for a 0#: block the user for ``block_s`` (0: audit only)."""
+    facts = {"actor": "ivr", "id": rid, "number": number, "context": context}
+    if block_s <= 0:
+        return audit_script_args("fraud_reported", user, 0, facts)
+    until = time.time() + block_s
+    return audit_script_args("blocked", user, int(until * 1000),
+                             {**facts, "reason": "fraud_reported", "until": iso(until) or ""})

@@ -13,7 +13,15 @@ from redis import Redis
 
 from ..domain.outcome import OutcomeRecord
 from ..settings import Settings
-from .keys import EVENTS, STORE_OUTCOME, call_key, event_fields, outcome_script_args
+from .keys import (
+    EVENTS,
+    RECORD_AUDIT,
+    STORE_OUTCOME,
+    call_key,
+    event_fields,
+    fraud_report_args,
+    outcome_script_args,
+)
 from .pins import RECORD_DENIAL, PinState, lock_value, parse_pin_state, pin_key
 
 
@@ -60,6 +68,12 @@ class SyncStore:
             signing_key=self._settings.signing_key.encode(),
         )
         return bool(self._redis.eval(STORE_OUTCOME, len(keys), *keys, *args))
+
+    def report_fraud(self, *, rid: str, user: str, number: str, context: str) -> None:
+        """0#: block the user (or only audit, with CALLMFA_FRAUD_BLOCK_S=0), as serve does."""
+        keys, args = fraud_report_args(rid=rid, user=user, number=number, context=context,
+                                       block_s=self._settings.fraud_block_s)
+        self._redis.eval(RECORD_AUDIT, len(keys), *keys, *args)
 
     def record_denial(self, user: str) -> bool:
         """Count a denied PIN call; True when it locked the user out."""

@@ -12,9 +12,11 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
+from ivr.storage.keys import AUDIT
 
 from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
 from .conftest import PhoneFactory
@@ -61,3 +63,23 @@ class TestClassicAgi:
         assert p.wait(20) == 0, p.errors()
         log = (sandbox.directory / "logs" / "asterisk.log").read_text()
         assert f"callmfa: {record.id}: outcome approved" in log
+
+    async def test_zero_pound_reports_fraud_and_is_audited(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """'0#' through the classic script: fraud_reported, and the security audit has it
+        (the same hook as serve's IVR; the suite runs with CALLMFA_FRAUD_BLOCK_S=0)."""
+        p = phone(keys="0#", key_delay_ms=2500)
+        record = await client.verify(user="mallory", phone="+15550100", timeout_s=60)
+        assert record is not None
+        assert record.outcome is Outcome.FRAUD_REPORTED
+        assert p.wait(20) == 0, p.errors()
+        redis = Redis.from_url(sandbox.redis_url)
+        try:
+            audit = [{k.decode(): v.decode() for k, v in f.items()}
+                     for _, f in await redis.xrange(AUDIT)]
+        finally:
+            await redis.aclose()
+        mine = [e for e in audit if e.get("id") == record.id]
+        assert [(e["event"], e["user"], e["number"]) for e in mine] == [
+            ("fraud_reported", "mallory", "+15550100")]

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.exceptions import OutcomeSignatureError
-from ivr.storage.guard import AUDIT
+from ivr.storage.keys import AUDIT
 from ivr.storage.store import EVENTS, call_key, connect, result_key
 
 from ..conftest import E2E_SETTINGS, SECOND_SERVICE, Sandbox, wait_until

@@ -13,7 +13,8 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.domain.request import VerificationRequest
 from ivr.security import Security, limits
 from ivr.settings import Settings
-from ivr.storage.guard import AUDIT, SECURITY_CHANNEL, Guard, Limits, Verdict
+from ivr.storage.guard import Guard, Limits, Verdict
+from ivr.storage.keys import AUDIT, SECURITY_CHANNEL
 from ivr.storage.store import Store
 
 NUMBER = "+15550100"
