@@ -99,6 +99,11 @@ class Sandbox:
     def redis_url(self) -> str:
         return self.env["CALLMFA_REDIS_URL"]
 
+    @property
+    def ami_secret(self) -> str:
+        """The sandbox's AMI secret (from its secret file)."""
+        return Path(self.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
+
     def asterisk(self, command: str) -> str:
         """Run an Asterisk CLI command (as `asterisk -rx`)."""
         root = self.env["CALLMFA_ASTERISK_ROOT"]
