@@ -76,7 +76,8 @@ class CallmfaCalls:
         watch = self._ami.watch(rid)
         ended = asyncio.create_task(_ended(self._ami, rid, watch, result))
         try:
-            await self._client.submit(user="bench", phone=number, request_id=rid)
+            # One user per call: admission allows one call in flight per user.
+            await self._client.submit(user=f"bench{number}", phone=number, request_id=rid)
             record = await self._client.wait(rid, CALL_TIMEOUT_S)
             result.outcome_at = time.time()
             if record is not None:

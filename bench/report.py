@@ -76,6 +76,9 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         if c in floor:
             ratios.setdefault(c, {})["throughput_classic_over_floor"] = _ratio(
                 row["calls_per_s"], floor[c]["calls_per_s"])
+            # The scripts are Asterisk's reaped children: their CPU against Asterisk's own.
+            ratios[c]["classic_scripts_cpu_over_asterisk_cpu"] = _ratio(
+                row["cpu_ms_per_call"]["asterisk_children"], row["cpu_ms_per_call"]["asterisk"])
     targets: dict[str, Any] = {}
     at = ours.get(TARGET_CONCURRENCY)
     if at is not None:

@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="which of callmfa, dialplan, classic to run")
     p.add_argument("--classic-env", action="append", default=[],
                    help="KEY=VALUE for `callmfa serve` in the classic-AGI variant "
-                        "(default CALLMFA_AGI_URL=callmfa-verify.agi)")
+                        "(default CALLMFA_AGI_MODE=classic)")
     p.add_argument("--set", action="append", default=[], dest="settings",
                    help="KEY=VALUE for `callmfa serve` in every variant (e.g. CALLMFA_LOG_LEVEL)")
     p.add_argument("--profile", type=Path,
@@ -293,7 +293,7 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         if "classic" in variants:
             if CLASSIC_SCRIPT.exists():
                 bench.start_service("classic", _pairs(
-                    args.classic_env or ["CALLMFA_AGI_URL=callmfa-verify.agi"]))
+                    args.classic_env or ["CALLMFA_AGI_MODE=classic"]))
                 for load in loads:
                     await bench.run("classic", ours, load)
             else:

@@ -16,24 +16,30 @@ pytestmark = pytest.mark.e2e
 
 class TestBenchSmoke:
     def test_smoke_run_prints_valid_json(self) -> None:
-        """`python -m bench --smoke` brings up its own sandbox, places real calls for callmfa
-        and the dialplan floor, and prints one JSON line per run and a summary."""
+        """`python -m bench --smoke` brings up its own sandbox, places real calls for callmfa,
+        the dialplan floor and the classic AGI script (CALLMFA_AGI_MODE=classic), and prints one
+        JSON line per run and a summary."""
         netns = "cmbt-" + hashlib.sha1(str(REPO).encode()).hexdigest()[:8]  # noqa: S324
         run = subprocess.run(
             [sys.executable, "-m", "bench", "--smoke", "--netns", netns,
-             "--sandbox-dir", str(REPO / ".sandbox-benchtest"), "--variants", "callmfa,dialplan"],
+             "--sandbox-dir", str(REPO / ".sandbox-benchtest"),
+             "--variants", "callmfa,dialplan,classic"],
             cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
         )
         assert run.returncode == 0, run.stderr[-3000:]
         lines = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
         rows = [x for x in lines if "variant" in x]
-        assert [r["variant"] for r in rows] == ["callmfa", "dialplan"]
+        assert [r["variant"] for r in rows] == ["callmfa", "dialplan", "classic"]
         for row in rows:
             assert row["calls"] == row["ok"] == 4, row["failures"]
             # The ramp's calls are left out of the latencies: the last two remain.
             assert row["latency_ms"]["request_to_invite"]["n"] == 2
             assert row["cpu_ms_per_call"]["asterisk"] > 0
         assert rows[0]["latency_ms"]["key_to_outcome"]["n"] == 2
+        assert rows[2]["latency_ms"]["key_to_outcome"]["n"] == 2
+        # The classic scripts are Asterisk's children: their CPU is counted, reaped.
+        assert rows[2]["cpu_ms_per_call"]["asterisk_children"] > 0
         final = lines[-1]
         assert final["summary"] is True
         assert "throughput_ours_over_floor" in final["ratios"]["2"]
+        assert "throughput_classic_over_floor" in final["ratios"]["2"]
