@@ -140,6 +140,15 @@ def failed(reason: int, cause: int | None) -> Network:
     return network
 
 
+def busy_when(ring: asyncio.Event) -> Network:
+    """The phone rings until ``ring`` is set, then the call fails busy (cause 17)."""
+    async def network(ami: FakeAmi, call: OriginateCall, watch: ChannelWatch) -> OriginateResult:
+        await ring.wait()
+        watch.hangup.set_result(17)
+        return OriginateResult(False, 0, {})
+    return network
+
+
 def raising(error: AmiError) -> Network:
     async def network(ami: FakeAmi, call: OriginateCall, watch: ChannelWatch) -> OriginateResult:
         raise error
@@ -586,15 +595,7 @@ class TestDeliveryAndConcurrency:
         """While a call rings the entry stays pending; once the outcome is stored, every
         entry is acked."""
         ring = asyncio.Event()
-
-        async def network(
-            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
-        ) -> OriginateResult:
-            await ring.wait()
-            watch.hangup.set_result(17)
-            return OriginateResult(False, 0, {})
-
-        h = await start(network)
+        h = await start(busy_when(ring))
         # One user per call: a user has at most one call in flight (docs/security.md).
         ids = [(await h.submit(user=f"user{i}"))[0] for i in range(3)]
 
@@ -668,15 +669,7 @@ class TestStop:
     async def test_stop_lets_a_call_finish_within_grace(self, start: Start) -> None:
         """A call that ends within the grace period gets its outcome and its ack."""
         ring = asyncio.Event()
-
-        async def network(
-            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
-        ) -> OriginateResult:
-            await ring.wait()
-            watch.hangup.set_result(17)
-            return OriginateResult(False, 0, {})
-
-        h = await start(network)
+        h = await start(busy_when(ring))
         rid, _ = await h.submit()
 
         async def dialling() -> bool:
