@@ -16,8 +16,9 @@ from .domain.outcome import Outcome, OutcomeRecord
 from .domain.prompts import PROMPTS, prompt_language, sound_files
 from .settings import Settings
 
-# Dialplan variables the drivers read (set by AMD() and our dialplan).
+# Dialplan variables the drivers read (set by AMD() and by our dialplan's StoreDTMF()).
 AMD_STATUS = "AMDSTATUS"
+EARLY_KEYS = "CALLMFA_EARLY_KEYS"
 
 
 class PinEffect(Enum):
@@ -46,6 +47,8 @@ class CallContext:
     input_pending: bool = False  # keys collected, 'input' event not yet written
     wrong_codes: int = 0
     overridden: frozenset[str] = frozenset()
+    amd_status: str = ""
+    early_keys: str = field(default="", repr=False)
 
     @classmethod
     def from_marker(cls, rid: str, info: dict[str, str], answered: float) -> CallContext:
@@ -72,14 +75,22 @@ class CallContext:
             max_attempts=settings.max_attempts,
         )
 
-    def started(self, *, amd_status: str, pin_hash: str, pin_locked: bool) -> Started:
-        """The flow's first event; remembers the code the keys will be checked against."""
+    def started(self, *, pin_hash: str, pin_locked: bool) -> Started:
+        """The flow's first event; remembers the code the keys will be checked against.
+
+        Keys that finished an answer before the IVR ran are its input: their 'input' event
+        is pending from now.
+        """
         if self.mode == "pin":
             self.match_hash = pin_hash
+        if "#" in self.early_keys:
+            self.input_at = time.time()
+            self.input_pending = True
         return Started(
-            machine=amd_status.strip().upper() == "MACHINE",
+            machine=self.amd_status.strip().upper() == "MACHINE",
             locked=self.mode == "pin" and pin_locked,
             code_known=self.mode == "standard" or bool(self.match_hash),
+            early_keys=self.early_keys,
         )
 
     @property
@@ -94,22 +105,25 @@ class CallContext:
             overridden=self.overridden,
         )
 
-    def override_probe(self, settings: Settings) -> tuple[str, str] | None:
-        """(prompt ids, a dialplan expression) that tells which prompts the admin overrode.
+    def channel_probe(self, settings: Settings) -> str:
+        """One dialplan expression for all the IVR reads from the channel, in one round trip.
 
-        The expression gives one '1' or '0' per id, in order (func_env's STAT); None when
-        no override directory is configured.
+        It gives AMD's verdict, the keys pressed before the IVR ran, and, with an override
+        directory, one '1' or '0' per prompt id in catalogue order (func_env's STAT): does
+        the admin's recording exist. See :meth:`apply_channel_probe`.
         """
-        if not settings.prompt_override_dir:
-            return None
-        ids = tuple(PROMPTS)
-        base = f"{settings.prompt_override_dir}/{self.lang}"
-        return ",".join(ids), "".join(f"${{STAT(e,{base}/{pid}.wav)}}" for pid in ids)
+        bits = ""
+        if settings.prompt_override_dir:
+            base = f"{settings.prompt_override_dir}/{self.lang}"
+            bits = "".join(f"${{STAT(e,{base}/{pid}.wav)}}" for pid in PROMPTS)
+        return f"${{{AMD_STATUS}}}|${{{EARLY_KEYS}}}|{bits}"
 
-    def apply_override_probe(self, ids: str, answer: str) -> None:
-        """Remember the overridden prompts from the probe's answer."""
+    def apply_channel_probe(self, answer: str) -> None:
+        """Remember what :meth:`channel_probe`'s expression evaluated to."""
+        self.amd_status, _, rest = answer.partition("|")
+        self.early_keys, _, bits = rest.partition("|")
         self.overridden = frozenset(
-            pid for pid, bit in zip(ids.split(","), answer, strict=False) if bit == "1"
+            pid for pid, bit in zip(PROMPTS, bits, strict=False) if bit == "1"
         )
 
     def record(self, outcome: Outcome, detail: str | None) -> OutcomeRecord:

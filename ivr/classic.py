@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .call import AMD_STATUS, CallContext, PinEffect
+from .call import CallContext, PinEffect
 from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
@@ -84,21 +84,19 @@ class ClassicDriver:
             return
         call = CallContext.from_marker(rid, info, time.time())
         pin = self._store.pin_state(call.user) if call.mode == "pin" and call.user else None
-        amd = ""
         try:
             self._command("set_variable", "CHANNEL(language)", call.lang)
-            probe = call.override_probe(self._settings)
-            answer = self._command(
-                "get_full_variable", f"${{{AMD_STATUS}}}|" + (probe[1] if probe else "")
+            call.apply_channel_probe(
+                str(self._command("get_full_variable", call.channel_probe(self._settings)))
             )
-            amd, _, bits = str(answer).partition("|")
-            if probe:
-                call.apply_override_probe(probe[0], bits)
         except AgiHangup:
             pass  # the flow's first step finds the caller gone
         started = call.started(
-            amd_status=amd, pin_hash=pin.hash if pin else "", pin_locked=bool(pin and pin.locked)
+            pin_hash=pin.hash if pin else "", pin_locked=bool(pin and pin.locked)
         )
+        if call.input_pending:  # keys pressed before the IVR ran are the answer
+            self._store.event(call.id, "input")
+            call.input_pending = False
         flow = call.flow(self._settings)
         step: Step = flow.send(started)
         try:

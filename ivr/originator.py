@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
+from .domain.flow import keys_are_secret
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
 from .domain.request import VerificationRequest, parse_request, peek_id
 from .exceptions import AmiConnectError, AmiError, RequestError
@@ -267,6 +268,9 @@ class Originator:
             "CALLMFA_AGI": s.agi_url,
             "CALLMFA_MAX_SECS": str(s.max_call_s),
             "CALLMFA_AMD": s.amd,
+            # Keys pressed before the IVR runs are kept for it in a channel variable, which
+            # Asterisk publishes (AMI VarSet): never for a PIN or a match code.
+            "CALLMFA_KEEP_KEYS": "off" if keys_are_secret(req.mode) else "on",
         }
         started = time.time()
         watch = ami.watch(req.id)

@@ -12,7 +12,7 @@ import time
 
 import structlog
 
-from .call import AMD_STATUS, CallContext, PinEffect
+from .call import CallContext, PinEffect
 from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
@@ -94,23 +94,19 @@ class VerificationIvr:
                 await session.channel.hangup()
 
     async def _prepare(self, call: CallContext, channel: AgiChannel) -> Started:
-        """The channel's language and AMD verdict, overridden prompts, the PIN state."""
+        """The channel's language, AMD verdict and early keys, overridden prompts, the PIN state."""
         pin = await self._pins.state(call.user) if call.mode == "pin" and call.user \
             else PinState()
-        amd = ""
         try:
             await channel.set_variable("CHANNEL(language)", call.lang)
-            probe = call.override_probe(self._settings)
-            answer = await channel.get_full_variable(
-                f"${{{AMD_STATUS}}}|" + (probe[1] if probe else "")
+            call.apply_channel_probe(
+                await channel.get_full_variable(call.channel_probe(self._settings))
             )
-            amd, _, bits = answer.partition("|")
-            if probe:
-                call.apply_override_probe(probe[0], bits)
         except AgiHangup:
             pass  # the flow's first step finds the caller gone and reports hung_up
-        log.info("ivr_started", mode=call.mode, lang=call.lang, amd=amd or None)
-        return call.started(amd_status=amd, pin_hash=pin.hash, pin_locked=pin.locked)
+        log.info("ivr_started", mode=call.mode, lang=call.lang, amd=call.amd_status or None,
+                 early_keys=len(call.early_keys))
+        return call.started(pin_hash=pin.hash, pin_locked=pin.locked)
 
     async def _run(
         self, flow: VerificationFlow, started: Started, channel: AgiChannel, call: CallContext

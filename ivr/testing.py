@@ -34,6 +34,7 @@ class PhoneBehaviour:
     keys: str = "#"  # pressed after answering; "" for silence
     dtmf: Literal["info", "rfc4733"] = "info"
     key_delay_ms: int = 1000  # from the answer to the first key
+    key_gap_ms: int = 150  # after each key
     answer_delay_ms: int = 0  # ringing time before answering
     hangup_after_ms: int | None = None  # hang up this long after answering
     reject_with: int | None = None  # answer with this SIP status instead (486, 404, 503)
@@ -147,7 +148,7 @@ Content-Length: 0
                 steps += f"""  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>
   <pause milliseconds="250"/>
 """
-            steps += '  <pause milliseconds="150"/>\n'
+            steps += f'  <pause milliseconds="{b.key_gap_ms}"/>\n'
     if b.hangup_after_ms is not None:
         steps += f'  <pause milliseconds="{b.hangup_after_ms}"/>\n'
         steps += _request("BYE", cseq)

@@ -19,7 +19,10 @@ One flow serves every mode:
 
 In every mode ``0#`` reports fraud, ``*`` throws away what was keyed before it (``*`` last
 replays the prompt, not counted as an attempt, a few times at most), any other input counts
-as a wrong attempt, and nothing after the outcome changes it. The flow never sees a code's
+as a wrong attempt, and nothing after the outcome changes it. Keys pressed before the
+greeting (while answering-machine detection listened; :attr:`Started.early_keys`) count as
+if pressed during it: up to the first ``#`` they are the first answer, and without a ``#``
+they are the start of it. The flow never sees a code's
 hash: it asks the driver to :class:`CheckCode` (a slow hash, done off the event loop) and
 is told the verdict.
 """
@@ -35,6 +38,11 @@ PIN_MIN_DIGITS = 4
 PIN_MAX_DIGITS = 12
 MATCH_DIGITS = 2
 FRAUD_KEYS = "0"
+
+
+def keys_are_secret(mode: str) -> bool:
+    """The keys of this mode are a code (a PIN, a match number), not just '#'."""
+    return mode != "standard"
 
 
 # Steps: what the flow asks the driver to do.
@@ -88,13 +96,16 @@ Step = Collect | Play | CheckCode | Report | Hangup
 class Started:
     """The call is answered and the IVR runs.
 
-    ``machine``: answering-machine detection said MACHINE. ``locked``: the user's PIN is
-    locked out. ``code_known``: the expected code's hash is there (pin and match modes).
+    ``machine``: answering-machine detection said MACHINE (it wins over any key: a
+    voicemail greeting may hold a tone). ``locked``: the user's PIN is locked out.
+    ``code_known``: the expected code's hash is there (pin and match modes).
+    ``early_keys``: keys pressed before the IVR ran, in order.
     """
 
     machine: bool = False
     locked: bool = False
     code_known: bool = True
+    early_keys: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,7 @@ class VerificationFlow:
         self._wrong_code = False
         self._closing: tuple[str, ...] | None = None
         self._pending: Collect | None = None
+        self._prefix = ""  # early keys with no '#': the start of the first answer
         self._state = "new"
 
     @property
@@ -195,13 +207,22 @@ class VerificationFlow:
             # Nothing to compare the keys with: never approve, tell the sign-in service why.
             return self._report(Outcome.ERROR, "no_pin" if self.mode == "pin" else "no_code",
                                 closing=False, prompt="failed")
-        return self._collect(())
+        first, pound, _ = event.early_keys.partition("#")
+        if not pound:
+            # Unfinished: a '*' asked for the greeting, which comes now anyway.
+            self._prefix = first.rsplit("*", 1)[-1]
+            return self._collect(())
+        # Finished before the greeting: the first answer. Keys after its '#' are dropped,
+        # like keys between two prompts.
+        self._attempts += 1
+        self._state = "collecting"
+        return self._on_digits(Digits(first, timed_out=False))
 
     def _collect(self, before: tuple[str, ...], *, attempt: bool = True) -> Collect | Play:
         self._state = "collecting"
         if attempt:
             self._attempts += 1
-        if self.mode == "standard":
+        if not keys_are_secret(self.mode):
             return Collect((*before, _GREETINGS[self.mode]), self._timeout_ms, 4)
         collect = Collect((_GREETINGS[self.mode],), self._timeout_ms, PIN_MAX_DIGITS + 8,
                           secret=True)
@@ -222,7 +243,9 @@ class VerificationFlow:
         return Report(outcome, detail)
 
     def _on_digits(self, event: Digits) -> Step:
-        keys = event.digits
+        typed = self._prefix + event.digits
+        self._prefix = ""
+        keys = typed
         if "*" in keys:
             keys = keys.rsplit("*", 1)[1]
             if not keys:
@@ -237,7 +260,7 @@ class VerificationFlow:
                 return self._report(Outcome.APPROVED, None)
             self._state = "checking"
             return CheckCode(keys)
-        silent = event.timed_out and event.digits == ""
+        silent = event.timed_out and typed == ""
         self._wrong_key = self._wrong_key or not silent
         return self._retry_or_fail(() if silent else ("retry",))
 

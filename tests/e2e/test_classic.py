@@ -83,3 +83,21 @@ class TestClassicAgi:
         mine = [e for e in audit if e.get("id") == record.id]
         assert [(e["event"], e["user"], e["number"]) for e in mine] == [
             ("fraud_reported", "mallory", "+15550100")]
+
+    async def test_pound_while_amd_listens_approves(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """'#' just after "hello", while AMD listens (it drops keys): the script reads what
+        the dialplan's StoreDTMF kept and approves; the greeting is never played."""
+        log = sandbox.directory / "logs" / "asterisk.log"
+        offset = log.stat().st_size
+        p = phone(keys="#", key_delay_ms=100)
+        record = await client.verify(user="alice", phone="+15550100", timeout_s=60)
+        assert record is not None
+        assert (record.outcome, record.input_at is not None) == (Outcome.APPROVED, True)
+        assert p.wait(20) == 0, p.errors()
+        with log.open(errors="replace") as f:
+            f.seek(offset)
+            lines = f.read()
+        assert f"callmfa: {record.id}: outcome approved" in lines
+        assert "callmfa/greeting" not in lines

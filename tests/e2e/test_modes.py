@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
@@ -154,6 +155,38 @@ class TestMachineDetection:
         assert record.outcome is Outcome.APPROVED
         log = sandbox.directory / "logs" / "asterisk.log"
         assert "AMD: Channel" in await asyncio.to_thread(log.read_text)
+
+
+class TestKeysBeforeTheGreeting:
+    @pytest.mark.parametrize("dtmf", ["info", "rfc4733"])
+    async def test_pound_while_amd_listens_approves(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory, dtmf: str
+    ) -> None:
+        """'#' just after "hello", while AMD still listens (AMD drops keys): the dialplan's
+        StoreDTMF keeps it, and the call is approved without the greeting."""
+        log = sandbox.directory / "logs" / "asterisk.log"
+        offset = await asyncio.to_thread(lambda: log.stat().st_size)
+        phone(keys="#", key_delay_ms=100, dtmf=dtmf)
+        record = await verify(client, "alice")
+        assert (record.outcome, record.input_at is not None) == (Outcome.APPROVED, True)
+        lines = "".join(await asyncio.to_thread(_new_lines, log, offset))
+        assert "AMD: Channel" in lines
+        assert "HUMAN" in lines
+        assert "callmfa/greeting" not in lines
+        assert "callmfa/approved" in lines
+
+    async def test_zero_while_amd_listens_then_pound_reports_fraud(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """'0' while AMD listens, '#' during the greeting: the '0' was not lost, so the call
+        reports fraud rather than approving."""
+        log = sandbox.directory / "logs" / "asterisk.log"
+        offset = await asyncio.to_thread(lambda: log.stat().st_size)
+        phone(keys="0#", key_delay_ms=100, key_gap_ms=2500)
+        record = await verify(client, "alice")
+        assert record.outcome is Outcome.FRAUD_REPORTED
+        lines = "".join(await asyncio.to_thread(_new_lines, log, offset))
+        assert "callmfa/greeting" in lines
 
 
 class TestLanguages:

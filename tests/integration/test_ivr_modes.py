@@ -21,7 +21,8 @@ from .fake_asterisk import HANG_UP, events_of, run_call
 PIN = "5938271046"  # ten digits: nothing else in Redis looks like it
 WRONG_PIN = "1111"
 MATCH = "42"
-PREAMBLE = ["SET VARIABLE CHANNEL(language) en", "GET FULL VARIABLE ${AMDSTATUS}|"]
+PREAMBLE = ["SET VARIABLE CHANNEL(language) en",
+            "GET FULL VARIABLE ${AMDSTATUS}|${CALLMFA_EARLY_KEYS}|"]
 GET_PIN = "GET DATA callmfa/pin_greeting 500 20"
 GET_MATCH = "GET DATA callmfa/match_greeting 500 20"
 PIN_CALL = {"mode": "pin"}

@@ -30,7 +30,7 @@ from .fake_asterisk import (
 )
 
 SET_LANGUAGE = "SET VARIABLE CHANNEL(language) en"
-GET_AMD = "GET FULL VARIABLE ${AMDSTATUS}|"
+GET_AMD = "GET FULL VARIABLE ${AMDSTATUS}|${CALLMFA_EARLY_KEYS}|"
 PREAMBLE = [SET_LANGUAGE, GET_AMD]
 GREETING = "callmfa/greeting"
 RETRY_GREETING = f"callmfa/retry&{GREETING}"
@@ -176,6 +176,38 @@ class TestMachineDetection:
         assert stored["outcome"] == "approved"
         assert commands[2] == READ.format(files=GREETING)
 
+    async def test_pound_before_the_greeting_approves(self, ivr: Ivr) -> None:
+        """'#' pressed while AMD listened (kept by the dialplan's StoreDTMF): approved
+        without the greeting, with its input time; only the goodbye is played."""
+        rid = "17171717-1717-4717-8717-171717171718"
+
+        commands, stored = await run_call(
+            ivr, rid, variables={"CALLMFA_EARLY_KEYS": "#"}
+        )
+
+        assert (stored["outcome"], stored["input_at"] is not None) == ("approved", True)
+        assert commands == [*PREAMBLE, playback("approved"), "HANGUP"]
+
+    async def test_zero_before_the_greeting_starts_the_answer(self, ivr: Ivr) -> None:
+        """'0' before the greeting and '#' during it: fraud_reported, not approved."""
+        rid = "17171717-1717-4717-8717-171717171719"
+
+        _, stored = await run_call(
+            ivr, rid, PRESS_POUND, variables={"CALLMFA_EARLY_KEYS": "0"}
+        )
+
+        assert stored["outcome"] == "fraud_reported"
+
+    async def test_machine_wins_over_a_pound_before_the_greeting(self, ivr: Ivr) -> None:
+        """A voicemail greeting with a '#' tone in it: machine_answered, never approved."""
+        rid = "17171717-1717-4717-8717-17171717171a"
+
+        _, stored = await run_call(
+            ivr, rid, amd="MACHINE", variables={"CALLMFA_EARLY_KEYS": "#"}
+        )
+
+        assert stored["outcome"] == "machine_answered"
+
 
 class TestLanguage:
     @pytest.mark.parametrize(("lang", "channel"), [
@@ -212,7 +244,7 @@ class TestLanguage:
 
         assert stored["outcome"] == "approved"
         probe = commands[1]
-        assert probe.startswith("GET FULL VARIABLE ${AMDSTATUS}|${STAT(e,/srv/prompts/fr/")
+        assert probe.startswith(f"{GET_AMD}${{STAT(e,/srv/prompts/fr/")
         for prompt in ("greeting", "approved", "failed"):
             assert f"${{STAT(e,/srv/prompts/fr/{prompt}.wav)}}" in probe
         assert commands[2:] == [

@@ -356,7 +356,7 @@ class TestOriginate:
     async def test_originate_fields_and_variables(self, start: Start) -> None:
         """The Originate carries the dial string from the template, the request id as
         ChannelId, the ring timeout in ms, the caller ID, and the dialplan's variables
-        (answering-machine detection on by default)."""
+        (answering-machine detection on by default; early keys kept: '#' is no secret)."""
         h = await start(answered_then(Outcome.APPROVED))
         rid, _ = await h.submit(phone="+15550100x1234")
 
@@ -378,6 +378,7 @@ class TestOriginate:
             "CALLMFA_AGI": "agi://127.0.0.1:4573/verify",
             "CALLMFA_MAX_SECS": "60",
             "CALLMFA_AMD": "on",
+            "CALLMFA_KEEP_KEYS": "on",
         }
         assert call.timeout_s > 3.0, "the wait for OriginateResponse outlasts the ringing"
         await h.all_acked()
@@ -441,6 +442,8 @@ class TestOriginate:
         assert (marker["mode"], marker["lang"], marker["match_hash"]) == (
             "match", "fr-CA", code_hash)
         assert code_hash not in repr(h.ami.calls)
+        # Keys before the prompt would be the code, in a variable Asterisk publishes.
+        assert h.ami.calls[0].variables["CALLMFA_KEEP_KEYS"] == "off"
 
     async def test_uppercase_id_is_normalised(self, start: Start) -> None:
         """An upper-case UUID is dialled and answered under its lower-case form."""

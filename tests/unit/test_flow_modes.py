@@ -202,6 +202,54 @@ class TestTable:
             make_flow("voice", input_timeout_ms=T, max_attempts=3)
 
 
+# (mode, keys pressed before the greeting, inputs after it, outcome, detail)
+EARLY = [
+    ("standard", "#", [], Outcome.APPROVED, None),
+    ("standard", "0#", [], Outcome.FRAUD_REPORTED, None),
+    ("standard", "0", [P("")], Outcome.FRAUD_REPORTED, None),  # '0' early, '#' in the greeting
+    ("standard", "0", [S(), S(), S()], Outcome.NO_INPUT, "invalid_input"),
+    ("standard", "5#", [P("")], Outcome.APPROVED, None),  # a wrong first answer, then '#'
+    ("standard", "5#", [S(), S()], Outcome.NO_INPUT, "invalid_input"),
+    ("standard", "*", [P("")], Outcome.APPROVED, None),  # not a restart after the greeting
+    ("standard", "5*", [P("")], Outcome.APPROVED, None),
+    ("standard", "*#", [P("")], Outcome.APPROVED, None),  # a restart: the greeting, '#'
+    ("standard", "##", [], Outcome.APPROVED, None),
+    ("standard", "#0#", [], Outcome.APPROVED, None),  # after the outcome: nothing changes
+    ("pin", PIN + "#", [], Outcome.APPROVED, None),
+    ("pin", PIN[:2], [P(PIN[2:])], Outcome.APPROVED, None),
+    ("pin", "1111#", [P(PIN)], Outcome.APPROVED, None),
+    ("match", MATCH + "#", [], Outcome.APPROVED, None),
+    ("match", "17#", [P(MATCH)], Outcome.DENIED, "wrong_code"),
+]
+
+
+class TestEarlyKeys:
+    @pytest.mark.parametrize(("mode", "early", "inputs", "outcome", "detail"), EARLY,
+                             ids=[f"{m}-{e!r}-{i!r}" for m, e, i, _, _ in EARLY])
+    def test_keys_before_the_greeting_count(
+        self, mode: str, early: str, inputs: list[Digits], outcome: Outcome, detail: str | None
+    ) -> None:
+        """Keys pressed before the greeting count as if pressed during it."""
+        report, _ = drive(flow(mode), inputs, started=Started(early_keys=early))
+        assert (report.outcome, report.detail) == (outcome, detail)
+
+    def test_pound_before_the_greeting_approves_without_it(self) -> None:
+        """'#' before the greeting: approved at once, only the goodbye is played."""
+        report, steps = drive(flow("standard"), [], started=Started(early_keys="#"))
+        assert steps[0] == report
+        assert not any(isinstance(s, Collect) for s in steps)
+
+    @pytest.mark.parametrize("early", ["#", "0#", PIN + "#"])
+    def test_machine_wins_over_early_keys(self, early: str) -> None:
+        """A voicemail greeting may hold a tone: MACHINE ends the call whatever was keyed."""
+        for mode in ("standard", "pin"):
+            report, _ = drive(flow(mode), [], started=Started(machine=True, early_keys=early))
+            assert report.outcome is Outcome.MACHINE_ANSWERED
+
+    def test_early_keys_are_not_in_repr(self) -> None:
+        """They may be a PIN: never in a log line."""
+        assert PIN not in repr(Started(early_keys=PIN))
+
 keys = st.text(alphabet="0123456789*#ABCD", max_size=14)
 attempt = st.one_of(
     st.builds(Digits, digits=keys, timed_out=st.booleans()),
@@ -243,3 +291,25 @@ class TestProperties:
             assert report.outcome is Outcome.MACHINE_ANSWERED
         with pytest.raises(ValueError, match="not expected"):
             f.send(Done())
+
+    @settings(max_examples=400)
+    @given(
+        mode=st.sampled_from(["standard", "pin", "match"]),
+        early=keys,
+        inputs=st.lists(attempt, max_size=8),
+    )
+    def test_early_keys_are_the_start_of_the_first_answer(
+        self, mode: str, early: str, inputs: list[Digits]
+    ) -> None:
+        """Keys before the greeting give the outcome that keying them during it would: up to
+        their first '#' they are the first answer, and without one they start it."""
+        report, _ = drive(flow(mode), inputs, started=Started(early_keys=early))
+        first, pound, _ = early.partition("#")
+        if pound:
+            same = [P(first), *inputs]
+        else:
+            start = first.rsplit("*", 1)[-1]
+            head = inputs[0] if inputs else S()
+            same = [Digits(start + head.digits, head.timed_out), *inputs[1:]]
+        expected, _ = drive(flow(mode), same)
+        assert (report.outcome, report.detail) == (expected.outcome, expected.detail)
