@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 from ivr.client import VerificationClient
 from ivr.testing import PhoneBehaviour, SippPhone
 
-from ..conftest import Sandbox, wait_until
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -24,6 +26,22 @@ async def client(sandbox: Sandbox) -> AsyncIterator[VerificationClient]:
 
 
 PhoneFactory = Callable[..., SippPhone]
+
+
+def serve_pid(sandbox: Sandbox) -> int:
+    """The pid of the sandbox's `callmfa serve`."""
+    return int((sandbox.directory / "pids" / "callmfa.pid").read_text().split()[0])
+
+
+def restart_serve(sandbox: Sandbox, **env: str) -> None:
+    """Restart the sandbox's `callmfa serve` with these settings over the suite's."""
+    pid = serve_pid(sandbox)
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "callmfa serve to stop")
+    full = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": sandbox.netns,
+            "CALLMFA_SANDBOX_DIR": str(sandbox.directory), **env}
+    subprocess.run(["bash", str(SANDBOX), "up"], env=full, check=True, capture_output=True,
+                   cwd=REPO, timeout=120)
 
 
 def _no_calls(sandbox: Sandbox) -> bool:

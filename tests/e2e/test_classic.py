@@ -1,14 +1,11 @@
 """The classic AGI variant: Asterisk runs agi_scripts/callmfa-verify.agi (pyst2) itself.
 
-For this module the sandbox's `callmfa serve` is replaced by one with
-CALLMFA_AGI_MODE=classic, so that calls go to [callmfa-verify-classic]; it is put back after.
+For this module the sandbox's `callmfa serve` runs with CALLMFA_AGI_MODE=classic, so that
+calls go to [callmfa-verify-classic]; it is put back after.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -18,35 +15,18 @@ from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
 from ivr.storage.keys import AUDIT
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
-from .conftest import PhoneFactory
+from ..conftest import Sandbox
+from .conftest import PhoneFactory, restart_serve
 
 
 @pytest.fixture(scope="module")
 def classic(sandbox: Sandbox) -> Iterator[None]:
-    """`callmfa serve` with CALLMFA_AGI_MODE=classic instead of the sandbox's own."""
-    pidfile = sandbox.directory / "pids" / "callmfa.pid"
-    pid = int(pidfile.read_text().split()[0])
-    os.kill(pid, signal.SIGTERM)  # the sandbox's serve, which this test session started
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 30, "callmfa serve to stop")
-    log = open(sandbox.directory / "logs" / "callmfa-classic.log", "w")  # noqa: SIM115
-    env = {**os.environ, **E2E_SETTINGS, **sandbox.env, "CALLMFA_AGI_MODE": "classic",
-           "CALLMFA_AGI_PORT": "4574"}
-    env.pop("CALLMFA_AMI_SECRET", None)
-    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "callmfa"), "serve"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    """The sandbox's `callmfa serve` with CALLMFA_AGI_MODE=classic."""
+    restart_serve(sandbox, CALLMFA_AGI_MODE="classic")
     try:
-        wait_until(lambda: '"service_ready"' in (sandbox.directory / "logs" /
-                                                 "callmfa-classic.log").read_text(), 30,
-                   "classic callmfa serve")
         yield
     finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-        env = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": sandbox.netns,
-               "CALLMFA_SANDBOX_DIR": str(sandbox.directory)}
-        subprocess.run(["bash", str(SANDBOX), "up"], env=env, check=True, capture_output=True)
+        restart_serve(sandbox)
 
 
 @pytest.mark.usefixtures("classic")

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +12,8 @@ from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
 from ivr.transport.ami import AmiClient
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
-from .conftest import PhoneFactory
+from ..conftest import Sandbox
+from .conftest import PhoneFactory, restart_serve
 
 GUARDED = "Local/{number}@callmfa-dial/n"
 
@@ -25,26 +21,11 @@ GUARDED = "Local/{number}@callmfa-dial/n"
 @pytest.fixture
 def guarded(sandbox: Sandbox) -> Iterator[None]:
     """`callmfa serve` dialling through the guard instead of the trunk directly."""
-    pid = int((sandbox.directory / "pids" / "callmfa.pid").read_text().split()[0])
-    os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "callmfa serve to stop")
-    log = sandbox.directory / "logs" / "callmfa-guarded.log"
-    env = {**os.environ, **E2E_SETTINGS, **sandbox.env, "CALLMFA_DIAL_TEMPLATE": GUARDED}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "callmfa"), "serve"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+    restart_serve(sandbox, CALLMFA_DIAL_TEMPLATE=GUARDED)
     try:
-        wait_until(lambda: b'"service_ready"' in log.read_bytes() or proc.poll() is not None,
-                   30, "guarded callmfa serve")
-        assert proc.poll() is None, log.read_text()[-3000:]
         yield
     finally:
-        proc.terminate()
-        proc.wait(30)
-        env = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": sandbox.netns,
-               "CALLMFA_SANDBOX_DIR": str(sandbox.directory)}
-        subprocess.run(["bash", str(SANDBOX), "up"], env=env, check=True, capture_output=True,
-                       cwd=REPO, timeout=120)
+        restart_serve(sandbox)
 
 
 @pytest.mark.usefixtures("guarded")

@@ -25,7 +25,7 @@ from ivr.storage.store import EVENTS
 from ivr.transport import http
 
 from ..conftest import E2E_SETTINGS, REPO, SANDBOX, SECOND_SERVICE, Sandbox, wait_until
-from .conftest import PhoneFactory
+from .conftest import PhoneFactory, restart_serve
 
 
 def _pid(sandbox: Sandbox, name: str) -> int:
@@ -52,11 +52,6 @@ def _up(sandbox: Sandbox, **env: str) -> None:
             "CALLMFA_SANDBOX_DIR": str(sandbox.directory), **env}
     subprocess.run(["bash", str(SANDBOX), "up"], env=full, check=True, capture_output=True,
                    cwd=REPO, timeout=120)
-
-
-def _restart_serve(sandbox: Sandbox, **env: str) -> None:
-    _kill(_pid(sandbox, "callmfa"), signal.SIGTERM)
-    _up(sandbox, **env)
 
 
 async def _count_events(sandbox: Sandbox, name: str, ids: set[str]) -> int:
@@ -95,7 +90,7 @@ def restore(sandbox: Sandbox) -> Iterator[None]:
         if _alive(pid):
             _kill(pid)
         extra.unlink()
-    _restart_serve(sandbox)
+    restart_serve(sandbox)
 
 
 class ServeProcess:
@@ -133,7 +128,7 @@ class TestOriginatorCrash:
     ) -> None:
         """kill -9 of the originator: a new one takes over; 60 requests, 60 outcomes, and
         no number rang twice (INVITEs counted at the phone)."""
-        _restart_serve(sandbox, CALLMFA_MAX_IN_FLIGHT="30")
+        restart_serve(sandbox, CALLMFA_MAX_IN_FLIGHT="30")
         p = phone(calls=60, keys="#", key_delay_ms=4000)
         numbers = [f"+1555020{i:04d}" for i in range(60)]
         ids = await _submit(client, numbers)

@@ -11,24 +11,10 @@ from pathlib import Path
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
-from .conftest import PhoneFactory
+from ..conftest import REPO, Sandbox, wait_until
+from .conftest import PhoneFactory, restart_serve, serve_pid
 
 CALLMFA = str(REPO / ".venv" / "bin" / "callmfa")
-
-
-def _serve_pid(sandbox: Sandbox) -> int:
-    return int((sandbox.directory / "pids" / "callmfa.pid").read_text().split()[0])
-
-
-def _restart_serve(sandbox: Sandbox, **env: str) -> None:
-    pid = _serve_pid(sandbox)
-    os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "callmfa serve to stop")
-    full = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": sandbox.netns,
-            "CALLMFA_SANDBOX_DIR": str(sandbox.directory), **env}
-    subprocess.run(["bash", str(SANDBOX), "up"], env=full, check=True, capture_output=True,
-                   cwd=REPO, timeout=120)
 
 
 class TestHealth:
@@ -62,11 +48,11 @@ class TestReload:
         change of a setting that needs a restart is reported and not applied."""
         config = tmp_path / "callmfa.conf"
         config.write_text('CALLMFA_CALLER_ID="Before" <+15550001>\n')
-        _restart_serve(sandbox, CALLMFA_CONFIG_FILE=str(config))
+        restart_serve(sandbox, CALLMFA_CONFIG_FILE=str(config))
         try:
             config.write_text('# reloaded\nCALLMFA_CALLER_ID="Reloaded" <+15550002>\n'
                               "CALLMFA_AGI_MAX_SESSIONS=7\n")
-            os.kill(_serve_pid(sandbox), signal.SIGHUP)
+            os.kill(serve_pid(sandbox), signal.SIGHUP)
             log = sandbox.directory / "logs" / "callmfa.log"
             wait_until(lambda: '"settings_reloaded"' in log.read_text(), 10, "the reload")
             reloaded = [json.loads(line) for line in log.read_text().splitlines()
@@ -83,4 +69,4 @@ class TestReload:
             invite = (p.workdir / "messages.log").read_text()
             assert '"Reloaded" <sip:+15550002@' in invite
         finally:
-            _restart_serve(sandbox)
+            restart_serve(sandbox)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.storage.keys import AUDIT
+from ivr.testing import synthesize
 
 from ..conftest import REPO, Sandbox
-from .conftest import PhoneFactory
+from .conftest import PhoneFactory, restart_serve
 
 PHONE = "+15550100"
 PIN = "5938271046"  # ten digits: nothing else in a log or in Redis looks like it
@@ -166,9 +169,10 @@ class TestKeysBeforeTheGreeting:
         StoreDTMF keeps it, and the call is approved without the greeting."""
         log = sandbox.directory / "logs" / "asterisk.log"
         offset = await asyncio.to_thread(lambda: log.stat().st_size)
-        phone(keys="#", key_delay_ms=100, dtmf=dtmf)
+        p = phone(keys="#", key_delay_ms=100, dtmf=dtmf)
         record = await verify(client, "alice")
         assert (record.outcome, record.input_at is not None) == (Outcome.APPROVED, True)
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()  # the goodbye too
         lines = "".join(await asyncio.to_thread(_new_lines, log, offset))
         assert "AMD: Channel" in lines
         assert "HUMAN" in lines
@@ -189,6 +193,43 @@ class TestKeysBeforeTheGreeting:
         assert "callmfa/greeting" in lines
 
 
+class TestBargeIn:
+    async def test_star_restarts_the_greeting(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """'*' during the greeting cuts it and plays it again (no "wrong key" prompt, no
+        attempt used); '#' during the second one approves."""
+        log = sandbox.directory / "logs" / "asterisk.log"
+        offset = await asyncio.to_thread(lambda: log.stat().st_size)
+        p = phone(keys="*#", key_delay_ms=1000, key_gap_ms=2500)
+        record = await verify(client, "alice")
+        assert record.outcome is Outcome.APPROVED
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
+        lines = await asyncio.to_thread(_new_lines, log, offset)
+        played = [line for line in lines if "Playing 'callmfa/" in line]
+        assert sum("callmfa/greeting" in line for line in played) == 2, played
+        assert not any("callmfa/retry" in line for line in played), played
+
+    async def test_keys_after_the_outcome_change_nothing(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """'#' then, during the goodbye, '0#': still approved, and no fraud report."""
+        p = phone(keys="#0#", key_gap_ms=300)
+        record = await verify(client, "alice")
+        assert record.outcome is Outcome.APPROVED
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
+        again = await client.wait(record.id, timeout_s=1)
+        assert again is not None
+        assert again.outcome is Outcome.APPROVED
+        redis = Redis.from_url(sandbox.redis_url)
+        try:
+            audit = [{k.decode(): v.decode() for k, v in f.items()}
+                     for _, f in await redis.xrange(AUDIT)]
+        finally:
+            await redis.aclose()
+        assert not [e for e in audit if e.get("id") == record.id]
+
+
 class TestLanguages:
     async def test_french_request_plays_french_prompts(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
@@ -203,3 +244,35 @@ class TestLanguages:
         played = [line for line in lines if "Playing 'callmfa/" in line]
         assert any("callmfa/greeting" in line and "(language 'fr')" in line for line in played), \
             played
+
+    async def test_admin_recording_replaces_ours(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory,
+        tmp_path: Path
+    ) -> None:
+        """A greeting.wav in CALLMFA_PROMPT_OVERRIDE_DIR/<lang>/ on the Asterisk host is
+        played instead of callmfa's; prompts the admin did not record stay callmfa's."""
+        root = Path(sandbox.env["CALLMFA_ASTERISK_ROOT"])
+        override = f"/var/lib/callmfa-prompts-{sandbox.netns}"  # on the Asterisk host
+        host_dir = root / override.lstrip("/")
+        (host_dir / "en").mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(synthesize, "Example Corp sign in. Press pound.",
+                                tmp_path / "greeting.wav")
+        # (synthesize leaves the 8 kHz 16-bit PCM take beside its u-law one)
+        shutil.copy(tmp_path / "greeting.pcm.wav", host_dir / "en" / "greeting.wav")
+        (host_dir / "en" / "greeting.wav").chmod(0o644)
+        await asyncio.to_thread(restart_serve, sandbox, CALLMFA_PROMPT_OVERRIDE_DIR=override)
+        try:
+            log = sandbox.directory / "logs" / "asterisk.log"
+            offset = await asyncio.to_thread(lambda: log.stat().st_size)
+            p = phone(keys="#", key_delay_ms=1500)
+            record = await verify(client, "alice")
+            assert record.outcome is Outcome.APPROVED
+            assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()  # the goodbye too
+            lines = await asyncio.to_thread(_new_lines, log, offset)
+            played = [line for line in lines if "Playing '" in line]
+            assert any(f"'{override}/en/greeting" in line for line in played), played
+            assert any("'callmfa/approved" in line for line in played), played
+            assert not any("'callmfa/greeting" in line for line in played), played
+        finally:
+            await asyncio.to_thread(restart_serve, sandbox)
+            shutil.rmtree(host_dir, ignore_errors=True)
