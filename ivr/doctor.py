@@ -289,7 +289,7 @@ async def check_probe(
                  "Timeout": "10000", "ChannelId": probe_id},
                 # No AMD: a Local channel is silent, and AMD would listen for 5 s for nothing.
                 {"CALLMFA_ID": probe_id, "CALLMFA_AGI": url, "CALLMFA_EXTENSION": "",
-                 "CALLMFA_MAX_SECS": "30", "CALLMFA_AMD": "off"},
+                 "CALLMFA_MAX_SECS": "30", "CALLMFA_AMD": "off", "CALLMFA_KEEP_KEYS": "on"},
                 timeout_s=settings.connect_timeout_s + 15,
             )
         except AmiError as e:
@@ -321,6 +321,7 @@ async def check_probe(
                 "from the Asterisk host (CALLMFA_AGI_HOST, firewall)? The Asterisk log says "
                 "'Connecting to ... failed'")
         yield CheckResult("prompts", Status.SKIP, "needs the FastAGI probe")
+        yield CheckResult("early-keys", Status.SKIP, "needs the FastAGI probe")
         return
     found = json.loads(raw)
     yield CheckResult("dialplan", Status.OK,
@@ -335,6 +336,25 @@ async def check_probe(
     else:
         yield CheckResult("prompts", Status.OK,
                           "Asterisk can play every prompt in " + ", ".join(found["languages"]))
+    yield check_early_keys(str(found.get("early_keys", "")))
+
+
+def check_early_keys(trystatus: str) -> CheckResult:
+    """What ``TryExec(StoreDTMF(...))`` in [callmfa-prepare] said on the probe call."""
+    if trystatus == "SUCCESS":
+        return CheckResult("early-keys", Status.OK,
+                           "StoreDTMF keeps the keys pressed before the greeting")
+    if trystatus == "NOAPP":
+        return CheckResult(
+            "early-keys", Status.WARN,
+            "app_dtmfstore is not loaded: a '#' pressed before the greeting is lost",
+            "load app_dtmfstore.so (modules.conf, then `module load app_dtmfstore.so`)")
+    return CheckResult(
+        "early-keys", Status.WARN,
+        "the dialplan does not keep the keys pressed before the greeting"
+        + (f" (StoreDTMF: {trystatus})" if trystatus else ""),
+        "install the current extensions_callmfa.conf (callmfa install-dialplan DIR), "
+        "then `dialplan reload`")
 
 
 async def check_call(settings: Settings, number: str, timeout_s: float) -> CheckResult:

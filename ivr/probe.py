@@ -2,7 +2,8 @@
 
 ``callmfa check`` originates a Local channel into the verification context with
 ``CALLMFA_AGI`` pointing at this route instead of ``verify``. When Asterisk connects, the
-probe asks it whether it can play every prompt (``STREAM FILE`` from far past the end
+probe asks whether the dialplan could keep early keys (``StoreDTMF``) and whether it can
+play every prompt (``STREAM FILE`` from far past the end
 returns at once: ``result=0`` if the file exists, ``result=-1`` with the offset as endpos
 if it does not), stores what it found under ``callmfa:check:<id>`` for a minute and hangs
 up. No call leaves the PBX and nothing else is written.
@@ -57,6 +58,8 @@ class AgiProbe:
             return
         missing: dict[str, list[str]] = {}
         try:
+            # What the dialplan's TryExec(StoreDTMF(...)) said (callmfa check asks for it).
+            early_keys = (await channel.execute("GET FULL VARIABLE", "${TRYSTATUS}")).data or ""
             for lang in self._languages:
                 await channel.execute("SET VARIABLE", "CHANNEL(language)", lang)
                 for name in dict.fromkeys(sound_files(PROMPTS, lang)):
@@ -71,7 +74,9 @@ class AgiProbe:
             log.info("probe_hung_up")
             return
         await self._redis.set(
-            probe_key(probe_id), json.dumps({"languages": self._languages, "missing": missing}),
+            probe_key(probe_id),
+            json.dumps({"languages": self._languages, "missing": missing,
+                        "early_keys": early_keys}),
             ex=PROBE_TTL_S,
         )
         log.info("probe_answered", missing=missing)

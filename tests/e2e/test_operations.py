@@ -52,11 +52,13 @@ def scrape(port: int = int(E2E_SETTINGS["CALLMFA_METRICS_PORT"])) -> dict[str, f
 
 class TestCheck:
     def test_all_ok_against_the_sandbox(self, sandbox: Sandbox) -> None:
-        """Redis, ACL, AMI login and rights, dialplan, FastAGI and prompts: all ok, exit 0."""
+        """Redis, ACL, AMI login and rights, dialplan, FastAGI, prompts and early keys: all
+        ok, exit 0."""
         out = run_cli(sandbox, "check")
         assert out.returncode == 0, out.stdout + out.stderr
         lines = out.stdout.splitlines()
-        for name in ("redis", "ami-login", "ami-rights", "dialplan", "fastagi", "prompts"):
+        for name in ("redis", "ami-login", "ami-rights", "dialplan", "fastagi", "prompts",
+                     "early-keys"):
             assert any(line.split()[:2] == ["ok", name] for line in lines), out.stdout
         assert not any(line.split()[0] in ("FAIL", "warn") for line in lines[1:-1]), out.stdout
         assert lines[-1] == "all checks passed"
@@ -85,6 +87,26 @@ class TestCheck:
         assert "ok    dialplan" in out.stdout
         assert "FAIL  fastagi        Asterisk ran [callmfa-verify] but did not reach " \
                "agi://127.0.0.1:4999/check" in out.stdout
+
+    async def test_without_app_dtmfstore_calls_work_and_check_warns(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """An Asterisk without app_dtmfstore: the dialplan's TryExec lets calls go on ('#'
+        during the greeting approves) and `callmfa check` warns with the fix."""
+        sandbox.asterisk("module unload app_dtmfstore.so")
+        try:
+            out = run_cli(sandbox, "check")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert "warn  early-keys     app_dtmfstore is not loaded" in out.stdout
+            assert "fix: load app_dtmfstore.so" in out.stdout
+            p = phone(keys="#", key_delay_ms=1500)
+            record = await client.verify(user="alice", phone=PHONE, timeout_s=60)
+            assert record is not None
+            assert record.outcome is Outcome.APPROVED
+            assert p.wait(20) == 0, p.errors()
+        finally:
+            sandbox.asterisk("module load app_dtmfstore.so")
+        assert "ok    early-keys" in run_cli(sandbox, "check").stdout
 
     def test_call_places_a_real_verification(
         self, sandbox: Sandbox, phone: PhoneFactory

@@ -9,7 +9,7 @@ from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ivr.doctor import Status, _privileges, check_dial_template, probe_url
+from ivr.doctor import Status, _privileges, check_dial_template, check_early_keys, probe_url
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.metrics import Metrics, metrics_route
 from ivr.reference import BEGIN, END, settings_markdown
@@ -121,6 +121,16 @@ class TestDoctorPureChecks:
             "Ping": "Keepalive command.  (Priv: <none>)"})
         assert actions == {"Originate", "Command", "Ping"}
         assert classes == {"originate", "command"}
+
+    def test_early_keys_from_the_probe_calls_trystatus(self) -> None:
+        """StoreDTMF ran: ok. Not loaded (NOAPP): warn, load the module. Not run at all (a
+        dialplan from before it): warn, install the current dialplan. Calls work either way."""
+        assert check_early_keys("SUCCESS").status is Status.OK
+        noapp = check_early_keys("NOAPP")
+        assert (noapp.status, "app_dtmfstore" in (noapp.fix or "")) == (Status.WARN, True)
+        old = check_early_keys("")
+        assert (old.status, "install-dialplan" in (old.fix or "")) == (Status.WARN, True)
+        assert "FAILED" in check_early_keys("FAILED").message
 
     def test_probe_url_replaces_the_route(self) -> None:
         """The probe runs on the same host and port, route check."""
