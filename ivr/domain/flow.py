@@ -22,9 +22,10 @@ replays the prompt, not counted as an attempt, a few times at most), any other i
 as a wrong attempt, and nothing after the outcome changes it. Keys pressed before the
 greeting (while answering-machine detection listened; :attr:`Started.early_keys`) count as
 if pressed during it: up to the first ``#`` they are the first answer, and without a ``#``
-they are the start of it. The flow never sees a code's
-hash: it asks the driver to :class:`CheckCode` (a slow hash, done off the event loop) and
-is told the verdict.
+they are the start of it.
+
+The flow never sees a code's hash: it asks the driver to :class:`CheckCode` (a slow hash,
+done off the event loop) and is told the verdict.
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
+from ivr.storage.keys import AUDIT
 from ivr.testing import PhoneBehaviour, SippPhone
 
 from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
@@ -80,3 +82,14 @@ def phone(sandbox: Sandbox, tmp_path: Path) -> Iterator[PhoneFactory]:
     yield start
     for p in started:
         p.stop()
+
+
+async def audit_of(sandbox: Sandbox, rid: str) -> list[dict[str, str]]:
+    """The security audit stream's entries for one verification."""
+    redis = Redis.from_url(sandbox.redis_url)
+    try:
+        entries = await redis.xrange(AUDIT)
+    finally:
+        await redis.aclose()
+    audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
+    return [e for e in audit if e.get("id") == rid]

@@ -9,14 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
-from ivr.storage.keys import AUDIT
 
 from ..conftest import Sandbox
-from .conftest import PhoneFactory, restart_serve
+from .conftest import PhoneFactory, audit_of, restart_serve
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +52,7 @@ class TestClassicAgi:
         assert record is not None
         assert record.outcome is Outcome.FRAUD_REPORTED
         assert p.wait(20) == 0, p.errors()
-        redis = Redis.from_url(sandbox.redis_url)
-        try:
-            audit = [{k.decode(): v.decode() for k, v in f.items()}
-                     for _, f in await redis.xrange(AUDIT)]
-        finally:
-            await redis.aclose()
-        mine = [e for e in audit if e.get("id") == record.id]
+        mine = await audit_of(sandbox, record.id)
         assert [(e["event"], e["user"], e["number"]) for e in mine] == [
             ("fraud_reported", "mallory", "+15550100")]
 

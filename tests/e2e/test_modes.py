@@ -13,11 +13,10 @@ from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord
-from ivr.storage.keys import AUDIT
 from ivr.testing import synthesize
 
 from ..conftest import REPO, Sandbox
-from .conftest import PhoneFactory, restart_serve
+from .conftest import PhoneFactory, audit_of, restart_serve
 
 PHONE = "+15550100"
 PIN = "5938271046"  # ten digits: nothing else in a log or in Redis looks like it
@@ -221,13 +220,7 @@ class TestBargeIn:
         again = await client.wait(record.id, timeout_s=1)
         assert again is not None
         assert again.outcome is Outcome.APPROVED
-        redis = Redis.from_url(sandbox.redis_url)
-        try:
-            audit = [{k.decode(): v.decode() for k, v in f.items()}
-                     for _, f in await redis.xrange(AUDIT)]
-        finally:
-            await redis.aclose()
-        assert not [e for e in audit if e.get("id") == record.id]
+        assert await audit_of(sandbox, record.id) == []
 
 
 class TestLanguages:
