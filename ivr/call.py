@@ -76,22 +76,20 @@ class CallContext:
         )
 
     def started(self, *, pin_hash: str, pin_locked: bool) -> Started:
-        """The flow's first event; remembers the code the keys will be checked against.
-
-        Keys that finished an answer before the IVR ran are its input: their 'input' event
-        is pending from now.
-        """
+        """The flow's first event; remembers the code the keys will be checked against."""
         if self.mode == "pin":
             self.match_hash = pin_hash
-        if "#" in self.early_keys:
-            self.input_at = time.time()
-            self.input_pending = True
         return Started(
             machine=self.amd_status.strip().upper() == "MACHINE",
             locked=self.mode == "pin" and pin_locked,
             code_known=self.mode == "standard" or bool(self.match_hash),
             early_keys=self.early_keys,
         )
+
+    def note_input(self) -> None:
+        """Keys were collected now: their 'input' event is pending."""
+        self.input_at = time.time()
+        self.input_pending = True
 
     @property
     def expected_hash(self) -> str:

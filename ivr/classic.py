@@ -89,16 +89,17 @@ class ClassicDriver:
             call.apply_channel_probe(
                 str(self._command("get_full_variable", call.channel_probe(self._settings)))
             )
+            self._command("test_hangup")  # Asterisk's SIGHUP: keys before it never count
         except AgiHangup:
-            pass  # the flow's first step finds the caller gone
+            call.early_keys = ""  # the flow's first step finds the caller gone
         started = call.started(
             pin_hash=pin.hash if pin else "", pin_locked=bool(pin and pin.locked)
         )
-        if call.input_pending:  # keys pressed before the IVR ran are the answer
-            self._store.event(call.id, "input")
-            call.input_pending = False
         flow = call.flow(self._settings)
         step: Step = flow.send(started)
+        if flow.answered_early:  # keys pressed before the IVR ran are the answer
+            call.input_at = time.time()
+            self._store.event(call.id, "input")
         try:
             while not isinstance(step, Hangup):
                 step = flow.send(self._carry_out(step, call))

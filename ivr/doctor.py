@@ -336,11 +336,15 @@ async def check_probe(
     else:
         yield CheckResult("prompts", Status.OK,
                           "Asterisk can play every prompt in " + ", ".join(found["languages"]))
-    yield check_early_keys(str(found.get("early_keys", "")))
+    yield check_early_keys(found.get("early_keys"))
 
 
-def check_early_keys(trystatus: str) -> CheckResult:
-    """What ``TryExec(StoreDTMF(...))`` in [callmfa-prepare] said on the probe call."""
+def check_early_keys(trystatus: str | None) -> CheckResult:
+    """What ``TryExec(StoreDTMF(...))`` in [callmfa-prepare] said on the probe call (None:
+    the running ``callmfa serve`` is older than this check and did not ask)."""
+    if trystatus is None:
+        return CheckResult("early-keys", Status.SKIP,
+                           "the running callmfa serve does not report it: restart it")
     if trystatus == "SUCCESS":
         return CheckResult("early-keys", Status.OK,
                            "StoreDTMF keeps the keys pressed before the greeting")

@@ -102,6 +102,8 @@ class VerificationIvr:
             call.apply_channel_probe(
                 await channel.get_full_variable(call.channel_probe(self._settings))
             )
+            if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
+                call.early_keys = ""
         except AgiHangup:
             pass  # the flow's first step finds the caller gone and reports hung_up
         log.info("ivr_started", mode=call.mode, lang=call.lang, amd=call.amd_status or None,
@@ -112,7 +114,13 @@ class VerificationIvr:
         self, flow: VerificationFlow, started: Started, channel: AgiChannel, call: CallContext
     ) -> None:
         step: Step = flow.send(started)
+        if flow.answered_early:
+            call.note_input()
         while not isinstance(step, Hangup):
+            if call.input_pending and not isinstance(step, Report):
+                # (Before a Report the 'input' event goes with the outcome, in one round trip.)
+                await self._store.event(call.id, "input", at=iso(call.input_at) or "")
+                call.input_pending = False
             event: Event
             try:
                 if isinstance(step, Collect):
@@ -126,9 +134,7 @@ class VerificationIvr:
                             files, step.timeout_ms, step.max_digits
                         )
                     if digits or not timed_out:
-                        # The 'input' event goes with the outcome, in one round trip.
-                        call.input_at = time.time()
-                        call.input_pending = True
+                        call.note_input()
                     log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
                     event = Digits(digits, timed_out)
                 elif isinstance(step, CheckCode):
@@ -145,9 +151,6 @@ class VerificationIvr:
                 log.info("caller_hung_up")
                 event = HungUp()
             step = flow.send(event)
-            if call.input_pending and not isinstance(step, Report):
-                await self._store.event(call.id, "input", at=iso(call.input_at) or "")
-                call.input_pending = False
         if not channel.hung_up:
             await channel.hangup()
 

@@ -151,7 +151,8 @@ class VerificationFlow:
 
     Running out of attempts is ``no_input`` (detail ``invalid_input`` if a wrong key was
     pressed at any point, else ``timeout``), or ``denied`` (``wrong_code``) if a code was
-    checked and found wrong.
+    checked and found wrong. ``answered_early``: the first answer was keyed before the
+    greeting (the driver records its input time).
     """
 
     def __init__(self, mode: str, *, input_timeout_ms: int, max_attempts: int) -> None:
@@ -167,6 +168,7 @@ class VerificationFlow:
         self._closing: tuple[str, ...] | None = None
         self._pending: Collect | None = None
         self._prefix = ""  # early keys with no '#': the start of the first answer
+        self.answered_early = False
         self._state = "new"
 
     @property
@@ -217,6 +219,7 @@ class VerificationFlow:
         # like keys between two prompts.
         self._attempts += 1
         self._state = "collecting"
+        self.answered_early = True
         return self._on_digits(Digits(first, timed_out=False))
 
     def _collect(self, before: tuple[str, ...], *, attempt: bool = True) -> Collect | Play:

@@ -93,3 +93,21 @@ async def audit_of(sandbox: Sandbox, rid: str) -> list[dict[str, str]]:
         await redis.aclose()
     audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
     return [e for e in audit if e.get("id") == rid]
+
+
+class AsteriskLog:
+    """The sandbox's Asterisk log from the moment this was made: what a test caused."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.path = sandbox.directory / "logs" / "asterisk.log"
+        self._offset = self.path.stat().st_size
+
+    def lines(self) -> list[str]:
+        """The lines written since."""
+        with self.path.open(errors="replace") as f:
+            f.seek(self._offset)
+            return f.readlines()
+
+    def played(self) -> list[str]:
+        """The lines that tell of a sound file played since."""
+        return [line for line in self.lines() if "Playing '" in line]

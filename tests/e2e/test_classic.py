@@ -14,7 +14,7 @@ from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
 
 from ..conftest import Sandbox
-from .conftest import PhoneFactory, audit_of, restart_serve
+from .conftest import AsteriskLog, PhoneFactory, audit_of, restart_serve
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +61,12 @@ class TestClassicAgi:
     ) -> None:
         """'#' just after "hello", while AMD listens (it drops keys): the script reads what
         the dialplan's StoreDTMF kept and approves; the greeting is never played."""
-        log = sandbox.directory / "logs" / "asterisk.log"
-        offset = log.stat().st_size
+        log = AsteriskLog(sandbox)
         p = phone(keys="#", key_delay_ms=100)
         record = await client.verify(user="alice", phone="+15550100", timeout_s=60)
         assert record is not None
         assert (record.outcome, record.input_at is not None) == (Outcome.APPROVED, True)
         assert p.wait(20) == 0, p.errors()
-        with log.open(errors="replace") as f:
-            f.seek(offset)
-            lines = f.read()
+        lines = "".join(log.lines())
         assert f"callmfa: {record.id}: outcome approved" in lines
         assert "callmfa/greeting" not in lines

@@ -16,7 +16,7 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.testing import synthesize
 
 from ..conftest import REPO, Sandbox
-from .conftest import PhoneFactory, audit_of, restart_serve
+from .conftest import AsteriskLog, PhoneFactory, audit_of, restart_serve
 
 PHONE = "+15550100"
 PIN = "5938271046"  # ten digits: nothing else in a log or in Redis looks like it
@@ -36,12 +36,6 @@ async def set_pin(sandbox: Sandbox, user: str, pin: str) -> None:
     out = await asyncio.to_thread(_callmfa, sandbox, "pin", "set", user, stdin=pin + "\n")
     assert out.returncode == 0, out.stderr
     assert pin not in out.stdout + out.stderr
-
-
-def _new_lines(log: Path, offset: int) -> list[str]:
-    with log.open(errors="replace") as f:
-        f.seek(offset)
-        return f.readlines()
 
 
 async def verify(client: VerificationClient, user: str, **kw: object) -> OutcomeRecord:
@@ -166,30 +160,36 @@ class TestKeysBeforeTheGreeting:
     ) -> None:
         """'#' just after "hello", while AMD still listens (AMD drops keys): the dialplan's
         StoreDTMF keeps it, and the call is approved without the greeting."""
-        log = sandbox.directory / "logs" / "asterisk.log"
-        offset = await asyncio.to_thread(lambda: log.stat().st_size)
+        log = await asyncio.to_thread(AsteriskLog, sandbox)
         p = phone(keys="#", key_delay_ms=100, dtmf=dtmf)
         record = await verify(client, "alice")
         assert (record.outcome, record.input_at is not None) == (Outcome.APPROVED, True)
         assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()  # the goodbye too
-        lines = "".join(await asyncio.to_thread(_new_lines, log, offset))
-        assert "AMD: Channel" in lines
-        assert "HUMAN" in lines
-        assert "callmfa/greeting" not in lines
-        assert "callmfa/approved" in lines
+        text = "".join(await asyncio.to_thread(log.lines))
+        assert "AMD: Channel" in text
+        assert "HUMAN" in text
+        assert "callmfa/greeting" not in text
+        assert "callmfa/approved" in text
 
     async def test_zero_while_amd_listens_then_pound_reports_fraud(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:
         """'0' while AMD listens, '#' during the greeting: the '0' was not lost, so the call
         reports fraud rather than approving."""
-        log = sandbox.directory / "logs" / "asterisk.log"
-        offset = await asyncio.to_thread(lambda: log.stat().st_size)
+        log = await asyncio.to_thread(AsteriskLog, sandbox)
         phone(keys="0#", key_delay_ms=100, key_gap_ms=2500)
         record = await verify(client, "alice")
         assert record.outcome is Outcome.FRAUD_REPORTED
-        lines = "".join(await asyncio.to_thread(_new_lines, log, offset))
-        assert "callmfa/greeting" in lines
+        assert any("callmfa/greeting" in line for line in await asyncio.to_thread(log.played))
+
+    async def test_pound_then_hang_up_while_amd_listens_is_hung_up(
+        self, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """'#' and a hang-up, both while AMD listens: the dialplan's h extension drops the
+        key, and the call is hung_up, not approved."""
+        phone(keys="#", key_delay_ms=50, key_gap_ms=50, hangup_after_ms=0)
+        record = await verify(client, "alice")
+        assert (record.outcome, record.input_at) == (Outcome.HUNG_UP, None)
 
 
 class TestBargeIn:
@@ -198,14 +198,12 @@ class TestBargeIn:
     ) -> None:
         """'*' during the greeting cuts it and plays it again (no "wrong key" prompt, no
         attempt used); '#' during the second one approves."""
-        log = sandbox.directory / "logs" / "asterisk.log"
-        offset = await asyncio.to_thread(lambda: log.stat().st_size)
-        p = phone(keys="*#", key_delay_ms=1000, key_gap_ms=2500)
+        log = await asyncio.to_thread(AsteriskLog, sandbox)
+        p = phone(keys="*#", key_delay_ms=2000, key_gap_ms=2500)
         record = await verify(client, "alice")
         assert record.outcome is Outcome.APPROVED
         assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
-        lines = await asyncio.to_thread(_new_lines, log, offset)
-        played = [line for line in lines if "Playing 'callmfa/" in line]
+        played = await asyncio.to_thread(log.played)
         assert sum("callmfa/greeting" in line for line in played) == 2, played
         assert not any("callmfa/retry" in line for line in played), played
 
@@ -228,13 +226,11 @@ class TestLanguages:
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:
         """lang fr-CA: the channel's language is fr and Asterisk plays callmfa's French file."""
-        log = Path(sandbox.directory / "logs" / "asterisk.log")
-        offset = await asyncio.to_thread(lambda: log.stat().st_size)
+        log = await asyncio.to_thread(AsteriskLog, sandbox)
         phone(keys="#", key_delay_ms=1500)
         record = await verify(client, "alice", lang="fr-CA")
         assert record.outcome is Outcome.APPROVED
-        lines = await asyncio.to_thread(_new_lines, log, offset)
-        played = [line for line in lines if "Playing 'callmfa/" in line]
+        played = await asyncio.to_thread(log.played)
         assert any("callmfa/greeting" in line and "(language 'fr')" in line for line in played), \
             played
 
@@ -255,14 +251,12 @@ class TestLanguages:
         (host_dir / "en" / "greeting.wav").chmod(0o644)
         await asyncio.to_thread(restart_serve, sandbox, CALLMFA_PROMPT_OVERRIDE_DIR=override)
         try:
-            log = sandbox.directory / "logs" / "asterisk.log"
-            offset = await asyncio.to_thread(lambda: log.stat().st_size)
+            log = await asyncio.to_thread(AsteriskLog, sandbox)
             p = phone(keys="#", key_delay_ms=1500)
             record = await verify(client, "alice")
             assert record.outcome is Outcome.APPROVED
             assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()  # the goodbye too
-            lines = await asyncio.to_thread(_new_lines, log, offset)
-            played = [line for line in lines if "Playing '" in line]
+            played = await asyncio.to_thread(log.played)
             assert any(f"'{override}/en/greeting" in line for line in played), played
             assert any("'callmfa/approved" in line for line in played), played
             assert not any("'callmfa/greeting" in line for line in played), played

@@ -199,14 +199,49 @@ class TestMachineDetection:
         assert stored["outcome"] == "fraud_reported"
 
     async def test_machine_wins_over_a_pound_before_the_greeting(self, ivr: Ivr) -> None:
-        """A voicemail greeting with a '#' tone in it: machine_answered, never approved."""
+        """A voicemail greeting with a '#' tone in it: machine_answered, never approved, and
+        no input recorded."""
         rid = "17171717-1717-4717-8717-17171717171a"
 
         _, stored = await run_call(
             ivr, rid, amd="MACHINE", variables={"CALLMFA_EARLY_KEYS": "#"}
         )
 
-        assert stored["outcome"] == "machine_answered"
+        assert (stored["outcome"], stored["input_at"]) == ("machine_answered", None)
+        assert "input" not in [e["event"] for e in await events_of(ivr.redis, rid)]
+
+    async def test_wrong_answer_before_the_greeting_is_an_input_at_once(
+        self, ivr: Ivr
+    ) -> None:
+        """'5#' before the greeting: a wrong first answer, its 'input' event written before
+        the "wrong key" prompt; '#' then approves."""
+        rid = "17171717-1717-4717-8717-17171717171b"
+
+        commands, stored = await run_call(
+            ivr, rid, PRESS_POUND, variables={"CALLMFA_EARLY_KEYS": "5#"}
+        )
+
+        assert stored["outcome"] == "approved"
+        assert commands[2] == READ.format(files="callmfa/retry&callmfa/greeting")
+        events = [e["event"] for e in await events_of(ivr.redis, rid)]
+        assert events.count("input") == 2
+        assert events[-1] == "finished"
+
+    async def test_hang_up_announced_with_the_early_keys_drops_them(self, ivr: Ivr) -> None:
+        """Asterisk says HANGUP before the probe's reply: the '#' before it does not
+        approve; the call is hung_up."""
+        rid = "17171717-1717-4717-8717-17171717171c"
+
+        def gone(command: str) -> Reply | bool:
+            if command.startswith("GET FULL VARIABLE ${AMDSTATUS}"):
+                return b"HANGUP\n200 result=1 (HUMAN|#|)\n"
+            return False
+
+        _, stored = await run_call(
+            ivr, rid, on_command=gone, variables={"CALLMFA_EARLY_KEYS": "#"}
+        )
+
+        assert stored["outcome"] == "hung_up"
 
 
 class TestLanguage:

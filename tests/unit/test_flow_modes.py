@@ -246,6 +246,19 @@ class TestEarlyKeys:
             report, _ = drive(flow(mode), [], started=Started(machine=True, early_keys=early))
             assert report.outcome is Outcome.MACHINE_ANSWERED
 
+    @pytest.mark.parametrize(("started", "early"), [
+        (Started(early_keys="#"), True), (Started(early_keys="5#"), True),
+        (Started(early_keys="0"), False), (Started(), False),
+        (Started(machine=True, early_keys="#"), False),
+    ], ids=repr)
+    def test_answered_early_tells_the_driver_of_an_input(
+        self, started: Started, early: bool
+    ) -> None:
+        """The driver records an input time only when the early keys were an answer."""
+        f = flow("standard")
+        f.send(started)
+        assert f.answered_early is early
+
     def test_early_keys_are_not_in_repr(self) -> None:
         """They may be a PIN: never in a log line."""
         assert PIN not in repr(Started(early_keys=PIN))

@@ -131,6 +131,7 @@ class TestDoctorPureChecks:
         old = check_early_keys("")
         assert (old.status, "install-dialplan" in (old.fix or "")) == (Status.WARN, True)
         assert "FAILED" in check_early_keys("FAILED").message
+        assert check_early_keys(None).status is Status.SKIP  # serve older than check
 
     def test_probe_url_replaces_the_route(self) -> None:
         """The probe runs on the same host and port, route check."""
