@@ -10,7 +10,6 @@ Two ways to place a call, each completed only when its channel has hung up, so t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 import uuid
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 
 from ivr.client import VerificationClient
 from ivr.exceptions import AmiError
+from ivr.tasks import cancel_and_wait
 from ivr.transport.ami import AmiClient, ChannelWatch
 
 CALL_TIMEOUT_S = 60.0
@@ -86,10 +86,7 @@ class CallmfaCalls:
                     result.outcome += f"/{record.detail}"
             await ended
         finally:
-            if not ended.done():
-                ended.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ended
+            await cancel_and_wait(ended)
         return result
 
 

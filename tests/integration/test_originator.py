@@ -8,7 +8,6 @@ telephone network: answered (and the IVR stores an outcome), busy, no answer, er
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -27,6 +26,7 @@ from ivr.originator import Originator
 from ivr.settings import Settings
 from ivr.storage.results import ResultListener
 from ivr.storage.store import DEADLETTER, EVENTS, GROUP, REQUESTS, Store, call_key
+from ivr.tasks import cancel_and_wait
 from ivr.transport.ami import ChannelWatch, OriginateResult
 from ivr.transport.ami_pool import AmiPool
 
@@ -262,13 +262,7 @@ async def start(redis: Redis) -> AsyncIterator[Start]:
     yield run
     for h in harnesses:
         await h.originator.stop(grace_s=1.0)
-        h.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await h.task
-        for task in list(h.ami.background):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(h.task, *h.ami.background)
         await h.results.close()
 
 
