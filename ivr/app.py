@@ -77,7 +77,8 @@ class Service:
         ) if "agi" in roles else None
         self.pool = AmiPool([
             AmiClient(host=host, port=port, user=settings.ami_user, secret=settings.ami_secret,
-                      timeout_s=settings.connect_timeout_s)
+                      timeout_s=settings.connect_timeout_s,
+                      on_reconnect=self.metrics.ami_reconnected)
             for host, port in settings.asterisks
         ], capacity=settings.max_per_asterisk) if "originator" in roles else None
         self.originator = (

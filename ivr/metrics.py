@@ -94,10 +94,6 @@ class Metrics:
         self.ami_reconnects = Counter(
             "callmfa_ami_reconnects", "AMI connections re-established after a loss.", registry=r
         )
-        self.redis_reconnects = Counter(
-            "callmfa_redis_reconnects", "Redis connections re-established after a loss.",
-            registry=r,
-        )
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
@@ -118,10 +114,6 @@ class Metrics:
     def ami_reconnected(self) -> None:
         """For the AMI connection's owner: a lost connection was re-established."""
         self.ami_reconnects.inc()
-
-    def redis_reconnected(self) -> None:
-        """For Redis connections' owners: a lost connection was re-established."""
-        self.redis_reconnects.inc()
 
     async def refresh_queue(self, redis: Redis) -> None:
         """Read the request queue's length, lag and pending count from Redis."""

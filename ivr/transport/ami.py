@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +73,11 @@ class AmiClient:
     """One logged-in AMI connection."""
 
     def __init__(
-        self, *, host: str, port: int, user: str, secret: str, timeout_s: float
+        self, *, host: str, port: int, user: str, secret: str, timeout_s: float,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._host = host
+        self._on_reconnect = on_reconnect
         self._port = port
         self._user = user
         self._secret = secret
@@ -107,6 +109,8 @@ class AmiClient:
                     await self.connect()
                     attempt = 0
                     self.reconnects += 1
+                    if self._on_reconnect is not None:
+                        self._on_reconnect()
                 except AmiError as e:
                     wait = random.uniform(0, min(max_backoff_s, 0.25 * 2**attempt))  # noqa: S311
                     attempt += 1

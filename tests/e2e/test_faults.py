@@ -186,7 +186,8 @@ class TestAsteriskLost:
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:
         """Asterisk dies mid-call: those calls end error/asterisk_lost; once it is back,
-        callmfa logs in again by itself and new calls are approved."""
+        callmfa logs in again by itself (and counts it in its metrics) and new calls are
+        approved."""
         p = phone(calls=5, keys="#", key_delay_ms=5000)
         ids = await _submit(client, [f"+1555040{i:04d}" for i in range(5)])
 
@@ -207,6 +208,10 @@ class TestAsteriskLost:
             return status == 200 and json.loads(body)["ok"]
 
         await _until(logged_in, 30, "callmfa logged in to the restarted Asterisk")
+        _, body = await http.get("127.0.0.1", 9573, "/metrics", timeout_s=2)
+        [reconnects] = [line for line in body.decode().splitlines()
+                        if line.startswith("callmfa_ami_reconnects_total ")]
+        assert float(reconnects.split()[1]) >= 1, reconnects
         phone(keys="#")
         record = await client.verify(user="after", phone="+15550400999", timeout_s=30)
         assert record is not None
