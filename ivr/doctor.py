@@ -30,7 +30,7 @@ from .exceptions import AmiConnectError, AmiError, AmiLoginError
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
 from .settings import Settings
 from .storage.keys import STORE_OUTCOME
-from .storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect
+from .storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
 from .transport.ami import AmiClient
 
 SAMPLE_NUMBER = "+15550100"
@@ -209,20 +209,16 @@ async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
 
 
 async def _queue_state(redis: Redis) -> CheckResult:
-    length = await redis.xlen(REQUESTS)
-    try:
-        groups = await redis.xinfo_groups(REQUESTS)
-    except ResponseError:
-        groups = []
-    group = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), None)
-    if group is None:
+    state = await queue_state(redis)
+    if not state.group:
         return CheckResult("queue", Status.WARN,
-                           f"{REQUESTS} has no consumer group {GROUP!r} yet ({length} entries)",
+                           f"{REQUESTS} has no consumer group {GROUP!r} yet "
+                           f"({state.length} entries)",
                            "`callmfa serve` creates it at start-up: is it running?")
     return CheckResult(
         "queue", Status.OK,
-        f"{REQUESTS}: {length} entries, {group.get('lag')} waiting, {group.get('pending')} "
-        f"being worked on, {group.get('consumers')} consumer(s) known")
+        f"{REQUESTS}: {state.length} entries, {state.lag} waiting, {state.pending} "
+        f"being worked on, {state.consumers} consumer(s) known")
 
 
 # --- AMI and the probe -----------------------------------------------------------------
@@ -241,7 +237,7 @@ def _privileges(list_commands: dict[str, Any]) -> tuple[set[str], set[str]]:
 
 async def check_ami(settings: Settings, ami: AmiClient) -> AsyncIterator[CheckResult]:
     """Login, then what the account may do."""
-    where = f"{settings.ami_user}@{settings.ami_host}:{settings.ami_port}"
+    where = f"{settings.ami_user}@{ami.endpoint}"
     try:
         await ami.connect()
     except AmiLoginError as e:
@@ -253,7 +249,8 @@ async def check_ami(settings: Settings, ami: AmiClient) -> AsyncIterator[CheckRe
     except AmiConnectError as e:
         yield CheckResult("ami-login", Status.FAIL, str(e),
                           "is Asterisk running with manager.conf enabled = yes and bindaddr/"
-                          "port matching CALLMFA_AMI_HOST/CALLMFA_AMI_PORT?")
+                          "port matching CALLMFA_AMI_HOST/CALLMFA_AMI_PORT (or "
+                          "CALLMFA_AMI_ENDPOINTS)?")
         return
     yield CheckResult("ami-login", Status.OK, f"logged in as {where}")
     reply = (await ami.action({"Action": "ListCommands"}, timeout_s=settings.connect_timeout_s))[0]
@@ -387,21 +384,24 @@ async def run_checks(
     async for result in check_redis(settings):
         redis_ok = redis_ok and result.status is not Status.FAIL
         yield result
-    ami = AmiClient(host=settings.ami_host, port=settings.ami_port, user=settings.ami_user,
-                    secret=settings.ami_secret, timeout_s=settings.connect_timeout_s)
-    try:
-        ami_ok = True
-        async for result in check_ami(settings, ami):
-            ami_ok = ami_ok and result.status is not Status.FAIL
-            yield result
-        if ami_ok and redis_ok:
-            async for result in check_probe(settings, ami, settings.redis_url):
+    ami_ok = True
+    for host, port in settings.asterisks:  # each Asterisk serve places calls through
+        ami = AmiClient(host=host, port=port, user=settings.ami_user,
+                        secret=settings.ami_secret, timeout_s=settings.connect_timeout_s)
+        try:
+            this_ok = True
+            async for result in check_ami(settings, ami):
+                this_ok = this_ok and result.status is not Status.FAIL
                 yield result
-        else:
-            for name in ("dialplan", "fastagi", "prompts"):
-                yield CheckResult(name, Status.SKIP, "needs AMI and Redis")
-    finally:
-        await ami.close()
+            if this_ok and redis_ok:
+                async for result in check_probe(settings, ami, settings.redis_url):
+                    yield result
+            else:
+                for name in ("dialplan", "fastagi", "prompts", "early-keys"):
+                    yield CheckResult(name, Status.SKIP, "needs AMI and Redis")
+            ami_ok = ami_ok and this_ok
+        finally:
+            await ami.close()
     if call is not None:
         if ami_ok and redis_ok:
             yield await check_call(settings, call, call_timeout_s)

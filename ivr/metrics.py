@@ -23,11 +23,11 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from . import __version__
 from .domain.outcome import Outcome, OutcomeRecord
-from .storage.store import GROUP, REQUESTS
+from .storage.store import queue_state
 
 log = structlog.get_logger("ivr.metrics")
 
@@ -117,22 +117,10 @@ class Metrics:
 
     async def refresh_queue(self, redis: Redis) -> None:
         """Read the request queue's length, lag and pending count from Redis."""
-        length = await redis.xlen(REQUESTS)
-        self.queue_length.set(length)
-        try:
-            groups = await redis.xinfo_groups(REQUESTS)
-        except ResponseError:  # no such key: nothing was ever queued
-            groups = []
-        for group in groups:
-            name = group.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) == GROUP:
-                lag = group.get("lag")
-                # lag is nil when Redis cannot tell (entries deleted); fall back to the length.
-                self.queue_lag.set(length if lag is None else int(lag))
-                self.queue_pending.set(int(group.get("pending", 0)))
-                return
-        self.queue_lag.set(length)
-        self.queue_pending.set(0)
+        state = await queue_state(redis)
+        self.queue_length.set(state.length)
+        self.queue_lag.set(state.lag)
+        self.queue_pending.set(state.pending)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

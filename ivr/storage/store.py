@@ -101,6 +101,32 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
     return Redis.from_pool(pool)
 
 
+@dataclass(frozen=True)
+class QueueState:
+    """The request queue as Redis sees it (``group``: the consumer group exists)."""
+
+    length: int
+    group: bool
+    lag: int  # not yet delivered to any originator (the length when Redis cannot tell)
+    pending: int  # delivered, not yet acknowledged
+    consumers: int
+
+
+async def queue_state(redis: Redis) -> QueueState:
+    """Read the request queue's length and its consumer group's figures."""
+    length = await redis.xlen(REQUESTS)
+    try:
+        groups = await redis.xinfo_groups(REQUESTS)
+    except ResponseError:  # no such key: nothing was ever queued
+        groups = []
+    for group in groups:
+        if _text(group.get("name", b"")) == GROUP:
+            lag = group.get("lag")  # nil when Redis cannot tell (entries deleted)
+            return QueueState(length, True, length if lag is None else int(lag),
+                              int(group.get("pending", 0)), int(group.get("consumers", 0)))
+    return QueueState(length, False, length, 0, 0)
+
+
 class StoreObserver(Protocol):
     """Told of what the store wrote (the metrics)."""
 
