@@ -86,7 +86,6 @@ class AgiChannel:
         self._timeout = timeout_s
         self.hung_up = False
         self._told_hangup = False  # Asterisk sent its HANGUP line
-        self._minus_one = False  # the last command failed with result=-1
 
     async def _readline(self) -> str:
         try:
@@ -111,7 +110,6 @@ class AgiChannel:
         """
         if self.hung_up:
             raise AgiHangup()
-        self._minus_one = False
         self._writer.write(format_command(*parts))
         try:
             await self._writer.drain()
@@ -128,7 +126,7 @@ class AgiChannel:
             if code == "200":
                 reply = parse_reply(line)
                 if reply.result == "-1" and minus_one_is_hangup:
-                    self.hung_up = self._minus_one = True
+                    self.hung_up = True
                     raise AgiHangup()
                 return reply
             if code == "511":
@@ -164,19 +162,17 @@ class AgiChannel:
 
         For secret keys: unlike Read(), it does not log what was keyed.
         """
-        try:
-            reply = await self.execute("GET DATA", file, str(timeout_ms), str(max_digits))
-        except AgiHangup:
-            if self._told_hangup or not self._minus_one:
-                raise
+        reply = await self.execute("GET DATA", file, str(timeout_ms), str(max_digits),
+                                   minus_one_is_hangup=False)
+        if reply.result == "-1":
             # GET DATA answers a missing file with result=-1 too. A caller's hang-up is
             # always announced by a HANGUP line before the next reply; ask and see.
-            self.hung_up = False
-            await self.execute("NOOP")
+            if not self._told_hangup:
+                await self.execute("NOOP")
             if self._told_hangup:
-                raise AgiHangup() from None
+                raise AgiHangup()
             raise AgiError(f"GET DATA failed on a live call: is the prompt {file} installed?",
-                           "200 result=-1") from None
+                           reply.raw)
         return reply.result, reply.data == "timeout"
 
     async def get_full_variable(self, expression: str) -> str:
