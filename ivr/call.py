@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .domain.flow import CodeChecked, Started, VerificationFlow, make_flow
+from .domain.flow import CodeChecked, Report, Started, Step, VerificationFlow, make_flow
 from .domain.outcome import Outcome, OutcomeRecord
 from .domain.prompts import PROMPTS, prompt_language, sound_files
 from .settings import Settings
@@ -90,6 +90,21 @@ class CallContext:
         """Keys were collected now: their 'input' event is pending."""
         self.input_at = time.time()
         self.input_pending = True
+
+    def input_due(self, step: Step) -> float | None:
+        """The pending 'input' event's time, if it is to be written before ``step``.
+
+        Before a :class:`Report` it is not: it goes with the outcome, in one round trip
+        (:meth:`take_input`).
+        """
+        return None if isinstance(step, Report) else self.take_input()
+
+    def take_input(self) -> float | None:
+        """The pending 'input' event's time, once (None when none is pending)."""
+        if not self.input_pending:
+            return None
+        self.input_pending = False
+        return self.input_at
 
     @property
     def expected_hash(self) -> str:

@@ -98,8 +98,7 @@ class ClassicDriver:
         flow = call.flow(self._settings)
         step: Step = flow.send(started)
         if flow.answered_early:  # keys pressed before the IVR ran are the answer
-            call.input_at = time.time()
-            self._store.event(call.id, "input")
+            call.note_input()
         try:
             while not isinstance(step, Hangup):
                 step = flow.send(self._carry_out(step, call))
@@ -109,6 +108,8 @@ class ClassicDriver:
         self._play_and_hang_up(())
 
     def _carry_out(self, step: Step, call: CallContext) -> Event:
+        if (input_at := call.input_due(step)) is not None:
+            self._store.event(call.id, "input", input_at)
         try:
             if isinstance(step, Collect):
                 files = call.files(step.prompts, self._settings)
@@ -123,8 +124,7 @@ class ClassicDriver:
                     digits, timed_out = parse_read_result(
                         str(self._command("get_full_variable", READ_RESULT)))
                 if digits or not timed_out:
-                    call.input_at = time.time()
-                    self._store.event(call.id, "input")
+                    call.note_input()
                 return Digits(digits, timed_out)
             if isinstance(step, CheckCode):
                 return call.code_checked(check_code(step.digits, call.expected_hash))
@@ -143,7 +143,8 @@ class ClassicDriver:
             # Block before the outcome is published: the next request must find the block.
             self._store.report_fraud(rid=call.id, user=call.user, number=call.number,
                                      context=call.context)
-        stored = self._store.store_outcome(call.record(step.outcome, step.detail))
+        stored = self._store.store_outcome(call.record(step.outcome, step.detail),
+                                           input_at=call.take_input())
         self._log(f"{call.id}: outcome {step.outcome.value}"
                   + ("" if stored else " (an outcome was already stored)"))
         effect = call.pin_effect(step.outcome) if stored else PinEffect.NONE

@@ -28,7 +28,7 @@ from .domain.flow import (
     Step,
     VerificationFlow,
 )
-from .domain.outcome import Outcome, iso
+from .domain.outcome import Outcome
 from .domain.prompts import sound_files
 from .exceptions import AgiConnectionLostError, AgiError, AgiHangup
 from .security import Security
@@ -117,10 +117,8 @@ class VerificationIvr:
         if flow.answered_early:
             call.note_input()
         while not isinstance(step, Hangup):
-            if call.input_pending and not isinstance(step, Report):
-                # (Before a Report the 'input' event goes with the outcome, in one round trip.)
-                await self._store.event(call.id, "input", at=iso(call.input_at) or "")
-                call.input_pending = False
+            if (input_at := call.input_due(step)) is not None:
+                await self._store.event(call.id, "input", input_at)
             event: Event
             try:
                 if isinstance(step, Collect):
@@ -160,10 +158,8 @@ class VerificationIvr:
             await self._security.report_fraud(
                 rid=call.id, user=call.user, number=call.number, context=call.context
             )
-        # The 'input' event rides with the outcome, in the same round trip.
-        input_at = call.input_at if call.input_pending else None
-        call.input_pending = False
         record = call.record(step.outcome, step.detail)
+        input_at = call.take_input()  # the 'input' event rides with the outcome
         stored = await retrying(
             lambda: self._store.store_outcome(record, input_at=input_at),
             what="store_outcome", for_s=STORE_RETRY_S,

@@ -73,9 +73,9 @@ def outcome_script_args(
     ]
 
 
-def event_fields(rid: str, name: str, **fields: str) -> dict[str, str]:
-    """One ``callmfa:events`` entry."""
-    return {"id": rid, "event": name, "at": iso(time.time()) or "", **fields}
+def event_fields(rid: str, name: str, at: float | None = None, **fields: str) -> dict[str, str]:
+    """One ``callmfa:events`` entry, at ``at`` (epoch seconds; default now)."""
+    return {"id": rid, "event": name, "at": iso(at or time.time()) or "", **fields}
 
 
 # Security: blocks, bypasses and their audit trail (shared with the classic AGI driver).

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..domain.outcome import OutcomeRecord, iso
+from ..domain.outcome import OutcomeRecord
 from .keys import (
     DEADLETTER,
     EVENTS,
@@ -227,9 +227,9 @@ class Store:
     async def mark_answered(self, rid: str, at: float) -> None:
         """The call was answered: the ``answered`` event, then the marker's answered_at,
         in one round trip (so the event precedes anything the IVR writes next)."""
+        event: dict[Any, Any] = event_fields(rid, "answered", at)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(EVENTS, {"id": rid, "event": "answered", "at": iso(at) or ""},
-                      maxlen=self._maxlen, approximate=True)
+            pipe.xadd(EVENTS, event, maxlen=self._maxlen, approximate=True)
             pipe.hset(call_key(rid), "answered_at", str(at))
             await pipe.execute()
         if self._observer is not None:
@@ -253,9 +253,9 @@ class Store:
         raw = await self.redis.get(result_key(rid))
         return OutcomeRecord.from_json(raw) if raw is not None else None
 
-    async def event(self, rid: str, name: str, **fields: str) -> None:
+    async def event(self, rid: str, name: str, at: float | None = None, **fields: str) -> None:
         """Append a progress event (queued, dialing, ringing, answered, input)."""
-        data: dict[Any, Any] = event_fields(rid, name, **fields)
+        data: dict[Any, Any] = event_fields(rid, name, at, **fields)
         await self.redis.xadd(EVENTS, data, maxlen=self._maxlen, approximate=True)
         if self._observer is not None:
             self._observer.event_added(name)

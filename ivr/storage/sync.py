@@ -56,15 +56,18 @@ class SyncStore:
         raw: Any = self._redis.hgetall(pin_key(user))
         return parse_pin_state(raw, time.time())
 
-    def event(self, rid: str, name: str) -> None:
+    def event(self, rid: str, name: str, at: float | None = None) -> None:
         """Append a progress event."""
-        data: dict[Any, Any] = event_fields(rid, name)
+        data: dict[Any, Any] = event_fields(rid, name, at)
         self._redis.xadd(EVENTS, data, maxlen=self._settings.events_maxlen, approximate=True)
 
-    def store_outcome(self, record: OutcomeRecord) -> bool:
-        """Store and publish the outcome; False if the id already had one."""
+    def store_outcome(self, record: OutcomeRecord, *, input_at: float | None = None) -> bool:
+        """Store and publish the outcome; False if the id already had one.
+
+        With ``input_at``, the ``input`` event is appended first, in the same round trip.
+        """
         keys, args = outcome_script_args(
-            record, self._settings.result_ttl_s, self._settings.events_maxlen,
+            record, self._settings.result_ttl_s, self._settings.events_maxlen, input_at,
             signing_key=self._settings.signing_key.encode(),
         )
         return bool(self._redis.eval(STORE_OUTCOME, len(keys), *keys, *args))
