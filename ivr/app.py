@@ -17,7 +17,6 @@ import json
 import signal
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .exceptions import IvrError
@@ -28,7 +27,6 @@ from .probe import PROBE_ROUTE, AgiProbe
 from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
-from .storage.pins import PinStore
 from .storage.results import ResultListener
 from .storage.store import Store, connect
 from .tasks import cancel_and_wait
@@ -38,13 +36,6 @@ from .transport.fastagi import FastAgiServer
 from .transport.http import HttpServer, Response
 
 log = structlog.get_logger("ivr.app")
-
-
-def pin_store(redis: Redis, settings: Settings) -> PinStore:
-    """The PIN store with the configured lockout policy."""
-    return PinStore(
-        redis, lockout_after=settings.pin_lockout_after, lockout_s=settings.pin_lockout_s
-    )
 
 
 class Service:

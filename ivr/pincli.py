@@ -10,10 +10,10 @@ import argparse
 import getpass
 import sys
 
-from .app import pin_store
 from .domain.codes import hash_code
 from .domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
 from .settings import Settings
+from .storage.pins import PinStore
 from .storage.store import connect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -54,7 +54,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         code_hash = hash_code(pin)
     redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
     try:
-        pins = pin_store(redis, settings)
+        pins = PinStore.for_settings(redis, settings)
         if args.pin_action == "set":
             await pins.set_hash(args.user, code_hash)
             print(f"PIN set for {args.user}")

@@ -58,9 +58,7 @@ class VerificationIvr:
     ) -> None:
         self._settings = settings
         self._store = store
-        self._pins = pins or PinStore(
-            store.redis, lockout_after=settings.pin_lockout_after, lockout_s=settings.pin_lockout_s
-        )
+        self._pins = pins or PinStore.for_settings(store.redis, settings)
         self._security = security or Security.for_redis(settings, store.redis)
 
     def reload(self, settings: Settings) -> None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from ..settings import Settings
+
 FOREVER = "forever"
 
 RECORD_DENIAL = """
@@ -26,6 +28,13 @@ if n >= tonumber(ARGV[1]) then
   return 1
 end
 return 0
+"""
+
+# A success or an admin's unlock: no denials, no lock (only for a user with a PIN).
+RESET_PIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'denials', 0, 'locked_until', 0)
+return 1
 """
 
 
@@ -62,6 +71,13 @@ class PinStore:
         self._lockout_after = lockout_after
         self._lockout_s = lockout_s
         self._record_denial = redis.register_script(RECORD_DENIAL)
+        self._reset = redis.register_script(RESET_PIN)
+
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> PinStore:
+        """The PIN store with the configured lockout policy."""
+        return cls(redis, lockout_after=settings.pin_lockout_after,
+                   lockout_s=settings.pin_lockout_s)
 
     async def state(self, user: str) -> PinState:
         """The user's PIN hash and whether they are locked out now."""
@@ -83,12 +99,6 @@ class PinStore:
         return bool(locked)
 
     async def reset(self, user: str) -> bool:
-        """Clear the denials and any lockout (a success, or an admin's unlock)."""
-        if not await self._redis.exists(pin_key(user)):
-            return False
-        await self._redis.hset(pin_key(user), mapping={"denials": 0, "locked_until": 0})
-        return True
-
-    async def delete(self, user: str) -> bool:
-        """Remove the user's PIN."""
-        return bool(await self._redis.delete(pin_key(user)))
+        """Clear the denials and any lockout (a success, or an admin's unlock); False
+        when the user has no PIN."""
+        return bool(await self._reset(keys=[pin_key(user)]))

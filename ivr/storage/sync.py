@@ -22,7 +22,7 @@ from .keys import (
     fraud_report_args,
     outcome_script_args,
 )
-from .pins import RECORD_DENIAL, PinState, lock_value, parse_pin_state, pin_key
+from .pins import RECORD_DENIAL, RESET_PIN, PinState, lock_value, parse_pin_state, pin_key
 
 
 class SyncStore:
@@ -88,5 +88,4 @@ class SyncStore:
 
     def reset_pin(self, user: str) -> None:
         """Clear the user's denials after a success."""
-        if self._redis.exists(pin_key(user)):
-            self._redis.hset(pin_key(user), mapping={"denials": 0, "locked_until": 0})
+        self._redis.eval(RESET_PIN, 1, pin_key(user))

@@ -11,9 +11,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from ivr.app import pin_store
 from ivr.domain.codes import hash_code
-from ivr.storage.pins import pin_key
+from ivr.storage.pins import PinStore, pin_key
 
 from .conftest import Ivr, StartIvr
 from .fake_asterisk import HANG_UP, events_of, run_call
@@ -34,7 +33,7 @@ def playback(prompt: str) -> str:
 
 async def set_pin(ivr: Ivr, user: str, pin: str) -> None:
     """What ``callmfa pin set USER`` stores."""
-    await pin_store(ivr.redis, ivr.settings).set_hash(user, hash_code(pin))
+    await PinStore.for_settings(ivr.redis, ivr.settings).set_hash(user, hash_code(pin))
 
 
 async def pin_state(redis: Redis, user: str) -> dict[str, str]:
@@ -130,7 +129,7 @@ class TestPinMode:
 
         assert (stored["outcome"], stored["detail"]) == ("locked_out", None)
         assert commands == [*PREAMBLE, playback("locked_out"), "HANGUP"]
-        assert await pin_store(ivr.redis, ivr.settings).reset("alice")
+        assert await PinStore.for_settings(ivr.redis, ivr.settings).reset("alice")
         _, stored = await run_call(
             ivr, "27212121-2121-4121-8121-212121212121", PIN + "#", marker=PIN_CALL
         )
