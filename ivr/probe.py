@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
 
 import structlog
 from redis.asyncio import Redis
@@ -27,6 +26,8 @@ log = structlog.get_logger("ivr.probe")
 
 PROBE_ROUTE = "check"
 PROBE_TTL_S = 60
+# The language whose prompts the check proves (`make prompts` installs the others with it).
+LANGUAGES = ("en",)
 PAST_THE_END = "1000000000"
 _PROBE_ID = re.compile(r"check-[0-9a-f]{32}\Z")
 
@@ -44,9 +45,8 @@ def probe_key(probe_id: str) -> str:
 class AgiProbe:
     """The FastAGI handler for the ``check`` route."""
 
-    def __init__(self, redis: Redis, languages: Sequence[str] = ("en",)) -> None:
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._languages = tuple(languages)
 
     async def __call__(self, session: AgiSession) -> None:
         """Check the prompts from Asterisk's side and record the result."""
@@ -59,9 +59,9 @@ class AgiProbe:
         missing: dict[str, list[str]] = {}
         try:
             # What the dialplan's TryExec(StoreDTMF(...)) said (callmfa check asks for it).
-            early_keys = (await channel.execute("GET FULL VARIABLE", "${TRYSTATUS}")).data or ""
-            for lang in self._languages:
-                await channel.execute("SET VARIABLE", "CHANNEL(language)", lang)
+            early_keys = await channel.get_full_variable("${TRYSTATUS}")
+            for lang in LANGUAGES:
+                await channel.set_variable("CHANNEL(language)", lang)
                 for name in dict.fromkeys(sound_files(PROMPTS, lang)):
                     reply = await channel.execute(
                         "STREAM FILE", name, "#", PAST_THE_END, minus_one_is_hangup=False
@@ -75,7 +75,7 @@ class AgiProbe:
             return
         await self._redis.set(
             probe_key(probe_id),
-            json.dumps({"languages": self._languages, "missing": missing,
+            json.dumps({"languages": LANGUAGES, "missing": missing,
                         "early_keys": early_keys}),
             ex=PROBE_TTL_S,
         )

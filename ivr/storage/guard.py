@@ -31,9 +31,6 @@ from .keys import (
 )
 from .store import call_key, result_key
 
-HOUR_MS = 3_600_000
-
-
 
 def inflight_key(user: str) -> str:
     """The id of the request whose call to ``user`` is in flight."""
