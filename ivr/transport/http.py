@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
+from ..tasks import drain
+
 log = structlog.get_logger("ivr.http")
 
 Response = tuple[int, str, bytes]  # status, content type, body
@@ -77,11 +79,10 @@ class HttpServer:
             writer.close()
 
     async def close(self) -> None:
-        """Stop listening and finish the requests in progress."""
+        """Stop listening; let the requests in progress finish, then cancel the rest."""
         if self._server is not None:
             self._server.close()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=READ_TIMEOUT_S)
+        await drain(self._tasks, READ_TIMEOUT_S)
         if self._server is not None:
             await self._server.wait_closed()
 
