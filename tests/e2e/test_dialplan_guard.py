@@ -18,7 +18,7 @@ from .conftest import PhoneFactory, restart_serve
 GUARDED = "Local/{number}@callmfa-dial/n"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def guarded(sandbox: Sandbox) -> Iterator[None]:
     """`callmfa serve` dialling through the guard instead of the trunk directly."""
     restart_serve(sandbox, CALLMFA_DIAL_TEMPLATE=GUARDED)

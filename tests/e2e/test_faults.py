@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -112,13 +112,6 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(30)
-
-
-@pytest.fixture
-async def redis(sandbox: Sandbox) -> AsyncIterator[Redis]:
-    client = Redis.from_url(sandbox.redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.mark.usefixtures("restore")

@@ -25,12 +25,13 @@ from ivr.exceptions import AmiConnectError, AmiError
 from ivr.originator import Originator
 from ivr.settings import Settings
 from ivr.storage.results import ResultListener
-from ivr.storage.store import DEADLETTER, EVENTS, GROUP, REQUESTS, Store, call_key
+from ivr.storage.store import DEADLETTER, GROUP, REQUESTS, Store, call_key
 from ivr.tasks import cancel_and_wait
 from ivr.transport.ami import ChannelWatch, OriginateResult
 from ivr.transport.ami_pool import AmiPool
 
 from .conftest import eventually
+from .fake_asterisk import events_of
 
 WAIT_S = 5.0
 
@@ -201,12 +202,7 @@ class Harness:
         await eventually(none_pending, timeout_s=WAIT_S, what="every entry acked")
 
     async def events_of(self, rid: str) -> list[dict[str, str]]:
-        out = []
-        for _, raw in await self.redis.xrange(EVENTS):
-            fields = {k.decode(): v.decode() for k, v in raw.items()}
-            if fields.get("id") == rid:
-                out.append(fields)
-        return out
+        return await events_of(self.redis, rid)
 
 
 def make_settings(**overrides: Any) -> Settings:
