@@ -33,7 +33,7 @@ from .domain.flow import (
 from .domain.outcome import Outcome
 from .domain.prompts import sound_files
 from .exceptions import AgiError, AgiHangup, IvrError
-from .settings import Settings
+from .settings import Settings, read_config_file
 from .transport.agi import READ_RESULT, parse_read_result, read_args
 
 ENV_FILE = "callmfa.env"
@@ -41,14 +41,9 @@ ENV_FILE = "callmfa.env"
 
 def load_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment over ``$AST_CONFIG_DIR/callmfa.env`` (if there is one)."""
-    values: dict[str, str] = {}
     path = Path(environ.get("CALLMFA_ENV_FILE")
                 or Path(environ.get("AST_CONFIG_DIR", "/etc/asterisk")) / ENV_FILE)
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            key, sep, value = line.strip().removeprefix("export ").partition("=")
-            if sep and key.startswith("CALLMFA_"):
-                values[key] = value.strip().strip("'\"")
+    values = read_config_file(path) if path.is_file() else {}
     values.update({k: v for k, v in environ.items() if k.startswith("CALLMFA_")})
     return values
 

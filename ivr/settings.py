@@ -280,22 +280,7 @@ class Settings:
         path = env.get(ENV_PREFIX + "CONFIG_FILE")
         if not path:
             return cls.from_env(env)
-        try:
-            lines = Path(path).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise SettingsError(f"CALLMFA_CONFIG_FILE: cannot read {path}: {e}") from None
-        merged: dict[str, str] = {}
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            key, sep, value = line.partition("=")
-            if not sep or not key.strip().startswith(ENV_PREFIX):
-                raise SettingsError(f"{path}:{number}: expected CALLMFA_NAME=value")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]  # a wholly quoted value, as in a shell env file
-            merged[key.strip()] = value
+        merged = read_config_file(path)
         merged.update(env)
         return cls.from_env(merged)
 
@@ -361,3 +346,25 @@ def _convert(key: str, raw: str, kind: object) -> object:
     except ValueError:
         raise SettingsError(f"{key}={raw!r} is not a number") from None
     return raw
+
+
+def read_config_file(path: str | Path) -> dict[str, str]:
+    """``CALLMFA_NAME=value`` lines (``#`` comments; an ``export`` prefix and a wholly
+    quoted value are allowed, as in a shell env file); SettingsError for anything else."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"cannot read {path}: {e}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip().removeprefix("export ")
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().startswith(ENV_PREFIX):
+            raise SettingsError(f"{path}:{number}: expected CALLMFA_NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values

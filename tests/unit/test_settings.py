@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ivr.classic import load_env
 from ivr.exceptions import SettingsError
 from ivr.settings import ENV_PREFIX, Settings
 
@@ -316,6 +317,19 @@ class TestConfigFile:
         conf.write_text("CALLMFA_MAX_ATTEMPTS=2\nnonsense\n")
         with pytest.raises(SettingsError, match=r"callmfa.conf:2"):
             Settings.load({"CALLMFA_CONFIG_FILE": str(conf)})
+
+    def test_classic_script_reads_its_env_file_the_same_way(self, tmp_path: Path) -> None:
+        """The classic AGI script's callmfa.env (export lines, as the sandbox writes it) is
+        parsed like CALLMFA_CONFIG_FILE: a quoted caller name keeps its quotes; the
+        environment wins."""
+        (tmp_path / "callmfa.env").write_text(
+            "export CALLMFA_DIAL_TEMPLATE='PJSIP/{number}@trunk'\n"
+            'export CALLMFA_CALLER_ID="Sign-in" <+15550000>\nCALLMFA_MAX_ATTEMPTS=5\n')
+        values = load_env({"AST_CONFIG_DIR": str(tmp_path), "CALLMFA_MAX_ATTEMPTS": "2",
+                           "PATH": "/bin"})
+        assert values == {"CALLMFA_DIAL_TEMPLATE": "PJSIP/{number}@trunk",
+                          "CALLMFA_CALLER_ID": '"Sign-in" <+15550000>',
+                          "CALLMFA_MAX_ATTEMPTS": "2"}
 
     def test_changed_fields_and_reloadable(self) -> None:
         """changed_fields names what differs; RELOADABLE excludes addresses and secrets."""
