@@ -185,3 +185,11 @@ def sandbox() -> Iterator[Sandbox]:
         os.close(home)
         os.close(target)
         subprocess.run(["bash", str(SANDBOX), "down"], env=env, check=False, capture_output=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e/ needs the sandbox: mark it e2e (`-m "not e2e"` skips it)."""
+    e2e = Path(__file__).parent / "e2e"
+    for item in items:
+        if item.path.is_relative_to(e2e):
+            item.add_marker(pytest.mark.e2e)

@@ -17,8 +17,6 @@ from ivr.testing import PhoneBehaviour, SippPhone
 
 from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture
 async def client(sandbox: Sandbox) -> AsyncIterator[VerificationClient]:

@@ -7,11 +7,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from ..conftest import REPO
-
-pytestmark = pytest.mark.e2e
 
 
 class TestBenchSmoke:

@@ -8,7 +8,6 @@ import subprocess
 import urllib.request
 import uuid
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ivr import __version__
@@ -184,4 +183,3 @@ class TestReport:
         assert user in text
 
 
-pytestmark = pytest.mark.e2e

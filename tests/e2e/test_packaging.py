@@ -95,4 +95,3 @@ class TestWheel:
         assert out.stdout.splitlines()[-1] == "all checks passed"
 
 
-pytestmark = pytest.mark.e2e
