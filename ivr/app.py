@@ -56,7 +56,8 @@ class Service:
         )
         security = Security.for_redis(settings, self.redis)
         self.results = ResultListener(self.redis)
-        self.ivr = VerificationIvr(settings, self.store, security=security)
+        self.ivr = VerificationIvr(settings, self.store, security=security,
+                                   observer=self.metrics)
         self.agi = FastAgiServer(
             {"verify": self.ivr, PROBE_ROUTE: AgiProbe(self.redis)},
             host=settings.agi_host,
