@@ -1,15 +1,20 @@
-"""Forged AGI sessions against the real chain: a local process that is not Asterisk speaks
-FastAGI (or runs the classic script) naming a live verification, as an attacker who read
-the id from callmfa:events would. It can neither approve, deny, report fraud nor block;
-the real call ends as the phone made it end, and the attempt is logged and counted.
+"""Forgeries against the real chain.
 
-Also: the call's token appears in none of callmfa's events, logs and outcomes, nor in
-Asterisk's log at the sandbox's verbosity.
+- Forged AGI sessions: a local process that is not Asterisk speaks FastAGI (or runs the
+  classic script) naming a live verification, as an attacker who read the id from
+  callmfa:events would. It can neither approve, deny, report fraud nor block; the real call
+  ends as the phone made it end, and the attempt is logged and counted. The call's token
+  appears in none of callmfa's events, logs and outcomes, nor in Asterisk's log at the
+  sandbox's verbosity.
+- Replayed outcomes: a genuine signed approval copied into another request's result key is
+  refused by the client; a forged message on callmfa:results does not stop the waiter,
+  which gets its real outcome at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import urllib.request
@@ -19,8 +24,9 @@ from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
+from ivr.exceptions import OutcomeBindingError
 from ivr.storage.keys import BLOCKED
-from ivr.storage.store import EVENTS, call_key, result_key
+from ivr.storage.store import EVENTS, RESULTS_CHANNEL, call_key, result_key
 
 from ..conftest import E2E_SETTINGS, Sandbox, wait_until
 from .conftest import PhoneFactory, audit_of
@@ -148,6 +154,48 @@ class TestForgedFastAgi:
         assert token not in str(await redis.xrange(EVENTS))
         for name in ("callmfa.log", "asterisk.log"):
             assert token not in (sandbox.directory / "logs" / name).read_text(errors="replace")
+
+
+class TestReplayedOutcomes:
+    async def test_an_approval_copied_to_another_request_is_refused(
+        self, client: VerificationClient, phone: PhoneFactory, redis: Redis
+    ) -> None:
+        """A is approved (signed by serve). While B rings, its result key gets a copy of
+        A's outcome: the client refuses it for B."""
+        p = phone(calls=2, keys="#", key_delay_ms=500, answer_delay_ms=1500)
+        a = await client.verify(user="alice", phone=PHONE, timeout_s=60)
+        assert a is not None
+        assert a.outcome is Outcome.APPROVED
+        b = await client.submit(user="alice", phone=PHONE)
+        await wait_for_event(redis, b, "ringing")
+        await redis.set(result_key(b), await redis.get(result_key(a.id)) or b"")
+
+        with pytest.raises(OutcomeBindingError):
+            await client.wait(b, 60)
+        assert p.wait(30) == 0, p.errors()
+
+    async def test_a_forged_message_does_not_stop_the_waiter(
+        self, client: VerificationClient, phone: PhoneFactory, redis: Redis
+    ) -> None:
+        """While the user is being called, forged messages for the request are published:
+        the waiter ignores them and gets the real approval the moment '#' is stored."""
+        p = phone(keys="#", key_delay_ms=2000)
+        rid = await client.submit(user="alice", phone=PHONE)
+        waiting = asyncio.create_task(client.wait(rid, 60))
+        await wait_for_event(redis, rid, "answered")
+        for forged in ({"id": rid, "user": "alice", "outcome": "approved"},
+                       {"id": rid, "outcome": "approved", "sig": "é" * 64},
+                       {"id": rid, "outcome": "no_such_value"}):
+            await redis.publish(RESULTS_CHANNEL, json.dumps(forged))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+
+        record = await waiting
+        assert record is not None
+        assert record.outcome is Outcome.APPROVED
+        assert record.input_at is not None
+        assert record.finished_at is not None
+        assert p.wait(20) == 0, p.errors()
 
 
 def channel_token(sandbox: Sandbox) -> str:
