@@ -80,10 +80,6 @@ class ClassicDriver:
             )
         except (AgiHangup, AgiError):
             return "no_token"
-        try:
-            self._command("test_hangup")  # Asterisk's SIGHUP: keys before it never count
-        except AgiHangup:
-            call.early_keys = ""
         if not call.token_proven:
             return "bad_token"
         if not self._store.claim_ivr(call.id, time.time()):
@@ -99,8 +95,11 @@ class ClassicDriver:
             self._log(f"{rid}: AGI session refused ({refusal}); nothing recorded", level=1)
             return
         pin = self._store.pin_state(call.user) if call.mode == "pin" and call.user else None
-        with contextlib.suppress(AgiHangup):  # the flow's first step finds the caller gone
+        try:
             self._command("set_variable", "CHANNEL(language)", call.lang)
+            self._command("test_hangup")  # Asterisk's SIGHUP: keys before it never count
+        except AgiHangup:
+            call.early_keys = ""  # the flow's first step finds the caller gone
         started = call.started(
             pin_hash=pin.hash if pin else "", pin_locked=bool(pin and pin.locked)
         )

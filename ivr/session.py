@@ -129,12 +129,12 @@ class VerificationIvr:
 
     async def _prepare(self, call: CallContext, channel: AgiChannel) -> Started:
         """The channel's language, the PIN state; keys before a hang-up are dropped."""
-        if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
-            call.early_keys = ""
         pin = await self._pins.state(call.user) if call.mode == "pin" and call.user \
             else PinState()
         with contextlib.suppress(AgiHangup):  # the flow's first step reports hung_up
             await channel.set_variable("CHANNEL(language)", call.lang)
+        if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
+            call.early_keys = ""
         log.info("ivr_started", mode=call.mode, lang=call.lang, amd=call.amd_status or None,
                  early_keys=len(call.early_keys))
         return call.started(pin_hash=pin.hash, pin_locked=pin.locked)

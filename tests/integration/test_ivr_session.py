@@ -339,6 +339,20 @@ class TestHangUp:
         assert stored["outcome"] == "hung_up"
         assert commands == [GET_AMD, SET_LANGUAGE]
 
+    async def test_hang_up_after_the_probe_drops_the_early_keys(self, ivr: Ivr) -> None:
+        """The probe read a '#' kept before the greeting, then Asterisk says HANGUP (ahead
+        of SET VARIABLE's reply): the '#' does not approve a call already hung up."""
+        rid = "1b1b1b1b-1b1b-4b1b-8b1b-1b1b1b1b1b1c"
+
+        def gone(command: str) -> Reply | bool:
+            return b"HANGUP\n200 result=1\n" if command.startswith("SET VARIABLE") else False
+
+        _, stored = await run_call(
+            ivr, rid, on_command=gone, variables={"CALLMFA_EARLY_KEYS": "#"}
+        )
+
+        assert stored["outcome"] == "hung_up"
+
     async def test_hang_up_during_amd_runs_the_ivr_on_the_dead_channel(self, ivr: Ivr) -> None:
         """Hung up during AMD: the dialplan's h extension runs the IVR on the dead channel
         (AMDSTATUS=HANGUP, Read() answers -1); it stores hung_up."""
