@@ -144,6 +144,21 @@ def check_signing(settings: Settings) -> CheckResult:
                        "-byte key)")
 
 
+def check_amd(settings: Settings) -> CheckResult:
+    """The answering-machine detection callmfa asks Asterisk for (AMD()'s arguments)."""
+    if settings.amd == "off":
+        return CheckResult("amd", Status.WARN, "answering-machine detection is off: a "
+                           "voicemail greeting that holds a '#' tone could approve",
+                           "CALLMFA_AMD=on")
+    return CheckResult(
+        "amd", Status.OK,
+        f"AMD({settings.amd_initial_silence_ms},{settings.amd_greeting_ms},,"
+        f"{settings.amd_total_ms}): MACHINE after {settings.amd_initial_silence_ms} ms of "
+        f"silence (a key then asks again) or a greeting over {settings.amd_greeting_ms} ms; "
+        f"at most {settings.amd_total_ms} ms of listening",
+    )
+
+
 async def _redis_acl(redis: Redis) -> list[str]:
     """Run every command callmfa uses, on throwaway keys; return those the ACL refuses."""
     base = f"callmfa:check:{uuid.uuid4().hex}"
@@ -395,6 +410,7 @@ async def run_checks(
     """Every check, in order, as each one finishes."""
     yield check_signing(settings)
     yield check_dial_template(settings.dial_template)
+    yield check_amd(settings)
     agi = check_agi_address(settings)
     if agi is not None:
         yield agi

@@ -270,6 +270,10 @@ class Originator:
             "CALLMFA_AGI": s.agi_url,
             "CALLMFA_MAX_SECS": str(s.max_call_s),
             "CALLMFA_AMD": s.amd,
+            # AMD()'s arguments (ms), one variable each: AMI splits a Variable on commas.
+            "CALLMFA_AMD_SILENCE": str(s.amd_initial_silence_ms),
+            "CALLMFA_AMD_GREETING": str(s.amd_greeting_ms),
+            "CALLMFA_AMD_TOTAL": str(s.amd_total_ms),
             # Keys pressed before the IVR runs are kept for it in a channel variable, which
             # Asterisk publishes (AMI VarSet): never for a PIN or a match code.
             "CALLMFA_KEEP_KEYS": "off" if keys_are_secret(req.mode) else "on",

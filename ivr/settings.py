@@ -125,7 +125,25 @@ class Settings:
     amd: str = field(
         default="on",
         metadata={"doc": "Answering-machine detection (Asterisk's AMD()) before the greeting: "
-                         "on or off. MACHINE ends the call as machine_answered."},
+                         "on or off. MACHINE ends the call as machine_answered (unless it "
+                         "heard only silence and a key: then the greeting asks again)."},
+    )
+    amd_initial_silence_ms: int = field(
+        default=2500,
+        metadata={"doc": "AMD(): silence before anyone speaks that makes MACHINE "
+                         "(INITIALSILENCE). Lower decides sooner; a silent person who keys # "
+                         "is asked again either way."},
+    )
+    amd_greeting_ms: int = field(
+        default=1500,
+        metadata={"doc": "AMD(): the longest greeting a person says; a longer one is a "
+                         "voicemail (LONGGREETING). Lower catches voicemail sooner and takes "
+                         "more long-winded people for machines."},
+    )
+    amd_total_ms: int = field(
+        default=5000,
+        metadata={"doc": "AMD(): how long detection may listen in all; then NOTSURE, which "
+                         "is treated as a person."},
     )
     pin_lockout_after: int = field(
         default=3, metadata={"doc": "Denied PIN calls in a row that lock the user out."}
@@ -207,6 +225,9 @@ class Settings:
             raise SettingsError("CALLMFA_AGI_MODE must be fastagi or classic")
         if self.amd not in ("on", "off"):
             raise SettingsError("CALLMFA_AMD must be on or off")
+        for name in ("amd_initial_silence_ms", "amd_greeting_ms", "amd_total_ms"):
+            if not 100 <= getattr(self, name) <= 30_000:
+                raise SettingsError(f"CALLMFA_{name.upper()} must be 100 to 30000 (ms)")
         if self.prompt_override_dir and not re.fullmatch(r"/[A-Za-z0-9_./-]*[^/]",
                                                          self.prompt_override_dir):
             raise SettingsError(

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ivr.doctor import (
     Status,
     _privileges,
+    check_amd,
     check_dial_template,
     check_early_keys,
     check_signing,
@@ -139,6 +140,12 @@ class TestDoctorPureChecks:
         assert (old.status, "install-dialplan" in (old.fix or "")) == (Status.WARN, True)
         assert "FAILED" in check_early_keys("FAILED").message
         assert check_early_keys(None).status is Status.SKIP  # serve older than check
+
+    def test_amd(self) -> None:
+        """The AMD parameters in use are reported; AMD off is a warning."""
+        amd = check_amd(Settings(amd_initial_silence_ms=2000))
+        assert (amd.status, amd.message.startswith("AMD(2000,1500,,5000)")) == (Status.OK, True)
+        assert check_amd(Settings(amd="off")).status is Status.WARN
 
     def test_signing(self) -> None:
         """No key fails; the opt-out warns; a key of 32 bytes or more is ok."""
