@@ -97,6 +97,11 @@ class Metrics:
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
+        self.numbers_refused = Counter(
+            "callmfa_numbers_refused",
+            "Requests ended rejected / number_not_allowed, uncalled, by reason.", ["reason"],
+            registry=r,
+        )
 
     def event_added(self, name: str) -> None:
         """A progress event was written; ``dialing`` means a call was placed."""
@@ -110,6 +115,10 @@ class Metrics:
         _observe(self.request_to_call, record.requested_at, record.call_started_at)
         _observe(self.input_to_outcome, record.input_at, record.finished_at)
         _observe(self.verification, record.requested_at, record.finished_at)
+
+    def number_refused(self, reason: str) -> None:
+        """A request's number was not dialled (the security policy), for ``reason``."""
+        self.numbers_refused.labels(reason).inc()
 
     def ami_reconnected(self) -> None:
         """For the AMI connection's owner: a lost connection was re-established."""
