@@ -33,7 +33,7 @@ from .storage.keys import STORE_OUTCOME
 from .storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
 from .transport.ami import AmiClient
 
-SAMPLE_NUMBER = "+15550100"
+SAMPLE_NUMBER = "+12015550100"
 KNOWN_TECHNOLOGIES = {"PJSIP", "SIP", "IAX2", "DAHDI", "Local", "Motif", "UNISTIM", "WebSocket"}
 DANGEROUS_PRIVILEGES = ("system", "command", "config")
 PROBE_WAIT_S = 5.0

@@ -20,7 +20,7 @@ from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
 from ivr.testing import PhoneBehaviour, SippPhone
 
-PHONE = "+15550100"
+PHONE = "+12015550100"
 
 
 async def main() -> int:

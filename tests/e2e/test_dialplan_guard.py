@@ -35,7 +35,7 @@ class TestDialplanGuard:
     ) -> None:
         """+1 numbers pass the guard: '#' approves, as without it."""
         p = phone(keys="#")
-        record = await client.verify(user="guarded", phone="+15550100", timeout_s=40)
+        record = await client.verify(user="guarded", phone="+12015550100", timeout_s=40)
         assert record is not None
         assert record.outcome is Outcome.APPROVED
         assert p.wait(20) == 0, p.errors()
@@ -45,7 +45,7 @@ class TestDialplanGuard:
     ) -> None:
         """A 486 behind the guard is still busy (the cause crosses the Local channel)."""
         p = phone(reject_with=486)
-        record = await client.verify(user="guarded", phone="+15550100", timeout_s=40)
+        record = await client.verify(user="guarded", phone="+12015550100", timeout_s=40)
         assert record is not None
         assert record.outcome is Outcome.BUSY
         assert p.wait(20) == 0, p.errors()

@@ -18,7 +18,7 @@ from ..conftest import E2E_SETTINGS, REPO, Sandbox
 from .conftest import PhoneFactory
 
 CALLMFA = str(REPO / ".venv" / "bin" / "callmfa")
-PHONE = "+15550100"
+PHONE = "+12015550100"
 
 
 def sandbox_env(sandbox: Sandbox, **overrides: str) -> dict[str, str]:
