@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from .client import VerificationClient
+from .dialcheck import policy_summary
 from .domain.outcome import Outcome
 from .exceptions import AmiConnectError, AmiError, AmiLoginError
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
@@ -109,6 +110,16 @@ def check_dial_template(template: str) -> CheckResult:
                            f"{SAMPLE_NUMBER} dials {channel}: unusual technology {tech!r}",
                            "check the channel driver name (PJSIP, IAX2, DAHDI, ...)")
     return CheckResult("dial-template", Status.OK, f"{SAMPLE_NUMBER} dials {channel}")
+
+
+def check_number_policy(settings: Settings) -> CheckResult:
+    """The number policy builds (serve refuses to start otherwise)."""
+    ok, text = policy_summary(settings)
+    if ok:
+        return CheckResult("numbers", Status.OK, text)
+    return CheckResult("numbers", Status.FAIL, text,
+                       "set CALLMFA_ALLOWED_PREFIXES and CALLMFA_ALLOWED_REGIONS together "
+                       "(e.g. +44 with GB); `callmfa check --number N` explains one number")
 
 
 def check_agi_address(settings: Settings) -> CheckResult | None:
@@ -377,6 +388,7 @@ async def run_checks(
 ) -> AsyncIterator[CheckResult]:
     """Every check, in order, as each one finishes."""
     yield check_dial_template(settings.dial_template)
+    yield check_number_policy(settings)
     agi = check_agi_address(settings)
     if agi is not None:
         yield agi

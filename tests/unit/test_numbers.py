@@ -8,6 +8,8 @@ import sys
 import phonenumbers
 import pytest
 
+from ivr.cli import main
+from ivr.doctor import Status, check_number_policy
 from ivr.domain.numbers import DialPolicy, describe, prefix_regions
 from ivr.domain.policy import NumberPolicy, parse_number_types, parse_regions
 from ivr.exceptions import SettingsError
@@ -207,3 +209,46 @@ def test_the_classic_agi_script_does_not_load_phonenumbers() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+class TestCheckNumber:
+    """`callmfa check --number N`: offline, exit 0 if callmfa would dial N, 1 if not."""
+
+    @pytest.mark.parametrize(("number", "code", "expected"), [
+        ("+12015550100", 0, ["region  US", "type    FIXED_LINE_OR_MOBILE", "dial    yes"]),
+        ("+16585551234", 1, ["valid   yes", "region  JM", "reason region_not_allowed",
+                             "CALLMFA_ALLOWED_REGIONS=US,CA"]),
+        ("+1011882123456", 1, ["valid   no", "reason invalid_number"]),
+        ("+19005550100", 1, ["type    PREMIUM_RATE", "denied prefix +1900"]),
+    ])
+    def test_what_callmfa_makes_of_a_number(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        number: str, code: int, expected: list[str],
+    ) -> None:
+        """E.164, valid, region, type, and whether it would dial it and why not."""
+        for name in ("CALLMFA_ALLOWED_PREFIXES", "CALLMFA_ALLOWED_REGIONS",
+                     "CALLMFA_CONFIG_FILE"):
+            monkeypatch.delenv(name, raising=False)
+        assert main(["check", "--number", number]) == code
+        out = capsys.readouterr().out
+        for text in expected:
+            assert text in out
+
+    def test_a_denied_type(self, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """With +1900 allowed exactly, the premium-rate type still refuses it, named."""
+        monkeypatch.setenv("CALLMFA_ALLOWED_PREFIXES", "+1,+1900")
+        assert main(["check", "--number", "+19005550100"]) == 1
+        assert "type PREMIUM_RATE is in CALLMFA_DENIED_NUMBER_TYPES" in capsys.readouterr().out
+
+    def test_not_e164_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """What the request parser refuses: exit 2 with its message."""
+        assert main(["check", "--number", "555-0100"]) == 2
+        assert "E.164" in capsys.readouterr().err
+
+    def test_the_policy_line_of_callmfa_check(self) -> None:
+        """`callmfa check` says FAIL when serve would refuse to start over the policy."""
+        assert check_number_policy(Settings()).status is Status.OK
+        bad = check_number_policy(Settings(allowed_prefixes="+44"))
+        assert bad.status is Status.FAIL
+        assert "+44 reaches none" in bad.message
