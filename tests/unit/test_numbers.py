@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import phonenumbers
 import pytest
 
-from ivr.cli import main
 from ivr.doctor import Status, check_number_policy
 from ivr.domain.numbers import DialPolicy, describe, prefix_regions
 from ivr.domain.policy import NumberPolicy, parse_number_types, parse_regions
@@ -211,6 +211,12 @@ def test_the_classic_agi_script_does_not_load_phonenumbers() -> None:
     assert out.stdout.strip() == "False"
 
 
+def _check_number(number: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CALLMFA_")}
+    return subprocess.run([sys.executable, "-m", "ivr", "check", "--number", number],
+                          env={**clean, **env}, capture_output=True, text=True, timeout=60)
+
+
 class TestCheckNumber:
     """`callmfa check --number N`: offline, exit 0 if callmfa would dial N, 1 if not."""
 
@@ -222,29 +228,25 @@ class TestCheckNumber:
         ("+19005550100", 1, ["type    PREMIUM_RATE", "denied prefix +1900"]),
     ])
     def test_what_callmfa_makes_of_a_number(
-        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        number: str, code: int, expected: list[str],
+        self, number: str, code: int, expected: list[str]
     ) -> None:
         """E.164, valid, region, type, and whether it would dial it and why not."""
-        for name in ("CALLMFA_ALLOWED_PREFIXES", "CALLMFA_ALLOWED_REGIONS",
-                     "CALLMFA_CONFIG_FILE"):
-            monkeypatch.delenv(name, raising=False)
-        assert main(["check", "--number", number]) == code
-        out = capsys.readouterr().out
+        out = _check_number(number)
+        assert out.returncode == code, out.stdout + out.stderr
         for text in expected:
-            assert text in out
+            assert text in out.stdout
 
-    def test_a_denied_type(self, capsys: pytest.CaptureFixture[str],
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_a_denied_type(self) -> None:
         """With +1900 allowed exactly, the premium-rate type still refuses it, named."""
-        monkeypatch.setenv("CALLMFA_ALLOWED_PREFIXES", "+1,+1900")
-        assert main(["check", "--number", "+19005550100"]) == 1
-        assert "type PREMIUM_RATE is in CALLMFA_DENIED_NUMBER_TYPES" in capsys.readouterr().out
+        out = _check_number("+19005550100", CALLMFA_ALLOWED_PREFIXES="+1,+1900")
+        assert out.returncode == 1
+        assert "type PREMIUM_RATE is in CALLMFA_DENIED_NUMBER_TYPES" in out.stdout
 
-    def test_not_e164_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_not_e164_is_a_usage_error(self) -> None:
         """What the request parser refuses: exit 2 with its message."""
-        assert main(["check", "--number", "555-0100"]) == 2
-        assert "E.164" in capsys.readouterr().err
+        out = _check_number("555-0100")
+        assert out.returncode == 2
+        assert "E.164" in out.stderr
 
     def test_the_policy_line_of_callmfa_check(self) -> None:
         """`callmfa check` says FAIL when serve would refuse to start over the policy."""
