@@ -148,7 +148,8 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(record.to_json())
     else:
-        print(f"outcome: {record.outcome.value}" + (f" ({record.detail})" if record.detail else ""))
+        detail = ": ".join(d for d in (record.detail, record.reason) if d)
+        print(f"outcome: {record.outcome.value}" + (f" ({detail})" if detail else ""))
     granted = record.outcome in (Outcome.APPROVED, Outcome.BYPASSED)
     return EXIT_OK if granted else EXIT_NOT_APPROVED
 

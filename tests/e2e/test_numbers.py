@@ -19,7 +19,7 @@ from ivr.storage.store import EVENTS, call_key, result_key
 
 from ..conftest import Sandbox, wait_until
 from .conftest import AsteriskLog, PhoneFactory, audit_of
-from .test_operations import scrape
+from .test_operations import run_cli, scrape
 
 
 @pytest.mark.parametrize(("number", "reason", "region"), [
@@ -64,3 +64,11 @@ async def test_bad_number_is_rejected_with_its_reason_and_never_dialled(
     assert [(e["number"], e["reason"]) for e in logged] == [(number, reason)]
     assert p.received("INVITE") == 0
     assert not [line for line in asterisk.lines() if number in line]
+
+
+def test_verify_prints_the_reason(sandbox: Sandbox) -> None:
+    """`callmfa verify` says why: rejected (number_not_allowed: region_not_allowed), exit 1."""
+    out = run_cli(sandbox, "verify", "--user", f"cli-{uuid.uuid4().hex[:8]}", "--phone",
+                  "+16585551234", "--timeout", "20")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "outcome: rejected (number_not_allowed: region_not_allowed)" in out.stdout
