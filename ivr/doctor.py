@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from .client import VerificationClient
+from .dialcheck import policy_summary
 from .domain.outcome import Outcome
 from .exceptions import AmiConnectError, AmiError, AmiLoginError
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
@@ -33,7 +34,7 @@ from .storage.keys import STORE_OUTCOME
 from .storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
 from .transport.ami import AmiClient
 
-SAMPLE_NUMBER = "+15550100"
+SAMPLE_NUMBER = "+12015550100"
 KNOWN_TECHNOLOGIES = {"PJSIP", "SIP", "IAX2", "DAHDI", "Local", "Motif", "UNISTIM", "WebSocket"}
 DANGEROUS_PRIVILEGES = ("system", "command", "config")
 PROBE_WAIT_S = 5.0
@@ -109,6 +110,16 @@ def check_dial_template(template: str) -> CheckResult:
                            f"{SAMPLE_NUMBER} dials {channel}: unusual technology {tech!r}",
                            "check the channel driver name (PJSIP, IAX2, DAHDI, ...)")
     return CheckResult("dial-template", Status.OK, f"{SAMPLE_NUMBER} dials {channel}")
+
+
+def check_number_policy(settings: Settings) -> CheckResult:
+    """The number policy builds (serve refuses to start otherwise)."""
+    ok, text = policy_summary(settings)
+    if ok:
+        return CheckResult("numbers", Status.OK, text)
+    return CheckResult("numbers", Status.FAIL, text,
+                       "set CALLMFA_ALLOWED_PREFIXES and CALLMFA_ALLOWED_REGIONS together "
+                       "(e.g. +44 with GB); `callmfa check --number N` explains one number")
 
 
 def check_agi_address(settings: Settings) -> CheckResult | None:
@@ -411,6 +422,7 @@ async def run_checks(
     yield check_signing(settings)
     yield check_dial_template(settings.dial_template)
     yield check_amd(settings)
+    yield check_number_policy(settings)
     agi = check_agi_address(settings)
     if agi is not None:
         yield agi

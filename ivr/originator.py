@@ -206,7 +206,7 @@ class Originator:
         refusal = await self._security.screen(req)
         if refusal is not None:
             await self._finish(req, refusal.outcome, refusal.detail,
-                               retry_after=refusal.retry_after)
+                               retry_after=refusal.retry_after, reason=refusal.reason)
             return True
         token = new_token()  # only Asterisk learns it; the marker keeps its hash
         claim = await self._store.claim_call(req.id, _call_fields(req, token))
@@ -352,11 +352,12 @@ class Originator:
         started: float | None = None,
         cause: int | None = None,
         retry_after: int | None = None,
+        reason: str | None = None,
     ) -> None:
         record = OutcomeRecord(
             id=req.id, user=req.user, outcome=outcome, detail=detail, hangup_cause=cause,
             requested_at=req.requested_at, call_started_at=started, finished_at=time.time(),
-            retry_after=retry_after,
+            retry_after=retry_after, reason=reason,
         )
         if await self._store_outcome(record):
             _log_finished(record)
@@ -395,6 +396,7 @@ def _log_finished(record: OutcomeRecord) -> None:
         "verification_finished",
         outcome=record.outcome.value,
         detail=record.detail,
+        reason=record.reason,
         hangup_cause=record.hangup_cause,
         total_ms=ms(record.requested_at, record.finished_at),
         queue_ms=ms(record.requested_at, record.call_started_at),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .domain.policy import parse_prefixes
+from .domain.policy import parse_number_types, parse_prefixes, parse_regions
 from .exceptions import SettingsError
 
 ENV_PREFIX = "CALLMFA_"
@@ -178,6 +178,18 @@ class Settings:
         metadata={"doc": "Prefixes never dialled, added to the shipped premium-rate and "
                   "high-risk list; the longest matching prefix decides, allow wins a tie."},
     )
+    allowed_regions: str = field(
+        default="US,CA",
+        metadata={"doc": "Regions (ISO 3166 codes, as libphonenumber assigns them; 001: "
+                  "non-geographic; *: any) whose valid numbers may be dialled: set them with "
+                  "CALLMFA_ALLOWED_PREFIXES, e.g. +44 with GB (default US,CA for +1)."},
+    )
+    denied_number_types: str = field(
+        default="PREMIUM_RATE,SHARED_COST,UAN,VOIP",
+        metadata={"doc": "Number types never dialled (libphonenumber's: PREMIUM_RATE, "
+                  "SHARED_COST, UAN, VOIP, PERSONAL_NUMBER, PAGER, TOLL_FREE, ...); empty: "
+                  "none."},
+    )
     throttle_user_cooldown_s: int = field(
         default=60, metadata={"doc": "Seconds between two calls to one user (0: off)."}
     )
@@ -256,6 +268,12 @@ class Settings:
                 raise SettingsError(f"CALLMFA_{name.upper()}: {e}") from None
         if not parse_prefixes(self.allowed_prefixes):
             raise SettingsError("CALLMFA_ALLOWED_PREFIXES is empty: no number could be called")
+        for name, parse in (("allowed_regions", parse_regions),
+                            ("denied_number_types", parse_number_types)):
+            try:
+                parse(getattr(self, name))
+            except ValueError as e:
+                raise SettingsError(f"CALLMFA_{name.upper()}: {e}") from None
         for name in ("throttle_user_cooldown_s", "throttle_number_cooldown_s",
                      "throttle_user_per_hour", "throttle_number_per_hour",
                      "throttle_global_per_hour", "fraud_block_s"):

@@ -18,7 +18,7 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ..conftest import Sandbox
 from .conftest import AsteriskLog, PhoneFactory
 
-PHONE = "+15550100"
+PHONE = "+12015550100"
 VOICEMAIL = ("Hi, you have reached the voicemail of Alex Morgan. I cannot take your call "
              "right now. Please leave a message after the tone.")
 

@@ -31,7 +31,7 @@ from ivr.storage.store import EVENTS, RESULTS_CHANNEL, call_key, result_key
 from ..conftest import E2E_SETTINGS, Sandbox, wait_until
 from .conftest import PhoneFactory, audit_of
 
-PHONE = "+15550100"
+PHONE = "+12015550100"
 PROBE = "GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
 _TOKEN = re.compile(r"CALLMFA_TOKEN=([0-9a-f]{48})")
 

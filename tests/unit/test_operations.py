@@ -53,6 +53,16 @@ class TestMetrics:
         assert s["callmfa_verification_seconds_count{}"] == 2
         assert s["callmfa_input_to_outcome_seconds_count{}"] == 1
 
+    def test_number_refusals_count_by_reason(self) -> None:
+        """number_refused counts rejected/number_not_allowed requests by reason."""
+        m = Metrics()
+        m.number_refused("region_not_allowed")
+        m.number_refused("region_not_allowed")
+        m.number_refused("invalid_number")
+        s = _samples(m)
+        assert s['callmfa_numbers_refused_total{"reason": "region_not_allowed"}'] == 2
+        assert s['callmfa_numbers_refused_total{"reason": "invalid_number"}'] == 1
+
     def test_registries_are_separate(self) -> None:
         """Two Metrics never share counts (no global registry)."""
         a, b = Metrics(), Metrics()
