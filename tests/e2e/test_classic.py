@@ -70,3 +70,17 @@ class TestClassicAgi:
         lines = "".join(log.lines())
         assert f"callmfa: {record.id}: outcome approved" in lines
         assert "callmfa/greeting" not in lines
+
+    @pytest.mark.parametrize(("keys", "outcome"), [
+        ("5##", Outcome.APPROVED), ("5#0#", Outcome.FRAUD_REPORTED),
+    ])
+    async def test_every_answer_keyed_before_the_greeting_counts(
+        self, client: VerificationClient, phone: PhoneFactory, keys: str, outcome: Outcome
+    ) -> None:
+        """Through the classic script too: a wrong answer then '#' (or '0#'), 300 ms apart
+        while AMD listens, gives the second answer's outcome."""
+        p = phone(keys=keys, key_delay_ms=100, key_gap_ms=300)
+        record = await client.verify(user="mallory", phone="+12015550100", timeout_s=60)
+        assert record is not None
+        assert record.outcome is outcome
+        assert p.wait(20) == 0, p.errors()

@@ -182,6 +182,22 @@ class TestKeysBeforeTheGreeting:
         assert record.outcome is Outcome.FRAUD_REPORTED
         assert any("callmfa/greeting" in line for line in await asyncio.to_thread(log.played))
 
+    @pytest.mark.parametrize("gap_ms", [150, 300, 1000])
+    @pytest.mark.parametrize(("keys", "outcome"), [
+        ("5##", Outcome.APPROVED), ("5#0#", Outcome.FRAUD_REPORTED),
+    ])
+    async def test_every_answer_keyed_before_the_greeting_counts(
+        self, client: VerificationClient, phone: PhoneFactory, keys: str, outcome: Outcome,
+        gap_ms: int,
+    ) -> None:
+        """A wrong answer and then '#' (or '0#'), keyed while AMD listens or as the greeting
+        starts, gap_ms apart: each answer counts, in order (the second is not thrown away
+        with the first)."""
+        p = phone(keys=keys, key_delay_ms=100, key_gap_ms=gap_ms)
+        record = await verify(client, "alice")
+        assert record.outcome is outcome
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
+
     async def test_pound_then_hang_up_while_amd_listens_is_hung_up(
         self, client: VerificationClient, phone: PhoneFactory
     ) -> None:
