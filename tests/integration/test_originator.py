@@ -270,7 +270,7 @@ class TestRefusedBeforeDialling:
 
         record = await h.outcome(rid)
 
-        assert record.outcome is Outcome.EXPIRED
+        assert (record.outcome, record.detail) == (Outcome.EXPIRED, None)  # as docs/contract.md
         assert record.user == "alice"
         assert h.ami.calls == []
         assert h.ami.log == []
@@ -303,6 +303,9 @@ class TestRefusedBeforeDialling:
         ({"mode": "match"}, "invalid_match_hash"),
         ({"mode": "match", "match_hash": "42"}, "invalid_match_hash"),
         ({"match_hash": "scrypt$14$8$1$x$y"}, "invalid_match_hash"),
+        # dklen 64 (86 characters) was accepted, never matched, and the call ended denied.
+        ({"mode": "match", "match_hash": "scrypt$10$8$1$" + "A" * 22 + "$" + "B" * 86},
+         "invalid_match_hash"),
     ])
     async def test_other_invalid_fields_are_rejected(
         self, start: Start, change: dict[str, Any], detail: str
