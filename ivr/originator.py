@@ -199,7 +199,7 @@ class Originator:
                 await self._adopt(req, info)
                 return True
         if time.time() > req.expires_at:
-            await self._finish(req, Outcome.EXPIRED, "not placed before expires_at")
+            await self._finish(req, Outcome.EXPIRED, None)
             return True
         # Security policy (docs/security.md): decided before the call is claimed or placed.
         refusal = await self._security.screen(req)
