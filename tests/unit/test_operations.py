@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,7 +12,7 @@ from ivr.doctor import Status, _privileges, check_dial_template, check_early_key
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.metrics import Metrics, metrics_route
 from ivr.reference import BEGIN, END, settings_markdown
-from ivr.report import Finished, Report, render_csv, render_text
+from ivr.report import Audited, Finished, Report, render_csv, render_text
 from ivr.settings import Settings
 from ivr.transport.http import HttpServer, Response
 
@@ -81,28 +80,38 @@ class TestMetrics:
 
 
 class TestReport:
+    # Blocks, bypasses and fraud audits live in callmfa:audit, not in callmfa:events.
     REPORT = Report(
         finished=[Finished("1", "2026-11-27T10:00:00.000Z", "alice", "approved"),
                   Finished("2", "2026-11-28T10:00:00.000Z", "alice", "fraud_reported"),
                   Finished("3", "2026-11-28T11:00:00.000Z", "bob", "approved")],
-        other=Counter({("2026-11-28", "blocked"): 1}),
+        audit=[Audited("2026-11-28T10:00:00.100Z", "blocked", "alice", "ivr",
+                       "fraud_reported", "2027-02-26T10:00:00.100Z", "2"),
+               Audited("2026-11-28T12:00:00.000Z", "bypass_granted", "bob", "cli:ops@h",
+                       "lost phone", "2026-11-28T12:10:00.000Z")],
     )
 
     def test_csv_counts_per_day_user_and_outcome(self) -> None:
-        """One row per (day, user, outcome); other events as event:<name>."""
+        """One row per (day, user, outcome); audit entries as audit:<name>."""
         assert render_csv(self.REPORT).splitlines() == [
             "day,user,outcome,count", "2026-11-27,alice,approved,1",
             "2026-11-28,alice,fraud_reported,1", "2026-11-28,bob,approved,1",
-            "2026-11-28,,event:blocked,1"]
+            "2026-11-28,alice,audit:blocked,1", "2026-11-28,bob,audit:bypass_granted,1"]
 
-    def test_text_lists_fraud_reports_and_blocks(self) -> None:
-        """The table shows every section, the fraud report's id and the blocks."""
+    def test_text_lists_fraud_reports_and_the_audit(self) -> None:
+        """The table shows every section, the fraud report's id and the audit entries."""
         text = render_text(self.REPORT)
         for part in ("3 verifications", "per day (UTC)", "per user", "per outcome",
-                     "fraud reports (1)", "blocked"):
+                     "fraud reports (1)", "security audit, callmfa:audit (1 blocked, "
+                     "1 bypass_granted)", "lost phone", "cli:ops@h"):
             assert part in text
         assert any(line.startswith("2026-11-28T10:00:00.000Z  alice") and line.endswith(" 2")
                    for line in text.splitlines())
+
+    def test_audit_alone_is_a_report(self) -> None:
+        """A period with blocks but no verification still shows the blocks."""
+        text = render_text(Report(audit=self.REPORT.audit[:1]))
+        assert "security audit, callmfa:audit (1 blocked)" in text
 
 
 class TestDoctorPureChecks:
