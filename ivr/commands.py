@@ -16,6 +16,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from . import doctor, promptgen, report
+from .log import configure
 from .settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -47,6 +48,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    # The report is for people: the JSON log lines of the clients it uses (ami_logged_in,
+    # ...) would be mixed into it. Errors still show; CALLMFA_LOG_LEVEL=debug shows all.
+    configure("debug" if settings.log_level == "debug" else "error")
+
     async def run() -> int:
         failed = 0
         print("callmfa check")

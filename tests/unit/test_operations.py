@@ -8,7 +8,14 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ivr.doctor import Status, _privileges, check_dial_template, check_early_keys, probe_url
+from ivr.doctor import (
+    OUTCOME_FIXES,
+    Status,
+    _privileges,
+    check_dial_template,
+    check_early_keys,
+    probe_url,
+)
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.metrics import Metrics, metrics_route
 from ivr.reference import BEGIN, END, settings_markdown
@@ -115,6 +122,10 @@ class TestReport:
 
 
 class TestDoctorPureChecks:
+    def test_every_outcome_has_a_fix(self) -> None:
+        """check --call looked up OUTCOME_FIXES[outcome] and raised KeyError on six."""
+        assert [o for o in Outcome if not OUTCOME_FIXES.get(o)] == []
+
     def test_dial_templates(self) -> None:
         """A TECH/resource string is ok; blanks fail; an unknown technology warns."""
         assert check_dial_template("PJSIP/{number}@trunk").status is Status.OK
