@@ -45,15 +45,50 @@ class TestRedisAcl:
 
     async def test_a_missing_command_is_named(self, redis: Redis, redis_server: RedisServer
                                               ) -> None:
-        """Without XADD and SUBSCRIBE, the check fails and names them."""
+        """Without XADD and SUBSCRIBE, the check fails and names them (ACL DRYRUN)."""
         rules = [r for r in documented_acl() if not r.startswith(">")]
         await redis.execute_command("ACL", "SETUSER", "cm-less", "reset", ">pw", *rules,
                                     "-xadd", "-subscribe")
         results = await _check(redis_server, "cm-less")
         name, status, message = results[0]
         assert (name, status) == ("redis-acl", Status.FAIL)
-        assert "XADD" in message
-        assert "SUBSCRIBE callmfa:results" in message
+        assert message == "the Redis ACL refuses: SUBSCRIBE, XADD"
+
+    @pytest.mark.parametrize("missing", ["xpending", "xclaim", "del", "getdel", "time",
+                                         "zadd", "hincrby", "eval", "xgroup|create"])
+    async def test_each_command_is_asked_for(self, redis: Redis, redis_server: RedisServer,
+                                             missing: str) -> None:
+        """The old check tried a subset and said "the ACL allows every command" without
+        XPENDING, XCLAIM, DEL or what the Lua scripts call; ACL DRYRUN asks for each."""
+        rules = [r for r in documented_acl() if not r.startswith(">")]
+        await redis.execute_command("ACL", "SETUSER", "cm-one", "reset", ">pw", *rules,
+                                    f"-{missing}")
+        results = await _check(redis_server, "cm-one")
+        assert results[0][:2] == ("redis-acl", Status.FAIL), results
+        assert results[0][2] == "the Redis ACL refuses: " + missing.replace("|", " ").upper()
+
+    async def test_a_key_outside_the_pattern_is_refused(self, redis: Redis,
+                                                        redis_server: RedisServer) -> None:
+        """DRYRUN checks the keys and channels too, not only the command names."""
+        rules = [r for r in documented_acl()
+                 if not r.startswith(">") and r not in ("~callmfa:*", "&callmfa:*")]
+        await redis.execute_command("ACL", "SETUSER", "cm-keys", "reset", ">pw", *rules,
+                                    "~callmfa:result:*", "&callmfa:*")
+        results = await _check(redis_server, "cm-keys")
+        assert results[0][:2] == ("redis-acl", Status.FAIL), results
+        refused = results[0][2].split(": ", 1)[1].split(", ")
+        assert "XADD" in refused
+        assert "GET" not in refused  # its sample key, callmfa:result:x, is allowed
+
+    async def test_without_dryrun_it_warns_and_tries_a_subset(
+        self, redis: Redis, redis_server: RedisServer
+    ) -> None:
+        rules = [r for r in documented_acl() if not r.startswith(">")]
+        await redis.execute_command("ACL", "SETUSER", "cm-nodry", "reset", ">pw", *rules,
+                                    "-acl|dryrun")
+        results = await _check(redis_server, "cm-nodry")
+        assert results[0][:2] == ("redis-acl", Status.WARN), results
+        assert results[1][:2] == ("redis", Status.OK), results
 
     async def test_unreachable_redis_fails_with_a_fix(self) -> None:
         """Nothing listening: one FAIL with the fix, and nothing else is tried."""

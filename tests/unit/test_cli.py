@@ -9,6 +9,13 @@ from ivr.cli import EXIT_USAGE, main
 BASE = ["verify", "--user", "alice", "--phone", "+12015550100"]
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() configures structlog for the process: not with pytest's captured stderr,
+    which is closed after the test while later tests still log."""
+    monkeypatch.setattr("ivr.cli.configure", lambda *_args, **_kw: None)
+
+
 class TestVerifyMode:
     @pytest.mark.parametrize(("extra", "message"), [
         (["--mode", "match"], "--mode match needs --match NN"),

@@ -18,9 +18,10 @@ from ivr.doctor import (
 )
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.metrics import Metrics, metrics_route
-from ivr.reference import BEGIN, END, settings_markdown
+from ivr.reference import BEGIN, END, generated, settings_markdown
 from ivr.report import Audited, Finished, Report, render_csv, render_text
 from ivr.settings import Settings
+from ivr.storage.acl import SERVICE, USERS, setuser_line
 from ivr.transport.http import HttpServer, Response
 
 from ..conftest import REPO
@@ -165,6 +166,29 @@ class TestSettingsReference:
             text = (REPO / name).read_text()
             block = text.split(BEGIN + "\n", 1)[1].split(END, 1)[0]
             assert block == settings_markdown(), f"{name} is stale: run `make docs`"
+
+    def test_the_acl_docs_and_file_are_generated_from_the_list(self) -> None:
+        """docs/operations.md's ACL line and docker/redis/callmfa.acl come from
+        ivr/storage/acl.py (`make docs`); the hand-written line lacked XPENDING, XCLAIM,
+        DEL and the commands the Lua scripts call."""
+        for name in ("docs/operations.md", "docker/redis/callmfa.acl"):
+            assert generated(REPO / name) == (REPO / name).read_text(), \
+                f"{name} is stale: run `make docs`"
+        line = setuser_line()
+        for rule in ("+xpending", "+xclaim", "+del", "+zadd", "+getdel", "+time", "+hincrby"):
+            assert f" {rule} " in f"{line} "
+        assert {"callmfa-service", "callmfa-signin", "callmfa-security"} <= {
+            u.name for u in USERS}
+
+    def test_the_lua_scripts_need_nothing_more(self) -> None:
+        """Every command a Lua script calls is in the service's list."""
+        rules = {n.rule for n in SERVICE}
+        called = set()
+        for path in (REPO / "ivr").rglob("*.py"):
+            called |= {c.lower() for c in re.findall(r"redis\.call\('([A-Z]+)'",
+                                                     path.read_text())}
+        assert called, "no Lua script found"
+        assert called <= rules, called - rules
 
     def test_every_setting_is_in_the_table(self) -> None:
         """One row per Settings field."""
