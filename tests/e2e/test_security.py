@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -204,6 +205,39 @@ class TestFraudAlert:
         p = phone(keys="#")
         assert (await _verify(signin, user, _number())).outcome is Outcome.BLOCKED
         assert p.received("INVITE") == 0
+
+
+    async def test_a_block_is_only_lengthened_and_the_report_shows_it(
+        self, secured: Secured, signin: VerificationClient, service_redis: Redis,
+        phone: PhoneFactory,
+    ) -> None:
+        """`callmfa block` cut a 90-day block short; now only --replace does, and
+        `callmfa report` (under the service's ACL user) lists every audited change."""
+        user = _user()
+        assert secured.admin("block", user, "--for", "90d", "--reason", "fraud").returncode == 0
+        shorter = secured.admin("block", user, "--for", "1h", "--reason", "oops")
+        assert shorter.returncode == 1, shorter.stdout + shorter.stderr
+        assert "already blocked until" in shorter.stdout
+        assert "--replace" in shorter.stdout
+        p = phone(keys="#")
+        assert (await _verify(signin, user, _number())).outcome is Outcome.BLOCKED
+        assert p.received("INVITE") == 0
+        until = await service_redis.zscore("callmfa:blocked", user)
+        assert until is not None
+        assert until / 1000 > time.time() + 89 * 86400
+        replaced = secured.admin("block", user, "--for", "1h", "--reason", "cleared",
+                                 "--replace")
+        assert replaced.returncode == 0, replaced.stderr
+        until = await service_redis.zscore("callmfa:blocked", user)
+        assert until is not None
+        assert until / 1000 < time.time() + 3700
+        audit = await _audit(service_redis, user)
+        assert [(e["event"], e["reason"]) for e in audit] == [
+            ("blocked", "fraud"), ("blocked", "cleared")]
+        assert audit[1]["replace"] == "yes"
+        report = secured.admin("report", "--csv")
+        assert report.returncode == 0, report.stderr
+        assert any(row.endswith(f",{user},audit:blocked,2") for row in report.stdout.splitlines())
 
 
 class TestBypass:
