@@ -319,6 +319,10 @@ class Originator:
         finally:
             await cancel_and_wait(waiting)
         if record is not None:
+            if s.agi_mode == "classic":
+                # The classic script stored it and counts nothing: this is the one process
+                # that knows the call, so it counts the outcome (callmfa_outcomes_total).
+                self._store.outcome_seen(record)
             _log_finished(record)
             return
         lost = watch.hangup.done() and watch.hangup.exception() is not None
