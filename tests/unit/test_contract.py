@@ -15,6 +15,7 @@ from ivr.domain.outcome import Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "docs" / "contract.md"
+TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
 SOURCES = [*sorted((ROOT / "ivr").rglob("*.py")), *sorted((ROOT / "agi_scripts").glob("*"))]
 _CODE = re.compile(r"`([^`]+)`")
 
@@ -121,3 +122,27 @@ class TestEvents:
             re.findall(r"'event', '([a-z_]+)'", source))
         written -= {"bypass_used"}  # callmfa:audit, not callmfa:events
         assert written <= documented
+
+
+def troubleshooting_rows() -> set[tuple[str, str]]:
+    """(outcome, detail) of each row of docs/troubleshooting.md's table ('' for none)."""
+    rows = set()
+    for line in TROUBLESHOOTING.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not (name := _CODE.fullmatch(cells[0])):
+            continue
+        details = _CODE.findall(cells[1]) or [""]
+        rows |= {(name.group(1), d) for d in details}
+    return rows
+
+
+class TestTroubleshooting:
+    @pytest.mark.parametrize("outcome", [o.value for o in Outcome])
+    def test_every_outcome_has_an_entry(self, outcome: str) -> None:
+        """denied, locked_out, machine_answered, throttled, blocked and bypassed had none."""
+        assert outcome in {o for o, _ in troubleshooting_rows()}
+
+    @pytest.mark.parametrize("detail", sorted(contract_outcomes()["error"]))
+    def test_every_error_detail_has_an_entry(self, detail: str) -> None:
+        """error/no_pin and error/no_code had none: each error detail needs its own fix."""
+        assert ("error", detail) in troubleshooting_rows()
