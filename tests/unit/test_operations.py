@@ -205,3 +205,13 @@ class TestSettingsReference:
         used = {re.sub(r"_(bucket|total|count|sum)$", "", n)
                 for e in exprs for n in re.findall(r"callmfa_\w+", e)}
         assert used <= exported | {"callmfa_info"}, used - exported
+
+
+class TestServiceUnit:
+    def test_says_serve_reconnects(self) -> None:
+        """docs/callmfa.service said serve exits when it loses AMI; it reconnects
+        (tests/e2e/test_faults.py::test_asterisk_killed_mid_call_then_back proves it)."""
+        text = (REPO / "docs" / "callmfa.service").read_text()
+        assert "exits when it loses AMI" not in text
+        assert "reconnects by itself" in text
+        assert "Restart=always" in text.splitlines()
