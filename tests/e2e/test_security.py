@@ -240,6 +240,31 @@ class TestFraudAlert:
         assert any(row.endswith(f",{user},audit:blocked,2") for row in report.stdout.splitlines())
 
 
+class TestCheckCall:
+    def test_check_call_verifies_the_signature(self, secured: Secured, phone: PhoneFactory
+                                               ) -> None:
+        """`callmfa check --call` through the secured service: every check passes under the
+        shipped ACL user (ACL DRYRUN), and the call's outcome is signature-checked; with
+        the wrong key the same approved call fails the check (it ignored the key)."""
+        number = _number()
+        p = phone(keys="#")
+        ok = secured.admin("check", "--call", number)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert f"{number}: approved, signature verified - the whole chain works" in ok.stdout
+        assert "(ACL DRYRUN)" in ok.stdout
+        assert p.wait(20) == 0, p.errors()
+        p = phone(keys="#")
+        env = {k: v for k, v in secured.env.items() if k != "CALLMFA_SIGNING_KEY_FILE"}
+        forged = subprocess.run(
+            [str(CALLMFA), "check", "--call", _number(), "--call-timeout", "15"],
+            env={**env, "CALLMFA_SIGNING_KEY": "not-the-service-key"}, capture_output=True,
+            text=True, timeout=60)
+        assert forged.returncode == 1, forged.stdout + forged.stderr
+        assert "FAIL  call" in forged.stdout
+        assert "signature does not verify" in forged.stdout
+        assert p.wait(20) == 0, p.errors()
+
+
 class TestBypass:
     async def test_bypass_once_then_calls_again(
         self, secured: Secured, signin: VerificationClient, service_redis: Redis,
