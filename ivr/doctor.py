@@ -26,7 +26,13 @@ from redis.exceptions import RedisError, ResponseError
 
 from .client import VerificationClient
 from .domain.outcome import Outcome
-from .exceptions import AmiConnectError, AmiError, AmiLoginError, OutcomeSignatureError
+from .exceptions import (
+    AmiConnectError,
+    AmiError,
+    AmiLoginError,
+    OutcomeBindingError,
+    OutcomeSignatureError,
+)
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
 from .settings import Settings
 from .storage.acl import SERVICE
@@ -145,6 +151,23 @@ def check_agi_address(settings: Settings) -> CheckResult | None:
 
 
 # --- Redis ---------------------------------------------------------------------------
+
+def check_signing(settings: Settings) -> CheckResult:
+    """Outcomes are signed with a long enough key, or unsigned on purpose (a warning)."""
+    refusal = settings.signing_refusal()
+    if refusal is not None:
+        return CheckResult("signing", Status.FAIL, refusal,
+                           "set CALLMFA_SIGNING_KEY_FILE to a file holding "
+                           "`head -c 32 /dev/urandom | base64`, for serve and every verifier")
+    if not settings.signing_key:
+        return CheckResult("signing", Status.WARN,
+                           "CALLMFA_INSECURE_UNSIGNED=1: outcomes are not signed, anyone who "
+                           "can write to Redis can forge an approval",
+                           "set CALLMFA_SIGNING_KEY_FILE and remove CALLMFA_INSECURE_UNSIGNED")
+    return CheckResult("signing", Status.OK,
+                       f"outcomes are signed (HMAC-SHA256, a {len(settings.signing_key.encode())}"
+                       "-byte key)")
+
 
 async def _redis_acl(redis: Redis) -> list[str]:
     """Run every command callmfa uses, on throwaway keys; return those the ACL refuses."""
@@ -425,11 +448,14 @@ async def check_call(settings: Settings, number: str, timeout_s: float) -> Check
     """Place a real verification to ``number`` through the running service; with a signing
     key, the outcome counts only if its signature verifies."""
     user = check_user()
-    async with VerificationClient.from_url(settings.redis_url,
-                                           signing_key=settings.signing_key) as client:
+    async with VerificationClient.from_settings(settings) as client:
         try:
             record = await client.verify(user=user, phone=number, timeout_s=timeout_s,
                                          expires_in_s=timeout_s)
+        except OutcomeBindingError as e:
+            return CheckResult(
+                "call", Status.FAIL, f"{number}: the outcome does not answer this request: {e}",
+                "a replayed or copied outcome: see docs/security.md (forged outcomes)")
         except OutcomeSignatureError as e:
             return CheckResult(
                 "call", Status.FAIL, f"{number}: the outcome's signature does not verify: {e}",
@@ -451,6 +477,7 @@ async def run_checks(
     settings: Settings, *, call: str | None = None, call_timeout_s: float = 90
 ) -> AsyncIterator[CheckResult]:
     """Every check, in order, as each one finishes."""
+    yield check_signing(settings)
     yield check_dial_template(settings.dial_template)
     agi = check_agi_address(settings)
     if agi is not None:

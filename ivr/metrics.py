@@ -94,6 +94,11 @@ class Metrics:
         self.ami_reconnects = Counter(
             "callmfa_ami_reconnects", "AMI connections re-established after a loss.", registry=r
         )
+        self.ivr_sessions_refused = Counter(
+            "callmfa_ivr_sessions_refused",
+            "AGI sessions refused: not the call they name (no or wrong token), or not the "
+            "first session of that call, by reason.", ["reason"], registry=r,
+        )
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
@@ -110,6 +115,10 @@ class Metrics:
         _observe(self.request_to_call, record.requested_at, record.call_started_at)
         _observe(self.input_to_outcome, record.input_at, record.finished_at)
         _observe(self.verification, record.requested_at, record.finished_at)
+
+    def session_refused(self, reason: str) -> None:
+        """An AGI session was refused (see :class:`ivr.session.IvrObserver`)."""
+        self.ivr_sessions_refused.labels(reason).inc()
 
     def ami_reconnected(self) -> None:
         """For the AMI connection's owner: a lost connection was re-established."""

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
+from ivr.settings import Settings
 from ivr.testing import PhoneBehaviour, SippPhone
 
 RUNS_KEY = "callmfa:demo:runs"
@@ -47,7 +48,7 @@ async def main() -> int:
         finally:
             await redis.aclose()
         user, number = _fresh(run)
-        async with VerificationClient.from_url(os.environ["CALLMFA_REDIS_URL"]) as client:
+        async with VerificationClient.from_settings(Settings.load()) as client:
             print(f"callmfa demo, run {run}: verifying user '{user}' by calling {number}")
             print("  (a simulated phone answers and presses # after 1.5 s; callmfa's throttles "
                   "allow one call\n  per user and per number a minute, so each run has a "

@@ -48,6 +48,7 @@ SERVICE: tuple[Needed, ...] = (
     _n("pexpire", "callmfa:rate:user:x", "1000"),
     _n("pttl", "callmfa:cooldown:user:x"),
     _n("hset", "callmfa:call:x", "answered_at", "0"),
+    _n("hsetnx", "callmfa:call:x", "ivr_at", "0"),
     _n("hgetall", "callmfa:call:x"),
     _n("hincrby", "callmfa:pin:x", "denials", "1"),
     _n("zadd", "callmfa:blocked", "0", "x"),

@@ -109,7 +109,8 @@ async def _answer_next_request(redis: Redis, outcome: Outcome, *, key: bytes = b
     await redis.xdel(REQUESTS, entry_id)
     request = json.loads(raw[b"request"])
     record = OutcomeRecord(id=request["id"], user=request["user"], outcome=outcome,
-                           finished_at=time.time(), **fields)  # type: ignore[arg-type]
+                           requested_at=time.time(), finished_at=time.time(),
+                           **fields)  # type: ignore[arg-type]
     store = Store(redis, result_ttl_s=60, events_maxlen=100, signing_key=key)
     await store.store_outcome(record)
     return dict(request)
