@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the originator and the FastAGI server")
     v = sub.add_parser("verify", help="place one verification and print its outcome")
     v.add_argument("--user", required=True)
-    v.add_argument("--phone", required=True, help="E.164, e.g. +15550100 or +15550100x1234")
+    v.add_argument("--phone", required=True, help="E.164, e.g. +12015550100 or +12015550100x1234")
     v.add_argument("--mode", choices=MODES, default="standard",
                    help="standard: '#' approves (default); pin: the user's PIN then '#'; "
                         "match: the number given with --match, then '#'")
@@ -174,7 +174,8 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(record.to_json())
     else:
-        print(f"outcome: {record.outcome.value}" + (f" ({record.detail})" if record.detail else ""))
+        detail = ": ".join(d for d in (record.detail, record.reason) if d)
+        print(f"outcome: {record.outcome.value}" + (f" ({detail})" if detail else ""))
     granted = record.outcome in (Outcome.APPROVED, Outcome.BYPASSED)
     return EXIT_OK if granted else EXIT_NOT_APPROVED
 

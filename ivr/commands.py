@@ -15,7 +15,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from . import doctor, promptgen, report
+from . import dialcheck, doctor, promptgen, report
+from .exceptions import RequestError
 from .log import configure
 from .settings import Settings
 
@@ -30,6 +31,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="also place a real verification to NUMBER (E.164) and expect '#'")
     c.add_argument("--call-timeout", type=float, default=90, metavar="S",
                    help="seconds to wait for the test call's outcome (default 90)")
+    c.add_argument("--number", metavar="NUMBER",
+                   help="only say what callmfa makes of NUMBER (region, type, valid) and "
+                        "whether it would dial it; exit 0 if it would, 1 if not")
     c.set_defaults(run=_check)
     r = sub.add_parser("report", help="outcomes per day, per user and per value, from "
                                       "callmfa:events")
@@ -47,7 +51,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     d.set_defaults(run=_install_dialplan)
 
 
+def _check_number(settings: Settings, number: str) -> int:
+    try:
+        found = dialcheck.number_report(settings, number)
+    except RequestError as e:
+        print(f"callmfa: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"callmfa check --number {number}")
+    for name, value in found.lines:
+        print(f"  {name:<7} {value}")
+    return EXIT_OK if found.dials else EXIT_FAILED
+
+
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    if args.number is not None:
+        return _check_number(settings, args.number)
     # The report is for people: the JSON log lines of the clients it uses (ami_logged_in,
     # ...) would be mixed into it. Errors still show; CALLMFA_LOG_LEVEL=debug shows all.
     configure("debug" if settings.log_level == "debug" else "error")

@@ -27,7 +27,7 @@ from ivr.metrics import Metrics
 from ivr.originator import Originator
 from ivr.settings import Settings
 from ivr.storage.results import ResultListener
-from ivr.storage.store import DEADLETTER, GROUP, REQUESTS, Store, call_key
+from ivr.storage.store import DEADLETTER, GROUP, REQUESTS, Store, call_key, result_key
 from ivr.tasks import cancel_and_wait
 from ivr.transport.ami import ChannelWatch, OriginateResult
 from ivr.transport.ami_pool import AmiPool
@@ -170,7 +170,7 @@ class Harness:
     task: asyncio.Task[None]
 
     async def submit(
-        self, *, rid: str | None = None, phone: str = "+15550100",
+        self, *, rid: str | None = None, phone: str = "+12015550100",
         expires_in_s: float | None = 120, **extra: Any,
     ) -> tuple[str, str]:
         """XADD a request shaped like VerificationClient.submit's; (id, entry id)."""
@@ -220,8 +220,11 @@ def make_settings(**overrides: Any) -> Settings:
         "request_ttl_s": 120,
         "result_ttl_s": 60,
         "consumer": "test-originator",
-        # Any number, no cooldowns or caps: the security policy is tested in test_guard.py.
+        # Any valid number, no cooldowns or caps: the security policy is tested in
+        # test_guard.py and tests/unit/test_numbers.py.
         "allowed_prefixes": "+",
+        "allowed_regions": "*",
+        "denied_number_types": "",
         "throttle_user_cooldown_s": 0,
         "throttle_number_cooldown_s": 0,
         "throttle_user_per_hour": 0,
@@ -280,8 +283,8 @@ class TestRefusedBeforeDialling:
         await h.all_acked()
 
     @pytest.mark.parametrize("phone", [
-        "+1555\r\n0100", "+1555abc0100", "+" + "1" * 40, "", "15550100", "+15550100\n",
-        "+05550100", "+15550100x", "+15550100x12345678901", "+1 555 0100",
+        "+1555\r\n0100", "+1555abc0100", "+" + "1" * 40, "", "12015550100", "+12015550100\n",
+        "+05550100", "+12015550100x", "+12015550100x12345678901", "+1 555 0100",
     ])
     async def test_bad_phone_is_rejected(self, start: Start, phone: str) -> None:
         """A malformed phone: outcome rejected/invalid_phone, nothing reaches AMI."""
@@ -291,6 +294,28 @@ class TestRefusedBeforeDialling:
         record = await h.outcome(rid)
 
         assert (record.outcome, record.detail) == (Outcome.REJECTED, "invalid_phone")
+        assert h.ami.calls == []
+        assert not await h.redis.exists(call_key(rid))
+        await h.all_acked()
+
+    @pytest.mark.parametrize(("phone", "reason"), [
+        ("+16585551234", "region_not_allowed"), ("+1011882123456", "invalid_number"),
+    ])
+    async def test_number_not_allowed_carries_its_reason(
+        self, start: Start, phone: str, reason: str
+    ) -> None:
+        """Under the default policy: rejected/number_not_allowed with the reason in the
+        outcome the sign-in service reads; nothing reaches AMI."""
+        h = await start(answered_then(Outcome.APPROVED), allowed_regions="US,CA",
+                        denied_number_types=Settings().denied_number_types)
+        rid, _ = await h.submit(phone=phone)
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail, record.reason) == (
+            Outcome.REJECTED, "number_not_allowed", reason)
+        raw = await h.redis.get(result_key(rid))
+        assert json.loads(raw)["reason"] == reason
         assert h.ami.calls == []
         assert not await h.redis.exists(call_key(rid))
         await h.all_acked()
@@ -316,7 +341,7 @@ class TestRefusedBeforeDialling:
         """Each invalid field gets its rejected detail, and no call."""
         h = await start(answered_then(Outcome.APPROVED))
         rid = str(uuid.uuid4())
-        request = {"id": rid, "user": "alice", "phone": "+15550100", **change}
+        request = {"id": rid, "user": "alice", "phone": "+12015550100", **change}
         await h.add_raw(json.dumps(request))
 
         record = await h.outcome(rid)
@@ -354,7 +379,7 @@ class TestOriginate:
         ChannelId, the ring timeout in ms, the caller ID, and the dialplan's variables
         (answering-machine detection on by default; early keys kept: '#' is no secret)."""
         h = await start(answered_then(Outcome.APPROVED))
-        rid, _ = await h.submit(phone="+15550100x1234")
+        rid, _ = await h.submit(phone="+12015550100x1234")
 
         await h.outcome(rid)
 
@@ -364,7 +389,7 @@ class TestOriginate:
         assert marker["token_hash"] == token_hash(token)
         assert token not in str(marker)
         assert call.fields == {
-            "Channel": "PJSIP/+15550100@trunk",
+            "Channel": "PJSIP/+12015550100@trunk",
             "Context": "callmfa-verify",
             "Exten": "s",
             "Priority": "1",
@@ -378,6 +403,9 @@ class TestOriginate:
             "CALLMFA_AGI": "agi://127.0.0.1:4573/verify",
             "CALLMFA_MAX_SECS": "60",
             "CALLMFA_AMD": "on",
+            "CALLMFA_AMD_SILENCE": "2500",
+            "CALLMFA_AMD_GREETING": "1500",
+            "CALLMFA_AMD_TOTAL": "5000",
             "CALLMFA_KEEP_KEYS": "on",
         }
         assert call.timeout_s > 3.0, "the wait for OriginateResponse outlasts the ringing"
