@@ -10,6 +10,7 @@ import argparse
 import getpass
 import sys
 
+from .admin import user_name
 from .domain.codes import hash_code
 from .domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
 from .settings import Settings
@@ -24,9 +25,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("pin", help="set a user's PIN (pin mode) or unlock a locked-out user")
     actions = p.add_subparsers(dest="pin_action", required=True)
     s = actions.add_parser("set", help="set or replace USER's PIN (read without echo)")
-    s.add_argument("user")
+    s.add_argument("user", type=user_name)
     u = actions.add_parser("unlock", help="clear USER's wrong-PIN count and lockout")
-    u.add_argument("user")
+    u.add_argument("user", type=user_name)
 
 
 def read_pin() -> str:
