@@ -32,6 +32,7 @@ from .domain.flow import (
     Started,
     Step,
     VerificationFlow,
+    keys_are_secret,
 )
 from .domain.outcome import Outcome
 from .exceptions import AgiConnectionLostError, AgiError, AgiHangup
@@ -135,9 +136,10 @@ class VerificationIvr:
             await channel.set_variable("CHANNEL(language)", call.lang)
         if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
             call.early_keys = ""
+        # How many keys make a PIN or a match code is a secret: only say whether any came.
+        early = bool(call.early_keys) if keys_are_secret(call.mode) else len(call.early_keys)
         log.info("ivr_started", mode=call.mode, lang=call.lang, amd=call.amd_status or None,
-                 amd_cause=call.amd_cause or None,
-                 early_keys=len(call.early_keys))
+                 amd_cause=call.amd_cause or None, early_keys=early)
         return call.started(pin_hash=pin.hash, pin_locked=pin.locked)
 
     async def _run(
@@ -163,7 +165,10 @@ class VerificationIvr:
                         )
                     if digits or not timed_out:
                         call.note_input()
-                    log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
+                    if step.secret:
+                        log.info("dtmf_collected", secret=True, timed_out=timed_out)
+                    else:
+                        log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
                     event = Digits(digits, timed_out)
                 elif isinstance(step, CheckCode):
                     ok = await asyncio.to_thread(check_code, step.digits, call.expected_hash)
