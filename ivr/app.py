@@ -153,6 +153,9 @@ class Service:
             gc.freeze()
             if self.originator is not None:
                 running = asyncio.create_task(self.originator.run(), name="originator")
+            if self.agi is not None and not s.pin_pepper:
+                log.warning("pin_pepper_missing", setting="CALLMFA_PIN_PEPPER",
+                            effect="PIN hashes are not peppered")
             log.info("service_ready", consumer=s.consumer, roles=sorted(s.role_set),
                      agi_port=self.agi.port if self.agi else None)
             stopped = asyncio.create_task(stop.wait())

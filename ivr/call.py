@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .domain.calltoken import token_matches
+from .domain.codes import check_code, check_pin, hash_pin
 from .domain.flow import CodeChecked, Report, Started, Step, VerificationFlow, make_flow
 from .domain.outcome import Outcome, OutcomeRecord
 from .domain.prompts import PROMPTS, prompt_language, sound_files
@@ -56,6 +57,7 @@ class CallContext:
     early_keys: str = field(default="", repr=False)
     token_hash: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
+    pin_upgrade: tuple[str, str] | None = field(default=None, repr=False)  # (old, new) hash
 
     @classmethod
     def from_marker(cls, rid: str, info: dict[str, str], answered: float) -> CallContext:
@@ -163,6 +165,17 @@ class CallContext:
             requested_at=self.requested_at, call_started_at=self.call_started_at,
             answered_at=self.answered_at, input_at=self.input_at, finished_at=time.time(),
         )
+
+    def check_code(self, digits: str, pepper: bytes) -> bool:
+        """Whether ``digits`` are the expected code (slow: scrypt; drivers run it off the
+        event loop). A right PIN whose hash is not peppered yet gets a peppered one, stored
+        by the driver with the success (:attr:`pin_upgrade`)."""
+        if self.mode != "pin":
+            return check_code(digits, self.match_hash)
+        verdict = check_pin(digits, self.match_hash, pepper)
+        if verdict.upgrade:
+            self.pin_upgrade = (self.match_hash, hash_pin(digits, pepper))
+        return verdict.ok
 
     def code_checked(self, ok: bool) -> CodeChecked:
         """The flow's event for a checked code; a wrong one is remembered for the lockout."""

@@ -11,7 +11,7 @@ import getpass
 import sys
 
 from .admin import user_name
-from .domain.codes import hash_code
+from .domain.codes import hash_pin
 from .domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
 from .settings import Settings
 from .storage.pins import PinStore
@@ -52,7 +52,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"callmfa: a PIN is {PIN_MIN_DIGITS} to {PIN_MAX_DIGITS} digits",
                   file=sys.stderr)
             return EXIT_USAGE
-        code_hash = hash_code(pin)
+        if not settings.pin_pepper:
+            print("callmfa: warning: CALLMFA_PIN_PEPPER is not set, so this PIN's hash is "
+                  "not peppered (docs/security.md)", file=sys.stderr)
+        code_hash = hash_pin(pin, settings.pin_pepper.encode())
     redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
     try:
         pins = PinStore.for_settings(redis, settings)
@@ -60,7 +63,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             await pins.set_hash(args.user, code_hash)
             print(f"PIN set for {args.user}")
             return EXIT_OK
-        if await pins.reset(args.user):
+        if await pins.reset(args.user) > 0:
             print(f"{args.user} unlocked")
             return EXIT_OK
         print(f"callmfa: {args.user} has no PIN", file=sys.stderr)

@@ -18,7 +18,6 @@ from typing import Protocol
 import structlog
 
 from .call import CallContext, PinEffect
-from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
     Collect,
@@ -70,6 +69,7 @@ class VerificationIvr:
         observer: IvrObserver | None = None,
     ) -> None:
         self._settings = settings
+        self._pepper = settings.pin_pepper.encode()
         self._store = store
         self._observer = observer
         self._pins = pins or PinStore.for_settings(store.redis, settings)
@@ -171,7 +171,7 @@ class VerificationIvr:
                         log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
                     event = Digits(digits, timed_out)
                 elif isinstance(step, CheckCode):
-                    ok = await asyncio.to_thread(check_code, step.digits, call.expected_hash)
+                    ok = await asyncio.to_thread(call.check_code, step.digits, self._pepper)
                     log.info("code_checked", ok=ok)
                     event = call.code_checked(ok)
                 elif isinstance(step, Play):
@@ -211,6 +211,7 @@ class VerificationIvr:
         if effect is PinEffect.COUNT_DENIAL and call.user:
             if await self._pins.record_denial(call.user):
                 log.warning("pin_locked_out", after=self._settings.pin_lockout_after)
-        elif effect is PinEffect.RESET and call.user:
-            await self._pins.reset(call.user)
+        elif (effect is PinEffect.RESET and call.user
+              and await self._pins.reset(call.user, call.pin_upgrade) == 2):
+            log.info("pin_hash_upgraded")
 

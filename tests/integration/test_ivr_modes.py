@@ -12,7 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from ivr.domain.codes import hash_code
+from ivr.domain.codes import PEPPERED, check_pin, hash_code
 from ivr.storage.pins import PinStore, pin_key
 
 from .conftest import Ivr, StartIvr
@@ -101,6 +101,29 @@ class TestPinMode:
         assert not any(value == len(PIN) for e in logs for value in e.values()
                        if type(value) is int)
         assert not any(PIN in repr(e) for e in logs)
+
+    async def test_old_hash_approves_then_is_peppered(self, start_ivr: StartIvr) -> None:
+        """A PIN hash set before CALLMFA_PIN_PEPPER approves, and its success stores the
+        peppered hash, which approves the next call; a wrong PIN upgrades nothing."""
+        ivr = await start_ivr(pin_pepper="p" * 32)
+        await set_pin(ivr, "alice", PIN)  # plain scrypt, as before the pepper
+        old = (await pin_state(ivr.redis, "alice"))["hash"]
+        await run_call(ivr, "2c212121-2121-4121-8121-212121212121", WRONG_PIN + "#",
+                       WRONG_PIN + "#", marker=PIN_CALL)
+        assert (await pin_state(ivr.redis, "alice"))["hash"] == old
+
+        _, stored = await run_call(ivr, "2d212121-2121-4121-8121-212121212121", PIN + "#",
+                                   marker=PIN_CALL)
+
+        assert stored["outcome"] == "approved"
+        state = await pin_state(ivr.redis, "alice")
+        assert state["hash"].startswith(PEPPERED + "$")
+        assert state["denials"] == "0"
+        assert check_pin(PIN, state["hash"], b"p" * 32).ok
+        _, again = await run_call(ivr, "2e212121-2121-4121-8121-212121212121", PIN + "#",
+                                  marker=PIN_CALL)
+        assert again["outcome"] == "approved"
+        assert (await pin_state(ivr.redis, "alice"))["hash"] == state["hash"]
 
     async def test_wrong_pin_twice_is_denied_and_counted(self, ivr: Ivr) -> None:
         """A wrong PIN on both attempts: 'wrong code' then the PIN prompt again, then
