@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -114,7 +115,8 @@ class TestPin:
         Redis: only its salted hash is stored."""
         await set_pin(sandbox, "pin-secret", PIN)
         p = phone(keys=PIN + "#")
-        assert (await verify(client, "pin-secret", mode="pin")).outcome is Outcome.APPROVED
+        pin_call = await verify(client, "pin-secret", mode="pin")
+        assert pin_call.outcome is Outcome.APPROVED
         p.wait(30)
         phone(keys="42#")
         assert (await verify(client, "match-secret", mode="match",
@@ -122,6 +124,14 @@ class TestPin:
         for log in (sandbox.directory / "logs").glob("*.log"):
             text = log.read_text(errors="replace")
             assert PIN not in text, log
+        # Nor its length: serve's lines for the call count no keys (issue 12).
+        lines = [json.loads(line) for line in
+                 (sandbox.directory / "logs" / "callmfa.log").read_text().splitlines()
+                 if pin_call.id in line and line.startswith("{")]
+        collected = [e for e in lines if e["event"] == "dtmf_collected"]
+        assert collected
+        assert not any("keys" in e for e in collected)
+        assert all(type(e["early_keys"]) is bool for e in lines if e["event"] == "ivr_started")
         redis = Redis.from_url(sandbox.redis_url)
         try:
             dump = []
