@@ -9,7 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ivr
+from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.domain.users import MAX_USER_CHARS, UserNameError, normalise_user
+
+RID = "0b6d1e2a-1234-4abc-8def-0123456789ab"
 
 
 def _accepted(name: str) -> str | None:
@@ -105,3 +108,23 @@ class TestRefused:
         """Only strings are user names."""
         with pytest.raises(UserNameError):
             normalise_user(name)
+
+
+class TestOutcomeBinding:
+    def _record(self, user: str | None, outcome: Outcome = Outcome.APPROVED) -> OutcomeRecord:
+        return OutcomeRecord(id=RID, user=user, outcome=outcome, requested_at=1.0)
+
+    @pytest.mark.parametrize("asked", ["alice", "Alice", "\uff21\uff4c\uff49\uff43\uff45"])
+    def test_outcome_for_the_normalised_user_answers_any_spelling(self, asked: str) -> None:
+        """The client asked for Alice; callmfa answers for alice: that is the same user."""
+        assert self._record("alice").mismatch(RID, user=asked) is None
+
+    @pytest.mark.parametrize("outcome_user", ["bob", None, "alice\u2028"])
+    def test_another_user_is_still_refused(self, outcome_user: str | None) -> None:
+        """Normalising never makes another user (or no user) match."""
+        assert self._record(outcome_user).mismatch(RID, user="Alice") is not None
+
+    def test_a_rejected_request_of_an_unusable_name_has_no_user(self) -> None:
+        """A name callmfa refuses gets rejected/invalid_user with user null: it answers."""
+        record = self._record(None, Outcome.REJECTED)
+        assert record.mismatch(RID, user="alice\u2028") is None
