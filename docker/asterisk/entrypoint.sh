@@ -9,11 +9,13 @@ here=/opt/callmfa  # the sandbox's directory: asterisk/*.conf
 repo=/opt/callmfa  # the repository: dialplan/, agi_scripts/, ivr/ and the prompts in build/
 NS=${CALLMFA_NETNS:-callmfa}
 PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}
-PEPPER_FILE=${CALLMFA_PIN_PEPPER_FILE:-}  # its value goes to the classic script's callmfa.env
-[[ -z $PEPPER_FILE || -r $PEPPER_FILE ]] || {
-  echo "callmfa-asterisk: no readable PIN pepper at CALLMFA_PIN_PEPPER_FILE=$PEPPER_FILE" >&2
-  exit 1
-}
+# Secrets given as files (Docker secrets, readable by root only): their values go to the
+# classic script's callmfa.env, which Asterisk's user can read.
+PEPPER_FILE=${CALLMFA_PIN_PEPPER_FILE:-}
+SIGNING_FILE=${CALLMFA_SIGNING_KEY_FILE:-}
+for f in "$PEPPER_FILE" "$SIGNING_FILE"; do
+  [[ -z $f || -r $f ]] || { echo "callmfa-asterisk: cannot read the secret file $f" >&2; exit 1; }
+done
 [[ -r ${CALLMFA_AMI_SECRET_FILE:-} ]] || {
   echo "callmfa-asterisk: no readable AMI secret at CALLMFA_AMI_SECRET_FILE=${CALLMFA_AMI_SECRET_FILE:-}" >&2
   exit 1
@@ -58,9 +60,10 @@ install_classic_agi() {
   cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
   find "$agi" -name __pycache__ -prune -exec rm -rf {} +
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
-  (umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e '^CALLMFA_NETNS=' \
+  (umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' \
       | sed 's/^/export /' || true
-    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
+    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
+    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
   chroot "$ROOT" chown root:asterisk "/etc/asterisk-$key/callmfa.env"
   chmod 640 "$ROOT/etc/asterisk-$key/callmfa.env"

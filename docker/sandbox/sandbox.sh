@@ -30,7 +30,11 @@ SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 INSTANCES=${CALLMFA_ASTERISK_INSTANCES:-1}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
-PEPPER_FILE=$SB/pin-pepper  # CALLMFA_PIN_PEPPER_FILE of serve; its value goes to callmfa.env
+# Secrets serve reads from files, whose values go to the classic script's callmfa.env (the
+# files may be unreadable to Asterisk's user, or outside its root). The signing key's value
+# is in $SB/env already.
+PEPPER_FILE=$SB/pin-pepper
+SIGNING_FILE=
 APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
 # Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
 ROOT_PACKAGES=(python3 python3-redis python3-six)
@@ -173,9 +177,10 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: this sandbox's, less the AMI secret it does not need, and the
   # PIN pepper's value (the file it names is outside the root). 0640 root:asterisk.
-  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e PIN_PEPPER_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
-    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
+  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
+      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
+    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
+    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
   chroot "$ROOT" chown root:asterisk "/etc/asterisk-$key/callmfa.env"
   chmod 640 "$ROOT/etc/asterisk-$key/callmfa.env"

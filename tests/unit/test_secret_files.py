@@ -82,7 +82,7 @@ def _shell_functions() -> list[tuple[str, str, str]]:
 
 
 # What holds a secret's value in the scripts: the AMI secret, the PIN pepper's file content.
-_SECRET_VALUES = re.compile(r'"\$\(<"\$PEPPER_FILE"\)"|\$\{?secret\b\}?')
+_SECRET_VALUES = re.compile(r'"\$\(<"\$(?:PEPPER|SIGNING)_FILE"\)"|\$\{?secret\b\}?')
 # Commands that run inside bash itself, so their arguments are in no process's argv.
 _BUILTINS = {"printf", "echo", "[[", "read", "local"}
 
@@ -114,7 +114,8 @@ class TestNoSecretOnACommandLine:
             assert 'line="secret = $secret"' in config
             assert "sed" not in config.split("secret=")[1].split("chmod 640")[0]
             classic = "\n".join(functions["install_classic_agi"])
-            assert "printf 'export CALLMFA_PIN_PEPPER=%s\\n' \"$(<\"$PEPPER_FILE\")\"" in classic
+            for name, var in (("PIN_PEPPER", "PEPPER_FILE"), ("SIGNING_KEY", "SIGNING_FILE")):
+                assert f"printf 'export CALLMFA_{name}=%s\\n' \"$(<\"${var}\")\"" in classic
 
     @pytest.mark.parametrize("path", ["docker/sandbox/sandbox.sh", "docker/asterisk/entrypoint.sh",
                                       "docker/compose.yaml", "docker/Dockerfile",
@@ -133,7 +134,8 @@ class TestCallmfaEnv:
         lines = functions["install_classic_agi"]
         written = next(i for i, line in enumerate(lines) if "callmfa.env" in line)
         assert lines[written].endswith('; } >"$ROOT/etc/asterisk-$key/callmfa.env")')
-        assert lines[written - 1].startswith("(umask 077 && {")
+        opened = max(i for i in range(written) if lines[i].startswith("(umask 077 && {"))
+        assert "}" not in "".join(lines[opened + 1:written])  # one group, under the umask
         tail = lines[written:]
         assert 'chroot "$ROOT" chown root:asterisk "/etc/asterisk-$key/callmfa.env"' in tail
         assert 'chmod 640 "$ROOT/etc/asterisk-$key/callmfa.env"' in tail
@@ -144,6 +146,8 @@ class TestCallmfaEnv:
         assert '(umask 077 && head -c 32 /dev/urandom | base64 >"$PEPPER_FILE")' in SANDBOX_SH
         assert "export CALLMFA_PIN_PEPPER_FILE=$PEPPER_FILE" in SANDBOX_SH
         assert "PEPPER_FILE=${CALLMFA_PIN_PEPPER_FILE:-}" in ENTRYPOINT
+        # The container's signing key is a root-only Docker secret: its value goes too.
+        assert "SIGNING_FILE=${CALLMFA_SIGNING_KEY_FILE:-}" in ENTRYPOINT
 
     def test_compose_gives_both_containers_the_pepper(self) -> None:
         """compose passes the pepper as a secret file to callmfa and to Asterisk."""
