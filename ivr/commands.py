@@ -200,5 +200,6 @@ def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
           '      #include "manager_callmfa.conf" to manager.conf, set the secret, then\n'
           "      asterisk -rx 'dialplan reload' and asterisk -rx 'manager reload'.\n"
           "      For CALLMFA_AGI_MODE=classic, move callmfa-verify.agi into Asterisk's\n"
-          "      agi-bin (it imports ivr and pyst2: see docs/asterisk.md)")
+          "      agi-bin (it imports ivr and pyst2: see docs/asterisk.md) and callmfa.env\n"
+          "      (secrets: keep it mode 0640, root:asterisk) into Asterisk's config directory")
     return EXIT_OK
