@@ -200,7 +200,7 @@ install_prompts() {
 
 write_env() {
   # It holds the signing key (the classic script's callmfa.env is made from it): root only.
-  (umask 077 && : >"$SB/env")
+  (umask 077 && rm -f "$SB/env" && : >"$SB/env")  # rm: an older env file may be 0644
   cat >"$SB/env" <<EOF
 # Written by sandbox.sh up; load with: source $SB/env
 export CALLMFA_NETNS=$NS

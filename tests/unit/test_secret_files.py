@@ -149,6 +149,12 @@ class TestCallmfaEnv:
         # The container's signing key is a root-only Docker secret: its value goes too.
         assert "SIGNING_FILE=${CALLMFA_SIGNING_KEY_FILE:-}" in ENTRYPOINT
 
+    def test_the_sandbox_env_file_is_created_root_only(self) -> None:
+        """$SB/env holds the signing key: made afresh under umask 077 on every `up` (an
+        existing file would keep its old mode)."""
+        write_env = SANDBOX_FUNCTIONS["write_env"]
+        assert write_env[0].startswith('(umask 077 && rm -f "$SB/env" && : >"$SB/env")')
+
     def test_compose_gives_both_containers_the_pepper(self) -> None:
         """compose passes the pepper as a secret file to callmfa and to Asterisk."""
         compose = (REPO / "docker" / "compose.yaml").read_text()
