@@ -114,7 +114,7 @@ class TestClassicAgi:
         await store_old_pin_hash(sandbox, "classic-pin", PIN)
         p = phone(calls=2, keys=PIN + "#", key_delay_ms=2500)
         for _ in range(2):
-            record = await client.verify(user="classic-pin", phone="+15550100", mode="pin",
+            record = await client.verify(user="classic-pin", phone="+12015550100", mode="pin",
                                          timeout_s=60)
             assert record is not None
             assert record.outcome is Outcome.APPROVED

@@ -15,7 +15,7 @@ from ..conftest import Sandbox
 from .conftest import PhoneFactory
 from .test_modes import _callmfa
 
-PHONE = "+15550100"
+PHONE = "+12015550100"
 
 
 def _fullwidth(text: str) -> str:
