@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from ..domain.users import UserNameError, normalise_user
 from .keys import BLOCKED
@@ -42,7 +43,20 @@ def _normalised(name: str) -> str | None:
 
 
 async def normalise_stored_users(redis: Redis) -> int:
-    """Move blocks and PINs kept under a non-normalised user name; how many moved."""
+    """Move blocks and PINs kept under a non-normalised user name; how many moved.
+
+    Fail-open, logged: when Redis refuses a command (an ACL from before this step, without
+    SCAN or RENAMENX), serve still starts, and the error names the fix.
+    """
+    try:
+        return await _move(redis)
+    except ResponseError as e:
+        log.error("user_keys_not_normalised", error=str(e),
+                  fix="give the service's ACL user the commands of docker/redis/callmfa.acl")
+        return 0
+
+
+async def _move(redis: Redis) -> int:
     moved = 0
     members: Any = await redis.zrange(BLOCKED, 0, -1)
     move_block = redis.register_script(_MOVE_BLOCK)

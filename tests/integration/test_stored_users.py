@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from ivr.domain.outcome import Outcome
 from ivr.domain.request import parse_request
@@ -53,3 +54,22 @@ async def test_pins_move_unless_the_normalised_user_has_one(redis: Redis) -> Non
     assert await redis.hget(pin_key("bob"), "hash") == b"old-bob"
     assert await redis.hget(pin_key("carol"), "hash") == b"new-carol"
     assert await redis.exists(pin_key("Carol"))
+
+
+async def test_refused_by_an_old_acl_serve_still_starts(redis: Redis) -> None:
+    """An ACL without SCAN (written before this step): the move is skipped with an error
+    that names the fix, and start-up goes on (fail-open, logged)."""
+    await redis.execute_command("ACL", "SETUSER", "old-service", "on", ">pw", "~callmfa:*",
+                                "+@all", "-scan")
+    kwargs = redis.connection_pool.connection_kwargs
+    old = Redis(host=kwargs["host"], port=kwargs["port"], username="old-service",
+                password="pw")
+    try:
+        await redis.hset(pin_key("Dave"), mapping={"hash": "x"})
+        with capture_logs() as logs:
+            assert await normalise_stored_users(old) == 0
+        [error] = [e for e in logs if e["event"] == "user_keys_not_normalised"]
+        assert "callmfa.acl" in error["fix"]
+    finally:
+        await old.aclose()
+        await redis.execute_command("ACL", "DELUSER", "old-service")
