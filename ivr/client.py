@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from .domain.codes import hash_code
 from .domain.outcome import OutcomeRecord, iso
+from .domain.request import MAX_REQUEST_BYTES
 from .domain.signing import verified
 from .storage.results import ResultListener
 from .storage.store import EVENTS, REQUESTS, connect
@@ -92,7 +93,8 @@ class VerificationClient:
         request_id: str | None = None,
         match_number: str | None = None,
     ) -> str:
-        """Queue a verification; returns its id.
+        """Queue a verification; returns its id (ValueError if the request would be over
+        ``MAX_REQUEST_BYTES``, which callmfa rejects).
 
         ``match_number`` (mode ``match``): the number the sign-in page shows; only its
         salted hash is sent.
@@ -106,7 +108,10 @@ class VerificationClient:
             request["match_hash"] = hash_code(match_number)
         if expires_in_s is not None:
             request["expires_at"] = iso(time.time() + expires_in_s)
-        await self._redis.xadd(REQUESTS, {"request": json.dumps(request)})
+        payload = json.dumps(request)
+        if len(payload) > MAX_REQUEST_BYTES:  # callmfa would only reject it (too_large)
+            raise ValueError(f"the request is {len(payload)} bytes, over {MAX_REQUEST_BYTES}")
+        await self._redis.xadd(REQUESTS, {"request": payload})
         return rid
 
     async def wait(self, request_id: str, timeout_s: float) -> OutcomeRecord | None:
