@@ -94,6 +94,11 @@ class Metrics:
         self.ami_reconnects = Counter(
             "callmfa_ami_reconnects", "AMI connections re-established after a loss.", registry=r
         )
+        self.http_refused = Counter(
+            "callmfa_http_connections_refused",
+            "Connections to /healthz or /metrics refused: CALLMFA_HTTP_MAX_CONNECTIONS reached.",
+            registry=r,
+        )
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
@@ -110,6 +115,10 @@ class Metrics:
         _observe(self.request_to_call, record.requested_at, record.call_started_at)
         _observe(self.input_to_outcome, record.input_at, record.finished_at)
         _observe(self.verification, record.requested_at, record.finished_at)
+
+    def http_connection_refused(self) -> None:
+        """For the HTTP servers: a connection over the cap was refused."""
+        self.http_refused.inc()
 
     def ami_reconnected(self) -> None:
         """For the AMI connection's owner: a lost connection was re-established."""
