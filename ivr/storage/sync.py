@@ -22,7 +22,7 @@ from .keys import (
     fraud_report_args,
     outcome_script_args,
 )
-from .pins import RECORD_DENIAL, RESET_PIN, PinState, lock_value, parse_pin_state, pin_key
+from .pins import RECORD_DENIAL, RESET_PIN, PinState, denial_script_args, parse_pin_state, pin_key
 
 
 class SyncStore:
@@ -78,13 +78,13 @@ class SyncStore:
                                        block_s=self._settings.fraud_block_s)
         self._redis.eval(RECORD_AUDIT, len(keys), *keys, *args)
 
-    def record_denial(self, user: str) -> bool:
-        """Count a denied PIN call; True when it locked the user out."""
-        locked = self._redis.eval(
-            RECORD_DENIAL, 1, pin_key(user), self._settings.pin_lockout_after,
-            lock_value(time.time(), self._settings.pin_lockout_s),
-        )
-        return bool(locked)
+    def record_denial(self, user: str, *, rid: str = "") -> bool:
+        """Count a denied PIN call; True when it locked the user out (audited, as serve's
+        IVR does: the same script and arguments)."""
+        keys, args = denial_script_args(user, rid=rid,
+                                        lockout_after=self._settings.pin_lockout_after,
+                                        lockout_s=self._settings.pin_lockout_s)
+        return bool(self._redis.eval(RECORD_DENIAL, len(keys), *keys, *args))
 
     def reset_pin(self, user: str) -> None:
         """Clear the user's denials after a success."""

@@ -7,6 +7,7 @@ versions or the service settings differ.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 import subprocess
@@ -272,7 +273,7 @@ class TestServiceImage:
                  .read_text()}
         for name, text in texts.items():
             code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-            assert "0.0.0.0" not in code, name
+            assert str(ipaddress.IPv4Address(0)) not in code, name  # 0.0.0.0
             assert "ports:" not in code, name
             for host in re.findall(r"CALLMFA_\w+_HOST[=:] *([^\s\\]+)", code):
                 assert host == "127.0.0.1", (name, host)
