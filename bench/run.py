@@ -259,7 +259,8 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
     loads = list(_loads(args))
     top = max(loads, key=lambda x: x.concurrency)
     client = VerificationClient.from_url(env["CALLMFA_REDIS_URL"],
-                                         max_connections=2 * top.concurrency + 50, timeout_s=30)
+                                         max_connections=2 * top.concurrency + 50, timeout_s=30,
+                                         signing_key=env["CALLMFA_SIGNING_KEY"])
     bench = Bench(args, sandbox, out)
     extra: dict[str, Any] = {"machine_before": machine_load()}
     try:

@@ -19,7 +19,7 @@ import signal
 import structlog
 from redis.exceptions import RedisError
 
-from .exceptions import IvrError
+from .exceptions import IvrError, SettingsError
 from .log import configure
 from .metrics import Metrics, metrics_route
 from .originator import Originator
@@ -42,6 +42,11 @@ class Service:
     """The parts of one ``callmfa serve`` process and their order of start and stop."""
 
     def __init__(self, settings: Settings) -> None:
+        if (refusal := settings.signing_refusal()) is not None:
+            raise SettingsError(refusal)
+        if not settings.signing_key:
+            log.warning("outcomes_unsigned", setting="CALLMFA_INSECURE_UNSIGNED=1",
+                        risk="anyone who can write to Redis can forge an approval")
         self.settings = settings
         roles = settings.role_set
         self.redis = connect(
@@ -56,7 +61,8 @@ class Service:
         )
         security = Security.for_redis(settings, self.redis)
         self.results = ResultListener(self.redis)
-        self.ivr = VerificationIvr(settings, self.store, security=security)
+        self.ivr = VerificationIvr(settings, self.store, security=security,
+                                   observer=self.metrics)
         self.agi = FastAgiServer(
             {"verify": self.ivr, PROBE_ROUTE: AgiProbe(self.redis)},
             host=settings.agi_host,

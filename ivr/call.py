@@ -11,14 +11,17 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .domain.calltoken import token_matches
 from .domain.flow import CodeChecked, Report, Started, Step, VerificationFlow, make_flow
 from .domain.outcome import Outcome, OutcomeRecord
 from .domain.prompts import PROMPTS, prompt_language, sound_files
 from .settings import Settings
 
-# Dialplan variables the drivers read (set by AMD() and by our dialplan's StoreDTMF()).
+# Dialplan variables the drivers read (set by AMD(), by our dialplan's StoreDTMF() and by
+# the originator's Originate).
 AMD_STATUS = "AMDSTATUS"
 EARLY_KEYS = "CALLMFA_EARLY_KEYS"
+TOKEN = "CALLMFA_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 class PinEffect(Enum):
@@ -49,6 +52,8 @@ class CallContext:
     overridden: frozenset[str] = frozenset()
     amd_status: str = ""
     early_keys: str = field(default="", repr=False)
+    token_hash: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
 
     @classmethod
     def from_marker(cls, rid: str, info: dict[str, str], answered: float) -> CallContext:
@@ -65,7 +70,13 @@ class CallContext:
             number=info.get("number", ""),
             context=info.get("context", "{}"),
             match_hash=info.get("match_hash", ""),
+            token_hash=info.get("token_hash", ""),
         )
+
+    @property
+    def token_proven(self) -> bool:
+        """Whether the channel gave the token whose hash the originator stored."""
+        return token_matches(self.token, self.token_hash)
 
     def flow(self, settings: Settings) -> VerificationFlow:
         """The flow for this call's mode."""
@@ -121,19 +132,20 @@ class CallContext:
     def channel_probe(self, settings: Settings) -> str:
         """One dialplan expression for all the IVR reads from the channel, in one round trip.
 
-        It gives AMD's verdict, the keys pressed before the IVR ran, and, with an override
-        directory, one '1' or '0' per prompt id in catalogue order (func_env's STAT): does
-        the admin's recording exist. See :meth:`apply_channel_probe`.
+        It gives the call's token, AMD's verdict, the keys pressed before the IVR ran, and,
+        with an override directory, one '1' or '0' per prompt id in catalogue order
+        (func_env's STAT): does the admin's recording exist. See :meth:`apply_channel_probe`.
         """
         bits = ""
         if settings.prompt_override_dir:
             base = f"{settings.prompt_override_dir}/{self.lang}"
             bits = "".join(f"${{STAT(e,{base}/{pid}.wav)}}" for pid in PROMPTS)
-        return f"${{{AMD_STATUS}}}|${{{EARLY_KEYS}}}|{bits}"
+        return f"${{{TOKEN}}}|${{{AMD_STATUS}}}|${{{EARLY_KEYS}}}|{bits}"
 
     def apply_channel_probe(self, answer: str) -> None:
         """Remember what :meth:`channel_probe`'s expression evaluated to."""
-        self.amd_status, _, rest = answer.partition("|")
+        self.token, _, rest = answer.partition("|")
+        self.amd_status, _, rest = rest.partition("|")
         self.early_keys, _, bits = rest.partition("|")
         self.overridden = frozenset(
             pid for pid, bit in zip(PROMPTS, bits, strict=False) if bit == "1"

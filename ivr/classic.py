@@ -31,7 +31,6 @@ from .domain.flow import (
     Step,
 )
 from .domain.outcome import Outcome
-from .domain.prompts import sound_files
 from .exceptions import AgiError, AgiHangup, IvrError
 from .settings import Settings, read_config_file
 from .transport.agi import READ_RESULT, parse_read_result, read_args
@@ -66,24 +65,38 @@ class ClassicDriver:
         except AGIError as e:
             raise AgiError(f"AGI {method} failed", str(e)) from None
 
-    def _log(self, message: str) -> None:
+    def _log(self, message: str, level: int = 3) -> None:
         with contextlib.suppress(AgiHangup, AgiError):  # a log line is not worth a failed call
-            self._command("verbose", f"callmfa: {message}", "3")
+            self._command("verbose", f"callmfa: {message}", str(level))
+
+    def _admit(self, call: CallContext) -> str | None:
+        """None when this process is the call its marker describes and now owns it; else
+        why it is refused (as the FastAGI IVR's ``_admit``)."""
+        if not call.token_hash:
+            return "unknown_call"
+        try:
+            call.apply_channel_probe(
+                str(self._command("get_full_variable", call.channel_probe(self._settings)))
+            )
+        except (AgiHangup, AgiError):
+            return "no_token"
+        if not call.token_proven:
+            return "bad_token"
+        if not self._store.claim_ivr(call.id, time.time()):
+            return "already_claimed"
+        return None
 
     def run(self, rid: str) -> None:
         """Run one verification call to its end."""
         info = self._store.call_info(rid) if rid else {}
-        if not info:
-            self._log(f"{rid}: not a call callmfa placed; hanging up")
-            self._play_and_hang_up(sound_files(("failed",)))
-            return
         call = CallContext.from_marker(rid, info, time.time())
+        refusal = self._admit(call)
+        if refusal is not None:
+            self._log(f"{rid}: AGI session refused ({refusal}); nothing recorded", level=1)
+            return
         pin = self._store.pin_state(call.user) if call.mode == "pin" and call.user else None
         try:
             self._command("set_variable", "CHANNEL(language)", call.lang)
-            call.apply_channel_probe(
-                str(self._command("get_full_variable", call.channel_probe(self._settings)))
-            )
             self._command("test_hangup")  # Asterisk's SIGHUP: keys before it never count
         except AgiHangup:
             call.early_keys = ""  # the flow's first step finds the caller gone

@@ -6,7 +6,13 @@
 
 One client shares one pub/sub subscription among all its waiting calls. Given the
 service's ``signing_key`` (CALLMFA_SIGNING_KEY), it refuses unsigned or tampered outcomes:
-``wait`` and ``verify`` raise :class:`~ivr.exceptions.OutcomeSignatureError`.
+``wait`` and ``verify`` raise :class:`~ivr.exceptions.OutcomeSignatureError`. Without a key
+it warns once, and accepts what Redis holds.
+
+Every outcome must also answer the request: its id, its user, and a ``requested_at`` no
+earlier than the submission. A genuine signed outcome of another request, copied into this
+request's result key, raises :class:`~ivr.exceptions.OutcomeBindingError`; a forged or
+foreign published message is ignored and the wait goes on.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import functools
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
+import structlog
 from redis.asyncio import Redis
 
 from .domain.codes import hash_code
@@ -27,7 +35,15 @@ from .domain.outcome import OutcomeRecord, iso
 from .domain.request import MAX_REQUEST_BYTES
 from .domain.signing import verified
 from .storage.results import ResultListener
-from .storage.store import EVENTS, REQUESTS, connect
+from .storage.store import EVENTS, REQUESTS, Entry, connect
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+log = structlog.get_logger("ivr.client")
+
+# What the client remembers of its own submissions, for the binding check of a later wait.
+REMEMBERED_SUBMISSIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -46,9 +62,13 @@ class VerificationClient:
     def __init__(self, redis: Redis, *, signing_key: str | bytes = b"") -> None:
         self._redis = redis
         key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        if not key:
+            log.warning("outcomes_unverified",
+                        reason="no signing key: forged outcomes cannot be told apart")
         parse = functools.partial(verified, key) if key else OutcomeRecord.from_json
         self._results = ResultListener(redis, parse)
         self._started = False
+        self._submitted: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id: user, time
 
     def __repr__(self) -> str:
         return f"VerificationClient({self._redis!r}, signing_key=***)"
@@ -61,6 +81,12 @@ class VerificationClient:
         """A client with its own connection pool (closed by :meth:`aclose`)."""
         return cls(connect(url, max_connections=max_connections, timeout_s=timeout_s),
                    signing_key=signing_key)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """A client of the service configured by ``settings`` (its Redis, its signing key)."""
+        return cls.from_url(settings.redis_url, timeout_s=settings.connect_timeout_s,
+                            signing_key=settings.signing_key)
 
     async def __aenter__(self) -> Self:
         await self._ensure_started()
@@ -111,17 +137,31 @@ class VerificationClient:
         payload = json.dumps(request)
         if len(payload) > MAX_REQUEST_BYTES:  # callmfa would only reject it (too_large)
             raise ValueError(f"the request is {len(payload)} bytes, over {MAX_REQUEST_BYTES}")
-        await self._redis.xadd(REQUESTS, {"request": payload})
+        entry_id: Any = await self._redis.xadd(REQUESTS, {"request": payload})
+        # The entry id is Redis' clock at the XADD: what the outcome's requested_at will be.
+        self._submitted[rid.lower()] = (user, Entry(_text(entry_id), None).enqueued_at)
+        while len(self._submitted) > REMEMBERED_SUBMISSIONS:
+            self._submitted.popitem(last=False)
         return rid
 
-    async def wait(self, request_id: str, timeout_s: float) -> OutcomeRecord | None:
+    async def wait(
+        self, request_id: str, timeout_s: float, *, user: str | None = None
+    ) -> OutcomeRecord | None:
         """The outcome of ``request_id``, or None if none arrives within ``timeout_s``.
 
         With a signing key, a stored outcome whose signature is missing or wrong raises
-        OutcomeSignatureError (a forged published message is ignored).
+        OutcomeSignatureError (a forged published message is ignored). An outcome of another
+        request raises OutcomeBindingError: another id, another ``user`` (by default the
+        one this client submitted it for), or older than this client's submission.
         """
         await self._ensure_started()
-        return await self._results.wait(request_id, timeout_s)
+        submitted_user, submitted_at = self._submitted.get(request_id.lower(), (None, None))
+        record = await self._results.wait(
+            request_id, timeout_s, user=user or submitted_user, submitted_at=submitted_at
+        )
+        if record is not None:
+            self._submitted.pop(request_id.lower(), None)
+        return record
 
     async def verify(
         self, *, user: str, phone: str, timeout_s: float = 180, **options: Any
@@ -129,7 +169,7 @@ class VerificationClient:
         """Queue a verification and wait for its outcome (None on timeout)."""
         await self._ensure_started()
         rid = await self.submit(user=user, phone=phone, **options)
-        return await self._results.wait(rid, timeout_s)
+        return await self.wait(rid, timeout_s)
 
     async def watch(
         self, request_id: str, *, since_ms: int = 0, timeout_s: float = 180
@@ -153,3 +193,7 @@ class VerificationClient:
                     yield ProgressEvent(request_id, fields["event"], fields.get("at", ""), fields)
                     if fields["event"] == "finished":
                         return
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -127,6 +127,23 @@ def check_agi_address(settings: Settings) -> CheckResult | None:
 
 # --- Redis ---------------------------------------------------------------------------
 
+def check_signing(settings: Settings) -> CheckResult:
+    """Outcomes are signed with a long enough key, or unsigned on purpose (a warning)."""
+    refusal = settings.signing_refusal()
+    if refusal is not None:
+        return CheckResult("signing", Status.FAIL, refusal,
+                           "set CALLMFA_SIGNING_KEY_FILE to a file holding "
+                           "`head -c 32 /dev/urandom | base64`, for serve and every verifier")
+    if not settings.signing_key:
+        return CheckResult("signing", Status.WARN,
+                           "CALLMFA_INSECURE_UNSIGNED=1: outcomes are not signed, anyone who "
+                           "can write to Redis can forge an approval",
+                           "set CALLMFA_SIGNING_KEY_FILE and remove CALLMFA_INSECURE_UNSIGNED")
+    return CheckResult("signing", Status.OK,
+                       f"outcomes are signed (HMAC-SHA256, a {len(settings.signing_key.encode())}"
+                       "-byte key)")
+
+
 async def _redis_acl(redis: Redis) -> list[str]:
     """Run every command callmfa uses, on throwaway keys; return those the ACL refuses."""
     base = f"callmfa:check:{uuid.uuid4().hex}"
@@ -383,6 +400,7 @@ async def run_checks(
     settings: Settings, *, call: str | None = None, call_timeout_s: float = 90
 ) -> AsyncIterator[CheckResult]:
     """Every check, in order, as each one finishes."""
+    yield check_signing(settings)
     yield check_dial_template(settings.dial_template)
     agi = check_agi_address(settings)
     if agi is not None:

@@ -65,3 +65,8 @@ class AgiHangup(IvrError):  # noqa: N818 - a control-flow signal, not a failure
 
 class OutcomeSignatureError(IvrError):
     """An outcome is unsigned or its signature does not match: it may be forged."""
+
+
+class OutcomeBindingError(OutcomeSignatureError):
+    """An outcome (perhaps genuine and signed) that does not answer the request waited for:
+    another id or user, or older than the request. A replay: refuse it like a forgery."""

@@ -99,6 +99,11 @@ class Metrics:
             "Connections to /healthz or /metrics refused: CALLMFA_HTTP_MAX_CONNECTIONS reached.",
             registry=r,
         )
+        self.ivr_sessions_refused = Counter(
+            "callmfa_ivr_sessions_refused",
+            "AGI sessions refused: not the call they name (no or wrong token), or not the "
+            "first session of that call, by reason.", ["reason"], registry=r,
+        )
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
@@ -119,6 +124,10 @@ class Metrics:
     def http_connection_refused(self) -> None:
         """For the HTTP servers: a connection over the cap was refused."""
         self.http_refused.inc()
+
+    def session_refused(self, reason: str) -> None:
+        """An AGI session was refused (see :class:`ivr.session.IvrObserver`)."""
+        self.ivr_sessions_refused.labels(reason).inc()
 
     def ami_reconnected(self) -> None:
         """For the AMI connection's owner: a lost connection was re-established."""

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
+from .domain.calltoken import new_token, token_hash
 from .domain.flow import keys_are_secret
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
 from .domain.request import VerificationRequest, parse_request, peek_id
@@ -207,12 +208,13 @@ class Originator:
             await self._finish(req, refusal.outcome, refusal.detail,
                                retry_after=refusal.retry_after)
             return True
-        claim = await self._store.claim_call(req.id, _call_fields(req))
+        token = new_token()  # only Asterisk learns it; the marker keeps its hash
+        claim = await self._store.claim_call(req.id, _call_fields(req, token))
         if claim is not Claim.NEW:
             log.info("request_duplicate", found=claim.value)
             return True
         await self._store.event(req.id, "queued")
-        await self._call(req)
+        await self._call(req, token)
         return True
 
     async def _adopt(self, req: VerificationRequest, info: dict[str, str]) -> None:
@@ -239,18 +241,18 @@ class Originator:
         await self._store_outcome(record)
         return True
 
-    async def _call(self, req: VerificationRequest) -> None:
+    async def _call(self, req: VerificationRequest, token: str) -> None:
         ami = await self._ami.acquire(timeout_s=req.expires_at - time.time())
         if ami is None:
             log.warning("no_asterisk_available")
             await self._finish(req, Outcome.EXPIRED, "asterisk_unavailable")
             return
         try:
-            await self._call_through(ami, req)
+            await self._call_through(ami, req, token)
         finally:
             await self._ami.release(ami)
 
-    async def _call_through(self, ami: AmiClient, req: VerificationRequest) -> None:
+    async def _call_through(self, ami: AmiClient, req: VerificationRequest, token: str) -> None:
         s = self._settings
         fields = {
             "Channel": s.dial_template.format(number=req.number, digits=req.number[1:]),
@@ -271,6 +273,9 @@ class Originator:
             # Keys pressed before the IVR runs are kept for it in a channel variable, which
             # Asterisk publishes (AMI VarSet): never for a PIN or a match code.
             "CALLMFA_KEEP_KEYS": "off" if keys_are_secret(req.mode) else "on",
+            # The IVR reads it back with GET FULL VARIABLE (never an AGI() argument, which
+            # Asterisk's verbose log shows).
+            "CALLMFA_TOKEN": token,
         }
         started = time.time()
         watch = ami.watch(req.id)
@@ -353,9 +358,10 @@ class Originator:
             _log_finished(record)
 
 
-def _call_fields(req: VerificationRequest) -> dict[str, str]:
+def _call_fields(req: VerificationRequest, token: str) -> dict[str, str]:
     """What the IVR (possibly another process) needs to know about the call."""
     fields = {
+        "token_hash": token_hash(token),
         "user": req.user,
         "number": req.number,
         "mode": req.mode,

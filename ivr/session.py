@@ -1,14 +1,19 @@
 """The verification IVR over FastAGI: one session per answered call.
 
-It loads the call marker the originator wrote (and the user's PIN state in pin mode),
-drives the sans-IO flow over the AGI channel and stores the outcome the moment the keys
-are known, before the goodbye prompt. The slow code hash runs in a worker thread.
+It loads the call marker the originator wrote and admits the session only if the channel
+holds the call's token (see :mod:`ivr.domain.calltoken`) and no other session took the
+call; a refused session is closed at once and changes nothing. It then loads the user's
+PIN state in pin mode, drives the sans-IO flow over the AGI channel and stores the outcome
+the moment the keys are known, before the goodbye prompt. The slow code hash runs in a
+worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from typing import Protocol
 
 import structlog
 
@@ -29,7 +34,6 @@ from .domain.flow import (
     VerificationFlow,
 )
 from .domain.outcome import Outcome
-from .domain.prompts import sound_files
 from .exceptions import AgiConnectionLostError, AgiError, AgiHangup
 from .security import Security
 from .settings import Settings
@@ -45,6 +49,13 @@ log = structlog.get_logger("ivr.session")
 STORE_RETRY_S = 30.0
 
 
+class IvrObserver(Protocol):
+    """Told of what the IVR refused (the metrics)."""
+
+    def session_refused(self, reason: str) -> None:
+        """An AGI session was refused: it is not (or no longer) the call it names."""
+
+
 class VerificationIvr:
     """The FastAGI handler for the ``verify`` route."""
 
@@ -55,9 +66,11 @@ class VerificationIvr:
         *,
         pins: PinStore | None = None,
         security: Security | None = None,
+        observer: IvrObserver | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._observer = observer
         self._pins = pins or PinStore.for_settings(store.redis, settings)
         self._security = security or Security.for_redis(settings, store.redis)
 
@@ -73,12 +86,13 @@ class VerificationIvr:
             verification_id=rid, channel=session.headers.get("agi_channel")
         )
         info = await self._store.call_info(rid) if rid else {}
-        if not info:
-            # Not a call we placed (or its marker expired): say sorry, record nothing.
-            log.warning("ivr_unknown_call")
-            await _play_and_hang_up(session.channel, ("failed",))
-            return
         call = CallContext.from_marker(rid, info, answered)
+        refusal = await self._admit(call, session.channel)
+        if refusal is not None:
+            log.warning("ivr_session_refused", reason=refusal, peer=session.peer)
+            if self._observer is not None:
+                self._observer.session_refused(refusal)
+            return
         try:
             started = await self._prepare(call, session.channel)
             await self._run(call.flow(self._settings), started, session.channel, call)
@@ -91,19 +105,36 @@ class VerificationIvr:
             if not session.channel.hung_up:
                 await session.channel.hangup()
 
+    async def _admit(self, call: CallContext, channel: AgiChannel) -> str | None:
+        """None when this session is the call its marker describes and now owns it; else
+        why it is refused. Reads the channel probe (the token, AMD, early keys) on the way.
+
+        The probe gets the header deadline, not the command timeout: a client that never
+        answers must not hold a session slot for long.
+        """
+        if not call.token_hash:
+            return "unknown_call"  # never placed by callmfa, or its marker expired
+        try:
+            call.apply_channel_probe(await channel.get_full_variable(
+                call.channel_probe(self._settings),
+                timeout_s=self._settings.agi_header_timeout_s,
+            ))
+        except (AgiError, AgiHangup):
+            return "no_token"
+        if not call.token_proven:
+            return "bad_token"
+        if not await self._store.claim_ivr(call.id, time.time()):
+            return "already_claimed"
+        return None
+
     async def _prepare(self, call: CallContext, channel: AgiChannel) -> Started:
-        """The channel's language, AMD verdict and early keys, overridden prompts, the PIN state."""
+        """The channel's language, the PIN state; keys before a hang-up are dropped."""
         pin = await self._pins.state(call.user) if call.mode == "pin" and call.user \
             else PinState()
-        try:
+        with contextlib.suppress(AgiHangup):  # the flow's first step reports hung_up
             await channel.set_variable("CHANNEL(language)", call.lang)
-            call.apply_channel_probe(
-                await channel.get_full_variable(call.channel_probe(self._settings))
-            )
-            if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
-                call.early_keys = ""
-        except AgiHangup:
-            pass  # the flow's first step finds the caller gone and reports hung_up
+        if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
+            call.early_keys = ""
         log.info("ivr_started", mode=call.mode, lang=call.lang, amd=call.amd_status or None,
                  early_keys=len(call.early_keys))
         return call.started(pin_hash=pin.hash, pin_locked=pin.locked)
@@ -177,10 +208,3 @@ class VerificationIvr:
         elif effect is PinEffect.RESET and call.user:
             await self._pins.reset(call.user)
 
-
-async def _play_and_hang_up(channel: AgiChannel, prompts: tuple[str, ...]) -> None:
-    try:
-        await channel.playback(sound_files(prompts))
-    except AgiHangup:
-        return
-    await channel.hangup()

@@ -16,6 +16,7 @@ from .domain.policy import parse_prefixes
 from .exceptions import SettingsError
 
 ENV_PREFIX = "CALLMFA_"
+MIN_SIGNING_KEY_BYTES = 32
 # Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
 SECRETS = ("ami_secret", "signing_key")
 
@@ -186,8 +187,14 @@ class Settings:
     signing_key: str = field(
         default="",
         repr=False,
-        metadata={"doc": "HMAC-SHA256 key that signs outcomes (field sig); or "
-                  "CALLMFA_SIGNING_KEY_FILE. Empty: outcomes are not signed."},
+        metadata={"doc": "HMAC-SHA256 key that signs outcomes (field sig), at least 32 bytes; "
+                  "or CALLMFA_SIGNING_KEY_FILE. Required by `callmfa serve`."},
+    )
+    insecure_unsigned: int = field(
+        default=0,
+        metadata={"doc": "1: let `callmfa serve` run without CALLMFA_SIGNING_KEY, publishing "
+                  "unsigned outcomes that anyone with Redis write access can forge (warned "
+                  "at start-up and by `callmfa check`)."},
     )
     agi_allowed_peers: str = field(
         default="127.0.0.1",
@@ -242,6 +249,25 @@ class Settings:
             self.agi_peer_networks()
         except ValueError as e:
             raise SettingsError(f"CALLMFA_AGI_ALLOWED_PEERS: {e}") from None
+        if self.insecure_unsigned not in (0, 1):
+            raise SettingsError("CALLMFA_INSECURE_UNSIGNED must be 0 or 1")
+
+    def signing_refusal(self) -> str | None:
+        """Why outcomes would not be signed as they must be (for ``callmfa serve`` and
+        ``callmfa check``); None when a key of at least 32 bytes is set, or when
+        CALLMFA_INSECURE_UNSIGNED=1 accepts unsigned outcomes on purpose."""
+        size = len(self.signing_key.encode())
+        if size == 0:
+            return None if self.insecure_unsigned else (
+                "no CALLMFA_SIGNING_KEY (or CALLMFA_SIGNING_KEY_FILE): outcomes must be signed "
+                "so that sign-in services can tell forged ones; generate one with "
+                "`head -c 32 /dev/urandom | base64`, or set CALLMFA_INSECURE_UNSIGNED=1 to "
+                "run unsigned"
+            )
+        if size < MIN_SIGNING_KEY_BYTES:
+            return (f"CALLMFA_SIGNING_KEY has {size} bytes; it needs at least "
+                    f"{MIN_SIGNING_KEY_BYTES} (`head -c 32 /dev/urandom | base64`)")
+        return None
 
     def agi_peer_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``agi_allowed_peers`` as networks (a bare address is a /32 or /128)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
+from ivr.settings import Settings
 from ivr.testing import PhoneBehaviour, SippPhone
 
 PHONE = "+15550100"
@@ -28,7 +29,7 @@ async def main() -> int:
     # The user says "Hello." on answering (machine detection listens), then presses #.
     behaviour = PhoneBehaviour(keys="#", key_delay_ms=1500, speech="Hello.")
     with SippPhone(behaviour, workdir=workdir, address=os.environ["CALLMFA_PHONE"]) as phone:
-        async with VerificationClient.from_url(os.environ["CALLMFA_REDIS_URL"]) as client:
+        async with VerificationClient.from_settings(Settings.load()) as client:
             print(f"callmfa demo: verifying user 'alice' by calling {PHONE}")
             print("  (a simulated phone answers and presses # after 1.5 s)\n")
             since = int(time.time() * 1000) - 1

@@ -188,6 +188,8 @@ install_prompts() {
 }
 
 write_env() {
+  # It holds the signing key (the classic script's callmfa.env is made from it): root only.
+  (umask 077 && : >"$SB/env")
   cat >"$SB/env" <<EOF
 # Written by sandbox.sh up; load with: source $SB/env
 export CALLMFA_NETNS=$NS
@@ -197,6 +199,7 @@ export CALLMFA_AMI_HOST=127.0.0.1
 export CALLMFA_AMI_PORT=5038
 export CALLMFA_AMI_USER=callmfa
 export CALLMFA_AMI_SECRET_FILE=$SB/ami-secret
+export CALLMFA_SIGNING_KEY=$(cat "$SB/signing-key")
 export CALLMFA_AGI_HOST=127.0.0.1
 export CALLMFA_AGI_PORT=4573
 export CALLMFA_DIAL_TEMPLATE='PJSIP/{number}@callmfa-phone'
@@ -216,6 +219,10 @@ cmd_up() {
   mkdir -p "$SB/logs" "$SB/pids" "$SB/redis"
   if [[ ! -s $SB/ami-secret ]]; then
     (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$SB/ami-secret")
+  fi
+  # Outcomes are signed (callmfa serve refuses to start without a key of 32 bytes or more).
+  if [[ ! -s $SB/signing-key ]]; then
+    (umask 077 && head -c 48 /dev/urandom | base64 | tr -d '/+=' >"$SB/signing-key")
   fi
   ip netns list | grep -qw "^$NS" || ip netns add "$NS"
   in_ns ip link set lo up

@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+# requested_at is the request's stream entry time in ms; allow for its rounding.
+CLOCK_SLACK_S = 0.001
+
 
 class Outcome(StrEnum):
     """How a verification ended. Exactly one per request id."""
@@ -87,14 +90,45 @@ class OutcomeRecord:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> OutcomeRecord:
-        """The record from a parsed wire object; fields it does not know (``sig``) are ignored."""
-        data = dict(data)
-        for name in cls._TIMES:
-            if data.get(name) is not None:
-                data[name] = parse_iso(data[name])
-        data["outcome"] = Outcome(data["outcome"])
-        known: dict[str, Any] = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+        """The record from a parsed wire object; fields it does not know (``sig``) are ignored.
+
+        Raise ValueError for anything that is not an outcome object (whatever is wrong).
+        """
+        try:
+            data = dict(data)
+            for name in cls._TIMES:
+                if data.get(name) is not None:
+                    data[name] = parse_iso(data[name])
+            data["outcome"] = Outcome(data["outcome"])
+            known: dict[str, Any] = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+            record = cls(**known)
+        except (TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"not an outcome object: {e!r}") from None
+        if not isinstance(record.id, str) or not isinstance(record.user, str | None):
+            raise ValueError("not an outcome object: id and user must be strings")
+        return record
+
+    def mismatch(
+        self, rid: str, *, user: str | None = None, submitted_at: float | None = None
+    ) -> str | None:
+        """Why this outcome does not answer the request ``rid`` (of ``user``, submitted at
+        epoch ``submitted_at``), or None when it does.
+
+        A genuine signed outcome copied from another request, or from an earlier request
+        that reused the id, is still not this request's (docs/contract.md, "Checking an
+        outcome"). A ``rejected`` outcome may have no user: its request could not be read.
+        """
+        if self.id.lower() != rid.lower():
+            return f"the outcome is for id {self.id!r}"
+        if user is not None and self.user != user and not (
+            self.user is None and self.outcome is Outcome.REJECTED
+        ):
+            return "the outcome is for another user"
+        if submitted_at is not None and (
+            self.requested_at is None or self.requested_at < submitted_at - CLOCK_SLACK_S
+        ):
+            return "the outcome is older than the request"
+        return None
 
 
 # OriginateResponse "Reason" values (Asterisk's AST_CONTROL_* codes).

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 from ..exceptions import OutcomeSignatureError
 from .outcome import OutcomeRecord
 
 SIG_FIELD = "sig"
+_SIG = re.compile(r"[0-9a-f]{64}\Z")
 
 
 def canonical(data: dict[str, Any]) -> bytes:
@@ -46,11 +48,17 @@ def verified(key: bytes, raw: str | bytes) -> OutcomeRecord:
     if not isinstance(data, dict):
         raise OutcomeSignatureError("outcome is not a JSON object")
     sig = data.get(SIG_FIELD)
-    if not isinstance(sig, str):
+    if sig is None:
         raise OutcomeSignatureError(f"unsigned outcome for id {data.get('id')!r}")
-    if not hmac.compare_digest(sig, signature(key, data)):
+    if not isinstance(sig, str) or not _SIG.match(sig):
+        raise OutcomeSignatureError("outcome sig is not 64 lower-case hex digits")
+    try:
+        expected = signature(key, data)
+    except (TypeError, ValueError):  # keys that cannot be sorted, lone surrogates, ...
+        raise OutcomeSignatureError("outcome is not a signable object") from None
+    if not hmac.compare_digest(sig.encode(), expected.encode()):
         raise OutcomeSignatureError(f"outcome signature mismatch for id {data.get('id')!r}")
     try:
         return OutcomeRecord.from_wire(data)
-    except (ValueError, TypeError, KeyError) as e:
+    except ValueError as e:
         raise OutcomeSignatureError(f"signed outcome is malformed: {e}") from None

@@ -34,6 +34,12 @@ def call_key(rid: str) -> str:
     return f"callmfa:call:{rid}"
 
 
+# The first IVR session that proved its token takes the call; any later one is refused.
+# (HSETNX alone would create the marker of a call that was never placed.)
+CLAIM_IVR = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSETNX', KEYS[1], 'ivr_at', ARGV[1])
+"""
 
 
 STORE_OUTCOME = """

@@ -6,18 +6,39 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..domain.outcome import OutcomeRecord
-from ..exceptions import OutcomeSignatureError
+from ..exceptions import OutcomeBindingError, OutcomeSignatureError
 from ..tasks import cancel_and_wait
 from .retry import retrying
 from .store import RESULTS_CHANNEL, result_key
 
 log = structlog.get_logger("ivr.results")
+
+
+@dataclass(frozen=True)
+class _Waiter:
+    """One wait: the future it resolves and what its request was (for the binding check)."""
+
+    future: asyncio.Future[OutcomeRecord]
+    user: str | None
+    submitted_at: float | None
+
+    def mismatch(self, rid: str, record: OutcomeRecord) -> str | None:
+        return record.mismatch(rid, user=self.user, submitted_at=self.submitted_at)
+
+
+def _peek_id(data: bytes | str) -> str | None:
+    try:
+        rid = json.loads(data)["id"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    return rid if isinstance(rid, str) else None
 
 
 class ResultListener:
@@ -27,8 +48,10 @@ class ResultListener:
     registration is found by the read, one stored after it arrives by pub/sub.
 
     ``parse`` turns the stored JSON into a record; a verifying parser (see
-    :func:`ivr.domain.signing.verified`) raises OutcomeSignatureError on a forgery: a
-    forged key makes :meth:`wait` raise, a forged message is dropped.
+    :func:`ivr.domain.signing.verified`) raises OutcomeSignatureError on a forgery. Every
+    record must also answer the request waited for (:meth:`OutcomeRecord.mismatch`): a
+    forged or foreign result key makes :meth:`wait` raise, while a forged, foreign or
+    malformed message is logged and dropped, and the waiter keeps waiting.
     """
 
     def __init__(
@@ -36,7 +59,7 @@ class ResultListener:
     ) -> None:
         self._redis = redis
         self._parse = parse
-        self._waiters: dict[str, list[asyncio.Future[OutcomeRecord]]] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -80,21 +103,25 @@ class ResultListener:
     def _dispatch(self, data: bytes | str) -> None:
         if not self._waiters:
             return
-        try:
-            rid = json.loads(data)["id"]
-        except (ValueError, KeyError, TypeError):
+        rid = _peek_id(data)
+        if rid is None:
             log.warning("results_message_malformed")
             return
-        futures = self._waiters.get(rid)
-        if futures:
-            try:
-                record = self._parse(data)
-            except OutcomeSignatureError as e:
-                log.warning("outcome_refused", verification_id=rid, error=str(e))
-                return
-            for f in futures:
-                if not f.done():
-                    f.set_result(record)
+        waiters = self._waiters.get(rid)
+        if not waiters:
+            return
+        try:
+            record = self._parse(data)
+        except (OutcomeSignatureError, ValueError) as e:
+            log.warning("outcome_refused", verification_id=rid, error=str(e))
+            return
+        for waiter in waiters:
+            if waiter.future.done():
+                continue
+            if (why := waiter.mismatch(rid, record)) is not None:
+                log.warning("outcome_refused", verification_id=rid, error=why)
+                continue
+            waiter.future.set_result(record)
 
     async def _recheck_all(self) -> None:
         # After a (re)subscription, outcomes published while we were away are in the keys.
@@ -107,22 +134,36 @@ class ResultListener:
         return await retrying(lambda: self._redis.get(result_key(rid)),
                               what="get_outcome", for_s=max(retry_s, 1.0))
 
-    async def wait(self, rid: str, timeout_s: float) -> OutcomeRecord | None:
-        """The outcome of ``rid``, or None if there is none within ``timeout_s``."""
-        future: asyncio.Future[OutcomeRecord] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(rid, []).append(future)
+    def _accept(self, rid: str, raw: bytes | str, waiter: _Waiter) -> OutcomeRecord:
+        """The record stored at the result key, if it answers this wait; else raise."""
+        record = self._parse(raw)
+        if (why := waiter.mismatch(rid, record)) is not None:
+            raise OutcomeBindingError(f"refused the outcome stored for {rid}: {why}")
+        return record
+
+    async def wait(
+        self, rid: str, timeout_s: float, *, user: str | None = None,
+        submitted_at: float | None = None,
+    ) -> OutcomeRecord | None:
+        """The outcome of ``rid``, or None if there is none within ``timeout_s``.
+
+        With ``user`` and ``submitted_at`` (epoch seconds, the request's stream entry time or
+        earlier), an outcome of another user, or older than the request, is refused too.
+        """
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), user, submitted_at)
+        self._waiters.setdefault(rid, []).append(waiter)
         try:
             raw = await self._get(rid, timeout_s)
             if raw is not None:
-                return self._parse(raw)
+                return self._accept(rid, raw, waiter)
             try:
-                return await asyncio.wait_for(future, timeout_s)
+                return await asyncio.wait_for(waiter.future, timeout_s)
             except TimeoutError:
                 raw = await self._get(rid, timeout_s)
-                return self._parse(raw) if raw is not None else None
+                return self._accept(rid, raw, waiter) if raw is not None else None
         finally:
-            futures = self._waiters.get(rid, [])
-            if future in futures:
-                futures.remove(future)
-            if not futures:
+            waiters = self._waiters.get(rid, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
                 self._waiters.pop(rid, None)

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..domain.outcome import OutcomeRecord
 from .keys import (
+    CLAIM_IVR,
     DEADLETTER,
     EVENTS,
     GROUP,
@@ -155,6 +156,7 @@ class Store:
         self._maxlen = events_maxlen
         self._claim = redis.register_script(_CLAIM)
         self._store_outcome = redis.register_script(STORE_OUTCOME)
+        self._claim_ivr = redis.register_script(CLAIM_IVR)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing (e.g. after a Redis loss)."""
@@ -235,6 +237,11 @@ class Store:
         """The call marker's fields (empty if unknown)."""
         raw: Any = await self.redis.hgetall(call_key(rid))
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def claim_ivr(self, rid: str, at: float) -> bool:
+        """Take the call for this IVR session; False if another session took it first (or
+        no such call was placed)."""
+        return bool(await self._claim_ivr(keys=[call_key(rid)], args=[str(at)]))
 
     async def mark_answered(self, rid: str, at: float) -> None:
         """The call was answered: the ``answered`` event, then the marker's answered_at,

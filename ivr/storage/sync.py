@@ -14,6 +14,7 @@ from redis import Redis
 from ..domain.outcome import OutcomeRecord
 from ..settings import Settings
 from .keys import (
+    CLAIM_IVR,
     EVENTS,
     RECORD_AUDIT,
     STORE_OUTCOME,
@@ -50,6 +51,10 @@ class SyncStore:
         """The call marker's fields (empty if unknown)."""
         raw: Any = self._redis.hgetall(call_key(rid))
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def claim_ivr(self, rid: str, at: float) -> bool:
+        """Take the call for this IVR process; False if another session took it first."""
+        return bool(self._redis.eval(CLAIM_IVR, 1, call_key(rid), str(at)))
 
     def pin_state(self, user: str) -> PinState:
         """The user's PIN hash and lockout."""

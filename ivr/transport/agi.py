@@ -87,9 +87,10 @@ class AgiChannel:
         self.hung_up = False
         self._told_hangup = False  # Asterisk sent its HANGUP line
 
-    async def _readline(self) -> str:
+    async def _readline(self, timeout_s: float | None = None) -> str:
+        timeout = self._timeout if timeout_s is None else timeout_s
         try:
-            raw = await asyncio.wait_for(self._reader.readuntil(b"\n"), self._timeout)
+            raw = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout)
         except (asyncio.IncompleteReadError, ConnectionError):
             # After a caller's hang-up Asterisk says HANGUP before it closes the socket;
             # a socket that just closes means Asterisk (or the network) went away.
@@ -97,16 +98,19 @@ class AgiChannel:
                 raise AgiHangup() from None
             raise AgiConnectionLostError("the AGI connection closed without a hang-up") from None
         except TimeoutError:
-            raise AgiError(f"no AGI reply within {self._timeout}s") from None
+            raise AgiError(f"no AGI reply within {timeout}s") from None
         except asyncio.LimitOverrunError:
             raise AgiError("AGI line too long") from None
         return raw.decode("utf-8", "replace").rstrip("\r\n")
 
-    async def execute(self, *parts: str, minus_one_is_hangup: bool = True) -> AgiReply:
+    async def execute(
+        self, *parts: str, minus_one_is_hangup: bool = True, timeout_s: float | None = None
+    ) -> AgiReply:
         """Send one command and return its reply; raise AgiHangup if the caller is gone.
 
         ``minus_one_is_hangup=False`` returns ``result=-1`` for commands where it means a
-        failure (STREAM FILE of a missing file) rather than a hang-up.
+        failure (STREAM FILE of a missing file) rather than a hang-up. ``timeout_s``
+        replaces the channel's reply timeout for this command.
         """
         if self.hung_up:
             raise AgiHangup()
@@ -116,7 +120,7 @@ class AgiChannel:
         except ConnectionError:
             raise AgiConnectionLostError("the AGI connection broke") from None
         while True:
-            line = await self._readline()
+            line = await self._readline(timeout_s)
             if line == "HANGUP":
                 self.hung_up = self._told_hangup = True
                 continue  # the reply to the pending command still follows
@@ -175,9 +179,9 @@ class AgiChannel:
                            reply.raw)
         return reply.result, reply.data == "timeout"
 
-    async def get_full_variable(self, expression: str) -> str:
+    async def get_full_variable(self, expression: str, *, timeout_s: float | None = None) -> str:
         """Evaluate a dialplan expression such as ``${AMDSTATUS}`` ('' when empty)."""
-        reply = await self.execute("GET FULL VARIABLE", expression)
+        reply = await self.execute("GET FULL VARIABLE", expression, timeout_s=timeout_s)
         return reply.data or ""
 
     async def set_variable(self, name: str, value: str) -> None:

@@ -28,6 +28,7 @@ class AgiSession:
 
     headers: Mapping[str, str]
     channel: AgiChannel
+    peer: str = ""  # host:port of the connecting side, for the log
 
     @property
     def script(self) -> str:
@@ -125,7 +126,8 @@ class FastAgiServer:
                 log.warning("fastagi_bad_client", peer=str(peer), error=type(e).__name__)
                 return
             session = AgiSession(
-                headers, AgiChannel(reader, writer, timeout_s=self._command_timeout)
+                headers, AgiChannel(reader, writer, timeout_s=self._command_timeout),
+                _peer_text(peer),
             )
             handler = self._routes.get(session.script)
             if handler is None:
@@ -146,6 +148,12 @@ class FastAgiServer:
             log.warning("fastagi_sessions_cancelled", count=cancelled)
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def _peer_text(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
 
 
 async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:

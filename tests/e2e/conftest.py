@@ -21,7 +21,9 @@ from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
 @pytest.fixture
 async def client(sandbox: Sandbox) -> AsyncIterator[VerificationClient]:
     """A sign-in service's client, connected to the sandbox's Redis."""
-    async with VerificationClient.from_url(sandbox.redis_url) as c:
+    async with VerificationClient.from_url(
+        sandbox.redis_url, signing_key=sandbox.env["CALLMFA_SIGNING_KEY"]
+    ) as c:
         yield c
 
 

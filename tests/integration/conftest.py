@@ -9,7 +9,8 @@ import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -75,6 +76,7 @@ class Ivr:
     settings: Settings
     store: Store
     redis: Redis
+    refused: list[str] = field(default_factory=list)  # reasons, as the metrics count them
 
     @property
     def port(self) -> int:
@@ -99,17 +101,20 @@ async def start_ivr(redis: Redis) -> AsyncIterator[StartIvr]:
     """
     servers: list[FastAgiServer] = []
 
-    async def start(**overrides: Any) -> Ivr:
+    async def start(max_sessions: int = 10, **overrides: Any) -> Ivr:
         store = Store(redis, result_ttl_s=60, events_maxlen=1000)
-        settings = Settings(**{"input_timeout_s": 0.5, "max_attempts": 2, **overrides})
+        settings = Settings(**{"input_timeout_s": 0.5, "max_attempts": 2,
+                               "agi_header_timeout_s": 1.0, **overrides})
+        refused: list[str] = []
+        observer = SimpleNamespace(session_refused=refused.append)
         server = FastAgiServer(
-            {"verify": VerificationIvr(settings, store)},
-            host="127.0.0.1", port=0, header_timeout_s=1.0,
-            command_timeout_s=COMMAND_TIMEOUT_S, max_sessions=10,
+            {"verify": VerificationIvr(settings, store, observer=observer)},
+            host="127.0.0.1", port=0, header_timeout_s=settings.agi_header_timeout_s,
+            command_timeout_s=COMMAND_TIMEOUT_S, max_sessions=max_sessions,
         )
         await server.start()
         servers.append(server)
-        return Ivr(server, settings, store, redis)
+        return Ivr(server, settings, store, redis, refused)
 
     yield start
     for server in servers:

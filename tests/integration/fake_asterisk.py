@@ -35,6 +35,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from ivr.domain.calltoken import token_hash
 from ivr.storage.store import EVENTS, Store, result_key
 
 from .conftest import Ivr, close_writer
@@ -46,6 +47,8 @@ _EXPANSION = re.compile(r"\$\{([^{}]*)\}")
 _STAT_EXISTS = re.compile(r"STAT\(e,(.*)\)\Z")
 
 Reply = bytes | None  # None: close the socket without a reply
+# The token the originator handed "Asterisk" (CALLMFA_TOKEN); place_call stores its hash.
+CALL_TOKEN = "5e" * 24
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ def collect(keys: str, max_digits: int) -> tuple[str, bool]:
 class FakeAsterisk:
     """Asterisk 22's side of one FastAGI session; see the module docstring.
 
-    ``keys``: the caller's action at each key collection, in order. ``amd``: what AMD()
+    ``keys``: the caller's action at each key collection, in order. ``token``: the channel's
+    CALLMFA_TOKEN (the call's, by default; "" for none). ``amd``: what AMD()
     left in AMDSTATUS ("" when AMD is off: the variable is unset). ``files``: the files
     that exist on the Asterisk host, for STAT(e,...). ``missing``: sound files (no
     extension) that do not exist. ``dead``: the caller hung up before the IVR ran (the
@@ -87,6 +91,7 @@ class FakeAsterisk:
     """
 
     keys: list[Action] = field(default_factory=list)
+    token: str = CALL_TOKEN
     amd: str = "HUMAN"
     files: frozenset[str] = frozenset()
     missing: frozenset[str] = frozenset()
@@ -98,6 +103,8 @@ class FakeAsterisk:
     variables: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.token:
+            self.variables["CALLMFA_TOKEN"] = self.token
         if self.amd:
             self.variables["AMDSTATUS"] = self.amd
 
@@ -233,7 +240,8 @@ async def place_call(store: Store, rid: str, **marker: str) -> float:
     t = time.time() - 5
     await store.claim_call(rid, {
         "user": "alice", "number": "+15550100", "mode": "standard", "lang": "en",
-        "requested_at": str(t), "call_started_at": str(t), "context": "{}", **marker,
+        "requested_at": str(t), "call_started_at": str(t), "context": "{}",
+        "token_hash": token_hash(CALL_TOKEN), **marker,
     })
     return t
 

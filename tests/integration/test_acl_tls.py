@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -65,7 +66,8 @@ class TestAcl:
                 rid = await client.submit(user="alice", phone="+15550100")
                 store = Store(service, result_ttl_s=60, events_maxlen=100, signing_key=KEY)
                 await store.store_outcome(
-                    OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED))
+                    OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED,
+                                  requested_at=time.time()))
                 record = await client.wait(rid, 5)
                 assert record is not None
                 assert record.outcome is Outcome.APPROVED

@@ -20,8 +20,8 @@ from .fake_asterisk import HANG_UP, events_of, run_call
 PIN = "5938271046"  # ten digits: nothing else in Redis looks like it
 WRONG_PIN = "1111"
 MATCH = "42"
-PREAMBLE = ["SET VARIABLE CHANNEL(language) en",
-            "GET FULL VARIABLE ${AMDSTATUS}|${CALLMFA_EARLY_KEYS}|"]
+PREAMBLE = ["GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${CALLMFA_EARLY_KEYS}|",
+            "SET VARIABLE CHANNEL(language) en"]
 GET_PIN = "GET DATA callmfa/pin_greeting 500 20"
 GET_MATCH = "GET DATA callmfa/match_greeting 500 20"
 PIN_CALL = {"mode": "pin"}
@@ -260,7 +260,7 @@ class TestMatchMode:
         )
 
         assert stored["outcome"] == "approved"
-        assert commands[:3] == ["SET VARIABLE CHANNEL(language) fr", PREAMBLE[1], GET_MATCH]
+        assert commands[:3] == [PREAMBLE[0], "SET VARIABLE CHANNEL(language) fr", GET_MATCH]
 
     async def test_missing_prompt_is_an_error_not_a_hang_up(self, ivr: Ivr) -> None:
         """A missing match prompt (prompts not installed; the caller is still on the line)

@@ -19,6 +19,7 @@ from ivr.storage.store import RESULTS_CHANNEL
 
 from .conftest import COMMAND_TIMEOUT_S, Ivr, StartIvr
 from .fake_asterisk import (
+    CALL_TOKEN,
     HANG_UP,
     FakeAsterisk,
     ReadStatus,
@@ -30,8 +31,8 @@ from .fake_asterisk import (
 )
 
 SET_LANGUAGE = "SET VARIABLE CHANNEL(language) en"
-GET_AMD = "GET FULL VARIABLE ${AMDSTATUS}|${CALLMFA_EARLY_KEYS}|"
-PREAMBLE = [SET_LANGUAGE, GET_AMD]
+GET_AMD = "GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${CALLMFA_EARLY_KEYS}|"
+PREAMBLE = [GET_AMD, SET_LANGUAGE]
 GREETING = "callmfa/greeting"
 RETRY_GREETING = f"callmfa/retry&{GREETING}"
 READ = "EXEC Read CALLMFA_KEYS,{files},4,,1,0.5"
@@ -233,8 +234,8 @@ class TestMachineDetection:
         rid = "17171717-1717-4717-8717-17171717171c"
 
         def gone(command: str) -> Reply | bool:
-            if command.startswith("GET FULL VARIABLE ${AMDSTATUS}"):
-                return b"HANGUP\n200 result=1 (HUMAN|#|)\n"
+            if command.startswith("GET FULL VARIABLE ${CALLMFA_TOKEN}"):
+                return f"HANGUP\n200 result=1 ({CALL_TOKEN}|HUMAN|#|)\n".encode()
             return False
 
         _, stored = await run_call(
@@ -260,7 +261,7 @@ class TestLanguage:
 
         assert stored["outcome"] == "approved"
         assert commands == [
-            f"SET VARIABLE CHANNEL(language) {channel}", GET_AMD, READ.format(files=GREETING),
+            GET_AMD, f"SET VARIABLE CHANNEL(language) {channel}", READ.format(files=GREETING),
             GET_KEYS, playback("approved"), "HANGUP",
         ]
 
@@ -278,7 +279,7 @@ class TestLanguage:
         )
 
         assert stored["outcome"] == "approved"
-        probe = commands[1]
+        probe = commands[0]
         assert probe.startswith(f"{GET_AMD}${{STAT(e,/srv/prompts/fr/")
         for prompt in ("greeting", "approved", "failed"):
             assert f"${{STAT(e,/srv/prompts/fr/{prompt}.wav)}}" in probe
@@ -293,7 +294,7 @@ class TestLanguage:
 
         commands, _ = await run_call(ivr, rid, PRESS_POUND, marker={"lang": "de"})
 
-        assert commands[1] == GET_AMD
+        assert commands[0] == GET_AMD
 
 
 class TestHangUp:
@@ -336,7 +337,21 @@ class TestHangUp:
         commands, stored = await run_call(ivr, rid, on_command=gone)
 
         assert stored["outcome"] == "hung_up"
-        assert commands == [SET_LANGUAGE]
+        assert commands == [GET_AMD, SET_LANGUAGE]
+
+    async def test_hang_up_after_the_probe_drops_the_early_keys(self, ivr: Ivr) -> None:
+        """The probe read a '#' kept before the greeting, then Asterisk says HANGUP (ahead
+        of SET VARIABLE's reply): the '#' does not approve a call already hung up."""
+        rid = "1b1b1b1b-1b1b-4b1b-8b1b-1b1b1b1b1b1c"
+
+        def gone(command: str) -> Reply | bool:
+            return b"HANGUP\n200 result=1\n" if command.startswith("SET VARIABLE") else False
+
+        _, stored = await run_call(
+            ivr, rid, on_command=gone, variables={"CALLMFA_EARLY_KEYS": "#"}
+        )
+
+        assert stored["outcome"] == "hung_up"
 
     async def test_hang_up_during_amd_runs_the_ivr_on_the_dead_channel(self, ivr: Ivr) -> None:
         """Hung up during AMD: the dialplan's h extension runs the IVR on the dead channel
@@ -453,7 +468,7 @@ class TestErrors:
         commands, stored = await run_call(ivr, rid, on_command=refuse)
 
         assert (stored["outcome"], stored["detail"]) == ("error", "agi_failed")
-        assert commands == [SET_LANGUAGE, "HANGUP"]
+        assert commands == [GET_AMD, SET_LANGUAGE, "HANGUP"]
 
     async def test_usage_reply_is_error_agi_failed(self, ivr: Ivr) -> None:
         """A multi-line 520 usage reply is read to its end and stores error/agi_failed."""
@@ -503,17 +518,6 @@ class TestErrors:
 
 
 class TestUnknownAndDuplicates:
-    async def test_unknown_id_stores_nothing(self, ivr: Ivr) -> None:
-        """A call with no marker gets the sorry prompt and a hang-up; nothing is stored."""
-        rid = "13131313-1313-4313-8313-131313131313"
-
-        commands = await FakeAsterisk().call(ivr.port, rid)
-        await ivr.idle()
-
-        assert commands == [playback("failed"), "HANGUP"]
-        assert await ivr.redis.keys("callmfa:result:*") == []
-        assert await events_of(ivr.redis, rid) == []
-
     async def test_id_from_uniqueid_without_argument(self, ivr: Ivr) -> None:
         """Without agi_arg_1 the IVR takes the id from agi_uniqueid (the ChannelId the
         originator set)."""
@@ -540,3 +544,4 @@ class TestUnknownAndDuplicates:
         assert await outcome_json(ivr.redis, rid) == first
         finished = [e for e in await events_of(ivr.redis, rid) if e["event"] == "finished"]
         assert len(finished) == 1
+        assert ivr.refused == ["already_claimed"]

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 import ivr.domain.request
 import ivr.originator
 from ivr.client import VerificationClient
+from ivr.domain.calltoken import token_hash
 from ivr.domain.codes import hash_code
 from ivr.domain.outcome import Outcome, OutcomeRecord, iso
 from ivr.domain.request import MAX_REQUEST_BYTES
@@ -367,6 +368,10 @@ class TestOriginate:
         await h.outcome(rid)
 
         [call] = h.ami.calls
+        token = call.variables.pop("CALLMFA_TOKEN")
+        marker = await h.store.call_info(rid)
+        assert marker["token_hash"] == token_hash(token)
+        assert token not in str(marker)
         assert call.fields == {
             "Channel": "PJSIP/+15550100@trunk",
             "Context": "callmfa-verify",
@@ -387,6 +392,18 @@ class TestOriginate:
         assert call.timeout_s > 3.0, "the wait for OriginateResponse outlasts the ringing"
         await h.all_acked()
         assert h.ami.log == [("watch", rid), ("originate", rid), ("unwatch", rid)]
+
+    async def test_every_call_gets_its_own_token(self, start: Start) -> None:
+        """Each Originate hands Asterisk a fresh 192-bit token (CALLMFA_TOKEN) that the IVR
+        must give back; no two calls share one."""
+        h = await start(answered_then(Outcome.APPROVED))
+        for user in ("alice", "bob", "carol"):
+            rid, _ = await h.submit(user=user)
+            await h.outcome(rid)
+
+        tokens = [call.variables["CALLMFA_TOKEN"] for call in h.ami.calls]
+        assert len(set(tokens)) == 3
+        assert all(len(t) == 48 for t in tokens)
 
     async def test_digits_template_and_no_caller_id(self, start: Start) -> None:
         """{digits} is the number without '+'; no CallerID field without a caller_id;

@@ -9,7 +9,14 @@ from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ivr.doctor import Status, _privileges, check_dial_template, check_early_keys, probe_url
+from ivr.doctor import (
+    Status,
+    _privileges,
+    check_dial_template,
+    check_early_keys,
+    check_signing,
+    probe_url,
+)
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.metrics import Metrics, metrics_route
 from ivr.reference import BEGIN, END, settings_markdown
@@ -132,6 +139,14 @@ class TestDoctorPureChecks:
         assert (old.status, "install-dialplan" in (old.fix or "")) == (Status.WARN, True)
         assert "FAILED" in check_early_keys("FAILED").message
         assert check_early_keys(None).status is Status.SKIP  # serve older than check
+
+    def test_signing(self) -> None:
+        """No key fails; the opt-out warns; a key of 32 bytes or more is ok."""
+        assert check_signing(Settings()).status is Status.FAIL
+        assert "16 bytes" in check_signing(Settings(signing_key="k" * 16)).message
+        assert check_signing(Settings(insecure_unsigned=1)).status is Status.WARN
+        ok = check_signing(Settings(signing_key="k" * 40))
+        assert (ok.status, "k" * 40 in ok.message) == (Status.OK, False)
 
     def test_probe_url_replaces_the_route(self) -> None:
         """The probe runs on the same host and port, route check."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -105,3 +106,56 @@ class TestVerify:
         """Whatever is stored, verification raises OutcomeSignatureError, nothing else."""
         with pytest.raises(OutcomeSignatureError):
             verified(KEY, raw)
+
+
+class TestHostileInput:
+    """What a forger can put on callmfa:results or in a result key: always a refusal."""
+
+    def signed_data(self) -> dict[str, object]:
+        return json.loads(signed_json(KEY, _vector_record()))  # type: ignore[no-any-return]
+
+    @pytest.mark.parametrize("sig", ["é" * 64, VECTOR_SIG.upper(), VECTOR_SIG[:-1], 7, None])
+    def test_a_sig_that_is_not_64_lower_case_hex_is_refused(self, sig: object) -> None:
+        data = self.signed_data()
+        data["sig"] = sig
+        with pytest.raises(OutcomeSignatureError):
+            verified(KEY, json.dumps(data))
+
+    def test_a_signed_unknown_outcome_value_is_refused(self) -> None:
+        data = self.signed_data()
+        data["outcome"] = "approved_twice"
+        data["sig"] = hmac.new(KEY, canonical(data), hashlib.sha256).hexdigest()
+        with pytest.raises(OutcomeSignatureError, match="malformed"):
+            verified(KEY, json.dumps(data))
+
+    @given(st.dictionaries(st.text(max_size=12), st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(), lambda c: st.lists(c, max_size=3),
+        max_leaves=6), max_size=8))
+    def test_any_json_object_is_refused_or_verified(self, data: dict[str, object]) -> None:
+        with contextlib.suppress(OutcomeSignatureError):
+            verified(KEY, json.dumps(data))
+
+
+class TestBinding:
+    record = _vector_record()
+    rid = "0b6d2c44-3e4f-4a8e-9d7c-2f7f1c0e5a11"
+
+    def test_the_request_it_answers(self) -> None:
+        assert self.record.mismatch(self.rid) is None
+        assert self.record.mismatch(self.rid.upper(), user="alice@example.com",
+                                    submitted_at=self.record.requested_at) is None
+
+    def test_another_id_user_or_an_older_outcome_is_refused(self) -> None:
+        assert "id" in (self.record.mismatch("0b6d2c44-3e4f-4a8e-9d7c-2f7f1c0e5a12") or "")
+        assert "user" in (self.record.mismatch(self.rid, user="bob") or "")
+        assert self.record.requested_at is not None
+        later = self.record.requested_at + 1
+        assert "older" in (self.record.mismatch(self.rid, submitted_at=later) or "")
+
+    def test_a_rejected_outcome_may_have_no_user(self) -> None:
+        """A request that could not be read has no user in its outcome."""
+        rejected = OutcomeRecord(id=self.rid, user=None, outcome=Outcome.REJECTED,
+                                 requested_at=self.record.requested_at)
+        assert rejected.mismatch(self.rid, user="alice@example.com") is None
+        approved = OutcomeRecord(id=self.rid, user=None, outcome=Outcome.APPROVED)
+        assert approved.mismatch(self.rid, user="alice@example.com") is not None
