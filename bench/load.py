@@ -10,7 +10,6 @@ Two ways to place a call, each completed only when its channel has hung up, so t
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -46,9 +45,14 @@ class CallResult:
 Placer = Callable[[str], Awaitable[CallResult]]
 
 
-def numbers(prefix: str = "+1555") -> Iterator[str]:
-    """Unique dialled numbers: the phone's trace is keyed on them."""
-    return (f"{prefix}{n:08d}" for n in itertools.count(1))
+# US area codes under which every 555-XXXX is a valid number (libphonenumber): 50,000 numbers.
+AREA_CODES = ("201", "202", "203", "205", "206")
+
+
+def numbers() -> Iterator[str]:
+    """Unique dialled numbers, all valid (callmfa refuses others): the phone's trace is
+    keyed on them."""
+    return (f"+1{area}555{n:04d}" for area in AREA_CODES for n in range(10_000))
 
 
 async def _ended(ami: AmiClient, uniqueid: str, watch: ChannelWatch, result: CallResult) -> None:

@@ -59,7 +59,7 @@ class Service:
             self.redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
             observer=self.metrics, signing_key=settings.signing_key.encode(),
         )
-        security = Security.for_redis(settings, self.redis)
+        security = Security.for_redis(settings, self.redis, observer=self.metrics)
         self.results = ResultListener(self.redis)
         self.ivr = VerificationIvr(settings, self.store, security=security,
                                    observer=self.metrics)

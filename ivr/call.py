@@ -20,6 +20,7 @@ from .settings import Settings
 # Dialplan variables the drivers read (set by AMD(), by our dialplan's StoreDTMF() and by
 # the originator's Originate).
 AMD_STATUS = "AMDSTATUS"
+AMD_CAUSE = "AMDCAUSE"
 EARLY_KEYS = "CALLMFA_EARLY_KEYS"
 TOKEN = "CALLMFA_TOKEN"  # noqa: S105 - a variable name, not a secret
 
@@ -51,6 +52,7 @@ class CallContext:
     wrong_codes: int = 0
     overridden: frozenset[str] = frozenset()
     amd_status: str = ""
+    amd_cause: str = ""
     early_keys: str = field(default="", repr=False)
     token_hash: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
@@ -92,6 +94,7 @@ class CallContext:
             self.match_hash = pin_hash
         return Started(
             machine=self.amd_status.strip().upper() == "MACHINE",
+            silence=self.amd_cause.strip().upper().startswith("INITIALSILENCE"),
             locked=self.mode == "pin" and pin_locked,
             code_known=self.mode == "standard" or bool(self.match_hash),
             early_keys=self.early_keys,
@@ -132,7 +135,8 @@ class CallContext:
     def channel_probe(self, settings: Settings) -> str:
         """One dialplan expression for all the IVR reads from the channel, in one round trip.
 
-        It gives the call's token, AMD's verdict, the keys pressed before the IVR ran, and,
+        It gives the call's token, AMD's verdict and its cause, the keys pressed before the
+        IVR ran, and,
         with an override directory, one '1' or '0' per prompt id in catalogue order
         (func_env's STAT): does the admin's recording exist. See :meth:`apply_channel_probe`.
         """
@@ -140,12 +144,13 @@ class CallContext:
         if settings.prompt_override_dir:
             base = f"{settings.prompt_override_dir}/{self.lang}"
             bits = "".join(f"${{STAT(e,{base}/{pid}.wav)}}" for pid in PROMPTS)
-        return f"${{{TOKEN}}}|${{{AMD_STATUS}}}|${{{EARLY_KEYS}}}|{bits}"
+        return f"${{{TOKEN}}}|${{{AMD_STATUS}}}|${{{AMD_CAUSE}}}|${{{EARLY_KEYS}}}|{bits}"
 
     def apply_channel_probe(self, answer: str) -> None:
         """Remember what :meth:`channel_probe`'s expression evaluated to."""
         self.token, _, rest = answer.partition("|")
         self.amd_status, _, rest = rest.partition("|")
+        self.amd_cause, _, rest = rest.partition("|")
         self.early_keys, _, bits = rest.partition("|")
         self.overridden = frozenset(
             pid for pid, bit in zip(PROMPTS, bits, strict=False) if bit == "1"

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the originator and the FastAGI server")
     v = sub.add_parser("verify", help="place one verification and print its outcome")
     v.add_argument("--user", required=True)
-    v.add_argument("--phone", required=True, help="E.164, e.g. +15550100 or +15550100x1234")
+    v.add_argument("--phone", required=True, help="E.164, e.g. +12015550100 or +12015550100x1234")
     v.add_argument("--lang", default="en")
     v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
     v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
@@ -148,7 +148,8 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(record.to_json())
     else:
-        print(f"outcome: {record.outcome.value}" + (f" ({record.detail})" if record.detail else ""))
+        detail = ": ".join(d for d in (record.detail, record.reason) if d)
+        print(f"outcome: {record.outcome.value}" + (f" ({detail})" if detail else ""))
     granted = record.outcome in (Outcome.APPROVED, Outcome.BYPASSED)
     return EXIT_OK if granted else EXIT_NOT_APPROVED
 

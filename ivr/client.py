@@ -1,7 +1,7 @@
 """The sign-in side: ask for a verification and wait for its outcome, over Redis only.
 
     async with VerificationClient.from_url("redis://127.0.0.1:6379/0") as client:
-        record = await client.verify(user="alice", phone="+15550100")
+        record = await client.verify(user="alice", phone="+12015550100")
         if record.outcome is Outcome.APPROVED: ...
 
 One client shares one pub/sub subscription among all its waiting calls. Given the

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from . import doctor, promptgen, report
+from . import dialcheck, doctor, promptgen, report
+from .exceptions import RequestError
 from .settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -29,6 +30,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="also place a real verification to NUMBER (E.164) and expect '#'")
     c.add_argument("--call-timeout", type=float, default=90, metavar="S",
                    help="seconds to wait for the test call's outcome (default 90)")
+    c.add_argument("--number", metavar="NUMBER",
+                   help="only say what callmfa makes of NUMBER (region, type, valid) and "
+                        "whether it would dial it; exit 0 if it would, 1 if not")
     c.set_defaults(run=_check)
     r = sub.add_parser("report", help="outcomes per day, per user and per value, from "
                                       "callmfa:events")
@@ -46,7 +50,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     d.set_defaults(run=_install_dialplan)
 
 
+def _check_number(settings: Settings, number: str) -> int:
+    try:
+        found = dialcheck.number_report(settings, number)
+    except RequestError as e:
+        print(f"callmfa: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"callmfa check --number {number}")
+    for name, value in found.lines:
+        print(f"  {name:<7} {value}")
+    return EXIT_OK if found.dials else EXIT_FAILED
+
+
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    if args.number is not None:
+        return _check_number(settings, args.number)
+
     async def run() -> int:
         failed = 0
         print("callmfa check")

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from .client import VerificationClient
+from .dialcheck import policy_summary
 from .domain.outcome import Outcome
 from .exceptions import AmiConnectError, AmiError, AmiLoginError
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
@@ -33,7 +34,7 @@ from .storage.keys import STORE_OUTCOME
 from .storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
 from .transport.ami import AmiClient
 
-SAMPLE_NUMBER = "+15550100"
+SAMPLE_NUMBER = "+12015550100"
 KNOWN_TECHNOLOGIES = {"PJSIP", "SIP", "IAX2", "DAHDI", "Local", "Motif", "UNISTIM", "WebSocket"}
 DANGEROUS_PRIVILEGES = ("system", "command", "config")
 PROBE_WAIT_S = 5.0
@@ -111,6 +112,16 @@ def check_dial_template(template: str) -> CheckResult:
     return CheckResult("dial-template", Status.OK, f"{SAMPLE_NUMBER} dials {channel}")
 
 
+def check_number_policy(settings: Settings) -> CheckResult:
+    """The number policy builds (serve refuses to start otherwise)."""
+    ok, text = policy_summary(settings)
+    if ok:
+        return CheckResult("numbers", Status.OK, text)
+    return CheckResult("numbers", Status.FAIL, text,
+                       "set CALLMFA_ALLOWED_PREFIXES and CALLMFA_ALLOWED_REGIONS together "
+                       "(e.g. +44 with GB); `callmfa check --number N` explains one number")
+
+
 def check_agi_address(settings: Settings) -> CheckResult | None:
     """A loopback AGI URL with Asterisk elsewhere means Asterisk calls itself."""
     agi_host = urlsplit(settings.agi_url).hostname or ""
@@ -142,6 +153,21 @@ def check_signing(settings: Settings) -> CheckResult:
     return CheckResult("signing", Status.OK,
                        f"outcomes are signed (HMAC-SHA256, a {len(settings.signing_key.encode())}"
                        "-byte key)")
+
+
+def check_amd(settings: Settings) -> CheckResult:
+    """The answering-machine detection callmfa asks Asterisk for (AMD()'s arguments)."""
+    if settings.amd == "off":
+        return CheckResult("amd", Status.WARN, "answering-machine detection is off: a "
+                           "voicemail greeting that holds a '#' tone could approve",
+                           "CALLMFA_AMD=on")
+    return CheckResult(
+        "amd", Status.OK,
+        f"AMD({settings.amd_initial_silence_ms},{settings.amd_greeting_ms},,"
+        f"{settings.amd_total_ms}): MACHINE after {settings.amd_initial_silence_ms} ms of "
+        f"silence (a key then asks again) or a greeting over {settings.amd_greeting_ms} ms; "
+        f"at most {settings.amd_total_ms} ms of listening",
+    )
 
 
 async def _redis_acl(redis: Redis) -> list[str]:
@@ -402,6 +428,8 @@ async def run_checks(
     """Every check, in order, as each one finishes."""
     yield check_signing(settings)
     yield check_dial_template(settings.dial_template)
+    yield check_amd(settings)
+    yield check_number_policy(settings)
     agi = check_agi_address(settings)
     if agi is not None:
         yield agi

@@ -107,6 +107,11 @@ class Metrics:
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
+        self.numbers_refused = Counter(
+            "callmfa_numbers_refused",
+            "Requests ended rejected / number_not_allowed, uncalled, by reason.", ["reason"],
+            registry=r,
+        )
 
     def event_added(self, name: str) -> None:
         """A progress event was written; ``dialing`` means a call was placed."""
@@ -128,6 +133,10 @@ class Metrics:
     def session_refused(self, reason: str) -> None:
         """An AGI session was refused (see :class:`ivr.session.IvrObserver`)."""
         self.ivr_sessions_refused.labels(reason).inc()
+
+    def number_refused(self, reason: str) -> None:
+        """A request's number was not dialled (the security policy), for ``reason``."""
+        self.numbers_refused.labels(reason).inc()
 
     def ami_reconnected(self) -> None:
         """For the AMI connection's owner: a lost connection was re-established."""

@@ -206,7 +206,7 @@ class Originator:
         refusal = await self._security.screen(req)
         if refusal is not None:
             await self._finish(req, refusal.outcome, refusal.detail,
-                               retry_after=refusal.retry_after)
+                               retry_after=refusal.retry_after, reason=refusal.reason)
             return True
         token = new_token()  # only Asterisk learns it; the marker keeps its hash
         claim = await self._store.claim_call(req.id, _call_fields(req, token))
@@ -270,6 +270,10 @@ class Originator:
             "CALLMFA_AGI": s.agi_url,
             "CALLMFA_MAX_SECS": str(s.max_call_s),
             "CALLMFA_AMD": s.amd,
+            # AMD()'s arguments (ms), one variable each: AMI splits a Variable on commas.
+            "CALLMFA_AMD_SILENCE": str(s.amd_initial_silence_ms),
+            "CALLMFA_AMD_GREETING": str(s.amd_greeting_ms),
+            "CALLMFA_AMD_TOTAL": str(s.amd_total_ms),
             # Keys pressed before the IVR runs are kept for it in a channel variable, which
             # Asterisk publishes (AMI VarSet): never for a PIN or a match code.
             "CALLMFA_KEEP_KEYS": "off" if keys_are_secret(req.mode) else "on",
@@ -348,11 +352,12 @@ class Originator:
         started: float | None = None,
         cause: int | None = None,
         retry_after: int | None = None,
+        reason: str | None = None,
     ) -> None:
         record = OutcomeRecord(
             id=req.id, user=req.user, outcome=outcome, detail=detail, hangup_cause=cause,
             requested_at=req.requested_at, call_started_at=started, finished_at=time.time(),
-            retry_after=retry_after,
+            retry_after=retry_after, reason=reason,
         )
         if await self._store_outcome(record):
             _log_finished(record)
@@ -391,6 +396,7 @@ def _log_finished(record: OutcomeRecord) -> None:
         "verification_finished",
         outcome=record.outcome.value,
         detail=record.detail,
+        reason=record.reason,
         hangup_cause=record.hangup_cause,
         total_ms=ms(record.requested_at, record.finished_at),
         queue_ms=ms(record.requested_at, record.call_started_at),

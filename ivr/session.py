@@ -136,6 +136,7 @@ class VerificationIvr:
         if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
             call.early_keys = ""
         log.info("ivr_started", mode=call.mode, lang=call.lang, amd=call.amd_status or None,
+                 amd_cause=call.amd_cause or None,
                  early_keys=len(call.early_keys))
         return call.started(pin_hash=pin.hash, pin_locked=pin.locked)
 

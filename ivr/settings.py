@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .domain.policy import parse_prefixes
+from .domain.policy import parse_number_types, parse_prefixes, parse_regions
 from .exceptions import SettingsError
 
 ENV_PREFIX = "CALLMFA_"
@@ -125,7 +125,25 @@ class Settings:
     amd: str = field(
         default="on",
         metadata={"doc": "Answering-machine detection (Asterisk's AMD()) before the greeting: "
-                         "on or off. MACHINE ends the call as machine_answered."},
+                         "on or off. MACHINE ends the call as machine_answered (unless it "
+                         "heard only silence and a key: then the greeting asks again)."},
+    )
+    amd_initial_silence_ms: int = field(
+        default=2500,
+        metadata={"doc": "AMD(): silence before anyone speaks that makes MACHINE "
+                         "(INITIALSILENCE). Lower decides sooner; a silent person who keys # "
+                         "is asked again either way."},
+    )
+    amd_greeting_ms: int = field(
+        default=1500,
+        metadata={"doc": "AMD(): the longest greeting a person says; a longer one is a "
+                         "voicemail (LONGGREETING). Lower catches voicemail sooner and takes "
+                         "more long-winded people for machines."},
+    )
+    amd_total_ms: int = field(
+        default=5000,
+        metadata={"doc": "AMD(): how long detection may listen in all; then NOTSURE, which "
+                         "is treated as a person."},
     )
     pin_lockout_after: int = field(
         default=3, metadata={"doc": "Denied PIN calls in a row that lock the user out."}
@@ -164,6 +182,18 @@ class Settings:
         default="",
         metadata={"doc": "Prefixes never dialled, added to the shipped premium-rate and "
                   "high-risk list; the longest matching prefix decides, allow wins a tie."},
+    )
+    allowed_regions: str = field(
+        default="US,CA",
+        metadata={"doc": "Regions (ISO 3166 codes, as libphonenumber assigns them; 001: "
+                  "non-geographic; *: any) whose valid numbers may be dialled: set them with "
+                  "CALLMFA_ALLOWED_PREFIXES, e.g. +44 with GB (default US,CA for +1)."},
+    )
+    denied_number_types: str = field(
+        default="PREMIUM_RATE,SHARED_COST,UAN,VOIP",
+        metadata={"doc": "Number types never dialled (libphonenumber's: PREMIUM_RATE, "
+                  "SHARED_COST, UAN, VOIP, PERSONAL_NUMBER, PAGER, TOLL_FREE, ...); empty: "
+                  "none."},
     )
     throttle_user_cooldown_s: int = field(
         default=60, metadata={"doc": "Seconds between two calls to one user (0: off)."}
@@ -212,6 +242,9 @@ class Settings:
             raise SettingsError("CALLMFA_AGI_MODE must be fastagi or classic")
         if self.amd not in ("on", "off"):
             raise SettingsError("CALLMFA_AMD must be on or off")
+        for name in ("amd_initial_silence_ms", "amd_greeting_ms", "amd_total_ms"):
+            if not 100 <= getattr(self, name) <= 30_000:
+                raise SettingsError(f"CALLMFA_{name.upper()} must be 100 to 30000 (ms)")
         if self.prompt_override_dir and not re.fullmatch(r"/[A-Za-z0-9_./-]*[^/]",
                                                          self.prompt_override_dir):
             raise SettingsError(
@@ -240,6 +273,12 @@ class Settings:
                 raise SettingsError(f"CALLMFA_{name.upper()}: {e}") from None
         if not parse_prefixes(self.allowed_prefixes):
             raise SettingsError("CALLMFA_ALLOWED_PREFIXES is empty: no number could be called")
+        for name, parse in (("allowed_regions", parse_regions),
+                            ("denied_number_types", parse_number_types)):
+            try:
+                parse(getattr(self, name))
+            except ValueError as e:
+                raise SettingsError(f"CALLMFA_{name.upper()}: {e}") from None
         for name in ("throttle_user_cooldown_s", "throttle_number_cooldown_s",
                      "throttle_user_per_hour", "throttle_number_per_hour",
                      "throttle_global_per_hour", "fraud_block_s"):

@@ -41,6 +41,7 @@ class PhoneBehaviour:
     ring_forever: bool = False  # ring until the caller cancels
     speech: str | None = None  # said on answer (espeak-ng); key_delay_ms counts from its end
     speech_delay_ms: int = 0  # silence between the answer and the speech
+    silent_rtp: bool = False  # without speech: send silent audio (a muted phone), not none
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9*#]*", self.keys):
@@ -95,7 +96,8 @@ Max-Forwards: 70
 
 
 def scenario_xml(b: PhoneBehaviour, *, speech_file: Path | None = None, speech_ms: int = 0) -> str:
-    """The sipp UAS scenario for one behaviour (``speech_file``: its speech as u-law WAV)."""
+    """The sipp UAS scenario for one behaviour (``speech_file``: its speech, or its silence
+    for ``silent_rtp``, as u-law WAV)."""
     # Capture the dialog's headers at the INVITE: [last_From:]/[last_To:] flip later.
     steps = """  <recv request="INVITE" rrs="true">
     <action>
@@ -129,6 +131,9 @@ Content-Length: 0
         steps += f'  <pause milliseconds="{b.answer_delay_ms}"/>\n'
     steps += _response("200 OK", sdp=True)
     steps += '  <recv request="ACK" crlf="true"/>\n'
+    if b.silent_rtp and not b.speech and speech_file is not None:
+        # Streamed in the background while the keys are sent (20 s of it).
+        steps += f'  <nop><action><exec rtp_stream="{speech_file},1,0"/></action></nop>\n'
     if b.speech and speech_file is not None:
         if b.speech_delay_ms:
             steps += f'  <pause milliseconds="{b.speech_delay_ms}"/>\n'
@@ -224,6 +229,10 @@ class SippPhone:
         if self.behaviour.speech:
             speech_file = self._workdir / "speech.wav"
             speech_ms = synthesize(self.behaviour.speech, speech_file)
+        elif self.behaviour.silent_rtp:
+            speech_file = self._workdir / "silence.wav"
+            subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law",
+                            str(speech_file), "trim", "0", "20"], check=True, timeout=60)
         scenario.write_text(
             scenario_xml(self.behaviour, speech_file=speech_file, speech_ms=speech_ms)
         )

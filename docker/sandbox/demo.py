@@ -21,7 +21,7 @@ from ivr.domain.outcome import Outcome
 from ivr.settings import Settings
 from ivr.testing import PhoneBehaviour, SippPhone
 
-PHONE = "+15550100"
+PHONE = "+12015550100"
 
 
 async def main() -> int:

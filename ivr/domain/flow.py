@@ -98,12 +98,15 @@ class Started:
     """The call is answered and the IVR runs.
 
     ``machine``: answering-machine detection said MACHINE (it wins over any key: a
-    voicemail greeting may hold a tone). ``locked``: the user's PIN is locked out.
-    ``code_known``: the expected code's hash is there (pin and match modes).
-    ``early_keys``: keys pressed before the IVR ran, in order.
+    voicemail greeting may hold a tone). ``silence``: it said so because nobody spoke
+    (INITIALSILENCE): with keys pressed, that is a person on mute, asked again for a fresh
+    answer (the keys pressed while AMD listened never count then). ``locked``: the user's
+    PIN is locked out. ``code_known``: the expected code's hash is there (pin and match
+    modes). ``early_keys``: keys pressed before the IVR ran, in order.
     """
 
     machine: bool = False
+    silence: bool = False
     locked: bool = False
     code_known: bool = True
     early_keys: str = field(default="", repr=False)
@@ -202,15 +205,20 @@ class VerificationFlow:
         raise ValueError(f"{type(event).__name__} is not expected in state {self._state}")
 
     def _start(self, event: Started) -> Step:
+        early_keys = event.early_keys
         if event.machine:
-            return self._report(Outcome.MACHINE_ANSWERED, None, closing=False)
+            if not (event.silence and early_keys):
+                return self._report(Outcome.MACHINE_ANSWERED, None, closing=False)
+            # Silent, yet keyed: a person, or a machine's tone. Only keys pressed after our
+            # own greeting has started count.
+            early_keys = ""
         if self.mode == "pin" and event.locked:
             return self._report(Outcome.LOCKED_OUT, None)
         if self.mode != "standard" and not event.code_known:
             # Nothing to compare the keys with: never approve, tell the sign-in service why.
             return self._report(Outcome.ERROR, "no_pin" if self.mode == "pin" else "no_code",
                                 closing=False, prompt="failed")
-        first, pound, _ = event.early_keys.partition("#")
+        first, pound, _ = early_keys.partition("#")
         if not pound:
             # Unfinished: a '*' asked for the greeting, which comes now anyway.
             self._prefix = first.rsplit("*", 1)[-1]

@@ -68,13 +68,18 @@ class OutcomeRecord:
     input_at: float | None = None
     finished_at: float | None = None
     retry_after: int | None = None  # seconds; set on ``throttled`` only
+    reason: str | None = None  # why, for ``number_not_allowed`` (``invalid_number``, ...)
 
     _TIMES = ("requested_at", "call_started_at", "answered_at", "input_at", "finished_at")
+    _OMITTED_WHEN_NULL = ("reason",)  # added later: outcomes without one stay as they were
 
     def to_wire(self) -> dict[str, Any]:
         """The wire form as a dict: ISO times, the outcome as its string."""
         data: dict[str, Any] = asdict(self)
         data["outcome"] = self.outcome.value
+        for name in self._OMITTED_WHEN_NULL:
+            if data[name] is None:
+                del data[name]
         for name in self._TIMES:
             data[name] = iso(data[name])
         return data

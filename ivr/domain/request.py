@@ -113,7 +113,8 @@ def parse_request(
     match = _PHONE.match(phone) if isinstance(phone, str) else None
     if match is None:
         raise RequestError(
-            "invalid_phone", "phone must be E.164 like +15550100, optionally x1234 for an extension"
+            "invalid_phone",
+            "phone must be E.164 like +12015550100, optionally x1234 for an extension",
         )
     mode = data.get("mode", "standard")
     if not isinstance(mode, str) or mode not in MODES:

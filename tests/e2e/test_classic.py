@@ -37,7 +37,7 @@ class TestClassicAgi:
     ) -> None:
         """'#' approves through the classic script, which writes the outcome with redis-py."""
         p = phone(keys="#", key_delay_ms=2500)
-        record = await client.verify(user="alice", phone="+15550100", timeout_s=60)
+        record = await client.verify(user="alice", phone="+12015550100", timeout_s=60)
         assert record is not None
         assert (record.outcome, record.user) == (Outcome.APPROVED, "alice")
         assert record.input_at is not None
@@ -51,13 +51,13 @@ class TestClassicAgi:
         """'0#' through the classic script: fraud_reported, and the security audit has it
         (the same hook as serve's IVR; the suite runs with CALLMFA_FRAUD_BLOCK_S=0)."""
         p = phone(keys="0#", key_delay_ms=2500)
-        record = await client.verify(user="mallory", phone="+15550100", timeout_s=60)
+        record = await client.verify(user="mallory", phone="+12015550100", timeout_s=60)
         assert record is not None
         assert record.outcome is Outcome.FRAUD_REPORTED
         assert p.wait(20) == 0, p.errors()
         mine = await audit_of(sandbox, record.id)
         assert [(e["event"], e["user"], e["number"]) for e in mine] == [
-            ("fraud_reported", "mallory", "+15550100")]
+            ("fraud_reported", "mallory", "+12015550100")]
 
     async def test_pound_while_amd_listens_approves(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
@@ -66,7 +66,7 @@ class TestClassicAgi:
         the dialplan's StoreDTMF kept and approves; the greeting is never played."""
         log = AsteriskLog(sandbox)
         p = phone(keys="#", key_delay_ms=100)
-        record = await client.verify(user="alice", phone="+15550100", timeout_s=60)
+        record = await client.verify(user="alice", phone="+12015550100", timeout_s=60)
         assert record is not None
         assert (record.outcome, record.input_at is not None) == (Outcome.APPROVED, True)
         assert p.wait(20) == 0, p.errors()
@@ -89,7 +89,7 @@ class TestClassicAgi:
         ids = []
         for _ in range(2):
             p = phone(keys="1111#2222#")
-            record = await client.verify(user=user, phone="+15550100", mode="pin",
+            record = await client.verify(user=user, phone="+12015550100", mode="pin",
                                          timeout_s=60)
             assert record is not None
             assert record.outcome is Outcome.DENIED

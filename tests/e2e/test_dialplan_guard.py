@@ -35,7 +35,7 @@ class TestDialplanGuard:
     ) -> None:
         """+1 numbers pass the guard: '#' approves, as without it."""
         p = phone(keys="#")
-        record = await client.verify(user="guarded", phone="+15550100", timeout_s=40)
+        record = await client.verify(user="guarded", phone="+12015550100", timeout_s=40)
         assert record is not None
         assert record.outcome is Outcome.APPROVED
         assert p.wait(20) == 0, p.errors()
@@ -45,15 +45,17 @@ class TestDialplanGuard:
     ) -> None:
         """A 486 behind the guard is still busy (the cause crosses the Local channel)."""
         p = phone(reject_with=486)
-        record = await client.verify(user="guarded", phone="+15550100", timeout_s=40)
+        record = await client.verify(user="guarded", phone="+12015550100", timeout_s=40)
         assert record is not None
         assert record.outcome is Outcome.BUSY
         assert p.wait(20) == 0, p.errors()
 
+    @pytest.mark.parametrize("number", ["+88212345678", "+1011882123456", "+1201555010"])
     async def test_denied_number_never_reaches_the_trunk(
-        self, sandbox: Sandbox, phone: PhoneFactory
+        self, sandbox: Sandbox, phone: PhoneFactory, number: str
     ) -> None:
-        """Even an Originate that skips callmfa's policy cannot pass the guard with +882."""
+        """Even an Originate that skips callmfa's policy cannot pass the guard with +882, a
+        +1 011 (international, not NANP) number or a +1 number one digit short."""
         p = phone(keys="#")
         env = sandbox.env
         ami = AmiClient(host=env["CALLMFA_AMI_HOST"], port=int(env["CALLMFA_AMI_PORT"]),
@@ -65,7 +67,7 @@ class TestDialplanGuard:
         watch = ami.watch(uid)
         try:
             result = await ami.originate(
-                {"Channel": GUARDED.format(number="+88212345678"), "Context": "callmfa-verify",
+                {"Channel": GUARDED.format(number=number), "Context": "callmfa-verify",
                  "Exten": "s", "Priority": "1", "Timeout": "5000", "ChannelId": uid},
                 {}, timeout_s=15)
             cause = await asyncio.wait_for(watch.hangup, 10)
@@ -75,4 +77,4 @@ class TestDialplanGuard:
         assert cause == 1
         assert p.invites() == {}
         log = (sandbox.directory / "logs" / "asterisk.log").read_text()
-        assert "callmfa-dial refused +88212345678" in log
+        assert f"callmfa-dial refused {number}" in log

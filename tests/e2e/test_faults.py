@@ -123,7 +123,7 @@ class TestOriginatorCrash:
         no number rang twice (INVITEs counted at the phone)."""
         restart_serve(sandbox, CALLMFA_MAX_IN_FLIGHT="30")
         p = phone(calls=60, keys="#", key_delay_ms=4000)
-        numbers = [f"+1555020{i:04d}" for i in range(60)]
+        numbers = [f"+120155502{i:02d}" for i in range(60)]
         ids = await _submit(client, numbers)
 
         async def thirty_answered() -> bool:
@@ -158,7 +158,7 @@ class TestRedisRestart:
         """redis-server restarted during 20 calls: callmfa keeps running, all 20 settle."""
         serve = _pid(sandbox, "callmfa")
         p = phone(calls=20, keys="#", key_delay_ms=3000)
-        ids = await _submit(client, [f"+1555030{i:04d}" for i in range(20)])
+        ids = await _submit(client, [f"+120155503{i:02d}" for i in range(20)])
 
         async def ten_answered() -> bool:
             return await _count_events(sandbox, "answered", set(ids)) >= 10
@@ -182,7 +182,7 @@ class TestAsteriskLost:
         callmfa logs in again by itself (and counts it in its metrics) and new calls are
         approved."""
         p = phone(calls=5, keys="#", key_delay_ms=5000)
-        ids = await _submit(client, [f"+1555040{i:04d}" for i in range(5)])
+        ids = await _submit(client, [f"+120155504{i:02d}" for i in range(5)])
 
         async def all_answered() -> bool:
             return await _count_events(sandbox, "answered", set(ids)) >= 5
@@ -206,7 +206,7 @@ class TestAsteriskLost:
                         if line.startswith("callmfa_ami_reconnects_total ")]
         assert float(reconnects.split()[1]) >= 1, reconnects
         phone(keys="#")
-        record = await client.verify(user="after", phone="+15550400999", timeout_s=30)
+        record = await client.verify(user="after", phone="+12015550499", timeout_s=30)
         assert record is not None
         assert record.outcome is Outcome.APPROVED
 
@@ -227,21 +227,21 @@ class TestTwoAsterisks:
                               CALLMFA_AMI_ENDPOINTS=endpoints)
         try:
             p = phone(calls=100, keys="#", key_delay_ms=3000)
-            ids = await _submit(client, [f"+1555050{i:04d}" for i in range(100)])
+            ids = await _submit(client, [f"+120155505{i:02d}" for i in range(100)])
             records = await _outcomes(client, ids, 90)
             assert [r.outcome if r else None for r in records] == [Outcome.APPROVED] * 100
             assert p.wait(30) == 0, p.errors()
             logs = sandbox.directory / "logs"
-            first = (logs / "asterisk.log").read_text().count("Called +1555050")
-            other = (logs / "asterisk2.log").read_text().count("Called +1555050")
+            first = (logs / "asterisk.log").read_text().count("Called +120155505")
+            other = (logs / "asterisk2.log").read_text().count("Called +120155505")
             assert first + other == 100
             assert min(first, other) >= 20, (first, other)
 
             _kill(_pid(sandbox, "asterisk2"))
             p = phone(calls=10, keys="#", key_delay_ms=3000)
-            ids = await _submit(client, [f"+1555060{i:04d}" for i in range(10)])
+            ids = await _submit(client, [f"+120155506{i:02d}" for i in range(10)])
             records = await _outcomes(client, ids, 60)
             assert [r.outcome if r else None for r in records] == [Outcome.APPROVED] * 10
-            assert (logs / "asterisk.log").read_text().count("Called +1555060") == 10
+            assert (logs / "asterisk.log").read_text().count("Called +120155506") == 10
         finally:
             second.stop()

@@ -31,7 +31,8 @@ from ivr.storage.store import EVENTS, RESULTS_CHANNEL, call_key, result_key
 from ..conftest import E2E_SETTINGS, Sandbox, wait_until
 from .conftest import PhoneFactory, audit_of
 
-PHONE = "+15550100"
+PHONE = "+12015550100"
+PROBE = "GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
 _TOKEN = re.compile(r"CALLMFA_TOKEN=([0-9a-f]{48})")
 
 
@@ -54,7 +55,7 @@ async def forge(rid: str, keys: str, *, token: str = "00" * 24) -> list[str]:
                 command = line.decode().rstrip("\n")
                 commands.append(command)
                 if command.startswith("GET FULL VARIABLE ${CALLMFA_TOKEN}"):
-                    answer = f"200 result=1 ({token}|HUMAN|{keys}|)"
+                    answer = f"200 result=1 ({token}|HUMAN||{keys}|)"
                 elif command.startswith("GET FULL VARIABLE ${READSTATUS}"):
                     answer = f"200 result=1 (OK:{keys.rstrip('#')})"
                 elif command.startswith("GET DATA"):
@@ -107,8 +108,7 @@ class TestForgedFastAgi:
         rid = await client.submit(user="alice", phone=PHONE)
         await wait_for_event(redis, rid, "ringing")
 
-        assert await forge(rid, "#") == ["GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|"
-                                         "${CALLMFA_EARLY_KEYS}|"]
+        assert await forge(rid, "#") == [PROBE]
         assert len(await forge(rid, "0#")) == 1
         record = await client.wait(rid, 60)
 
@@ -254,7 +254,7 @@ def forge_classic(sandbox: Sandbox, rid: str) -> list[str]:
             command = line.rstrip("\n")
             commands.append(command)
             if command.startswith("GET FULL VARIABLE ${CALLMFA_TOKEN}"):
-                answer = f"200 result=1 ({'00' * 24}|HUMAN|#|)"
+                answer = f"200 result=1 ({'00' * 24}|HUMAN||#|)"
             elif command.startswith("GET FULL VARIABLE ${READSTATUS}"):
                 answer = "200 result=1 (OK:)"
             else:

@@ -42,7 +42,7 @@ class TestBoundedQueue:
 
         async def one(i: int) -> Outcome | None:
             async with window:
-                rid = await client.submit(user=f"load{i}", phone="+15550100")
+                rid = await client.submit(user=f"load{i}", phone="+12015550100")
                 record = await client.wait(rid, 60)
                 return record.outcome if record else None
 

@@ -62,7 +62,7 @@ class TestReload:
             assert reloaded[-1]["changed"] == ["caller_id"]
 
             p = phone(keys="#")
-            record = await client.verify(user="reload", phone="+15550100", timeout_s=40)
+            record = await client.verify(user="reload", phone="+12015550100", timeout_s=40)
             assert record is not None
             assert record.outcome is Outcome.APPROVED
             assert p.wait(20) == 0, p.errors()

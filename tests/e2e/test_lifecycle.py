@@ -64,7 +64,7 @@ class TestGracefulShutdown:
         """SIGTERM mid-call: that call still ends approved; a later request stays queued."""
         p = phone(keys="#", key_delay_ms=2500)
         pid = _pid(sandbox.directory, "callmfa")
-        rid = await client.submit(user="alice", phone="+15550100")
+        rid = await client.submit(user="alice", phone="+12015550100")
         redis = Redis.from_url(sandbox.redis_url)
         try:
             async def answered() -> bool:
@@ -86,7 +86,7 @@ class TestGracefulShutdown:
             # Already expired: when the service is back it settles it without a call.
             late = str(uuid.uuid4())
             await redis.xadd(REQUESTS, {"request": json.dumps(
-                {"id": late, "user": "bob", "phone": "+15550100",
+                {"id": late, "user": "bob", "phone": "+12015550100",
                  "expires_at": "2020-01-01T00:00:00Z"})})
             groups = await redis.xinfo_groups(REQUESTS)
             assert next(g for g in groups if g["name"] == GROUP.encode())["lag"] >= 1

@@ -18,7 +18,7 @@ from ivr.testing import synthesize
 from ..conftest import REPO, Sandbox
 from .conftest import AsteriskLog, PhoneFactory, audit_entries, audit_of, restart_serve
 
-PHONE = "+15550100"
+PHONE = "+12015550100"
 PIN = "5938271046"  # ten digits: nothing else in a log or in Redis looks like it
 VOICEMAIL = ("Hi, you have reached the voicemail of Alice Example. I am not available right "
              "now. Please leave your name, your number and a short message after the tone, "

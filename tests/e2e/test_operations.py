@@ -18,7 +18,7 @@ from ..conftest import E2E_SETTINGS, REPO, Sandbox
 from .conftest import PhoneFactory
 
 CALLMFA = str(REPO / ".venv" / "bin" / "callmfa")
-PHONE = "+15550100"
+PHONE = "+12015550100"
 
 
 def sandbox_env(sandbox: Sandbox, **overrides: str) -> dict[str, str]:
@@ -56,11 +56,22 @@ class TestCheck:
         out = run_cli(sandbox, "check")
         assert out.returncode == 0, out.stdout + out.stderr
         lines = out.stdout.splitlines()
-        for name in ("redis", "ami-login", "ami-rights", "dialplan", "fastagi", "prompts",
-                     "early-keys"):
+        for name in ("numbers", "redis", "ami-login", "ami-rights", "dialplan", "fastagi",
+                     "prompts", "early-keys"):
             assert any(line.split()[:2] == ["ok", name] for line in lines), out.stdout
         assert not any(line.split()[0] in ("FAIL", "warn") for line in lines[1:-1]), out.stdout
         assert lines[-1] == "all checks passed"
+
+    def test_number_says_what_callmfa_would_dial(self, sandbox: Sandbox) -> None:
+        """`check --number`: the sandbox's own settings; exit 0 for a US number, 1 for the
+        Jamaican overlay with its reason."""
+        out = run_cli(sandbox, "check", "--number", "+12015550100")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "dial    yes" in out.stdout
+        out = run_cli(sandbox, "check", "--number", "+16585551234")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "region  JM" in out.stdout
+        assert "reason region_not_allowed" in out.stdout
 
     def test_wrong_ami_secret_fails_with_a_fix(self, sandbox: Sandbox) -> None:
         """A wrong secret: the login check fails, says why and what to do; exit 1."""

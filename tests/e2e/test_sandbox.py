@@ -36,7 +36,7 @@ class TestSandbox:
         watch = ami.watch(uid)
         try:
             result = await ami.originate(
-                {"Channel": "PJSIP/+15550199@callmfa-phone", "Context": "callmfa-verify",
+                {"Channel": "PJSIP/+12015550199@callmfa-phone", "Context": "callmfa-verify",
                  "Exten": "s", "Priority": "1", "Timeout": "5000", "ChannelId": uid},
                 {}, timeout_s=10,
             )

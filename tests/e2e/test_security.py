@@ -26,6 +26,8 @@ from redis.asyncio import Redis
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.exceptions import OutcomeSignatureError
+from ivr.security import number_policy
+from ivr.settings import Settings
 from ivr.storage.keys import AUDIT, SECURITY_CHANNEL
 from ivr.storage.store import EVENTS, call_key, connect, result_key
 
@@ -34,6 +36,7 @@ from ..secured_redis import SecuredRedis, secured_redis
 from .conftest import PhoneFactory
 
 CALLMFA = Path(sys.executable).parent / "callmfa"
+POLICY = number_policy(Settings())
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,11 @@ def _user() -> str:
 
 
 def _number() -> str:
-    return f"+1555{secrets.randbelow(10**7):07d}"
+    """A fresh valid US number in a fictional 555-01XX range (the per-number caps)."""
+    while True:
+        number = f"+1{200 + secrets.randbelow(800)}55501{secrets.randbelow(100):02d}"
+        if POLICY.refusal(number) is None:
+            return number
 
 
 async def _verify(client: VerificationClient, user: str, phone: str) -> OutcomeRecord:
@@ -300,7 +307,7 @@ class TestFastAgiHardening:
                 writer.write(b"agi_network: yes\n")
             await asyncio.gather(*(w.drain() for _, w in conns))
             p = phone(keys="#")
-            record = await client.verify(user="alice", phone="+15550100", timeout_s=40)
+            record = await client.verify(user="alice", phone="+12015550100", timeout_s=40)
             assert record is not None
             assert record.outcome is Outcome.APPROVED
             assert p.wait(20) == 0, p.errors()

@@ -20,7 +20,7 @@ from ivr.storage.store import EVENTS, REQUESTS, call_key
 from ..conftest import Sandbox
 from .conftest import PhoneFactory
 
-PHONE = "+15550100"
+PHONE = "+12015550100"
 
 
 async def _events(sandbox: Sandbox, rid: str) -> list[str]:
@@ -144,8 +144,8 @@ class TestNotAnswered:
 class TestRejected:
     @pytest.mark.parametrize(
         "bad_phone",
-        ["+1555abc0100", "+1555\r\n0100", "+15550100\r\nAction: Command", "", "+" + "1" * 40,
-         "15550100", "+15550100;x=1", "+15550100&PJSIP/666"],
+        ["+1555abc0100", "+1555\r\n0100", "+12015550100\r\nAction: Command", "", "+" + "1" * 40,
+         "12015550100", "+12015550100;x=1", "+12015550100&PJSIP/666"],
     )
     async def test_bad_phone_is_rejected_and_never_dialled(
         self, sandbox: Sandbox, client: VerificationClient, bad_phone: str
@@ -168,7 +168,7 @@ class TestLoad:
         """50 verifications at once all end approved, each with its own call."""
         p = phone(calls=50, keys="#", key_delay_ms=2000)
         records = await asyncio.gather(*(
-            client.verify(user=f"user{i}", phone=f"+1555010{i:03d}", timeout_s=60)
+            client.verify(user=f"user{i}", phone=f"+120155501{i:02d}", timeout_s=60)
             for i in range(50)
         ))
         outcomes = [r.outcome if r else None for r in records]

@@ -239,7 +239,7 @@ async def place_call(store: Store, rid: str, **marker: str) -> float:
     """What the originator writes before dialling: the call marker (``marker`` overrides)."""
     t = time.time() - 5
     await store.claim_call(rid, {
-        "user": "alice", "number": "+15550100", "mode": "standard", "lang": "en",
+        "user": "alice", "number": "+12015550100", "mode": "standard", "lang": "en",
         "requested_at": str(t), "call_started_at": str(t), "context": "{}",
         "token_hash": token_hash(CALL_TOKEN), **marker,
     })

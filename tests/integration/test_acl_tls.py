@@ -44,10 +44,10 @@ class TestAcl:
             await store.read_requests("c1", count=10, block_ms=10)
             security = Security.for_redis(Settings(), redis)
             rid = str(uuid.uuid4())
-            assert (await security.guard.admit(rid, "alice", "+15550100")).verdict == "admitted"
+            assert (await security.guard.admit(rid, "alice", "+12015550100")).verdict == "admitted"
             await store.claim_call(rid, {"user": "alice"})
             await store.event(rid, "queued")
-            await security.report_fraud(rid=rid, user="bob", number="+15550100", context="{}")
+            await security.report_fraud(rid=rid, user="bob", number="+12015550100", context="{}")
             assert await store.store_outcome(
                 OutcomeRecord(id=rid, user="alice", outcome=Outcome.BUSY))
             assert [b.user for b in await security.guard.blocked()] == ["bob"]
@@ -63,7 +63,7 @@ class TestAcl:
             async with VerificationClient.from_url(
                 server.url("callmfa-signin"), signing_key=KEY
             ) as client:
-                rid = await client.submit(user="alice", phone="+15550100")
+                rid = await client.submit(user="alice", phone="+12015550100")
                 store = Store(service, result_ttl_s=60, events_maxlen=100, signing_key=KEY)
                 await store.store_outcome(
                     OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED,

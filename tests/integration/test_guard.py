@@ -17,7 +17,7 @@ from ivr.storage.guard import Guard, Limits, Verdict
 from ivr.storage.keys import AUDIT, SECURITY_CHANNEL
 from ivr.storage.store import Store
 
-NUMBER = "+15550100"
+NUMBER = "+12015550100"
 
 
 def _limits(**overrides: int) -> Limits:
@@ -42,7 +42,7 @@ class TestInFlight:
         """One call in flight per user: a second request gets call_in_progress."""
         guard = Guard(redis, _limits())
         first = await guard.admit(_rid(), "alice", NUMBER)
-        second = await guard.admit(_rid(), "alice", "+15550111")
+        second = await guard.admit(_rid(), "alice", "+12015550111")
         assert first.verdict is Verdict.ADMITTED
         assert (second.verdict, second.detail) == (Verdict.THROTTLED, "call_in_progress")
         assert second.retry_after is not None
@@ -84,7 +84,7 @@ class TestCooldownsAndCaps:
         rid = _rid()
         await guard.admit(rid, "alice", NUMBER)
         await _finish(redis, rid)
-        again = await guard.admit(_rid(), "alice", "+15550111")
+        again = await guard.admit(_rid(), "alice", "+12015550111")
         assert (again.verdict, again.detail) == (Verdict.THROTTLED, "user_cooldown")
         assert again.retry_after is not None
         assert 55 <= again.retry_after <= 60
@@ -173,22 +173,72 @@ class TestBypass:
 
 def _request(user: str, number: str) -> VerificationRequest:
     return VerificationRequest(id=_rid(), user=user, number=number, extension="",
-                               mode="standard", lang="en", requested_at=0, expires_at=1e12)
+                               mode="standard", lang="en", requested_at=0, expires_at=1e12,
+                               context={"ip": "198.51.100.7"})
+
+
+class Counted:
+    """A SecurityObserver that remembers."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def number_refused(self, reason: str) -> None:
+        self.reasons.append(reason)
 
 
 class TestSecurity:
-    @pytest.mark.parametrize("number", ["+8816123456", "+88212345678", "+8831234567",
-                                        "+19005550100", "+18765550100", "+447011112222",
-                                        "+33123456789"])
+    @pytest.mark.parametrize(("number", "reason"), [
+        ("+8816123456", "invalid_number"), ("+88212345678", "invalid_number"),
+        ("+8831234567", "invalid_number"), ("+8816123456789", "outside_allowed_prefixes"),
+        ("+19005550100", "denied_prefix"), ("+18765550100", "denied_prefix"),
+        ("+447011112222", "outside_allowed_prefixes"),
+        ("+33123456789", "outside_allowed_prefixes"),
+        ("+16585551234", "region_not_allowed"), ("+1011882123456", "invalid_number"),
+    ])
     async def test_numbers_outside_the_policy_are_rejected_uncounted(
-        self, redis: Redis, number: str
+        self, redis: Redis, number: str, reason: str
     ) -> None:
-        """Satellite, international-network, premium and foreign numbers: number_not_allowed."""
+        """Satellite, international-network, premium, foreign and malformed numbers:
+        number_not_allowed with the reason; no throttle counted, no lock taken."""
         security = Security.for_redis(Settings(), redis)
         refusal = await security.screen(_request("alice", number))
         assert refusal is not None
         assert (refusal.outcome, refusal.detail) == (Outcome.REJECTED, "number_not_allowed")
+        assert refusal.reason == reason
         assert await redis.exists("callmfa:inflight:alice") == 0
+
+    async def test_number_refusal_is_audited_published_and_counted(
+        self, redis: Redis
+    ) -> None:
+        """The refusal goes to callmfa:audit and callmfa:security, with the number, the
+        reason and the request's context, and the observer counts it."""
+        counted = Counted()
+        security = Security.for_redis(Settings(), redis, observer=counted)
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(SECURITY_CHANNEL)
+        req = _request("mallory", "+16585551234")
+        try:
+            await security.screen(req)
+            message = None
+            for _ in range(50):
+                message = await pubsub.get_message(timeout=0.1)
+                if message is not None:
+                    break
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        assert message is not None
+        alert = json.loads(message["data"])
+        assert (alert["event"], alert["user"], alert["reason"]) == (
+            "number_not_allowed", "mallory", "region_not_allowed")
+        [entry] = await security.guard.audit()
+        assert entry == {**entry, "event": "number_not_allowed", "user": "mallory",
+                         "actor": "originator", "id": req.id, "number": "+16585551234",
+                         "reason": "region_not_allowed", "region": "JM",
+                         "number_type": "fixed_line"}
+        assert json.loads(entry["context"]) == {"ip": "198.51.100.7"}
+        assert counted.reasons == ["region_not_allowed"]
+        assert await security.guard.blocked() == []
 
     async def test_allowed_number_passes(self, redis: Redis) -> None:
         """A US number under the default policy may be called."""

@@ -31,7 +31,7 @@ from .fake_asterisk import (
 )
 
 SET_LANGUAGE = "SET VARIABLE CHANNEL(language) en"
-GET_AMD = "GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${CALLMFA_EARLY_KEYS}|"
+GET_AMD = "GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
 PREAMBLE = [GET_AMD, SET_LANGUAGE]
 GREETING = "callmfa/greeting"
 RETRY_GREETING = f"callmfa/retry&{GREETING}"
@@ -211,6 +211,20 @@ class TestMachineDetection:
         assert (stored["outcome"], stored["input_at"]) == ("machine_answered", None)
         assert "input" not in [e["event"] for e in await events_of(ivr.redis, rid)]
 
+    async def test_silent_person_who_keyed_is_asked_again(self, ivr: Ivr) -> None:
+        """MACHINE with AMDCAUSE INITIALSILENCE and a '#' kept while AMD listened (a person
+        on mute): the greeting is played and a fresh '#' approves; without one, no_input."""
+        silent = {"CALLMFA_EARLY_KEYS": "#", "AMDCAUSE": "INITIALSILENCE-2500-2500"}
+        rid = "17171717-1717-4717-8717-17171717171d"
+        commands, stored = await run_call(ivr, rid, PRESS_POUND, amd="MACHINE",
+                                          variables=dict(silent))
+        assert stored["outcome"] == "approved"
+        assert READ.format(files=GREETING) in commands
+
+        rid = "17171717-1717-4717-8717-17171717171e"
+        _, stored = await run_call(ivr, rid, "", "", amd="MACHINE", variables=dict(silent))
+        assert stored["outcome"] == "no_input"
+
     async def test_wrong_answer_before_the_greeting_is_an_input_at_once(
         self, ivr: Ivr
     ) -> None:
@@ -235,7 +249,7 @@ class TestMachineDetection:
 
         def gone(command: str) -> Reply | bool:
             if command.startswith("GET FULL VARIABLE ${CALLMFA_TOKEN}"):
-                return f"HANGUP\n200 result=1 ({CALL_TOKEN}|HUMAN|#|)\n".encode()
+                return f"HANGUP\n200 result=1 ({CALL_TOKEN}|HUMAN||#|)\n".encode()
             return False
 
         _, stored = await run_call(

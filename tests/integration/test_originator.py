@@ -37,6 +37,7 @@ from ivr.storage.store import (
     REQUESTS,
     Store,
     call_key,
+    result_key,
 )
 from ivr.tasks import cancel_and_wait
 from ivr.transport.ami import ChannelWatch, OriginateResult
@@ -180,7 +181,7 @@ class Harness:
     task: asyncio.Task[None]
 
     async def submit(
-        self, *, rid: str | None = None, phone: str = "+15550100",
+        self, *, rid: str | None = None, phone: str = "+12015550100",
         expires_in_s: float | None = 120, **extra: Any,
     ) -> tuple[str, str]:
         """XADD a request shaped like VerificationClient.submit's; (id, entry id)."""
@@ -230,8 +231,11 @@ def make_settings(**overrides: Any) -> Settings:
         "request_ttl_s": 120,
         "result_ttl_s": 60,
         "consumer": "test-originator",
-        # Any number, no cooldowns or caps: the security policy is tested in test_guard.py.
+        # Any valid number, no cooldowns or caps: the security policy is tested in
+        # test_guard.py and tests/unit/test_numbers.py.
         "allowed_prefixes": "+",
+        "allowed_regions": "*",
+        "denied_number_types": "",
         "throttle_user_cooldown_s": 0,
         "throttle_number_cooldown_s": 0,
         "throttle_user_per_hour": 0,
@@ -289,8 +293,8 @@ class TestRefusedBeforeDialling:
         await h.all_acked()
 
     @pytest.mark.parametrize("phone", [
-        "+1555\r\n0100", "+1555abc0100", "+" + "1" * 40, "", "15550100", "+15550100\n",
-        "+05550100", "+15550100x", "+15550100x12345678901", "+1 555 0100",
+        "+1555\r\n0100", "+1555abc0100", "+" + "1" * 40, "", "12015550100", "+12015550100\n",
+        "+05550100", "+12015550100x", "+12015550100x12345678901", "+1 555 0100",
     ])
     async def test_bad_phone_is_rejected(self, start: Start, phone: str) -> None:
         """A malformed phone: outcome rejected/invalid_phone, nothing reaches AMI."""
@@ -300,6 +304,28 @@ class TestRefusedBeforeDialling:
         record = await h.outcome(rid)
 
         assert (record.outcome, record.detail) == (Outcome.REJECTED, "invalid_phone")
+        assert h.ami.calls == []
+        assert not await h.redis.exists(call_key(rid))
+        await h.all_acked()
+
+    @pytest.mark.parametrize(("phone", "reason"), [
+        ("+16585551234", "region_not_allowed"), ("+1011882123456", "invalid_number"),
+    ])
+    async def test_number_not_allowed_carries_its_reason(
+        self, start: Start, phone: str, reason: str
+    ) -> None:
+        """Under the default policy: rejected/number_not_allowed with the reason in the
+        outcome the sign-in service reads; nothing reaches AMI."""
+        h = await start(answered_then(Outcome.APPROVED), allowed_regions="US,CA",
+                        denied_number_types=Settings().denied_number_types)
+        rid, _ = await h.submit(phone=phone)
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail, record.reason) == (
+            Outcome.REJECTED, "number_not_allowed", reason)
+        raw = await h.redis.get(result_key(rid))
+        assert json.loads(raw)["reason"] == reason
         assert h.ami.calls == []
         assert not await h.redis.exists(call_key(rid))
         await h.all_acked()
@@ -322,7 +348,7 @@ class TestRefusedBeforeDialling:
         """Each invalid field gets its rejected detail, and no call."""
         h = await start(answered_then(Outcome.APPROVED))
         rid = str(uuid.uuid4())
-        request = {"id": rid, "user": "alice", "phone": "+15550100", **change}
+        request = {"id": rid, "user": "alice", "phone": "+12015550100", **change}
         await h.add_raw(json.dumps(request))
 
         record = await h.outcome(rid)
@@ -363,7 +389,7 @@ class TestOriginate:
         ChannelId, the ring timeout in ms, the caller ID, and the dialplan's variables
         (answering-machine detection on by default; early keys kept: '#' is no secret)."""
         h = await start(answered_then(Outcome.APPROVED))
-        rid, _ = await h.submit(phone="+15550100x1234")
+        rid, _ = await h.submit(phone="+12015550100x1234")
 
         await h.outcome(rid)
 
@@ -373,7 +399,7 @@ class TestOriginate:
         assert marker["token_hash"] == token_hash(token)
         assert token not in str(marker)
         assert call.fields == {
-            "Channel": "PJSIP/+15550100@trunk",
+            "Channel": "PJSIP/+12015550100@trunk",
             "Context": "callmfa-verify",
             "Exten": "s",
             "Priority": "1",
@@ -387,6 +413,9 @@ class TestOriginate:
             "CALLMFA_AGI": "agi://127.0.0.1:4573/verify",
             "CALLMFA_MAX_SECS": "60",
             "CALLMFA_AMD": "on",
+            "CALLMFA_AMD_SILENCE": "2500",
+            "CALLMFA_AMD_GREETING": "1500",
+            "CALLMFA_AMD_TOTAL": "5000",
             "CALLMFA_KEEP_KEYS": "on",
         }
         assert call.timeout_s > 3.0, "the wait for OriginateResponse outlasts the ringing"
@@ -766,7 +795,7 @@ class TestBoundedQueue:
         monkeypatch.setattr(ivr.domain.request.json, "loads", loads)
         h = await start(answered_then(Outcome.APPROVED))
         rid = str(uuid.uuid4())
-        await h.add_raw(json.dumps({"id": rid, "user": "alice", "phone": "+15550100",
+        await h.add_raw(json.dumps({"id": rid, "user": "alice", "phone": "+12015550100",
                                     "context": {"pad": "x" * 1_000_000}}))
 
         record = await h.outcome(rid)
@@ -806,7 +835,7 @@ class TestBoundedQueue:
         """VerificationClient.submit raises ValueError, naming the limit, and adds nothing."""
         client = VerificationClient(redis)
         with pytest.raises(ValueError, match=str(MAX_REQUEST_BYTES)):
-            await client.submit(user="alice", phone="+15550100",
+            await client.submit(user="alice", phone="+12015550100",
                                 context={"pad": "x" * MAX_REQUEST_BYTES})
         assert await redis.exists(REQUESTS) == 0
 
@@ -856,7 +885,7 @@ class TestTakeOver:
         await cancel_and_wait(h.task)
         rid, _ = await h.submit()
         await _delivered_to_dead_originator(h)
-        await h.store.claim_call(rid, {"user": "alice", "number": "+15550100",
+        await h.store.claim_call(rid, {"user": "alice", "number": "+12015550100",
                                        "call_started_at": str(time.time() - 3600)})
 
         heir = await start(failed(0, 17), lease_s=0.4, consumer="heir")

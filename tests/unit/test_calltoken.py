@@ -41,24 +41,24 @@ class TestProbe:
     def test_the_probe_asks_for_the_token_first(self) -> None:
         call = CallContext.from_marker("id", self.marker(), 0.0)
         assert call.channel_probe(Settings()) == (
-            "${CALLMFA_TOKEN}|${AMDSTATUS}|${CALLMFA_EARLY_KEYS}|"
+            "${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
         )
 
     def test_token_amd_and_keys_are_read_from_one_answer(self) -> None:
         token = new_token()
         call = CallContext.from_marker("id", self.marker(token_hash=token_hash(token)), 0.0)
-        call.apply_channel_probe(f"{token}|HUMAN|#|")
+        call.apply_channel_probe(f"{token}|HUMAN||#|")
         assert call.token_proven
         assert (call.amd_status, call.early_keys) == ("HUMAN", "#")
 
     def test_a_marker_without_a_token_proves_nothing(self) -> None:
         call = CallContext.from_marker("id", self.marker(), 0.0)
-        call.apply_channel_probe("|HUMAN||")
+        call.apply_channel_probe("|HUMAN|||")
         assert not call.token_proven
 
     def test_the_token_is_not_in_the_repr(self) -> None:
         token = new_token()
         call = CallContext.from_marker("id", self.marker(token_hash=token_hash(token)), 0.0)
-        call.apply_channel_probe(f"{token}|HUMAN||")
+        call.apply_channel_probe(f"{token}|HUMAN|||")
         assert token not in repr(call)
         assert token_hash(token) not in repr(call)

@@ -246,8 +246,26 @@ class TestEarlyKeys:
             report, _ = drive(flow(mode), [], started=Started(machine=True, early_keys=early))
             assert report.outcome is Outcome.MACHINE_ANSWERED
 
+    @pytest.mark.parametrize("early", ["#", "0#", "5#", "#" * 8])
+    def test_silent_person_who_keys_is_asked_again(self, early: str) -> None:
+        """MACHINE for initial silence, yet a key was pressed: a person on mute. The greeting
+        plays and only a fresh answer counts: '#' then approves, silence never does, and
+        a '0#' pressed while AMD listened reports nothing."""
+        silent = Started(machine=True, silence=True, early_keys=early)
+        report, steps = drive(flow("standard"), [P("")], started=silent)
+        assert isinstance(steps[0], Collect)
+        assert report.outcome is Outcome.APPROVED
+        report, _ = drive(flow("standard", attempts=2), [], started=silent)
+        assert report.outcome is Outcome.NO_INPUT
+
+    def test_silence_without_a_key_is_still_a_machine(self) -> None:
+        """Nobody spoke and nobody keyed: MACHINE stands (a dead line, an empty mailbox)."""
+        report, steps = drive(flow("standard"), [], started=Started(machine=True, silence=True))
+        assert (report.outcome, steps[0]) == (Outcome.MACHINE_ANSWERED, report)
+
     @pytest.mark.parametrize(("started", "early"), [
         (Started(early_keys="#"), True), (Started(early_keys="5#"), True),
+        (Started(machine=True, silence=True, early_keys="#"), False),
         (Started(early_keys="0"), False), (Started(), False),
         (Started(machine=True, early_keys="#"), False),
     ], ids=repr)

@@ -23,12 +23,12 @@ from ivr.transport.ami import ChannelWatch, OriginateResult
 FORBIDDEN = set("\r\n\0;,&|")
 INJECTIONS = [
     "\r\nAction: Command\r\nCommand: core stop now\r\n",
-    "+15550100\r\nAction: Command",
-    "+15550100;x=1", "+15550100&PJSIP/666", "+15550100|Local/1@x", "+15550100,1",
+    "+12015550100\r\nAction: Command",
+    "+12015550100;x=1", "+12015550100&PJSIP/666", "+12015550100|Local/1@x", "+12015550100,1",
     "alice\nAction: Originate", "en\r\nVariable: X=1", "standard\r\n", "0b6d2c44\r\n",
 ]
 VALID = {"id": "0b6d2c44-3e4f-4a8e-9d7c-2f7f1c0e5a11", "user": "alice",
-         "phone": "+15550100", "mode": "standard", "lang": "en",
+         "phone": "+12015550100", "mode": "standard", "lang": "en",
          "expires_at": "2999-01-01T00:00:00Z", "context": {"app": "vpn"}}
 
 
@@ -148,5 +148,5 @@ class TestNoInjection:
         """The harness is sound: a valid request produces one clean Originate."""
         ami, _ = _run(json.dumps(VALID).encode())
         assert len(ami.actions) == 1
-        assert ami.actions[0][0]["Channel"] == "PJSIP/+15550100@trunk"
+        assert ami.actions[0][0]["Channel"] == "PJSIP/+12015550100@trunk"
         _assert_clean(ami)

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ivr.doctor import (
     Status,
     _privileges,
+    check_amd,
     check_dial_template,
     check_early_keys,
     check_signing,
@@ -51,6 +52,16 @@ class TestMetrics:
         assert s['callmfa_outcomes_total{"outcome": "error"}'] == 0
         assert s["callmfa_verification_seconds_count{}"] == 2
         assert s["callmfa_input_to_outcome_seconds_count{}"] == 1
+
+    def test_number_refusals_count_by_reason(self) -> None:
+        """number_refused counts rejected/number_not_allowed requests by reason."""
+        m = Metrics()
+        m.number_refused("region_not_allowed")
+        m.number_refused("region_not_allowed")
+        m.number_refused("invalid_number")
+        s = _samples(m)
+        assert s['callmfa_numbers_refused_total{"reason": "region_not_allowed"}'] == 2
+        assert s['callmfa_numbers_refused_total{"reason": "invalid_number"}'] == 1
 
     def test_registries_are_separate(self) -> None:
         """Two Metrics never share counts (no global registry)."""
@@ -139,6 +150,12 @@ class TestDoctorPureChecks:
         assert (old.status, "install-dialplan" in (old.fix or "")) == (Status.WARN, True)
         assert "FAILED" in check_early_keys("FAILED").message
         assert check_early_keys(None).status is Status.SKIP  # serve older than check
+
+    def test_amd(self) -> None:
+        """The AMD parameters in use are reported; AMD off is a warning."""
+        amd = check_amd(Settings(amd_initial_silence_ms=2000))
+        assert (amd.status, amd.message.startswith("AMD(2000,1500,,5000)")) == (Status.OK, True)
+        assert check_amd(Settings(amd="off")).status is Status.WARN
 
     def test_signing(self) -> None:
         """No key fails; the opt-out warns; a key of 32 bytes or more is ok."""

@@ -26,7 +26,7 @@ from ivr.exceptions import RequestError
 RID = "0b6d1e2a-1234-4abc-8def-0123456789ab"
 NOW = 1_780_000_000.0
 TTL = 120.0
-MINIMAL: dict[str, Any] = {"id": RID, "user": "alice", "phone": "+15550100"}
+MINIMAL: dict[str, Any] = {"id": RID, "user": "alice", "phone": "+12015550100"}
 
 
 def parse(raw: str | bytes) -> VerificationRequest:
@@ -61,7 +61,7 @@ class TestValid:
         assert req == VerificationRequest(
             id=RID,
             user="alice",
-            number="+15550100",
+            number="+12015550100",
             extension="",
             mode="standard",
             lang="en",
@@ -69,7 +69,7 @@ class TestValid:
             expires_at=NOW + TTL,
             context={},
         )
-        assert req.phone == "+15550100"
+        assert req.phone == "+12015550100"
 
     def test_bytes(self) -> None:
         """The raw request may be bytes, as read from Redis."""
@@ -81,10 +81,10 @@ class TestValid:
 
     def test_phone_with_extension(self) -> None:
         """'x' splits the phone into the E.164 number and the extension digits."""
-        req = parse_with(phone="+15550100x1234")
+        req = parse_with(phone="+12015550100x1234")
 
-        assert (req.number, req.extension) == ("+15550100", "1234")
-        assert req.phone == "+15550100x1234"
+        assert (req.number, req.extension) == ("+12015550100", "1234")
+        assert req.phone == "+12015550100x1234"
 
     @pytest.mark.parametrize("phone", ["+1555010", "+123456789012345"])
     def test_phone_length_limits(self, phone: str) -> None:
@@ -205,7 +205,7 @@ class TestRejected:
 
     def test_missing_id(self) -> None:
         """A request without an id is invalid_id."""
-        assert rejection(json.dumps({"user": "alice", "phone": "+15550100"})) == "invalid_id"
+        assert rejection(json.dumps({"user": "alice", "phone": "+12015550100"})) == "invalid_id"
 
     @pytest.mark.parametrize(
         "user",
@@ -231,24 +231,24 @@ class TestRejected:
         [
             "+1555abc0100",
             "+1555\r\n0100",
-            "+15550100\n",
+            "+12015550100\n",
             "",
             "+" + "1" * 40,
             "+1234567890123456",  # 16 digits
             "+123456",  # 6 digits
-            "15550100",
+            "12015550100",
             "+015550100",
             "+1 555 0100",
-            " +15550100",
-            "+15550100 ",
+            " +12015550100",
+            "+12015550100 ",
             "+1555-0100",
-            "+15550100x",
-            "+15550100x12345678901",
-            "+15550100x12a",
-            "+15550100;x=1",
+            "+12015550100x",
+            "+12015550100x12345678901",
+            "+12015550100x12a",
+            "+12015550100;x=1",
             "+1555\uff10100",  # full-width digit zero
             "+\u0661\u0665\u0665\u0665\u0660\u0661\u0660\u0660",  # Arabic-Indic digits
-            15550100,
+            12015550100,
             None,
         ],
     )
@@ -427,7 +427,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
 FUZZED: dict[str, st.SearchStrategy[Any]] = {
     "id": near(RID, UUID_RE),
     "user": st.text(),
-    "phone": near("+15550100x1234", PHONE_RE),
+    "phone": near("+12015550100x1234", PHONE_RE),
     "mode": st.text(),
     "lang": near("fr-CA", LANG_RE),
     "expires_at": st.text(),
