@@ -54,9 +54,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local was = redis.call('HMGET', KEYS[1], 'locked_until', 'denials')
 redis.call('HSET', KEYS[1], 'denials', 0, 'locked_until', 0)
 local fields = {unpack(ARGV)}
-for _, kv in ipairs({{'was_locked_until', was[1] or '0'}, {'denials', was[2] or '0'}}) do
-  table.insert(fields, kv[1])
-  table.insert(fields, kv[2])
+for _, v in ipairs({'was_locked_until', was[1] or '0', 'denials', was[2] or '0'}) do
+  table.insert(fields, v)
 end
 audit(KEYS[2], fields)
 return 1

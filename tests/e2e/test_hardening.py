@@ -20,7 +20,7 @@ VERIFICATIONS = 1000
 # The sign-in side keeps at most this many requests without an outcome (as a sign-in
 # service with that many people signing in at once would).
 WINDOW = 100
-MAX_IN_FLIGHT = int(E2E_SETTINGS.get("CALLMFA_MAX_IN_FLIGHT", "100"))
+MAX_IN_FLIGHT = int(E2E_SETTINGS.get("CALLMFA_MAX_IN_FLIGHT", Settings().max_in_flight))
 
 
 class TestBoundedQueue:
