@@ -66,9 +66,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench: deps venv $(VENV)/.bench-installed
 	$(VENV)/bin/python -m bench --plot .sandbox-bench/benchmarks.png $(BENCH_ARGS)
 
-# The settings tables in README.md and docs/settings.md, from ivr/settings.py.
+# The settings tables in README.md and docs/settings.md, from ivr/settings.py; the Redis ACL
+# in docs/operations.md and docker/redis/callmfa.acl, from ivr/storage/acl.py.
 docs: venv
-	$(VENV)/bin/python -m ivr.reference README.md docs/settings.md
+	$(VENV)/bin/python -m ivr.reference README.md docs/settings.md docs/operations.md \
+	  docker/redis/callmfa.acl
 
 # docker/requirements.lock: the runtime dependencies as a fresh install resolves them today.
 lock:

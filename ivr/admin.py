@@ -32,6 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     b.add_argument("--for", dest="duration", type=duration, default=None,
                    help="how long (default CALLMFA_FRAUD_BLOCK_S), e.g. 12h or 90d")
     b.add_argument("--reason", default="manual")
+    b.add_argument("--replace", action="store_true",
+                   help="set this block even if it ends sooner than the current one")
     u = sub.add_parser("unblock", help="lift a user's block")
     u.add_argument("user")
     u.add_argument("--reason", default="")
@@ -60,7 +62,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         guard = Guard(redis, limits(settings))
         if args.command == "block":
             seconds = args.duration or settings.fraud_block_s
-            await guard.block(args.user, seconds, actor=actor(), reason=args.reason)
+            if not await guard.block(args.user, seconds, actor=actor(), reason=args.reason,
+                                     replace=args.replace):
+                print(f"{args.user} is already blocked until "
+                      f"{iso(await guard.blocked_until(args.user))}, longer than {seconds}s: "
+                      "kept (--replace sets the shorter block)")
+                return 1
             print(f"blocked {args.user} for {seconds}s")
         elif args.command == "unblock":
             if not await guard.unblock(args.user, actor=actor(), reason=args.reason):

@@ -17,6 +17,7 @@ from . import __version__, admin, pincli
 from .app import serve
 from .client import VerificationClient
 from .commands import add_commands
+from .domain.flow import MATCH_DIGITS, MODES
 from .domain.outcome import Outcome
 from .domain.request import parse_request
 from .exceptions import IvrError, RequestError, SettingsError
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="place one verification and print its outcome")
     v.add_argument("--user", required=True)
     v.add_argument("--phone", required=True, help="E.164, e.g. +12015550100 or +12015550100x1234")
+    v.add_argument("--mode", choices=MODES, default="standard",
+                   help="standard: '#' approves (default); pin: the user's PIN then '#'; "
+                        "match: the number given with --match, then '#'")
+    v.add_argument("--match", metavar="NN", dest="match_number",
+                   help=f"mode match: the {MATCH_DIGITS}-digit number the user must key "
+                        "(only its salted hash is sent)")
     v.add_argument("--lang", default="en")
     v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
     v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
@@ -67,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "health":
             return asyncio.run(_health(settings))
         if args.command == "verify":
+            usage = _verify_usage(args)
+            if usage is not None:
+                print(f"callmfa: {usage}", file=sys.stderr)
+                return EXIT_USAGE
             try:
                 parse_request(
                     json.dumps({"id": "00000000-0000-0000-0000-000000000000", "user": args.user,
@@ -96,6 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NOT_APPROVED
     except KeyboardInterrupt:
         return 130
+
+
+def _verify_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with verify's --mode and --match, if anything."""
+    if args.mode == "match":
+        if args.match_number is None:
+            return "--mode match needs --match NN: the number the user must key"
+        if not (args.match_number.isascii() and args.match_number.isdigit()
+                and len(args.match_number) == MATCH_DIGITS):
+            return f"--match must be {MATCH_DIGITS} digits, e.g. 37"
+    elif args.match_number is not None:
+        return "--match is for --mode match only"
+    return None
 
 
 def _run_serve(settings: Settings) -> None:
@@ -130,11 +154,13 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     ) as client:
         since = int(time.time() * 1000) - 1
         rid = await client.submit(
-            user=args.user, phone=args.phone, lang=args.lang, expires_in_s=args.timeout
+            user=args.user, phone=args.phone, lang=args.lang, expires_in_s=args.timeout,
+            mode=args.mode, match_number=args.match_number,
         )
         progress = None
         if not args.json:
-            print(f"verification {rid}: calling {args.phone}")
+            print(f"verification {rid}: calling {args.phone}"
+                  + ("" if args.mode == "standard" else f" (mode {args.mode})"))
             progress = asyncio.create_task(_print_progress(client, rid, since, args.timeout))
         record = await client.wait(rid, args.timeout)
         if progress is not None:

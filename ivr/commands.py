@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from . import dialcheck, doctor, promptgen, report
 from .exceptions import RequestError
+from .log import configure
 from .settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -65,6 +66,9 @@ def _check_number(settings: Settings, number: str) -> int:
 def _check(settings: Settings, args: argparse.Namespace) -> int:
     if args.number is not None:
         return _check_number(settings, args.number)
+    # The report is for people: the JSON log lines of the clients it uses (ami_logged_in,
+    # ...) would be mixed into it. Errors still show; CALLMFA_LOG_LEVEL=debug shows all.
+    configure("debug" if settings.log_level == "debug" else "error")
 
     async def run() -> int:
         failed = 0

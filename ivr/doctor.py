@@ -27,23 +27,41 @@ from redis.exceptions import RedisError, ResponseError
 from .client import VerificationClient
 from .dialcheck import policy_summary
 from .domain.outcome import Outcome
-from .exceptions import AmiConnectError, AmiError, AmiLoginError
+from .exceptions import (
+    AmiConnectError,
+    AmiError,
+    AmiLoginError,
+    OutcomeBindingError,
+    OutcomeSignatureError,
+)
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
 from .settings import Settings
+from .storage.acl import SERVICE
 from .storage.keys import STORE_OUTCOME
 from .storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
 from .transport.ami import AmiClient
 
 SAMPLE_NUMBER = "+12015550100"
+CHECK_USER_PREFIX = "callmfa-check-"
 KNOWN_TECHNOLOGIES = {"PJSIP", "SIP", "IAX2", "DAHDI", "Local", "Motif", "UNISTIM", "WebSocket"}
 DANGEROUS_PRIVILEGES = ("system", "command", "config")
 PROBE_WAIT_S = 5.0
 _CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]*/[^\s,|&;]+\Z")
 _PRIV = re.compile(r"\(Priv: ([^)]*)\)")
 
-# What to do about each outcome of a test call (also docs/troubleshooting.md).
+# What to do about each outcome of a test call (also docs/troubleshooting.md): every
+# Outcome has one (tests/unit/test_operations.py iterates the enum).
 OUTCOME_FIXES: dict[Outcome, str] = {
-    Outcome.FRAUD_REPORTED: "the phone pressed 0#: press # alone to approve",
+    Outcome.APPROVED: "nothing: the whole chain works",
+    Outcome.FRAUD_REPORTED: "the phone pressed 0#: press # alone to approve; the check user "
+                            "is now blocked (`callmfa blocked`)",
+    Outcome.DENIED: "a wrong PIN or number was keyed (mode pin or match): key the right one; "
+                    "a forgotten PIN: `callmfa pin set USER`",
+    Outcome.LOCKED_OUT: "too many denied PIN calls in a row: `callmfa pin unlock USER` once "
+                        "you know it was the user",
+    Outcome.MACHINE_ANSWERED: "answering-machine detection heard a machine (a voicemail, or a "
+                              "phone that stays silent): say \"hello\" when you answer, or set "
+                              "CALLMFA_AMD=off",
     Outcome.NO_INPUT: "answered but no '#': a voicemail or a phone that cannot send DTMF "
                       "(check the trunk's dtmf_mode: rfc4733 or info)",
     Outcome.HUNG_UP: "the callee hung up during the prompt",
@@ -51,11 +69,18 @@ OUTCOME_FIXES: dict[Outcome, str] = {
     Outcome.BUSY: "the line was busy or the call was declined",
     Outcome.UNREACHABLE: "the trunk refused the call: check CALLMFA_DIAL_TEMPLATE, the trunk's "
                          "registration and the Q.850 cause in detail",
-    Outcome.REJECTED: "the request was invalid: see detail (the number must be E.164, +...)",
+    Outcome.REJECTED: "the request was invalid: see detail (the number must be E.164, +..., "
+                      "and inside CALLMFA_ALLOWED_PREFIXES)",
     Outcome.EXPIRED: "not placed in time: is `callmfa serve` running and consuming "
                      "callmfa:requests?",
     Outcome.ERROR: "see detail: originate_failed (Asterisk refused: context, channel "
                    "technology, AMI rights), no_ivr_outcome (Asterisk cannot reach FastAGI)",
+    Outcome.THROTTLED: "callmfa's throttles refused the call (detail; CALLMFA_THROTTLE_*): "
+                       "number_cooldown means this number was called less than "
+                       "CALLMFA_THROTTLE_NUMBER_COOLDOWN_S ago: run the check again later",
+    Outcome.BLOCKED: "the user is blocked: `callmfa blocked`, then `callmfa unblock USER`",
+    Outcome.BYPASSED: "a one-time bypass (`callmfa bypass`) was used instead of a call: run "
+                      "the check again",
 }
 
 
@@ -227,6 +252,30 @@ async def _ack_and_delete(redis: Redis, stream: str) -> None:
         await pipe.execute()
 
 
+async def _acl_dryrun(redis: Redis) -> list[str] | None:
+    """The commands of :data:`ivr.storage.acl.SERVICE` that the ACL refuses this user, as
+    Redis itself says with ``ACL DRYRUN``; None when Redis will not answer that question
+    (no ``+acl|whoami`` / ``+acl|dryrun``, or a Redis older than 7.0)."""
+    try:
+        me: Any = await redis.execute_command("ACL", "WHOAMI")  # type: ignore[no-untyped-call]
+    except ResponseError:
+        return None
+    user = me.decode() if isinstance(me, bytes) else str(me)
+    refused = []
+    for needed in SERVICE:
+        try:
+            reply: Any = await redis.execute_command(  # type: ignore[no-untyped-call]
+                "ACL", "DRYRUN", user, *needed.sample)
+        except ResponseError as e:
+            if _refused(e) or "unknown subcommand" in str(e).lower():
+                return None  # DRYRUN itself is not allowed or not there
+            refused.append(needed.name)
+            continue
+        if (reply.decode() if isinstance(reply, bytes) else str(reply)) != "OK":
+            refused.append(needed.name)
+    return refused
+
+
 def _refused(error: ResponseError) -> bool:
     text = str(error)
     # Inside a script, Redis 7.0 words the ACL refusal without the NOPERM prefix.
@@ -244,15 +293,29 @@ async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
             yield CheckResult("redis", Status.FAIL, f"cannot reach {url}: {e or 'timeout'}",
                               "start Redis or fix CALLMFA_REDIS_URL (user:password@ for ACL)")
             return
-        refused = await _redis_acl(redis)
+        refused = await _acl_dryrun(redis)
+        asked = refused is not None
+        if refused is None:
+            yield CheckResult(
+                "redis-acl", Status.WARN,
+                "Redis does not answer ACL DRYRUN for this user: only a subset of the "
+                "commands was tried",
+                "allow +acl|whoami and +acl|dryrun (docs/operations.md has the ACL line)")
+            refused = await _redis_acl(redis)
         if refused:
             yield CheckResult(
                 "redis-acl", Status.FAIL, "the Redis ACL refuses: " + ", ".join(refused),
                 "allow callmfa's commands on ~callmfa:* and &callmfa:* "
                 "(docs/operations.md has the ACL line)")
+            yield CheckResult("queue", Status.SKIP, "needs the commands the ACL refuses")
+            return
+        if asked:
+            yield CheckResult("redis", Status.OK,
+                              f"{url} reachable; the ACL allows all {len(SERVICE)} commands "
+                              "callmfa uses (ACL DRYRUN)")
         else:
             yield CheckResult("redis", Status.OK,
-                              f"{url} reachable; the ACL allows every command callmfa uses")
+                              f"{url} reachable; the ACL allows the commands tried")
         yield await _queue_state(redis)
     finally:
         await redis.aclose()
@@ -408,18 +471,39 @@ def check_early_keys(trystatus: str | None) -> CheckResult:
         "then `dialplan reload`")
 
 
+def check_user() -> str:
+    """A user of its own for each ``check --call``: a second check within the user cooldown
+    is not throttled, and no real user's counters, blocks or bypasses are touched."""
+    return f"{CHECK_USER_PREFIX}{uuid.uuid4().hex[:8]}"
+
+
 async def check_call(settings: Settings, number: str, timeout_s: float) -> CheckResult:
-    """Place a real verification to ``number`` through the running service."""
-    async with VerificationClient.from_url(settings.redis_url) as client:
-        record = await client.verify(user="callmfa-check", phone=number, timeout_s=timeout_s,
-                                     expires_in_s=timeout_s)
+    """Place a real verification to ``number`` through the running service; with a signing
+    key, the outcome counts only if its signature verifies."""
+    user = check_user()
+    async with VerificationClient.from_settings(settings) as client:
+        try:
+            record = await client.verify(user=user, phone=number, timeout_s=timeout_s,
+                                         expires_in_s=timeout_s)
+        except OutcomeBindingError as e:
+            return CheckResult(
+                "call", Status.FAIL, f"{number}: the outcome does not answer this request: {e}",
+                "a replayed or copied outcome: see docs/security.md (forged outcomes)")
+        except OutcomeSignatureError as e:
+            return CheckResult(
+                "call", Status.FAIL, f"{number}: the outcome's signature does not verify: {e}",
+                "CALLMFA_SIGNING_KEY (or _FILE) must be the key `callmfa serve` signs with")
     if record is None:
         return CheckResult("call", Status.FAIL, f"no outcome for {number} within {timeout_s:g}s",
                            OUTCOME_FIXES[Outcome.EXPIRED])
     text = f"{number}: {record.outcome.value}" + (f" ({record.detail})" if record.detail else "")
+    if record.retry_after:
+        text += f", retry after {record.retry_after}s"
+    if settings.signing_key:
+        text += ", signature verified"
     if record.outcome is Outcome.APPROVED:
         return CheckResult("call", Status.OK, text + " - the whole chain works")
-    return CheckResult("call", Status.FAIL, text, OUTCOME_FIXES[record.outcome])
+    return CheckResult("call", Status.FAIL, f"{text} (user {user})", OUTCOME_FIXES[record.outcome])
 
 
 async def run_checks(

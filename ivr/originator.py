@@ -200,7 +200,7 @@ class Originator:
                 await self._adopt(req, info)
                 return True
         if time.time() > req.expires_at:
-            await self._finish(req, Outcome.EXPIRED, "not placed before expires_at")
+            await self._finish(req, Outcome.EXPIRED, None)
             return True
         # Security policy (docs/security.md): decided before the call is claimed or placed.
         refusal = await self._security.screen(req)
@@ -328,6 +328,10 @@ class Originator:
         finally:
             await cancel_and_wait(waiting)
         if record is not None:
+            if s.agi_mode == "classic":
+                # The classic script stored it and counts nothing: this is the one process
+                # that knows the call, so it counts the outcome (callmfa_outcomes_total).
+                self._store.outcome_seen(record)
             _log_finished(record)
             return
         lost = watch.hangup.done() and watch.hangup.exception() is not None

@@ -1,9 +1,10 @@
-"""``callmfa report``: outcomes per day, per user and per value, from ``callmfa:events``.
+"""``callmfa report``: outcomes per day, per user and per value, from ``callmfa:events``,
+and the security audit (blocks, unblocks, bypasses, fraud reports) from ``callmfa:audit``.
 
 The ``finished`` events carry the outcome and the user; for older entries written before
 the user was added, the result key is read instead while it lives. Events other than the
-progress events (for example blocks written by the anti-fraud policy) are counted by name,
-so the report shows them without knowing their meaning.
+progress events are counted by name, so the report shows them without knowing their
+meaning. Each audit entry is listed with who did it and why.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .domain.outcome import Outcome, OutcomeRecord
+from .storage.keys import AUDIT
 from .storage.store import EVENTS, result_key
 
 PROGRESS_EVENTS = {"queued", "dialing", "ringing", "answered", "input", "finished"}
@@ -41,12 +43,31 @@ class Finished:
         return self.at[:10]
 
 
+@dataclass(frozen=True)
+class Audited:
+    """One ``callmfa:audit`` entry: a block, an unblock, a bypass, a fraud report."""
+
+    at: str
+    event: str
+    user: str
+    actor: str = ""
+    reason: str = ""
+    until: str = ""
+    id: str = ""
+
+    @property
+    def day(self) -> str:
+        """The UTC day (YYYY-MM-DD)."""
+        return self.at[:10]
+
+
 @dataclass
 class Report:
     """Everything the report prints."""
 
     finished: list[Finished] = field(default_factory=list)
     other: Counter[tuple[str, str]] = field(default_factory=Counter)  # (day, event) -> count
+    audit: list[Audited] = field(default_factory=list)
 
     def by(self, key: str) -> dict[str, Counter[str]]:
         """{day or user: Counter(outcome)}."""
@@ -73,31 +94,43 @@ def parse_bound(text: str) -> int:
 
 async def collect(redis: Redis, *, since_ms: int | None = None,
                   until_ms: int | None = None) -> Report:
-    """Read the events stream between the bounds (inclusive) into a :class:`Report`."""
+    """Read the events and audit streams between the bounds (inclusive) into a
+    :class:`Report`."""
     report = Report()
-    lower = f"{since_ms}-0" if since_ms is not None else "-"
-    upper = f"{until_ms}-18446744073709551615" if until_ms is not None else "+"
     no_user: list[int] = []
-    while True:
-        entries: Any = await redis.xrange(EVENTS, min=lower, max=upper, count=BATCH)
-        for _entry_id, raw in entries:
-            fields = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
-            name = fields.get("event", "")
-            at = fields.get("at", "")
-            if name == "finished":
-                if "user" not in fields:
-                    no_user.append(len(report.finished))
-                report.finished.append(Finished(fields.get("id", ""), at,
-                                                fields.get("user") or UNKNOWN_USER,
-                                                fields.get("outcome", "")))
-            elif name not in PROGRESS_EVENTS:
-                report.other[(at[:10], name)] += 1
-        if len(entries) < BATCH:
-            break
-        last = entries[-1][0].decode()
-        lower = "(" + last
+    async for fields in _entries(redis, EVENTS, since_ms, until_ms):
+        name = fields.get("event", "")
+        at = fields.get("at", "")
+        if name == "finished":
+            if "user" not in fields:
+                no_user.append(len(report.finished))
+            report.finished.append(Finished(fields.get("id", ""), at,
+                                            fields.get("user") or UNKNOWN_USER,
+                                            fields.get("outcome", "")))
+        elif name not in PROGRESS_EVENTS:
+            report.other[(at[:10], name)] += 1
+    async for fields in _entries(redis, AUDIT, since_ms, until_ms):
+        report.audit.append(Audited(
+            at=fields.get("at", ""), event=fields.get("event", ""),
+            user=fields.get("user") or UNKNOWN_USER, actor=fields.get("actor", ""),
+            reason=fields.get("reason", ""), until=fields.get("until", ""),
+            id=fields.get("id", "")))
     await _fill_users(redis, report.finished, no_user)
     return report
+
+
+async def _entries(redis: Redis, stream: str, since_ms: int | None,
+                   until_ms: int | None) -> AsyncIterator[dict[str, str]]:
+    """The fields of each entry of ``stream`` between the bounds, in batches."""
+    lower = f"{since_ms}-0" if since_ms is not None else "-"
+    upper = f"{until_ms}-18446744073709551615" if until_ms is not None else "+"
+    while True:
+        entries: Any = await redis.xrange(stream, min=lower, max=upper, count=BATCH)
+        for _entry_id, raw in entries:
+            yield {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+        if len(entries) < BATCH:
+            return
+        lower = "(" + entries[-1][0].decode()
 
 
 async def _fill_users(redis: Redis, finished: list[Finished], indexes: list[int]) -> None:
@@ -129,9 +162,11 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> str:
 
 
 def render_text(report: Report) -> str:
-    """Sections for people: per day, per user, per outcome, fraud reports, other events."""
-    if not report.finished and not report.other:
-        return "no verifications in callmfa:events for this period\n"
+    """Sections for people: per day, per user, per outcome, fraud reports, other events,
+    the security audit."""
+    if not report.finished and not report.other and not report.audit:
+        return "no verifications in callmfa:events and no callmfa:audit entries for this " \
+               "period\n"
     cols = _columns(report)
     out = [f"{len(report.finished)} verifications"]
     for title, key in (("per day (UTC)", "day"), ("per user", "user")):
@@ -149,12 +184,19 @@ def render_text(report: Report) -> str:
         out.append(_table(["at", "user", "id"], ([f.at, f.user, f.id] for f in frauds)))
     if report.other:
         rows = ([d, e, str(n)] for (d, e), n in sorted(report.other.items()))
-        out += ["", "other events (blocks, ...)", _table(["day", "event", "count"], rows)]
+        out += ["", "other events", _table(["day", "event", "count"], rows)]
+    counts = Counter(a.event for a in report.audit)
+    summary = ", ".join(f"{n} {event}" for event, n in sorted(counts.items()))
+    out += ["", f"security audit, callmfa:audit ({summary or 'none'})"]
+    if report.audit:
+        out.append(_table(["at", "event", "user", "actor", "reason", "until", "id"], (
+            [a.at, a.event, a.user, a.actor, a.reason, a.until, a.id] for a in report.audit)))
     return "\n".join(out) + "\n"
 
 
 def render_csv(report: Report) -> str:
-    """One row per (day, user, outcome) with its count; other events as ``event:<name>``."""
+    """One row per (day, user, outcome) with its count; other events as ``event:<name>``,
+    audit entries per (day, user) as ``audit:<name>``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["day", "user", "outcome", "count"])
@@ -163,4 +205,7 @@ def render_csv(report: Report) -> str:
         writer.writerow([day, user, outcome, n])
     for (day, name), n in sorted(report.other.items()):
         writer.writerow([day, "", f"event:{name}", n])
+    audited = Counter((a.day, a.user, a.event) for a in report.audit)
+    for (day, user, name), n in sorted(audited.items()):
+        writer.writerow([day, user, f"audit:{name}", n])
     return buf.getvalue()

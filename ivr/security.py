@@ -119,6 +119,9 @@ class Security:
     async def report_fraud(self, *, rid: str, user: str, number: str, context: str) -> None:
         """The user pressed 0#: block them (unless blocking is off), audit, notify."""
         block_s = self._settings.fraud_block_s
-        await self.guard.apply(*fraud_report_args(
-            rid=rid, user=user, number=number, context=context, block_s=block_s))
+        if not await self.guard.apply(*fraud_report_args(
+                rid=rid, user=user, number=number, context=context, block_s=block_s)):
+            # A longer block stands: the report itself is still audited.
+            await self.guard.apply(*fraud_report_args(
+                rid=rid, user=user, number=number, context=context, block_s=0))
         log.warning("fraud_reported", user=user, blocked_for_s=block_s)

@@ -143,7 +143,7 @@ Content-Length: 0
     cseq = 1
     if b.keys:
         steps += f'  <pause milliseconds="{b.key_delay_ms}"/>\n'
-        for key in b.keys:
+        for n, key in enumerate(b.keys, 1):
             if b.dtmf == "info":
                 steps += _request("INFO", cseq, f"Signal={key}\nDuration=160",
                                   "application/dtmf-relay")
@@ -153,7 +153,10 @@ Content-Length: 0
                 steps += f"""  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>
   <pause milliseconds="250"/>
 """
-            steps += f'  <pause milliseconds="{b.key_gap_ms}"/>\n'
+            # No pause after the last key unless the phone hangs up itself: the callee's
+            # BYE may come at any moment after it, and sipp fails a BYE during a pause.
+            if n < len(b.keys) or b.hangup_after_ms is not None:
+                steps += f'  <pause milliseconds="{b.key_gap_ms}"/>\n'
     if b.hangup_after_ms is not None:
         steps += f'  <pause milliseconds="{b.hangup_after_ms}"/>\n'
         steps += _request("BYE", cseq)

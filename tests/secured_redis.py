@@ -53,7 +53,8 @@ def secured_redis(directory: Path) -> Iterator[SecuredRedis]:
     """redis-server with the shipped ACL file (passwords replaced) on a TLS-only port."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, cert, key = make_certs(directory)
-    passwords = {u: secrets.token_urlsafe(24) for u in ("callmfa-signin", "callmfa-service")}
+    passwords = {u: secrets.token_urlsafe(24)
+                 for u in ("callmfa-signin", "callmfa-service", "callmfa-security")}
     acl = ACL_FILE.read_text()
     for user, password in passwords.items():
         acl = acl.replace(f">CHANGE-ME-{user.split('-')[1]}", f">{password}")

@@ -4,6 +4,11 @@ A simulated phone (sipp) answers and presses '#' after a second and a half; the 
 queues a verification request in Redis exactly as a sign-in service would, prints the
 progress events as they happen and the outcome, with the time from the key press reaching
 Asterisk to the outcome being in Redis.
+
+The sandbox runs callmfa's real throttles (one call per user and per number a minute, five
+an hour) and its Redis keeps them between runs, so each run verifies a user and a number
+of its own: run N is user demo-N at +1 201 555 01NN (every number reaches the simulated
+phone). The run counter is the sandbox-only key callmfa:demo:runs.
 """
 
 from __future__ import annotations
@@ -16,12 +21,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
 from ivr.settings import Settings
 from ivr.testing import PhoneBehaviour, SippPhone
 
-PHONE = "+12015550100"
+RUNS_KEY = "callmfa:demo:runs"
+NUMBERS = 100  # +12015550100 to +12015550199: fictional numbers, each used once per 100 runs
+
+
+def _fresh(run: int) -> tuple[str, str]:
+    """The user and the number of run ``run`` (1, 2, ...)."""
+    return f"demo-{run}", f"+1201555{100 + (run - 1) % NUMBERS:04d}"
 
 
 async def main() -> int:
@@ -29,11 +42,19 @@ async def main() -> int:
     # The user says "Hello." on answering (machine detection listens), then presses #.
     behaviour = PhoneBehaviour(keys="#", key_delay_ms=1500, speech="Hello.")
     with SippPhone(behaviour, workdir=workdir, address=os.environ["CALLMFA_PHONE"]) as phone:
+        redis = Redis.from_url(os.environ["CALLMFA_REDIS_URL"], socket_timeout=5)
+        try:
+            run = int(await redis.incr(RUNS_KEY))
+        finally:
+            await redis.aclose()
+        user, number = _fresh(run)
         async with VerificationClient.from_settings(Settings.load()) as client:
-            print(f"callmfa demo: verifying user 'alice' by calling {PHONE}")
-            print("  (a simulated phone answers and presses # after 1.5 s)\n")
+            print(f"callmfa demo, run {run}: verifying user '{user}' by calling {number}")
+            print("  (a simulated phone answers and presses # after 1.5 s; callmfa's throttles "
+                  "allow one call\n  per user and per number a minute, so each run has a "
+                  "user and a number of its own)\n")
             since = int(time.time() * 1000) - 1
-            rid = await client.submit(user="alice", phone=PHONE, context={"app": "demo"})
+            rid = await client.submit(user=user, phone=number, context={"app": "demo"})
             print(f"request {rid} queued on callmfa:requests")
             async for ev in client.watch(rid, since_ms=since, timeout_s=60):
                 extra = f"  -> {ev.fields['outcome']}" if "outcome" in ev.fields else ""

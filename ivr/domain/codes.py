@@ -1,9 +1,11 @@
 """Salted hashes of the codes a user keys (PINs, match numbers): scrypt, never the code itself.
 
 The stored form is one ASCII string, ``scrypt$<log2 N>$<r>$<p>$<salt>$<hash>`` (salt and
-hash in unpadded URL-safe base64). Checking costs tens of milliseconds of CPU on purpose:
-drivers run it off the event loop. Parameters read from a hash are bounded, so a hash that
-came with a request cannot make the check take a second or a gigabyte.
+hash in unpadded URL-safe base64; the salt is 16 to 32 bytes, 22 to 43 characters, and the
+hash 32 bytes, 43 characters: scrypt's ``dklen`` 32). Checking costs tens of milliseconds
+of CPU on purpose: drivers run it off the event loop. Parameters read from a hash are
+bounded, so a hash that came with a request cannot make the check take a second or a
+gigabyte.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import re
 
 LOG2_N, R, P = 14, 8, 1  # 16 MiB and ~40 ms per check
 MAX_LOG2_N, MAX_R, MAX_P = 16, 8, 2
+SALT_BYTES = range(16, 33)
+HASH_BYTES = 32
 _FORMAT = re.compile(
-    r"scrypt\$(\d{1,2})\$(\d{1,2})\$(\d)\$([A-Za-z0-9_-]{16,64})\$([A-Za-z0-9_-]{32,88})\Z"
+    r"scrypt\$(\d{1,2})\$(\d{1,2})\$(\d)\$([A-Za-z0-9_-]{22,43})\$([A-Za-z0-9_-]{43})\Z"
 )
 
 
@@ -31,7 +35,7 @@ def _unb64(text: str) -> bytes:
 
 def _scrypt(code: str, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
-        code.encode(), salt=salt, n=1 << log2_n, r=r, p=p, dklen=32,
+        code.encode(), salt=salt, n=1 << log2_n, r=r, p=p, dklen=HASH_BYTES,
         maxmem=128 * r * (1 << log2_n) * 2 + 1024 * 1024,
     )
 
@@ -48,7 +52,13 @@ def is_valid_hash(stored: str) -> bool:
     if m is None:
         return False
     log2_n, r, p = int(m.group(1)), int(m.group(2)), int(m.group(3))
-    return 10 <= log2_n <= MAX_LOG2_N and 1 <= r <= MAX_R and 1 <= p <= MAX_P
+    if not (10 <= log2_n <= MAX_LOG2_N and 1 <= r <= MAX_R and 1 <= p <= MAX_P):
+        return False
+    try:
+        salt, digest = _unb64(m.group(4)), _unb64(m.group(5))
+    except ValueError:  # a length no byte string encodes to (4k+1 characters)
+        return False
+    return len(salt) in SALT_BYTES and len(digest) == HASH_BYTES
 
 
 def check_code(code: str, stored: str) -> bool:

@@ -170,7 +170,8 @@ class VerificationFlow:
         self._wrong_code = False
         self._closing: tuple[str, ...] | None = None
         self._pending: Collect | None = None
-        self._prefix = ""  # early keys with no '#': the start of the first answer
+        self._prefix = ""  # early keys with no '#': the start of the next answer
+        self._queued = ""  # early keys after the first answer: the answers that come next
         self.answered_early = False
         self._state = "new"
 
@@ -218,22 +219,26 @@ class VerificationFlow:
             # Nothing to compare the keys with: never approve, tell the sign-in service why.
             return self._report(Outcome.ERROR, "no_pin" if self.mode == "pin" else "no_code",
                                 closing=False, prompt="failed")
-        first, pound, _ = early_keys.partition("#")
-        if not pound:
+        if "#" not in early_keys:
             # Unfinished: a '*' asked for the greeting, which comes now anyway.
-            self._prefix = first.rsplit("*", 1)[-1]
+            self._prefix = early_keys.rsplit("*", 1)[-1]
             return self._collect(())
-        # Finished before the greeting: the first answer. Keys after its '#' are dropped,
-        # like keys between two prompts.
-        self._attempts += 1
-        self._state = "collecting"
+        # Finished before the greeting: the first answer, and any keyed after it are the
+        # next answers, in order (wrong, then right; or wrong, then 0#).
+        self._queued = early_keys
         self.answered_early = True
-        return self._on_digits(Digits(first, timed_out=False))
+        return self._collect(())
 
-    def _collect(self, before: tuple[str, ...], *, attempt: bool = True) -> Collect | Play:
+    def _collect(self, before: tuple[str, ...], *, attempt: bool = True) -> Step:
         self._state = "collecting"
         if attempt:
             self._attempts += 1
+        if "#" in self._queued:
+            # The answer was keyed already (before the greeting): no prompt, no wait.
+            answer, _, self._queued = self._queued.partition("#")
+            return self._on_digits(Digits(answer, timed_out=False))
+        if self._queued:
+            self._prefix, self._queued = self._queued.rsplit("*", 1)[-1], ""
         if not keys_are_secret(self.mode):
             return Collect((*before, _GREETINGS[self.mode]), self._timeout_ms, 4)
         collect = Collect((_GREETINGS[self.mode],), self._timeout_ms, PIN_MAX_DIGITS + 8,

@@ -173,4 +173,4 @@ def failed_call_outcome(reason: int | None, cause: int | None) -> tuple[Outcome,
         return Outcome.UNREACHABLE, _UNREACHABLE_CAUSES.get(cause, f"cause_{cause}")
     if reason == REASON_CONGESTION:
         return Outcome.UNREACHABLE, "congestion"
-    return Outcome.UNREACHABLE, "originate_failed"
+    return Outcome.UNREACHABLE, "no_cause"

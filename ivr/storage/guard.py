@@ -178,11 +178,21 @@ class Guard:
         return Admission(Verdict(verdict), detail or None, int(retry) or None)
 
     async def block(self, user: str, duration_s: float, *, actor: str, reason: str,
-                    **facts: str) -> None:
-        """Block ``user`` for ``duration_s``; audited and published."""
+                    replace: bool = False, **facts: str) -> bool:
+        """Block ``user`` for ``duration_s``; audited and published.
+
+        A block that ends later stands (False, nothing audited) unless ``replace``.
+        """
         until = time.time() + duration_s
-        await self.record("blocked", user, value=int(until * 1000), actor=actor, reason=reason,
-                          until=iso(until) or "", **facts)
+        if replace:
+            facts = {**facts, "replace": "yes"}
+        return await self.record("blocked", user, value=int(until * 1000), actor=actor,
+                                 reason=reason, until=iso(until) or "", **facts)
+
+    async def blocked_until(self, user: str) -> float | None:
+        """When ``user``'s block ends (epoch seconds), or None."""
+        score = await self.redis.zscore(BLOCKED, user)
+        return score / 1000 if score is not None and score > time.time() * 1000 else None
 
     async def unblock(self, user: str, *, actor: str, reason: str = "") -> bool:
         """Lift a block; False if ``user`` was not blocked (nothing is audited then)."""

@@ -115,7 +115,18 @@ RECORD_AUDIT = """
 local op, user = ARGV[1], ARGV[2]
 local changed = 1
 if op == 'blocked' then
-  redis.call('ZADD', KEYS[1], ARGV[3], user)
+  -- A block is only lengthened, unless the audit facts say replace=yes (callmfa block
+  -- --replace): a 12 h block must not cut short a 90-day fraud block.
+  local replace = false
+  for i = 7, #ARGV - 1, 2 do
+    if ARGV[i] == 'replace' then replace = ARGV[i + 1] == 'yes' end
+  end
+  local current = tonumber(redis.call('ZSCORE', KEYS[1], user) or '0')
+  if replace or current < tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[1], ARGV[3], user)
+  else
+    changed = 0
+  end
 elseif op == 'unblocked' then
   changed = redis.call('ZREM', KEYS[1], user)
 elseif op == 'bypass_granted' then
@@ -132,8 +143,9 @@ return changed
 def audit_script_args(
     event: str, user: str, value: int, facts: Mapping[str, str]
 ) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of the audit script: ``blocked`` (until ``value`` ms), ``unblocked``,
-    ``bypass_granted`` (``value`` seconds), or any other event, audited and published."""
+    """KEYS and ARGV of the audit script: ``blocked`` (until ``value`` ms; only lengthens a
+    block unless ``facts`` has ``replace="yes"``), ``unblocked``, ``bypass_granted``
+    (``value`` seconds), or any other event, audited and published."""
     entry = {"event": event, "user": user, "at": iso(time.time()) or "", **facts}
     args: list[str | int] = [event, user, value, AUDIT_MAXLEN, SECURITY_CHANNEL,
                              json.dumps(entry, separators=(",", ":"))]

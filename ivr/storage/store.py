@@ -267,6 +267,12 @@ class Store:
             self._observer.outcome_stored(record)
         return stored
 
+    def outcome_seen(self, record: OutcomeRecord) -> None:
+        """An outcome stored by a process with no metrics of its own (the classic AGI
+        script), learnt by the originator that placed the call: tell the observer once."""
+        if self._observer is not None:
+            self._observer.outcome_stored(record)
+
     async def get_outcome(self, rid: str) -> OutcomeRecord | None:
         """The stored outcome, if any."""
         raw = await self.redis.get(result_key(rid))

@@ -81,7 +81,11 @@ class SyncStore:
         """0#: block the user (or only audit, with CALLMFA_FRAUD_BLOCK_S=0), as serve does."""
         keys, args = fraud_report_args(rid=rid, user=user, number=number, context=context,
                                        block_s=self._settings.fraud_block_s)
-        self._redis.eval(RECORD_AUDIT, len(keys), *keys, *args)
+        if not self._redis.eval(RECORD_AUDIT, len(keys), *keys, *args):
+            # A longer block stands: the report itself is still audited.
+            keys, args = fraud_report_args(rid=rid, user=user, number=number,
+                                           context=context, block_s=0)
+            self._redis.eval(RECORD_AUDIT, len(keys), *keys, *args)
 
     def record_denial(self, user: str, *, rid: str = "") -> bool:
         """Count a denied PIN call; True when it locked the user out (audited, as serve's

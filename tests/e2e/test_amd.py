@@ -36,14 +36,13 @@ class TestSilentPeople:
         """AMD says MACHINE (INITIALSILENCE) after 2.5 s of silent audio, but a key was
         pressed: the greeting plays, and the '#' keyed during it approves."""
         log = await asyncio.to_thread(AsteriskLog, sandbox)
-        # (The phone's pause after its last key outlasts the goodbye: sipp then counts the
-        # BYE as unexpected, so the phone's own verdict is not asked for here.)
-        phone(keys="##", key_delay_ms=1000, key_gap_ms=3500, speech=None, silent_rtp=True)
+        p = phone(keys="##", key_delay_ms=1000, key_gap_ms=3500, speech=None, silent_rtp=True)
         record = await verify(client)
         assert record.outcome is Outcome.APPROVED
         assert record.input_at is not None
         assert record.answered_at is not None
         assert record.input_at - record.answered_at > 3.0  # the second '#', not the first
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
         text = "".join(await asyncio.to_thread(log.lines))
         assert "ANSWERING MACHINE: silenceDuration" in text  # AMDCAUSE INITIALSILENCE
         assert "callmfa/greeting" in text

@@ -18,6 +18,7 @@ from ivr.storage.pins import PinStore
 
 from ..conftest import Sandbox
 from .conftest import AsteriskLog, PhoneFactory, audit_of, restart_serve
+from .test_operations import scrape
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,24 @@ class TestClassicAgi:
         assert p.wait(20) == 0, p.errors()
         log = (sandbox.directory / "logs" / "asterisk.log").read_text()
         assert f"callmfa: {record.id}: outcome approved" in log
+
+    async def test_answered_outcomes_are_counted_in_metrics(
+        self, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """callmfa_outcomes_total counts what the classic script stored: it missed every
+        answered call's outcome, so the approval-rate panel and its alert read 0."""
+        before = scrape()
+        for keys, expected in (("#", Outcome.APPROVED), ("0#", Outcome.FRAUD_REPORTED)):
+            p = phone(keys=keys, key_delay_ms=2500)
+            record = await client.verify(user="metrics", phone="+12015550100", timeout_s=60)
+            assert record is not None
+            assert record.outcome is expected
+            assert p.wait(20) == 0, p.errors()
+        after = scrape()
+        for outcome in Outcome:
+            name = f"callmfa_outcomes_total{{outcome={outcome.value}}}"
+            counted = 1 if outcome in (Outcome.APPROVED, Outcome.FRAUD_REPORTED) else 0
+            assert after.get(name, 0) - before.get(name, 0) == counted, outcome
 
     async def test_zero_pound_reports_fraud_and_is_audited(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
@@ -73,6 +92,20 @@ class TestClassicAgi:
         lines = "".join(log.lines())
         assert f"callmfa: {record.id}: outcome approved" in lines
         assert "callmfa/greeting" not in lines
+
+    @pytest.mark.parametrize(("keys", "outcome"), [
+        ("5##", Outcome.APPROVED), ("5#0#", Outcome.FRAUD_REPORTED),
+    ])
+    async def test_every_answer_keyed_before_the_greeting_counts(
+        self, client: VerificationClient, phone: PhoneFactory, keys: str, outcome: Outcome
+    ) -> None:
+        """Through the classic script too: a wrong answer then '#' (or '0#'), 300 ms apart
+        while AMD listens, gives the second answer's outcome."""
+        p = phone(keys=keys, key_delay_ms=100, key_gap_ms=300)
+        record = await client.verify(user="mallory", phone="+12015550100", timeout_s=60)
+        assert record is not None
+        assert record.outcome is outcome
+        assert p.wait(20) == 0, p.errors()
 
     async def test_pin_lockout_is_audited_as_serve_does(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory

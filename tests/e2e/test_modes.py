@@ -136,6 +136,41 @@ class TestMatch:
         assert (record.outcome, record.detail) == (Outcome.DENIED, "wrong_code")
 
 
+class TestVerifyCommand:
+    """`callmfa verify --mode`: the command line asks for every mode (it had no --mode)."""
+
+    async def test_mode_match_with_the_number(
+        self, sandbox: Sandbox, phone: PhoneFactory
+    ) -> None:
+        p = phone(keys="37#")
+        out = await asyncio.to_thread(
+            _callmfa, sandbox, "verify", "--user", "cli-match", "--phone", PHONE,
+            "--mode", "match", "--match", "37", "--timeout", "40", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert OutcomeRecord.from_json(out.stdout).outcome is Outcome.APPROVED
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
+
+    async def test_mode_match_wrong_number_is_denied(
+        self, sandbox: Sandbox, phone: PhoneFactory
+    ) -> None:
+        phone(keys="73#")
+        out = await asyncio.to_thread(
+            _callmfa, sandbox, "verify", "--user", "cli-match", "--phone", PHONE,
+            "--mode", "match", "--match", "37", "--timeout", "40")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "outcome: denied (wrong_code)" in out.stdout
+        assert "(mode match)" in out.stdout
+
+    async def test_mode_pin(self, sandbox: Sandbox, phone: PhoneFactory) -> None:
+        await set_pin(sandbox, "cli-pin", PIN)
+        phone(keys=PIN + "#")
+        out = await asyncio.to_thread(
+            _callmfa, sandbox, "verify", "--user", "cli-pin", "--phone", PHONE,
+            "--mode", "pin", "--timeout", "40")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "outcome: approved" in out.stdout
+
+
 class TestMachineDetection:
     async def test_voicemail_greeting_is_machine_answered(
         self, client: VerificationClient, phone: PhoneFactory
@@ -186,6 +221,22 @@ class TestKeysBeforeTheGreeting:
         record = await verify(client, "alice")
         assert record.outcome is Outcome.FRAUD_REPORTED
         assert any("callmfa/greeting" in line for line in await asyncio.to_thread(log.played))
+
+    @pytest.mark.parametrize("gap_ms", [150, 300, 1000])
+    @pytest.mark.parametrize(("keys", "outcome"), [
+        ("5##", Outcome.APPROVED), ("5#0#", Outcome.FRAUD_REPORTED),
+    ])
+    async def test_every_answer_keyed_before_the_greeting_counts(
+        self, client: VerificationClient, phone: PhoneFactory, keys: str, outcome: Outcome,
+        gap_ms: int,
+    ) -> None:
+        """A wrong answer and then '#' (or '0#'), keyed while AMD listens or as the greeting
+        starts, gap_ms apart: each answer counts, in order (the second is not thrown away
+        with the first)."""
+        p = phone(keys=keys, key_delay_ms=100, key_gap_ms=gap_ms)
+        record = await verify(client, "alice")
+        assert record.outcome is outcome
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
 
     async def test_pound_then_hang_up_while_amd_listens_is_hung_up(
         self, client: VerificationClient, phone: PhoneFactory
@@ -238,6 +289,25 @@ class TestLanguages:
         played = await asyncio.to_thread(log.played)
         assert any("callmfa/greeting" in line and "(language 'fr')" in line for line in played), \
             played
+
+    @pytest.mark.parametrize("lang", ["de", "es"])
+    async def test_german_and_spanish_prompts_are_played(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory, lang: str
+    ) -> None:
+        """lang de and es: Asterisk plays callmfa's own German or Spanish greeting and
+        approval, and no English one (these prompts were never played in an e2e test)."""
+        log = await asyncio.to_thread(AsteriskLog, sandbox)
+        p = phone(keys="#", key_delay_ms=1500)
+        record = await verify(client, f"lang-{lang}", lang=lang)
+        assert record.outcome is Outcome.APPROVED
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()  # the goodbye too
+        played = await asyncio.to_thread(log.played)
+        ours = [line for line in played if "'callmfa/" in line]
+        for prompt in ("greeting", "approved"):
+            assert any(f"'callmfa/{prompt}" in line and f"(language '{lang}')" in line
+                       for line in ours), played
+        assert ours, played
+        assert all(f"(language '{lang}')" in line for line in ours), ours
 
     async def test_admin_recording_replaces_ours(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory,

@@ -121,12 +121,18 @@ class TestCheck:
     def test_call_places_a_real_verification(
         self, sandbox: Sandbox, phone: PhoneFactory
     ) -> None:
-        """--call NUMBER: a real call to the phone, which presses '#': ok."""
-        p = phone(keys="#")
-        out = run_cli(sandbox, "check", "--call", PHONE)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert f"ok    call           {PHONE}: approved - the whole chain works" in out.stdout
-        assert p.wait(20) == 0, p.errors()
+        """--call NUMBER: a real call to the phone, which presses '#': ok. Twice in a row
+        (each run has its own user), and no JSON log line in the output at the default
+        log level (ami_logged_in was printed in the middle of it)."""
+        for _ in range(2):
+            p = phone(keys="#")
+            out = run_cli(sandbox, "check", "--call", PHONE, CALLMFA_LOG_LEVEL="info")
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert f"ok    call           {PHONE}: approved" in out.stdout
+            assert "the whole chain works" in out.stdout
+            assert p.wait(20) == 0, p.errors()
+            lines = (out.stdout + out.stderr).splitlines()
+            assert not [line for line in lines if line.lstrip().startswith("{")], lines
 
 
 class TestMetrics:

@@ -18,23 +18,32 @@ from .test_operations import run_cli
 LOCK = REPO / "docker" / "requirements.lock"
 
 
-def _run(sandbox: Sandbox, *args: str) -> None:
+def _run(sandbox: Sandbox, *args: str) -> str:
+    """Run a pip command; its output."""
     # pip needs the package index: run it in the namespace the tests started in, not in the
     # sandbox's (which this thread joined, and which holds only loopback).
     out = subprocess.run(args, capture_output=True, text=True, timeout=300,
                          preexec_fn=lambda: _setns(sandbox.host_netns_fd))
     assert out.returncode == 0, f"{args[:2]} failed:\n{out.stdout}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def build_log(tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox) -> tuple[Path, str]:
+    """(the wheel, what the build backend said): built as a user would."""
+    tmp = tmp_path_factory.mktemp("dist")
+    log = _run(sandbox, str(REPO / ".venv" / "bin" / "pip"), "wheel", "-v", "--no-deps", "-w",
+               str(tmp), str(REPO))
+    return next(tmp.glob("callmfa-*.whl")), log
 
 
 @pytest.fixture(scope="module")
 def installed(
-    tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox
+    tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox, build_log: tuple[Path, str]
 ) -> tuple[Path, Path]:
     """(the wheel, the venv's bin directory): built and installed as a user would."""
     tmp = tmp_path_factory.mktemp("wheel")
-    _run(sandbox, str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w",
-         str(tmp / "dist"), str(REPO))
-    wheel = next((tmp / "dist").glob("callmfa-*.whl"))
+    wheel = build_log[0]
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
     pip = tmp / "venv" / "bin" / "pip"
     _run(sandbox, str(pip), "install", "-q", "-c", str(LOCK), str(wheel))
@@ -42,6 +51,19 @@ def installed(
 
 
 class TestWheel:
+    def test_builds_without_warnings(self, build_log: tuple[Path, str]) -> None:
+        """The backend warned that ivr.domain.data is not in the packages list."""
+        warnings = [line for line in build_log[1].splitlines()
+                    if "Warning" in line or "absent from the `packages`" in line]
+        assert warnings == [], warnings
+
+    def test_license_is_an_spdx_expression(self, build_log: tuple[Path, str]) -> None:
+        """pyproject's `license = "Apache-2.0"` reaches the metadata as PEP 639 says."""
+        with zipfile.ZipFile(build_log[0]) as wheel:
+            [name] = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+            metadata = wheel.read(name).decode()
+        assert "License-Expression: Apache-2.0" in metadata.splitlines()
+
     def test_holds_every_module_and_the_dialplan(self, installed: tuple[Path, Path]) -> None:
         """Every ivr module, dialplan file, AGI script and data file is in the wheel."""
         names = set(zipfile.ZipFile(installed[0]).namelist())

@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -212,6 +213,64 @@ class TestFraudAlert:
         p = phone(keys="#")
         assert (await _verify(signin, user, _number())).outcome is Outcome.BLOCKED
         assert p.received("INVITE") == 0
+
+
+    async def test_a_block_is_only_lengthened_and_the_report_shows_it(
+        self, secured: Secured, signin: VerificationClient, service_redis: Redis,
+        phone: PhoneFactory,
+    ) -> None:
+        """`callmfa block` cut a 90-day block short; now only --replace does, and
+        `callmfa report` (under the service's ACL user) lists every audited change."""
+        user = _user()
+        assert secured.admin("block", user, "--for", "90d", "--reason", "fraud").returncode == 0
+        shorter = secured.admin("block", user, "--for", "1h", "--reason", "oops")
+        assert shorter.returncode == 1, shorter.stdout + shorter.stderr
+        assert "already blocked until" in shorter.stdout
+        assert "--replace" in shorter.stdout
+        p = phone(keys="#")
+        assert (await _verify(signin, user, _number())).outcome is Outcome.BLOCKED
+        assert p.received("INVITE") == 0
+        until = await service_redis.zscore("callmfa:blocked", user)
+        assert until is not None
+        assert until / 1000 > time.time() + 89 * 86400
+        replaced = secured.admin("block", user, "--for", "1h", "--reason", "cleared",
+                                 "--replace")
+        assert replaced.returncode == 0, replaced.stderr
+        until = await service_redis.zscore("callmfa:blocked", user)
+        assert until is not None
+        assert until / 1000 < time.time() + 3700
+        audit = await _audit(service_redis, user)
+        assert [(e["event"], e["reason"]) for e in audit] == [
+            ("blocked", "fraud"), ("blocked", "cleared")]
+        assert audit[1]["replace"] == "yes"
+        report = secured.admin("report", "--csv")
+        assert report.returncode == 0, report.stderr
+        assert any(row.endswith(f",{user},audit:blocked,2") for row in report.stdout.splitlines())
+
+
+class TestCheckCall:
+    def test_check_call_verifies_the_signature(self, secured: Secured, phone: PhoneFactory
+                                               ) -> None:
+        """`callmfa check --call` through the secured service: every check passes under the
+        shipped ACL user (ACL DRYRUN), and the call's outcome is signature-checked; with
+        the wrong key the same approved call fails the check (it ignored the key)."""
+        number = _number()
+        p = phone(keys="#")
+        ok = secured.admin("check", "--call", number)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert f"{number}: approved, signature verified - the whole chain works" in ok.stdout
+        assert "(ACL DRYRUN)" in ok.stdout
+        assert p.wait(20) == 0, p.errors()
+        p = phone(keys="#")
+        env = {k: v for k, v in secured.env.items() if k != "CALLMFA_SIGNING_KEY_FILE"}
+        forged = subprocess.run(
+            [str(CALLMFA), "check", "--call", _number(), "--call-timeout", "15"],
+            env={**env, "CALLMFA_SIGNING_KEY": "not-the-service-key"}, capture_output=True,
+            text=True, timeout=60)
+        assert forged.returncode == 1, forged.stdout + forged.stderr
+        assert "FAIL  call" in forged.stdout
+        assert "signature does not verify" in forged.stdout
+        assert p.wait(20) == 0, p.errors()
 
 
 class TestBypass:

@@ -12,11 +12,16 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from ivr.client import VerificationClient
+from ivr.doctor import Status, check_redis
+from ivr.domain.codes import hash_code
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.exceptions import OutcomeSignatureError
+from ivr.report import collect
 from ivr.security import Security
 from ivr.settings import Settings
+from ivr.storage.pins import PinStore
 from ivr.storage.store import Store, connect, result_key
+from ivr.storage.sync import SyncStore
 
 from ..secured_redis import SecuredRedis, secured_redis
 
@@ -53,6 +58,98 @@ class TestAcl:
             assert [b.user for b in await security.guard.blocked()] == ["bob"]
         finally:
             await redis.aclose()
+
+    async def test_service_side_takes_over_counts_pins_and_reports(
+        self, server: SecuredRedis
+    ) -> None:
+        """The rest of the service's job under the generated list: take-over (XPENDING,
+        XCLAIM, MGET, DEL), PIN denials (HINCRBY in a script), the admin commands, the
+        report, and the classic AGI script's sync client (EVAL)."""
+        redis = _redis(server, "callmfa-service")
+        try:
+            store = Store(redis, result_ttl_s=60, events_maxlen=100, signing_key=KEY)
+            await store.ensure_group()
+            await redis.xadd("callmfa:requests", {"request": "{}"})
+            [entry] = await store.read_requests("c1", count=1, block_ms=10)
+            await store.heartbeat("c1", 1000)
+            assert await store.alive({"c1", "c2"}) == {"c1"}
+            await store.retire("c1")
+            [pending] = await store.pending(0, 10)
+            [taken] = await store.claim("c2", [pending.entry_id], 0)
+            assert taken.entry_id == entry.entry_id
+            await store.ack(taken.entry_id)
+            pins = PinStore.for_settings(redis, Settings(pin_lockout_after=1))
+            await pins.set_hash("alice", hash_code("1234"), actor="test")
+            assert await pins.record_denial("alice")
+            assert await pins.reset("alice")
+            guard = Security.for_redis(Settings(), redis).guard
+            assert await guard.block("eve", 60, actor="test", reason="manual")
+            assert "eve" in [b.user for b in await guard.blocked()]
+            assert await guard.unblock("eve", actor="test")
+            await guard.grant_bypass("eve", 60, actor="test")
+            assert [e["event"] for e in await guard.audit()][:2] == [
+                "bypass_granted", "unblocked"]
+            assert (await collect(redis)).audit
+        finally:
+            await redis.aclose()
+        sync = SyncStore.connect(Settings(redis_url=server.url("callmfa-service"),
+                                          signing_key=KEY.decode(), fraud_block_s=60))
+        try:
+            rid = str(uuid.uuid4())
+            sync.event(rid, "answered")
+            sync.report_fraud(rid=rid, user="mallory", number="+12015550100", context="{}")
+            assert sync.store_outcome(
+                OutcomeRecord(id=rid, user="mallory", outcome=Outcome.FRAUD_REPORTED))
+        finally:
+            sync.close()
+
+    async def test_the_doctor_passes_with_the_shipped_service_user(
+        self, server: SecuredRedis
+    ) -> None:
+        """`callmfa check` asks ACL DRYRUN for every command and finds them allowed."""
+        settings = Settings(redis_url=server.url("callmfa-service"), connect_timeout_s=5)
+        [first, *_] = [r async for r in check_redis(settings)]
+        assert (first.name, first.status) == ("redis", Status.OK), first
+        assert "ACL DRYRUN" in first.message
+
+    async def test_security_user_gets_the_alerts_and_reads_the_audit(
+        self, server: SecuredRedis
+    ) -> None:
+        """callmfa-security: SUBSCRIBE callmfa:security and read callmfa:audit; nothing
+        else (no user could subscribe to callmfa:security before)."""
+        security = _redis(server, "callmfa-security")
+        service = _redis(server, "callmfa-service")
+        pubsub = security.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe("callmfa:security")
+            confirmed = await pubsub.get_message(timeout=5)  # the subscribe confirmation
+            assert confirmed is None
+            await Security.for_redis(Settings(), service).report_fraud(
+                rid="r1", user="mallory", number="+12015550100", context="{}")
+            message = None
+            for _ in range(50):
+                message = await pubsub.get_message(timeout=0.1)
+                if message is not None:
+                    break
+            assert message is not None
+            assert b'"user":"mallory"' in message["data"]
+            assert await security.xrevrange("callmfa:audit", count=1)
+            for command in (("PUBLISH", "callmfa:security", "forged"),
+                            ("GET", "callmfa:blocked"), ("XADD", "callmfa:audit", "*", "a", "b"),
+                            ("XRANGE", "callmfa:events", "-", "+")):
+                with pytest.raises(NoPermissionError):
+                    await security.execute_command(*command)
+            other = security.pubsub()
+            try:
+                await other.subscribe("callmfa:results")
+                with pytest.raises(NoPermissionError):
+                    await other.get_message(timeout=5)  # the refusal arrives here
+            finally:
+                await other.aclose()  # type: ignore[no-untyped-call]
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await security.aclose()
+            await service.aclose()
 
     async def test_signin_side_submits_and_reads_but_cannot_forge(
         self, server: SecuredRedis

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -294,6 +295,53 @@ class TestSecurity:
         """The in-flight lock outlives ring time + call time, so it never frees mid-call."""
         s = Settings()
         assert limits(s).lock_ttl_s > s.ring_timeout_s + s.max_call_s
+
+
+class TestBlockLength:
+    async def test_a_shorter_block_does_not_cut_a_longer_one(self, redis: Redis) -> None:
+        """ZADD replaced a 90-day fraud block with a 12 h one; now the longer one stands."""
+        guard = Guard(redis, _limits())
+        assert await guard.block("mallory", 90 * 86400, actor="ivr", reason="fraud_reported")
+        assert not await guard.block("mallory", 12 * 3600, actor="cli:ops", reason="manual")
+        until = await guard.blocked_until("mallory")
+        assert until is not None
+        assert until > time.time() + 89 * 86400
+        # Nothing changed, so nothing is audited or published.
+        assert [e["reason"] for e in await guard.audit()] == ["fraud_reported"]
+
+    async def test_a_longer_block_lengthens(self, redis: Redis) -> None:
+        guard = Guard(redis, _limits())
+        await guard.block("mallory", 3600, actor="test", reason="manual")
+        assert await guard.block("mallory", 7200, actor="test", reason="manual")
+        until = await guard.blocked_until("mallory")
+        assert until is not None
+        assert until > time.time() + 7000
+        assert len(await guard.audit()) == 2
+
+    async def test_replace_shortens_and_says_so(self, redis: Redis) -> None:
+        guard = Guard(redis, _limits())
+        await guard.block("mallory", 90 * 86400, actor="ivr", reason="fraud_reported")
+        assert await guard.block("mallory", 3600, actor="cli:ops", reason="cleared",
+                                 replace=True)
+        until = await guard.blocked_until("mallory")
+        assert until is not None
+        assert until < time.time() + 3700
+        [latest, _] = await guard.audit()
+        assert (latest["event"], latest["replace"], latest["reason"]) == (
+            "blocked", "yes", "cleared")
+
+    async def test_fraud_report_under_a_longer_block_is_still_audited(
+        self, redis: Redis
+    ) -> None:
+        """The longer block stands and the 0# is not lost from the audit stream."""
+        security = Security.for_redis(Settings(fraud_block_s=3600), redis)
+        await security.guard.block("mallory", 365 * 86400, actor="cli:ops", reason="manual")
+        await security.report_fraud(rid="r1", user="mallory", number=NUMBER, context="{}")
+        until = await security.guard.blocked_until("mallory")
+        assert until is not None
+        assert until > time.time() + 364 * 86400
+        assert [e["event"] for e in await security.guard.audit()] == [
+            "fraud_reported", "blocked"]
 
 
 class Alerts:

@@ -27,6 +27,7 @@ from ivr.domain.codes import hash_code
 from ivr.domain.outcome import Outcome, OutcomeRecord, iso
 from ivr.domain.request import MAX_REQUEST_BYTES
 from ivr.exceptions import AmiConnectError, AmiError
+from ivr.metrics import Metrics
 from ivr.originator import Originator
 from ivr.settings import Settings
 from ivr.storage.results import ResultListener
@@ -254,11 +255,12 @@ async def start(redis: Redis) -> AsyncIterator[Start]:
     """Start an originator (real Store, ResultListener and Redis) on a FakeAmi."""
     harnesses: list[Harness] = []
 
-    async def run(network: Network, **settings: Any) -> Harness:
-        store = Store(redis, result_ttl_s=60, events_maxlen=1000)
+    async def run(network: Network, *, observer: Metrics | None = None,
+                  ivr_store: Store | None = None, **settings: Any) -> Harness:
+        store = Store(redis, result_ttl_s=60, events_maxlen=1000, observer=observer)
         results = ResultListener(redis)
         await results.start()
-        ami = FakeAmi(store, network)
+        ami = FakeAmi(ivr_store or store, network)
         originator = Originator(make_settings(**settings), store, cast(AmiPool, ami), results)
         task = asyncio.create_task(originator.run())
         harness = Harness(originator, ami, results, store, redis, task)
@@ -286,7 +288,7 @@ class TestRefusedBeforeDialling:
 
         record = await h.outcome(rid)
 
-        assert record.outcome is Outcome.EXPIRED
+        assert (record.outcome, record.detail) == (Outcome.EXPIRED, None)  # as docs/contract.md
         assert record.user == "alice"
         assert h.ami.calls == []
         assert h.ami.log == []
@@ -341,6 +343,9 @@ class TestRefusedBeforeDialling:
         ({"mode": "match"}, "invalid_match_hash"),
         ({"mode": "match", "match_hash": "42"}, "invalid_match_hash"),
         ({"match_hash": "scrypt$14$8$1$x$y"}, "invalid_match_hash"),
+        # dklen 64 (86 characters) was accepted, never matched, and the call ended denied.
+        ({"mode": "match", "match_hash": "scrypt$10$8$1$" + "A" * 22 + "$" + "B" * 86},
+         "invalid_match_hash"),
     ])
     async def test_other_invalid_fields_are_rejected(
         self, start: Start, change: dict[str, Any], detail: str
@@ -505,6 +510,31 @@ class TestOriginate:
 
         assert record.outcome is Outcome.APPROVED
         assert h.ami.calls[0].fields["ChannelId"] == rid
+
+
+class TestOutcomeMetric:
+    @pytest.mark.parametrize("agi_mode", ["fastagi", "classic"])
+    async def test_each_answered_outcome_is_counted_once(self, start: Start, redis: Redis,
+                                                         agi_mode: str) -> None:
+        """callmfa_outcomes_total: in classic mode the AGI script (its own process, no
+        metrics) stores the outcome, and serve counted nothing; the originator counts it
+        now. In fastagi mode the IVR in this process counts it, and only it."""
+        metrics = Metrics()
+        ivr_store = None
+        if agi_mode == "classic":  # the script's store: no observer
+            ivr_store = Store(redis, result_ttl_s=60, events_maxlen=1000)
+        h = await start(answered_then(Outcome.APPROVED), observer=metrics, ivr_store=ivr_store,
+                        agi_mode=agi_mode)
+        rid, _ = await h.submit()
+        await h.outcome(rid)
+        await h.all_acked()
+
+        def count(outcome: Outcome) -> float | None:
+            return metrics.registry.get_sample_value(
+                "callmfa_outcomes_total", {"outcome": outcome.value})
+
+        assert count(Outcome.APPROVED) == 1
+        assert all(count(o) == 0 for o in Outcome if o is not Outcome.APPROVED)
 
 
 class TestCallOutcomes:

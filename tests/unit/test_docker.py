@@ -289,3 +289,13 @@ class TestServiceImage:
                      "CALLMFA_DIAL_TEMPLATE"):
             assert compose[name] == exports[name].strip("'"), name
         assert COMPOSE.count("network_mode: service:asterisk") == 2
+
+    def test_compose_runs_signed(self) -> None:
+        """callmfa serve does not start without a signing key: compose hands it one, as a
+        secret file, to callmfa and to the Asterisk image (the classic script signs too)."""
+        for name in ("asterisk", "callmfa"):
+            service = COMPOSE.split(f"\n  {name}:\n", 1)[1].split("\n\n")[0]
+            assert "CALLMFA_SIGNING_KEY_FILE: /run/secrets/signing_key" in service, name
+            assert re.search(r"secrets: \[.*signing_key.*\]", service), name
+        assert "signing_key:\n    file: ./signing-key" in COMPOSE
+        assert "docker/signing-key" in (REPO / ".gitignore").read_text()

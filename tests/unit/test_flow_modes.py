@@ -215,6 +215,11 @@ EARLY = [
     ("standard", "*#", [P("")], Outcome.APPROVED, None),  # a restart: the greeting, '#'
     ("standard", "##", [], Outcome.APPROVED, None),
     ("standard", "#0#", [], Outcome.APPROVED, None),  # after the outcome: nothing changes
+    # Every answer keyed before the greeting counts, in order (issue: keys lost during AMD).
+    ("standard", "5##", [], Outcome.APPROVED, None),  # wrong, then right
+    ("standard", "5#0#", [], Outcome.FRAUD_REPORTED, None),  # wrong, then a fraud report
+    ("standard", "5#0", [P("")], Outcome.FRAUD_REPORTED, None),  # '#' of 0# in the greeting
+    ("standard", "5#5#5##", [], Outcome.NO_INPUT, "invalid_input"),  # out of attempts first
     ("pin", PIN + "#", [], Outcome.APPROVED, None),
     ("pin", PIN[:2], [P(PIN[2:])], Outcome.APPROVED, None),
     ("pin", "1111#", [P(PIN)], Outcome.APPROVED, None),
@@ -332,15 +337,13 @@ class TestProperties:
     def test_early_keys_are_the_start_of_the_first_answer(
         self, mode: str, early: str, inputs: list[Digits]
     ) -> None:
-        """Keys before the greeting give the outcome that keying them during it would: up to
-        their first '#' they are the first answer, and without one they start it."""
+        """Keys before the greeting give the outcome that keying them during it would: each
+        '#' ends an answer, in order, and keys after the last '#' start the next one."""
         report, _ = drive(flow(mode), inputs, started=Started(early_keys=early))
-        first, pound, _ = early.partition("#")
-        if pound:
-            same = [P(first), *inputs]
-        else:
-            start = first.rsplit("*", 1)[-1]
-            head = inputs[0] if inputs else S()
-            same = [Digits(start + head.digits, head.timed_out), *inputs[1:]]
+        *answers, tail = early.split("#")
+        start = tail.rsplit("*", 1)[-1]
+        head = inputs[0] if inputs else S()
+        same = [*(P(a) for a in answers), Digits(start + head.digits, head.timed_out),
+                *inputs[1:]]
         expected, _ = drive(flow(mode), same)
         assert (report.outcome, report.detail) == (expected.outcome, expected.detail)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.doctor import (
+    OUTCOME_FIXES,
     Status,
     _privileges,
     check_amd,
@@ -20,9 +20,10 @@ from ivr.doctor import (
 )
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.metrics import Metrics, metrics_route
-from ivr.reference import BEGIN, END, settings_markdown
-from ivr.report import Finished, Report, render_csv, render_text
+from ivr.reference import BEGIN, END, generated, settings_markdown
+from ivr.report import Audited, Finished, Report, render_csv, render_text
 from ivr.settings import Settings
+from ivr.storage.acl import SERVICE, USERS, setuser_line
 from ivr.transport.http import HttpServer, Response
 
 from ..conftest import REPO
@@ -99,31 +100,45 @@ class TestMetrics:
 
 
 class TestReport:
+    # Blocks, bypasses and fraud audits live in callmfa:audit, not in callmfa:events.
     REPORT = Report(
         finished=[Finished("1", "2026-11-27T10:00:00.000Z", "alice", "approved"),
                   Finished("2", "2026-11-28T10:00:00.000Z", "alice", "fraud_reported"),
                   Finished("3", "2026-11-28T11:00:00.000Z", "bob", "approved")],
-        other=Counter({("2026-11-28", "blocked"): 1}),
+        audit=[Audited("2026-11-28T10:00:00.100Z", "blocked", "alice", "ivr",
+                       "fraud_reported", "2027-02-26T10:00:00.100Z", "2"),
+               Audited("2026-11-28T12:00:00.000Z", "bypass_granted", "bob", "cli:ops@h",
+                       "lost phone", "2026-11-28T12:10:00.000Z")],
     )
 
     def test_csv_counts_per_day_user_and_outcome(self) -> None:
-        """One row per (day, user, outcome); other events as event:<name>."""
+        """One row per (day, user, outcome); audit entries as audit:<name>."""
         assert render_csv(self.REPORT).splitlines() == [
             "day,user,outcome,count", "2026-11-27,alice,approved,1",
             "2026-11-28,alice,fraud_reported,1", "2026-11-28,bob,approved,1",
-            "2026-11-28,,event:blocked,1"]
+            "2026-11-28,alice,audit:blocked,1", "2026-11-28,bob,audit:bypass_granted,1"]
 
-    def test_text_lists_fraud_reports_and_blocks(self) -> None:
-        """The table shows every section, the fraud report's id and the blocks."""
+    def test_text_lists_fraud_reports_and_the_audit(self) -> None:
+        """The table shows every section, the fraud report's id and the audit entries."""
         text = render_text(self.REPORT)
         for part in ("3 verifications", "per day (UTC)", "per user", "per outcome",
-                     "fraud reports (1)", "blocked"):
+                     "fraud reports (1)", "security audit, callmfa:audit (1 blocked, "
+                     "1 bypass_granted)", "lost phone", "cli:ops@h"):
             assert part in text
         assert any(line.startswith("2026-11-28T10:00:00.000Z  alice") and line.endswith(" 2")
                    for line in text.splitlines())
 
+    def test_audit_alone_is_a_report(self) -> None:
+        """A period with blocks but no verification still shows the blocks."""
+        text = render_text(Report(audit=self.REPORT.audit[:1]))
+        assert "security audit, callmfa:audit (1 blocked)" in text
+
 
 class TestDoctorPureChecks:
+    def test_every_outcome_has_a_fix(self) -> None:
+        """check --call looked up OUTCOME_FIXES[outcome] and raised KeyError on six."""
+        assert [o for o in Outcome if not OUTCOME_FIXES.get(o)] == []
+
     def test_dial_templates(self) -> None:
         """A TECH/resource string is ok; blanks fail; an unknown technology warns."""
         assert check_dial_template("PJSIP/{number}@trunk").status is Status.OK
@@ -178,6 +193,29 @@ class TestSettingsReference:
             block = text.split(BEGIN + "\n", 1)[1].split(END, 1)[0]
             assert block == settings_markdown(), f"{name} is stale: run `make docs`"
 
+    def test_the_acl_docs_and_file_are_generated_from_the_list(self) -> None:
+        """docs/operations.md's ACL line and docker/redis/callmfa.acl come from
+        ivr/storage/acl.py (`make docs`); the hand-written line lacked XPENDING, XCLAIM,
+        DEL and the commands the Lua scripts call."""
+        for name in ("docs/operations.md", "docker/redis/callmfa.acl"):
+            assert generated(REPO / name) == (REPO / name).read_text(), \
+                f"{name} is stale: run `make docs`"
+        line = setuser_line()
+        for rule in ("+xpending", "+xclaim", "+del", "+zadd", "+getdel", "+time", "+hincrby"):
+            assert f" {rule} " in f"{line} "
+        assert {"callmfa-service", "callmfa-signin", "callmfa-security"} <= {
+            u.name for u in USERS}
+
+    def test_the_lua_scripts_need_nothing_more(self) -> None:
+        """Every command a Lua script calls is in the service's list."""
+        rules = {n.rule for n in SERVICE}
+        called = set()
+        for path in (REPO / "ivr").rglob("*.py"):
+            called |= {c.lower() for c in re.findall(r"redis\.call\('([A-Z]+)'",
+                                                     path.read_text())}
+        assert called, "no Lua script found"
+        assert called <= rules, called - rules
+
     def test_every_setting_is_in_the_table(self) -> None:
         """One row per Settings field."""
         table = settings_markdown()
@@ -193,3 +231,13 @@ class TestSettingsReference:
         used = {re.sub(r"_(bucket|total|count|sum)$", "", n)
                 for e in exprs for n in re.findall(r"callmfa_\w+", e)}
         assert used <= exported | {"callmfa_info"}, used - exported
+
+
+class TestServiceUnit:
+    def test_says_serve_reconnects(self) -> None:
+        """docs/callmfa.service said serve exits when it loses AMI; it reconnects
+        (tests/e2e/test_faults.py::test_asterisk_killed_mid_call_then_back proves it)."""
+        text = (REPO / "docs" / "callmfa.service").read_text()
+        assert "exits when it loses AMI" not in text
+        assert "reconnects by itself" in text
+        assert "Restart=always" in text.splitlines()

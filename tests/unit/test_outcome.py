@@ -98,13 +98,13 @@ class TestFailedCallOutcome:
             (REASON_RING_TIMEOUT, 19, "no_answer"),
             (REASON_RING_TIMEOUT, None, "no_answer"),
             (0, 18, "no_user_response"),
-            (0, None, "originate_failed"),
-            (0, 0, "originate_failed"),
+            (0, None, "no_cause"),
+            (0, 0, "no_cause"),
             (REASON_CONGESTION, None, "congestion"),
         ],
     )
     def test_detail(self, reason: int | None, cause: int | None, detail: str) -> None:
-        """Busy and no-answer details name the cause; no information is originate_failed."""
+        """Busy and no-answer details name the cause; no information is no_cause."""
         assert failed_call_outcome(reason, cause)[1] == detail
 
     def test_cause_beats_reason(self) -> None:

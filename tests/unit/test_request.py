@@ -533,3 +533,42 @@ class TestProperties:
         except RequestError:
             return
         assert peek_id(raw) == req.id
+
+
+def _scrypt_hash(code: str, *, salt_len: int = 16, dklen: int = 32, log2_n: int = 10) -> str:
+    """A match_hash made the way a client in another language might make it."""
+    import base64
+    import hashlib
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    salt = bytes(range(salt_len))
+    digest = hashlib.scrypt(code.encode(), salt=salt, n=1 << log2_n, r=8, p=1, dklen=dklen)
+    return f"scrypt${log2_n}$8$1${b64(salt)}${b64(digest)}"
+
+
+class TestMatchHash:
+    """The lengths docs/contract.md states: salt 16 to 32 bytes, hash exactly 32 bytes."""
+
+    @pytest.mark.parametrize("salt_len", [16, 24, 32])
+    def test_valid_lengths(self, salt_len: int) -> None:
+        req = parse_with(mode="match", match_hash=_scrypt_hash("37", salt_len=salt_len))
+        assert req.match_hash.startswith("scrypt$10$8$1$")
+
+    @pytest.mark.parametrize("dklen", [16, 24, 31, 33, 48, 64])
+    def test_hash_not_32_bytes_is_rejected(self, dklen: int) -> None:
+        """dklen 64 passed before and then never matched: the call ended denied."""
+        assert rejection_with(mode="match",
+                              match_hash=_scrypt_hash("37", dklen=dklen)) == "invalid_match_hash"
+
+    @pytest.mark.parametrize("salt_len", [8, 12, 15, 33, 48])
+    def test_salt_out_of_range_is_rejected(self, salt_len: int) -> None:
+        assert rejection_with(mode="match", match_hash=_scrypt_hash(
+            "37", salt_len=salt_len)) == "invalid_match_hash"
+
+    def test_impossible_base64_length_is_rejected(self) -> None:
+        """No byte string encodes to 4k+1 base64 characters."""
+        good = _scrypt_hash("37", salt_len=16).split("$")
+        good[4] = good[4] + "A" * 3  # 25 characters: not a length base64 produces
+        assert rejection_with(mode="match", match_hash="$".join(good)) == "invalid_match_hash"

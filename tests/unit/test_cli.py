@@ -1,0 +1,42 @@
+"""The command line's argument checks, before anything connects."""
+
+from __future__ import annotations
+
+import pytest
+
+from ivr.cli import EXIT_USAGE, main
+
+BASE = ["verify", "--user", "alice", "--phone", "+12015550100"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() configures structlog for the process: not with pytest's captured stderr,
+    which is closed after the test while later tests still log."""
+    monkeypatch.setattr("ivr.cli.configure", lambda *_args, **_kw: None)
+
+
+class TestVerifyMode:
+    @pytest.mark.parametrize(("extra", "message"), [
+        (["--mode", "match"], "--mode match needs --match NN"),
+        (["--mode", "match", "--match", "7"], "--match must be 2 digits"),
+        (["--mode", "match", "--match", "3a"], "--match must be 2 digits"),
+        (["--mode", "match", "--match", "١٢"], "--match must be 2 digits"),  # not ASCII
+        (["--match", "37"], "--match is for --mode match only"),
+        (["--mode", "pin", "--match", "37"], "--match is for --mode match only"),
+    ])
+    def test_bad_combinations_are_usage_errors(
+        self, extra: list[str], message: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Exit 2 with a clear message, and no request is sent (Redis is unreachable)."""
+        monkeypatch.setenv("CALLMFA_REDIS_URL", "redis://127.0.0.1:1/0")
+        assert main([*BASE, *extra]) == EXIT_USAGE
+        assert message in capsys.readouterr().err
+
+    def test_unknown_mode_is_refused_by_argparse(self, capsys: pytest.CaptureFixture[str]
+                                                 ) -> None:
+        with pytest.raises(SystemExit) as e:
+            main([*BASE, "--mode", "sms"])
+        assert e.value.code == 2
+        assert "invalid choice: 'sms'" in capsys.readouterr().err
