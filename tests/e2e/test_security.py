@@ -240,9 +240,11 @@ class TestFraudAlert:
         assert until is not None
         assert until / 1000 < time.time() + 3700
         audit = await _audit(service_redis, user)
-        assert [(e["event"], e["reason"]) for e in audit] == [
-            ("blocked", "fraud"), ("blocked", "cleared")]
-        assert audit[1]["replace"] == "yes"
+        # The refused request between the two blocks is audited too (request_refused).
+        assert [e["event"] for e in audit] == ["blocked", "request_refused", "blocked"]
+        assert [audit[0]["reason"], audit[1]["outcome"], audit[2]["reason"]] == [
+            "fraud", "blocked", "cleared"]
+        assert audit[2]["replace"] == "yes"
         report = secured.admin("report", "--csv")
         assert report.returncode == 0, report.stderr
         assert any(row.endswith(f",{user},audit:blocked,2") for row in report.stdout.splitlines())
