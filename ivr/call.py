@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .domain.calltoken import token_matches
-from .domain.flow import CodeChecked, Report, Started, Step, VerificationFlow, make_flow
+from .domain.flow import (
+    CodeChecked,
+    Digits,
+    Keyed,
+    Report,
+    Started,
+    Step,
+    VerificationFlow,
+    keys_are_secret,
+    make_flow,
+)
 from .domain.outcome import Outcome, OutcomeRecord
 from .domain.prompts import PROMPTS, prompt_language, sound_files
 from .settings import Settings
@@ -56,6 +66,7 @@ class CallContext:
     early_keys: str = field(default="", repr=False)
     token_hash: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
+    heard_seen: int = 0  # how many of the keys StoreDTMF kept the flow was given
 
     @classmethod
     def from_marker(cls, rid: str, info: dict[str, str], answered: float) -> CallContext:
@@ -152,9 +163,32 @@ class CallContext:
         self.amd_status, _, rest = rest.partition("|")
         self.amd_cause, _, rest = rest.partition("|")
         self.early_keys, _, bits = rest.partition("|")
+        self.heard_seen = len(self.early_keys)
         self.overridden = frozenset(
             pid for pid, bit in zip(PROMPTS, bits, strict=False) if bit == "1"
         )
+
+    @property
+    def heard_expression(self) -> str:
+        """What a driver reads with each collection's result: the keys StoreDTMF kept (only
+        in standard mode: in pin and match modes the keys are a code, never kept)."""
+        return "" if keys_are_secret(self.mode) else f"${{{EARLY_KEYS}}}"
+
+    def collected(self, keys: str, timed_out: bool, heard: str, max_digits: int) -> Digits | Keyed:
+        """The flow's event for a collection (and its input time, if anything was keyed):
+        every key heard since the last one, keys that came between two AGI commands
+        included; or, when what StoreDTMF kept does not hold what the collection caught (not
+        loaded, full, a secret mode), the collection's own keys.
+        """
+        ended = "" if timed_out or len(keys) >= max_digits else "#"
+        new = heard[self.heard_seen:]
+        event: Digits | Keyed = Digits(keys, timed_out)
+        if heard and keys + ended in new:
+            self.heard_seen = len(heard)
+            event = Keyed(new, timed_out)
+        if keys or not timed_out or (isinstance(event, Keyed) and event.keys):
+            self.note_input()
+        return event
 
     def record(self, outcome: Outcome, detail: str | None) -> OutcomeRecord:
         """The outcome record, with the timeline so far."""

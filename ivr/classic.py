@@ -21,7 +21,6 @@ from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
     Collect,
-    Digits,
     Done,
     Event,
     Hangup,
@@ -33,7 +32,7 @@ from .domain.flow import (
 from .domain.outcome import Outcome
 from .exceptions import AgiError, AgiHangup, IvrError
 from .settings import Settings, read_config_file
-from .transport.agi import READ_RESULT, parse_read_result, read_args
+from .transport.agi import parse_read_result, read_args, read_result
 
 ENV_FILE = "callmfa.env"
 
@@ -121,6 +120,7 @@ class ClassicDriver:
         try:
             if isinstance(step, Collect):
                 files = call.files(step.prompts, self._settings)
+                heard = ""
                 if step.secret:  # GET DATA: unlike Read(), it does not log the keys
                     reply = self._command("execute", "GET DATA", files[0],
                                           str(step.timeout_ms), str(step.max_digits))
@@ -129,11 +129,9 @@ class ClassicDriver:
                 else:
                     self._command("appexec", "Read", read_args(
                         files, step.timeout_ms, step.max_digits))
-                    digits, timed_out = parse_read_result(
-                        str(self._command("get_full_variable", READ_RESULT)))
-                if digits or not timed_out:
-                    call.note_input()
-                return Digits(digits, timed_out)
+                    digits, timed_out, heard = parse_read_result(str(self._command(
+                        "get_full_variable", read_result(call.heard_expression))))
+                return call.collected(digits, timed_out, heard, step.max_digits)
             if isinstance(step, CheckCode):
                 return call.code_checked(check_code(step.digits, call.expected_hash))
             if isinstance(step, Play):

@@ -22,7 +22,6 @@ from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
     Collect,
-    Digits,
     Done,
     Event,
     Hangup,
@@ -153,18 +152,17 @@ class VerificationIvr:
             try:
                 if isinstance(step, Collect):
                     files = call.files(step.prompts, self._settings)
+                    heard = ""
                     if step.secret:
                         digits, timed_out = await channel.get_data(
                             files[0], step.timeout_ms, step.max_digits
                         )
                     else:
-                        digits, timed_out = await channel.read_keys(
-                            files, step.timeout_ms, step.max_digits
+                        digits, timed_out, heard = await channel.read_keys(
+                            files, step.timeout_ms, step.max_digits, call.heard_expression
                         )
-                    if digits or not timed_out:
-                        call.note_input()
+                    event = call.collected(digits, timed_out, heard, step.max_digits)
                     log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
-                    event = Digits(digits, timed_out)
                 elif isinstance(step, CheckCode):
                     ok = await asyncio.to_thread(check_code, step.digits, call.expected_hash)
                     log.info("code_checked", ok=ok)

@@ -121,6 +121,17 @@ class Digits:
 
 
 @dataclass(frozen=True)
+class Keyed:
+    """Every key pressed since the last event, in the order pressed, each '#' included: what
+    Asterisk heard (StoreDTMF), not only what the last collection caught, so that keys
+    pressed between two AGI commands count too. ``timed_out``: the collection timed out
+    (it matters only when no '#' ends an answer)."""
+
+    keys: str = field(repr=False)
+    timed_out: bool
+
+
+@dataclass(frozen=True)
 class CodeChecked:
     """The verdict on a :class:`CheckCode`."""
 
@@ -137,7 +148,7 @@ class HungUp:
     """The caller hung up."""
 
 
-Event = Started | Digits | CodeChecked | Done | HungUp
+Event = Started | Digits | Keyed | CodeChecked | Done | HungUp
 
 _GREETINGS = {"standard": "greeting", "pin": "pin_greeting", "match": "match_greeting"}
 _CLOSINGS = {
@@ -171,7 +182,7 @@ class VerificationFlow:
         self._closing: tuple[str, ...] | None = None
         self._pending: Collect | None = None
         self._prefix = ""  # early keys with no '#': the start of the next answer
-        self._queued = ""  # early keys after the first answer: the answers that come next
+        self._queued = ""  # keys heard ahead of the flow: the answers that come next
         self.answered_early = False
         self._state = "new"
 
@@ -192,6 +203,13 @@ class VerificationFlow:
             return self._report(Outcome.HUNG_UP, None)
         if self._state == "collecting" and isinstance(event, Digits):
             return self._on_digits(event)
+        if self._state == "collecting" and isinstance(event, Keyed):
+            self._queued += event.keys
+            if "#" in self._queued:
+                answer, _, self._queued = self._queued.partition("#")
+                return self._on_digits(Digits(answer, timed_out=False))
+            answer, self._queued = self._queued, ""
+            return self._on_digits(Digits(answer, event.timed_out))
         if self._state == "checking" and isinstance(event, CodeChecked):
             return self._on_checked(event.ok)
         if self._state == "reporting" and isinstance(event, Done):

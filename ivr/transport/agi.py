@@ -65,14 +65,22 @@ def read_args(files: tuple[str, ...], timeout_ms: int, max_digits: int) -> str:
     return f"{READ_VARIABLE},{'&'.join(files)},{max_digits},,1,{timeout_ms / 1000:g}"
 
 
-def parse_read_result(data: str, raw: str = "") -> tuple[str, bool]:
-    """``READ_RESULT``'s value as (keys, timed_out); AgiHangup if the caller hung up."""
-    status, _, keys = data.partition(":")
+def read_result(heard: str = "") -> str:
+    """The expression that tells how Read() ended, and what ``heard`` (another expression,
+    such as the keys StoreDTMF kept) holds, in one round trip."""
+    return f"{READ_RESULT}:{heard}" if heard else READ_RESULT
+
+
+def parse_read_result(data: str, raw: str = "") -> tuple[str, bool, str]:
+    """:func:`read_result`'s value as (keys, timed_out, heard); AgiHangup if the caller
+    hung up."""
+    status, _, rest = data.partition(":")
+    keys, _, heard = rest.partition(":")
     if status == "HANGUP":
         raise AgiHangup()
     if status not in ("OK", "TIMEOUT"):
         raise AgiError(f"Read() ended with {status or 'no status'}", raw or data)
-    return keys, status == "TIMEOUT"
+    return keys, status == "TIMEOUT", heard
 
 
 class AgiChannel:
@@ -146,15 +154,17 @@ class AgiChannel:
             raise AgiError("unexpected AGI line", line)
 
     async def read_keys(
-        self, files: tuple[str, ...], timeout_ms: int, max_digits: int
-    ) -> tuple[str, bool]:
-        """Play ``files`` (a key cuts them) and collect keys up to '#': (keys, timed_out).
+        self, files: tuple[str, ...], timeout_ms: int, max_digits: int, heard: str = ""
+    ) -> tuple[str, bool, str]:
+        """Play ``files`` (a key cuts them) and collect keys up to '#', and read the value of
+        the expression ``heard`` (the keys StoreDTMF kept) in the same round trip:
+        (keys, timed_out, heard's value).
 
         Not GET DATA: it takes one file only and answers a missing file with
         ``result=-1``, like a hang-up. Read() takes a list and says how it ended.
         """
         await self.execute("EXEC", "Read", read_args(files, timeout_ms, max_digits))
-        reply = await self.execute("GET FULL VARIABLE", READ_RESULT)
+        reply = await self.execute("GET FULL VARIABLE", read_result(heard))
         try:
             return parse_read_result(reply.data or "", reply.raw)
         except AgiHangup:

@@ -16,7 +16,10 @@ each command line as Asterisk 22's res_agi does, keeping the channel's variables
 
 What the caller does at each key collection (Read or GET DATA) is scripted as the keys
 pressed: ``"#"``, ``"0#"``, ``"1234#"``; keys without a final ``#`` end in the timeout
-(``""`` is silence). :data:`HANG_UP` hangs up during the prompt: Asterisk answers the
+(``""`` is silence). Keys after the ``#`` that ends a Read() come before the IVR's next
+command: Read() never sees them, and res_agi drops them, but the dialplan's StoreDTMF
+(``store_dtmf``, on by default) keeps every key in ``CALLMFA_EARLY_KEYS``, as it does.
+:data:`HANG_UP` hangs up during the prompt: Asterisk answers the
 pending command ``200 result=-1``, then sends ``HANGUP`` and treats the channel as dead.
 After a hang-up it keeps answering, as Asterisk does, until the IVR closes the connection.
 """
@@ -96,6 +99,7 @@ class FakeAsterisk:
     files: frozenset[str] = frozenset()
     missing: frozenset[str] = frozenset()
     dead: bool = False
+    store_dtmf: bool = True
     on_playback: Callable[[str], Awaitable[None]] | None = None
     on_command: Callable[[str], Reply | bool] | None = None
     reset: bool = False  # close with RST rather than FIN
@@ -174,6 +178,9 @@ class FakeAsterisk:
             return b"200 result=-1\nHANGUP\n"
         digits, timed_out = collect(action, int(max_digits or 255))
         self.variables.update({variable: digits, "READSTATUS": "TIMEOUT" if timed_out else "OK"})
+        if self.store_dtmf:
+            heard = self.variables.get("CALLMFA_EARLY_KEYS", "") + action
+            self.variables["CALLMFA_EARLY_KEYS"] = heard[:32]
         return b"200 result=0\n"
 
     def _get_data(self, args: list[str]) -> bytes:

@@ -36,7 +36,7 @@ PREAMBLE = [GET_AMD, SET_LANGUAGE]
 GREETING = "callmfa/greeting"
 RETRY_GREETING = f"callmfa/retry&{GREETING}"
 READ = "EXEC Read CALLMFA_KEYS,{files},4,,1,0.5"
-GET_KEYS = "GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}"
+GET_KEYS = "GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}:${CALLMFA_EARLY_KEYS}"
 
 # What the caller does at one prompt: the keys pressed ('#' ends them), or nothing.
 PRESS_POUND = "#"
@@ -257,6 +257,53 @@ class TestMachineDetection:
         )
 
         assert stored["outcome"] == "hung_up"
+
+
+class TestKeysBetweenCommands:
+    """res_agi drops the keys that come between two AGI commands; StoreDTMF kept them, and
+    the IVR reads what it kept with each collection's result: no key is lost."""
+
+    @pytest.mark.parametrize(("keys", "outcome"), [
+        ("5##", "approved"), ("5#0#", "fraud_reported"), ("5#5##", "no_input"),
+    ])
+    async def test_keys_after_the_collection_ended_count(
+        self, ivr: Ivr, keys: str, outcome: str
+    ) -> None:
+        """A wrong answer, then the next answers right after it (before the next Read
+        started): they count, in order, with no second prompt (two attempts here)."""
+        rid = f"1e1e1e1e-1e1e-4e1e-8e1e-1e1e1e1e1e{len(keys)}{outcome[0]}"
+
+        commands, stored = await run_call(ivr, rid, keys)
+
+        assert stored["outcome"] == outcome
+        assert sum(c.startswith("EXEC Read") for c in commands) == 1
+
+    async def test_a_key_before_the_first_collection_counts(self, ivr: Ivr) -> None:
+        """'#' pressed after the probe read the early keys and before the greeting's Read
+        started (lost by res_agi): approved, though the Read itself heard nothing."""
+        rid = "1e1e1e1e-1e1e-4e1e-8e1e-1e1e1e1e1e1f"
+
+        def gap(command: str) -> Reply | bool:
+            if command.startswith("EXEC Read"):
+                asterisk.variables["CALLMFA_EARLY_KEYS"] = "#"
+            return False
+
+        await place_call(ivr.store, rid)
+        asterisk = FakeAsterisk([""], on_command=gap)
+        await asterisk.call(ivr.port, rid)
+        await ivr.idle()
+
+        assert (await outcome_json(ivr.redis, rid) or {}).get("outcome") == "approved"
+
+    async def test_without_store_dtmf_the_collection_decides(self, ivr: Ivr) -> None:
+        """No app_dtmfstore (nothing kept): what Read() caught decides, as before; the key
+        after the '#' is lost and the retry prompt asks again."""
+        rid = "1e1e1e1e-1e1e-4e1e-8e1e-1e1e1e1e1e20"
+
+        commands, stored = await run_call(ivr, rid, "5##", "#", store_dtmf=False)
+
+        assert stored["outcome"] == "approved"
+        assert sum(c.startswith("EXEC Read") for c in commands) == 2
 
 
 class TestLanguage:

@@ -19,6 +19,7 @@ from ivr.domain.flow import (
     Event,
     Hangup,
     HungUp,
+    Keyed,
     Play,
     Report,
     Started,
@@ -347,3 +348,54 @@ class TestProperties:
                 *inputs[1:]]
         expected, _ = drive(flow(mode), same)
         assert (report.outcome, report.detail) == (expected.outcome, expected.detail)
+
+
+class TestKeyed:
+    """Keyed: every key heard since the last collection, as StoreDTMF kept it (keys that
+    came between two AGI commands included)."""
+
+    def drive_keyed(self, mode: str, chunks: list[str]) -> Report:
+        f = flow(mode)
+        step = f.send(Started())
+        report: Report | None = None
+        while not isinstance(step, Hangup):
+            event: Event
+            if isinstance(step, Collect):
+                chunk = chunks.pop(0) if chunks else ""
+                event = Keyed(chunk, timed_out="#" not in chunk)
+            elif isinstance(step, CheckCode):
+                event = CodeChecked(step.digits == CODES[mode])
+            else:
+                report = step if isinstance(step, Report) else report
+                event = Done()
+            step = f.send(event)
+        assert report is not None
+        return report
+
+    @pytest.mark.parametrize(("chunks", "outcome"), [
+        (["5##"], Outcome.APPROVED),  # the second '#' came before the next Read started
+        (["5#0#"], Outcome.FRAUD_REPORTED),
+        (["5#", "#"], Outcome.APPROVED),
+        (["5#0", "#"], Outcome.FRAUD_REPORTED),  # '0' in the gap, '#' in the retry prompt
+    ])
+    def test_answers_heard_between_commands_count(
+        self, chunks: list[str], outcome: Outcome
+    ) -> None:
+        assert self.drive_keyed("standard", chunks).outcome is outcome
+
+    @settings(max_examples=300)
+    @given(mode=st.sampled_from(["standard", "pin", "match"]),
+           answers=st.lists(st.text(alphabet="0123456789*", max_size=6), max_size=5),
+           cuts=st.lists(st.booleans(), max_size=5))
+    def test_how_the_keys_are_split_does_not_matter(
+        self, mode: str, answers: list[str], cuts: list[bool]
+    ) -> None:
+        """The same answers heard in one chunk or in several give the same outcome as the
+        answers keyed one per prompt."""
+        chunks: list[str] = []
+        for n, answer in enumerate(answers):
+            if not chunks or (n < len(cuts) and cuts[n]):
+                chunks.append("")
+            chunks[-1] += answer + "#"
+        expected, _ = drive(flow(mode), [P(a) for a in answers])
+        assert self.drive_keyed(mode, chunks).outcome is expected.outcome
