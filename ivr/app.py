@@ -86,13 +86,16 @@ class Service:
         originator, agi = self.originator, self.agi
         self.metrics.in_flight.set_function(lambda: originator.in_flight if originator else 0)
         self.metrics.agi_sessions.set_function(lambda: agi.active_sessions if agi else 0)
+        cap, refused = settings.http_max_connections, self.metrics.http_connection_refused
         self.http = [
             HttpServer({"/healthz": self.healthz}, host=settings.health_host,
-                       port=settings.health_port) if settings.health_port else None,
+                       port=settings.health_port, max_connections=cap, on_refused=refused)
+            if settings.health_port else None,
             HttpServer({"/healthz": self.healthz,
                         "/metrics": metrics_route(self.metrics,
                                                   lambda: self.metrics.refresh_queue(self.redis))},
-                       host=settings.metrics_host, port=settings.metrics_port)
+                       host=settings.metrics_host, port=settings.metrics_port,
+                       max_connections=cap, on_refused=refused)
             if settings.metrics_port else None,
         ]
 

@@ -155,7 +155,7 @@ class ClassicDriver:
                   + ("" if stored else " (an outcome was already stored)"))
         effect = call.pin_effect(step.outcome) if stored else PinEffect.NONE
         if effect is PinEffect.COUNT_DENIAL and call.user:
-            if self._store.record_denial(call.user):
+            if self._store.record_denial(call.user, rid=call.id):
                 self._log(f"{call.id}: the user's PIN is now locked out")
         elif (effect is PinEffect.RESET and call.user
               and self._store.reset_pin(call.user, call.pin_upgrade) == 2):

@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 
 from .domain.codes import hash_code
 from .domain.outcome import OutcomeRecord, iso
+from .domain.request import MAX_REQUEST_BYTES
 from .domain.signing import verified
 from .storage.results import ResultListener
 from .storage.store import EVENTS, REQUESTS, Entry, connect
@@ -118,7 +119,8 @@ class VerificationClient:
         request_id: str | None = None,
         match_number: str | None = None,
     ) -> str:
-        """Queue a verification; returns its id.
+        """Queue a verification; returns its id (ValueError if the request would be over
+        ``MAX_REQUEST_BYTES``, which callmfa rejects).
 
         ``match_number`` (mode ``match``): the number the sign-in page shows; only its
         salted hash is sent.
@@ -132,7 +134,10 @@ class VerificationClient:
             request["match_hash"] = hash_code(match_number)
         if expires_in_s is not None:
             request["expires_at"] = iso(time.time() + expires_in_s)
-        entry_id: Any = await self._redis.xadd(REQUESTS, {"request": json.dumps(request)})
+        payload = json.dumps(request)
+        if len(payload) > MAX_REQUEST_BYTES:  # callmfa would only reject it (too_large)
+            raise ValueError(f"the request is {len(payload)} bytes, over {MAX_REQUEST_BYTES}")
+        entry_id: Any = await self._redis.xadd(REQUESTS, {"request": payload})
         # The entry id is Redis' clock at the XADD: what the outcome's requested_at will be.
         self._submitted[rid.lower()] = (user, Entry(_text(entry_id), None).enqueued_at)
         while len(self._submitted) > REMEMBERED_SUBMISSIONS:

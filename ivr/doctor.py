@@ -223,7 +223,7 @@ async def _redis_acl(redis: Redis) -> list[str]:
         ("XGROUP CREATE", lambda: redis.xgroup_create(stream, "g", id="0", mkstream=True)),
         ("XADD", lambda: redis.xadd(stream, {"request": "{}"}, maxlen=10, approximate=True)),
         ("XREADGROUP", lambda: redis.xreadgroup("g", "check", {stream: ">"}, count=1)),
-        ("XACK", lambda: redis.xack(stream, "g", "0-1")),
+        ("MULTI/EXEC: XACK, XDEL (settling a request)", lambda: _ack_and_delete(redis, stream)),
         ("XLEN", lambda: redis.xlen(stream)),
         ("XINFO GROUPS", lambda: redis.xinfo_groups(stream)),
         ("XRANGE", lambda: redis.xrange(events, count=1)),
@@ -255,6 +255,13 @@ async def _redis_acl(redis: Redis) -> list[str]:
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     return refused
+
+
+async def _ack_and_delete(redis: Redis, stream: str) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xack(stream, "g", "0-1")
+        pipe.xdel(stream, "0-1")
+        await pipe.execute()
 
 
 async def _acl_dryrun(redis: Redis) -> list[str] | None:

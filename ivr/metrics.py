@@ -94,6 +94,11 @@ class Metrics:
         self.ami_reconnects = Counter(
             "callmfa_ami_reconnects", "AMI connections re-established after a loss.", registry=r
         )
+        self.http_refused = Counter(
+            "callmfa_http_connections_refused",
+            "Connections to /healthz or /metrics refused: CALLMFA_HTTP_MAX_CONNECTIONS reached.",
+            registry=r,
+        )
         self.ivr_sessions_refused = Counter(
             "callmfa_ivr_sessions_refused",
             "AGI sessions refused: not the call they name (no or wrong token), or not the "
@@ -120,6 +125,10 @@ class Metrics:
         _observe(self.request_to_call, record.requested_at, record.call_started_at)
         _observe(self.input_to_outcome, record.input_at, record.finished_at)
         _observe(self.verification, record.requested_at, record.finished_at)
+
+    def http_connection_refused(self) -> None:
+        """For the HTTP servers: a connection over the cap was refused."""
+        self.http_refused.inc()
 
     def session_refused(self, reason: str) -> None:
         """An AGI session was refused (see :class:`ivr.session.IvrObserver`)."""

@@ -1,7 +1,8 @@
 """``callmfa pin set|unlock USER``: an administrator sets a user's PIN or lifts a lockout.
 
 The PIN is read without echo (or as one line from a pipe, for scripts), hashed with scrypt
-at once and only the hash is stored; the PIN itself is never printed, logged or kept.
+at once and only the hash is stored; the PIN itself is never printed, logged or kept. Both
+actions are audited (``pin_set``, ``pin_unlocked``, with the administrator as ``actor``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import getpass
 import sys
 
-from .admin import user_name
+from .admin import actor, user_name
 from .domain.codes import hash_pin
 from .domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
 from .settings import Settings
@@ -60,10 +61,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         pins = PinStore.for_settings(redis, settings)
         if args.pin_action == "set":
-            await pins.set_hash(args.user, code_hash)
+            await pins.set_hash(args.user, code_hash, actor=actor())
             print(f"PIN set for {args.user}")
             return EXIT_OK
-        if await pins.reset(args.user) > 0:
+        if await pins.unlock(args.user, actor=actor()):
             print(f"{args.user} unlocked")
             return EXIT_OK
         print(f"callmfa: {args.user} has no PIN", file=sys.stderr)

@@ -207,7 +207,7 @@ class VerificationIvr:
         )
         effect = call.pin_effect(step.outcome) if stored else PinEffect.NONE
         if effect is PinEffect.COUNT_DENIAL and call.user:
-            if await self._pins.record_denial(call.user):
+            if await self._pins.record_denial(call.user, rid=call.id):
                 log.warning("pin_locked_out", after=self._settings.pin_lockout_after)
         elif (effect is PinEffect.RESET and call.user
               and await self._pins.reset(call.user, call.pin_upgrade) == 2):

@@ -175,6 +175,11 @@ class Settings:
     metrics_port: int = field(
         default=0, metadata={"doc": "Prometheus endpoint port; 0 serves no endpoint."}
     )
+    http_max_connections: int = field(
+        default=64,
+        metadata={"doc": "Connections served at once by each /healthz and /metrics server; "
+                  "more get 503 at once and are counted."},
+    )
     # Security and anti-fraud (docs/security.md).
     allowed_prefixes: str = field(
         default="+1",
@@ -263,7 +268,7 @@ class Settings:
             if not host or not 0 < port < 65536:
                 raise SettingsError(f"CALLMFA_AMI_ENDPOINTS: bad endpoint {host}:{port}")
         for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s",
-                     "max_per_asterisk", "pin_lockout_after"):
+                     "max_per_asterisk", "pin_lockout_after", "http_max_connections"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
         self._check_security()

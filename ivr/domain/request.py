@@ -30,6 +30,10 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 # E.164: '+', a country code that does not start with 0, at most 15 digits in all;
 # an office extension may follow after an 'x'.
 _PHONE = re.compile(r"\+([1-9][0-9]{6,14})(?:x([0-9]{1,10}))?\Z")
+# The id of an oversized request, read without parsing it: '{"id": "<uuid>"' at its start.
+_LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-'
+                         r'[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})"')
+_HEAD_BYTES = 128
 _LANG = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?\Z")
 
 
@@ -58,8 +62,15 @@ class VerificationRequest:
 def peek_id(raw: str | bytes) -> str | None:
     """The id of a request that failed to parse, if one can be read at all.
 
-    Used to give even a broken request an outcome the client can find.
+    Used to give even a broken request an outcome the client can find. A request over
+    ``MAX_REQUEST_BYTES`` is never parsed: only a UUID ``id`` that is its first member (as
+    ``ivr.client`` writes it) is read, from its first bytes.
     """
+    if len(raw) > MAX_REQUEST_BYTES:
+        head = raw[:_HEAD_BYTES]
+        found = _LEADING_ID.match(head.decode("utf-8", "replace") if isinstance(head, bytes)
+                                  else head)
+        return found.group(1).lower() if found else None
     try:
         data = json.loads(raw)
     except (ValueError, TypeError, RecursionError):

@@ -51,6 +51,8 @@ SERVICE: tuple[Needed, ...] = (
     _n("hsetnx", "callmfa:call:x", "ivr_at", "0"),
     _n("hgetall", "callmfa:call:x"),
     _n("hget", "callmfa:pin:x", "hash"),  # a PIN hash upgrade checks the hash it replaces
+    _n("hmget", "callmfa:pin:x", "locked_until", "denials"),  # the PIN unlock script
+    _n("hexists", "callmfa:pin:x", "hash"),  # the PIN set script
     _n("hincrby", "callmfa:pin:x", "denials", "1"),
     _n("zadd", "callmfa:blocked", "0", "x"),
     _n("zrem", "callmfa:blocked", "x"),
@@ -73,6 +75,10 @@ SERVICE: tuple[Needed, ...] = (
     _n("xinfo|groups", REQUESTS),
     _n("xreadgroup", "GROUP", GROUP, "c", "COUNT", "1", "STREAMS", REQUESTS, ">"),
     _n("xack", REQUESTS, GROUP, "0-1"),
+    # A settled request is acked and deleted in one MULTI/EXEC (Store.ack).
+    _n("xdel", REQUESTS, "0-1"),
+    _n("multi"),
+    _n("exec"),
     _n("xpending", REQUESTS, GROUP, "-", "+", "10"),
     _n("xclaim", REQUESTS, GROUP, "c", "0", "0-1"),
     _n("evalsha", _SHA, "1", "callmfa:x"),

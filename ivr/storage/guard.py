@@ -7,7 +7,8 @@ user's in-flight lock and counts the call, all in one step. The lock names the r
 that holds it and counts as released once that request has an outcome, so it is free the
 moment the outcome is stored, with a TTL for a holder that never gets one.
 
-Every change of a block or a bypass is written to ``callmfa:audit`` and published on
+Every change of a block or a bypass, every bypass used and every request refused here
+(``blocked``, ``throttled``) is written to ``callmfa:audit`` and published on
 ``callmfa:security`` in the same script.
 """
 
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from ..domain.outcome import iso
 from .keys import (
     AUDIT,
+    AUDIT_LUA,
     AUDIT_MAXLEN,
     BLOCKED,
     RECORD_AUDIT,
@@ -37,7 +39,7 @@ def inflight_key(user: str) -> str:
     return f"callmfa:inflight:{user}"
 
 
-_ADMIT = """
+_ADMIT = AUDIT_LUA + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid, user, number = ARGV[1], ARGV[2], ARGV[3]
@@ -46,11 +48,25 @@ if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
 end
 local holder = redis.call('GET', KEYS[5])
 if holder == rid then return {'duplicate', '', 0} end
+-- Every verdict but admitted (and duplicate) is audited and published.
+local function audited(event, ...)
+  local fields = {'event', event, 'user', user, 'id', rid, 'number', number,
+                  'actor', 'originator', 'at', ARGV[12], ...}
+  audit(KEYS[11], fields)
+end
+local function refused(verdict, detail, wait)
+  if verdict == 'blocked' then
+    audited('request_refused', 'outcome', 'blocked')
+  else
+    audited('request_refused', 'outcome', verdict, 'reason', detail,
+            'retry_after', tostring(wait))
+  end
+  return {verdict, detail, wait}
+end
 local blocked_until = redis.call('ZSCORE', KEYS[3], user)
-if blocked_until and tonumber(blocked_until) > now then return {'blocked', '', 0} end
+if blocked_until and tonumber(blocked_until) > now then return refused('blocked', '', 0) end
 if redis.call('GETDEL', KEYS[4]) then
-  redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[10], '*', 'event', 'bypass_used',
-             'user', user, 'id', rid, 'number', number, 'actor', 'originator', 'at', ARGV[12])
+  audited('bypass_used')
   return {'bypassed', '', 0}
 end
 local function left(key)
@@ -59,12 +75,12 @@ local function left(key)
   return 0
 end
 if holder and redis.call('EXISTS', ARGV[11] .. holder) == 0 then
-  return {'throttled', 'call_in_progress', math.max(1, left(KEYS[6]))}
+  return refused('throttled', 'call_in_progress', math.max(1, left(KEYS[6])))
 end
 local wait = left(KEYS[6])
-if wait > 0 then return {'throttled', 'user_cooldown', wait} end
+if wait > 0 then return refused('throttled', 'user_cooldown', wait) end
 wait = left(KEYS[7])
-if wait > 0 then return {'throttled', 'number_cooldown', wait} end
+if wait > 0 then return refused('throttled', 'number_cooldown', wait) end
 local function full(key, cap)
   if cap <= 0 then return 0 end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - 3600000)
@@ -78,7 +94,7 @@ local caps = {{KEYS[8], tonumber(ARGV[7]), 'user_hourly_cap'},
               {KEYS[10], tonumber(ARGV[9]), 'global_hourly_cap'}}
 for _, c in ipairs(caps) do
   wait = full(c[1], c[2])
-  if wait > 0 then return {'throttled', c[3], wait} end
+  if wait > 0 then return refused('throttled', c[3], wait) end
 end
 redis.call('SET', KEYS[5], rid, 'EX', ARGV[4])
 if tonumber(ARGV[5]) > 0 then redis.call('SET', KEYS[6], rid, 'EX', ARGV[5]) end

@@ -91,6 +91,19 @@ SECURITY_CHANNEL = "callmfa:security"
 AUDIT_MAXLEN = 1_000_000
 
 
+# The Lua function every script that audits from inside Redis defines first: one
+# callmfa:audit entry (``fields``: a flat list of names and values, ``event`` first) and the
+# same entry as a JSON object on callmfa:security, in the script's atomic step.
+AUDIT_LUA = f"""
+local function audit(stream, fields)
+  local entry = {{}}
+  for i = 1, #fields, 2 do entry[fields[i]] = fields[i + 1] end
+  redis.call('XADD', stream, 'MAXLEN', '~', {AUDIT_MAXLEN}, '*', unpack(fields))
+  redis.call('PUBLISH', '{SECURITY_CHANNEL}', cjson.encode(entry))
+end
+"""
+
+
 def bypass_key(user: str) -> str:
     """The one-time bypass of ``user`` (exists while it may be used)."""
     return f"callmfa:bypass:{user}"

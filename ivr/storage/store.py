@@ -7,6 +7,7 @@ first outcome for an id and publishes it; any later outcome for the same id is d
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,9 +39,12 @@ from .keys import (
 
 log = structlog.get_logger("ivr.store")
 
+# What a dead-lettered request keeps of its payload (its length and hash are kept too).
+DEADLETTER_PAYLOAD_BYTES = 1024
+
 __all__ = [
-    "DEADLETTER", "EVENTS", "GROUP", "REQUESTS", "RESULTS_CHANNEL", "Claim", "Entry", "Store",
-    "call_key", "connect", "result_key",
+    "DEADLETTER", "DEADLETTER_PAYLOAD_BYTES", "EVENTS", "GROUP", "REQUESTS", "RESULTS_CHANNEL",
+    "Claim", "Entry", "Store", "call_key", "connect", "deadletter_fields", "result_key",
 ]
 
 _CLAIM = """
@@ -210,8 +214,16 @@ class Store:
         return [Entry(_text(eid), (fields or {}).get(b"request")) for eid, fields in reply]
 
     async def ack(self, entry_id: str) -> None:
-        """The request is done with: its outcome is stored."""
-        await self.redis.xack(REQUESTS, GROUP, entry_id)
+        """The request is settled (its outcome stored, or it was dead-lettered): acknowledge
+        it and delete it from the stream, atomically and in one round trip.
+
+        Nothing keeps a settled request (its number and context) in Redis: the stream holds
+        only what waits to be delivered and what is being worked on.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(REQUESTS, GROUP, entry_id)
+            pipe.xdel(REQUESTS, entry_id)
+            await pipe.execute()
 
     async def claim_call(self, rid: str, fields: Mapping[str, str]) -> Claim:
         """Record that ``rid`` is being dialled, unless it was already."""
@@ -274,10 +286,25 @@ class Store:
             self._observer.event_added(name)
 
     async def deadletter(self, entry_id: str, payload: bytes | None, error: str) -> None:
-        """Keep a request that cannot even be answered (no usable id), with the reason."""
+        """Keep a request that cannot even be answered (no usable id), with the reason.
+
+        At most ``DEADLETTER_PAYLOAD_BYTES`` of it are kept, with its length and SHA-256.
+        """
         await self.redis.xadd(
-            DEADLETTER,
-            {"entry_id": entry_id, "request": payload or b"", "error": error},
-            maxlen=self._maxlen,
-            approximate=True,
+            DEADLETTER, deadletter_fields(entry_id, payload, error),
+            maxlen=self._maxlen, approximate=True,
         )
+
+
+def deadletter_fields(entry_id: str, payload: bytes | None, error: str) -> dict[Any, Any]:
+    """One ``callmfa:deadletter`` entry: the payload cut to ``DEADLETTER_PAYLOAD_BYTES``,
+    its full length (``request_bytes``) and the SHA-256 of all of it (``request_sha256``)."""
+    raw = payload or b""
+    return {
+        "entry_id": entry_id,
+        "request": raw[:DEADLETTER_PAYLOAD_BYTES],
+        "request_bytes": len(raw),
+        "request_sha256": hashlib.sha256(raw).hexdigest(),
+        "truncated": "1" if len(raw) > DEADLETTER_PAYLOAD_BYTES else "0",
+        "error": error,
+    }

@@ -27,7 +27,7 @@ from .pins import (
     RECORD_DENIAL,
     RESET_PIN,
     PinState,
-    lock_value,
+    denial_script_args,
     parse_pin_state,
     pin_key,
     reset_args,
@@ -95,13 +95,13 @@ class SyncStore:
                                            context=context, block_s=0)
             self._redis.eval(RECORD_AUDIT, len(keys), *keys, *args)
 
-    def record_denial(self, user: str) -> bool:
-        """Count a denied PIN call; True when it locked the user out."""
-        locked = self._redis.eval(
-            RECORD_DENIAL, 1, pin_key(user), self._settings.pin_lockout_after,
-            lock_value(time.time(), self._settings.pin_lockout_s),
-        )
-        return bool(locked)
+    def record_denial(self, user: str, *, rid: str = "") -> bool:
+        """Count a denied PIN call; True when it locked the user out (audited, as serve's
+        IVR does: the same script and arguments)."""
+        keys, args = denial_script_args(user, rid=rid,
+                                        lockout_after=self._settings.pin_lockout_after,
+                                        lockout_s=self._settings.pin_lockout_s)
+        return bool(self._redis.eval(RECORD_DENIAL, len(keys), *keys, *args))
 
     def reset_pin(self, user: str, upgrade: tuple[str, str] | None = None) -> int:
         """Clear the user's denials after a success, and apply a hash ``upgrade`` (see

@@ -84,15 +84,19 @@ def phone(sandbox: Sandbox, tmp_path: Path) -> Iterator[PhoneFactory]:
         p.stop()
 
 
-async def audit_of(sandbox: Sandbox, rid: str) -> list[dict[str, str]]:
-    """The security audit stream's entries for one verification."""
+async def audit_entries(sandbox: Sandbox) -> list[dict[str, str]]:
+    """The security audit stream, oldest first."""
     redis = Redis.from_url(sandbox.redis_url)
     try:
         entries = await redis.xrange(AUDIT)
     finally:
         await redis.aclose()
-    audit = [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
-    return [e for e in audit if e.get("id") == rid]
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in entries]
+
+
+async def audit_of(sandbox: Sandbox, rid: str) -> list[dict[str, str]]:
+    """The security audit stream's entries for one verification."""
+    return [e for e in await audit_entries(sandbox) if e.get("id") == rid]
 
 
 class AsteriskLog:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
-from ivr.domain.codes import check_pin
+from ivr.domain.codes import check_pin, hash_code
 from ivr.domain.outcome import Outcome
+from ivr.storage.pins import PinStore
 
 from ..conftest import Sandbox
 from .conftest import AsteriskLog, PhoneFactory, audit_of, restart_serve
@@ -124,3 +126,29 @@ class TestClassicAgi:
         assert p.wait(20) == 0, p.errors()
         log = (sandbox.directory / "logs" / "asterisk.log").read_text()
         assert "the user's PIN hash is now peppered" in log
+
+    async def test_pin_lockout_is_audited_as_serve_does(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """Two denied PIN calls through the classic script (the e2e lockout setting is 2):
+        the second locks the user out, audited as pin_locked_out by the shared script."""
+        user = "classic-lock"
+        redis = Redis.from_url(sandbox.redis_url)
+        try:
+            await PinStore(redis, lockout_after=2, lockout_s=900).set_hash(
+                user, hash_code("5938271046"), actor="test")
+        finally:
+            await redis.aclose()
+        ids = []
+        for _ in range(2):
+            p = phone(keys="1111#2222#")
+            record = await client.verify(user=user, phone="+12015550100", mode="pin",
+                                         timeout_s=60)
+            assert record is not None
+            assert record.outcome is Outcome.DENIED
+            assert p.wait(20) == 0, p.errors()
+            ids.append(record.id)
+        [locked] = await audit_of(sandbox, ids[1])
+        assert (locked["event"], locked["user"], locked["actor"]) == (
+            "pin_locked_out", user, "ivr")
+        assert await audit_of(sandbox, ids[0]) == []

@@ -19,7 +19,7 @@ from ivr.storage.pins import pin_key
 from ivr.testing import synthesize
 
 from ..conftest import REPO, Sandbox
-from .conftest import AsteriskLog, PhoneFactory, audit_of, restart_serve
+from .conftest import AsteriskLog, PhoneFactory, audit_entries, audit_of, restart_serve
 
 PHONE = "+12015550100"
 PIN = "5938271046"  # ten digits: nothing else in a log or in Redis looks like it
@@ -107,6 +107,11 @@ class TestPin:
         assert out.returncode == 0, out.stderr
         phone(keys=PIN + "#")
         assert (await verify(client, "pin-lock", mode="pin")).outcome is Outcome.APPROVED
+        # Every PIN change is in the audit: the admin's set and unlock, the IVR's lockout.
+        mine = [e for e in await audit_entries(sandbox) if e["user"] == "pin-lock"]
+        assert [(e["event"], e["actor"].split(":")[0]) for e in mine][-3:] == [
+            ("pin_set", "cli"), ("pin_locked_out", "ivr"), ("pin_unlocked", "cli")]
+        assert PIN not in repr(mine)
 
     async def test_pin_appears_nowhere(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory

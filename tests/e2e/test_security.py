@@ -29,7 +29,7 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.exceptions import OutcomeSignatureError
 from ivr.security import number_policy
 from ivr.settings import Settings
-from ivr.storage.keys import AUDIT
+from ivr.storage.keys import AUDIT, SECURITY_CHANNEL
 from ivr.storage.store import EVENTS, call_key, connect, result_key
 
 from ..conftest import E2E_SETTINGS, SECOND_SERVICE, Sandbox, wait_until
@@ -199,8 +199,9 @@ class TestFraudAlert:
         assert (await _verify(signin, user, number)).outcome is Outcome.APPROVED
         assert p2.wait(20) == 0, p2.errors()
         assert p2.received("INVITE") == 1
-        events = [e["event"] for e in await _audit(service_redis, user)]
-        assert events == ["blocked", "unblocked"]
+        audit = await _audit(service_redis, user)
+        assert [e["event"] for e in audit] == ["blocked", "request_refused", "unblocked"]
+        assert (audit[1]["outcome"], audit[1]["id"]) == ("blocked", blocked.id)
 
     async def test_manual_block(
         self, secured: Secured, signin: VerificationClient, phone: PhoneFactory
@@ -239,9 +240,11 @@ class TestFraudAlert:
         assert until is not None
         assert until / 1000 < time.time() + 3700
         audit = await _audit(service_redis, user)
-        assert [(e["event"], e["reason"]) for e in audit] == [
-            ("blocked", "fraud"), ("blocked", "cleared")]
-        assert audit[1]["replace"] == "yes"
+        # The refused request between the two blocks is audited too (request_refused).
+        assert [e["event"] for e in audit] == ["blocked", "request_refused", "blocked"]
+        assert [audit[0]["reason"], audit[1]["outcome"], audit[2]["reason"]] == [
+            "fraud", "blocked", "cleared"]
+        assert audit[2]["replace"] == "yes"
         report = secured.admin("report", "--csv")
         assert report.returncode == 0, report.stderr
         assert any(row.endswith(f",{user},audit:blocked,2") for row in report.stdout.splitlines())
@@ -280,19 +283,32 @@ class TestBypass:
         """`callmfa bypass USER --for 10m`: the next request is bypassed with no call,
         audited; the one after is a real call."""
         user, number = _user(), _number()
-        done = secured.admin("bypass", user, "--for", "10m", "--reason", "lost phone")
-        assert done.returncode == 0, done.stderr
-        p = phone(keys="#")
-        bypassed = await _verify(signin, user, number)
-        assert bypassed.outcome is Outcome.BYPASSED
-        assert p.received("INVITE") == 0
-        assert (await _verify(signin, user, number)).outcome is Outcome.APPROVED
-        assert p.wait(20) == 0, p.errors()
+        alerts = service_redis.pubsub(ignore_subscribe_messages=True)
+        await alerts.subscribe(SECURITY_CHANNEL)
+        try:
+            done = secured.admin("bypass", user, "--for", "10m", "--reason", "lost phone")
+            assert done.returncode == 0, done.stderr
+            p = phone(keys="#")
+            bypassed = await _verify(signin, user, number)
+            assert bypassed.outcome is Outcome.BYPASSED
+            assert p.received("INVITE") == 0
+            assert (await _verify(signin, user, number)).outcome is Outcome.APPROVED
+            assert p.wait(20) == 0, p.errors()
+            published = []
+            for _ in range(100):  # what the security team's subscriber saw: up to 10 s
+                message = await alerts.get_message(timeout=0.1)
+                if message is not None and json.loads(message["data"])["user"] == user:
+                    published.append(json.loads(message["data"]))
+                if len(published) == 2:
+                    break
+        finally:
+            await alerts.aclose()  # type: ignore[no-untyped-call]
         audit = await _audit(service_redis, user)
         assert [e["event"] for e in audit] == ["bypass_granted", "bypass_used"]
         assert audit[0]["actor"].startswith("cli:")
         assert audit[0]["reason"] == "lost phone"
         assert audit[1]["id"] == bypassed.id
+        assert published == audit  # every audit entry is published, bypass_used included
 
 
 class TestTollFraud:

@@ -79,7 +79,7 @@ class TestAcl:
             assert taken.entry_id == entry.entry_id
             await store.ack(taken.entry_id)
             pins = PinStore.for_settings(redis, Settings(pin_lockout_after=1))
-            await pins.set_hash("alice", hash_code("1234"))
+            await pins.set_hash("alice", hash_code("1234"), actor="test")
             assert await pins.record_denial("alice")
             assert await pins.reset("alice")
             guard = Security.for_redis(Settings(), redis).guard
@@ -259,4 +259,25 @@ class TestSignedOutcomes:
                 assert record is not None
                 assert record.outcome is Outcome.NO_ANSWER
         finally:
+            await service.aclose()
+
+
+class TestAclSettlesRequests:
+    async def test_service_acks_and_deletes_a_settled_request(
+        self, server: SecuredRedis
+    ) -> None:
+        """The shipped ACL lets the service settle a request: XACK and XDEL in MULTI."""
+        signin = _redis(server, "callmfa-signin")
+        service = _redis(server, "callmfa-service")
+        try:
+            store = Store(service, result_ttl_s=60, events_maxlen=100, signing_key=KEY)
+            await store.ensure_group()
+            added = (await signin.xadd("callmfa:requests", {"request": "{}"})).decode()
+            entries = await store.read_requests("c-settle", count=100, block_ms=10)
+            assert added in [e.entry_id for e in entries]
+            for entry in entries:
+                await store.ack(entry.entry_id)
+            assert await service.xrange("callmfa:requests", min=added, max=added) == []
+        finally:
+            await signin.aclose()
             await service.aclose()

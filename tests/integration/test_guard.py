@@ -141,7 +141,7 @@ class TestBlocks:
         assert await guard.blocked() == []
         assert (await guard.admit(_rid(), "mallory", NUMBER)).verdict is Verdict.ADMITTED
         events = [e["event"] for e in await guard.audit()]
-        assert events == ["unblocked", "blocked"]
+        assert events == ["unblocked", "request_refused", "blocked"]
 
     async def test_expired_block_is_gone(self, redis: Redis) -> None:
         """A block lasts its duration only."""
@@ -342,3 +342,71 @@ class TestBlockLength:
         assert until > time.time() + 364 * 86400
         assert [e["event"] for e in await security.guard.audit()] == [
             "fraud_reported", "blocked"]
+
+
+class Alerts:
+    """What a security subscriber of callmfa:security receives."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+
+    async def __aenter__(self) -> Alerts:
+        await self.pubsub.subscribe(SECURITY_CHANNEL)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def take(self, count: int, timeout_s: float = 5.0) -> list[dict[str, str]]:
+        """The next ``count`` published entries, decoded."""
+        out: list[dict[str, str]] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(out) < count and asyncio.get_running_loop().time() < deadline:
+            message = await self.pubsub.get_message(timeout=0.1)
+            if message is not None:
+                out.append(json.loads(message["data"]))
+        return out
+
+
+class TestEveryAuditEntryPublished:
+    """Each admission verdict that is audited is also published, as the same entry."""
+
+    async def test_bypass_used_is_published(self, redis: Redis) -> None:
+        """The bypass used: in callmfa:audit and on callmfa:security, with actor, user, at."""
+        guard = Guard(redis, _limits())
+        async with Alerts(redis) as alerts:
+            await guard.grant_bypass("alice", 600, actor="cli:ops")
+            rid = _rid()
+            assert (await guard.admit(rid, "alice", NUMBER)).verdict is Verdict.BYPASSED
+            granted, used = await alerts.take(2)
+        assert granted["event"] == "bypass_granted"
+        assert used == (await guard.audit())[0]
+        assert (used["event"], used["user"], used["id"], used["number"], used["actor"]) == (
+            "bypass_used", "alice", rid, NUMBER, "originator")
+        assert used["at"].endswith("Z")
+
+    async def test_blocked_and_throttled_refusals_are_audited_and_published(
+        self, redis: Redis
+    ) -> None:
+        """A request of a blocked user and a throttled one: request_refused with the
+        outcome, the reason and retry_after; an admitted request audits nothing."""
+        guard = Guard(redis, _limits(user_cooldown_s=60))
+        await guard.block("mallory", 3600, actor="test", reason="manual")
+        async with Alerts(redis) as alerts:
+            blocked, first, second = _rid(), _rid(), _rid()
+            assert (await guard.admit(blocked, "mallory", NUMBER)).verdict is Verdict.BLOCKED
+            assert (await guard.admit(first, "alice", NUMBER)).verdict is Verdict.ADMITTED
+            await _finish(redis, first)
+            throttled = await guard.admit(second, "alice", NUMBER)
+            published = await alerts.take(2)
+        assert (throttled.verdict, throttled.detail) == (Verdict.THROTTLED, "user_cooldown")
+        audit = (await guard.audit())[:2]
+        assert published == audit[::-1]
+        refused_blocked, refused_throttled = published
+        assert {k: refused_blocked[k] for k in ("event", "outcome", "user", "id", "actor")} == {
+            "event": "request_refused", "outcome": "blocked", "user": "mallory", "id": blocked,
+            "actor": "originator"}
+        assert {k: refused_throttled[k] for k in ("outcome", "reason", "retry_after", "id")} == {
+            "outcome": "throttled", "reason": "user_cooldown",
+            "retry_after": str(throttled.retry_after), "id": second}
+        assert await redis.xlen(AUDIT) == 3  # the block, two refusals; not the admission

@@ -34,7 +34,8 @@ def playback(prompt: str) -> str:
 
 async def set_pin(ivr: Ivr, user: str, pin: str) -> None:
     """What ``callmfa pin set USER`` stores."""
-    await PinStore.for_settings(ivr.redis, ivr.settings).set_hash(user, hash_code(pin))
+    pins = PinStore.for_settings(ivr.redis, ivr.settings)
+    await pins.set_hash(user, hash_code(pin), actor="test")
 
 
 async def pin_state(redis: Redis, user: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ telephone network: answered (and the IVR stores an outcome), busy, no answer, er
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -18,10 +19,13 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 
+import ivr.domain.request
 import ivr.originator
+from ivr.client import VerificationClient
 from ivr.domain.calltoken import token_hash
 from ivr.domain.codes import hash_code
 from ivr.domain.outcome import Outcome, OutcomeRecord, iso
+from ivr.domain.request import MAX_REQUEST_BYTES
 from ivr.exceptions import AmiConnectError, AmiError
 from ivr.metrics import Metrics
 from ivr.originator import Originator
@@ -29,7 +33,15 @@ from ivr.security import limits
 from ivr.settings import Settings
 from ivr.storage.guard import Guard
 from ivr.storage.results import ResultListener
-from ivr.storage.store import DEADLETTER, GROUP, REQUESTS, Store, call_key, result_key
+from ivr.storage.store import (
+    DEADLETTER,
+    DEADLETTER_PAYLOAD_BYTES,
+    GROUP,
+    REQUESTS,
+    Store,
+    call_key,
+    result_key,
+)
 from ivr.tasks import cancel_and_wait
 from ivr.transport.ami import ChannelWatch, OriginateResult
 from ivr.transport.ami_pool import AmiPool
@@ -389,9 +401,12 @@ class TestRefusedBeforeDialling:
         [(_, fields)] = await h.redis.xrange(DEADLETTER)
         assert fields[b"entry_id"].decode() == entry_id
         assert fields[b"request"] == (payload or b"")
+        assert fields[b"request_bytes"] == str(len(payload or b"")).encode()
+        assert fields[b"truncated"] == b"0"
         assert fields[b"error"]
         assert h.ami.calls == []
         assert await h.redis.keys("callmfa:result:*") == []
+        assert await h.redis.xlen(REQUESTS) == 0
 
 
 class TestOriginate:
@@ -792,3 +807,142 @@ class TestStop:
         assert h.originator.in_flight == 0
         assert h.ami.calls == []
         assert await h.store.get_outcome(rid) is None
+
+
+class TestBoundedQueue:
+    """Settled entries leave callmfa:requests: it holds only what waits or is in progress."""
+
+    async def test_every_kind_of_settled_entry_is_deleted(self, start: Start) -> None:
+        """Approved, busy, expired, rejected, a duplicate and a dead letter: all acked and
+        deleted, so XLEN ends at 0 (no phone number or context is left behind)."""
+        h = await start(answered_then(Outcome.APPROVED))
+        approved, _ = await h.submit(user="u1")
+        expired, _ = await h.submit(user="u2", expires_in_s=-1)
+        rejected, _ = await h.submit(user="u3", phone="+1555abc0100")
+        await h.submit(rid=approved, user="u1")  # a duplicate delivery of the same id
+        await h.add_raw(b"not json")  # no id: dead-lettered
+
+        outcomes = [(await h.outcome(rid)).outcome for rid in (approved, expired, rejected)]
+
+        assert outcomes == [Outcome.APPROVED, Outcome.EXPIRED, Outcome.REJECTED]
+        await h.all_acked()
+        async def emptied() -> bool:
+            return await h.redis.xlen(REQUESTS) == 0
+        await eventually(emptied, what="callmfa:requests emptied")
+        assert await h.redis.xlen(DEADLETTER) == 1
+
+    async def test_oversized_request_with_leading_id_is_rejected_unparsed(
+        self, start: Start, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An entry over MAX_REQUEST_BYTES whose id comes first ends rejected/too_large,
+        is deleted, and is never handed to the JSON parser."""
+        parsed: list[int] = []
+        real_loads = json.loads
+
+        def loads(raw: Any, *args: Any, **kwargs: Any) -> Any:
+            parsed.append(len(raw))
+            return real_loads(raw, *args, **kwargs)
+
+        monkeypatch.setattr(ivr.domain.request.json, "loads", loads)
+        h = await start(answered_then(Outcome.APPROVED))
+        rid = str(uuid.uuid4())
+        await h.add_raw(json.dumps({"id": rid, "user": "alice", "phone": "+12015550100",
+                                    "context": {"pad": "x" * 1_000_000}}))
+
+        record = await h.outcome(rid)
+
+        assert (record.outcome, record.detail) == (Outcome.REJECTED, "too_large")
+        assert all(n <= MAX_REQUEST_BYTES for n in parsed)
+        await h.all_acked()
+        assert await h.redis.xlen(REQUESTS) == 0
+        assert await h.redis.xlen(DEADLETTER) == 0
+
+    async def test_oversized_request_without_id_is_dead_lettered_truncated(
+        self, start: Start
+    ) -> None:
+        """A 1 MB entry with no leading id: the dead letter keeps its first
+        DEADLETTER_PAYLOAD_BYTES, its length and its SHA-256, never the whole of it."""
+        h = await start(answered_then(Outcome.APPROVED))
+        payload = b'{"user": "alice", "pad": "' + b"x" * 1_000_000 + b'"}'
+        entry_id = await h.add_raw(payload)
+
+        async def dead_lettered() -> bool:
+            return await h.redis.xlen(DEADLETTER) == 1
+        await eventually(dead_lettered, what="deadletter entry")
+        await h.all_acked()
+
+        [(_, fields)] = await h.redis.xrange(DEADLETTER)
+        assert fields[b"entry_id"].decode() == entry_id
+        assert fields[b"request"] == payload[:DEADLETTER_PAYLOAD_BYTES]
+        assert fields[b"request_bytes"] == str(len(payload)).encode()
+        assert fields[b"request_sha256"] == hashlib.sha256(payload).hexdigest().encode()
+        assert fields[b"truncated"] == b"1"
+        assert b"over" in fields[b"error"]
+        assert await h.redis.xlen(REQUESTS) == 0
+
+    async def test_client_refuses_an_oversized_request_before_queueing_it(
+        self, redis: Redis
+    ) -> None:
+        """VerificationClient.submit raises ValueError, naming the limit, and adds nothing."""
+        client = VerificationClient(redis)
+        with pytest.raises(ValueError, match=str(MAX_REQUEST_BYTES)):
+            await client.submit(user="alice", phone="+12015550100",
+                                context={"pad": "x" * MAX_REQUEST_BYTES})
+        assert await redis.exists(REQUESTS) == 0
+
+
+DEAD = "dead-originator"
+
+
+async def _delivered_to_dead_originator(h: Harness) -> str:
+    """Deliver the next entry to a consumer with no lease (an originator that died
+    holding it); returns its entry id."""
+    reply: Any = await h.redis.xreadgroup(GROUP, DEAD, {REQUESTS: ">"}, count=1)
+    [(_, [(entry_id, _)])] = reply
+    return cast(bytes, entry_id).decode()
+
+
+class TestTakeOver:
+    """XCLAIM after a dead originator still works now that settled entries are deleted."""
+
+    async def test_undialled_entry_of_a_dead_originator_is_dialled_and_deleted(
+        self, start: Start
+    ) -> None:
+        """A dead originator read an entry and never dialled it: another takes it over
+        (XCLAIM), places the call, and the entry is acked and deleted."""
+        h = await start(failed(0, 17), lease_s=0.4, max_in_flight=1)
+        await h.originator.stop(grace_s=0.1)  # this one reads no more: the dead one will
+        await cancel_and_wait(h.task)
+        rid, _ = await h.submit()
+        entry_id = await _delivered_to_dead_originator(h)
+        assert await h.pending() == 1
+
+        heir = await start(failed(0, 17), lease_s=0.4, consumer="heir")
+        record = await heir.outcome(rid)
+
+        assert record.outcome is Outcome.BUSY
+        assert len(heir.ami.calls) == 1
+        await heir.all_acked()
+        assert await h.redis.xrange(REQUESTS, min=entry_id, max=entry_id) == []
+        assert await h.redis.xlen(REQUESTS) == 0
+
+    async def test_dialled_entry_of_a_dead_originator_is_settled_and_deleted(
+        self, start: Start
+    ) -> None:
+        """The dead originator had placed the call, which is over: the heir never dials
+        it again, records error/originator_lost, and deletes the entry."""
+        h = await start(failed(0, 17), lease_s=0.4, max_in_flight=1)
+        await h.originator.stop(grace_s=0.1)
+        await cancel_and_wait(h.task)
+        rid, _ = await h.submit()
+        await _delivered_to_dead_originator(h)
+        await h.store.claim_call(rid, {"user": "alice", "number": "+12015550100",
+                                       "call_started_at": str(time.time() - 3600)})
+
+        heir = await start(failed(0, 17), lease_s=0.4, consumer="heir")
+        record = await heir.outcome(rid)
+
+        assert (record.outcome, record.detail) == (Outcome.ERROR, "originator_lost")
+        assert heir.ami.calls == []
+        await heir.all_acked()
+        assert await h.redis.xlen(REQUESTS) == 0

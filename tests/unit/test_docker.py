@@ -7,6 +7,7 @@ versions or the service settings differ.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 import subprocess
@@ -263,6 +264,21 @@ class TestServiceImage:
         assert f"ARG PYTHON={sys.version_info[0]}.{sys.version_info[1]}" in SERVICE_DOCKERFILE
         assert SERVICE_DOCKERFILE.count("FROM python:${PYTHON}-slim") == 2  # multi-stage
         assert "USER 10001:10001" in SERVICE_DOCKERFILE
+
+    def test_every_listener_binds_loopback_unless_told_otherwise(self) -> None:
+        """No image or compose service listens beyond 127.0.0.1 by default: no 0.0.0.0 and
+        no published port outside comments, and every *_HOST set names 127.0.0.1."""
+        texts = {"docker/Dockerfile": SERVICE_DOCKERFILE, "docker/compose.yaml": COMPOSE,
+                 "docker/asterisk/Dockerfile": ASTERISK_DOCKERFILE,
+                 "docker/asterisk/entrypoint.sh": (DOCKER / "asterisk" / "entrypoint.sh")
+                 .read_text()}
+        for name, text in texts.items():
+            code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+            assert str(ipaddress.IPv4Address(0)) not in code, name  # 0.0.0.0
+            assert "ports:" not in code, name
+            for host in re.findall(r"CALLMFA_\w+_HOST[=:] *([^\s\\]+)", code):
+                assert host == "127.0.0.1", (name, host)
+        assert "CALLMFA_METRICS_HOST: 127.0.0.1" in COMPOSE
 
     def test_compose_gives_callmfa_the_sandbox_settings(self) -> None:
         """callmfa in compose talks to Asterisk and Redis as the sandbox's serve does."""

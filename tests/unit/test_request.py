@@ -388,6 +388,23 @@ class TestPeekId:
         """Deeply nested JSON has no id; it does not crash."""
         assert peek_id(b"[" * 5000) is None
 
+    def test_oversized_request_with_leading_uuid_id(self) -> None:
+        """Over MAX_REQUEST_BYTES, a leading UUID id is read from the first bytes only."""
+        raw = json.dumps({"id": RID.upper(), "context": {"pad": "x" * MAX_REQUEST_BYTES}})
+
+        assert peek_id(raw) == RID
+        assert peek_id(raw.encode()) == RID
+
+    @pytest.mark.parametrize("raw", [
+        json.dumps({"context": {"pad": "x" * MAX_REQUEST_BYTES}, "id": RID}),
+        json.dumps({"id": "Order-42", "pad": "x" * MAX_REQUEST_BYTES}),
+        b"\xff" * (MAX_REQUEST_BYTES + 1),
+    ])
+    def test_oversized_request_without_leading_uuid_id(self, raw: str | bytes) -> None:
+        """An oversized request is never parsed: an id later in it, or not a UUID, is not
+        found (the request is dead-lettered, cut short)."""
+        assert peek_id(raw) is None
+
 
 # --- properties ---
 
