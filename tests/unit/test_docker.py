@@ -123,7 +123,8 @@ class TestAsteriskImage:
         assert sorted(_dockerfile_arg("ASTERISK_PACKAGES")) == sorted(m.group(1).split(","))
         assert _dockerfile_arg("ROOT_PACKAGES") == _bash_array("ROOT_PACKAGES")
         assert re.search(r"--include=\S+ \\\n\s+sid ", SANDBOX_SH)
-        assert "FROM debian:sid-slim" in ASTERISK_DOCKERFILE
+        assert "ARG ASTERISK_BASE=debian:sid-slim" in ASTERISK_DOCKERFILE
+        assert "FROM ${ASTERISK_BASE}" in ASTERISK_DOCKERFILE
         assert any("--no-install-recommends $ASTERISK_PACKAGES $ROOT_PACKAGES &&" in line
                    for line in _logical_lines(ASTERISK_DOCKERFILE))
 
@@ -220,10 +221,11 @@ class TestAsteriskImage:
         assert {"espeak-ng", "sox"} <= set(_bash_array("APT_PACKAGES"))
         payload = ASTERISK_DOCKERFILE.split("AS payload\n")[1].split("\nFROM ")[0]
         assert "--no-install-recommends espeak-ng sox" in payload
-        assert "python -m ivr.promptgen /opt/callmfa/build/prompts" in payload
+        assert "python3 -m ivr.promptgen /opt/callmfa/build/prompts" in payload
         assert re.search(r"^repo=/opt/callmfa ", ENTRYPOINT, re.M)
         assert f"ARG PYTHON={sys.version_info[0]}.{sys.version_info[1]}" in ASTERISK_DOCKERFILE
-        assert "FROM python:${PYTHON}-slim-bookworm AS payload" in ASTERISK_DOCKERFILE
+        assert "ARG PYTHON_BASE=python:${PYTHON}-slim-bookworm" in ASTERISK_DOCKERFILE
+        assert "FROM ${PYTHON_BASE} AS payload" in ASTERISK_DOCKERFILE
 
     def test_compose_gives_the_classic_agi_script_its_redis(self) -> None:
         """The Asterisk container's CALLMFA_* settings (its callmfa.env) name the sandbox's
@@ -257,10 +259,38 @@ class TestServiceImage:
         assert "-c docker/requirements.lock" in makefile
         assert "-c docker/requirements.lock /wheels/callmfa-*.whl" in SERVICE_DOCKERFILE
 
+    def test_build_stage_copies_what_pyproject_reads(self) -> None:
+        """The wheel is built from the files pyproject names (readme, package directories,
+        among them agi_scripts/, which the Dockerfile once left out): each is copied."""
+        build = SERVICE_DOCKERFILE.split(" AS build\n")[1].split("\nFROM ")[0]
+        copied = {path.rstrip("/") for line in build.splitlines() if line.startswith("COPY ")
+                  for path in line.split()[1:-1]}
+        pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+        needed = {"pyproject.toml", pyproject["project"]["readme"]}
+        dirs = pyproject["tool"]["setuptools"]["package-dir"].values()
+        needed |= {d.split("/")[0] for d in dirs}
+        needed |= {p.split(".")[0] for p in pyproject["tool"]["setuptools"]["packages"]}
+        assert "agi_scripts" in needed
+        assert needed <= copied, needed - copied
+
+    def test_bases_are_build_arguments(self) -> None:
+        """Every stage of both Dockerfiles starts from a base given as a build argument
+        (docker/images.sh passes local ones; the defaults are the official images)."""
+        for dockerfile in (SERVICE_DOCKERFILE, ASTERISK_DOCKERFILE):
+            froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+            assert froms
+            assert all(re.fullmatch(r"\$\{\w+\}", f) for f in froms), froms
+        images = (DOCKER / "images.sh").read_text()
+        assert '--build-arg BASE="$PYTHON_BASE" -f docker/Dockerfile' in images
+        assert ('--build-arg PYTHON_BASE="$PYTHON_BASE" --build-arg ASTERISK_BASE="$ASTERISK_BASE"'
+                in images)
+        assert "bash docker/images.sh" in (REPO / "Makefile").read_text()
+
     def test_same_python_and_an_unprivileged_user(self) -> None:
         """The image's Python is the tests' Python; it runs as a non-root user."""
         assert f"ARG PYTHON={sys.version_info[0]}.{sys.version_info[1]}" in SERVICE_DOCKERFILE
-        assert SERVICE_DOCKERFILE.count("FROM python:${PYTHON}-slim") == 2  # multi-stage
+        assert "ARG BASE=python:${PYTHON}-slim-bookworm" in SERVICE_DOCKERFILE
+        assert SERVICE_DOCKERFILE.count("FROM ${BASE}") == 2  # multi-stage
         assert "USER 10001:10001" in SERVICE_DOCKERFILE
 
     def test_compose_gives_callmfa_the_sandbox_settings(self) -> None:
