@@ -1,0 +1,176 @@
+"""The images `make images` builds, checked from their own root filesystems.
+
+Containers cannot start on these machines (crun cannot set RLIMIT_NOFILE), so each image's
+root is mounted (`podman create` + `podman mount`: a writable layer over the image) and its
+programs run there with chroot, inside the sandbox's namespace: the service image's
+`callmfa serve` approves real calls, through the dialplan its own `callmfa install-dialplan`
+put into the sandbox's Asterisk (production: an existing PBX), and through the Asterisk
+image's own Asterisk and configuration (the all-in-one demo).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from ivr.client import VerificationClient
+from ivr.domain.outcome import Outcome
+
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, _setns, wait_until
+from .conftest import PhoneFactory, serve_pid
+
+IMAGES = REPO / "docker" / "images.sh"
+SERVICE_IMAGE = "localhost/callmfa:latest"
+ASTERISK_IMAGE = "localhost/callmfa-asterisk:latest"
+IMAGE_USER = "10001:10001"  # the service image's USER
+IMAGE_PATH = "/opt/callmfa/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # chroot is in /usr/sbin
+# What compose gives callmfa: the sandbox's addresses, the secrets as files.
+SERVE_SETTINGS = ("CALLMFA_REDIS_URL", "CALLMFA_AMI_HOST", "CALLMFA_AMI_PORT", "CALLMFA_AMI_USER",
+                  "CALLMFA_AGI_HOST", "CALLMFA_AGI_PORT", "CALLMFA_DIAL_TEMPLATE")
+
+
+def _host(sandbox: Sandbox, *args: str, timeout: float = 120) -> str:
+    """Run a command in the namespace the tests started in (podman, the build's network)."""
+    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                         preexec_fn=lambda: _setns(sandbox.host_netns_fd))
+    assert out.returncode == 0, f"{args[:3]} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def built(sandbox: Sandbox) -> None:
+    """Both images, as `make images` builds them (cached: seconds when nothing changed)."""
+    _host(sandbox, "bash", str(IMAGES), timeout=1500)
+
+
+@contextmanager
+def _mounted(sandbox: Sandbox, image: str, name: str) -> Iterator[Path]:
+    _host(sandbox, "podman", "rm", "-f", "--ignore", name)
+    _host(sandbox, "podman", "create", "--name", name, image)
+    try:
+        yield Path(_host(sandbox, "podman", "mount", name).strip())
+    finally:
+        _host(sandbox, "podman", "rm", "-f", name)
+
+
+@pytest.fixture(scope="module")
+def service_root(sandbox: Sandbox, built: None) -> Iterator[Path]:
+    """The service image's root filesystem, with compose's two secrets in /run/secrets."""
+    with _mounted(sandbox, SERVICE_IMAGE, f"callmfa-e2e-{sandbox.netns}") as root:
+        _secrets(sandbox, root, owner=10001)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def asterisk_root(sandbox: Sandbox, built: None) -> Iterator[Path]:
+    """The Asterisk image's root filesystem, with its AMI secret in /run/secrets."""
+    with _mounted(sandbox, ASTERISK_IMAGE, f"callmfa-asterisk-e2e-{sandbox.netns}") as root:
+        _secrets(sandbox, root, owner=0)
+        yield root
+
+
+def _secrets(sandbox: Sandbox, root: Path, owner: int) -> None:
+    secrets = root / "run" / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True)
+    for name, value in (("ami_secret", sandbox.ami_secret),
+                        ("signing_key", sandbox.env["CALLMFA_SIGNING_KEY"])):
+        path = secrets / name
+        path.write_text(value + "\n")
+        os.chown(path, owner, owner)
+        path.chmod(0o400)
+
+
+def _in_image(root: Path, *args: str, user: str = IMAGE_USER) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["chroot", f"--userspec={user}", str(root), *args], capture_output=True,
+                          text=True, timeout=60, env={"PATH": IMAGE_PATH})
+
+
+class ImageServe:
+    """The service image's `callmfa serve`, run from its root in place of the sandbox's."""
+
+    def __init__(self, sandbox: Sandbox, root: Path, log: Path) -> None:
+        self.sandbox = sandbox
+        self.log = log
+        pid = serve_pid(sandbox)
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the sandbox's serve to stop")
+        env = {"PATH": IMAGE_PATH, **E2E_SETTINGS,
+               **{k: sandbox.env[k] for k in SERVE_SETTINGS},
+               "CALLMFA_AMI_SECRET_FILE": "/run/secrets/ami_secret",
+               "CALLMFA_SIGNING_KEY_FILE": "/run/secrets/signing_key"}
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                ["chroot", f"--userspec={IMAGE_USER}", str(root), "/opt/callmfa/bin/callmfa",
+                 "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_until(lambda: '"service_ready"' in log.read_text() or self.proc.poll() is not None,
+                   30, "the image's callmfa serve")
+        assert self.proc.poll() is None, log.read_text()[-3000:]
+
+    def stop(self) -> None:
+        """Stop it, and bring the sandbox back as it was (its Asterisk, its serve)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        full = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": self.sandbox.netns,
+                "CALLMFA_SANDBOX_DIR": str(self.sandbox.directory)}
+        subprocess.run(["bash", str(SANDBOX), "up"], env=full, check=True, capture_output=True,
+                       cwd=REPO, timeout=120)
+
+
+async def _approved_by(serve: ImageServe, client: VerificationClient, phone: PhoneFactory,
+                       number: str) -> None:
+    p = phone(keys="#")
+    rid = await client.submit(user="image-user", phone=number)
+    record = await client.wait(rid, 40)
+    assert record is not None, serve.log.read_text()[-3000:]
+    assert (record.outcome, record.detail) == (Outcome.APPROVED, None)
+    assert p.wait(20) == 0, p.errors()
+    assert rid in serve.log.read_text()  # the image's serve took it: the sandbox's is stopped
+
+
+class TestServiceImage:
+    def test_version(self, service_root: Path) -> None:
+        """The image's callmfa, as its unprivileged user, is this checkout's version."""
+        out = _in_image(service_root, "callmfa", "--version")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"callmfa {version('callmfa')}"
+
+    def test_settings(self, service_root: Path) -> None:
+        """`callmfa settings` lists every setting, the signing key among them."""
+        out = _in_image(service_root, "callmfa", "settings")
+        assert out.returncode == 0, out.stderr
+        names = {line.split("\t")[0] for line in out.stdout.splitlines()}
+        assert {"CALLMFA_REDIS_URL", "CALLMFA_SIGNING_KEY", "CALLMFA_AMI_SECRET"} <= names
+
+    async def test_serve_approves_a_call_next_to_an_existing_pbx(
+        self, sandbox: Sandbox, service_root: Path, client: VerificationClient,
+        phone: PhoneFactory, tmp_path: Path,
+    ) -> None:
+        """Production (docker/compose.yaml): the PBX gets its dialplan from the image's
+        `callmfa install-dialplan`; the image's `callmfa serve` approves a real call."""
+        pbx = service_root / "pbx-etc"  # stands for the PBX's /etc/asterisk
+        pbx.mkdir(exist_ok=True)
+        os.chown(pbx, 10001, 10001)
+        installed = _in_image(service_root, "callmfa", "install-dialplan", "--force", "/pbx-etc")
+        assert installed.returncode == 0, installed.stderr
+        target = (Path(sandbox.env["CALLMFA_ASTERISK_ROOT"]) / "etc" / f"asterisk-{sandbox.netns}"
+                  / "extensions_callmfa.conf")
+        original = target.read_bytes()
+        target.write_bytes((pbx / "extensions_callmfa.conf").read_bytes())
+        serve = None
+        try:
+            sandbox.asterisk("dialplan reload")
+            serve = ImageServe(sandbox, service_root, tmp_path / "serve.log")
+            await _approved_by(serve, client, phone, "+12015550180")
+        finally:
+            target.write_bytes(original)
+            sandbox.asterisk("dialplan reload")
+            if serve is not None:
+                serve.stop()
