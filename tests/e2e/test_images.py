@@ -114,14 +114,59 @@ class ImageServe:
         assert self.proc.poll() is None, log.read_text()[-3000:]
 
     def stop(self) -> None:
-        """Stop it, and bring the sandbox back as it was (its Asterisk, its serve)."""
+        """Stop it (SIGTERM: chroot exec'd callmfa, so this is its pid)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(30)
-        full = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": self.sandbox.netns,
-                "CALLMFA_SANDBOX_DIR": str(self.sandbox.directory)}
-        subprocess.run(["bash", str(SANDBOX), "up"], env=full, check=True, capture_output=True,
-                       cwd=REPO, timeout=120)
+
+
+def _sandbox_up(sandbox: Sandbox) -> None:
+    """Bring the sandbox back as it was: `up` restarts what is not running."""
+    full = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": sandbox.netns,
+            "CALLMFA_SANDBOX_DIR": str(sandbox.directory)}
+    subprocess.run(["bash", str(SANDBOX), "up"], env=full, check=True, capture_output=True,
+                   cwd=REPO, timeout=120)
+
+
+class ImageAsterisk:
+    """The Asterisk image's entrypoint, run from its root in place of the sandbox's Asterisk
+    (the same ports: instance 1)."""
+
+    def __init__(self, sandbox: Sandbox, root: Path, log: Path) -> None:
+        self.root = root
+        self.conf = f"/etc/asterisk-{sandbox.netns}/asterisk.conf"
+        pid = int((sandbox.directory / "pids" / "asterisk.pid").read_text().split()[0])
+        sandbox.asterisk("core stop now")
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the sandbox's Asterisk to stop")
+        # compose's environment for the asterisk service.
+        env = {"PATH": IMAGE_PATH, "CALLMFA_NETNS": sandbox.netns,
+               "CALLMFA_PHONE": sandbox.env["CALLMFA_PHONE"],
+               "CALLMFA_AMI_SECRET_FILE": "/run/secrets/ami_secret",
+               "CALLMFA_REDIS_URL": sandbox.env["CALLMFA_REDIS_URL"],
+               "CALLMFA_SIGNING_KEY_FILE": "/run/secrets/signing_key"}
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                ["chroot", str(root), "/usr/local/bin/callmfa-asterisk"], env=env, stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_until(lambda: self.proc.poll() is not None or self.cli("core waitfullybooted"),
+                   60, "the image's Asterisk")
+        assert self.proc.poll() is None, log.read_text()[-3000:]
+
+    def cli(self, command: str) -> bool:
+        """Run an Asterisk CLI command on it (the image's HEALTHCHECK for waitfullybooted)."""
+        return subprocess.run(
+            ["chroot", str(self.root), "/usr/sbin/asterisk", "-C", self.conf, "-rx", command],
+            capture_output=True, timeout=30, env={"PATH": IMAGE_PATH}).returncode == 0
+
+    def stop(self) -> None:
+        """Stop it as the sandbox does (`core stop now`), then make sure."""
+        if self.proc.poll() is None:
+            self.cli("core stop now")
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 async def _approved_by(serve: ImageServe, client: VerificationClient, phone: PhoneFactory,
@@ -174,3 +219,35 @@ class TestServiceImage:
             sandbox.asterisk("dialplan reload")
             if serve is not None:
                 serve.stop()
+            _sandbox_up(sandbox)
+
+
+class TestAsteriskImage:
+    def test_asterisk_22_with_the_payload(self, asterisk_root: Path) -> None:
+        """Asterisk 22, the classic script's pyst2 and the prompts in every language."""
+        out = _in_image(asterisk_root, "/usr/sbin/asterisk", "-V", user="0:0")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("Asterisk 22."), out.stdout
+        prompts = asterisk_root / "opt" / "callmfa" / "build" / "prompts"
+        assert {d.name for d in prompts.iterdir()} >= {"en", "de", "es", "fr"}
+        assert (asterisk_root / "opt" / "callmfa" / "site" / "asterisk" / "agi.py").is_file()
+
+    async def test_both_images_approve_a_call(
+        self, sandbox: Sandbox, service_root: Path, asterisk_root: Path,
+        client: VerificationClient, phone: PhoneFactory, tmp_path: Path,
+    ) -> None:
+        """The all-in-one demo (docker/compose.demo.yaml): the Asterisk image's entrypoint
+        configures and starts its Asterisk with its installed dialplan; the service image's
+        serve approves a real call through it."""
+        asterisk = serve = None
+        try:
+            asterisk = ImageAsterisk(sandbox, asterisk_root, tmp_path / "asterisk.log")
+            assert asterisk.cli("dialplan show callmfa-verify")
+            serve = ImageServe(sandbox, service_root, tmp_path / "serve.log")
+            await _approved_by(serve, client, phone, "+12015550181")
+        finally:
+            if serve is not None:
+                serve.stop()
+            if asterisk is not None:
+                asterisk.stop()
+            _sandbox_up(sandbox)
