@@ -11,6 +11,8 @@ image's own Asterisk and configuration (the all-in-one demo).
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
@@ -26,14 +29,30 @@ from ivr.domain.outcome import Outcome
 from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, _setns, wait_until
 from .conftest import PhoneFactory, serve_pid
 
-IMAGES = REPO / "docker" / "images.sh"
+DOCKER = REPO / "docker"
+IMAGES = DOCKER / "images.sh"
 SERVICE_IMAGE = "localhost/callmfa:latest"
 ASTERISK_IMAGE = "localhost/callmfa-asterisk:latest"
 IMAGE_USER = "10001:10001"  # the service image's USER
 IMAGE_PATH = "/opt/callmfa/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # chroot is in /usr/sbin
-# What compose gives callmfa: the sandbox's addresses, the secrets as files.
-SERVE_SETTINGS = ("CALLMFA_REDIS_URL", "CALLMFA_AMI_HOST", "CALLMFA_AMI_PORT", "CALLMFA_AMI_USER",
-                  "CALLMFA_AGI_HOST", "CALLMFA_AGI_PORT", "CALLMFA_DIAL_TEMPLATE")
+
+
+def compose_environment(compose: str, service: str, given: dict[str, str]) -> dict[str, str]:
+    """A compose file's environment for a service, as compose resolves it: ``${X:-default}``
+    is ``given[X]`` or the default, ``${X:?message}`` is ``given[X]``."""
+    text = (DOCKER / compose).read_text()
+    block = text.split(f"\n  {service}:\n", 1)[1].split("\n\n")[0]
+    block = block.split("    environment:\n", 1)[1]
+    env = {}
+    for name, value in re.findall(r"^      (CALLMFA_\w+): (.*)$", block, re.M):
+        m = re.fullmatch(r"\$\{(\w+):([-?])(.*)\}", value)
+        if m is None:
+            env[name] = value
+        elif m.group(2) == "-":
+            env[name] = given.get(m.group(1), m.group(3))
+        else:
+            env[name] = given[m.group(1)]
+    return env
 
 
 def _host(sandbox: Sandbox, *args: str, timeout: float = 120) -> str:
@@ -77,11 +96,11 @@ def asterisk_root(sandbox: Sandbox, built: None) -> Iterator[Path]:
 
 
 def _secrets(sandbox: Sandbox, root: Path, owner: int) -> None:
-    secrets = root / "run" / "secrets"
-    secrets.mkdir(parents=True, exist_ok=True)
+    directory = root / "run" / "secrets"
+    directory.mkdir(parents=True, exist_ok=True)
     for name, value in (("ami_secret", sandbox.ami_secret),
                         ("signing_key", sandbox.env["CALLMFA_SIGNING_KEY"])):
-        path = secrets / name
+        path = directory / name
         path.write_text(value + "\n")
         os.chown(path, owner, owner)
         path.chmod(0o400)
@@ -95,16 +114,16 @@ def _in_image(root: Path, *args: str, user: str = IMAGE_USER) -> subprocess.Comp
 class ImageServe:
     """The service image's `callmfa serve`, run from its root in place of the sandbox's."""
 
-    def __init__(self, sandbox: Sandbox, root: Path, log: Path) -> None:
-        self.sandbox = sandbox
+    def __init__(self, sandbox: Sandbox, root: Path, log: Path, compose: str) -> None:
         self.log = log
         pid = serve_pid(sandbox)
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the sandbox's serve to stop")
+        # The compose file's settings for callmfa (the suite's timeouts and throttles over
+        # the defaults, as for the sandbox's serve); the sandbox's phone is the trunk.
+        given = {"CALLMFA_DIAL_TEMPLATE": sandbox.env["CALLMFA_DIAL_TEMPLATE"]}
         env = {"PATH": IMAGE_PATH, **E2E_SETTINGS,
-               **{k: sandbox.env[k] for k in SERVE_SETTINGS},
-               "CALLMFA_AMI_SECRET_FILE": "/run/secrets/ami_secret",
-               "CALLMFA_SIGNING_KEY_FILE": "/run/secrets/signing_key"}
+               **compose_environment(compose, "callmfa", given)}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 ["chroot", f"--userspec={IMAGE_USER}", str(root), "/opt/callmfa/bin/callmfa",
@@ -134,16 +153,12 @@ class ImageAsterisk:
 
     def __init__(self, sandbox: Sandbox, root: Path, log: Path) -> None:
         self.root = root
-        self.conf = f"/etc/asterisk-{sandbox.netns}/asterisk.conf"
+        env = {"PATH": IMAGE_PATH, **compose_environment("compose.demo.yaml", "asterisk", {})}
+        assert env["CALLMFA_PHONE"] == sandbox.env["CALLMFA_PHONE"]
+        self.conf = f"/etc/asterisk-{env['CALLMFA_NETNS']}/asterisk.conf"
         pid = int((sandbox.directory / "pids" / "asterisk.pid").read_text().split()[0])
         sandbox.asterisk("core stop now")
         wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the sandbox's Asterisk to stop")
-        # compose's environment for the asterisk service.
-        env = {"PATH": IMAGE_PATH, "CALLMFA_NETNS": sandbox.netns,
-               "CALLMFA_PHONE": sandbox.env["CALLMFA_PHONE"],
-               "CALLMFA_AMI_SECRET_FILE": "/run/secrets/ami_secret",
-               "CALLMFA_REDIS_URL": sandbox.env["CALLMFA_REDIS_URL"],
-               "CALLMFA_SIGNING_KEY_FILE": "/run/secrets/signing_key"}
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 ["chroot", str(root), "/usr/local/bin/callmfa-asterisk"], env=env, stdout=out,
@@ -209,16 +224,31 @@ class TestServiceImage:
                   / "extensions_callmfa.conf")
         original = target.read_bytes()
         target.write_bytes((pbx / "extensions_callmfa.conf").read_bytes())
+        # Redis with docker/redis/callmfa.acl's service user, as compose.yaml's Redis has it;
+        # callmfa's URL (with its password) in the callmfa_env secret.
+        password = secrets.token_urlsafe(18)
+        rule = next(line for line in (DOCKER / "redis" / "callmfa.acl").read_text().splitlines()
+                    if line.startswith("user callmfa-service "))
+        words = rule.replace(">CHANGE-ME-service", f">{password}").split()[1:]
+        config = service_root / "run" / "secrets" / "callmfa_env"
+        config.write_text(f"CALLMFA_REDIS_URL=redis://callmfa-service:{password}@127.0.0.1:6379/0\n")
+        os.chown(config, 10001, 10001)
+        redis = Redis.from_url(sandbox.redis_url)
         serve = None
         try:
+            await redis.execute_command("ACL", "SETUSER", *words)
             sandbox.asterisk("dialplan reload")
-            serve = ImageServe(sandbox, service_root, tmp_path / "serve.log")
+            serve = ImageServe(sandbox, service_root, tmp_path / "serve.log", "compose.yaml")
             await _approved_by(serve, client, phone, "+12015550180")
+            users = {c["user"] for c in await redis.client_list()}
+            assert "callmfa-service" in users, users  # serve logged in as the ACL's user
         finally:
             target.write_bytes(original)
             sandbox.asterisk("dialplan reload")
             if serve is not None:
                 serve.stop()
+            await redis.execute_command("ACL", "DELUSER", "callmfa-service")
+            await redis.aclose()
             _sandbox_up(sandbox)
 
 
@@ -243,7 +273,8 @@ class TestAsteriskImage:
         try:
             asterisk = ImageAsterisk(sandbox, asterisk_root, tmp_path / "asterisk.log")
             assert asterisk.cli("dialplan show callmfa-verify")
-            serve = ImageServe(sandbox, service_root, tmp_path / "serve.log")
+            serve = ImageServe(sandbox, service_root, tmp_path / "serve.log",
+                               "compose.demo.yaml")
             await _approved_by(serve, client, phone, "+12015550181")
         finally:
             if serve is not None:

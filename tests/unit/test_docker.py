@@ -17,6 +17,8 @@ from importlib.metadata import version
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from ivr.settings import SECRETS, Settings
+
 from ..conftest import REPO
 
 DOCKER = REPO / "docker"
@@ -24,7 +26,8 @@ SANDBOX_SH = (DOCKER / "sandbox" / "sandbox.sh").read_text()
 ASTERISK_DOCKERFILE = (DOCKER / "asterisk" / "Dockerfile").read_text()
 ENTRYPOINT = (DOCKER / "asterisk" / "entrypoint.sh").read_text()
 SERVICE_DOCKERFILE = (DOCKER / "Dockerfile").read_text()
-COMPOSE = (DOCKER / "compose.yaml").read_text()
+COMPOSE = (DOCKER / "compose.demo.yaml").read_text()  # the all-in-one demo
+PRODUCTION = (DOCKER / "compose.yaml").read_text()  # callmfa and Redis next to a PBX
 LOCK = (DOCKER / "requirements.lock").read_text()
 
 # The per-instance steps of `sandbox.sh up` (before it starts an Asterisk): the entrypoint
@@ -313,3 +316,82 @@ class TestServiceImage:
             assert re.search(r"secrets: \[.*signing_key.*\]", service), name
         assert "signing_key:\n    file: ./signing-key" in COMPOSE
         assert "docker/signing-key" in (REPO / ".gitignore").read_text()
+
+
+def _service(compose: str, name: str) -> str:
+    return compose.split(f"\n  {name}:\n", 1)[1].split("\n\n")[0]
+
+
+def _environment(compose: str, name: str) -> dict[str, str]:
+    return dict(re.findall(r"^      (CALLMFA_\w+): (.*)$", _service(compose, name), re.M))
+
+
+def _default(value: str) -> str:
+    """What compose makes of ``${X:-default}`` when X is unset (a plain value as it is)."""
+    m = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return value if m is None else m.group(1)
+
+
+class TestProductionCompose:
+    def test_callmfa_and_redis_only(self) -> None:
+        """Next to an existing PBX: no Asterisk of its own; the PBX gets the dialplan from
+        `callmfa install-dialplan` (docs/quickstart.md)."""
+        services = re.findall(r"^  (\w+):$", PRODUCTION.split("\nservices:\n")[1].split("\n\n"
+                              "secrets:")[0], re.M)
+        assert services == ["redis", "callmfa"]
+        assert "callmfa install-dialplan" in PRODUCTION
+        assert "install-dialplan" in (REPO / "docs" / "quickstart.md").read_text()
+
+    def test_every_variable_is_a_setting(self) -> None:
+        """A misspelt variable would be ignored by callmfa: each one names a setting, a
+        secret's _FILE or the config file."""
+        names = {f"CALLMFA_{f.upper()}" for f in Settings.__dataclass_fields__}
+        names |= {f"CALLMFA_{s.upper()}_FILE" for s in SECRETS} | {"CALLMFA_CONFIG_FILE"}
+        for compose in (PRODUCTION, COMPOSE):
+            assert set(_environment(compose, "callmfa")) <= names
+
+    def test_the_sandbox_settings_by_default(self) -> None:
+        """Unless told otherwise, callmfa talks to the PBX on this host as the sandbox's serve
+        does; the trunk must be given."""
+        exports = dict(re.findall(r"export (CALLMFA_\w+)=(.*)", SANDBOX_SH))
+        env = _environment(PRODUCTION, "callmfa")
+        for name in ("CALLMFA_AMI_HOST", "CALLMFA_AMI_PORT", "CALLMFA_AMI_USER",
+                     "CALLMFA_AGI_HOST", "CALLMFA_AGI_PORT"):
+            assert _default(env[name]) == exports[name], name
+        assert _default(env["CALLMFA_AGI_URL"]) == Settings().agi_url
+        assert env["CALLMFA_DIAL_TEMPLATE"].startswith("${CALLMFA_DIAL_TEMPLATE:?")
+        assert PRODUCTION.count("network_mode: host") == 2
+        assert '"--bind", "127.0.0.1"' in _service(PRODUCTION, "redis")
+        assert _default(env["CALLMFA_METRICS_HOST"]) == "127.0.0.1"
+
+    def test_secrets_are_files(self) -> None:
+        """The AMI secret, the signing key and the Redis URL (its password) reach callmfa as
+        secret files, never as environment values; .gitignore keeps them out of git."""
+        env = _environment(PRODUCTION, "callmfa")
+        assert env["CALLMFA_SIGNING_KEY_FILE"] == "/run/secrets/signing_key"
+        assert env["CALLMFA_AMI_SECRET_FILE"] == "/run/secrets/ami_secret"
+        assert env["CALLMFA_CONFIG_FILE"] == "/run/secrets/callmfa_env"
+        # The environment wins over the config file: the URL must not be set there too.
+        assert "CALLMFA_REDIS_URL" not in env
+        assert "CALLMFA_SIGNING_KEY" not in env
+        assert "CALLMFA_AMI_SECRET" not in env
+        assert "secrets: [ami_secret, signing_key, callmfa_env]" in _service(PRODUCTION, "callmfa")
+        ignored = (REPO / ".gitignore").read_text().split()
+        for name, path in re.findall(r"^  (\w+):\n    file: \./(\S+)$", PRODUCTION, re.M):
+            assert f"docker/{path}" in ignored, name
+            assert f"docker/{path}" in (REPO / ".dockerignore").read_text().split(), name
+
+    def test_redis_runs_the_generated_acl(self) -> None:
+        """Redis loads docker/redis/callmfa.acl (made from ivr/storage/acl.py) with its
+        passwords set, and no default user; quickstart sets every CHANGE-ME-* password."""
+        redis = _service(PRODUCTION, "redis")
+        assert '"--aclfile", "/run/secrets/redis_acl"' in redis
+        assert "secrets: [redis_acl]" in redis
+        acl = (DOCKER / "redis" / "callmfa.acl").read_text()
+        assert acl.startswith("user default off\n")
+        quickstart = (REPO / "docs" / "quickstart.md").read_text()
+        assert "docker/redis/callmfa.acl > docker/redis-users.acl" in quickstart
+        for placeholder in set(re.findall(r">(CHANGE-ME-\w+)", acl)):
+            assert f"s/{placeholder}/" in quickstart, placeholder
+        assert re.search(r"CALLMFA_REDIS_URL=redis://callmfa-service:\S+@127\.0\.0\.1:6379/0",
+                         quickstart)
