@@ -131,6 +131,8 @@ class ImageServe:
         wait_until(lambda: '"service_ready"' in log.read_text() or self.proc.poll() is not None,
                    30, "the image's callmfa serve")
         assert self.proc.poll() is None, log.read_text()[-3000:]
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        assert re.search(r"^Uid:\t10001\t", status, re.M), "serve runs as the image's user"
 
     def stop(self) -> None:
         """Stop it (SIGTERM: chroot exec'd callmfa, so this is its pid)."""
@@ -261,6 +263,21 @@ class TestAsteriskImage:
         prompts = asterisk_root / "opt" / "callmfa" / "build" / "prompts"
         assert {d.name for d in prompts.iterdir()} >= {"en", "de", "es", "fr"}
         assert (asterisk_root / "opt" / "callmfa" / "site" / "asterisk" / "agi.py").is_file()
+
+    def test_no_sandbox_state_or_secrets(self, sandbox: Sandbox, built: None) -> None:
+        """The base is the sandboxes' shared Asterisk root, where each sandbox writes its AMI
+        secret and signing key: none of that reaches the image."""
+        root = Path(_host(sandbox, "podman", "image", "mount", ASTERISK_IMAGE).strip())
+        try:
+            leftovers = [str(p.relative_to(root)) for pattern in (
+                "etc/asterisk-*", "var/lib/asterisk-*", "var/log/asterisk-*",
+                "var/spool/asterisk-*", "run/asterisk-*") for p in root.glob(pattern)]
+            assert leftovers == []
+            key = sandbox.env["CALLMFA_SIGNING_KEY"].encode()
+            assert not [p for p in (root / "etc").rglob("*")
+                        if p.is_file() and not p.is_symlink() and key in p.read_bytes()]
+        finally:
+            _host(sandbox, "podman", "image", "umount", ASTERISK_IMAGE)
 
     async def test_both_images_approve_a_call(
         self, sandbox: Sandbox, service_root: Path, asterisk_root: Path,
