@@ -6,11 +6,12 @@ SANDBOX := bash docker/sandbox/sandbox.sh
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help deps venv lint test unit demo sandbox-up sandbox-down clean prompts bench docs lock
+.PHONY: help deps venv lint test unit images demo sandbox-up sandbox-down clean prompts bench docs lock
 
 help:
 	@echo "make demo          one real verification call to a simulated phone, end to end"
 	@echo "make test          lint, types and every test (unit, integration, end-to-end)"
+	@echo "make images        the callmfa and callmfa-asterisk images, with podman (docker/images.sh)"
 	@echo "make sandbox-up    Asterisk + Redis + callmfa serve in netns \$$CALLMFA_NETNS (default callmfa)"
 	@echo "make sandbox-down  stop them and remove the namespace"
 	@echo "make prompts       callmfa's own prompt recordings into build/prompts/<lang>/callmfa/"
@@ -32,8 +33,13 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Both images with podman, on local bases (no registry pulls); cached, so a second run is fast.
+images: deps
+	bash docker/images.sh
+
 # pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
-test: deps venv lint
+# tests/e2e/test_images.py checks the images' root filesystems and runs their callmfa serve.
+test: deps venv lint images
 	@rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken" >&2; fi; \
 	exit $$rc

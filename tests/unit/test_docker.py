@@ -18,6 +18,8 @@ from importlib.metadata import version
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from ivr.settings import SECRETS, Settings
+
 from ..conftest import REPO
 
 DOCKER = REPO / "docker"
@@ -25,7 +27,8 @@ SANDBOX_SH = (DOCKER / "sandbox" / "sandbox.sh").read_text()
 ASTERISK_DOCKERFILE = (DOCKER / "asterisk" / "Dockerfile").read_text()
 ENTRYPOINT = (DOCKER / "asterisk" / "entrypoint.sh").read_text()
 SERVICE_DOCKERFILE = (DOCKER / "Dockerfile").read_text()
-COMPOSE = (DOCKER / "compose.yaml").read_text()
+COMPOSE = (DOCKER / "compose.demo.yaml").read_text()  # the all-in-one demo
+PRODUCTION = (DOCKER / "compose.yaml").read_text()  # callmfa and Redis next to a PBX
 LOCK = (DOCKER / "requirements.lock").read_text()
 
 # The per-instance steps of `sandbox.sh up` (before it starts an Asterisk): the entrypoint
@@ -125,7 +128,8 @@ class TestAsteriskImage:
         assert sorted(_dockerfile_arg("ASTERISK_PACKAGES")) == sorted(m.group(1).split(","))
         assert _dockerfile_arg("ROOT_PACKAGES") == _bash_array("ROOT_PACKAGES")
         assert re.search(r"--include=\S+ \\\n\s+sid ", SANDBOX_SH)
-        assert "FROM debian:sid-slim" in ASTERISK_DOCKERFILE
+        assert "ARG ASTERISK_BASE=debian:sid-slim" in ASTERISK_DOCKERFILE
+        assert "FROM ${ASTERISK_BASE}" in ASTERISK_DOCKERFILE
         assert any("--no-install-recommends $ASTERISK_PACKAGES $ROOT_PACKAGES &&" in line
                    for line in _logical_lines(ASTERISK_DOCKERFILE))
 
@@ -222,10 +226,11 @@ class TestAsteriskImage:
         assert {"espeak-ng", "sox"} <= set(_bash_array("APT_PACKAGES"))
         payload = ASTERISK_DOCKERFILE.split("AS payload\n")[1].split("\nFROM ")[0]
         assert "--no-install-recommends espeak-ng sox" in payload
-        assert "python -m ivr.promptgen /opt/callmfa/build/prompts" in payload
+        assert "python3 -m ivr.promptgen /opt/callmfa/build/prompts" in payload
         assert re.search(r"^repo=/opt/callmfa ", ENTRYPOINT, re.M)
         assert f"ARG PYTHON={sys.version_info[0]}.{sys.version_info[1]}" in ASTERISK_DOCKERFILE
-        assert "FROM python:${PYTHON}-slim-bookworm AS payload" in ASTERISK_DOCKERFILE
+        assert "ARG PYTHON_BASE=python:${PYTHON}-slim-bookworm" in ASTERISK_DOCKERFILE
+        assert "FROM ${PYTHON_BASE} AS payload" in ASTERISK_DOCKERFILE
 
     def test_compose_gives_the_classic_agi_script_its_redis(self) -> None:
         """The Asterisk container's CALLMFA_* settings (its callmfa.env) name the sandbox's
@@ -259,10 +264,38 @@ class TestServiceImage:
         assert "-c docker/requirements.lock" in makefile
         assert "-c docker/requirements.lock /wheels/callmfa-*.whl" in SERVICE_DOCKERFILE
 
+    def test_build_stage_copies_what_pyproject_reads(self) -> None:
+        """The wheel is built from the files pyproject names (readme, package directories,
+        among them agi_scripts/, which the Dockerfile once left out): each is copied."""
+        build = SERVICE_DOCKERFILE.split(" AS build\n")[1].split("\nFROM ")[0]
+        copied = {path.rstrip("/") for line in build.splitlines() if line.startswith("COPY ")
+                  for path in line.split()[1:-1]}
+        pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+        needed = {"pyproject.toml", pyproject["project"]["readme"]}
+        dirs = pyproject["tool"]["setuptools"]["package-dir"].values()
+        needed |= {d.split("/")[0] for d in dirs}
+        needed |= {p.split(".")[0] for p in pyproject["tool"]["setuptools"]["packages"]}
+        assert "agi_scripts" in needed
+        assert needed <= copied, needed - copied
+
+    def test_bases_are_build_arguments(self) -> None:
+        """Every stage of both Dockerfiles starts from a base given as a build argument
+        (docker/images.sh passes local ones; the defaults are the official images)."""
+        for dockerfile in (SERVICE_DOCKERFILE, ASTERISK_DOCKERFILE):
+            froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+            assert froms
+            assert all(re.fullmatch(r"\$\{\w+\}", f) for f in froms), froms
+        images = (DOCKER / "images.sh").read_text()
+        assert '--build-arg BASE="$PYTHON_BASE" -f docker/Dockerfile' in images
+        assert ('--build-arg PYTHON_BASE="$PYTHON_BASE" --build-arg ASTERISK_BASE="$ASTERISK_BASE"'
+                in images)
+        assert "bash docker/images.sh" in (REPO / "Makefile").read_text()
+
     def test_same_python_and_an_unprivileged_user(self) -> None:
         """The image's Python is the tests' Python; it runs as a non-root user."""
         assert f"ARG PYTHON={sys.version_info[0]}.{sys.version_info[1]}" in SERVICE_DOCKERFILE
-        assert SERVICE_DOCKERFILE.count("FROM python:${PYTHON}-slim") == 2  # multi-stage
+        assert "ARG BASE=python:${PYTHON}-slim-bookworm" in SERVICE_DOCKERFILE
+        assert SERVICE_DOCKERFILE.count("FROM ${BASE}") == 2  # multi-stage
         assert "USER 10001:10001" in SERVICE_DOCKERFILE
 
     def test_every_listener_binds_loopback_unless_told_otherwise(self) -> None:
@@ -300,3 +333,85 @@ class TestServiceImage:
             assert re.search(r"secrets: \[.*signing_key.*\]", service), name
         assert "signing_key:\n    file: ./signing-key" in COMPOSE
         assert "docker/signing-key" in (REPO / ".gitignore").read_text()
+
+
+def _service(compose: str, name: str) -> str:
+    return compose.split(f"\n  {name}:\n", 1)[1].split("\n\n")[0]
+
+
+def _environment(compose: str, name: str) -> dict[str, str]:
+    return dict(re.findall(r"^      (CALLMFA_\w+): (.*)$", _service(compose, name), re.M))
+
+
+def _default(value: str) -> str:
+    """What compose makes of ``${X:-default}`` when X is unset (a plain value as it is)."""
+    m = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return value if m is None else m.group(1)
+
+
+class TestProductionCompose:
+    def test_callmfa_and_redis_only(self) -> None:
+        """Next to an existing PBX: no Asterisk of its own; the PBX gets the dialplan from
+        `callmfa install-dialplan` (docs/quickstart.md)."""
+        services = re.findall(r"^  (\w+):$", PRODUCTION.split("\nservices:\n")[1].split("\n\n"
+                              "secrets:")[0], re.M)
+        assert services == ["redis", "callmfa"]
+        assert "callmfa install-dialplan" in PRODUCTION
+        assert "install-dialplan" in (REPO / "docs" / "quickstart.md").read_text()
+
+    def test_every_variable_is_a_setting(self) -> None:
+        """A misspelt variable would be ignored by callmfa: each one names a setting, a
+        secret's _FILE or the config file."""
+        names = {f"CALLMFA_{f.upper()}" for f in Settings.__dataclass_fields__}
+        names |= {f"CALLMFA_{s.upper()}_FILE" for s in SECRETS} | {"CALLMFA_CONFIG_FILE"}
+        for compose in (PRODUCTION, COMPOSE):
+            assert set(_environment(compose, "callmfa")) <= names
+
+    def test_the_sandbox_settings_by_default(self) -> None:
+        """Unless told otherwise, callmfa talks to the PBX on this host as the sandbox's serve
+        does; the trunk must be given."""
+        exports = dict(re.findall(r"export (CALLMFA_\w+)=(.*)", SANDBOX_SH))
+        env = _environment(PRODUCTION, "callmfa")
+        for name in ("CALLMFA_AMI_HOST", "CALLMFA_AMI_PORT", "CALLMFA_AMI_USER",
+                     "CALLMFA_AGI_HOST", "CALLMFA_AGI_PORT"):
+            assert _default(env[name]) == exports[name], name
+        assert _default(env["CALLMFA_AGI_URL"]) == Settings().agi_url
+        assert env["CALLMFA_DIAL_TEMPLATE"].startswith("${CALLMFA_DIAL_TEMPLATE:?")
+        assert PRODUCTION.count("network_mode: host") == 2
+        assert '"--bind", "127.0.0.1"' in _service(PRODUCTION, "redis")
+        assert _default(env["CALLMFA_METRICS_HOST"]) == "127.0.0.1"
+
+    def test_secrets_are_files(self) -> None:
+        """The AMI secret, the signing key, the PIN pepper and the Redis URL (its password)
+        reach callmfa as secret files, never as environment values; .gitignore keeps them
+        out of git."""
+        env = _environment(PRODUCTION, "callmfa")
+        assert env["CALLMFA_SIGNING_KEY_FILE"] == "/run/secrets/signing_key"
+        assert env["CALLMFA_PIN_PEPPER_FILE"] == "/run/secrets/pin_pepper"
+        assert env["CALLMFA_AMI_SECRET_FILE"] == "/run/secrets/ami_secret"
+        assert env["CALLMFA_CONFIG_FILE"] == "/run/secrets/callmfa_env"
+        # The environment wins over the config file: the URL must not be set there too.
+        assert "CALLMFA_REDIS_URL" not in env
+        assert "CALLMFA_SIGNING_KEY" not in env
+        assert "CALLMFA_AMI_SECRET" not in env
+        assert "secrets: [ami_secret, signing_key, pin_pepper, callmfa_env]" in _service(
+            PRODUCTION, "callmfa")
+        ignored = (REPO / ".gitignore").read_text().split()
+        for name, path in re.findall(r"^  (\w+):\n    file: \./(\S+)$", PRODUCTION, re.M):
+            assert f"docker/{path}" in ignored, name
+            assert f"docker/{path}" in (REPO / ".dockerignore").read_text().split(), name
+
+    def test_redis_runs_the_generated_acl(self) -> None:
+        """Redis loads docker/redis/callmfa.acl (made from ivr/storage/acl.py) with its
+        passwords set, and no default user; quickstart sets every CHANGE-ME-* password."""
+        redis = _service(PRODUCTION, "redis")
+        assert '"--aclfile", "/run/secrets/redis_acl"' in redis
+        assert "secrets: [redis_acl]" in redis
+        acl = (DOCKER / "redis" / "callmfa.acl").read_text()
+        assert acl.startswith("user default off\n")
+        quickstart = (REPO / "docs" / "quickstart.md").read_text()
+        assert "docker/redis/callmfa.acl > docker/redis-users.acl" in quickstart
+        for placeholder in set(re.findall(r">(CHANGE-ME-\w+)", acl)):
+            assert f"s/{placeholder}/" in quickstart, placeholder
+        assert re.search(r"CALLMFA_REDIS_URL=redis://callmfa-service:\S+@127\.0\.0\.1:6379/0",
+                         quickstart)

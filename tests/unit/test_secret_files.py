@@ -156,8 +156,11 @@ class TestCallmfaEnv:
         assert write_env[0].startswith('(umask 077 && rm -f "$SB/env" && : >"$SB/env")')
 
     def test_compose_gives_both_containers_the_pepper(self) -> None:
-        """compose passes the pepper as a secret file to callmfa and to Asterisk."""
-        compose = (REPO / "docker" / "compose.yaml").read_text()
-        assert compose.count("CALLMFA_PIN_PEPPER_FILE: /run/secrets/pin_pepper") == 2
-        assert compose.count("secrets: [ami_secret, signing_key, pin_pepper]") == 2
+        """The demo compose passes the pepper as a secret file to callmfa and to Asterisk,
+        the production one to callmfa."""
+        demo = (REPO / "docker" / "compose.demo.yaml").read_text()
+        assert demo.count("CALLMFA_PIN_PEPPER_FILE: /run/secrets/pin_pepper") == 2
+        assert demo.count("secrets: [ami_secret, signing_key, pin_pepper]") == 2
+        production = (REPO / "docker" / "compose.yaml").read_text()
+        assert production.count("CALLMFA_PIN_PEPPER_FILE: /run/secrets/pin_pepper") == 1
         assert "docker/pin-pepper" in (REPO / ".gitignore").read_text()
