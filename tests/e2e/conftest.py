@@ -46,6 +46,17 @@ def restart_serve(sandbox: Sandbox, **env: str) -> None:
                    cwd=REPO, timeout=120)
 
 
+@pytest.fixture(scope="module")
+def classic(sandbox: Sandbox) -> Iterator[None]:
+    """For one module, the sandbox's `callmfa serve` with CALLMFA_AGI_MODE=classic (calls go
+    to [callmfa-verify-classic], whose IVR is the classic AGI script); put back after."""
+    restart_serve(sandbox, CALLMFA_AGI_MODE="classic")
+    try:
+        yield
+    finally:
+        restart_serve(sandbox)
+
+
 def _no_calls(sandbox: Sandbox) -> bool:
     try:
         out = sandbox.asterisk("core show channels count")

@@ -6,8 +6,6 @@ calls go to [callmfa-verify-classic]; it is put back after.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from redis.asyncio import Redis
 
@@ -17,19 +15,9 @@ from ivr.domain.outcome import Outcome
 from ivr.storage.pins import PinStore
 
 from ..conftest import Sandbox
-from .conftest import AsteriskLog, PhoneFactory, audit_of, restart_serve
+from .conftest import AsteriskLog, PhoneFactory, audit_of
 from .test_modes import PIN, pepper, pin_hash, store_old_pin_hash
 from .test_operations import scrape
-
-
-@pytest.fixture(scope="module")
-def classic(sandbox: Sandbox) -> Iterator[None]:
-    """The sandbox's `callmfa serve` with CALLMFA_AGI_MODE=classic."""
-    restart_serve(sandbox, CALLMFA_AGI_MODE="classic")
-    try:
-        yield
-    finally:
-        restart_serve(sandbox)
 
 
 @pytest.mark.usefixtures("classic")

@@ -10,7 +10,7 @@ call is approved. Over FastAGI and over classic AGI.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -20,7 +20,7 @@ from ivr.domain.outcome import Outcome
 from ivr.storage.store import call_key
 
 from ..conftest import Sandbox
-from .conftest import AsteriskLog, PhoneFactory, restart_serve
+from .conftest import AsteriskLog, PhoneFactory
 
 PHONE = "+12015550100"
 PAUSE_MS = 2500
@@ -61,15 +61,6 @@ class TestFastAgi:
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory, redis: Redis
     ) -> None:
         await key_in_the_gap(sandbox, client, phone, redis)
-
-
-@pytest.fixture(scope="module")
-def classic(sandbox: Sandbox) -> Iterator[None]:
-    restart_serve(sandbox, CALLMFA_AGI_MODE="classic")
-    try:
-        yield
-    finally:
-        restart_serve(sandbox)
 
 
 @pytest.mark.usefixtures("classic")
