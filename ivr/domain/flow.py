@@ -151,6 +151,12 @@ class HungUp:
 Event = Started | Digits | Keyed | CodeChecked | Done | HungUp
 
 _GREETINGS = {"standard": "greeting", "pin": "pin_greeting", "match": "match_greeting"}
+# A secret collection plays one file: these say what comes before the prompt and the prompt.
+_SECRET_RETRIES: dict[tuple[str, tuple[str, ...]], str] = {
+    ("pin", ("wrong_code",)): "pin_wrong_code",
+    ("pin", ("retry",)): "pin_retry",
+    ("match", ("retry",)): "match_retry",
+}
 _CLOSINGS = {
     Outcome.APPROVED: "approved",
     Outcome.FRAUD_REPORTED: "fraud_reported",
@@ -259,11 +265,12 @@ class VerificationFlow:
             self._prefix, self._queued = self._queued.rsplit("*", 1)[-1], ""
         if not keys_are_secret(self.mode):
             return Collect((*before, _GREETINGS[self.mode]), self._timeout_ms, 4)
-        collect = Collect((_GREETINGS[self.mode],), self._timeout_ms, PIN_MAX_DIGITS + 8,
-                          secret=True)
-        if not before:
+        prompt = _SECRET_RETRIES.get((self.mode, before), _GREETINGS[self.mode])
+        collect = Collect((prompt,), self._timeout_ms, PIN_MAX_DIGITS + 8, secret=True)
+        if not before or prompt != _GREETINGS[self.mode]:
             return collect
-        # A secret Collect has one prompt: what comes before it is played first.
+        # A secret Collect has one prompt: what comes before it is played first (keys pressed
+        # meanwhile are lost, as in any Playback).
         self._state = "preamble"
         self._pending = collect
         return Play(before)

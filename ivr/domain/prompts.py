@@ -64,6 +64,34 @@ PROMPTS: dict[str, dict[str, str]] = {
         "de": "Dieser Code ist nicht richtig.",
         "es": "Ese código no es correcto.",
     },
+    # Secret collections (GET DATA) play one file: what comes before the prompt is said in it,
+    # so that keys pressed while it plays count (a PIN keyed during "not correct").
+    "pin_wrong_code": {
+        "en": "That code is not correct. Enter your PIN again, then press pound.",
+        "fr": "Ce code n'est pas correct. Saisissez de nouveau votre code personnel, puis "
+              "appuyez sur dièse.",
+        "de": "Dieser Code ist nicht richtig. Geben Sie Ihre PIN erneut ein und drücken Sie "
+              "dann Raute.",
+        "es": "Ese código no es correcto. Marque de nuevo su PIN y luego pulse almohadilla.",
+    },
+    "pin_retry": {
+        "en": "Sorry, that is not a valid key. Enter your PIN, then press pound.",
+        "fr": "Désolé, cette touche n'est pas valide. Saisissez votre code personnel, puis "
+              "appuyez sur dièse.",
+        "de": "Diese Eingabe ist leider ungültig. Geben Sie Ihre PIN ein und drücken Sie dann "
+              "Raute.",
+        "es": "Lo sentimos, esa tecla no es válida. Marque su PIN y luego pulse almohadilla.",
+    },
+    "match_retry": {
+        "en": "Sorry, that is not a valid key. Enter the two-digit number shown on your "
+              "screen, then press pound.",
+        "fr": "Désolé, cette touche n'est pas valide. Saisissez le nombre à deux chiffres "
+              "affiché sur votre écran, puis appuyez sur dièse.",
+        "de": "Diese Eingabe ist leider ungültig. Geben Sie die zweistellige Zahl auf Ihrem "
+              "Bildschirm ein und drücken Sie dann Raute.",
+        "es": "Lo sentimos, esa tecla no es válida. Marque el número de dos cifras que "
+              "aparece en su pantalla y luego pulse almohadilla.",
+    },
     "approved": {
         "en": "Thank you. The sign-in is approved. Goodbye.",
         "fr": "Merci. La connexion est approuvée. Au revoir.",

@@ -92,6 +92,20 @@ class TestPin:
         record = await verify(client, "pin-wrong", mode="pin")
         assert (record.outcome, record.detail) == (Outcome.DENIED, "wrong_code")
 
+    async def test_right_pin_keyed_during_the_wrong_code_prompt_approves(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """A wrong PIN, then the right one keyed 150 ms later, while "That code is not
+        correct..." plays: the prompt is the retry's own collection (one file for GET DATA),
+        so the keys count and the call is approved."""
+        await set_pin(sandbox, "pin-again", PIN)
+        log = await asyncio.to_thread(AsteriskLog, sandbox)
+        p = phone(keys="1111#" + PIN + "#")
+        record = await verify(client, "pin-again", mode="pin")
+        assert (record.outcome, record.detail) == (Outcome.APPROVED, None)
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
+        assert any("callmfa/pin_wrong_code" in line for line in await asyncio.to_thread(log.played))
+
     async def test_denied_calls_lock_the_user_out(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:

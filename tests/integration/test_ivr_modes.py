@@ -25,6 +25,10 @@ PREAMBLE = ["GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLM
             "SET VARIABLE CHANNEL(language) en"]
 GET_PIN = "GET DATA callmfa/pin_greeting 500 20"
 GET_MATCH = "GET DATA callmfa/match_greeting 500 20"
+# After a wrong or invalid code, one file says so and asks again (GET DATA plays one file).
+GET_PIN_AGAIN = "GET DATA callmfa/pin_wrong_code 500 20"
+GET_PIN_RETRY = "GET DATA callmfa/pin_retry 500 20"
+GET_MATCH_RETRY = "GET DATA callmfa/match_retry 500 20"
 PIN_CALL = {"mode": "pin"}
 
 
@@ -138,7 +142,7 @@ class TestPinMode:
 
         assert (stored["outcome"], stored["detail"]) == ("denied", "wrong_code")
         assert commands == [
-            *PREAMBLE, GET_PIN, playback("wrong_code"), GET_PIN, playback("denied"), "HANGUP",
+            *PREAMBLE, GET_PIN, GET_PIN_AGAIN, playback("denied"), "HANGUP",
         ]
         assert (await pin_state(ivr.redis, "alice"))["denials"] == "1"
 
@@ -210,7 +214,7 @@ class TestPinMode:
         commands, stored = await run_call(ivr, rid, "12#", "", marker=PIN_CALL)
 
         assert (stored["outcome"], stored["detail"]) == ("no_input", "invalid_input")
-        assert commands == [*PREAMBLE, GET_PIN, playback("retry"), GET_PIN, playback("failed"),
+        assert commands == [*PREAMBLE, GET_PIN, GET_PIN_RETRY, playback("failed"),
                             "HANGUP"]
         assert (await pin_state(ivr.redis, "alice"))["denials"] == "0"
 
@@ -282,7 +286,7 @@ class TestMatchMode:
         commands, stored = await run_call(ivr, rid, "421#", MATCH + "#", marker=match_call())
 
         assert stored["outcome"] == "approved"
-        assert commands == [*PREAMBLE, GET_MATCH, playback("retry"), GET_MATCH,
+        assert commands == [*PREAMBLE, GET_MATCH, GET_MATCH_RETRY,
                             playback("approved"), "HANGUP"]
 
     async def test_marker_without_match_hash_is_error_no_code(self, ivr: Ivr) -> None:

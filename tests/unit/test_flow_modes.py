@@ -142,14 +142,19 @@ class TestTable:
         assert not any(isinstance(s, Collect) for s in steps)
 
     def test_pin_prompts(self) -> None:
-        """The PIN greeting first; after a wrong PIN, 'wrong_code' then the greeting."""
+        """The PIN greeting first; after a wrong PIN one collection whose single file says
+        "not correct" and asks again, so that a PIN keyed while it plays counts (GET DATA
+        plays one file); the same after an invalid key."""
         f = flow("pin")
         first = f.send(Started())
-        greeting = Collect(("pin_greeting",), T, max_digits=20, secret=True)
-        assert first == greeting
+        assert first == Collect(("pin_greeting",), T, max_digits=20, secret=True)
         assert isinstance(f.send(P("1111")), CheckCode)
-        assert f.send(CodeChecked(False)) == Play(("wrong_code",))
-        assert f.send(Done()) == greeting
+        assert f.send(CodeChecked(False)) == Collect(("pin_wrong_code",), T, max_digits=20,
+                                                     secret=True)
+        assert f.send(P("12")) == Collect(("pin_retry",), T, max_digits=20, secret=True)
+        m = flow("match")
+        m.send(Started())
+        assert m.send(P("1")) == Collect(("match_retry",), T, max_digits=20, secret=True)
 
     def test_check_code_hides_the_digits(self) -> None:
         """A CheckCode's repr (what a log line would show) never holds the PIN."""
