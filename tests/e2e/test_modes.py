@@ -331,6 +331,22 @@ class TestBargeIn:
         assert sum("callmfa/greeting" in line for line in played) == 2, played
         assert not any("callmfa/retry" in line for line in played), played
 
+    @pytest.mark.parametrize(("keys", "outcome"), [
+        ("5#0#", Outcome.FRAUD_REPORTED), ("5##", Outcome.APPROVED),
+    ])
+    async def test_answer_keyed_during_the_wrong_key_prompt_counts(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory, keys: str,
+        outcome: Outcome,
+    ) -> None:
+        """A wrong key during the greeting, then '0#' (or '#') while "Sorry, that is not a
+        valid key" plays: the fraud report (or the approval) counts."""
+        log = await asyncio.to_thread(AsteriskLog, sandbox)
+        p = phone(keys=keys, key_delay_ms=2000, key_gap_ms=1000)
+        record = await verify(client, "alice")
+        assert record.outcome is outcome
+        assert await asyncio.to_thread(p.wait, 20) == 0, p.errors()
+        assert any("callmfa/retry" in line for line in await asyncio.to_thread(log.played))
+
     async def test_keys_after_the_outcome_change_nothing(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:
