@@ -44,7 +44,8 @@ def compose_environment(compose: str, service: str, given: dict[str, str]) -> di
     block = text.split(f"\n  {service}:\n", 1)[1].split("\n\n")[0]
     block = block.split("    environment:\n", 1)[1]
     env = {}
-    for name, value in re.findall(r"^      (CALLMFA_\w+): (.*)$", block, re.M):
+    for name, raw in re.findall(r"^      (CALLMFA_\w+): (.*)$", block, re.M):
+        value = raw.split(" #", 1)[0].strip()  # YAML: a comment after the value
         m = re.fullmatch(r"\$\{(\w+):([-?])(.*)\}", value)
         if m is None:
             env[name] = value
@@ -81,7 +82,7 @@ def _mounted(sandbox: Sandbox, image: str, name: str) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def service_root(sandbox: Sandbox, built: None) -> Iterator[Path]:
-    """The service image's root filesystem, with compose's two secrets in /run/secrets."""
+    """The service image's root filesystem, with compose's secrets in /run/secrets."""
     with _mounted(sandbox, SERVICE_IMAGE, f"callmfa-e2e-{sandbox.netns}") as root:
         _secrets(sandbox, root, owner=10001)
         yield root
@@ -98,8 +99,10 @@ def asterisk_root(sandbox: Sandbox, built: None) -> Iterator[Path]:
 def _secrets(sandbox: Sandbox, root: Path, owner: int) -> None:
     directory = root / "run" / "secrets"
     directory.mkdir(parents=True, exist_ok=True)
+    pepper = Path(sandbox.env["CALLMFA_PIN_PEPPER_FILE"]).read_text().strip()
     for name, value in (("ami_secret", sandbox.ami_secret),
-                        ("signing_key", sandbox.env["CALLMFA_SIGNING_KEY"])):
+                        ("signing_key", sandbox.env["CALLMFA_SIGNING_KEY"]),
+                        ("pin_pepper", pepper)):
         path = directory / name
         path.write_text(value + "\n")
         os.chown(path, owner, owner)
