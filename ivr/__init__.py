@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .domain.outcome import Outcome, OutcomeRecord
+from .domain.users import UserNameError, normalise_user
 
 if TYPE_CHECKING:
     from .client import VerificationClient
 
 __version__ = "0.1.0"
-__all__ = ["Outcome", "OutcomeRecord", "VerificationClient", "__version__"]
+__all__ = [
+    "Outcome", "OutcomeRecord", "UserNameError", "VerificationClient", "__version__",
+    "normalise_user",
+]
 
 
 def __getattr__(name: str) -> Any:

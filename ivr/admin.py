@@ -8,6 +8,7 @@ import re
 import socket
 
 from .domain.outcome import iso
+from .domain.users import UserNameError, normalise_user
 from .security import limits
 from .settings import Settings
 from .storage.guard import Guard
@@ -25,22 +26,30 @@ def duration(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def user_name(text: str) -> str:
+    """A user name in its normalised form, as every per-user key holds it (argparse type)."""
+    try:
+        return normalise_user(text)
+    except UserNameError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the admin subcommands to the ``callmfa`` parser."""
     b = sub.add_parser("block", help="block a user: their requests end 'blocked', uncalled")
-    b.add_argument("user")
+    b.add_argument("user", type=user_name)
     b.add_argument("--for", dest="duration", type=duration, default=None,
                    help="how long (default CALLMFA_FRAUD_BLOCK_S), e.g. 12h or 90d")
     b.add_argument("--reason", default="manual")
     b.add_argument("--replace", action="store_true",
                    help="set this block even if it ends sooner than the current one")
     u = sub.add_parser("unblock", help="lift a user's block")
-    u.add_argument("user")
+    u.add_argument("user", type=user_name)
     u.add_argument("--reason", default="")
     sub.add_parser("blocked", help="list the blocked users")
     p = sub.add_parser("bypass", help="the user's next request within the window ends "
                        "'bypassed' without a call (one time)")
-    p.add_argument("user")
+    p.add_argument("user", type=user_name)
     p.add_argument("--for", dest="duration", type=duration, default=600,
                    help="the window (default 10m)")
     p.add_argument("--reason", default="")

@@ -29,6 +29,7 @@ from .session import VerificationIvr
 from .settings import Settings
 from .storage.results import ResultListener
 from .storage.store import Store, connect
+from .storage.users import normalise_stored_users
 from .tasks import cancel_and_wait
 from .transport.ami import AmiClient
 from .transport.ami_pool import AmiPool
@@ -144,6 +145,7 @@ class Service:
         http = [h for h in self.http if h is not None]
         try:
             await asyncio.wait_for(self.redis.ping(), s.connect_timeout_s)
+            await normalise_stored_users(self.redis)  # blocks and PINs from before issue 12
             await self.results.start()
             if self.pool is not None:
                 await self.pool.start()
@@ -156,6 +158,9 @@ class Service:
             gc.freeze()
             if self.originator is not None:
                 running = asyncio.create_task(self.originator.run(), name="originator")
+            if self.agi is not None and not s.pin_pepper:
+                log.warning("pin_pepper_missing", setting="CALLMFA_PIN_PEPPER",
+                            effect="PIN hashes are not peppered")
             log.info("service_ready", consumer=s.consumer, roles=sorted(s.role_set),
                      agi_port=self.agi.port if self.agi else None)
             stopped = asyncio.create_task(stop.wait())

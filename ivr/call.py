@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .domain.calltoken import token_matches
+from .domain.codes import check_code, check_pin, hash_pin
 from .domain.flow import (
     CodeChecked,
     Digits,
@@ -67,6 +68,7 @@ class CallContext:
     token_hash: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
     heard_seen: int = 0  # how many of the keys StoreDTMF kept the flow was given
+    pin_upgrade: tuple[str, str] | None = field(default=None, repr=False)  # (old, new) hash
 
     @classmethod
     def from_marker(cls, rid: str, info: dict[str, str], answered: float) -> CallContext:
@@ -197,6 +199,17 @@ class CallContext:
             requested_at=self.requested_at, call_started_at=self.call_started_at,
             answered_at=self.answered_at, input_at=self.input_at, finished_at=time.time(),
         )
+
+    def check_code(self, digits: str, pepper: bytes) -> bool:
+        """Whether ``digits`` are the expected code (slow: scrypt; drivers run it off the
+        event loop). A right PIN whose hash is not peppered yet gets a peppered one, stored
+        by the driver with the success (:attr:`pin_upgrade`)."""
+        if self.mode != "pin":
+            return check_code(digits, self.match_hash)
+        verdict = check_pin(digits, self.match_hash, pepper)
+        if verdict.upgrade:
+            self.pin_upgrade = (self.match_hash, hash_pin(digits, pepper))
+        return verdict.ok
 
     def code_checked(self, ok: bool) -> CodeChecked:
         """The flow's event for a checked code; a wrong one is remembered for the lockout."""

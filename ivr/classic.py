@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from .call import CallContext, PinEffect
-from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
     Collect,
@@ -133,7 +132,8 @@ class ClassicDriver:
                         "get_full_variable", read_result(call.heard_expression))))
                 return call.collected(digits, timed_out, heard, step.max_digits)
             if isinstance(step, CheckCode):
-                return call.code_checked(check_code(step.digits, call.expected_hash))
+                return call.code_checked(
+                    call.check_code(step.digits, self._settings.pin_pepper.encode()))
             if isinstance(step, Play):
                 self._command("appexec", "Playback", "&".join(
                     call.files(step.prompts, self._settings)))
@@ -157,8 +157,9 @@ class ClassicDriver:
         if effect is PinEffect.COUNT_DENIAL and call.user:
             if self._store.record_denial(call.user, rid=call.id):
                 self._log(f"{call.id}: the user's PIN is now locked out")
-        elif effect is PinEffect.RESET and call.user:
-            self._store.reset_pin(call.user)
+        elif (effect is PinEffect.RESET and call.user
+              and self._store.reset_pin(call.user, call.pin_upgrade) == 2):
+            self._log(f"{call.id}: the user's PIN hash is now peppered")
 
     def _play_and_hang_up(self, files: tuple[str, ...]) -> None:
         try:

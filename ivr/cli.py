@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the originator and the FastAGI server")
     v = sub.add_parser("verify", help="place one verification and print its outcome")
-    v.add_argument("--user", required=True)
+    v.add_argument("--user", required=True, type=admin.user_name)
     v.add_argument("--phone", required=True, help="E.164, e.g. +12015550100 or +12015550100x1234")
     v.add_argument("--mode", choices=MODES, default="standard",
                    help="standard: '#' approves (default); pin: the user's PIN then '#'; "

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import grp
+import os
 import shutil
 import subprocess
 import sys
@@ -16,9 +19,10 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from . import dialcheck, doctor, promptgen, report
+from .classic import ENV_FILE
 from .exceptions import RequestError
 from .log import configure
-from .settings import Settings
+from .settings import ENV_PREFIX, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -124,8 +128,47 @@ def dialplan_directory() -> Path:
     return shipped_directory("dialplan", "*.conf")
 
 
+# Not for the classic AGI script: it places no calls, and is no originator.
+_NOT_FOR_CLASSIC = frozenset({"ami_secret", "consumer"})
+
+
+def classic_env(settings: Settings) -> str:
+    """The classic AGI script's ``callmfa.env``: every setting that is not the default
+    (secrets as values: the script cannot read serve's secret files), less the AMI secret."""
+    lines = ["# Written by `callmfa install-dialplan`: the classic AGI script's settings."]
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name not in _NOT_FOR_CLASSIC and value != f.default:
+            lines.append(f"{ENV_PREFIX}{f.name.upper()}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def write_secret_file(path: Path, text: str, *, group: str = "asterisk") -> str:
+    """Write ``text`` to ``path`` readable by ``group`` only (0640 root:group, or 0640 with
+    this process's owner when not root), never readable by others even for a moment;
+    0600 when there is no such group. Returns how it was written, for the operator."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = None
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    mode = "0600"
+    if gid is not None:
+        try:
+            os.chown(tmp, 0 if os.geteuid() == 0 else -1, gid)
+            os.chmod(tmp, 0o640)
+            mode = f"0640, group {group}"
+        except PermissionError:
+            pass
+    os.replace(tmp, path)
+    return mode
+
+
 def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
-    del settings
     source = dialplan_directory()
     target: Path = args.directory
     if not target.is_dir():
@@ -134,6 +177,8 @@ def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
     files = sorted(source.glob("*.conf")) + sorted(
         shipped_directory("agi_scripts", "*.agi").glob("*.agi"))
     existing = [f.name for f in files if (target / f.name).exists()]
+    if (target / ENV_FILE).exists():
+        existing.append(ENV_FILE)
     if existing and not args.force:
         print(f"callmfa: {', '.join(existing)} exist in {target}; --force overwrites",
               file=sys.stderr)
@@ -141,6 +186,8 @@ def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
     for f in files:
         shutil.copy(f, target / f.name)  # keeps the AGI script executable
         print(f"installed {target / f.name}")
+    how = write_secret_file(target / ENV_FILE, classic_env(settings))
+    print(f"installed {target / ENV_FILE} ({how}): the classic AGI script's settings")
     if args.prompts is not None:
         try:
             made = promptgen.build(args.prompts)
@@ -153,5 +200,6 @@ def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
           '      #include "manager_callmfa.conf" to manager.conf, set the secret, then\n'
           "      asterisk -rx 'dialplan reload' and asterisk -rx 'manager reload'.\n"
           "      For CALLMFA_AGI_MODE=classic, move callmfa-verify.agi into Asterisk's\n"
-          "      agi-bin (it imports ivr and pyst2: see docs/asterisk.md)")
+          "      agi-bin (it imports ivr and pyst2: see docs/asterisk.md) and callmfa.env\n"
+          "      (secrets: keep it mode 0640, root:asterisk) into Asterisk's config directory")
     return EXIT_OK

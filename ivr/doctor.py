@@ -161,6 +161,18 @@ def check_agi_address(settings: Settings) -> CheckResult | None:
     return None
 
 
+def check_pin_pepper(settings: Settings) -> CheckResult:
+    """PINs (mode pin) are peppered only with CALLMFA_PIN_PEPPER."""
+    if settings.pin_pepper:
+        return CheckResult("pin-pepper", Status.OK, "PIN hashes are peppered")
+    return CheckResult(
+        "pin-pepper", Status.WARN,
+        "CALLMFA_PIN_PEPPER is not set: PIN hashes are scrypt only, so whoever reads "
+        "callmfa:pin:* can search short PINs offline",
+        "set CALLMFA_PIN_PEPPER_FILE to a file of 32 random bytes or more, kept outside Redis "
+        "(head -c 32 /dev/urandom | base64); existing PINs are upgraded on their next use")
+
+
 # --- Redis ---------------------------------------------------------------------------
 
 def check_signing(settings: Settings) -> CheckResult:
@@ -517,6 +529,7 @@ async def run_checks(
     agi = check_agi_address(settings)
     if agi is not None:
         yield agi
+    yield check_pin_pepper(settings)
     redis_ok = True
     async for result in check_redis(settings):
         redis_ok = redis_ok and result.status is not Status.FAIL

@@ -11,8 +11,8 @@ import argparse
 import getpass
 import sys
 
-from .admin import actor
-from .domain.codes import hash_code
+from .admin import actor, user_name
+from .domain.codes import hash_pin
 from .domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
 from .settings import Settings
 from .storage.pins import PinStore
@@ -26,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("pin", help="set a user's PIN (pin mode) or unlock a locked-out user")
     actions = p.add_subparsers(dest="pin_action", required=True)
     s = actions.add_parser("set", help="set or replace USER's PIN (read without echo)")
-    s.add_argument("user")
+    s.add_argument("user", type=user_name)
     u = actions.add_parser("unlock", help="clear USER's wrong-PIN count and lockout")
-    u.add_argument("user")
+    u.add_argument("user", type=user_name)
 
 
 def read_pin() -> str:
@@ -53,7 +53,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"callmfa: a PIN is {PIN_MIN_DIGITS} to {PIN_MAX_DIGITS} digits",
                   file=sys.stderr)
             return EXIT_USAGE
-        code_hash = hash_code(pin)
+        if not settings.pin_pepper:
+            print("callmfa: warning: CALLMFA_PIN_PEPPER is not set, so this PIN's hash is "
+                  "not peppered (docs/security.md)", file=sys.stderr)
+        code_hash = hash_pin(pin, settings.pin_pepper.encode())
     redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
     try:
         pins = PinStore.for_settings(redis, settings)

@@ -18,7 +18,6 @@ from typing import Protocol
 import structlog
 
 from .call import CallContext, PinEffect
-from .domain.codes import check_code
 from .domain.flow import (
     CheckCode,
     Collect,
@@ -31,6 +30,7 @@ from .domain.flow import (
     Started,
     Step,
     VerificationFlow,
+    keys_are_secret,
 )
 from .domain.outcome import Outcome
 from .exceptions import AgiConnectionLostError, AgiError, AgiHangup
@@ -68,6 +68,7 @@ class VerificationIvr:
         observer: IvrObserver | None = None,
     ) -> None:
         self._settings = settings
+        self._pepper = settings.pin_pepper.encode()
         self._store = store
         self._observer = observer
         self._pins = pins or PinStore.for_settings(store.redis, settings)
@@ -134,9 +135,10 @@ class VerificationIvr:
             await channel.set_variable("CHANNEL(language)", call.lang)
         if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
             call.early_keys = ""
+        # How many keys make a PIN or a match code is a secret: only say whether any came.
+        early = bool(call.early_keys) if keys_are_secret(call.mode) else len(call.early_keys)
         log.info("ivr_started", mode=call.mode, lang=call.lang, amd=call.amd_status or None,
-                 amd_cause=call.amd_cause or None,
-                 early_keys=len(call.early_keys))
+                 amd_cause=call.amd_cause or None, early_keys=early)
         return call.started(pin_hash=pin.hash, pin_locked=pin.locked)
 
     async def _run(
@@ -162,9 +164,12 @@ class VerificationIvr:
                             files, step.timeout_ms, step.max_digits, call.heard_expression
                         )
                     event = call.collected(digits, timed_out, heard, step.max_digits)
-                    log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
+                    if step.secret:
+                        log.info("dtmf_collected", secret=True, timed_out=timed_out)
+                    else:
+                        log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
                 elif isinstance(step, CheckCode):
-                    ok = await asyncio.to_thread(check_code, step.digits, call.expected_hash)
+                    ok = await asyncio.to_thread(call.check_code, step.digits, self._pepper)
                     log.info("code_checked", ok=ok)
                     event = call.code_checked(ok)
                 elif isinstance(step, Play):
@@ -204,6 +209,7 @@ class VerificationIvr:
         if effect is PinEffect.COUNT_DENIAL and call.user:
             if await self._pins.record_denial(call.user, rid=call.id):
                 log.warning("pin_locked_out", after=self._settings.pin_lockout_after)
-        elif effect is PinEffect.RESET and call.user:
-            await self._pins.reset(call.user)
+        elif (effect is PinEffect.RESET and call.user
+              and await self._pins.reset(call.user, call.pin_upgrade) == 2):
+            log.info("pin_hash_upgraded")
 

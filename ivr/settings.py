@@ -18,7 +18,8 @@ from .exceptions import SettingsError
 ENV_PREFIX = "CALLMFA_"
 MIN_SIGNING_KEY_BYTES = 32
 # Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
-SECRETS = ("ami_secret", "signing_key")
+MIN_PEPPER_BYTES = 32
+SECRETS = ("ami_secret", "signing_key", "pin_pepper")
 
 
 def _default_consumer() -> str:
@@ -30,7 +31,7 @@ class Settings:
     """Everything callmfa can be told, with the defaults a single-PBX install wants.
 
     Each field is read from ``CALLMFA_<FIELD NAME IN UPPER CASE>``; the secrets
-    (``ami_secret``, ``signing_key``) may instead come from the file named by
+    (``ami_secret``, ``signing_key``, ``pin_pepper``) may instead come from the file named by
     ``CALLMFA_<NAME>_FILE``.
     """
 
@@ -152,6 +153,13 @@ class Settings:
         default=900.0,
         metadata={"doc": "How long a PIN lockout lasts; 0: until `callmfa pin unlock`."},
     )
+    pin_pepper: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "HMAC-SHA256 key (at least 32 bytes) applied to PINs before scrypt, "
+                  "kept outside Redis; or CALLMFA_PIN_PEPPER_FILE. Empty: PINs unpeppered "
+                  "(warned)."},
+    )
     prompt_override_dir: str = field(
         default="",
         metadata={"doc": "Directory ON THE ASTERISK HOST holding admin recordings "
@@ -266,6 +274,9 @@ class Settings:
         self._check_security()
 
     def _check_security(self) -> None:
+        if self.pin_pepper and len(self.pin_pepper.encode()) < MIN_PEPPER_BYTES:
+            raise SettingsError(f"CALLMFA_PIN_PEPPER must be at least {MIN_PEPPER_BYTES} bytes "
+                                "(e.g. head -c 32 /dev/urandom | base64)")
         for name in ("allowed_prefixes", "denied_prefixes"):
             try:
                 parse_prefixes(getattr(self, name))

@@ -9,6 +9,13 @@ here=/opt/callmfa  # the sandbox's directory: asterisk/*.conf
 repo=/opt/callmfa  # the repository: dialplan/, agi_scripts/, ivr/ and the prompts in build/
 NS=${CALLMFA_NETNS:-callmfa}
 PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}
+# Secrets given as files (Docker secrets, readable by root only): their values go to the
+# classic script's callmfa.env, which Asterisk's user can read.
+PEPPER_FILE=${CALLMFA_PIN_PEPPER_FILE:-}
+SIGNING_FILE=${CALLMFA_SIGNING_KEY_FILE:-}
+for f in "$PEPPER_FILE" "$SIGNING_FILE"; do
+  [[ -z $f || -r $f ]] || { echo "callmfa-asterisk: cannot read the secret file $f" >&2; exit 1; }
+done
 [[ -r ${CALLMFA_AMI_SECRET_FILE:-} ]] || {
   echo "callmfa-asterisk: no readable AMI secret at CALLMFA_AMI_SECRET_FILE=${CALLMFA_AMI_SECRET_FILE:-}" >&2
   exit 1
@@ -17,7 +24,7 @@ PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}
 inst_key() { if (($1 == 1)); then echo "$NS"; else echo "$NS-$1"; fi; }
 
 install_asterisk_config() {
-  local n=$1 key etc secret
+  local n=$1 key etc secret line
   key=$(inst_key "$n")
   etc=$ROOT/etc/asterisk-$key
   rm -rf "$etc"
@@ -29,8 +36,9 @@ install_asterisk_config() {
   sed -i "s/^bind = 127.0.0.1:5060/bind = 127.0.0.1:$((5059 + n))/" "$etc/pjsip.conf"
   sed -i "s/^rtpstart = .*/rtpstart = $((15000 + 5000 * n))/; s/^rtpend = .*/rtpend = $((19999 + 5000 * n))/" "$etc/rtp.conf"
   sed -i "s/@PHONE@/$PHONE/g" "$etc/pjsip.conf"
-  secret=$(cat "$CALLMFA_AMI_SECRET_FILE")
-  sed -i "s/^secret = .*/secret = $secret/" "$etc/manager_callmfa.conf"
+  secret=$(<"$CALLMFA_AMI_SECRET_FILE")
+  (umask 077 && while IFS= read -r line; do [[ $line == "secret = "* ]] && line="secret = $secret"; printf '%s\n' "$line"; done <"$etc/manager_callmfa.conf" >"$etc/manager_callmfa.conf.new")
+  mv "$etc/manager_callmfa.conf.new" "$etc/manager_callmfa.conf"
   chmod 640 "$etc/manager_callmfa.conf"
   for d in "/run/asterisk-$key" "/var/log/asterisk-$key" "/var/lib/asterisk-$key" "/var/spool/asterisk-$key"; do
     mkdir -p "$ROOT$d"
@@ -52,9 +60,13 @@ install_classic_agi() {
   cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
   find "$agi" -name __pycache__ -prune -exec rm -rf {} +
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
-  { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e '^CALLMFA_NETNS=' \
-      | sed 's/^/export /' || true; } >"$ROOT/etc/asterisk-$key/callmfa.env"
-  chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin" "/etc/asterisk-$key/callmfa.env"
+  (umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' \
+      | sed 's/^/export /' || true
+    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
+    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
+  chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
+  chroot "$ROOT" chown root:asterisk "/etc/asterisk-$key/callmfa.env"
+  chmod 640 "$ROOT/etc/asterisk-$key/callmfa.env"
 }
 
 install_prompts() {

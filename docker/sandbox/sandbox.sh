@@ -30,6 +30,11 @@ SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 INSTANCES=${CALLMFA_ASTERISK_INSTANCES:-1}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
+# Secrets serve reads from files, whose values go to the classic script's callmfa.env (the
+# files may be unreadable to Asterisk's user, or outside its root). The signing key's value
+# is in $SB/env already.
+PEPPER_FILE=$SB/pin-pepper
+SIGNING_FILE=
 APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
 # Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
 ROOT_PACKAGES=(python3 python3-redis python3-six)
@@ -130,7 +135,7 @@ install_root_packages() {
 }
 
 install_asterisk_config() {
-  local n=$1 key etc secret
+  local n=$1 key etc secret line
   key=$(inst_key "$n")
   etc=$ROOT/etc/asterisk-$key
   rm -rf "$etc"
@@ -143,8 +148,9 @@ install_asterisk_config() {
   sed -i "s/^bind = 127.0.0.1:5060/bind = 127.0.0.1:$((5059 + n))/" "$etc/pjsip.conf"
   sed -i "s/^rtpstart = .*/rtpstart = $((15000 + 5000 * n))/; s/^rtpend = .*/rtpend = $((19999 + 5000 * n))/" "$etc/rtp.conf"
   sed -i "s/@PHONE@/$PHONE/g" "$etc/pjsip.conf"
-  secret=$(cat "$SB/ami-secret")
-  sed -i "s/^secret = .*/secret = $secret/" "$etc/manager_callmfa.conf"
+  secret=$(<"$SB/ami-secret")
+  (umask 077 && while IFS= read -r line; do [[ $line == "secret = "* ]] && line="secret = $secret"; printf '%s\n' "$line"; done <"$etc/manager_callmfa.conf" >"$etc/manager_callmfa.conf.new")
+  mv "$etc/manager_callmfa.conf.new" "$etc/manager_callmfa.conf"
   chmod 640 "$etc/manager_callmfa.conf"
   for d in "/run/asterisk-$key" "/var/log/asterisk-$key" "/var/lib/asterisk-$key" "/var/spool/asterisk-$key"; do
     mkdir -p "$ROOT$d"
@@ -169,10 +175,15 @@ install_classic_agi() {
   cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
   find "$agi" -name __pycache__ -prune -exec rm -rf {} +
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
-  # The script's settings: this sandbox's, less the AMI secret it does not need.
-  { grep -v -e AMI_SECRET -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true; } >"$ROOT/etc/asterisk-$key/callmfa.env"
-  chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin" "/etc/asterisk-$key/callmfa.env"
+  # The script's settings: this sandbox's, less the AMI secret it does not need, and the
+  # PIN pepper's value (the file it names is outside the root). 0640 root:asterisk.
+  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
+      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
+    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
+    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
+  chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
+  chroot "$ROOT" chown root:asterisk "/etc/asterisk-$key/callmfa.env"
+  chmod 640 "$ROOT/etc/asterisk-$key/callmfa.env"
 }
 
 # callmfa's own prompts (make prompts) into the root's sounds directory.
@@ -189,7 +200,7 @@ install_prompts() {
 
 write_env() {
   # It holds the signing key (the classic script's callmfa.env is made from it): root only.
-  (umask 077 && : >"$SB/env")
+  (umask 077 && rm -f "$SB/env" && : >"$SB/env")  # rm: an older env file may be 0644
   cat >"$SB/env" <<EOF
 # Written by sandbox.sh up; load with: source $SB/env
 export CALLMFA_NETNS=$NS
@@ -200,6 +211,7 @@ export CALLMFA_AMI_PORT=5038
 export CALLMFA_AMI_USER=callmfa
 export CALLMFA_AMI_SECRET_FILE=$SB/ami-secret
 export CALLMFA_SIGNING_KEY=$(cat "$SB/signing-key")
+export CALLMFA_PIN_PEPPER_FILE=$PEPPER_FILE
 export CALLMFA_AGI_HOST=127.0.0.1
 export CALLMFA_AGI_PORT=4573
 export CALLMFA_DIAL_TEMPLATE='PJSIP/{number}@callmfa-phone'
@@ -223,6 +235,9 @@ cmd_up() {
   # Outcomes are signed (callmfa serve refuses to start without a key of 32 bytes or more).
   if [[ ! -s $SB/signing-key ]]; then
     (umask 077 && head -c 48 /dev/urandom | base64 | tr -d '/+=' >"$SB/signing-key")
+  fi
+  if [[ ! -s $PEPPER_FILE ]]; then
+    (umask 077 && head -c 32 /dev/urandom | base64 >"$PEPPER_FILE")
   fi
   ip netns list | grep -qw "^$NS" || ip netns add "$NS"
   in_ns ip link set lo up

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from .users import UserNameError, normalise_user
+
 # requested_at is the request's stream entry time in ms; allow for its rounding.
 CLOCK_SLACK_S = 0.001
 
@@ -125,7 +127,7 @@ class OutcomeRecord:
         """
         if self.id.lower() != rid.lower():
             return f"the outcome is for id {self.id!r}"
-        if user is not None and self.user != user and not (
+        if user is not None and not _same_user(self.user, user) and not (
             self.user is None and self.outcome is Outcome.REJECTED
         ):
             return "the outcome is for another user"
@@ -134,6 +136,17 @@ class OutcomeRecord:
         ):
             return "the outcome is older than the request"
         return None
+
+
+def _same_user(outcome_user: str | None, asked: str) -> bool:
+    """Whether the outcome's user is the one asked about: outcomes carry the normalised
+    name, so ``Alice`` asked is ``alice`` answered."""
+    if outcome_user is None or outcome_user == asked:
+        return outcome_user is not None
+    try:
+        return normalise_user(asked) == normalise_user(outcome_user)
+    except UserNameError:
+        return False
 
 
 # OriginateResponse "Reason" values (Asterisk's AST_CONTROL_* codes).

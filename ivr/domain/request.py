@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,8 @@ from ..exceptions import RequestError
 from .codes import is_valid_hash
 from .flow import MODES as FLOW_MODES
 from .outcome import parse_iso
+from .users import MAX_USER_CHARS as MAX_USER_CHARS
+from .users import UserNameError, normalise_user
 
 MODES = frozenset(FLOW_MODES)
 FIELDS = frozenset(
@@ -24,7 +25,6 @@ FIELDS = frozenset(
 )
 MAX_REQUEST_BYTES = 8192
 MAX_CONTEXT_BYTES = 4096
-MAX_USER_CHARS = 128
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # E.164: '+', a country code that does not start with 0, at most 15 digits in all;
@@ -39,7 +39,8 @@ _LANG = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?\Z")
 
 @dataclass(frozen=True, kw_only=True)
 class VerificationRequest:
-    """A validated request. ``number`` is E.164 with '+'; ``extension`` is digits or ''."""
+    """A validated request. ``user`` is normalised (:func:`~ivr.domain.users.normalise_user`);
+    ``number`` is E.164 with '+'; ``extension`` is digits or ''."""
 
     id: str
     user: str
@@ -100,15 +101,10 @@ def parse_request(
     rid = data.get("id")
     if not isinstance(rid, str) or not _UUID.match(rid.lower()):
         raise RequestError("invalid_id", "id must be a UUID such as 0b6d...-...")
-    user = data.get("user")
-    if (
-        not isinstance(user, str)
-        or not 0 < len(user) <= MAX_USER_CHARS
-        or any(unicodedata.category(c).startswith("C") for c in user)
-    ):
-        raise RequestError(
-            "invalid_user", f"user must be 1 to {MAX_USER_CHARS} printable characters"
-        )
+    try:
+        user = normalise_user(data.get("user"))  # before any per-user key is built
+    except UserNameError as e:
+        raise RequestError("invalid_user", str(e)) from None
     phone = data.get("phone")
     match = _PHONE.match(phone) if isinstance(phone, str) else None
     if match is None:

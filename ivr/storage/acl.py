@@ -50,6 +50,7 @@ SERVICE: tuple[Needed, ...] = (
     _n("hset", "callmfa:call:x", "answered_at", "0"),
     _n("hsetnx", "callmfa:call:x", "ivr_at", "0"),
     _n("hgetall", "callmfa:call:x"),
+    _n("hget", "callmfa:pin:x", "hash"),  # a PIN hash upgrade checks the hash it replaces
     _n("hmget", "callmfa:pin:x", "locked_until", "denials"),  # the PIN unlock script
     _n("hexists", "callmfa:pin:x", "hash"),  # the PIN set script
     _n("hincrby", "callmfa:pin:x", "denials", "1"),
@@ -59,6 +60,9 @@ SERVICE: tuple[Needed, ...] = (
     _n("zcard", "callmfa:rate:global"),
     _n("zrange", "callmfa:blocked", "0", "-1"),
     _n("zremrangebyscore", "callmfa:blocked", "-inf", "0"),
+    # serve's start-up moves PINs kept under a name from before normalisation
+    _n("scan", "0", "MATCH", "callmfa:pin:*", "COUNT", "1000"),
+    _n("renamenx", "callmfa:pin:x", "callmfa:pin:y"),
     _n("publish", RESULTS_CHANNEL, "x"),
     _n("subscribe", RESULTS_CHANNEL),
     _n("unsubscribe", RESULTS_CHANNEL),

@@ -40,10 +40,16 @@ end
 return 0
 """
 
-# A success: no denials, no lock (only for a user with a PIN). Not audited.
+# A success: no denials, no lock (only for a user with a PIN). It may also upgrade the
+# hash (ARGV: the hash checked, its peppered form), unless an admin set another PIN
+# meanwhile. Not audited.
 RESET_PIN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'denials', 0, 'locked_until', 0)
+if ARGV[2] and ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'hash') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'hash', ARGV[2])
+  return 2
+end
 return 1
 """
 
@@ -93,6 +99,11 @@ def denial_script_args(
              "after": str(lockout_after)}
     return [pin_key(user), AUDIT], [lockout_after, until,
                                     *_fields("pin_locked_out", user, "ivr", **facts)]
+
+
+def reset_args(upgrade: tuple[str, str] | None) -> list[str]:
+    """RESET_PIN's ARGV: the (checked, peppered) hashes of an upgrade, or none."""
+    return list(upgrade) if upgrade else []
 
 
 def pin_key(user: str) -> str:
@@ -155,10 +166,11 @@ class PinStore:
                                         lockout_s=self._lockout_s)
         return bool(await self._record_denial(keys=keys, args=args))
 
-    async def reset(self, user: str) -> bool:
-        """Clear the denials and any lockout after a success; False when the user has no
-        PIN."""
-        return bool(await self._reset(keys=[pin_key(user)]))
+    async def reset(self, user: str, upgrade: tuple[str, str] | None = None) -> int:
+        """Clear the denials and any lockout (a success, or an admin's unlock), and apply a
+        hash ``upgrade`` (checked, peppered); 0 when the user has no PIN, 2 when the hash
+        was upgraded, else 1."""
+        return int(await self._reset(keys=[pin_key(user)], args=reset_args(upgrade)))
 
     async def unlock(self, user: str, *, actor: str) -> bool:
         """An admin clears the denials and any lockout; audited (``pin_unlocked``) and

@@ -23,7 +23,15 @@ from .keys import (
     fraud_report_args,
     outcome_script_args,
 )
-from .pins import RECORD_DENIAL, RESET_PIN, PinState, denial_script_args, parse_pin_state, pin_key
+from .pins import (
+    RECORD_DENIAL,
+    RESET_PIN,
+    PinState,
+    denial_script_args,
+    parse_pin_state,
+    pin_key,
+    reset_args,
+)
 
 
 class SyncStore:
@@ -95,6 +103,7 @@ class SyncStore:
                                         lockout_s=self._settings.pin_lockout_s)
         return bool(self._redis.eval(RECORD_DENIAL, len(keys), *keys, *args))
 
-    def reset_pin(self, user: str) -> None:
-        """Clear the user's denials after a success."""
-        self._redis.eval(RESET_PIN, 1, pin_key(user))
+    def reset_pin(self, user: str, upgrade: tuple[str, str] | None = None) -> int:
+        """Clear the user's denials after a success, and apply a hash ``upgrade`` (see
+        :meth:`ivr.storage.pins.PinStore.reset`)."""
+        return int(self._redis.eval(RESET_PIN, 1, pin_key(user), *reset_args(upgrade)))

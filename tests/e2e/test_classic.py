@@ -12,12 +12,13 @@ import pytest
 from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
-from ivr.domain.codes import hash_code
+from ivr.domain.codes import check_pin, hash_code
 from ivr.domain.outcome import Outcome
 from ivr.storage.pins import PinStore
 
 from ..conftest import Sandbox
 from .conftest import AsteriskLog, PhoneFactory, audit_of, restart_serve
+from .test_modes import PIN, pepper, pin_hash, store_old_pin_hash
 from .test_operations import scrape
 
 
@@ -106,6 +107,25 @@ class TestClassicAgi:
         assert record is not None
         assert record.outcome is outcome
         assert p.wait(20) == 0, p.errors()
+
+    async def test_pin_set_before_the_pepper_approves_and_is_upgraded(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """The classic script has the pepper (from its callmfa.env): an old plain-scrypt PIN
+        hash approves and is upgraded to the peppered one, which approves the next call."""
+        await store_old_pin_hash(sandbox, "classic-pin", PIN)
+        p = phone(calls=2, keys=PIN + "#", key_delay_ms=2500)
+        for _ in range(2):
+            record = await client.verify(user="classic-pin", phone="+12015550100", mode="pin",
+                                         timeout_s=60)
+            assert record is not None
+            assert record.outcome is Outcome.APPROVED
+        upgraded = await pin_hash(sandbox, "classic-pin")
+        assert upgraded.startswith("scrypt-p1$")
+        assert check_pin(PIN, upgraded, pepper(sandbox)).ok
+        assert p.wait(20) == 0, p.errors()
+        log = (sandbox.directory / "logs" / "asterisk.log").read_text()
+        assert "the user's PIN hash is now peppered" in log
 
     async def test_pin_lockout_is_audited_as_serve_does(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +13,9 @@ import pytest
 from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
+from ivr.domain.codes import check_pin, hash_code
 from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.storage.pins import pin_key
 from ivr.testing import synthesize
 
 from ..conftest import REPO, Sandbox
@@ -26,7 +29,8 @@ VOICEMAIL = ("Hi, you have reached the voicemail of Alice Example. I am not avai
 
 
 def _callmfa(sandbox: Sandbox, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CALLMFA_REDIS_URL": sandbox.redis_url}
+    env = {**os.environ, "CALLMFA_REDIS_URL": sandbox.redis_url,
+           "CALLMFA_PIN_PEPPER_FILE": sandbox.env["CALLMFA_PIN_PEPPER_FILE"]}
     return subprocess.run([str(REPO / ".venv" / "bin" / "callmfa"), *args], input=stdin,
                           capture_output=True, text=True, env=env, timeout=30)
 
@@ -36,6 +40,31 @@ async def set_pin(sandbox: Sandbox, user: str, pin: str) -> None:
     out = await asyncio.to_thread(_callmfa, sandbox, "pin", "set", user, stdin=pin + "\n")
     assert out.returncode == 0, out.stderr
     assert pin not in out.stdout + out.stderr
+
+
+def pepper(sandbox: Sandbox) -> bytes:
+    """The sandbox's CALLMFA_PIN_PEPPER (sandbox.sh draws it)."""
+    return Path(sandbox.env["CALLMFA_PIN_PEPPER_FILE"]).read_text().strip().encode()
+
+
+async def store_old_pin_hash(sandbox: Sandbox, user: str, pin: str) -> None:
+    """What `callmfa pin set` stored before the pepper: scrypt over the PIN alone."""
+    redis = Redis.from_url(sandbox.redis_url)
+    try:
+        await redis.hset(pin_key(user), mapping={"hash": hash_code(pin), "denials": 0,
+                                                 "locked_until": 0})
+    finally:
+        await redis.aclose()
+
+
+async def pin_hash(sandbox: Sandbox, user: str) -> str:
+    redis = Redis.from_url(sandbox.redis_url)
+    try:
+        value = await redis.hget(pin_key(user), "hash")
+    finally:
+        await redis.aclose()
+    assert value is not None
+    return bytes(value).decode()
 
 
 async def verify(client: VerificationClient, user: str, **kw: object) -> OutcomeRecord:
@@ -91,7 +120,8 @@ class TestPin:
         Redis: only its salted hash is stored."""
         await set_pin(sandbox, "pin-secret", PIN)
         p = phone(keys=PIN + "#")
-        assert (await verify(client, "pin-secret", mode="pin")).outcome is Outcome.APPROVED
+        pin_call = await verify(client, "pin-secret", mode="pin")
+        assert pin_call.outcome is Outcome.APPROVED
         p.wait(30)
         phone(keys="42#")
         assert (await verify(client, "match-secret", mode="match",
@@ -99,6 +129,14 @@ class TestPin:
         for log in (sandbox.directory / "logs").glob("*.log"):
             text = log.read_text(errors="replace")
             assert PIN not in text, log
+        # Nor its length: serve's lines for the call count no keys (issue 12).
+        lines = [json.loads(line) for line in
+                 (sandbox.directory / "logs" / "callmfa.log").read_text().splitlines()
+                 if pin_call.id in line and line.startswith("{")]
+        collected = [e for e in lines if e["event"] == "dtmf_collected"]
+        assert collected
+        assert not any("keys" in e for e in collected)
+        assert all(type(e["early_keys"]) is bool for e in lines if e["event"] == "ivr_started")
         redis = Redis.from_url(sandbox.redis_url)
         try:
             dump = []
@@ -115,7 +153,23 @@ class TestPin:
             await redis.aclose()
         blob = b"\n".join(d for d in dump if d)
         assert PIN.encode() not in blob
-        assert b"scrypt$" in blob
+        assert b"scrypt-p1$" in blob  # the PIN's hash, peppered
+        assert b"scrypt$" in blob  # the match code's, as the sign-in service made it
+
+    async def test_pin_set_before_the_pepper_approves_and_is_upgraded(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """A PIN hash stored before CALLMFA_PIN_PEPPER (plain scrypt) still approves; that
+        success replaces it with the peppered hash, which approves the next call."""
+        await store_old_pin_hash(sandbox, "pin-old", PIN)
+        p = phone(calls=2, keys=PIN + "#")
+        assert (await verify(client, "pin-old", mode="pin")).outcome is Outcome.APPROVED
+        upgraded = await pin_hash(sandbox, "pin-old")
+        assert upgraded.startswith("scrypt-p1$")
+        assert check_pin(PIN, upgraded, pepper(sandbox)).ok
+        assert (await verify(client, "pin-old", mode="pin")).outcome is Outcome.APPROVED
+        assert await pin_hash(sandbox, "pin-old") == upgraded
+        assert p.wait(30) == 0, p.errors()
 
 
 class TestMatch:

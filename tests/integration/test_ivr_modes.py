@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
-from ivr.domain.codes import hash_code
+from ivr.domain.codes import PEPPERED, check_pin, hash_code
 from ivr.storage.pins import PinStore, pin_key
 
 from .conftest import Ivr, StartIvr
@@ -81,6 +82,49 @@ class TestPinMode:
         assert not any(PIN in c for c in commands)
         assert PIN not in await everything_in(ivr.redis)
         assert [e["event"] for e in await events_of(ivr.redis, rid)] == ["input", "finished"]
+
+    async def test_no_log_line_tells_the_pin_length(self, ivr: Ivr) -> None:
+        """Issue 12: the length of a PIN is a secret too. Keyed in the call or before the
+        greeting, a PIN call's log lines count no keys: dtmf_collected and ivr_started say
+        only whether keys came."""
+        await set_pin(ivr, "alice", PIN)
+        with capture_logs() as logs:
+            await run_call(ivr, "2a212121-2121-4121-8121-212121212121", PIN + "#",
+                           marker=PIN_CALL)
+            await run_call(ivr, "2b212121-2121-4121-8121-212121212121", marker=PIN_CALL,
+                           variables={"CALLMFA_EARLY_KEYS": PIN + "#"})
+        collected = [e for e in logs if e["event"] == "dtmf_collected"]
+        started = [e for e in logs if e["event"] == "ivr_started"]
+        assert len(collected) == 1
+        assert len(started) == 2
+        assert "keys" not in collected[0]
+        assert [e["early_keys"] for e in started] == [False, True]
+        assert not any(value == len(PIN) for e in logs for value in e.values()
+                       if type(value) is int)
+        assert not any(PIN in repr(e) for e in logs)
+
+    async def test_old_hash_approves_then_is_peppered(self, start_ivr: StartIvr) -> None:
+        """A PIN hash set before CALLMFA_PIN_PEPPER approves, and its success stores the
+        peppered hash, which approves the next call; a wrong PIN upgrades nothing."""
+        ivr = await start_ivr(pin_pepper="p" * 32)
+        await set_pin(ivr, "alice", PIN)  # plain scrypt, as before the pepper
+        old = (await pin_state(ivr.redis, "alice"))["hash"]
+        await run_call(ivr, "2c212121-2121-4121-8121-212121212121", WRONG_PIN + "#",
+                       WRONG_PIN + "#", marker=PIN_CALL)
+        assert (await pin_state(ivr.redis, "alice"))["hash"] == old
+
+        _, stored = await run_call(ivr, "2d212121-2121-4121-8121-212121212121", PIN + "#",
+                                   marker=PIN_CALL)
+
+        assert stored["outcome"] == "approved"
+        state = await pin_state(ivr.redis, "alice")
+        assert state["hash"].startswith(PEPPERED + "$")
+        assert state["denials"] == "0"
+        assert check_pin(PIN, state["hash"], b"p" * 32).ok
+        _, again = await run_call(ivr, "2e212121-2121-4121-8121-212121212121", PIN + "#",
+                                  marker=PIN_CALL)
+        assert again["outcome"] == "approved"
+        assert (await pin_state(ivr.redis, "alice"))["hash"] == state["hash"]
 
     async def test_wrong_pin_twice_is_denied_and_counted(self, ivr: Ivr) -> None:
         """A wrong PIN on both attempts: 'wrong code' then the PIN prompt again, then

@@ -29,7 +29,9 @@ from ivr.domain.request import MAX_REQUEST_BYTES
 from ivr.exceptions import AmiConnectError, AmiError
 from ivr.metrics import Metrics
 from ivr.originator import Originator
+from ivr.security import limits
 from ivr.settings import Settings
+from ivr.storage.guard import Guard
 from ivr.storage.results import ResultListener
 from ivr.storage.store import (
     DEADLETTER,
@@ -292,6 +294,25 @@ class TestRefusedBeforeDialling:
         assert record.user == "alice"
         assert h.ami.calls == []
         assert h.ami.log == []
+        await h.all_acked()
+
+    async def test_a_block_on_alice_also_refuses_alice_in_another_case(
+        self, start: Start
+    ) -> None:
+        """The attack of issue 12: alice is blocked, so the attacker asks for Alice, ALICE,
+        a fullwidth Alice (U+FF21...). Every request ends blocked with the normalised user, no call
+        is placed, and a name with U+2028 is rejected."""
+        h = await start(answered_then(Outcome.APPROVED))
+        guard = Guard(h.redis, limits(make_settings()))
+        await guard.block("alice", 3600, actor="test", reason="manual")
+
+        for user in ("Alice", "ALICE", "\uff21\uff4c\uff49\uff43\uff45"):
+            rid, _ = await h.submit(user=user)
+            record = await h.outcome(rid)
+            assert (record.outcome, record.user) == (Outcome.BLOCKED, "alice"), user
+        rid, _ = await h.submit(user="alice\u2028")
+        assert (await h.outcome(rid)).detail == "invalid_user"
+        assert h.ami.calls == []
         await h.all_acked()
 
     @pytest.mark.parametrize("phone", [

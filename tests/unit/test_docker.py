@@ -36,8 +36,8 @@ MIRRORED = ("inst_key", "install_asterisk_config", "install_classic_agi", "insta
 # line, or None where the image has no such step (lines as _functions gives them).
 SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
     # The sandbox makes its AMI secret; the container is given one (a Docker secret).
-    ("install_asterisk_config", 'secret=$(cat "$SB/ami-secret")'):
-        'secret=$(cat "$CALLMFA_AMI_SECRET_FILE")',
+    ("install_asterisk_config", 'secret=$(<"$SB/ami-secret")'):
+        'secret=$(<"$CALLMFA_AMI_SECRET_FILE")',
     # A link in the sandbox's logs directory; the container keeps the log where Asterisk puts it.
     ("install_asterisk_config",
      'ln -sfn "$ROOT/var/log/asterisk-$key/messages.log" "$SB/logs/$(inst_name "$n").log"'): None,
@@ -49,11 +49,12 @@ SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
     # the AMI secret and its own variables); the container's CALLMFA_* environment (less the
     # AMI secret and the namespace name).
     ("install_classic_agi",
-     "{ grep -v -e AMI_SECRET -e '^#' \"$SB/env\"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET "
-     "-e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true; } "
-     '>"$ROOT/etc/asterisk-$key/callmfa.env"'):
-        "{ env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e '^CALLMFA_NETNS=' "
-        "| sed 's/^/export /' || true; } >\"$ROOT/etc/asterisk-$key/callmfa.env\"",
+     "(umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^#' "
+     "\"$SB/env\"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE "
+     "-e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' "
+     "|| true"):
+        "(umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE "
+        "-e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' | sed 's/^/export /' || true",
     # The prompts are made once, when the image is built (test_prompts_made_at_build_time).
     ("install_prompts", '"$VENV/bin/python" -m ivr.promptgen "$repo/build/prompts" >/dev/null'):
         None,

@@ -21,6 +21,7 @@ from ivr.domain.request import (
     parse_request,
     peek_id,
 )
+from ivr.domain.users import normalise_user
 from ivr.exceptions import RequestError
 
 RID = "0b6d1e2a-1234-4abc-8def-0123456789ab"
@@ -159,6 +160,11 @@ class TestValid:
 
         assert parse(raw).id == RID
 
+    @pytest.mark.parametrize("user", ["Alice", "ALICE", "\uff21\uff4c\uff49\uff43\uff45"])
+    def test_user_normalised(self, user: str) -> None:
+        """The request's user, and so every per-user key, is the normalised name."""
+        assert parse_with(user=user).user == "alice"
+
     def test_user_at_length_limit(self) -> None:
         """A user of MAX_USER_CHARS printable characters, non-ASCII included, is accepted."""
         user = "é" * MAX_USER_CHARS
@@ -217,6 +223,9 @@ class TestRejected:
             "alice\x00",
             "\x1b[31malice",
             "ali\u200bce",  # zero-width space (Cf)
+            "ali\u2028ce",  # line separator (Zl)
+            "ali\u00a0ce",  # no-break space (Zs)
+            " alice",
             None,
             42,
             ["alice"],
@@ -482,7 +491,7 @@ class TestProperties:
         except RequestError:
             return
         assert_header_safe(req)
-        assert req.user == fields["user"]
+        assert req.user == normalise_user(fields["user"])
 
     @settings(max_examples=200, deadline=None)
     @given(raw=st.binary(max_size=512))
