@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 
 from ivr.session import VerificationIvr
 from ivr.settings import Settings
+from ivr.storage.keys import SECURITY_CHANNEL
 from ivr.storage.store import Store
 from ivr.transport.fastagi import FastAgiServer
 
@@ -125,3 +127,27 @@ async def start_ivr(redis: Redis) -> AsyncIterator[StartIvr]:
 async def ivr(start_ivr: StartIvr) -> Ivr:
     """The IVR with the default test settings."""
     return await start_ivr()
+
+
+class Alerts:
+    """What a security subscriber of callmfa:security receives."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+
+    async def __aenter__(self) -> Alerts:
+        await self.pubsub.subscribe(SECURITY_CHANNEL)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def take(self, count: int, timeout_s: float = 5.0) -> list[dict[str, str]]:
+        """The next ``count`` published entries, decoded."""
+        out: list[dict[str, str]] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(out) < count and asyncio.get_running_loop().time() < deadline:
+            message = await self.pubsub.get_message(timeout=0.1)
+            if message is not None:
+                out.append(json.loads(message["data"]))
+        return out

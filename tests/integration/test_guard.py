@@ -18,6 +18,8 @@ from ivr.storage.guard import Guard, Limits, Verdict
 from ivr.storage.keys import AUDIT, SECURITY_CHANNEL
 from ivr.storage.store import Store
 
+from .conftest import Alerts
+
 NUMBER = "+12015550100"
 
 
@@ -342,30 +344,6 @@ class TestBlockLength:
         assert until > time.time() + 364 * 86400
         assert [e["event"] for e in await security.guard.audit()] == [
             "fraud_reported", "blocked"]
-
-
-class Alerts:
-    """What a security subscriber of callmfa:security receives."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
-
-    async def __aenter__(self) -> Alerts:
-        await self.pubsub.subscribe(SECURITY_CHANNEL)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def take(self, count: int, timeout_s: float = 5.0) -> list[dict[str, str]]:
-        """The next ``count`` published entries, decoded."""
-        out: list[dict[str, str]] = []
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(out) < count and asyncio.get_running_loop().time() < deadline:
-            message = await self.pubsub.get_message(timeout=0.1)
-            if message is not None:
-                out.append(json.loads(message["data"]))
-        return out
 
 
 class TestEveryAuditEntryPublished:

@@ -9,7 +9,6 @@ from serve's IVR (a real FastAGI session) and from the classic driver's store: e
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 from typing import Any
@@ -20,42 +19,18 @@ from redis.asyncio import Redis
 
 from ivr import pincli
 from ivr.settings import Settings
-from ivr.storage.keys import AUDIT, SECURITY_CHANNEL
+from ivr.storage.keys import AUDIT
 from ivr.storage.pins import PinStore, pin_key
 from ivr.storage.sync import SyncStore
 
 from ..conftest import RedisServer
-from .conftest import StartIvr
+from .conftest import Alerts, StartIvr
 from .fake_asterisk import run_call
 
 PIN = "5938271046"
 WRONG = "1111"
 PIN_CALL = {"mode": "pin"}
 BASE = {"event", "user", "actor", "at"}
-
-
-class Alerts:
-    """A subscriber of callmfa:security."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
-
-    async def __aenter__(self) -> Alerts:
-        await self.pubsub.subscribe(SECURITY_CHANNEL)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def take(self, count: int, timeout_s: float = 5.0) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while len(out) < count and loop.time() < deadline:
-            message = await self.pubsub.get_message(timeout=0.1)
-            if message is not None:
-                out.append(json.loads(message["data"]))
-        return out
 
 
 async def audit(redis: Redis) -> list[dict[str, str]]:
