@@ -16,7 +16,7 @@ from ivr.storage.pins import PinStore
 
 from ..conftest import Sandbox
 from .conftest import AsteriskLog, PhoneFactory, audit_of
-from .test_modes import PIN, pepper, pin_hash, store_old_pin_hash
+from .test_modes import PIN, pepper, pin_hash, set_pin, store_old_pin_hash
 from .test_operations import scrape
 
 
@@ -82,15 +82,17 @@ class TestClassicAgi:
         assert f"callmfa: {record.id}: outcome approved" in lines
         assert "callmfa/greeting" not in lines
 
+    @pytest.mark.parametrize("gap_ms", [150, 300, 1000])
     @pytest.mark.parametrize(("keys", "outcome"), [
         ("5##", Outcome.APPROVED), ("5#0#", Outcome.FRAUD_REPORTED),
     ])
     async def test_every_answer_keyed_before_the_greeting_counts(
-        self, client: VerificationClient, phone: PhoneFactory, keys: str, outcome: Outcome
+        self, client: VerificationClient, phone: PhoneFactory, keys: str, outcome: Outcome,
+        gap_ms: int,
     ) -> None:
-        """Through the classic script too: a wrong answer then '#' (or '0#'), 300 ms apart
-        while AMD listens, gives the second answer's outcome."""
-        p = phone(keys=keys, key_delay_ms=100, key_gap_ms=300)
+        """Through the classic script too: a wrong answer then '#' (or '0#'), gap_ms apart,
+        while AMD listens or as the greeting starts, gives the second answer's outcome."""
+        p = phone(keys=keys, key_delay_ms=100, key_gap_ms=gap_ms)
         record = await client.verify(user="mallory", phone="+12015550100", timeout_s=60)
         assert record is not None
         assert record.outcome is outcome
@@ -140,3 +142,16 @@ class TestClassicAgi:
         assert (locked["event"], locked["user"], locked["actor"]) == (
             "pin_locked_out", user, "ivr")
         assert await audit_of(sandbox, ids[0]) == []
+
+    async def test_right_pin_keyed_during_the_wrong_code_prompt_approves(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """A wrong PIN, then the right one 150 ms later while the wrong-code prompt plays:
+        approved through the classic script as through serve's IVR."""
+        await set_pin(sandbox, "classic-again", PIN)
+        p = phone(keys="1111#" + PIN + "#")
+        record = await client.verify(user="classic-again", phone="+12015550100", mode="pin",
+                                     timeout_s=60)
+        assert record is not None
+        assert record.outcome is Outcome.APPROVED
+        assert p.wait(20) == 0, p.errors()
