@@ -51,7 +51,7 @@ unit: venv
 # sounds directory (e.g. /usr/share/asterisk/sounds/) on the Asterisk host.
 prompts: venv
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || $(SANDBOX) deps
-	$(VENV)/bin/python -m ivr.promptgen build/prompts
+	$(VENV)/bin/python -m ivr.ops.promptgen build/prompts
 
 sandbox-up: deps venv
 	$(SANDBOX) up
@@ -75,7 +75,7 @@ bench: deps venv $(VENV)/.bench-installed
 # The settings tables in README.md and docs/settings.md, from ivr/settings.py; the Redis ACL
 # in docs/operations.md and docker/redis/callmfa.acl, from ivr/storage/acl.py.
 docs: venv
-	$(VENV)/bin/python -m ivr.reference README.md docs/settings.md docs/operations.md \
+	$(VENV)/bin/python -m ivr.ops.reference README.md docs/settings.md docs/operations.md \
 	  docker/redis/callmfa.acl
 
 # docker/requirements.lock: the runtime dependencies as a fresh install resolves them today.

@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 from .exceptions import IvrError, SettingsError
 from .log import configure
 from .metrics import Metrics, metrics_route
+from .ops.probe import PROBE_ROUTE, AgiProbe
 from .originator import Originator
-from .probe import PROBE_ROUTE, AgiProbe
 from .security import Security
 from .session import VerificationIvr
 from .settings import Settings

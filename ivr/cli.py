@@ -13,16 +13,17 @@ from collections.abc import Sequence
 import structlog
 from redis.exceptions import RedisError
 
-from . import __version__, admin, pincli
+from . import __version__
 from .app import serve
 from .client import VerificationClient
-from .commands import add_commands
 from .domain.flow import MATCH_DIGITS, MODES
 from .domain.outcome import Outcome
 from .domain.request import parse_request
 from .exceptions import IvrError, RequestError, SettingsError
 from .log import configure
-from .reference import settings_markdown
+from .ops import admin, pincli
+from .ops.commands import add_commands
+from .ops.reference import settings_markdown
 from .settings import Settings
 from .tasks import cancel_and_wait
 from .transport import http

@@ -188,7 +188,7 @@ install_classic_agi() {
 
 # callmfa's own prompts (make prompts) into the root's sounds directory.
 install_prompts() {
-  "$VENV/bin/python" -m ivr.promptgen "$repo/build/prompts" >/dev/null
+  "$VENV/bin/python" -m ivr.ops.promptgen "$repo/build/prompts" >/dev/null
   local dir lang target
   for dir in "$repo"/build/prompts/*/callmfa; do
     lang=$(basename "$(dirname "$dir")")

@@ -1,7 +1,7 @@
 """The Redis commands each side of callmfa needs: the one list behind the ACL docs and checks.
 
 ``docs/operations.md``'s ``ACL SETUSER`` line and ``docker/redis/callmfa.acl`` are generated
-from these lists (``make docs``, :mod:`ivr.reference`), and ``callmfa check`` asks Redis
+from these lists (``make docs``, :mod:`ivr.ops.reference`), and ``callmfa check`` asks Redis
 with ``ACL DRYRUN`` whether the configured user may run each one, with a sample command on
 callmfa's own keys. Commands that the Lua scripts call count too: Redis checks them against
 the caller's ACL when the script runs them.

@@ -12,11 +12,11 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from ivr.client import VerificationClient
-from ivr.doctor import Status, check_redis
 from ivr.domain.codes import hash_code
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.exceptions import OutcomeSignatureError
-from ivr.report import collect
+from ivr.ops.doctor import Status, check_redis
+from ivr.ops.report import collect
 from ivr.security import Security
 from ivr.settings import Settings
 from ivr.storage.pins import PinStore

@@ -10,8 +10,8 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from ivr.doctor import OUTCOME_FIXES, Status, check_call, check_redis
 from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.ops.doctor import OUTCOME_FIXES, Status, check_call, check_redis
 from ivr.settings import Settings
 from ivr.storage.store import REQUESTS, Store
 

@@ -17,7 +17,7 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from ivr import pincli
+from ivr.ops import pincli
 from ivr.settings import Settings
 from ivr.storage.keys import AUDIT
 from ivr.storage.pins import PinStore, pin_key

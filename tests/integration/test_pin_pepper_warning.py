@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from ivr.app import Service
-from ivr.doctor import Status, check_pin_pepper
+from ivr.ops.doctor import Status, check_pin_pepper
 from ivr.settings import Settings
 
 from ..conftest import RedisServer

@@ -8,7 +8,7 @@ import uuid
 from redis.asyncio import Redis
 
 from ivr.domain.outcome import Outcome, OutcomeRecord
-from ivr.report import collect, render_csv, render_text
+from ivr.ops.report import collect, render_csv, render_text
 from ivr.security import Security, limits
 from ivr.settings import Settings
 from ivr.storage.guard import Guard

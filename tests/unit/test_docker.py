@@ -59,7 +59,7 @@ SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
         "(umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE "
         "-e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' | sed 's/^/export /' || true",
     # The prompts are made once, when the image is built (test_prompts_made_at_build_time).
-    ("install_prompts", '"$VENV/bin/python" -m ivr.promptgen "$repo/build/prompts" >/dev/null'):
+    ("install_prompts", '"$VENV/bin/python" -m ivr.ops.promptgen "$repo/build/prompts" >/dev/null'):
         None,
 }
 
@@ -226,7 +226,7 @@ class TestAsteriskImage:
         assert {"espeak-ng", "sox"} <= set(_bash_array("APT_PACKAGES"))
         payload = ASTERISK_DOCKERFILE.split("AS payload\n")[1].split("\nFROM ")[0]
         assert "--no-install-recommends espeak-ng sox" in payload
-        assert "python3 -m ivr.promptgen /opt/callmfa/build/prompts" in payload
+        assert "python3 -m ivr.ops.promptgen /opt/callmfa/build/prompts" in payload
         assert re.search(r"^repo=/opt/callmfa ", ENTRYPOINT, re.M)
         assert f"ARG PYTHON={sys.version_info[0]}.{sys.version_info[1]}" in ASTERISK_DOCKERFILE
         assert "ARG PYTHON_BASE=python:${PYTHON}-slim-bookworm" in ASTERISK_DOCKERFILE

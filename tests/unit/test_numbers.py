@@ -9,10 +9,10 @@ import sys
 import phonenumbers
 import pytest
 
-from ivr.doctor import Status, check_number_policy
 from ivr.domain.numbers import DialPolicy, describe, prefix_regions
 from ivr.domain.policy import NumberPolicy, parse_number_types, parse_regions
 from ivr.exceptions import SettingsError
+from ivr.ops.doctor import Status, check_number_policy
 from ivr.security import number_policy
 from ivr.settings import Settings
 

@@ -8,7 +8,9 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ivr.doctor import (
+from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.metrics import Metrics, metrics_route
+from ivr.ops.doctor import (
     OUTCOME_FIXES,
     Status,
     _privileges,
@@ -18,10 +20,8 @@ from ivr.doctor import (
     check_signing,
     probe_url,
 )
-from ivr.domain.outcome import Outcome, OutcomeRecord
-from ivr.metrics import Metrics, metrics_route
-from ivr.reference import BEGIN, END, generated, settings_markdown
-from ivr.report import Audited, Finished, Report, render_csv, render_text
+from ivr.ops.reference import BEGIN, END, generated, settings_markdown
+from ivr.ops.report import Audited, Finished, Report, render_csv, render_text
 from ivr.settings import Settings
 from ivr.storage.acl import SERVICE, USERS, setuser_line
 from ivr.transport.http import HttpServer, Response

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ivr.commands import _install_dialplan as install_dialplan
-from ivr.commands import classic_env, write_secret_file
+from ivr.ops.commands import _install_dialplan as install_dialplan
+from ivr.ops.commands import classic_env, write_secret_file
 from ivr.settings import Settings, read_config_file
 
 from ..conftest import REPO

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ivr.admin import duration
 from ivr.exceptions import SettingsError
+from ivr.ops.admin import duration
 from ivr.settings import Settings
 from ivr.transport.fastagi import peer_allowed
 

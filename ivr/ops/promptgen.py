@@ -1,6 +1,6 @@
 """Build callmfa's own prompt recordings from the catalogue (``make prompts``).
 
-    python -m ivr.promptgen build/prompts
+    python -m ivr.ops.promptgen build/prompts
 
 writes ``build/prompts/<lang>/callmfa/<id>.wav`` (8 kHz, mono, 16-bit PCM: Asterisk's
 ``wav`` format) for every prompt and language of :mod:`ivr.domain.prompts`, with espeak-ng
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .domain.prompts import PROMPTS, SOUNDS_SUBDIR
+from ..domain.prompts import PROMPTS, SOUNDS_SUBDIR
 
 VOICES = {"en": "en-us", "fr": "fr-fr", "de": "de", "es": "es"}
 
@@ -43,10 +43,10 @@ def build(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -m ivr.promptgen OUTDIR``."""
+    """Entry point: ``python -m ivr.ops.promptgen OUTDIR``."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m ivr.promptgen OUTDIR", file=sys.stderr)
+        print("usage: python -m ivr.ops.promptgen OUTDIR", file=sys.stderr)
         return 2
     made = build(Path(args[0]))
     print(f"prompts: {made} generated in {args[0]}")

@@ -11,12 +11,12 @@ import argparse
 import getpass
 import sys
 
+from ..domain.codes import hash_pin
+from ..domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
+from ..settings import Settings
+from ..storage.pins import PinStore
+from ..storage.store import connect
 from .admin import actor, user_name
-from .domain.codes import hash_pin
-from .domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
-from .settings import Settings
-from .storage.pins import PinStore
-from .storage.store import connect
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

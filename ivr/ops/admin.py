@@ -7,12 +7,12 @@ import getpass
 import re
 import socket
 
-from .domain.outcome import iso
-from .domain.users import UserNameError, normalise_user
-from .security import limits
-from .settings import Settings
-from .storage.guard import Guard
-from .storage.store import connect
+from ..domain.outcome import iso
+from ..domain.users import UserNameError, normalise_user
+from ..security import limits
+from ..settings import Settings
+from ..storage.guard import Guard
+from ..storage.store import connect
 
 COMMANDS = ("block", "unblock", "blocked", "bypass")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

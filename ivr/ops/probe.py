@@ -18,11 +18,11 @@ import uuid
 import structlog
 from redis.asyncio import Redis
 
-from .domain.prompts import PROMPTS, sound_files
-from .exceptions import AgiHangup
-from .transport.fastagi import AgiSession
+from ..domain.prompts import PROMPTS, sound_files
+from ..exceptions import AgiHangup
+from ..transport.fastagi import AgiSession
 
-log = structlog.get_logger("ivr.probe")
+log = structlog.get_logger("ivr.ops.probe")
 
 PROBE_ROUTE = "check"
 PROBE_TTL_S = 60

@@ -3,7 +3,7 @@
 Each check ends ok, warn (works, but look at it), FAIL (callmfa cannot work this way) or
 skip (an earlier failure hides it). Checks that need no call on a phone go through a
 *probe*: a Local channel into the verification context whose AGI runs callmfa's ``check``
-route (see :mod:`ivr.probe`); that proves, from Asterisk's side, that the context exists,
+route (see :mod:`ivr.ops.probe`); that proves, from Asterisk's side, that the context exists,
 that it reaches the FastAGI address and which prompts Asterisk can play. It works with the
 least-privilege AMI account (``write = originate``), which may not run ``ShowDialPlan``.
 """
@@ -24,22 +24,22 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from .client import VerificationClient
-from .dialcheck import policy_summary
-from .domain.outcome import Outcome
-from .exceptions import (
+from ..client import VerificationClient
+from ..domain.outcome import Outcome
+from ..exceptions import (
     AmiConnectError,
     AmiError,
     AmiLoginError,
     OutcomeBindingError,
     OutcomeSignatureError,
 )
+from ..settings import Settings
+from ..storage.acl import SERVICE
+from ..storage.keys import STORE_OUTCOME
+from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
+from ..transport.ami import AmiClient
+from .dialcheck import policy_summary
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
-from .settings import Settings
-from .storage.acl import SERVICE
-from .storage.keys import STORE_OUTCOME
-from .storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
-from .transport.ami import AmiClient
 
 SAMPLE_NUMBER = "+12015550100"
 CHECK_USER_PREFIX = "callmfa-check-"

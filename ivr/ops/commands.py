@@ -18,11 +18,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from ..classic import ENV_FILE
+from ..exceptions import RequestError
+from ..log import configure
+from ..settings import ENV_PREFIX, Settings
 from . import dialcheck, doctor, promptgen, report
-from .classic import ENV_FILE
-from .exceptions import RequestError
-from .log import configure
-from .settings import ENV_PREFIX, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -116,7 +116,7 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
 def shipped_directory(name: str, pattern: str) -> Path:
     """Shipped files (``dialplan``, ``agi_scripts``): package data in a wheel, the top-level
     folder in a checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     for candidate in (package / name, package.parent / name):
         if candidate.is_dir() and any(candidate.glob(pattern)):
             return candidate

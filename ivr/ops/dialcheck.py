@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .domain.numbers import DialPolicy
-from .domain.request import parse_request
-from .exceptions import SettingsError
-from .security import number_policy
-from .settings import Settings
+from ..domain.numbers import DialPolicy
+from ..domain.request import parse_request
+from ..exceptions import SettingsError
+from ..security import number_policy
+from ..settings import Settings
 
 
 @dataclass(frozen=True)

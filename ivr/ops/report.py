@@ -19,9 +19,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from .domain.outcome import Outcome, OutcomeRecord
-from .storage.keys import AUDIT
-from .storage.store import EVENTS, result_key
+from ..domain.outcome import Outcome, OutcomeRecord
+from ..storage.keys import AUDIT
+from ..storage.store import EVENTS, result_key
 
 PROGRESS_EVENTS = {"queued", "dialing", "ringing", "answered", "input", "finished"}
 UNKNOWN_USER = "(unknown)"
