@@ -50,3 +50,18 @@ def complete(fields: Mapping[str, Any], entry: DirectoryEntry) -> dict[str, Any]
     if not data.get("lang"):
         data["lang"] = entry.lang
     return data
+
+
+class ChainedDirectory:
+    """Several sources, asked in order: the first that knows the user answers (callmfa
+    serve: the local ``callmfa user`` entries, then LDAP)."""
+
+    def __init__(self, *sources: UserDirectory) -> None:
+        self.sources = sources
+
+    async def lookup(self, user: str) -> DirectoryEntry | None:
+        """The entry of the first source that knows ``user``, or None."""
+        for source in self.sources:
+            if (entry := await source.lookup(user)) is not None:
+                return entry
+        return None

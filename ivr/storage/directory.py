@@ -15,12 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..domain.directory import DirectoryEntry
+from ..domain.directory import DirectoryEntry, PasswordChecker, UserDirectory
+from ..domain.fallback import ChainedDirectory
 from ..domain.outcome import iso
+from ..exceptions import SettingsError
 from .keys import AUDIT, AUDIT_LUA
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from ..settings import Settings
 
 USER_PREFIX = "callmfa:user:"
 FIELDS = ("phone", "mode", "lang", "updated_at", "updated_by")
@@ -171,3 +175,20 @@ def _stored(user: str, raw: dict[str, str]) -> StoredUser:
     entry = DirectoryEntry(user=user, phone=raw.get("phone", ""),
                            mode=raw.get("mode") or "standard", lang=raw.get("lang") or "en")
     return StoredUser(entry, raw.get("updated_at", ""), raw.get("updated_by", ""))
+
+
+def open_directory(
+    settings: Settings, redis: Redis
+) -> tuple[UserDirectory, PasswordChecker | None]:
+    """The directory ``callmfa serve`` looks users up in (the local entries, then LDAP when
+    ``CALLMFA_LDAP_URL`` is set) and the LDAP password checker (None without LDAP)."""
+    local = LocalDirectory(redis)
+    if not settings.ldap_url:
+        return local, None
+    try:
+        from .ldap import LdapDirectory
+    except ImportError:
+        raise SettingsError("CALLMFA_LDAP_URL needs bonsai: pip install 'callmfa[ldap]' "
+                            "(docs/directory.md)") from None
+    ldap = LdapDirectory(settings)
+    return ChainedDirectory(local, ldap), ldap

@@ -4,15 +4,18 @@ the fallback that completes a request from the directory."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from ivr.domain.directory import DirectoryEntry
 from ivr.domain.entries import EntryError, directory_entry, parse_csv
-from ivr.domain.fallback import resolve
+from ivr.domain.fallback import ChainedDirectory, resolve
 from ivr.domain.numbers import PhoneNumberError, default_region, normalise_phone
 from ivr.domain.request import parse_fields, parse_request, request_fields
-from ivr.exceptions import RequestError
+from ivr.exceptions import RequestError, SettingsError
+from ivr.settings import Settings
+from ivr.storage.ldap import LdapDirectory, user_filter
 
 RID = "0b6d5c1e-7a8f-4e1b-9c2d-3e4f5a6b7c8d"
 
@@ -195,3 +198,104 @@ class TestFallback:
             parse_request(json.dumps({"id": RID, "user": "bob"}), requested_at=0,
                           default_ttl_s=60)
         assert ei.value.detail == "invalid_phone"
+
+
+class TestChainedDirectory:
+    async def test_the_first_source_that_knows_the_user_answers(self) -> None:
+        local = FakeDirectory(DirectoryEntry(user="bob", phone="+12015550101"))
+        ldap = FakeDirectory(BOB, DirectoryEntry(user="carol", phone="+12015550103",
+                                                 source="ldap"))
+        chained = ChainedDirectory(local, ldap)
+        bob = await chained.lookup("bob")
+        assert bob is not None
+        assert bob.phone == "+12015550101"
+        assert ldap.asked == []  # found locally: LDAP is not asked
+        carol = await chained.lookup("carol")
+        assert carol is not None
+        assert carol.source == "ldap"
+        assert await chained.lookup("nobody") is None
+
+
+class TestLdapFilter:
+    @pytest.mark.parametrize(("user", "expected"), [
+        ("alice", "(uid=alice)"),
+        ("*", r"(uid=\2A)"),  # not "any user"
+        ("a)(uid=*", r"(uid=a\29\28uid=\2A)"),  # no second clause
+        ("x\\y", r"(uid=x\5Cy)"),
+        ("élodie", "(uid=élodie)"),  # UTF-8 is a valid filter value
+    ])
+    def test_the_user_is_escaped(self, user: str, expected: str) -> None:
+        assert user_filter("(uid={user})", user) == expected
+
+    def test_every_placeholder_is_filled(self) -> None:
+        assert user_filter("(|(uid={user})(mail={user}))", "a*") == r"(|(uid=a\2A)(mail=a\2A))"
+
+
+LDAP = {"CALLMFA_LDAP_URL": "ldap://127.0.0.1:389",
+        "CALLMFA_LDAP_BASE_DN": "ou=people,dc=example,dc=com"}
+
+
+class TestLdapSettings:
+
+    def test_defaults(self) -> None:
+        s = Settings.from_env(LDAP)
+        assert s.ldap_attributes == ("mobile", "telephoneNumber")
+        assert s.ldap_user_filter == "(uid={user})"
+
+    def test_the_bind_password_comes_from_a_file_and_is_not_shown(
+        self, tmp_path: Path
+    ) -> None:
+        secret = tmp_path / "bind"
+        secret.write_text("s3cret-bind\n")
+        s = Settings.from_env({**LDAP, "CALLMFA_LDAP_BIND_PASSWORD_FILE": str(secret)})
+        assert s.ldap_bind_password == "s3cret-bind"
+        assert "s3cret" not in repr(s)
+
+    @pytest.mark.parametrize(("extra", "why"), [
+        ({"CALLMFA_LDAP_URL": "http://x"}, "CALLMFA_LDAP_URL must be"),
+        ({"CALLMFA_LDAP_BASE_DN": ""}, "CALLMFA_LDAP_BASE_DN is needed"),
+        ({"CALLMFA_LDAP_USER_FILTER": "uid={user}"}, "CALLMFA_LDAP_USER_FILTER"),
+        ({"CALLMFA_LDAP_USER_FILTER": "(uid=alice)"}, "CALLMFA_LDAP_USER_FILTER"),
+        ({"CALLMFA_LDAP_PHONE_ATTRIBUTES": ","}, "CALLMFA_LDAP_PHONE_ATTRIBUTES"),
+        ({"CALLMFA_LDAP_PHONE_ATTRIBUTES": "mobile;x"}, "CALLMFA_LDAP_PHONE_ATTRIBUTES"),
+        ({"CALLMFA_LDAP_TIMEOUT_S": "0"}, "CALLMFA_LDAP_TIMEOUT_S"),
+    ])
+    def test_bad_settings_are_refused(self, extra: dict[str, str], why: str) -> None:
+        with pytest.raises(SettingsError, match=why):
+            Settings.from_env({**LDAP, **extra})
+
+
+class TestLdapCache:
+    def directory(self, ttl_s: str) -> tuple[LdapDirectory, list[str]]:
+        d = LdapDirectory(Settings.from_env({**LDAP,
+                                             "CALLMFA_LDAP_CACHE_TTL_S": ttl_s}))
+        searched: list[str] = []
+
+        async def search(user: str) -> tuple[str, dict[str, list[str]]] | None:
+            searched.append(user)
+            if user == "nobody":
+                return None
+            return f"uid={user}", {"mobile": ["not a number"],
+                                   "telephoneNumber": ["(201) 555-0100"]}
+
+        d._search = search  # type: ignore[method-assign]
+        return d, searched
+
+    async def test_answers_are_cached_found_or_not(self) -> None:
+        d, searched = self.directory("300")
+        for _ in range(3):
+            alice = await d.lookup("alice")
+            assert await d.lookup("nobody") is None
+        assert alice == DirectoryEntry(user="alice", phone="+12015550100", source="ldap")
+        assert searched == ["alice", "nobody"]
+
+    async def test_ttl_zero_caches_nothing(self) -> None:
+        d, searched = self.directory("0")
+        await d.lookup("alice")
+        await d.lookup("alice")
+        assert searched == ["alice", "alice"]
+
+    async def test_an_empty_password_is_false_without_a_bind(self) -> None:
+        d, searched = self.directory("300")
+        assert await d.check_password("alice", "") is False
+        assert searched == []  # not even searched
