@@ -31,8 +31,8 @@ class Settings:
     """Everything callmfa can be told, with the defaults a single-PBX install wants.
 
     Each field is read from ``CALLMFA_<FIELD NAME IN UPPER CASE>``; the secrets
-    (``ami_secret``, ``signing_key``, ``pin_pepper``) may instead come from the file named by
-    ``CALLMFA_<NAME>_FILE``.
+    (``ami_secret``, ``signing_key``, ``pin_pepper``, ``ldap_bind_password``) may instead come
+    from the file named by ``CALLMFA_<NAME>_FILE``.
     """
 
     redis_url: str = field(
