@@ -46,7 +46,8 @@ def installed(
     wheel = build_log[0]
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
     pip = tmp / "venv" / "bin" / "pip"
-    _run(sandbox, str(pip), "install", "-q", "-c", str(LOCK), str(wheel))
+    # With the extra ldap: the sandbox has an LDAP source, which `callmfa check` binds to.
+    _run(sandbox, str(pip), "install", "-q", "-c", str(LOCK), f"{wheel}[ldap]")
     return wheel, tmp / "venv" / "bin"
 
 
