@@ -28,6 +28,7 @@ from .domain.calltoken import new_token, token_hash
 from .domain.flow import keys_are_secret
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
 from .domain.request import VerificationRequest, parse_request, peek_id
+from .domain.webhooks import parse_allowed_urls
 from .exceptions import AmiConnectError, AmiError, RequestError
 from .security import Security
 from .settings import Settings
@@ -62,6 +63,7 @@ class Originator:
         self._ami = ami
         self._results = results
         self._security = security or Security.for_redis(settings, store.redis)
+        self._callback_rules = parse_allowed_urls(settings.webhook_allowed_urls)
         self._tasks: dict[asyncio.Task[None], str] = {}  # task -> entry id
         self._stopping = asyncio.Event()
 
@@ -188,6 +190,7 @@ class Originator:
                 entry.payload or b"",
                 requested_at=entry.enqueued_at,
                 default_ttl_s=self._settings.request_ttl_s,
+                callback_rules=self._callback_rules,
             )
         except RequestError as e:
             return await self._reject(entry, e)
@@ -343,9 +346,10 @@ class Originator:
         await watch.ringing.wait()
         await self._store.event(rid, "ringing")
 
-    async def _store_outcome(self, record: OutcomeRecord) -> bool:
-        return await retrying(lambda: self._store.store_outcome(record), what="store_outcome",
-                              for_s=SETTLE_RETRY_S)
+    async def _store_outcome(self, record: OutcomeRecord, *, callback_url: str = "") -> bool:
+        return await retrying(
+            lambda: self._store.store_outcome(record, callback_url=callback_url),
+            what="store_outcome", for_s=SETTLE_RETRY_S)
 
     async def _finish(
         self,
@@ -363,7 +367,7 @@ class Originator:
             requested_at=req.requested_at, call_started_at=started, finished_at=time.time(),
             retry_after=retry_after, reason=reason,
         )
-        if await self._store_outcome(record):
+        if await self._store_outcome(record, callback_url=req.callback_url):
             _log_finished(record)
 
 
@@ -381,6 +385,8 @@ def _call_fields(req: VerificationRequest, token: str) -> dict[str, str]:
     }
     if req.match_hash:
         fields["match_hash"] = req.match_hash
+    if req.callback_url:
+        fields["callback_url"] = req.callback_url  # the outcome script sends the webhook there
     return fields
 
 

@@ -18,10 +18,12 @@ from .flow import MODES as FLOW_MODES
 from .outcome import parse_iso
 from .users import MAX_USER_CHARS as MAX_USER_CHARS
 from .users import UserNameError, normalise_user
+from .webhooks import UrlError, UrlRule, check_callback_url
 
 MODES = frozenset(FLOW_MODES)
 FIELDS = frozenset(
-    {"id", "user", "phone", "mode", "lang", "expires_at", "context", "match_hash"}
+    {"id", "user", "phone", "mode", "lang", "expires_at", "context", "match_hash",
+     "callback_url"}
 )
 MAX_REQUEST_BYTES = 8192
 MAX_CONTEXT_BYTES = 4096
@@ -52,6 +54,7 @@ class VerificationRequest:
     expires_at: float
     context: dict[str, Any] = field(default_factory=dict)
     match_hash: str = field(default="", repr=False)
+    callback_url: str = ""  # checked against CALLMFA_WEBHOOK_ALLOWED_URLS; '' for none
 
     @property
     def phone(self) -> str:
@@ -83,9 +86,14 @@ def peek_id(raw: str | bytes) -> str | None:
 
 
 def parse_request(
-    raw: str | bytes, *, requested_at: float, default_ttl_s: float
+    raw: str | bytes, *, requested_at: float, default_ttl_s: float,
+    callback_rules: tuple[UrlRule, ...] = (),
 ) -> VerificationRequest:
-    """Parse and validate one request; raise RequestError with the reason if it is bad."""
+    """Parse and validate one request; raise RequestError with the reason if it is bad.
+
+    A ``callback_url`` must fall under one of ``callback_rules``
+    (CALLMFA_WEBHOOK_ALLOWED_URLS): with none, any callback_url is refused.
+    """
     if len(raw) > MAX_REQUEST_BYTES:
         raise RequestError("too_large", f"request is over {MAX_REQUEST_BYTES} bytes")
     try:
@@ -143,6 +151,13 @@ def parse_request(
     if len(json.dumps(context)) > MAX_CONTEXT_BYTES:
         raise RequestError("invalid_context", f"context is over {MAX_CONTEXT_BYTES} bytes")
 
+    callback_url = data.get("callback_url")
+    if callback_url is not None:
+        try:
+            callback_url = check_callback_url(callback_url, callback_rules)
+        except UrlError as e:
+            raise RequestError("invalid_callback_url", str(e)) from None
+
     return VerificationRequest(
         id=rid.lower(),
         user=user,
@@ -154,4 +169,5 @@ def parse_request(
         expires_at=expires_at,
         context=context,
         match_hash=match_hash or "",
+        callback_url=callback_url or "",
     )
