@@ -54,6 +54,18 @@ class DeliveryObserver(Protocol):
         """``delivered``, ``failed`` (to be retried) or ``dead_lettered``."""
 
 
+def signed_headers(signer: Webhook, webhook_id: str, when: datetime,
+                   data: str) -> dict[str, str]:
+    """The headers of one POST of ``data``: Standard Webhooks' three, and the content type."""
+    return {
+        "content-type": "application/json",
+        "user-agent": f"callmfa/{__version__}",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": signer.sign(webhook_id, when, data),
+    }
+
+
 class WebhookSender:
     """POSTs a delivery's body to its URL, signed; 2xx is success, anything else a failure.
 
@@ -71,14 +83,7 @@ class WebhookSender:
         """One signed POST, with a fresh timestamp (receivers refuse old ones)."""
         data = envelope(d.fields.get("type", ""), d.fields.get("timestamp", ""),
                         d.fields.get("payload", "null"))
-        now = datetime.now(UTC)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": f"callmfa/{__version__}",
-            "webhook-id": d.webhook_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._signer.sign(d.webhook_id, now, data),
-        }
+        headers = signed_headers(self._signer, d.webhook_id, datetime.now(UTC), data)
         try:
             async with self._session.post(d.target, data=data.encode(), headers=headers,
                                           allow_redirects=False) as resp:
@@ -151,6 +156,11 @@ class Deliverer:
                 if "NOGROUP" in str(e):
                     with contextlib.suppress(*TRANSIENT, RedisError):
                         await self._queue.ensure_groups(audit=self.routes_audit)
+            except Exception:  # noqa: BLE001 - a bug must not stop deliveries for good
+                wait = backoff(failures, base_s=0.5, cap_s=30.0)
+                failures += 1
+                log.exception("webhooks_loop_failed", retry_in_s=round(wait, 2))
+                await asyncio.sleep(wait)
 
     async def _free_slots(self) -> int:
         await self._slots.acquire()
@@ -193,12 +203,12 @@ class Deliverer:
                 age = self._clock() - int(audit_id.split("-", 1)[0]) / 1000
                 if routed and age > s.webhook_give_up_s:
                     log.warning("security_event_too_old", audit_id=audit_id,
-                                event=entry.get("event"), age_s=round(age))
+                                audit_event=entry.get("event"), age_s=round(age))
                     routed = []
                 await self._queue.route_audit(audit_id, routed)
                 if routed:
                     log.info("security_event_queued", audit_id=audit_id,
-                             event=entry.get("event"), deliveries=len(routed))
+                             audit_event=entry.get("event"), deliveries=len(routed))
             entries = await self._queue.read_audit(consumer, 100, BLOCK_MS)
 
     async def _spawn(self, d: Delivery) -> None:
