@@ -156,7 +156,7 @@ class Deliverer:
                 if "NOGROUP" in str(e):
                     with contextlib.suppress(*TRANSIENT, RedisError):
                         await self._queue.ensure_groups(audit=self.routes_audit)
-            except Exception:  # noqa: BLE001 - a bug must not stop deliveries for good
+            except Exception:  # a bug must not stop deliveries for good: logged, retried
                 wait = backoff(failures, base_s=0.5, cap_s=30.0)
                 failures += 1
                 log.exception("webhooks_loop_failed", retry_in_s=round(wait, 2))

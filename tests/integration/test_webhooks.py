@@ -229,13 +229,17 @@ class TestSecurityEvents:
             await eventually(lambda: _drained(w.queue), what="the queue to empty")
         body = receiver.received[0].body
         assert body["type"] == "security.fraud_reported"
-        assert body["data"]["user"] == "alice" and body["data"]["id"] == rid
+        assert body["data"]["user"] == "alice"
+        assert body["data"]["id"] == rid
         msg = mail.messages[0]
-        assert "fraud" in msg["Subject"] and "alice" in msg["Subject"]
+        assert "fraud" in msg["Subject"]
+        assert "alice" in msg["Subject"]
         assert mail.box.envelopes[0] == ("callmfa@example.com",
                                          ["sec@example.com", "soc@example.com"])
         text = msg.get_content()
-        assert rid in text and "+120•••0100" in text and "callmfa unblock alice" in text
+        assert rid in text
+        assert "+120•••0100" in text
+        assert "callmfa unblock alice" in text
         assert w.count("email", "delivered") == 1
 
     async def test_bypass_used_and_pin_lockout_are_sent_and_e_mailed_when_asked(
