@@ -40,6 +40,7 @@ class WebhookReceiver:
     attempts: int = 0
     refused: int = 0  # bad signatures
     received: list[Received] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -49,7 +50,7 @@ class WebhookReceiver:
 
     async def start(self, port: int = 0) -> WebhookReceiver:
         app = web.Application()
-        app.router.add_post("/hook", self._handle)
+        app.router.add_post("/{path:.*}", self._handle)  # any path: callbacks have their own
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -63,6 +64,7 @@ class WebhookReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.attempts += 1
+        self.paths.append(request.path)
         data = await request.text()
         if self.attempts <= self.fail_first:
             return web.Response(status=503, text="down")

@@ -158,11 +158,16 @@ class TestOutcomeWebhook:
             assert refused is not None
             assert (refused.outcome, refused.detail) == (Outcome.REJECTED,
                                                          "invalid_callback_url")
+            expired = await client.wait(good, 20)
+            assert expired is not None
+            assert expired.outcome is Outcome.EXPIRED
             await eventually(lambda: len(callback.received) == 1, timeout_s=10,
                              what="the callback")
             await eventually(lambda: _queue_empty(sandbox), timeout_s=10, what="the queue")
             assert callback.received[0].body["data"]["id"] == good
             assert callback.received[0].body["data"]["outcome"] == "expired"
+            assert callback.paths == ["/cb"]
+            assert "/steal" not in receiver.paths
             # The refusal's own outcome goes to the default URL, never to the URL refused.
             assert [r.body["data"]["id"] for r in receiver.received] == [evil]
         finally:
