@@ -14,6 +14,7 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.fronts.alerts import MailSender
 from ivr.fronts.webhooks import Deliverer, Sender, WebhookSender, http_session
 from ivr.metrics import Metrics
+from ivr.ops.doctor import Status, _webhooks_state
 from ivr.settings import Settings
 from ivr.storage.guard import Guard, Limits
 from ivr.storage.keys import AUDIT, AUDIT_GROUP, WEBHOOK_DEAD, WEBHOOKS, fraud_report_args
@@ -188,6 +189,13 @@ class TestOutcomeWebhooks:
         assert letter["type"] == "verification.finished"
         await w.metrics.refresh_queue(redis)
         assert w.metrics.registry.get_sample_value("callmfa_webhooks_dead_letters") == 1
+        # `callmfa check` shows it, with what to do.
+        check = await _webhooks_state(redis, s)
+        assert check.status is Status.WARN
+        assert "1 dead-lettered" in check.message
+        assert "http_503" in check.message
+        assert check.fix is not None
+        assert WEBHOOK_DEAD in check.fix
 
     async def test_an_unreachable_receiver_is_retried(
             self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver) -> None:
