@@ -102,7 +102,8 @@ class Deliverer:
     def __init__(self, settings: Settings, queue: DeliveryQueue,
                  senders: Mapping[str, Sender], *,
                  observer: DeliveryObserver | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 reclaim_idle_s: float | None = None) -> None:
         self._s = settings
         self._queue = queue
         self._senders = senders
@@ -114,8 +115,11 @@ class Deliverer:
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._attempts: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        # A first attempt still unsettled after this long was lost with its process.
-        self._reclaim_idle_ms = int((settings.webhook_timeout_s * 2 + 30) * 1000)
+        # A first attempt (or an audit entry) still unsettled after this long was lost with
+        # its process: another takes it over.
+        if reclaim_idle_s is None:
+            reclaim_idle_s = settings.webhook_timeout_s * 2 + 30
+        self._reclaim_idle_ms = int(reclaim_idle_s * 1000)
 
     @property
     def routes_audit(self) -> bool:
@@ -194,8 +198,14 @@ class Deliverer:
     async def _read_audit(self) -> None:
         s = self._s
         consumer = s.consumer
-        entries = await self._queue.reclaim_audit(consumer, self._reclaim_idle_ms, 100)
+        next_reclaim = 0.0
         while True:
+            entries = []
+            if time.monotonic() >= next_reclaim:
+                entries = await self._queue.reclaim_audit(consumer, self._reclaim_idle_ms, 100)
+                next_reclaim = time.monotonic() + self._reclaim_idle_ms / 2000
+            if not entries:
+                entries = await self._queue.read_audit(consumer, 100, BLOCK_MS)
             for audit_id, entry in entries:
                 routed = security_deliveries(audit_id, entry, url=s.security_url,
                                              recipients=s.alert_recipients,
@@ -209,7 +219,6 @@ class Deliverer:
                 if routed:
                     log.info("security_event_queued", audit_id=audit_id,
                              audit_event=entry.get("event"), deliveries=len(routed))
-            entries = await self._queue.read_audit(consumer, 100, BLOCK_MS)
 
     async def _spawn(self, d: Delivery) -> None:
         await self._slots.acquire()

@@ -44,8 +44,10 @@ def _settings(redis_server: RedisServer, **env: str) -> Settings:
 class Worker:
     """One delivery worker as `callmfa serve` runs it (its own HTTP session)."""
 
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: Redis,
+                 reclaim_idle_s: float | None = None) -> None:
         self.settings = settings
+        self.reclaim_idle_s = reclaim_idle_s
         self.queue = DeliveryQueue(redis)
         self.metrics = Metrics()
         self.deliverer: Deliverer | None = None
@@ -54,7 +56,8 @@ class Worker:
         self.session = http_session(self.settings)
         senders: dict[str, Sender] = {"webhook": WebhookSender(self.session, SECRET),
                                       "email": MailSender(self.settings)}
-        self.deliverer = Deliverer(self.settings, self.queue, senders, observer=self.metrics)
+        self.deliverer = Deliverer(self.settings, self.queue, senders, observer=self.metrics,
+                                   reclaim_idle_s=self.reclaim_idle_s)
         await self.deliverer.start()
         return self
 
@@ -138,6 +141,21 @@ class TestOutcomeWebhooks:
         assert second.count("webhook", "delivered") == 1
         assert await redis.hlen("callmfa:webhooks:failures") == 0
         assert await redis.zcard("callmfa:webhooks:retry") == 0
+
+    async def test_a_first_attempt_lost_with_its_process_is_taken_over(
+            self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver) -> None:
+        s = _settings(redis_server, CALLMFA_WEBHOOK_URL=receiver.url)
+        store = await _store(redis, receiver.url)
+        record = _record()
+        await store.store_outcome(record)
+        queue = DeliveryQueue(redis)
+        await queue.ensure_groups(audit=False)
+        # A process read it and died before it settled it (no ack, no retry scheduled).
+        assert len(await queue.read_new("crashed-1", 10, 0)) == 1
+        async with Worker(s, redis, reclaim_idle_s=0.2) as w:
+            await eventually(lambda: len(receiver.received) == 1, what="the taken-over webhook")
+            await eventually(lambda: _drained(w.queue), what="the queue to empty")
+        assert receiver.received[0].body["data"]["id"] == record.id
 
     async def test_the_requests_callback_url_wins_over_the_default(
             self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver) -> None:
