@@ -199,3 +199,32 @@ class TestFraudAlert:
         assert ports.mail.box.envelopes[-1] == ("callmfa@example.com",
                                                 ["security@example.com"])
         assert p.wait(20) == 0, p.errors()
+
+
+class TestClassicScript:
+    async def test_the_classic_scripts_outcome_is_sent_too(
+            self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory,
+            ports: Ports, receiver: WebhookReceiver) -> None:
+        """The classic AGI script (one process per call, its own settings) stores the outcome
+        with the same script, so its webhook is queued in the same step."""
+        # The classic script's settings file is written when the sandbox's Asterisk starts:
+        # give it this module's webhook settings for the test, and put it back after.
+        env_file = (Path(sandbox.env["CALLMFA_ASTERISK_ROOT"]) / "etc" /
+                    f"asterisk-{sandbox.netns}" / "callmfa.env")
+        original = env_file.read_text()
+        env_file.write_text(original + "".join(f"export {k}={v}\n"
+                                               for k, v in ports.env().items()))
+        await asyncio.to_thread(restart_serve, sandbox, CALLMFA_AGI_MODE="classic",
+                                **ports.env())
+        try:
+            p = phone(keys="#")
+            record = await client.verify(user="alice", phone=PHONE, timeout_s=40)
+            assert record is not None
+            assert record.outcome is Outcome.APPROVED
+            await eventually(lambda: len(receiver.of_type("verification.finished")) == 1,
+                             timeout_s=10, what="the classic outcome's webhook")
+            assert receiver.received[0].body["data"]["id"] == record.id
+            assert p.wait(20) == 0, p.errors()
+        finally:
+            env_file.write_text(original)
+            await asyncio.to_thread(restart_serve, sandbox, **ports.env())
