@@ -7,14 +7,17 @@ network or a Redis (docs/webhooks.md).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
 MAX_URL_CHARS = 2048
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _LOOPBACK_NAMES = frozenset({"localhost"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -150,7 +153,13 @@ class Backoff:
 
 
 def outcome_webhook_id(rid: str, finished_at_ms: int) -> str:
-    """The ``webhook-id`` of an outcome: the same on every retry, new for a reused id."""
+    """The ``webhook-id`` of an outcome: the same on every retry, new for a reused id.
+
+    A ``rejected`` outcome's id is whatever the request said: one that is not plain
+    letters, digits and ``-_.:`` is replaced by its hash, so that it is a safe header.
+    """
+    if not _SAFE_ID.fullmatch(rid):
+        rid = "h" + hashlib.sha256(rid.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"msg_{rid}_{finished_at_ms}"
 
 

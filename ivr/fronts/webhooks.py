@@ -246,6 +246,10 @@ class Deliverer:
             except (DeliveryError, TimeoutError) as e:
                 await self._failed(d, str(e) or "timeout")
                 return
+            except Exception as e:  # a bad entry must fail, retry and dead-letter, not stick
+                log.exception("webhook_attempt_crashed")
+                await self._failed(d, f"{type(e).__name__}: {e}"[:200])
+                return
             await retrying(lambda: self._queue.delivered(d), what="webhook_delivered",
                            for_s=BOOKKEEPING_RETRY_S)
             log.info("webhook_delivered", attempts=d.failures + 1, type=d.fields.get("type"),

@@ -19,7 +19,7 @@ from ivr.settings import Settings
 from ivr.storage.guard import Guard, Limits
 from ivr.storage.keys import AUDIT, AUDIT_GROUP, WEBHOOK_DEAD, WEBHOOKS, fraud_report_args
 from ivr.storage.store import Store, call_key
-from ivr.storage.webhooks import DeliveryQueue
+from ivr.storage.webhooks import Delivery, DeliveryQueue
 
 from ..conftest import RedisServer
 from ..webhook_receiver import MailCatcher, WebhookReceiver
@@ -225,6 +225,30 @@ class TestOutcomeWebhooks:
             await store.store_outcome(_record())
             await eventually(lambda: w.count("webhook", "failed") >= 2, what="retries")
         assert await redis.zcard("callmfa:webhooks:retry") == 1
+
+
+class _Broken:
+    async def send(self, d: Delivery) -> None:
+        raise RuntimeError("a bug")
+
+
+async def test_a_sender_that_crashes_fails_the_attempt_and_is_dead_lettered_in_the_end(
+        redis: Redis, redis_server: RedisServer) -> None:
+    """A bug (or a poisonous entry) never leaves a delivery stuck: it is retried, then
+    given up on, like any failure."""
+    s = _settings(redis_server, CALLMFA_WEBHOOK_URL="https://h.example/",
+                  CALLMFA_WEBHOOK_GIVE_UP_S="0.5")
+    store = await _store(redis, s.webhook_url)
+    deliverer = Deliverer(s, DeliveryQueue(redis), {"webhook": _Broken()})
+    await deliverer.start()
+    try:
+        await store.store_outcome(_record())
+        await eventually(lambda: _dead(redis), timeout_s=10, what="the dead letter")
+    finally:
+        await deliverer.stop(1.0)
+    letter = (await DeliveryQueue(redis).dead_letters())[0]
+    assert letter["error"] == "RuntimeError: a bug"
+    assert await redis.xlen(WEBHOOKS) == 0
 
 
 async def _dead(redis: Redis) -> bool:

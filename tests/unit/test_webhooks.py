@@ -18,6 +18,7 @@ from ivr.domain.webhooks import (
     envelope,
     fraud_alert,
     mask_phone,
+    outcome_webhook_id,
     parse_allowed_urls,
     security_deliveries,
     security_type,
@@ -145,6 +146,15 @@ class TestRequest:
             self._parse(callback_url=url)
         assert e.value.detail == "invalid_callback_url"
         assert "callback_url" in e.value.message or "webhook URL" in e.value.message
+
+
+class TestWebhookIds:
+    def test_an_outcomes_id_is_stable_and_a_hostile_one_is_hashed(self) -> None:
+        assert outcome_webhook_id(RID, 5) == f"msg_{RID}_5"
+        odd = outcome_webhook_id("é\u2028 x", 5)
+        assert odd.startswith("msg_h")
+        assert odd.isascii()
+        assert odd == outcome_webhook_id("é\u2028 x", 5)
 
 
 class TestMessages:
