@@ -16,10 +16,13 @@ import gc
 import json
 import signal
 
+import aiohttp
 import structlog
 from redis.exceptions import RedisError
 
 from .exceptions import IvrError, SettingsError
+from .fronts.alerts import MailSender
+from .fronts.webhooks import Deliverer, Sender, WebhookSender, http_session
 from .log import configure
 from .metrics import Metrics, metrics_route
 from .ops.probe import PROBE_ROUTE, AgiProbe
@@ -31,6 +34,7 @@ from .storage.directory import open_directory
 from .storage.results import ResultListener
 from .storage.store import Store, connect
 from .storage.users import normalise_stored_users
+from .storage.webhooks import DeliveryQueue
 from .tasks import cancel_and_wait
 from .transport.ami import AmiClient
 from .transport.ami_pool import AmiPool
@@ -60,6 +64,7 @@ class Service:
         self.store = Store(
             self.redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
             observer=self.metrics, signing_key=settings.signing_key.encode(),
+            webhook_url=settings.webhook_url,
         )
         security = Security.for_redis(settings, self.redis, observer=self.metrics)
         self.results = ResultListener(self.redis)
@@ -87,6 +92,14 @@ class Service:
             Originator(settings, self.store, self.pool, self.results, security, self.directory)
             if self.pool else None
         )
+        # Webhooks and alert e-mails go out from every serve with the originator role (or
+        # the webhooks role alone), once somewhere to send them is set.
+        self.deliveries = (
+            DeliveryQueue(self.redis)
+            if (settings.webhooks_configured or settings.alert_recipients)
+            and roles & {"originator", "webhooks"} else None
+        )
+        self.deliverer: Deliverer | None = None
         originator, agi = self.originator, self.agi
         self.metrics.in_flight.set_function(lambda: originator.in_flight if originator else 0)
         self.metrics.agi_sessions.set_function(lambda: agi.active_sessions if agi else 0)
@@ -146,6 +159,7 @@ class Service:
         """Start every part, serve until ``stop``, then shut down in order."""
         s = self.settings
         running: asyncio.Task[None] | None = None
+        session: aiohttp.ClientSession | None = None
         http = [h for h in self.http if h is not None]
         try:
             await asyncio.wait_for(self.redis.ping(), s.connect_timeout_s)
@@ -160,6 +174,13 @@ class Service:
             # Start-up objects (modules, settings, clients) live as long as the process: keep
             # them out of the collector's full passes, which otherwise stall calls for ~30 ms.
             gc.freeze()
+            if self.deliveries is not None:
+                session = http_session(s)
+                senders: dict[str, Sender] = {"email": MailSender(s)}
+                if s.webhook_secret:
+                    senders["webhook"] = WebhookSender(session, s.webhook_secret)
+                self.deliverer = Deliverer(s, self.deliveries, senders, observer=self.metrics)
+                await self.deliverer.start()
             if self.originator is not None:
                 running = asyncio.create_task(self.originator.run(), name="originator")
             if self.agi is not None and not s.pin_pepper:
@@ -182,6 +203,10 @@ class Service:
         finally:
             if running is not None:
                 await cancel_and_wait(running)
+            if self.deliverer is not None:
+                await self.deliverer.stop(min(s.shutdown_grace_s, s.webhook_timeout_s))
+            if session is not None:
+                await session.close()
             for server in http:
                 await server.close()
             if self.pool is not None:

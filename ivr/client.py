@@ -118,9 +118,13 @@ class VerificationClient:
         context: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         match_number: str | None = None,
+        callback_url: str | None = None,
     ) -> str:
         """Queue a verification; returns its id (ValueError if the request would be over
         ``MAX_REQUEST_BYTES``, which callmfa rejects).
+
+        ``callback_url``: where callmfa POSTs the outcome as a signed webhook (it must be
+        under CALLMFA_WEBHOOK_ALLOWED_URLS).
 
         ``match_number`` (mode ``match``): the number the sign-in page shows; only its
         salted hash is sent.
@@ -137,6 +141,8 @@ class VerificationClient:
         request["context"] = dict(context or {})
         if match_number is not None:
             request["match_hash"] = hash_code(match_number)
+        if callback_url is not None:
+            request["callback_url"] = callback_url
         if expires_in_s is not None:
             request["expires_at"] = iso(time.time() + expires_in_s)
         payload = json.dumps(request)

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from . import __version__
 from .domain.outcome import Outcome, OutcomeRecord
+from .storage.keys import WEBHOOK_DEAD, WEBHOOKS
 from .storage.store import queue_state
 
 log = structlog.get_logger("ivr.metrics")
@@ -113,6 +114,29 @@ class Metrics:
             registry=r,
         )
 
+        self.deliveries = Counter(
+            "callmfa_webhook_attempts",
+            "Webhook and alert e-mail attempts, by channel (webhook, email) and result "
+            "(delivered; failed, to be retried; dead_lettered, given up).",
+            ["channel", "result"], registry=r,
+        )
+        for channel in ("webhook", "email"):
+            for result in ("delivered", "failed", "dead_lettered"):
+                self.deliveries.labels(channel, result)
+        self.deliveries_pending = Gauge(
+            "callmfa_webhooks_pending",
+            "Webhooks and alert e-mails not yet delivered nor given up (XLEN callmfa:webhooks).",
+            registry=r,
+        )
+        self.deliveries_dead = Gauge(
+            "callmfa_webhooks_dead_letters",
+            "Webhooks and alert e-mails given up on (XLEN callmfa:webhooks:dead).", registry=r,
+        )
+
+    def delivery_settled(self, channel: str, result: str) -> None:
+        """A webhook or e-mail attempt ended: delivered, failed or dead_lettered."""
+        self.deliveries.labels(channel, result).inc()
+
     def event_added(self, name: str) -> None:
         """A progress event was written; ``dialing`` means a call was placed."""
         self.progress_events.labels(name).inc()
@@ -148,6 +172,12 @@ class Metrics:
         self.queue_length.set(state.length)
         self.queue_lag.set(state.lag)
         self.queue_pending.set(state.pending)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(WEBHOOKS)
+            pipe.xlen(WEBHOOK_DEAD)
+            pending, dead = await pipe.execute()
+        self.deliveries_pending.set(pending)
+        self.deliveries_dead.set(dead)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""

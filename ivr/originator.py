@@ -30,6 +30,7 @@ from .domain.fallback import resolve
 from .domain.flow import keys_are_secret
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
 from .domain.request import VerificationRequest, parse_fields, peek_id, request_fields
+from .domain.webhooks import parse_allowed_urls
 from .exceptions import AmiConnectError, AmiError, DirectoryError, RequestError
 from .security import Security
 from .settings import Settings
@@ -66,6 +67,7 @@ class Originator:
         self._ami = ami
         self._results = results
         self._security = security or Security.for_redis(settings, store.redis)
+        self._callback_rules = parse_allowed_urls(settings.webhook_allowed_urls)
         self._tasks: dict[asyncio.Task[None], str] = {}  # task -> entry id
         self._stopping = asyncio.Event()
 
@@ -191,7 +193,8 @@ class Originator:
             # A request without a phone takes the directory's (docs/contract.md).
             fields = await resolve(request_fields(entry.payload or b""), self._directory)
             req = parse_fields(fields, requested_at=entry.enqueued_at,
-                               default_ttl_s=self._settings.request_ttl_s)
+                               default_ttl_s=self._settings.request_ttl_s,
+                               callback_rules=self._callback_rules)
         except RequestError as e:
             return await self._reject(entry, Outcome.REJECTED, e.detail, e.message)
         except DirectoryError as e:
@@ -351,9 +354,10 @@ class Originator:
         await watch.ringing.wait()
         await self._store.event(rid, "ringing")
 
-    async def _store_outcome(self, record: OutcomeRecord) -> bool:
-        return await retrying(lambda: self._store.store_outcome(record), what="store_outcome",
-                              for_s=SETTLE_RETRY_S)
+    async def _store_outcome(self, record: OutcomeRecord, *, callback_url: str = "") -> bool:
+        return await retrying(
+            lambda: self._store.store_outcome(record, callback_url=callback_url),
+            what="store_outcome", for_s=SETTLE_RETRY_S)
 
     async def _finish(
         self,
@@ -371,7 +375,7 @@ class Originator:
             requested_at=req.requested_at, call_started_at=started, finished_at=time.time(),
             retry_after=retry_after, reason=reason,
         )
-        if await self._store_outcome(record):
+        if await self._store_outcome(record, callback_url=req.callback_url):
             _log_finished(record)
 
 
@@ -389,6 +393,8 @@ def _call_fields(req: VerificationRequest, token: str) -> dict[str, str]:
     }
     if req.match_hash:
         fields["match_hash"] = req.match_hash
+    if req.callback_url:
+        fields["callback_url"] = req.callback_url  # the outcome script sends the webhook there
     return fields
 
 

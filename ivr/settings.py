@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import os
@@ -13,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from .domain.policy import parse_number_types, parse_prefixes, parse_regions
+from .domain.webhooks import SECURITY_TYPES, UrlError, check_url, parse_allowed_urls
 from .exceptions import SettingsError
 
 ENV_PREFIX = "CALLMFA_"
 MIN_SIGNING_KEY_BYTES = 32
 # Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
 MIN_PEPPER_BYTES = 32
-SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password")
+SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password", "webhook_secret",
+           "smtp_password")
 
 
 def _default_consumer() -> str:
@@ -106,7 +109,8 @@ class Settings:
     )
     roles: str = field(
         default="originator,agi",
-        metadata={"doc": "What `callmfa serve` runs: originator, agi, or both."},
+        metadata={"doc": "What `callmfa serve` runs: originator, agi, or both; webhooks: "
+                  "only the webhook and alert sender (which also runs with the originator)."},
     )
     health_host: str = field(default="127.0.0.1", metadata={"doc": "/healthz listen address."})
     health_port: int = field(
@@ -261,6 +265,78 @@ class Settings:
         default=90 * 86400,
         metadata={"doc": "How long 0# (fraud_reported) blocks the user (default 90 days)."},
     )
+    # Webhooks and alert e-mails (docs/webhooks.md).
+    webhook_url: str = field(
+        default="",
+        metadata={"doc": "Where every outcome is POSTed (a request's callback_url wins), "
+                  "signed as Standard Webhooks: https://..., or http:// to a loopback host."},
+    )
+    security_webhook_url: str = field(
+        default="",
+        metadata={"doc": "Where security events (fraud report, block, bypass used, PIN "
+                  "lockout) are POSTed; empty: CALLMFA_WEBHOOK_URL."},
+    )
+    webhook_allowed_urls: str = field(
+        default="",
+        metadata={"doc": "URL prefixes a request's callback_url must fall under, "
+                  "comma-separated (https://hooks.example.com/mfa/, https://*.example.com/); "
+                  "empty: callback_url is refused."},
+    )
+    webhook_secret: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "The Standard Webhooks signing secret, whsec_<base64 of 24 to 64 "
+                  "bytes>; or CALLMFA_WEBHOOK_SECRET_FILE. Required when a webhook URL is set."},
+    )
+    webhook_timeout_s: float = field(
+        default=10.0,
+        metadata={"doc": "Timeout of one webhook POST or alert e-mail, connecting included."},
+    )
+    webhook_backoff_base_s: float = field(
+        default=5.0,
+        metadata={"doc": "The first retry's delay; each further one doubles (jittered), up to "
+                  "CALLMFA_WEBHOOK_BACKOFF_MAX_S."},
+    )
+    webhook_backoff_max_s: float = field(
+        default=3600.0, metadata={"doc": "The longest delay between two delivery attempts."}
+    )
+    webhook_give_up_s: float = field(
+        default=86400.0,
+        metadata={"doc": "How long a webhook or alert is retried before it is dead-lettered "
+                  "(callmfa:webhooks:dead)."},
+    )
+    webhook_concurrency: int = field(
+        default=16, metadata={"doc": "Deliveries in flight at once per `callmfa serve`."}
+    )
+    alert_email: str = field(
+        default="",
+        metadata={"doc": "Who gets the fraud alert e-mails, comma-separated; empty: none."},
+    )
+    alert_events: str = field(
+        default="fraud_reported",
+        metadata={"doc": "Which security events are e-mailed: fraud_reported, pin_locked_out, "
+                  "blocked, bypass_used (comma-separated)."},
+    )
+    smtp_host: str = field(default="localhost", metadata={"doc": "SMTP server for alerts."})
+    smtp_port: int = field(
+        default=587, metadata={"doc": "SMTP port (587 with STARTTLS, 465 with tls, 25)."}
+    )
+    smtp_starttls: str = field(
+        default="on",
+        metadata={"doc": "on (STARTTLS, required), tls (TLS from the start, port 465) or off "
+                  "(plain; a relay on this host only)."},
+    )
+    smtp_user: str = field(
+        default="", metadata={"doc": "SMTP user name; empty: no authentication."}
+    )
+    smtp_password: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "SMTP password; or CALLMFA_SMTP_PASSWORD_FILE."},
+    )
+    smtp_from: str = field(
+        default="callmfa@localhost", metadata={"doc": "The alert e-mails' From address."}
+    )
     signing_key: str = field(
         default="",
         repr=False,
@@ -301,8 +377,8 @@ class Settings:
             raise SettingsError("CALLMFA_EVENT_LOOP must be asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
-        if not set(self.role_set) <= {"originator", "agi"} or not self.role_set:
-            raise SettingsError("CALLMFA_ROLES must name originator, agi or both")
+        if not set(self.role_set) <= {"originator", "agi", "webhooks"} or not self.role_set:
+            raise SettingsError("CALLMFA_ROLES must name originator, agi, webhooks or several")
         for host, port in self.asterisks:
             if not host or not 0 < port < 65536:
                 raise SettingsError(f"CALLMFA_AMI_ENDPOINTS: bad endpoint {host}:{port}")
@@ -366,6 +442,67 @@ class Settings:
             raise SettingsError(f"CALLMFA_AGI_ALLOWED_PEERS: {e}") from None
         if self.insecure_unsigned not in (0, 1):
             raise SettingsError("CALLMFA_INSECURE_UNSIGNED must be 0 or 1")
+        self._check_webhooks()
+
+    def _check_webhooks(self) -> None:
+        for name in ("webhook_url", "security_webhook_url"):
+            if getattr(self, name):
+                try:
+                    check_url(getattr(self, name))
+                except UrlError as e:
+                    raise SettingsError(f"CALLMFA_{name.upper()}: {e}") from None
+        try:
+            parse_allowed_urls(self.webhook_allowed_urls)
+        except UrlError as e:
+            raise SettingsError(f"CALLMFA_WEBHOOK_ALLOWED_URLS: {e}") from None
+        if self.webhooks_configured:
+            try:
+                secret = base64.b64decode(self.webhook_secret.removeprefix("whsec_"),
+                                          validate=True)
+            except ValueError:
+                secret = b""
+            if not self.webhook_secret.startswith("whsec_") or not 24 <= len(secret) <= 64:
+                raise SettingsError(
+                    "CALLMFA_WEBHOOK_SECRET must be whsec_ and the base64 of 24 to 64 random "
+                    "bytes (e.g. echo whsec_$(head -c 32 /dev/urandom | base64)); it is needed "
+                    "as soon as a webhook URL is set")
+        for name in ("webhook_timeout_s", "webhook_backoff_base_s", "webhook_backoff_max_s",
+                     "webhook_give_up_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"CALLMFA_{name.upper()} must be more than 0")
+        if self.webhook_concurrency < 1:
+            raise SettingsError("CALLMFA_WEBHOOK_CONCURRENCY must be at least 1")
+        unknown = set(self.alert_event_set) - set(SECURITY_TYPES)
+        if unknown:
+            raise SettingsError(f"CALLMFA_ALERT_EVENTS: unknown event(s) {sorted(unknown)}; "
+                                f"known: {', '.join(SECURITY_TYPES)}")
+        if self.smtp_starttls not in ("on", "tls", "off"):
+            raise SettingsError("CALLMFA_SMTP_STARTTLS must be on, tls or off")
+        if not 0 < self.smtp_port < 65536:
+            raise SettingsError("CALLMFA_SMTP_PORT must be 1 to 65535")
+        for name in ("alert_email", "smtp_from", "smtp_host", "smtp_user"):
+            if any(c in getattr(self, name) for c in "\r\n\0"):
+                raise SettingsError(f"CALLMFA_{name.upper()} must not contain CR, LF or NUL")
+
+    @property
+    def webhooks_configured(self) -> bool:
+        """Whether any webhook may be sent (a URL, or callback URLs allowed)."""
+        return bool(self.webhook_url or self.security_webhook_url or self.webhook_allowed_urls)
+
+    @property
+    def security_url(self) -> str:
+        """Where security events are POSTed ('' for nowhere)."""
+        return self.security_webhook_url or self.webhook_url
+
+    @property
+    def alert_event_set(self) -> frozenset[str]:
+        """The security events that are e-mailed."""
+        return frozenset(e.strip() for e in self.alert_events.split(",") if e.strip())
+
+    @property
+    def alert_recipients(self) -> tuple[str, ...]:
+        """CALLMFA_ALERT_EMAIL as addresses."""
+        return tuple(a.strip() for a in self.alert_email.split(",") if a.strip())
 
     def signing_refusal(self) -> str | None:
         """Why outcomes would not be signed as they must be (for ``callmfa serve`` and

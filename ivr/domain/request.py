@@ -19,10 +19,12 @@ from .flow import MODES as FLOW_MODES
 from .outcome import parse_iso
 from .users import MAX_USER_CHARS as MAX_USER_CHARS
 from .users import UserNameError, normalise_user
+from .webhooks import UrlError, UrlRule, check_callback_url
 
 MODES = frozenset(FLOW_MODES)
 FIELDS = frozenset(
-    {"id", "user", "phone", "mode", "lang", "expires_at", "context", "match_hash"}
+    {"id", "user", "phone", "mode", "lang", "expires_at", "context", "match_hash",
+     "callback_url"}
 )
 MAX_REQUEST_BYTES = 8192
 MAX_CONTEXT_BYTES = 4096
@@ -53,6 +55,7 @@ class VerificationRequest:
     expires_at: float
     context: dict[str, Any] = field(default_factory=dict)
     match_hash: str = field(default="", repr=False)
+    callback_url: str = ""  # checked against CALLMFA_WEBHOOK_ALLOWED_URLS; '' for none
 
     @property
     def phone(self) -> str:
@@ -99,11 +102,16 @@ def check_lang(lang: object) -> str:
 
 
 def parse_request(
-    raw: str | bytes, *, requested_at: float, default_ttl_s: float
+    raw: str | bytes, *, requested_at: float, default_ttl_s: float,
+    callback_rules: tuple[UrlRule, ...] = (),
 ) -> VerificationRequest:
-    """Parse and validate one request; raise RequestError with the reason if it is bad."""
+    """Parse and validate one request; raise RequestError with the reason if it is bad.
+
+    A ``callback_url`` must fall under one of ``callback_rules``
+    (CALLMFA_WEBHOOK_ALLOWED_URLS): with none, any callback_url is refused.
+    """
     return parse_fields(request_fields(raw), requested_at=requested_at,
-                        default_ttl_s=default_ttl_s)
+                        default_ttl_s=default_ttl_s, callback_rules=callback_rules)
 
 
 def request_fields(raw: str | bytes) -> dict[str, Any]:
@@ -121,7 +129,8 @@ def request_fields(raw: str | bytes) -> dict[str, Any]:
 
 
 def parse_fields(
-    data: Mapping[str, Any], *, requested_at: float, default_ttl_s: float
+    data: Mapping[str, Any], *, requested_at: float, default_ttl_s: float,
+    callback_rules: tuple[UrlRule, ...] = (),
 ) -> VerificationRequest:
     """Validate a request's fields (:func:`request_fields`); RequestError if one is bad."""
     unknown = set(data) - FIELDS
@@ -169,6 +178,13 @@ def parse_fields(
     if len(json.dumps(context)) > MAX_CONTEXT_BYTES:
         raise RequestError("invalid_context", f"context is over {MAX_CONTEXT_BYTES} bytes")
 
+    callback_url = data.get("callback_url")
+    if callback_url is not None:
+        try:
+            callback_url = check_callback_url(callback_url, callback_rules)
+        except UrlError as e:
+            raise RequestError("invalid_callback_url", str(e)) from None
+
     return VerificationRequest(
         id=rid.lower(),
         user=user,
@@ -180,4 +196,5 @@ def parse_fields(
         expires_at=expires_at,
         context=context,
         match_hash=match_hash or "",
+        callback_url=callback_url or "",
     )

@@ -37,8 +37,9 @@ from ..exceptions import (
 from ..settings import Settings
 from ..storage.acl import SERVICE
 from ..storage.directory import LocalDirectory
-from ..storage.keys import STORE_OUTCOME
+from ..storage.keys import STORE_OUTCOME, WEBHOOK_DEAD
 from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
+from ..storage.webhooks import DeliveryQueue
 from ..transport.ami import AmiClient
 from .dialcheck import policy_summary
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
@@ -331,6 +332,7 @@ async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
             yield CheckResult("redis", Status.OK,
                               f"{url} reachable; the ACL allows the commands tried")
         yield await _queue_state(redis)
+        yield await _webhooks_state(redis, settings)
     finally:
         await redis.aclose()
 
@@ -376,6 +378,33 @@ async def _queue_state(redis: Redis) -> CheckResult:
         "queue", Status.OK,
         f"{REQUESTS}: {state.length} entries, {state.lag} waiting, {state.pending} "
         f"being worked on, {state.consumers} consumer(s) known")
+
+
+async def _webhooks_state(redis: Redis, settings: Settings) -> CheckResult:
+    """Webhook and alert deliveries: where they go, what waits, what was given up on."""
+    queue = DeliveryQueue(redis)
+    figures = await queue.figures()
+    where = []
+    if settings.webhook_url:
+        where.append(f"outcomes to {settings.webhook_url.split('?', 1)[0]}")
+    if settings.webhook_allowed_urls:
+        where.append("callback_url allowed")
+    if settings.security_url:
+        where.append(f"security events to {settings.security_url.split('?', 1)[0]}")
+    if settings.alert_recipients:
+        where.append(f"alert e-mails to {len(settings.alert_recipients)} recipient(s) "
+                     f"via {settings.smtp_host}:{settings.smtp_port}")
+    summary = (f"{'; '.join(where) or 'none configured'}; {figures.pending} pending "
+               f"({figures.scheduled} waiting to retry), {figures.dead} dead-lettered")
+    if figures.dead:
+        latest = (await queue.dead_letters(1))[0]
+        return CheckResult(
+            "webhooks", Status.WARN,
+            f"{summary}; the latest: {latest.get('type')} to "
+            f"{latest.get('target', '').split('?', 1)[0]} after {latest.get('attempts')} "
+            f"attempts ({latest.get('error')})",
+            f"fix the receiver, then read them with XRANGE {WEBHOOK_DEAD} - + (docs/webhooks.md)")
+    return CheckResult("webhooks", Status.OK, summary)
 
 
 # --- AMI and the probe -----------------------------------------------------------------

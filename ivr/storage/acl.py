@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .keys import AUDIT, EVENTS, GROUP, REQUESTS, RESULTS_CHANNEL, SECURITY_CHANNEL
+from .keys import (
+    AUDIT,
+    EVENTS,
+    GROUP,
+    REQUESTS,
+    RESULTS_CHANNEL,
+    SECURITY_CHANNEL,
+    WEBHOOK_FAILURES,
+    WEBHOOK_GROUP,
+    WEBHOOK_RETRY,
+    WEBHOOKS,
+)
 
 _SHA = "0" * 40  # any SHA1: DRYRUN checks the permission, it does not run the script
 
@@ -87,6 +98,11 @@ SERVICE: tuple[Needed, ...] = (
     _n("exec"),
     _n("xpending", REQUESTS, GROUP, "-", "+", "10"),
     _n("xclaim", REQUESTS, GROUP, "c", "0", "0-1"),
+    # Webhook and alert deliveries (ivr.storage.webhooks): first attempts taken over from a
+    # dead process, the retry schedule, the failure counts.
+    _n("xautoclaim", WEBHOOKS, WEBHOOK_GROUP, "c", "0", "0-0", "COUNT", "1"),
+    _n("zrangebyscore", WEBHOOK_RETRY, "-inf", "0", "LIMIT", "0", "1"),
+    _n("hdel", WEBHOOK_FAILURES, "0-1"),
     _n("evalsha", _SHA, "1", "callmfa:x"),
     _n("eval", "return 1", "1", "callmfa:x"),  # the classic AGI script's sync client
     _n("script|load", "return 1"),

@@ -11,12 +11,23 @@ from collections.abc import Mapping
 
 from ..domain.outcome import OutcomeRecord, iso
 from ..domain.signing import signed_json
+from ..domain.webhooks import OUTCOME_TYPE, outcome_webhook_id
 
 REQUESTS = "callmfa:requests"
 GROUP = "originators"
 RESULTS_CHANNEL = "callmfa:results"
 EVENTS = "callmfa:events"
 DEADLETTER = "callmfa:deadletter"
+# Webhook and alert deliveries (docs/webhooks.md): the stream of what is to be sent, its
+# senders' consumer group, the retry schedule (entry id -> next attempt, epoch ms), the
+# failures so far per entry, and what was given up on; the security events come from
+# AUDIT through a consumer group of their own.
+WEBHOOKS = "callmfa:webhooks"
+WEBHOOK_GROUP = "senders"
+WEBHOOK_RETRY = "callmfa:webhooks:retry"
+WEBHOOK_FAILURES = "callmfa:webhooks:failures"
+WEBHOOK_DEAD = "callmfa:webhooks:dead"
+AUDIT_GROUP = "webhooks"
 
 
 def result_key(rid: str) -> str:
@@ -52,6 +63,18 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
              'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7],
              'user', ARGV[9])
+  -- The outcome's webhook, in the same step: never an outcome stored without it. The URL
+  -- is the request's callback_url (ARGV[11], or the call marker's), else the default.
+  if KEYS[4] then
+    local url = ARGV[11]
+    if url == '' then url = redis.call('HGET', KEYS[3], 'callback_url') or '' end
+    if url == '' then url = ARGV[10] end
+    if url ~= '' then
+      redis.call('XADD', KEYS[4], '*', 'channel', 'webhook', 'target', url,
+                 'webhook_id', ARGV[12], 'type', ARGV[13], 'timestamp', ARGV[6],
+                 'created_at', ARGV[14], 'payload', ARGV[1])
+    end
+  end
   return 1
 end
 return 0
@@ -65,17 +88,23 @@ def outcome_script_args(
     input_at: float | None = None,
     *,
     signing_key: bytes = b"",
+    webhook_url: str = "",
+    callback_url: str = "",
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of the store-outcome script (shared with the classic AGI driver).
 
     With ``input_at``, the script first appends the ``input`` event: one round trip
-    after the key press instead of two.
+    after the key press instead of two. The outcome's webhook goes to ``callback_url``
+    (a validated request's), else to the call marker's, else to ``webhook_url`` (the
+    default, CALLMFA_WEBHOOK_URL); with none of them, no webhook.
     """
     wire = signed_json(signing_key, record) if signing_key else record.to_json()
-    return [result_key(record.id), EVENTS], [
+    finished = record.finished_at if record.finished_at is not None else time.time()
+    return [result_key(record.id), EVENTS, call_key(record.id), WEBHOOKS], [
         wire, ttl_s, RESULTS_CHANNEL, events_maxlen, record.id,
         iso(record.finished_at) or "", record.outcome.value, iso(input_at) or "",
-        record.user or "",
+        record.user or "", webhook_url, callback_url,
+        outcome_webhook_id(record.id, int(finished * 1000)), OUTCOME_TYPE, repr(finished),
     ]
 
 

@@ -148,8 +148,10 @@ class Store:
     def __init__(
         self, redis: Redis, *, result_ttl_s: int, events_maxlen: int,
         observer: StoreObserver | None = None, signing_key: bytes = b"",
+        webhook_url: str = "",
     ) -> None:
         self.redis = redis
+        self._webhook_url = webhook_url  # where outcomes go without a callback_url
         self._observer = observer
         self._signing_key = signing_key  # outcomes carry an HMAC "sig" when set
         self._ttl = result_ttl_s
@@ -254,13 +256,17 @@ class Store:
         if self._observer is not None:
             self._observer.event_added("answered")
 
-    async def store_outcome(self, record: OutcomeRecord, *, input_at: float | None = None) -> bool:
-        """Store and publish the outcome; False if ``record.id`` already had one.
+    async def store_outcome(self, record: OutcomeRecord, *, input_at: float | None = None,
+                            callback_url: str = "") -> bool:
+        """Store and publish the outcome, and queue its webhook; False if ``record.id``
+        already had one.
 
         With ``input_at``, the ``input`` event is appended first, in the same round trip.
+        The webhook goes to ``callback_url``, else the call marker's, else the default URL.
         """
         keys, args = outcome_script_args(
-            record, self._ttl, self._maxlen, input_at, signing_key=self._signing_key
+            record, self._ttl, self._maxlen, input_at, signing_key=self._signing_key,
+            webhook_url=self._webhook_url, callback_url=callback_url,
         )
         stored = bool(await self._store_outcome(keys=keys, args=args))
         if stored and self._observer is not None:

@@ -82,6 +82,7 @@ class SyncStore:
         keys, args = outcome_script_args(
             record, self._settings.result_ttl_s, self._settings.events_maxlen, input_at,
             signing_key=self._settings.signing_key.encode(),
+            webhook_url=self._settings.webhook_url,
         )
         return bool(self._redis.eval(STORE_OUTCOME, len(keys), *keys, *args))
 

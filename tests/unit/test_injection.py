@@ -82,7 +82,7 @@ class FakeStore:
     async def mark_answered(self, rid: str, at: float) -> None:
         pass
 
-    async def store_outcome(self, record: OutcomeRecord) -> bool:
+    async def store_outcome(self, record: OutcomeRecord, *, callback_url: str = "") -> bool:
         self.outcomes.append(record)
         return True
 
