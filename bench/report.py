@@ -96,6 +96,9 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     if "memory" in result:
         targets["kib_per_in_flight_call<=20"] = _target(
             result["memory"]["kib_per_in_flight_call"], 20)
+    for row in rows:
+        if "keys" in row:  # the keys runs: every '#' the phone sent counts, at once
+            targets[f"lost_keys==0@{row['variant']}"] = _target(row["keys"]["lost_keys"], 0)
     if "soak" in result:
         # Allocator noise is a few pages; a leak of even 100 bytes a call is 1 MB per 10k.
         targets["soak_growth_kib<=512"] = _target(result["soak"]["growth_kib"], 512)

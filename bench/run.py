@@ -22,6 +22,7 @@ from typing import Any
 from ivr.client import VerificationClient
 from ivr.transport.ami import AmiClient
 
+from .keys import KEY_DELAY_MAX_MS, SPEECH, key_report, keys_table, service_traces
 from .load import CallmfaCalls, CallResult, DialplanCalls, Placer, closed_loop, numbers, open_loop
 from .phone import BenchPhone
 from .report import percentiles, summary, table
@@ -46,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="the 10,000-verification soak")
     p.add_argument("--key-delay-ms", type=int, default=1000,
                    help="the scripted human: answer, wait this long, press '#' (default 1000)")
+    p.add_argument("--keys", type=int, default=0, metavar="N",
+                   help="the keys run instead of the others: N verifications, each phone "
+                        f"pressing '#' at a random moment 0-{KEY_DELAY_MAX_MS} ms after "
+                        "answering, once per --keys-amd (e.g. 10000)")
+    p.add_argument("--keys-concurrency", type=int, default=200, help="(default 200)")
+    p.add_argument("--keys-amd", default="off,on",
+                   help=f"CALLMFA_AMD for each keys run (default off,on; on: the phones say "
+                        f"{SPEECH!r} as they answer)")
     p.add_argument("--variants", default="callmfa,dialplan,classic",
                    help="which of callmfa, dialplan, classic to run")
     p.add_argument("--classic-env", action="append", default=[],
@@ -103,12 +112,17 @@ class Bench:
         return self.service
 
     async def run(self, variant: str, place: Placer, load: Load, *, trace: bool = True,
-                  profile: Path | None = None, record: bool = True) -> dict[str, Any]:
-        """One run: a fresh phone, the load, CPU and memory deltas, latencies."""
+                  profile: Path | None = None, record: bool = True,
+                  keys: bool = False, speech: str | None = None) -> dict[str, Any]:
+        """One run: a fresh phone, the load, CPU and memory deltas, latencies.
+
+        ``keys``: the keys run's phone ('#' at a random moment) and figures (bench.keys).
+        """
         assert self.service is not None
         phone = BenchPhone(self.out / f"{variant}-{load.label}", calls=load.calls, trace=trace,
                            address=self.sandbox.env["CALLMFA_PHONE"],
-                           key_delay_ms=self.args.key_delay_ms)
+                           key_delay_ms=0 if keys else self.args.key_delay_ms,
+                           key_delay_max_ms=KEY_DELAY_MAX_MS if keys else None, speech=speech)
         phone.start()
         pids = {"asterisk": self.sandbox.pid("asterisk"), "redis": self.sandbox.pid("redis"),
                 "callmfa": self.service.pid, "bench": os.getpid()}
@@ -128,7 +142,8 @@ class Bench:
         try:
             if load.concurrency:
                 # About one call's length: the wait for '#' plus the goodbye prompt.
-                ramp = self.args.key_delay_ms / 1000 + 1.5
+                wait_ms = KEY_DELAY_MAX_MS / 2 if keys else self.args.key_delay_ms
+                ramp = wait_ms / 1000 + 1.5
                 results = await closed_loop(place, self.dial, calls=load.calls,
                                             concurrency=load.concurrency, ramp_s=ramp)
             else:
@@ -155,6 +170,9 @@ class Bench:
             sample = _steady(results) if load.concurrency else results
             row["latency_ms"]["service_input_to_published"] = percentiles(
                 [published[r.rid] for r in sample if r.rid in published])
+        if keys:
+            row["keys"] = key_report(results, phone.times(),
+                                     service_traces(self.service.log, log_offset))
         row["callmfa_rss_kib"] = {"peak": peak_rss, **memory_kib(pids["callmfa"])}
         row["machine"] = machine_load()
         if record:
@@ -258,14 +276,18 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
     await ami.connect()
     loads = list(_loads(args))
     top = max(loads, key=lambda x: x.concurrency)
+    most = max(top.concurrency, args.keys_concurrency if args.keys else 0)
     client = VerificationClient.from_url(env["CALLMFA_REDIS_URL"],
-                                         max_connections=2 * top.concurrency + 50, timeout_s=30,
+                                         max_connections=2 * most + 50, timeout_s=30,
                                          signing_key=env["CALLMFA_SIGNING_KEY"])
     bench = Bench(args, sandbox, out)
     extra: dict[str, Any] = {"machine_before": machine_load()}
     try:
         await client.__aenter__()
         ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
+        if args.keys:
+            await _keys(bench, ours, args)
+            return {"rows": bench.rows, **extra}
         service = bench.start_service("fastagi", {})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
@@ -308,6 +330,18 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
     return {"rows": bench.rows, **extra}
 
 
+async def _keys(bench: Bench, place: Placer, args: argparse.Namespace) -> None:
+    """The keys runs: one per AMD setting, each after its own warm-up."""
+    for amd in args.keys_amd.split(","):
+        bench.start_service(f"keys-amd-{amd}", {"CALLMFA_AMD": amd})
+        speech = SPEECH if amd == "on" else None
+        await bench.run("warmup", place, Load(10, concurrency=5), record=False, keys=True,
+                        speech=speech)
+        await bench.run(f"keys-amd-{amd}", place,
+                        Load(args.keys, concurrency=args.keys_concurrency), keys=True,
+                        speech=speech)
+
+
 async def _soak(bench: Bench, place: Placer, count: int, concurrency: int) -> dict[str, Any]:
     """RSS before and after ``count`` verifications (no trace: the phone's log would be huge)."""
     assert bench.service is not None
@@ -338,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         secret = Path(sandbox.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
         result = asyncio.run(_bench(args, sandbox, out, secret))
     print(table(result["rows"]))
+    if any("keys" in row for row in result["rows"]):
+        print(keys_table([row for row in result["rows"] if "keys" in row]))
     final = summary(result)
     print(json.dumps(final), flush=True)
     with open(out / "results.jsonl", "a") as f:
