@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from .report import percentiles, summary, table
 from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
 
 CLASSIC_SCRIPT = REPO / "agi_scripts" / "callmfa-verify.agi"
+KEEP_CONTEXT = "bench-baseline-keep"  # the floor after StoreDTMF (the sandbox's dialplan)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keys-amd", default="off,on",
                    help=f"CALLMFA_AMD for each keys run (default off,on; on: the phones say "
                         f"{SPEECH!r} as they answer)")
+    p.add_argument("--keep-cost", type=int, default=0, metavar="N",
+                   help="what StoreDTMF (the key keeper) costs Asterisk: the floor with and "
+                        "without it, interleaved, 3 rounds of N calls at --keys-concurrency "
+                        "in flight, instead of the other runs (with --keys: after it)")
     p.add_argument("--variants", default="callmfa,dialplan,classic",
                    help="which of callmfa, dialplan, classic to run")
     p.add_argument("--classic-env", action="append", default=[],
@@ -165,7 +171,7 @@ class Bench:
         row["cpu_ms_per_call"]["asterisk_children"] = round(
             (after["asterisk"].children_s - before["asterisk"].children_s) * 1000 / n, 3)
         row["cpu_ms_per_call"]["sipp"] = round(phone.cpu_s * 1000 / n, 3)
-        if variant != "dialplan":
+        if not variant.startswith("dialplan"):
             published = _service_latencies(self.service.log, log_offset)
             sample = _steady(results) if load.concurrency else results
             row["latency_ms"]["service_input_to_published"] = percentiles(
@@ -195,10 +201,10 @@ class Bench:
             if t is not None and t.invite_at is not None:
                 invite.append((t.invite_at - r.submitted_at) * 1000)
             if t is not None and t.key_at is not None and r.outcome_at is not None \
-                    and variant != "dialplan":
+                    and not variant.startswith("dialplan"):
                 key_to_outcome.append((r.outcome_at - t.key_at) * 1000)
         latency = {"request_to_invite": percentiles(invite)}
-        if variant != "dialplan":
+        if not variant.startswith("dialplan"):
             latency["key_to_outcome"] = percentiles(key_to_outcome)
             latency["request_to_outcome_minus_human"] = percentiles(
                 [(r.outcome_at - r.submitted_at) * 1000 - human for r in sample
@@ -285,8 +291,11 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
     try:
         await client.__aenter__()
         ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
-        if args.keys:
-            await _keys(bench, ours, args)
+        if args.keys or args.keep_cost:
+            if args.keys:
+                await _keys(bench, ours, args)
+            if args.keep_cost:
+                extra["keep_cost"] = await _keep_cost(bench, ami, args)
             return {"rows": bench.rows, **extra}
         service = bench.start_service("fastagi", {})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
@@ -340,6 +349,23 @@ async def _keys(bench: Bench, place: Placer, args: argparse.Namespace) -> None:
         await bench.run(f"keys-amd-{amd}", place,
                         Load(args.keys, concurrency=args.keys_concurrency), keys=True,
                         speech=speech)
+
+
+async def _keep_cost(bench: Bench, ami: AmiClient, args: argparse.Namespace) -> dict[str, Any]:
+    """Asterisk's CPU per call for the floor without and with StoreDTMF, interleaved."""
+    if bench.service is None:  # idle, as in the floor's other runs
+        bench.start_service("keep-cost", {})
+    places = {"dialplan": DialplanCalls(ami), "dialplan-keep": DialplanCalls(ami, KEEP_CONTEXT)}
+    await bench.run("warmup", places["dialplan-keep"], Load(20, concurrency=10), record=False)
+    cpu: dict[str, list[float]] = {name: [] for name in places}
+    for _ in range(3):
+        for name, place in places.items():
+            row = await bench.run(name, place, Load(args.keep_cost,
+                                                    concurrency=args.keys_concurrency))
+            cpu[name].append(row["cpu_ms_per_call"]["asterisk"])
+    medians = {name: statistics.median(values) for name, values in cpu.items()}
+    return {"asterisk_ms_per_call": cpu, "medians": medians,
+            "keep_minus_plain_ms": round(medians["dialplan-keep"] - medians["dialplan"], 3)}
 
 
 async def _soak(bench: Bench, place: Placer, count: int, concurrency: int) -> dict[str, Any]:
