@@ -7,7 +7,10 @@ outcome, the phone's message trace and the service's log lines of that verificat
 
 - ``no_key_sent``: the phone never sent its '#' (the call failed before: overload, a ring
   timeout). Not a lost key: no key was pressed. Counted by outcome.
-- ``machine``: AMD judged the call a machine (a MACHINE verdict wins over any key, by design).
+- ``machine``: AMD said MACHINE and the call was not approved. By design a MACHINE verdict
+  wins over any key (``machine_answered``); for initial silence with a key kept (a person on
+  mute) the keys kept during detection are dropped and the greeting asks for a fresh '#',
+  which the scripted phone never presses (``no_input``). Counted apart, with their ids.
 - ``first_prompt``: approved, with at most one key collection (no re-prompt), by how the '#'
   was counted:
 
@@ -77,7 +80,8 @@ def classify(result: CallResult, times: PhoneTimes | None, trace: ServiceTrace |
     """One call's class (see the module docstring)."""
     if times is None or times.key_at is None:
         return "no_key_sent"
-    if result.outcome == "machine_answered":
+    if result.outcome == "machine_answered" or (
+            trace is not None and trace.amd == "MACHINE" and result.outcome != "approved"):
         return "machine"
     collections = trace.collections if trace is not None else []
     if result.outcome != "approved" or len(collections) > 1:
@@ -93,6 +97,7 @@ def key_report(results: list[CallResult], phone: dict[str, PhoneTimes],
     classes: Counter[str] = Counter()
     no_key: Counter[str] = Counter()
     lost: list[dict[str, Any]] = []
+    machine: list[dict[str, Any]] = []
     amd: Counter[str] = Counter()
     key_to_outcome: list[float] = []
     delays: list[float] = []
@@ -109,10 +114,12 @@ def key_report(results: list[CallResult], phone: dict[str, PhoneTimes],
             continue
         if times.answered_at is not None:
             delays.append((times.key_at - times.answered_at) * 1000)
-        if kind == "lost":
-            lost.append({"rid": r.rid, "number": r.number, "outcome": r.outcome,
-                         "collections": len(trace.collections) if trace else None,
-                         "early_keys": trace.early_keys if trace else None})
+        if kind in ("lost", "machine"):
+            (lost if kind == "lost" else machine).append({
+                "rid": r.rid, "number": r.number, "outcome": r.outcome,
+                "collections": len(trace.collections) if trace else None,
+                "early_keys": trace.early_keys if trace else None,
+            })
         if r.outcome_at is not None and kind != "machine":
             ms = (r.outcome_at - times.key_at) * 1000
             key_to_outcome.append(ms)
@@ -122,7 +129,7 @@ def key_report(results: list[CallResult], phone: dict[str, PhoneTimes],
         "calls": len(results), "keys_sent": len(results) - classes["no_key_sent"],
         "lost_keys": classes["lost"], "approved_first_prompt": first,
         "classes": dict(classes), "no_key_sent_by_outcome": dict(no_key),
-        "amd": dict(amd), "lost": lost[:20],
+        "amd": dict(amd), "lost": lost[:20], "machine": machine[:20],
         "key_to_outcome_ms": percentiles(key_to_outcome),
         "key_to_outcome_ms_by_class": {k: percentiles(v) for k, v in sorted(by_class.items())},
         "key_delay_after_answer_ms": {

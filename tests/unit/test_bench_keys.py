@@ -46,6 +46,11 @@ class TestClassify:
     def test_machine(self) -> None:
         """AMD's MACHINE wins over keys by design: its own class, not a lost key."""
         assert classify(call("machine_answered"), KEYED, ServiceTrace()) == "machine"
+        # Initial silence with a key kept: the key is dropped, a fresh '#' is asked for.
+        silent = ServiceTrace(early_keys=1, amd="MACHINE", collections=[True, True, True])
+        assert classify(call("no_input/timeout"), KEYED, silent) == "machine"
+        assert classify(call(), KEYED, ServiceTrace(early_keys=0, amd="MACHINE",
+                                                    collections=[False])) == "by_prompt"
 
 
 class TestReport:
