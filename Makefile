@@ -6,7 +6,7 @@ SANDBOX := bash docker/sandbox/sandbox.sh
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help deps venv lint test unit images demo sandbox-up sandbox-down clean prompts bench docs lock
+.PHONY: help deps venv lint test unit images demo sandbox-up sandbox-down clean prompts bench bench-keys docs lock
 
 help:
 	@echo "make demo          one real verification call to a simulated phone, end to end"
@@ -16,6 +16,7 @@ help:
 	@echo "make sandbox-down  stop them and remove the namespace"
 	@echo "make prompts       callmfa's own prompt recordings into build/prompts/<lang>/callmfa/"
 	@echo "make bench         benchmark vs the pure-dialplan floor (BENCH_ARGS=--full: 10k soak)"
+	@echo "make bench-keys    10k verifications, '#' at a random moment 0-3 s, AMD off and on"
 
 deps:
 	$(SANDBOX) deps
@@ -72,6 +73,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 # A few minutes; BENCH_ARGS="--full" adds the 10,000-verification soak, --help lists the rest.
 bench: deps venv $(VENV)/.bench-installed
 	$(VENV)/bin/python -m bench --plot .sandbox-bench/benchmarks.png $(BENCH_ARGS)
+
+# The keys run: does every '#' count whenever it is pressed (lost keys, key -> outcome)? ~15 min.
+bench-keys: deps venv $(VENV)/.bench-installed
+	$(VENV)/bin/python -m bench --keys 10000 $(BENCH_ARGS)
 
 # The settings tables in README.md and docs/settings.md, from ivr/settings.py; the Redis ACL
 # in docs/operations.md and docker/redis/callmfa.acl, from ivr/storage/acl.py.

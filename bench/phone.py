@@ -1,7 +1,10 @@
 """sipp as the bench's phones: every call answers, waits, presses '#' over SIP INFO.
 
-The message trace (``-trace_msg``) gives when each INVITE reached the phone and when the
-phone sent its '#', keyed by the dialled number, which the bench makes unique per call.
+The wait is fixed, or drawn for each call by sipp (uniform between two bounds); the phone
+may say something as it answers (for answering-machine detection), while it waits.
+The message trace (``-trace_msg``) gives when each INVITE reached the phone, when the phone
+answered and when it sent its '#', keyed by the dialled number, which the bench makes
+unique per call.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ivr.testing import PhoneBehaviour, _udp_bound, scenario_xml
+from ivr.testing import PhoneBehaviour, _udp_bound, scenario_xml, synthesize
 
 from .system import cpu
 
@@ -24,9 +27,10 @@ _NUMBER = re.compile(r"INVITE sip:(\+?\d+)@")
 
 @dataclass
 class PhoneTimes:
-    """When the phone saw the call's INVITE and sent its '#' (epoch seconds)."""
+    """When the phone saw the call's INVITE, answered it and sent its '#' (epoch seconds)."""
 
     invite_at: float | None = None
+    answered_at: float | None = None
     key_at: float | None = None
 
 
@@ -34,14 +38,19 @@ class BenchPhone:
     """One sipp process for one run: ``calls`` calls, at most ``calls`` at once."""
 
     def __init__(self, workdir: Path, *, address: str, calls: int, key_delay_ms: int,
-                 trace: bool) -> None:
+                 trace: bool, key_delay_max_ms: int | None = None,
+                 speech: str | None = None) -> None:
         self.workdir = workdir
         self._host, _, port = address.partition(":")
         self._port = port or "5070"
         self._calls = calls
-        self._behaviour = PhoneBehaviour(keys="#", dtmf="info", key_delay_ms=key_delay_ms)
+        self._behaviour = PhoneBehaviour(
+            keys="#", dtmf="info", key_delay_ms=key_delay_ms, key_delay_max_ms=key_delay_max_ms,
+            speech=speech, keys_over_speech=True,
+        )
         self._trace = trace
         self._proc: subprocess.Popen[bytes] | None = None
+        self._times: dict[str, PhoneTimes] | None = None
         self.cpu_s = 0.0
         self.exit_code: int | None = None
 
@@ -54,7 +63,12 @@ class BenchPhone:
         """Start sipp; returns once it listens (reuses ivr.testing's readiness check)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         scenario = self.workdir / "phone.xml"
-        scenario.write_text(scenario_xml(self._behaviour))
+        speech_file, speech_ms = None, 0
+        if self._behaviour.speech:
+            speech_file = self.workdir / "speech.wav"
+            speech_ms = synthesize(self._behaviour.speech, speech_file)
+        scenario.write_text(scenario_xml(self._behaviour, speech_file=speech_file,
+                                         speech_ms=speech_ms))
         cmd = [
             "sipp", "-sf", str(scenario), "-i", self._host, "-p", self._port,
             "-mp", "16000", "-m", str(self._calls), "-l", str(self._calls), "-nostdin",
@@ -89,30 +103,42 @@ class BenchPhone:
         self.exit_code = self._proc.returncode
 
     def times(self) -> dict[str, PhoneTimes]:
-        """Per dialled number: INVITE received and first '#' sent (from the trace)."""
+        """Per dialled number: INVITE received, answered, first '#' sent (from the trace;
+        read once, after :meth:`finish`)."""
+        if self._times is not None:
+            return self._times
         calls: dict[str, PhoneTimes] = {}
         by_call_id: dict[str, PhoneTimes] = {}
         if not self.trace_file.exists():
             return calls
         stamp = 0.0
-        first = call_id = ""
+        first = call_id = cseq = ""
         with open(self.trace_file, errors="replace") as f:
             for line in f:
                 if line.startswith(_SEPARATOR):
-                    _note(calls, by_call_id, first, call_id, stamp)
+                    _note(calls, by_call_id, first, call_id, cseq, stamp)
                     stamp = _epoch(line[len(_SEPARATOR):].strip())
-                    first = call_id = ""
+                    first = call_id = cseq = ""
                 elif not first and line.startswith(("INVITE ", "INFO ", "SIP/", "ACK ", "BYE ")):
                     first = line
                 elif line.startswith("Call-ID:"):
                     call_id = line[8:].strip()
-        _note(calls, by_call_id, first, call_id, stamp)
+                elif line.startswith("CSeq:"):
+                    cseq = line[5:].strip()
+        _note(calls, by_call_id, first, call_id, cseq, stamp)
+        if self.exit_code is not None:
+            self._times = calls
         return calls
 
 
 def _note(calls: dict[str, PhoneTimes], by_call_id: dict[str, PhoneTimes], first: str,
-          call_id: str, stamp: float) -> None:
-    if first.startswith("INVITE "):
+          call_id: str, cseq: str, stamp: float) -> None:
+    if first.startswith("SIP/2.0 200") and cseq.endswith(" INVITE"):
+        # The phone's own 200 to the INVITE (Asterisk sends none): the answer.
+        answered = by_call_id.get(call_id)
+        if answered is not None and answered.answered_at is None:
+            answered.answered_at = stamp
+    elif first.startswith("INVITE "):
         m = _NUMBER.match(first)
         if m and call_id not in by_call_id:
             times = calls.setdefault(m.group(1), PhoneTimes())

@@ -45,7 +45,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             _fmt(_p(r, "key_to_outcome", "p50")), _fmt(_p(r, "key_to_outcome")),
             _fmt(_p(r, "service_input_to_published")),
             _fmt(round(cpu["asterisk"] + cpu["asterisk_children"], 2)),
-            _fmt(cpu["callmfa"]) if r["variant"] != "dialplan" else "-",
+            _fmt(cpu["callmfa"]) if not r["variant"].startswith("dialplan") else "-",
             _fmt(cpu["redis"]), _fmt(cpu["sipp"]),
             _fmt(round(r["callmfa_rss_kib"]["VmRSS"] / 1024, 1)),
         ))
@@ -96,11 +96,14 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     if "memory" in result:
         targets["kib_per_in_flight_call<=20"] = _target(
             result["memory"]["kib_per_in_flight_call"], 20)
+    for row in rows:
+        if "keys" in row:  # the keys runs: every '#' the phone sent counts, at once
+            targets[f"lost_keys==0@{row['variant']}"] = _target(row["keys"]["lost_keys"], 0)
     if "soak" in result:
         # Allocator noise is a few pages; a leak of even 100 bytes a call is 1 MB per 10k.
         targets["soak_growth_kib<=512"] = _target(result["soak"]["growth_kib"], 512)
     out = {"summary": True, "ratios": ratios, "targets": targets}
-    for key in ("memory", "soak", "classic", "machine_before"):
+    for key in ("memory", "soak", "classic", "keep_cost", "machine_before"):
         if key in result:
             out[key] = result[key]
     return out

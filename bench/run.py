@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -22,12 +23,14 @@ from typing import Any
 from ivr.client import VerificationClient
 from ivr.transport.ami import AmiClient
 
+from .keys import KEY_DELAY_MAX_MS, SPEECH, key_report, keys_table, service_traces
 from .load import CallmfaCalls, CallResult, DialplanCalls, Placer, closed_loop, numbers, open_loop
 from .phone import BenchPhone
 from .report import percentiles, summary, table
 from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
 
 CLASSIC_SCRIPT = REPO / "agi_scripts" / "callmfa-verify.agi"
+KEEP_CONTEXT = "bench-baseline-keep"  # the floor after StoreDTMF (the sandbox's dialplan)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="the 10,000-verification soak")
     p.add_argument("--key-delay-ms", type=int, default=1000,
                    help="the scripted human: answer, wait this long, press '#' (default 1000)")
+    p.add_argument("--keys", type=int, default=0, metavar="N",
+                   help="the keys run instead of the others: N verifications, each phone "
+                        f"pressing '#' at a random moment 0-{KEY_DELAY_MAX_MS} ms after "
+                        "answering, once per --keys-amd (e.g. 10000)")
+    p.add_argument("--keys-concurrency", type=int, default=200, help="(default 200)")
+    p.add_argument("--keys-amd", default="off,on",
+                   help=f"CALLMFA_AMD for each keys run (default off,on; on: the phones say "
+                        f"{SPEECH!r} as they answer)")
+    p.add_argument("--keep-cost", type=int, default=0, metavar="N",
+                   help="what StoreDTMF (the key keeper) costs Asterisk: the floor with and "
+                        "without it, interleaved, 3 rounds of N calls at --keys-concurrency "
+                        "in flight, instead of the other runs (with --keys: after it)")
     p.add_argument("--variants", default="callmfa,dialplan,classic",
                    help="which of callmfa, dialplan, classic to run")
     p.add_argument("--classic-env", action="append", default=[],
@@ -103,12 +118,17 @@ class Bench:
         return self.service
 
     async def run(self, variant: str, place: Placer, load: Load, *, trace: bool = True,
-                  profile: Path | None = None, record: bool = True) -> dict[str, Any]:
-        """One run: a fresh phone, the load, CPU and memory deltas, latencies."""
+                  profile: Path | None = None, record: bool = True,
+                  keys: bool = False, speech: str | None = None) -> dict[str, Any]:
+        """One run: a fresh phone, the load, CPU and memory deltas, latencies.
+
+        ``keys``: the keys run's phone ('#' at a random moment) and figures (bench.keys).
+        """
         assert self.service is not None
         phone = BenchPhone(self.out / f"{variant}-{load.label}", calls=load.calls, trace=trace,
                            address=self.sandbox.env["CALLMFA_PHONE"],
-                           key_delay_ms=self.args.key_delay_ms)
+                           key_delay_ms=0 if keys else self.args.key_delay_ms,
+                           key_delay_max_ms=KEY_DELAY_MAX_MS if keys else None, speech=speech)
         phone.start()
         pids = {"asterisk": self.sandbox.pid("asterisk"), "redis": self.sandbox.pid("redis"),
                 "callmfa": self.service.pid, "bench": os.getpid()}
@@ -128,7 +148,8 @@ class Bench:
         try:
             if load.concurrency:
                 # About one call's length: the wait for '#' plus the goodbye prompt.
-                ramp = self.args.key_delay_ms / 1000 + 1.5
+                wait_ms = KEY_DELAY_MAX_MS / 2 if keys else self.args.key_delay_ms
+                ramp = wait_ms / 1000 + 1.5
                 results = await closed_loop(place, self.dial, calls=load.calls,
                                             concurrency=load.concurrency, ramp_s=ramp)
             else:
@@ -150,11 +171,14 @@ class Bench:
         row["cpu_ms_per_call"]["asterisk_children"] = round(
             (after["asterisk"].children_s - before["asterisk"].children_s) * 1000 / n, 3)
         row["cpu_ms_per_call"]["sipp"] = round(phone.cpu_s * 1000 / n, 3)
-        if variant != "dialplan":
+        if not variant.startswith("dialplan"):
             published = _service_latencies(self.service.log, log_offset)
             sample = _steady(results) if load.concurrency else results
             row["latency_ms"]["service_input_to_published"] = percentiles(
                 [published[r.rid] for r in sample if r.rid in published])
+        if keys:
+            row["keys"] = key_report(results, phone.times(),
+                                     service_traces(self.service.log, log_offset))
         row["callmfa_rss_kib"] = {"peak": peak_rss, **memory_kib(pids["callmfa"])}
         row["machine"] = machine_load()
         if record:
@@ -177,10 +201,10 @@ class Bench:
             if t is not None and t.invite_at is not None:
                 invite.append((t.invite_at - r.submitted_at) * 1000)
             if t is not None and t.key_at is not None and r.outcome_at is not None \
-                    and variant != "dialplan":
+                    and not variant.startswith("dialplan"):
                 key_to_outcome.append((r.outcome_at - t.key_at) * 1000)
         latency = {"request_to_invite": percentiles(invite)}
-        if variant != "dialplan":
+        if not variant.startswith("dialplan"):
             latency["key_to_outcome"] = percentiles(key_to_outcome)
             latency["request_to_outcome_minus_human"] = percentiles(
                 [(r.outcome_at - r.submitted_at) * 1000 - human for r in sample
@@ -258,14 +282,21 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
     await ami.connect()
     loads = list(_loads(args))
     top = max(loads, key=lambda x: x.concurrency)
+    most = max(top.concurrency, args.keys_concurrency if args.keys else 0)
     client = VerificationClient.from_url(env["CALLMFA_REDIS_URL"],
-                                         max_connections=2 * top.concurrency + 50, timeout_s=30,
+                                         max_connections=2 * most + 50, timeout_s=30,
                                          signing_key=env["CALLMFA_SIGNING_KEY"])
     bench = Bench(args, sandbox, out)
     extra: dict[str, Any] = {"machine_before": machine_load()}
     try:
         await client.__aenter__()
         ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
+        if args.keys or args.keep_cost:
+            if args.keys:
+                await _keys(bench, ours, args)
+            if args.keep_cost:
+                extra["keep_cost"] = await _keep_cost(bench, ami, args)
+            return {"rows": bench.rows, **extra}
         service = bench.start_service("fastagi", {})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
@@ -308,6 +339,35 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
     return {"rows": bench.rows, **extra}
 
 
+async def _keys(bench: Bench, place: Placer, args: argparse.Namespace) -> None:
+    """The keys runs: one per AMD setting, each after its own warm-up."""
+    for amd in args.keys_amd.split(","):
+        bench.start_service(f"keys-amd-{amd}", {"CALLMFA_AMD": amd})
+        speech = SPEECH if amd == "on" else None
+        await bench.run("warmup", place, Load(10, concurrency=5), record=False, keys=True,
+                        speech=speech)
+        await bench.run(f"keys-amd-{amd}", place,
+                        Load(args.keys, concurrency=args.keys_concurrency), keys=True,
+                        speech=speech)
+
+
+async def _keep_cost(bench: Bench, ami: AmiClient, args: argparse.Namespace) -> dict[str, Any]:
+    """Asterisk's CPU per call for the floor without and with StoreDTMF, interleaved."""
+    if bench.service is None:  # idle, as in the floor's other runs
+        bench.start_service("keep-cost", {})
+    places = {"dialplan": DialplanCalls(ami), "dialplan-keep": DialplanCalls(ami, KEEP_CONTEXT)}
+    await bench.run("warmup", places["dialplan-keep"], Load(20, concurrency=10), record=False)
+    cpu: dict[str, list[float]] = {name: [] for name in places}
+    for _ in range(3):
+        for name, place in places.items():
+            row = await bench.run(name, place, Load(args.keep_cost,
+                                                    concurrency=args.keys_concurrency))
+            cpu[name].append(row["cpu_ms_per_call"]["asterisk"])
+    medians = {name: statistics.median(values) for name, values in cpu.items()}
+    return {"asterisk_ms_per_call": cpu, "medians": medians,
+            "keep_minus_plain_ms": round(medians["dialplan-keep"] - medians["dialplan"], 3)}
+
+
 async def _soak(bench: Bench, place: Placer, count: int, concurrency: int) -> dict[str, Any]:
     """RSS before and after ``count`` verifications (no trace: the phone's log would be huge)."""
     assert bench.service is not None
@@ -338,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         secret = Path(sandbox.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
         result = asyncio.run(_bench(args, sandbox, out, secret))
     print(table(result["rows"]))
+    if any("keys" in row for row in result["rows"]):
+        print(keys_table([row for row in result["rows"] if "keys" in row]))
     final = summary(result)
     print(json.dumps(final), flush=True)
     with open(out / "results.jsonl", "a") as f:

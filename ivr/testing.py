@@ -34,18 +34,22 @@ class PhoneBehaviour:
     keys: str = "#"  # pressed after answering; "" for silence
     dtmf: Literal["info", "rfc4733"] = "info"
     key_delay_ms: int = 1000  # from the answer to the first key
+    key_delay_max_ms: int | None = None  # set: drawn per call, uniform in [key_delay_ms, this]
     key_gap_ms: int = 150  # after each key
     answer_delay_ms: int = 0  # ringing time before answering
     hangup_after_ms: int | None = None  # hang up this long after answering
     reject_with: int | None = None  # answer with this SIP status instead (486, 404, 503)
     ring_forever: bool = False  # ring until the caller cancels
     speech: str | None = None  # said on answer (espeak-ng); key_delay_ms counts from its end
+    keys_over_speech: bool = False  # the key delay starts with the speech, not at its end
     speech_delay_ms: int = 0  # silence between the answer and the speech
     silent_rtp: bool = False  # without speech: send silent audio (a muted phone), not none
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9*#]*", self.keys):
             raise ValueError("keys may hold 0-9, * and # only")
+        if self.key_delay_max_ms is not None and self.key_delay_max_ms < self.key_delay_ms:
+            raise ValueError("key_delay_max_ms must be at least key_delay_ms")
 
 
 _HEADERS = """[last_Via:]
@@ -137,12 +141,16 @@ Content-Length: 0
     if b.speech and speech_file is not None:
         if b.speech_delay_ms:
             steps += f'  <pause milliseconds="{b.speech_delay_ms}"/>\n'
-        steps += f"""  <nop><action><exec rtp_stream="{speech_file},1,0"/></action></nop>
-  <pause milliseconds="{speech_ms}"/>
-"""
+        steps += f'  <nop><action><exec rtp_stream="{speech_file},1,0"/></action></nop>\n'
+        if not b.keys_over_speech:
+            steps += f'  <pause milliseconds="{speech_ms}"/>\n'
     cseq = 1
     if b.keys:
-        steps += f'  <pause milliseconds="{b.key_delay_ms}"/>\n'
+        if b.key_delay_max_ms is None:
+            steps += f'  <pause milliseconds="{b.key_delay_ms}"/>\n'
+        else:  # sipp draws it for each call
+            steps += (f'  <pause distribution="uniform" min="{b.key_delay_ms}"'
+                      f' max="{b.key_delay_max_ms}"/>\n')
         for n, key in enumerate(b.keys, 1):
             if b.dtmf == "info":
                 steps += _request("INFO", cseq, f"Signal={key}\nDuration=160",

@@ -70,11 +70,14 @@ install_classic_agi() {
 }
 
 install_prompts() {
-  local dir lang target
+  local dir lang target f
   for dir in "$repo"/build/prompts/*/callmfa; do
     lang=$(basename "$(dirname "$dir")")
     target=$(chroot "$ROOT" sh -c "mkdir -p /usr/share/asterisk/sounds/$lang/callmfa && readlink -f /usr/share/asterisk/sounds/$lang/callmfa")
-    cp "$dir"/*.wav "$ROOT$target/"
+    for f in "$dir"/*.wav; do
+      cmp -s "$f" "$ROOT$target/${f##*/}" && continue
+      cp "$f" "$ROOT$target/.${f##*/}.$$" && mv -f "$ROOT$target/.${f##*/}.$$" "$ROOT$target/${f##*/}"
+    done
   done
 }
 

@@ -205,12 +205,18 @@ install_classic_agi() {
 # callmfa's own prompts (make prompts) into the root's sounds directory.
 install_prompts() {
   "$VENV/bin/python" -m ivr.ops.promptgen "$repo/build/prompts" >/dev/null
-  local dir lang target
+  local dir lang target f
   for dir in "$repo"/build/prompts/*/callmfa; do
     lang=$(basename "$(dirname "$dir")")
     # sounds/en is an absolute symlink inside the root: resolve it there.
     target=$(chroot "$ROOT" sh -c "mkdir -p /usr/share/asterisk/sounds/$lang/callmfa && readlink -f /usr/share/asterisk/sounds/$lang/callmfa")
-    cp "$dir"/*.wav "$ROOT$target/"
+    # Other sandboxes share this root and may be playing these files right now: a file
+    # rewritten in place is read truncated ("format_wav.c: Read failed"). Replace each one
+    # by a rename, and only when it changed.
+    for f in "$dir"/*.wav; do
+      cmp -s "$f" "$ROOT$target/${f##*/}" && continue
+      cp "$f" "$ROOT$target/.${f##*/}.$$" && mv -f "$ROOT$target/.${f##*/}.$$" "$ROOT$target/${f##*/}"
+    done
   done
 }
 

@@ -39,3 +39,31 @@ class TestBenchSmoke:
         assert final["summary"] is True
         assert "throughput_ours_over_floor" in final["ratios"]["2"]
         assert "throughput_classic_over_floor" in final["ratios"]["2"]
+
+
+class TestBenchKeys:
+    def test_keys_run_counts_every_key(self) -> None:
+        """`python -m bench --keys N`: each phone presses '#' at a random moment 0-3 s after
+        answering (AMD off, then on with phones that say "Hello."); every '#' counts on the
+        first prompt, and the table and the lost_keys targets are printed."""
+        netns = "cmbk-" + hashlib.sha1(str(REPO).encode()).hexdigest()[:8]  # noqa: S324
+        run = subprocess.run(
+            [sys.executable, "-m", "bench", "--keys", "8", "--keys-concurrency", "4",
+             "--netns", netns, "--sandbox-dir", str(REPO / ".sandbox-benchkeys")],
+            cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        lines = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
+        rows = [x for x in lines if "variant" in x]
+        assert [r["variant"] for r in rows] == ["keys-amd-off", "keys-amd-on"]
+        for row in rows:
+            keys = row["keys"]
+            assert keys["calls"] == keys["keys_sent"] == keys["approved_first_prompt"] == 8, keys
+            assert keys["lost_keys"] == 0
+            assert keys["key_to_outcome_ms"]["n"] == 8
+            assert 0 <= keys["key_delay_after_answer_ms"]["min"] <= \
+                keys["key_delay_after_answer_ms"]["max"] <= 3100
+        assert rows[1]["keys"]["amd"] == {"HUMAN": 8}
+        assert "1st prompt" in run.stdout  # the keys table
+        targets = lines[-1]["targets"]
+        assert targets["lost_keys==0@keys-amd-on"]["met"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -180,7 +181,35 @@ class TestBehaviours:
         assert next(root.iter("pause")).get("milliseconds") == "2000"
 
 
+    def test_random_key_delay(self) -> None:
+        """key_delay_max_ms: sipp draws the wait before the keys for each call, uniform."""
+        root = parse(PhoneBehaviour(key_delay_ms=0, key_delay_max_ms=3000))
+
+        pause = next(root.iter("pause"))
+        assert (pause.get("distribution"), pause.get("min"), pause.get("max")) == \
+            ("uniform", "0", "3000")
+        assert pause.get("milliseconds") is None
+
+    def test_keys_over_speech(self) -> None:
+        """keys_over_speech: the speech streams while the phone waits for its keys (the
+        wait starts at the answer, not at the speech's end)."""
+        b = PhoneBehaviour(speech="Hello.", keys_over_speech=True, key_delay_ms=700)
+        text = scenario_xml(b, speech_file=Path("/tmp/speech.wav"), speech_ms=600)  # noqa: S108
+        root = ET.fromstring("".join(text.splitlines(keepends=True)[2:]))  # noqa: S314
+
+        assert steps(root)[4:7] == ["nop", "pause", "send:INFO [next_url] SIP/2.0"]
+        assert [p.get("milliseconds") for p in root.iter("pause")] == ["700"]
+        with_end = scenario_xml(PhoneBehaviour(speech="Hello.", key_delay_ms=700),
+                                speech_file=Path("/tmp/speech.wav"), speech_ms=600)  # noqa: S108
+        assert '<pause milliseconds="600"/>\n  <pause milliseconds="700"/>' in with_end
+
+
 class TestPhoneBehaviour:
+    def test_key_delay_bounds(self) -> None:
+        """A random wait's upper bound below its lower bound is refused."""
+        with pytest.raises(ValueError, match="key_delay_max_ms"):
+            PhoneBehaviour(key_delay_ms=1000, key_delay_max_ms=999)
+
     @pytest.mark.parametrize("keys", ["a", "1a", " ", "#\n", "0#;"])
     def test_bad_keys(self, keys: str) -> None:
         """Keys other than 0-9, * and # are refused."""
