@@ -66,6 +66,12 @@ class Settings:
         default="", metadata={"doc": 'Caller ID shown to the user, e.g. "Sign-in" <+15550000>.'}
     )
     context: str = field(default="callmfa-verify", metadata={"doc": "Dialplan context."})
+    asterisk_config_dir: str = field(
+        default="/etc/asterisk",
+        metadata={"doc": "Asterisk's configuration directory, when on this host: `callmfa "
+                         "check` checks that manager_callmfa.conf (the AMI secret) is not "
+                         "readable by others."},
+    )
     ring_timeout_s: float = field(default=30.0, metadata={"doc": "How long the phone rings."})
     max_call_s: int = field(default=120, metadata={"doc": "Hard limit on an answered call."})
     max_in_flight: int = field(
