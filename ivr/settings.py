@@ -7,7 +7,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,9 @@ MIN_SIGNING_KEY_BYTES = 32
 # Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
 MIN_PEPPER_BYTES = 32
 SECRETS = ("ami_secret", "signing_key", "pin_pepper")
+# The file the systemd unit names in CALLMFA_CONFIG_FILE; the command line reads it too
+# when CALLMFA_CONFIG_FILE is unset, so that `callmfa check` on the host gets serve's settings.
+DEFAULT_CONFIG_FILE = "/etc/callmfa/callmfa.conf"
 
 
 def _default_consumer() -> str:
@@ -433,6 +436,15 @@ def _convert(key: str, raw: str, kind: object) -> object:
     except ValueError:
         raise SettingsError(f"{key}={raw!r} is not a number") from None
     return raw
+
+
+def default_config_file(environ: MutableMapping[str, str],
+                        default: str | Path = DEFAULT_CONFIG_FILE) -> None:
+    """Name ``default`` in ``CALLMFA_CONFIG_FILE`` when it is unset and the file exists
+    (an empty ``CALLMFA_CONFIG_FILE`` reads no file)."""
+    key = ENV_PREFIX + "CONFIG_FILE"
+    if key not in environ and Path(default).is_file():
+        environ[key] = str(default)
 
 
 def read_config_file(path: str | Path) -> dict[str, str]:
