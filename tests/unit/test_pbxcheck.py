@@ -16,6 +16,7 @@ from ivr.ops.pbxcheck import (
     check_modules,
     endpoint_of,
 )
+from ivr.ops.probe import _endpoint, _modules
 from ivr.ops.results import Status
 
 ALL_LOADED = {name: "1" for name in [*INSPECTORS, *(m.name for m in MODULES)]}
@@ -137,3 +138,47 @@ class TestAmiSecretFile:
 
     def test_not_on_this_host(self, tmp_path: Path) -> None:
         assert check_ami_secret_file(str(tmp_path / "none")).status is Status.SKIP
+
+
+class FakeChannel:
+    """Answers GET FULL VARIABLE from a table; records every expression asked."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def get_full_variable(self, expression: str) -> str:
+        self.asked.append(expression)
+        return self.answers.get(expression, "")
+
+
+class TestProbe:
+    async def test_an_endpoint_name_that_is_an_expression_is_never_evaluated(self) -> None:
+        """CALLMFA_CHECK_ENDPOINT goes into a dialplan expression: a value that could
+        call another function (SHELL) is refused before anything is asked."""
+        channel = FakeChannel({"${CALLMFA_CHECK_ENDPOINT}": "x,context)}${SHELL(id)}"})
+        assert await _endpoint(channel) is None  # type: ignore[arg-type]
+        assert channel.asked == ["${CALLMFA_CHECK_ENDPOINT}"]
+
+    async def test_endpoint_and_contacts(self) -> None:
+        have = ("${IFMODULE(func_pjsip_endpoint.so)}${IFMODULE(func_pjsip_aor.so)}"
+                "${IFMODULE(func_pjsip_contact.so)}")
+        channel = FakeChannel({
+            "${CALLMFA_CHECK_ENDPOINT}": "trunk", have: "111",
+            "${PJSIP_ENDPOINT(trunk,context)}": "from-trunk",
+            "${PJSIP_ENDPOINT(trunk,aors)}": "trunk",
+            "${PJSIP_AOR(trunk,contact)}": CID,
+            f"${{PJSIP_CONTACT({CID},uri)}}|${{PJSIP_CONTACT({CID},status)}}":
+                "sip:192.0.2.1:5060|Reachable",
+        })
+        found = await _endpoint(channel)  # type: ignore[arg-type]
+        assert found == {"name": "trunk", "exists": True, "context": "from-trunk",
+                         "aors": "trunk", "contacts": {CID: "sip:192.0.2.1:5060|Reachable"}}
+        assert check_endpoint("PJSIP/{number}@trunk", {"endpoint": found}).status is Status.OK
+
+    async def test_modules_in_one_round_trip(self) -> None:
+        names = [*INSPECTORS, *(m.name for m in MODULES)]
+        expression = "|".join(f"${{IFMODULE({n}.so)}}" for n in names)
+        channel = FakeChannel({expression: "|".join("1" for _ in names)})
+        assert await _modules(channel) == dict.fromkeys(names, "1")  # type: ignore[arg-type]
+        assert len(channel.asked) == 1
