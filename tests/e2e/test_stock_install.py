@@ -30,7 +30,7 @@ import pytest
 from ivr.settings import default_config_file
 from ivr.testing import PhoneBehaviour, SippPhone
 
-from ..conftest import REPO, _setns, wait_until
+from ..conftest import REPO, Sandbox, _setns, wait_until
 
 # sandbox.sh's Debian sid root (its default), which `make deps` builds
 ROOT = Path(os.environ.get("CALLMFA_ASTERISK_ROOT",
@@ -100,12 +100,15 @@ class Install:
         env["CALLMFA_ASTERISK_CONFIG_DIR"] = str(self.etc)
         return env
 
-    def run(self, commands: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run a doc's shell block (``set -e``); ``asterisk`` is the root's, on this copy."""
+    def run(self, commands: str, timeout_s: float = 120,
+            netns_fd: int | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a doc's shell block (``set -e``); ``asterisk`` is the root's, on this copy.
+        With ``netns_fd``, in that network namespace (pip needs the host's)."""
         script = (f"set -euo pipefail\nasterisk() {{ chroot {ROOT} /usr/sbin/asterisk "
                   f"-C {self.conf} \"$@\"; }}\n" + self.rewrite(commands))
         return subprocess.run(["bash", "-c", script], env=self.env(), capture_output=True,
-                              text=True, timeout=timeout_s, cwd=REPO)
+                              text=True, timeout=timeout_s, cwd=REPO,
+                              preexec_fn=None if netns_fd is None else lambda: _setns(netns_fd))
 
     def asterisk(self, command: str) -> str:
         out = subprocess.run(["chroot", str(ROOT), "/usr/sbin/asterisk", "-C", self.conf,
@@ -164,20 +167,25 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def stock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
+def stock(tmp_path_factory: pytest.TempPathFactory, sandbox: Sandbox) -> Iterator[Install]:
     """callmfa installed by quickstart.md (a wheel into a venv, with the network), and a
-    stock Asterisk with a Redis, both in a namespace of their own, which this thread joins."""
+    stock Asterisk with a Redis, both in a namespace of their own, which this thread joins
+    (then back to the sandbox's; the sandbox itself is not used)."""
     if os.geteuid() != 0:
         pytest.fail("needs root (network namespace, chroot)")
     install = Install(tmp_path_factory.mktemp("stock"))
     dist = install.tmp / "dist"
+    # pip needs the package index: the namespace the tests started in, not the sandbox's,
+    # which this thread joined.
+    host = sandbox.host_netns_fd
     subprocess.run([str(REPO / ".venv" / "bin" / "pip"), "wheel", "-q", "--no-deps", "-w",
-                    str(dist), str(REPO)], check=True, timeout=300, capture_output=True)
+                    str(dist), str(REPO)], check=True, timeout=300, capture_output=True,
+                   preexec_fn=lambda: _setns(host))
     wheel = next(dist.glob("callmfa-*.whl"))
     # (the host's python3 in a checkout; the docs' `python3` and `callmfa-*.whl`)
     step = venv_step().replace("python3 ", f"{sys.executable} ", 1).replace(
         "callmfa-*.whl", str(wheel))
-    out = install.run(step, timeout_s=600)
+    out = install.run(step, timeout_s=600, netns_fd=host)
     assert out.returncode == 0, out.stderr[-3000:]
 
     _stock_copy(install)
