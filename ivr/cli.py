@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from .log import configure
 from .ops import admin, pincli, usercli
 from .ops.commands import add_commands
 from .ops.reference import settings_markdown
-from .settings import Settings
+from .settings import Settings, default_config_file
 from .tasks import cancel_and_wait
 from .transport import http
 
@@ -63,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``callmfa`` console script."""
     args = _parser().parse_args(argv)
+    # The service's file (the systemd unit names it), and SIGHUP's reload with it.
+    default_config_file(os.environ)
     try:
         settings = Settings.load()
     except IvrError as e:

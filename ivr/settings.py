@@ -8,7 +8,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,9 @@ MIN_SIGNING_KEY_BYTES = 32
 MIN_PEPPER_BYTES = 32
 SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password", "webhook_secret",
            "smtp_password")
+# The file the systemd unit names in CALLMFA_CONFIG_FILE; the command line reads it too
+# when CALLMFA_CONFIG_FILE is unset, so that `callmfa check` on the host gets serve's settings.
+DEFAULT_CONFIG_FILE = "/etc/callmfa/callmfa.conf"
 
 
 def _default_consumer() -> str:
@@ -69,6 +72,12 @@ class Settings:
         default="", metadata={"doc": 'Caller ID shown to the user, e.g. "Sign-in" <+15550000>.'}
     )
     context: str = field(default="callmfa-verify", metadata={"doc": "Dialplan context."})
+    asterisk_config_dir: str = field(
+        default="/etc/asterisk",
+        metadata={"doc": "Asterisk's configuration directory, when on this host: `callmfa "
+                         "check` checks that manager_callmfa.conf (the AMI secret) is not "
+                         "readable by others."},
+    )
     ring_timeout_s: float = field(default=30.0, metadata={"doc": "How long the phone rings."})
     max_call_s: int = field(default=120, metadata={"doc": "Hard limit on an answered call."})
     max_in_flight: int = field(
@@ -629,6 +638,15 @@ def _convert(key: str, raw: str, kind: object) -> object:
     except ValueError:
         raise SettingsError(f"{key}={raw!r} is not a number") from None
     return raw
+
+
+def default_config_file(environ: MutableMapping[str, str],
+                        default: str | Path = DEFAULT_CONFIG_FILE) -> None:
+    """Name ``default`` in ``CALLMFA_CONFIG_FILE`` when it is unset and the file exists
+    (an empty ``CALLMFA_CONFIG_FILE`` reads no file)."""
+    key = ENV_PREFIX + "CONFIG_FILE"
+    if key not in environ and Path(default).is_file():
+        environ[key] = str(default)
 
 
 def read_config_file(path: str | Path) -> dict[str, str]:

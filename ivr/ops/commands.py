@@ -47,7 +47,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     r.set_defaults(run=_report)
     d = sub.add_parser("install-dialplan", help="copy the dialplan and manager.conf snippets "
                                                 "into DIR (e.g. /etc/asterisk)")
-    d.add_argument("directory", metavar="DIR", type=Path)
+    d.add_argument("directory", metavar="DIR", type=Path, nargs="?",
+                   help="Asterisk's configuration directory; may be left out with --prompts")
     d.add_argument("--force", action="store_true", help="overwrite existing files")
     d.add_argument("--prompts", metavar="SOUNDS_DIR", type=Path,
                    help="also record callmfa's prompts (en, fr, de, es; needs espeak-ng and "
@@ -168,9 +169,37 @@ def write_secret_file(path: Path, text: str, *, group: str = "asterisk") -> str:
     return mode
 
 
+# Holds the AMI secret once it is filled in: 0640 root:asterisk, as Debian's own files.
+SECRET_CONFS = frozenset({"manager_callmfa.conf"})
+
+
+def _no_group_note(path: Path, how: str) -> None:
+    if how == "0600":
+        print(f"callmfa: there is no group 'asterisk' on this host: {path} is 0600, readable "
+              "by its owner only; give it to the group Asterisk runs as: chgrp GROUP "
+              f"{path} && chmod 0640 {path}", file=sys.stderr)
+
+
+def _install_prompts(sounds: Path) -> int:
+    try:
+        made = promptgen.build(sounds)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"callmfa: recording the prompts failed ({e}): are espeak-ng and sox "
+              "installed?", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"recorded {made} prompt file(s) under {sounds}/<lang>/callmfa/")
+    return EXIT_OK
+
+
 def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
     source = dialplan_directory()
-    target: Path = args.directory
+    target: Path | None = args.directory
+    if target is None:
+        if args.prompts is None:
+            print("callmfa: install-dialplan needs DIR, --prompts SOUNDS_DIR or both",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        return _install_prompts(args.prompts)
     if not target.is_dir():
         print(f"callmfa: {target} is not a directory", file=sys.stderr)
         return EXIT_USAGE
@@ -184,21 +213,22 @@ def _install_dialplan(settings: Settings, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     for f in files:
+        if f.name in SECRET_CONFS:
+            how = write_secret_file(target / f.name, f.read_text())
+            print(f"installed {target / f.name} ({how}): it will hold the AMI secret")
+            _no_group_note(target / f.name, how)
+            continue
         shutil.copy(f, target / f.name)  # keeps the AGI script executable
         print(f"installed {target / f.name}")
     how = write_secret_file(target / ENV_FILE, classic_env(settings))
     print(f"installed {target / ENV_FILE} ({how}): the classic AGI script's settings")
-    if args.prompts is not None:
-        try:
-            made = promptgen.build(args.prompts)
-        except (OSError, subprocess.CalledProcessError) as e:
-            print(f"callmfa: recording the prompts failed ({e}): are espeak-ng and sox "
-                  "installed?", file=sys.stderr)
-            return EXIT_FAILED
-        print(f"recorded {made} prompt file(s) under {args.prompts}/<lang>/callmfa/")
+    _no_group_note(target / ENV_FILE, how)
+    if args.prompts is not None and _install_prompts(args.prompts) != EXIT_OK:
+        return EXIT_FAILED
     print('next: add #include "extensions_callmfa.conf" to extensions.conf and\n'
           '      #include "manager_callmfa.conf" to manager.conf, set the secret, then\n'
-          "      asterisk -rx 'dialplan reload' and asterisk -rx 'manager reload'.\n"
+          "      asterisk -rx 'dialplan reload' and asterisk -rx 'manager reload'\n"
+          "      (keep manager_callmfa.conf 0640, root:asterisk: it holds the AMI secret).\n"
           "      For CALLMFA_AGI_MODE=classic, move callmfa-verify.agi into Asterisk's\n"
           "      agi-bin (it imports ivr and pyst2: see docs/asterisk.md) and callmfa.env\n"
           "      (secrets: keep it mode 0640, root:asterisk) into Asterisk's config directory")

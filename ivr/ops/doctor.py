@@ -16,8 +16,6 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,8 +39,11 @@ from ..storage.keys import STORE_OUTCOME, WEBHOOK_DEAD
 from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
 from ..storage.webhooks import DeliveryQueue
 from ..transport.ami import AmiClient
+from . import pbxcheck
 from .dialcheck import policy_summary
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
+from .results import CheckResult as CheckResult  # re-exported: doctor.Status, ...
+from .results import Status as Status
 
 SAMPLE_NUMBER = "+12015550100"
 CHECK_USER_PREFIX = "callmfa-check-"
@@ -85,25 +86,6 @@ OUTCOME_FIXES: dict[Outcome, str] = {
     Outcome.BYPASSED: "a one-time bypass (`callmfa bypass`) was used instead of a call: run "
                       "the check again",
 }
-
-
-class Status(StrEnum):
-    """How one check ended."""
-
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "FAIL"
-    SKIP = "skip"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One line of the report, with what to do when it is not ok."""
-
-    name: str
-    status: Status
-    message: str
-    fix: str | None = None
 
 
 def _redacted(url: str) -> str:
@@ -472,7 +454,8 @@ async def check_probe(
                  "Timeout": "10000", "ChannelId": probe_id},
                 # No AMD: a Local channel is silent, and AMD would listen for 5 s for nothing.
                 {"CALLMFA_ID": probe_id, "CALLMFA_AGI": url, "CALLMFA_EXTENSION": "",
-                 "CALLMFA_MAX_SECS": "30", "CALLMFA_AMD": "off", "CALLMFA_KEEP_KEYS": "on"},
+                 "CALLMFA_MAX_SECS": "30", "CALLMFA_AMD": "off", "CALLMFA_KEEP_KEYS": "on",
+                 pbxcheck.ENDPOINT_VARIABLE: pbxcheck.endpoint_of(settings.dial_template) or ""},
                 timeout_s=settings.connect_timeout_s + 15,
             )
         except AmiError as e:
@@ -503,8 +486,8 @@ async def check_probe(
                 "is `callmfa serve` running, and is CALLMFA_AGI_URL's host:port reachable "
                 "from the Asterisk host (CALLMFA_AGI_HOST, firewall)? The Asterisk log says "
                 "'Connecting to ... failed'")
-        yield CheckResult("prompts", Status.SKIP, "needs the FastAGI probe")
-        yield CheckResult("early-keys", Status.SKIP, "needs the FastAGI probe")
+        for name in ("prompts", "early-keys", "modules", "endpoint"):
+            yield CheckResult(name, Status.SKIP, "needs the FastAGI probe")
         return
     found = json.loads(raw)
     yield CheckResult("dialplan", Status.OK,
@@ -514,12 +497,16 @@ async def check_probe(
     if missing:
         text = "; ".join(f"{lang}: {', '.join(files)}" for lang, files in missing.items())
         yield CheckResult("prompts", Status.FAIL, f"Asterisk cannot play {text}",
-                          "install the sound files (e.g. Debian's asterisk-core-sounds-en-gsm) "
-                          "in Asterisk's sounds directory")
+                          "record callmfa's prompts into Asterisk's sounds directory: "
+                          "callmfa install-dialplan --prompts /usr/share/asterisk/sounds "
+                          "(on the Asterisk host; needs espeak-ng and sox)")
     else:
         yield CheckResult("prompts", Status.OK,
                           "Asterisk can play every prompt in " + ", ".join(found["languages"]))
     yield check_early_keys(found.get("early_keys"))
+    for result in pbxcheck.check_modules(settings.amd, found):
+        yield result
+    yield pbxcheck.check_endpoint(settings.dial_template, found)
 
 
 def check_early_keys(trystatus: str | None) -> CheckResult:
@@ -591,6 +578,7 @@ async def run_checks(
     if agi is not None:
         yield agi
     yield check_pin_pepper(settings)
+    yield pbxcheck.check_ami_secret_file(settings.asterisk_config_dir)
     redis_ok = True
     async for result in check_redis(settings):
         redis_ok = redis_ok and result.status is not Status.FAIL
@@ -609,7 +597,8 @@ async def run_checks(
                 async for result in check_probe(settings, ami, settings.redis_url):
                     yield result
             else:
-                for name in ("dialplan", "fastagi", "prompts", "early-keys"):
+                for name in ("dialplan", "fastagi", "prompts", "early-keys", "modules",
+                             "endpoint"):
                     yield CheckResult(name, Status.SKIP, "needs AMI and Redis")
             ami_ok = ami_ok and this_ok
         finally:

@@ -20,7 +20,9 @@ from redis.asyncio import Redis
 
 from ..domain.prompts import PROMPTS, sound_files
 from ..exceptions import AgiHangup
+from ..transport.agi import AgiChannel
 from ..transport.fastagi import AgiSession
+from .pbxcheck import CONTACT_ID, ENDPOINT_NAME, ENDPOINT_VARIABLE, INSPECTORS, MODULES
 
 log = structlog.get_logger("ivr.ops.probe")
 
@@ -60,6 +62,8 @@ class AgiProbe:
         try:
             # What the dialplan's TryExec(StoreDTMF(...)) said (callmfa check asks for it).
             early_keys = await channel.get_full_variable("${TRYSTATUS}")
+            modules = await _modules(channel)
+            endpoint = await _endpoint(channel)
             for lang in LANGUAGES:
                 await channel.set_variable("CHANNEL(language)", lang)
                 for name in dict.fromkeys(sound_files(PROMPTS, lang)):
@@ -76,8 +80,48 @@ class AgiProbe:
         await self._redis.set(
             probe_key(probe_id),
             json.dumps({"languages": LANGUAGES, "missing": missing,
-                        "early_keys": early_keys}),
+                        "early_keys": early_keys, "modules": modules, "endpoint": endpoint}),
             ex=PROBE_TTL_S,
         )
         log.info("probe_answered", missing=missing)
         await channel.hangup()
+
+
+async def _modules(channel: AgiChannel) -> dict[str, str]:
+    """IFMODULE() of each module the dialplan uses, in one GET FULL VARIABLE: "1" loaded,
+    "0" not, "" when func_module (which answers) is not loaded itself."""
+    names = [*INSPECTORS, *(m.name for m in MODULES)]
+    reply = await channel.get_full_variable(
+        "|".join(f"${{IFMODULE({name}.so)}}" for name in names))
+    values = reply.split("|")
+    return dict(zip(names, values + [""] * (len(names) - len(values)), strict=True))
+
+
+async def _endpoint(channel: AgiChannel) -> dict[str, object] | None:
+    """The PJSIP endpoint ``callmfa check`` asked about (CALLMFA_CHECK_ENDPOINT): whether it
+    exists, its aors, and the status of each of their contacts; None when not asked."""
+    name = await channel.get_full_variable(f"${{{ENDPOINT_VARIABLE}}}")
+    if not ENDPOINT_NAME.match(name):
+        return None  # not asked, or not a name to put into an expression
+    have = await channel.get_full_variable(
+        "${IFMODULE(func_pjsip_endpoint.so)}${IFMODULE(func_pjsip_aor.so)}"
+        "${IFMODULE(func_pjsip_contact.so)}")
+    if have != "111":
+        return {"name": name, "inspect": False}
+    # An endpoint's context is never empty ("default" unless set): empty means no endpoint.
+    context = await channel.get_full_variable(f"${{PJSIP_ENDPOINT({name},context)}}")
+    if not context:
+        return {"name": name, "exists": False}
+    aors = await channel.get_full_variable(f"${{PJSIP_ENDPOINT({name},aors)}}")
+    contacts: dict[str, str] = {}
+    for aor in (a.strip() for a in aors.split(",")):
+        if not ENDPOINT_NAME.match(aor):
+            continue
+        ids = await channel.get_full_variable(f"${{PJSIP_AOR({aor},contact)}}")
+        for cid in (c.strip() for c in ids.split(",")):
+            if CONTACT_ID.match(cid):
+                # "sip:host:port|Reachable" (a URI holds no '|')
+                contacts[cid] = await channel.get_full_variable(
+                    f"${{PJSIP_CONTACT({cid},uri)}}|${{PJSIP_CONTACT({cid},status)}}")
+    return {"name": name, "exists": True, "context": context, "aors": aors,
+            "contacts": contacts}

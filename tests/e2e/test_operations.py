@@ -59,7 +59,11 @@ class TestCheck:
         for name in ("numbers", "redis", "ami-login", "ami-rights", "dialplan", "fastagi",
                      "prompts", "early-keys"):
             assert any(line.split()[:2] == ["ok", name] for line in lines), out.stdout
-        assert not any(line.split()[0] in ("FAIL", "warn") for line in lines[1:-1]), out.stdout
+        # The one warning: the test phone's contact is not qualified (sipp does not answer
+        # OPTIONS), so its reachability is unknown.
+        warned = [line for line in lines[1:-1] if line.split()[0] in ("FAIL", "warn")]
+        assert [line.split()[:2] for line in warned] == [["warn", "endpoint"]], out.stdout
+        assert "modules" in out.stdout
         assert lines[-1] == "all checks passed"
 
     def test_number_says_what_callmfa_would_dial(self, sandbox: Sandbox) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import ast
 import itertools
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from ivr.domain import outcome as outcome_module
 from ivr.domain.outcome import Outcome
+from ivr.domain.request import parse_request
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "docs" / "contract.md"
@@ -146,3 +148,15 @@ class TestTroubleshooting:
     def test_every_error_detail_has_an_entry(self, detail: str) -> None:
         """error/no_pin and error/no_code had none: each error detail needs its own fix."""
         assert ("error", detail) in troubleshooting_rows()
+
+
+class TestRequestExample:
+    def test_the_xadd_example_is_valid_now(self) -> None:
+        """The XADD example carries no expires_at that is already past (issue 19): pasted
+        as is it is a valid request that has not expired."""
+        line = next(x for x in CONTRACT.read_text().splitlines()
+                    if x.startswith("XADD callmfa:requests * request "))
+        payload = re.fullmatch(r"XADD callmfa:requests \* request '(.*)'", line)
+        assert payload is not None
+        assert "expires_at" not in payload.group(1)
+        parse_request(payload.group(1), requested_at=time.time(), default_ttl_s=120)

@@ -241,3 +241,13 @@ class TestServiceUnit:
         assert "exits when it loses AMI" not in text
         assert "reconnects by itself" in text
         assert "Restart=always" in text.splitlines()
+
+    def test_the_unit_and_the_commands_read_one_file(self) -> None:
+        """The unit names the file the command line reads by default; no EnvironmentFile
+        or secret paths of its own, which `callmfa check` would not see (issue 19)."""
+        from ivr.settings import DEFAULT_CONFIG_FILE
+        lines = [line for line in (REPO / "docs" / "callmfa.service").read_text().splitlines()
+                 if not line.startswith("#")]
+        assert f"Environment=CALLMFA_CONFIG_FILE={DEFAULT_CONFIG_FILE}" in lines
+        assert not [line for line in lines if line.startswith("EnvironmentFile=")
+                    or ("_FILE=" in line and "CONFIG_FILE" not in line)]

@@ -51,6 +51,32 @@ class TestInstallDialplan:
         assert PEPPER in (tmp_path / "callmfa.env").read_text()
 
 
+    def test_manager_conf_is_not_world_readable(self, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+        """manager_callmfa.conf (the AMI secret goes in it) is written 0640 root:asterisk,
+        as Debian's own files; other snippets stay 0644 (issue 19)."""
+        args = argparse.Namespace(directory=tmp_path, force=False, prompts=None)
+        assert install_dialplan(Settings(), args) == 0
+        mode = stat.S_IMODE((tmp_path / "manager_callmfa.conf").stat().st_mode)
+        assert mode & 0o007 == 0
+        out = capsys.readouterr()
+        try:
+            grp.getgrnam("asterisk")
+        except KeyError:
+            assert mode == 0o600
+            assert "there is no group 'asterisk' on this host" in out.err
+        else:
+            assert mode == 0o640
+            assert "manager_callmfa.conf (0640, group asterisk)" in out.out
+        assert "secret = CHANGE-ME" in (tmp_path / "manager_callmfa.conf").read_text()
+
+    def test_prompts_alone_need_no_directory(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`install-dialplan` with neither DIR nor --prompts is a usage error (exit 2)."""
+        args = argparse.Namespace(directory=None, force=False, prompts=None)
+        assert install_dialplan(Settings(), args) == 2
+        assert "needs DIR, --prompts SOUNDS_DIR or both" in capsys.readouterr().err
+
+
 class TestWriteSecretFile:
     def test_group_readable_only(self, tmp_path: Path) -> None:
         """With the group present: 0640, that group, owned by root when run as root."""

@@ -11,7 +11,7 @@ import pytest
 
 from ivr.classic import load_env
 from ivr.exceptions import SettingsError
-from ivr.settings import ENV_PREFIX, Settings
+from ivr.settings import ENV_PREFIX, Settings, default_config_file
 
 
 class TestDefaults:
@@ -310,6 +310,28 @@ class TestConfigFile:
         conf = tmp_path / "callmfa.conf"
         conf.write_text(line + "\n")
         assert Settings.load({"CALLMFA_CONFIG_FILE": str(conf)}).caller_id == value
+
+    def test_the_service_file_is_the_default(self, tmp_path: Path) -> None:
+        """The command line reads the service's file when CALLMFA_CONFIG_FILE is unset and
+        it exists, secret files included; an explicit or empty CALLMFA_CONFIG_FILE wins
+        (issue 19: `callmfa check` on the host gets serve's settings)."""
+        secret = tmp_path / "ami-secret"
+        secret.write_text("s3cret\n")
+        conf = tmp_path / "callmfa.conf"
+        conf.write_text(f"CALLMFA_AMI_SECRET_FILE={secret}\nCALLMFA_MAX_ATTEMPTS=5\n")
+        env: dict[str, str] = {}
+        default_config_file(env, conf)
+        assert env == {"CALLMFA_CONFIG_FILE": str(conf)}
+        s = Settings.load(env)
+        assert (s.ami_secret, s.max_attempts) == ("s3cret", 5)
+        for given in ({"CALLMFA_CONFIG_FILE": ""}, {"CALLMFA_CONFIG_FILE": "/other.conf"}):
+            env = dict(given)
+            default_config_file(env, conf)
+            assert env == given
+        env = {}
+        default_config_file(env, tmp_path / "absent.conf")
+        assert env == {}
+        assert Settings.load({"CALLMFA_CONFIG_FILE": ""}).max_attempts == 3
 
     def test_a_line_that_is_not_a_setting_is_an_error(self, tmp_path: Path) -> None:
         """A stray line names the file and line number."""
