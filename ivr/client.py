@@ -118,12 +118,14 @@ class VerificationClient:
         context: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         match_number: str | None = None,
+        otp: str | None = None,
     ) -> str:
         """Queue a verification; returns its id (ValueError if the request would be over
         ``MAX_REQUEST_BYTES``, which callmfa rejects).
 
         ``match_number`` (mode ``match``): the number the sign-in page shows; only its
-        salted hash is sent.
+        salted hash is sent. ``otp`` (mode ``otp``): the one-time code the call reads out;
+        it ends ``delivered``.
         """
         rid = request_id or str(uuid.uuid4())
         request: dict[str, Any] = {
@@ -132,6 +134,8 @@ class VerificationClient:
         }
         if match_number is not None:
             request["match_hash"] = hash_code(match_number)
+        if otp is not None:
+            request["otp"] = otp
         if expires_in_s is not None:
             request["expires_at"] = iso(time.time() + expires_in_s)
         payload = json.dumps(request)

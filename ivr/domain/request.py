@@ -15,13 +15,14 @@ from typing import Any
 from ..exceptions import RequestError
 from .codes import is_valid_hash
 from .flow import MODES as FLOW_MODES
+from .flow import OTP_MAX_DIGITS, OTP_MIN_DIGITS
 from .outcome import parse_iso
 from .users import MAX_USER_CHARS as MAX_USER_CHARS
 from .users import UserNameError, normalise_user
 
 MODES = frozenset(FLOW_MODES)
 FIELDS = frozenset(
-    {"id", "user", "phone", "mode", "lang", "expires_at", "context", "match_hash"}
+    {"id", "user", "phone", "mode", "lang", "expires_at", "context", "match_hash", "otp"}
 )
 MAX_REQUEST_BYTES = 8192
 MAX_CONTEXT_BYTES = 4096
@@ -35,6 +36,7 @@ _LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0
                          r'[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})"')
 _HEAD_BYTES = 128
 _LANG = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?\Z")
+_OTP = re.compile(rf"[0-9]{{{OTP_MIN_DIGITS},{OTP_MAX_DIGITS}}}\Z")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,7 @@ class VerificationRequest:
     expires_at: float
     context: dict[str, Any] = field(default_factory=dict)
     match_hash: str = field(default="", repr=False)
+    otp: str = field(default="", repr=False)  # never in a log line
 
     @property
     def phone(self) -> str:
@@ -122,6 +125,15 @@ def parse_request(
         )
     if mode != "match" and match_hash is not None:
         raise RequestError("invalid_match_hash", "match_hash is for mode match only")
+    otp = data.get("otp")
+    if mode == "otp" and (not isinstance(otp, str) or not _OTP.match(otp)):
+        # (never the value itself in the message: it is logged)
+        raise RequestError(
+            "invalid_otp",
+            f"mode otp needs otp: {OTP_MIN_DIGITS} to {OTP_MAX_DIGITS} digits, as a string",
+        )
+    if mode != "otp" and otp is not None:
+        raise RequestError("invalid_otp", "otp is for mode otp only")
     lang = data.get("lang") or "en"
     if not isinstance(lang, str) or not _LANG.match(lang):
         raise RequestError("invalid_lang", "lang must be a language tag such as en or fr-CA")
@@ -154,4 +166,15 @@ def parse_request(
         expires_at=expires_at,
         context=context,
         match_hash=match_hash or "",
+        otp=otp or "",
     )
+
+
+def otp_of(raw: str | bytes | None, rid: str) -> str:
+    """The one-time code in the request ``raw`` (a stream entry's payload) if it is the
+    otp request ``rid``, else '' (the IVR then reads nothing: ``error`` / ``no_code``)."""
+    try:
+        req = parse_request(raw or b"", requested_at=0.0, default_ttl_s=0.0)
+    except RequestError:
+        return ""
+    return req.otp if req.id == rid.lower() and req.mode == "otp" else ""
