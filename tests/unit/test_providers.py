@@ -218,6 +218,25 @@ class TestFixtures:
             assert status == 400
 
 
+class BrokenVerifier(FakeVerifier):
+    async def submit(self, *, user: str, phone: str, **options: Any) -> str:
+        raise ConnectionError("Redis is down")
+
+
+async def test_redis_down_is_a_failure_reply_not_a_crash() -> None:
+    """Redis unreachable: Okta gets FAILED (not a 500), and the refusal is counted."""
+    client = await serve(BrokenVerifier())
+    try:
+        status, text = await send(client, "okta", fixture("okta_telephony_hook"),
+                                  {"X-Callmfa-Hook": TOKEN})
+        gateway = client.server.app[GATEWAY]
+    finally:
+        await client.close()
+    assert status == 200
+    assert json.loads(text)["commands"][0]["value"][0]["status"] == "FAILED"
+    assert gateway.refused["okta", "unavailable"] == 1
+
+
 class TestTranslation:
     @pytest.mark.parametrize(("text", "code"), [
         ("(HOOK)Your code is 11111", "11111"), ("Your OTP value is 718234.", "718234"),

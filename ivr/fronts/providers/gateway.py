@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import phonenumbers
 import structlog
+from redis.exceptions import RedisError
 
 from ...domain.flow import OTP_MAX_DIGITS, OTP_MIN_DIGITS
 from ...domain.outcome import Outcome
@@ -166,13 +167,19 @@ class OtpGateway:
         """Queue the call and wait until it is taken, or refused."""
         s = self.settings
         since_ms = int(time.time() * 1000) - 1
-        rid = await self._client.submit(
-            user=order.user, phone=order.phone, mode="otp", otp=order.otp,
-            lang=prompt_language(order.lang) if order.lang else s.provider_lang,
-            expires_in_s=s.provider_accept_s,
-            context={"front": "provider", "vendor": vendor, **order.context},
-        )
-        taken, outcome, detail = await self._taken(rid, since_ms)
+        try:
+            rid = await self._client.submit(
+                user=order.user, phone=order.phone, mode="otp", otp=order.otp,
+                lang=prompt_language(order.lang) if order.lang else s.provider_lang,
+                expires_in_s=s.provider_accept_s,
+                context={"front": "provider", "vendor": vendor, **order.context},
+            )
+            taken, outcome, detail = await self._taken(rid, since_ms)
+        except (RedisError, OSError) as e:
+            return self.refuse(vendor, "unavailable", f"callmfa's Redis: {type(e).__name__}",
+                               status=503)
+        except ValueError as e:  # over the request size limit
+            return self.refuse(vendor, "too_large", str(e), status=400)
         if taken:
             log.info("provider_call_accepted", vendor=vendor, verification_id=rid)
             return Accepted(rid)
