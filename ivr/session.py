@@ -225,7 +225,6 @@ class VerificationIvr:
             log.info("pin_hash_upgraded")
 
 
-
 async def _recite(channel: AgiChannel, files: tuple[str, ...], step: Recite) -> Recited:
     """Play ``files`` one STREAM FILE each (``*`` cuts them when interruptible), then wait
     ``step.wait_ms`` for a key."""
