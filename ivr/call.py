@@ -67,6 +67,8 @@ class CallContext:
     early_keys: str = field(default="", repr=False)
     token_hash: str = field(default="", repr=False)
     token: str = field(default="", repr=False)
+    entry_id: str = ""  # otp: the request's stream entry, where the IVR reads the code
+    otp: str = field(default="", repr=False)  # otp: the code to read; never logged
     heard_seen: int = 0  # how many of the keys StoreDTMF kept the flow was given
     pin_upgrade: tuple[str, str] | None = field(default=None, repr=False)  # (old, new) hash
 
@@ -86,6 +88,7 @@ class CallContext:
             context=info.get("context", "{}"),
             match_hash=info.get("match_hash", ""),
             token_hash=info.get("token_hash", ""),
+            entry_id=info.get("entry_id", ""),
         )
 
     @property
@@ -109,8 +112,10 @@ class CallContext:
             machine=self.amd_status.strip().upper() == "MACHINE",
             silence=self.amd_cause.strip().upper().startswith("INITIALSILENCE"),
             locked=self.mode == "pin" and pin_locked,
-            code_known=self.mode == "standard" or bool(self.match_hash),
+            code_known=self.mode == "standard" or bool(
+                self.otp if self.mode == "otp" else self.match_hash),
             early_keys=self.early_keys,
+            otp=self.otp,
         )
 
     def note_input(self) -> None:

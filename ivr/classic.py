@@ -25,6 +25,8 @@ from .domain.flow import (
     Hangup,
     HungUp,
     Play,
+    Recite,
+    Recited,
     Report,
     Step,
 )
@@ -93,6 +95,10 @@ class ClassicDriver:
             self._log(f"{rid}: AGI session refused ({refusal}); nothing recorded", level=1)
             return
         pin = self._store.pin_state(call.user) if call.mode == "pin" and call.user else None
+        if call.mode == "otp":  # from the request's stream entry, never through Asterisk
+            from .domain.request import otp_of  # (only otp calls load the request parser)
+
+            call.otp = otp_of(self._store.request_payload(call.entry_id), call.id)
         try:
             self._command("set_variable", "CHANNEL(language)", call.lang)
             self._command("test_hangup")  # Asterisk's SIGHUP: keys before it never count
@@ -138,6 +144,15 @@ class ClassicDriver:
                 self._command("appexec", "Playback", "&".join(
                     call.files(step.prompts, self._settings)))
                 return Done()
+            if isinstance(step, Recite):  # one STREAM FILE per digit: no log line holds all
+                files = call.files(step.prompts, self._settings)
+                escape = "*" if step.interruptible else ""
+                for played, file in enumerate(files):
+                    if key := str(self._command("stream_file", file, escape)):
+                        return Recited(key, played)
+                waited = self._command("wait_for_digit", str(step.wait_ms)) \
+                    if step.wait_ms else ""
+                return Recited(str(waited), len(files))
             assert isinstance(step, Report)
             self._report(call, step)
             return Done()

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from . import __version__
 from .app import serve
 from .client import VerificationClient
-from .domain.flow import MATCH_DIGITS, MODES
+from .domain.flow import MATCH_DIGITS, MODES, OTP_MAX_DIGITS, OTP_MIN_DIGITS
 from .domain.outcome import Outcome
 from .domain.request import parse_request
 from .exceptions import IvrError, RequestError, SettingsError
@@ -44,10 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--phone", required=True, help="E.164, e.g. +12015550100 or +12015550100x1234")
     v.add_argument("--mode", choices=MODES, default="standard",
                    help="standard: '#' approves (default); pin: the user's PIN then '#'; "
-                        "match: the number given with --match, then '#'")
+                        "match: the number given with --match, then '#'; otp: reads the "
+                        "code given with --otp (outcome delivered)")
     v.add_argument("--match", metavar="NN", dest="match_number",
                    help=f"mode match: the {MATCH_DIGITS}-digit number the user must key "
                         "(only its salted hash is sent)")
+    v.add_argument("--otp", metavar="DIGITS",
+                   help=f"mode otp: the one-time code to read out ({OTP_MIN_DIGITS} to "
+                        f"{OTP_MAX_DIGITS} digits)")
     v.add_argument("--lang", default="en")
     v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
     v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
@@ -124,6 +128,12 @@ def _verify_usage(args: argparse.Namespace) -> str | None:
             return f"--match must be {MATCH_DIGITS} digits, e.g. 37"
     elif args.match_number is not None:
         return "--match is for --mode match only"
+    if args.mode == "otp":
+        if not (args.otp and args.otp.isascii() and args.otp.isdigit()
+                and OTP_MIN_DIGITS <= len(args.otp) <= OTP_MAX_DIGITS):
+            return f"--mode otp needs --otp: {OTP_MIN_DIGITS} to {OTP_MAX_DIGITS} digits"
+    elif args.otp is not None:
+        return "--otp is for --mode otp only"
     return None
 
 
@@ -160,7 +170,7 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
         since = int(time.time() * 1000) - 1
         rid = await client.submit(
             user=args.user, phone=args.phone, lang=args.lang, expires_in_s=args.timeout,
-            mode=args.mode, match_number=args.match_number,
+            mode=args.mode, match_number=args.match_number, otp=args.otp,
         )
         progress = None
         if not args.json:
@@ -181,7 +191,7 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
     else:
         detail = ": ".join(d for d in (record.detail, record.reason) if d)
         print(f"outcome: {record.outcome.value}" + (f" ({detail})" if detail else ""))
-    granted = record.outcome in (Outcome.APPROVED, Outcome.BYPASSED)
+    granted = record.outcome in (Outcome.APPROVED, Outcome.BYPASSED, Outcome.DELIVERED)
     return EXIT_OK if granted else EXIT_NOT_APPROVED
 
 

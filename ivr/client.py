@@ -119,6 +119,7 @@ class VerificationClient:
         request_id: str | None = None,
         match_number: str | None = None,
         callback_url: str | None = None,
+        otp: str | None = None,
     ) -> str:
         """Queue a verification; returns its id (ValueError if the request would be over
         ``MAX_REQUEST_BYTES``, which callmfa rejects).
@@ -127,7 +128,8 @@ class VerificationClient:
         under CALLMFA_WEBHOOK_ALLOWED_URLS).
 
         ``match_number`` (mode ``match``): the number the sign-in page shows; only its
-        salted hash is sent.
+        salted hash is sent. ``otp`` (mode ``otp``): the one-time code the call reads out;
+        it ends ``delivered``.
 
         Without ``phone``, callmfa calls the number its user directory holds for ``user``
         (``rejected``/``unknown_user`` if it has none); without ``mode`` or ``lang``, the
@@ -143,6 +145,8 @@ class VerificationClient:
             request["match_hash"] = hash_code(match_number)
         if callback_url is not None:
             request["callback_url"] = callback_url
+        if otp is not None:
+            request["otp"] = otp
         if expires_in_s is not None:
             request["expires_at"] = iso(time.time() + expires_in_s)
         payload = json.dumps(request)

@@ -219,7 +219,7 @@ class Originator:
                                retry_after=refusal.retry_after, reason=refusal.reason)
             return True
         token = new_token()  # only Asterisk learns it; the marker keeps its hash
-        claim = await self._store.claim_call(req.id, _call_fields(req, token))
+        claim = await self._store.claim_call(req.id, _call_fields(req, token, entry.entry_id))
         if claim is not Claim.NEW:
             log.info("request_duplicate", found=claim.value)
             return True
@@ -379,8 +379,13 @@ class Originator:
             _log_finished(record)
 
 
-def _call_fields(req: VerificationRequest, token: str) -> dict[str, str]:
-    """What the IVR (possibly another process) needs to know about the call."""
+def _call_fields(req: VerificationRequest, token: str, entry_id: str) -> dict[str, str]:
+    """What the IVR (possibly another process) needs to know about the call.
+
+    Never an otp request's code: the IVR reads it from the request's own stream entry
+    (``entry_id``), which is deleted once the request is settled, so that no copy of it
+    outlives the call.
+    """
     fields = {
         "token_hash": token_hash(token),
         "user": req.user,
@@ -395,6 +400,8 @@ def _call_fields(req: VerificationRequest, token: str) -> dict[str, str]:
         fields["match_hash"] = req.match_hash
     if req.callback_url:
         fields["callback_url"] = req.callback_url  # the outcome script sends the webhook there
+    if req.mode == "otp":
+        fields["entry_id"] = entry_id
     return fields
 
 

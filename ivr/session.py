@@ -26,6 +26,8 @@ from .domain.flow import (
     Hangup,
     HungUp,
     Play,
+    Recite,
+    Recited,
     Report,
     Started,
     Step,
@@ -33,6 +35,7 @@ from .domain.flow import (
     keys_are_secret,
 )
 from .domain.outcome import Outcome
+from .domain.request import otp_of
 from .exceptions import AgiConnectionLostError, AgiError, AgiHangup
 from .security import Security
 from .settings import Settings
@@ -131,6 +134,10 @@ class VerificationIvr:
         """The channel's language, the PIN state; keys before a hang-up are dropped."""
         pin = await self._pins.state(call.user) if call.mode == "pin" and call.user \
             else PinState()
+        if call.mode == "otp":
+            # The code is read from the request's stream entry, here, never passed through
+            # Asterisk (whose Originate variables AMI publishes and its log shows).
+            call.otp = otp_of(await self._store.request_payload(call.entry_id), call.id)
         with contextlib.suppress(AgiHangup):  # the flow's first step reports hung_up
             await channel.set_variable("CHANNEL(language)", call.lang)
         if channel.hung_up:  # Asterisk said HANGUP: keys pressed before it never count
@@ -175,6 +182,10 @@ class VerificationIvr:
                 elif isinstance(step, Play):
                     await channel.playback(call.files(step.prompts, self._settings))
                     event = Done()
+                elif isinstance(step, Recite):
+                    event = await _recite(channel, call.files(step.prompts, self._settings),
+                                          step)
+                    log.info("code_read", keyed=bool(event.key))
                 else:
                     await self._report(call, step)
                     event = Done()
@@ -213,3 +224,13 @@ class VerificationIvr:
               and await self._pins.reset(call.user, call.pin_upgrade) == 2):
             log.info("pin_hash_upgraded")
 
+
+async def _recite(channel: AgiChannel, files: tuple[str, ...], step: Recite) -> Recited:
+    """Play ``files`` one STREAM FILE each (``*`` cuts them when interruptible), then wait
+    ``step.wait_ms`` for a key."""
+    escape = "*" if step.interruptible else ""
+    for played, file in enumerate(files):
+        if key := await channel.stream_file(file, escape):
+            return Recited(key, played)
+    key = await channel.wait_for_digit(step.wait_ms) if step.wait_ms else ""
+    return Recited(key, len(files))

@@ -22,7 +22,8 @@ MIN_SIGNING_KEY_BYTES = 32
 # Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
 MIN_PEPPER_BYTES = 32
 SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password", "webhook_secret",
-           "smtp_password")
+           "smtp_password", "provider_privacyidea_token", "provider_authentik_token",
+           "provider_okta_token", "provider_linotp_token")
 # The file the systemd unit names in CALLMFA_CONFIG_FILE; the command line reads it too
 # when CALLMFA_CONFIG_FILE is unset, so that `callmfa check` on the host gets serve's settings.
 DEFAULT_CONFIG_FILE = "/etc/callmfa/callmfa.conf"
@@ -363,8 +364,67 @@ class Settings:
         metadata={"doc": "Addresses or networks that may connect to FastAGI, "
                   "comma-separated (your Asterisk servers)."},
     )
+    provider_privacyidea_token: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "privacyIDEA's HTTP SMS gateway endpoint: the password of its "
+                  "USERNAME/PASSWORD (Basic) or a Bearer token; or "
+                  "CALLMFA_PROVIDER_PRIVACYIDEA_TOKEN_FILE. Empty: the endpoint refuses all."},
+    )
+    provider_privacyidea_phone_param: str = field(
+        default="to",
+        metadata={"doc": "privacyIDEA: the option (parameter) name that carries {phone}."},
+    )
+    provider_privacyidea_text_param: str = field(
+        default="text",
+        metadata={"doc": "privacyIDEA: the option (parameter) name that carries {otp} (the "
+                  "code, or a text holding it)."},
+    )
+    provider_authentik_token: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "authentik's generic SMS provider endpoint: its Bearer token, or the "
+                  "password of its Basic auth; or CALLMFA_PROVIDER_AUTHENTIK_TOKEN_FILE. "
+                  "Empty: the endpoint refuses all."},
+    )
+    provider_okta_token: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "Okta's telephony inline hook: the value of its authScheme header; "
+                  "or CALLMFA_PROVIDER_OKTA_TOKEN_FILE. Empty: the endpoint refuses all."},
+    )
+    provider_okta_auth_header: str = field(
+        default="Authorization",
+        metadata={"doc": "Okta's telephony inline hook: the authScheme header's name (key)."},
+    )
+    provider_linotp_token: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "LinOTP's custom voice provider endpoint: the password of a Basic "
+                  "auth in its server_url, or its twilioConfig authToken; or "
+                  "CALLMFA_PROVIDER_LINOTP_TOKEN_FILE. Empty: the endpoint refuses all."},
+    )
+    provider_region: str = field(
+        default="US",
+        metadata={"doc": "Provider endpoints: the region (ISO 3166) of a phone number sent "
+                  "without + and country code."},
+    )
+    provider_lang: str = field(
+        default="en",
+        metadata={"doc": "Provider endpoints: the prompt language when the system sends none."},
+    )
+    provider_accept_s: float = field(
+        default=1.5,
+        metadata={"doc": "Provider endpoints: how long a request may wait to be taken for a "
+                  "call; not taken by then, it expires uncalled and the reply is a failure "
+                  "(Okta waits 3 s in all)."},
+    )
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.provider_accept_s <= 10:
+            raise SettingsError("CALLMFA_PROVIDER_ACCEPT_S must be 0.1 to 10 (seconds)")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,63}", self.provider_okta_auth_header):
+            raise SettingsError("CALLMFA_PROVIDER_OKTA_AUTH_HEADER must be an HTTP header name")
         for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):
             value = getattr(self, name)
             # These reach AMI headers: a CR or LF would inject headers.

@@ -16,6 +16,9 @@ One flow serves every mode:
   ``max_attempts`` times, then ``denied``.
 - ``match``: the user keys the number the sign-in page shows, then ``#``; a wrong number
   is ``denied`` at once (a guess must not get a second try).
+- ``otp``: a voice one-time code. The user presses ``#`` before anything is read (a
+  voicemail or a machine gets nothing); the digits are then read twice (:class:`Recite`),
+  ``*`` reads them again, and the call ends ``delivered`` once they were read to the end.
 
 In every mode ``0#`` reports fraud, ``*`` throws away what was keyed before it (``*`` last
 replays the prompt, not counted as an attempt, a few times at most), any other input counts
@@ -34,16 +37,25 @@ from dataclasses import dataclass, field
 
 from .outcome import Outcome
 
-MODES = ("standard", "pin", "match")
+MODES = ("standard", "pin", "match", "otp")
 PIN_MIN_DIGITS = 4
 PIN_MAX_DIGITS = 12
 MATCH_DIGITS = 2
+OTP_MIN_DIGITS = 4
+OTP_MAX_DIGITS = 10
 FRAUD_KEYS = "0"
+REPEAT_KEY = "*"
 
 
 def keys_are_secret(mode: str) -> bool:
-    """The keys of this mode are a code (a PIN, a match number), not just '#'."""
-    return mode != "standard"
+    """The keys of this mode are a code (a PIN, a match number), not just '#' (in otp mode
+    the code is read to the user, who keys only '#' and '*')."""
+    return mode in ("pin", "match")
+
+
+def digit_prompts(code: str) -> tuple[str, ...]:
+    """The prompt ids that say ``code`` digit by digit (``digit_4``, ``digit_2``, ...)."""
+    return tuple(f"digit_{d}" for d in code)
 
 
 # Steps: what the flow asks the driver to do.
@@ -70,6 +82,21 @@ class Play:
 
 
 @dataclass(frozen=True)
+class Recite:
+    """Play the prompts one file at a time, to the end (``*`` cuts them short when
+    ``interruptible``), then wait up to ``wait_ms`` for one key. Answer with
+    :class:`Recited`.
+
+    The prompts say a one-time code: drivers play each file on its own (AGI's STREAM FILE),
+    so that no log line holds the whole list, and never log them.
+    """
+
+    prompts: tuple[str, ...] = field(repr=False)
+    interruptible: bool = True
+    wait_ms: int = 0
+
+
+@dataclass(frozen=True)
 class CheckCode:
     """Compare these keys with the expected code's hash; answer with :class:`CodeChecked`."""
 
@@ -89,7 +116,7 @@ class Hangup:
     """The flow is over: hang up (or, if the caller is gone, just stop)."""
 
 
-Step = Collect | Play | CheckCode | Report | Hangup
+Step = Collect | Play | Recite | CheckCode | Report | Hangup
 
 
 # Events: what happened.
@@ -102,7 +129,8 @@ class Started:
     (INITIALSILENCE): with keys pressed, that is a person on mute, asked again for a fresh
     answer (the keys pressed while AMD listened never count then). ``locked``: the user's
     PIN is locked out. ``code_known``: the expected code's hash is there (pin and match
-    modes). ``early_keys``: keys pressed before the IVR ran, in order.
+    modes), or the code to read (otp mode: ``otp``). ``early_keys``: keys pressed before the
+    IVR ran, in order.
     """
 
     machine: bool = False
@@ -110,6 +138,7 @@ class Started:
     locked: bool = False
     code_known: bool = True
     early_keys: str = field(default="", repr=False)
+    otp: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -139,6 +168,15 @@ class CodeChecked:
 
 
 @dataclass(frozen=True)
+class Recited:
+    """A :class:`Recite` ended: ``played`` files were played to the end; ``key`` is the key
+    that cut it short or came during the wait ('' for none)."""
+
+    key: str
+    played: int
+
+
+@dataclass(frozen=True)
 class Done:
     """A Play or Report step finished."""
 
@@ -148,9 +186,10 @@ class HungUp:
     """The caller hung up."""
 
 
-Event = Started | Digits | Keyed | CodeChecked | Done | HungUp
+Event = Started | Digits | Keyed | CodeChecked | Recited | Done | HungUp
 
-_GREETINGS = {"standard": "greeting", "pin": "pin_greeting", "match": "match_greeting"}
+_GREETINGS = {"standard": "greeting", "pin": "pin_greeting", "match": "match_greeting",
+              "otp": "otp_greeting"}
 # A secret collection plays one file: these say what comes before the prompt and the prompt.
 _SECRET_RETRIES: dict[tuple[str, tuple[str, ...]], str] = {
     ("pin", ("wrong_code",)): "pin_wrong_code",
@@ -164,6 +203,9 @@ _CLOSINGS = {
     Outcome.DENIED: "denied",
     Outcome.LOCKED_OUT: "locked_out",
 }
+# What an otp call reads: the code twice; then the menu (``*``: again).
+_OTP_BEFORE, _OTP_AGAIN, _OTP_MENU, _OTP_GOODBYE = (
+    "otp_code_is", "otp_again", "otp_menu", "otp_goodbye")
 
 
 class VerificationFlow:
@@ -173,6 +215,11 @@ class VerificationFlow:
     pressed at any point, else ``timeout``), or ``denied`` (``wrong_code``) if a code was
     checked and found wrong. ``answered_early``: the first answer was keyed before the
     greeting (the driver records its input time).
+
+    In otp mode the answer to the greeting is ``#`` alone: the code is then read twice and
+    the outcome ``delivered`` is reported the moment the second reading ends; the menu
+    that follows reads it again on ``*`` (``max_attempts`` times in all, cut-short
+    readings included). A hang-up before the second reading ends is ``hung_up``.
     """
 
     def __init__(self, mode: str, *, input_timeout_ms: int, max_attempts: int) -> None:
@@ -190,12 +237,18 @@ class VerificationFlow:
         self._prefix = ""  # early keys with no '#': the start of the next answer
         self._queued = ""  # keys heard ahead of the flow: the answers that come next
         self.answered_early = False
+        self._otp = ""
+        self._repeats = 0  # otp: readings asked for again with '*'
+        self._delivered = False
         self._state = "new"
+
+    def __repr__(self) -> str:  # never the otp
+        return f"<VerificationFlow mode={self.mode} state={self._state}>"
 
     @property
     def finished(self) -> bool:
         """The outcome is decided: nothing the caller does changes it any more."""
-        return self._state in ("reporting", "closing", "done")
+        return self._state in ("reporting", "menu", "closing", "done")
 
     def send(self, event: Event) -> Step:
         """Advance the flow by one event and return the next step."""
@@ -218,6 +271,22 @@ class VerificationFlow:
             return self._on_digits(Digits(answer, event.timed_out))
         if self._state == "checking" and isinstance(event, CodeChecked):
             return self._on_checked(event.ok)
+        if self._state == "reciting" and isinstance(event, Recited):
+            return self._on_recited(event)
+        if self._state == "reciting" and isinstance(event, HungUp):
+            return self._report(Outcome.HUNG_UP, None)
+        if self._state == "reporting" and isinstance(event, Done) and self._delivered:
+            self._state = "menu"
+            return self._otp_menu(())
+        if self._state == "menu" and isinstance(event, Recited):
+            if event.key == REPEAT_KEY and self._repeats < self._max_attempts:
+                self._repeats += 1
+                return self._otp_menu(self._reading())
+            self._state = "closing"
+            return Play((_OTP_GOODBYE,))
+        if self._state == "menu" and isinstance(event, HungUp):
+            self._state = "done"
+            return Hangup()
         if self._state == "reporting" and isinstance(event, Done):
             if self._closing:
                 self._state = "closing"
@@ -240,9 +309,11 @@ class VerificationFlow:
         if self.mode == "pin" and event.locked:
             return self._report(Outcome.LOCKED_OUT, None)
         if self.mode != "standard" and not event.code_known:
-            # Nothing to compare the keys with: never approve, tell the sign-in service why.
+            # Nothing to compare the keys with (or to read): never approve, tell the sign-in
+            # service why.
             return self._report(Outcome.ERROR, "no_pin" if self.mode == "pin" else "no_code",
                                 closing=False, prompt="failed")
+        self._otp = event.otp
         if "#" not in early_keys:
             # Unfinished: a '*' asked for the greeting, which comes now anyway.
             self._prefix = early_keys.rsplit("*", 1)[-1]
@@ -300,14 +371,36 @@ class VerificationFlow:
         if not event.timed_out and self._well_formed(keys):
             if self.mode == "standard":
                 return self._report(Outcome.APPROVED, None)
+            if self.mode == "otp":
+                return self._recite()
             self._state = "checking"
             return CheckCode(keys)
         silent = event.timed_out and typed == ""
         self._wrong_key = self._wrong_key or not silent
         return self._retry_or_fail(() if silent else ("retry",))
 
+    def _reading(self) -> tuple[str, ...]:
+        digits = digit_prompts(self._otp)
+        return (_OTP_BEFORE, *digits, _OTP_AGAIN, *digits)
+
+    def _recite(self) -> Recite:
+        self._state = "reciting"
+        return Recite(self._reading(), interruptible=self._repeats < self._max_attempts)
+
+    def _on_recited(self, event: Recited) -> Step:
+        if event.played >= len(self._reading()):
+            # Read twice to the end: delivered, whatever the caller does next.
+            self._delivered = True
+            return self._report(Outcome.DELIVERED, None, closing=False)
+        self._repeats += 1  # '*' cut the reading short: from the start
+        return self._recite()
+
+    def _otp_menu(self, before: tuple[str, ...]) -> Recite:
+        return Recite((*before, _OTP_MENU), interruptible=self._repeats < self._max_attempts,
+                      wait_ms=self._timeout_ms)
+
     def _well_formed(self, keys: str) -> bool:
-        if self.mode == "standard":
+        if self.mode in ("standard", "otp"):
             return keys == ""
         if not keys.isdigit() or not keys.isascii():
             return False

@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     """How a verification ended. Exactly one per request id."""
 
     APPROVED = "approved"
+    DELIVERED = "delivered"  # mode otp: the code was read to the user, twice
     FRAUD_REPORTED = "fraud_reported"
     DENIED = "denied"
     LOCKED_OUT = "locked_out"

@@ -52,6 +52,40 @@ PROMPTS: dict[str, dict[str, str]] = {
               "cifras que aparece en su pantalla y luego pulse almohadilla. Si usted no intentó "
               "iniciar sesión, pulse cero y luego almohadilla.",
     },
+    "otp_greeting": {
+        "en": "This call brings you a one-time code. To hear it, press pound. If you did not "
+              "ask for a code, press zero, then pound.",
+        "fr": "Cet appel vous apporte un code à usage unique. Pour l'entendre, appuyez sur "
+              "dièse. Si vous n'avez pas demandé de code, appuyez sur zéro, puis dièse.",
+        "de": "Dieser Anruf bringt Ihnen einen Einmalcode. Um ihn zu hören, drücken Sie Raute. "
+              "Wenn Sie keinen Code angefordert haben, drücken Sie null und dann Raute.",
+        "es": "Esta llamada le trae un código de un solo uso. Para escucharlo, pulse "
+              "almohadilla. Si usted no pidió un código, pulse cero y luego almohadilla.",
+    },
+    "otp_code_is": {
+        "en": "Your code is:",
+        "fr": "Votre code est :",
+        "de": "Ihr Code lautet:",
+        "es": "Su código es:",
+    },
+    "otp_again": {
+        "en": "Once again, your code is:",
+        "fr": "Je répète, votre code est :",
+        "de": "Noch einmal, Ihr Code lautet:",
+        "es": "Repito, su código es:",
+    },
+    "otp_menu": {
+        "en": "To hear the code again, press star.",
+        "fr": "Pour réentendre le code, appuyez sur étoile.",
+        "de": "Um den Code noch einmal zu hören, drücken Sie Stern.",
+        "es": "Para escuchar el código otra vez, pulse asterisco.",
+    },
+    "otp_goodbye": {
+        "en": "Goodbye.",
+        "fr": "Au revoir.",
+        "de": "Auf Wiederhören.",
+        "es": "Adiós.",
+    },
     "retry": {
         "en": "Sorry, that is not a valid key.",
         "fr": "Désolé, cette touche n'est pas valide.",
@@ -127,6 +161,17 @@ PROMPTS: dict[str, dict[str, str]] = {
         "es": "Lo sentimos, no se recibió ninguna respuesta válida. Adiós.",
     },
 }
+
+# The digits an otp call reads, one file each (``digit_0`` ... ``digit_9``).
+_DIGITS = {
+    "en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    "fr": ("zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"),
+    "de": ("null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"),
+    "es": ("cero", "uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve"),
+}
+PROMPTS.update({
+    f"digit_{d}": {lang: f"{words[d]}." for lang, words in _DIGITS.items()} for d in range(10)
+})
 
 LANGUAGES: tuple[str, ...] = tuple(PROMPTS["greeting"])
 

@@ -16,6 +16,7 @@ from typing import Any
 from ..exceptions import RequestError
 from .codes import is_valid_hash
 from .flow import MODES as FLOW_MODES
+from .flow import OTP_MAX_DIGITS, OTP_MIN_DIGITS
 from .outcome import parse_iso
 from .users import MAX_USER_CHARS as MAX_USER_CHARS
 from .users import UserNameError, normalise_user
@@ -24,7 +25,7 @@ from .webhooks import UrlError, UrlRule, check_callback_url
 MODES = frozenset(FLOW_MODES)
 FIELDS = frozenset(
     {"id", "user", "phone", "mode", "lang", "expires_at", "context", "match_hash",
-     "callback_url"}
+     "callback_url", "otp"}
 )
 MAX_REQUEST_BYTES = 8192
 MAX_CONTEXT_BYTES = 4096
@@ -38,6 +39,7 @@ _LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0
                          r'[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})"')
 _HEAD_BYTES = 128
 _LANG = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?\Z")
+_OTP = re.compile(rf"[0-9]{{{OTP_MIN_DIGITS},{OTP_MAX_DIGITS}}}\Z")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +58,7 @@ class VerificationRequest:
     context: dict[str, Any] = field(default_factory=dict)
     match_hash: str = field(default="", repr=False)
     callback_url: str = ""  # checked against CALLMFA_WEBHOOK_ALLOWED_URLS; '' for none
+    otp: str = field(default="", repr=False)  # never in a log line
 
     @property
     def phone(self) -> str:
@@ -159,6 +162,15 @@ def parse_fields(
         )
     if mode != "match" and match_hash is not None:
         raise RequestError("invalid_match_hash", "match_hash is for mode match only")
+    otp = data.get("otp")
+    if mode == "otp" and (not isinstance(otp, str) or not _OTP.match(otp)):
+        # (never the value itself in the message: it is logged)
+        raise RequestError(
+            "invalid_otp",
+            f"mode otp needs otp: {OTP_MIN_DIGITS} to {OTP_MAX_DIGITS} digits, as a string",
+        )
+    if mode != "otp" and otp is not None:
+        raise RequestError("invalid_otp", "otp is for mode otp only")
     lang = check_lang(data.get("lang") or "en")
     expires_raw = data.get("expires_at")
     if expires_raw is None:
@@ -197,4 +209,21 @@ def parse_fields(
         context=context,
         match_hash=match_hash or "",
         callback_url=callback_url or "",
+        otp=otp or "",
     )
+
+
+def otp_of(raw: str | bytes | None, rid: str) -> str:
+    """The one-time code in the request ``raw`` (a stream entry's payload) if it is the
+    otp request ``rid``, else '' (the IVR then reads nothing: ``error`` / ``no_code``)."""
+    try:
+        data = request_fields(raw or b"")
+    except RequestError:
+        return ""
+    # Only these fields: the rest (a callback_url, a phone left to the directory) was
+    # validated by the originator with what only it knows.
+    rid_field, otp = data.get("id"), data.get("otp")
+    if (isinstance(rid_field, str) and rid_field.lower() == rid.lower()
+            and data.get("mode") == "otp" and isinstance(otp, str) and _OTP.match(otp)):
+        return otp
+    return ""

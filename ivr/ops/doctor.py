@@ -57,6 +57,7 @@ _PRIV = re.compile(r"\(Priv: ([^)]*)\)")
 # Outcome has one (tests/unit/test_operations.py iterates the enum).
 OUTCOME_FIXES: dict[Outcome, str] = {
     Outcome.APPROVED: "nothing: the whole chain works",
+    Outcome.DELIVERED: "nothing: the one-time code was read to the phone (mode otp)",
     Outcome.FRAUD_REPORTED: "the phone pressed 0#: press # alone to approve; the check user "
                             "is now blocked (`callmfa blocked`)",
     Outcome.DENIED: "a wrong PIN or number was keyed (mode pin or match): key the right one; "

@@ -8,8 +8,9 @@ first outcome for an id and publishes it; any later outcome for the same id is d
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ log = structlog.get_logger("ivr.store")
 
 # What a dead-lettered request keeps of its payload (its length and hash are kept too).
 DEADLETTER_PAYLOAD_BYTES = 1024
+_OTP_MEMBER = re.compile(rb'("otp"\s*:\s*)("(?:[^"\\]|\\.)*"|[-+.0-9eE]+)')
 
 __all__ = [
     "DEADLETTER", "DEADLETTER_PAYLOAD_BYTES", "EVENTS", "GROUP", "REQUESTS", "RESULTS_CHANNEL",
@@ -78,7 +80,7 @@ class Entry:
     """One stream entry: its id (whose first part is the enqueue time in ms) and payload."""
 
     entry_id: str
-    payload: bytes | None
+    payload: bytes | None = field(repr=False)  # may hold a one-time code
 
     @property
     def enqueued_at(self) -> float:
@@ -178,6 +180,14 @@ class Store:
             for entry_id, fields in items:
                 entries.append(Entry(_text(entry_id), (fields or {}).get(b"request")))
         return entries
+
+    async def request_payload(self, entry_id: str) -> bytes | None:
+        """The request held by the stream entry ``entry_id`` (None once it is settled and
+        deleted): how the IVR reads an otp request's code, which is in no other key."""
+        if not entry_id:
+            return None
+        rows: Any = await self.redis.xrange(REQUESTS, min=entry_id, max=entry_id, count=1)
+        return (rows[0][1] or {}).get(b"request") if rows else None
 
     async def heartbeat(self, consumer: str, lease_ms: int) -> None:
         """Renew this originator's lease; others take over its entries once it lapses."""
@@ -302,10 +312,17 @@ class Store:
         )
 
 
+def redact_otp(payload: bytes) -> bytes:
+    """The payload with the value of any ``"otp"`` member replaced: a one-time code is kept
+    nowhere, not even in a broken request."""
+    return _OTP_MEMBER.sub(rb'\1"<redacted>"', payload)
+
+
 def deadletter_fields(entry_id: str, payload: bytes | None, error: str) -> dict[Any, Any]:
-    """One ``callmfa:deadletter`` entry: the payload cut to ``DEADLETTER_PAYLOAD_BYTES``,
-    its full length (``request_bytes``) and the SHA-256 of all of it (``request_sha256``)."""
-    raw = payload or b""
+    """One ``callmfa:deadletter`` entry: the payload (its ``otp`` redacted) cut to
+    ``DEADLETTER_PAYLOAD_BYTES``, its full length (``request_bytes``) and the SHA-256 of all
+    of it (``request_sha256``, after the redaction: a short code's hash is easily reversed)."""
+    raw = redact_otp(payload or b"")
     return {
         "entry_id": entry_id,
         "request": raw[:DEADLETTER_PAYLOAD_BYTES],

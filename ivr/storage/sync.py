@@ -17,6 +17,7 @@ from .keys import (
     CLAIM_IVR,
     EVENTS,
     RECORD_AUDIT,
+    REQUESTS,
     STORE_OUTCOME,
     call_key,
     event_fields,
@@ -54,6 +55,13 @@ class SyncStore:
     def close(self) -> None:
         """Close the connection."""
         self._redis.close()
+
+    def request_payload(self, entry_id: str) -> bytes | None:
+        """The request in the stream entry ``entry_id`` (an otp call's code is read there)."""
+        if not entry_id:
+            return None
+        rows: Any = self._redis.xrange(REQUESTS, min=entry_id, max=entry_id, count=1)
+        return (rows[0][1] or {}).get(b"request") if rows else None
 
     def call_info(self, rid: str) -> dict[str, str]:
         """The call marker's fields (empty if unknown)."""

@@ -20,6 +20,7 @@ MAX_HEADER_LINES = 200
 _REPLY = re.compile(r"(\d{3}) result=(\S*)(?: \((.*)\))?(?: endpos=\d+)?\s*\Z")
 # One argument: printable, no blank (it would split), no quote or backslash.
 _SAFE_ARG = re.compile(r"[!#-&(-\[\]-~]+\Z")
+EMPTY_ARG = '""'  # an empty argument, as Asterisk's AGI parser reads one
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def parse_reply(line: str) -> AgiReply:
 def format_command(*parts: str) -> bytes:
     """One command line. Arguments come from our own catalogue; anything odd is refused."""
     for part in parts[1:]:
-        if not _SAFE_ARG.match(part):
+        if part != EMPTY_ARG and not _SAFE_ARG.match(part):
             raise AgiError("unsafe AGI argument", part)
     return (" ".join(parts) + "\n").encode()
 
@@ -188,6 +189,30 @@ class AgiChannel:
             raise AgiError(f"GET DATA failed on a live call: is the prompt {file} installed?",
                            reply.raw)
         return reply.result, reply.data == "timeout"
+
+    async def stream_file(self, file: str, escape: str) -> str:
+        """STREAM FILE: play one file to the end or until a key of ``escape`` (no key: '');
+        the key pressed, or ''. Unlike Playback, no log line names the file's neighbours."""
+        reply = await self.execute("STREAM FILE", file, escape or EMPTY_ARG, "0",
+                                   minus_one_is_hangup=False)
+        if reply.result == "-1":
+            await self._hangup_or_missing(file, reply.raw)
+        return chr(int(reply.result)) if reply.result.isdigit() and reply.result != "0" else ""
+
+    async def wait_for_digit(self, timeout_ms: int) -> str:
+        """WAIT FOR DIGIT: the key pressed within ``timeout_ms``, or '' on a timeout."""
+        reply = await self.execute("WAIT FOR DIGIT", str(timeout_ms))
+        return chr(int(reply.result)) if reply.result.isdigit() and reply.result != "0" else ""
+
+    async def _hangup_or_missing(self, file: str, raw: str) -> None:
+        # A missing file answers result=-1, like a hang-up; a caller's hang-up is always
+        # announced by a HANGUP line before the next reply: ask and see.
+        if not self._told_hangup:
+            await self.execute("NOOP")
+        if self._told_hangup:
+            self.hung_up = True
+            raise AgiHangup()
+        raise AgiError(f"cannot play {file} on a live call: is the prompt installed?", raw)
 
     async def get_full_variable(self, expression: str, *, timeout_s: float | None = None) -> str:
         """Evaluate a dialplan expression such as ``${AMDSTATUS}`` ('' when empty)."""

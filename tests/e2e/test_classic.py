@@ -18,6 +18,7 @@ from ..conftest import Sandbox
 from .conftest import AsteriskLog, PhoneFactory, audit_of
 from .test_modes import PIN, pepper, pin_hash, set_pin, store_old_pin_hash
 from .test_operations import scrape
+from .test_otp import code_nowhere, digits_played
 
 
 @pytest.mark.usefixtures("classic")
@@ -34,6 +35,22 @@ class TestClassicAgi:
         assert p.wait(20) == 0, p.errors()
         log = (sandbox.directory / "logs" / "asterisk.log").read_text()
         assert f"callmfa: {record.id}: outcome approved" in log
+
+    async def test_otp_reads_the_code_twice(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """Mode otp through the classic script: '#', the digits played twice (one STREAM
+        FILE each), delivered; the code then in no log line or Redis key."""
+        code = "61947"
+        log = AsteriskLog(sandbox)
+        p = phone(keys="#", key_delay_ms=1500)
+        record = await client.verify(user="classic-otp", phone="+12015550100", mode="otp",
+                                     otp=code, timeout_s=60)
+        assert record is not None
+        assert record.outcome is Outcome.DELIVERED
+        assert p.wait(30) == 0, p.errors()
+        assert digits_played(log.played()) == code * 2
+        await code_nowhere(sandbox, code)
 
     async def test_answered_outcomes_are_counted_in_metrics(
         self, client: VerificationClient, phone: PhoneFactory

@@ -137,6 +137,10 @@ class FakeAsterisk:
             return self._get_data(command.removeprefix("GET DATA ").split(" "))
         if command.startswith("EXEC Playback "):
             return b"200 result=-1\n" if self.dead else b"200 result=0\n"
+        if command.startswith("STREAM FILE "):  # played to the end, no key
+            return b"200 result=-1 endpos=0\n" if self.dead else b"200 result=0 endpos=8000\n"
+        if command.startswith("WAIT FOR DIGIT "):  # no key within the timeout
+            return b"200 result=-1\n" if self.dead else b"200 result=0\n"
         if command == "NOOP":
             return b"200 result=0\n"  # allowed on a dead channel too
         if command == "HANGUP":

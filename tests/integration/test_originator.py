@@ -580,6 +580,41 @@ class TestOriginate:
         # Keys before the prompt would be the code, in a variable Asterisk publishes.
         assert h.ami.calls[0].variables["CALLMFA_KEEP_KEYS"] == "off"
 
+    async def test_otp_code_goes_only_to_the_stream_entry(self, start: Start) -> None:
+        """An otp request: the call marker names the request's stream entry (where the IVR
+        reads the code) and holds no code; no AMI header or variable has it; once settled
+        the entry is deleted, so the code is in no key at all."""
+        code = "4829173"
+        seen: list[tuple[dict[str, str], bytes | None]] = []
+        deliver = answered_then(Outcome.DELIVERED)
+
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            marker = await ami.store.call_info(call.fields["ChannelId"])
+            seen.append((marker, await ami.store.request_payload(marker.get("entry_id", ""))))
+            return await deliver(ami, call, watch)
+
+        h = await start(network)
+        rid, entry_id = await h.submit(mode="otp", otp=code)
+
+        assert (await h.outcome(rid)).outcome is Outcome.DELIVERED
+        [(marker, payload)] = seen
+        assert marker["entry_id"] == entry_id
+        assert code not in repr(marker)
+        assert payload is not None
+        assert code in payload.decode()  # the IVR's one copy, while the call lasts
+        assert code not in repr(h.ami.calls)
+        await h.all_acked()
+        assert await h.redis.xlen(REQUESTS) == 0
+        assert await h.store.request_payload(entry_id) is None
+        keys = [k async for k in h.redis.scan_iter()]
+        for key in keys:
+            if (await h.redis.type(key)) == b"hash":
+                assert code not in repr(await h.redis.hgetall(key))
+            elif (await h.redis.type(key)) == b"string":
+                assert code.encode() not in (await h.redis.get(key) or b"")
+
     async def test_uppercase_id_is_normalised(self, start: Start) -> None:
         """An upper-case UUID is dialled and answered under its lower-case form."""
         h = await start(answered_then(Outcome.APPROVED))

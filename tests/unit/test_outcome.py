@@ -43,6 +43,7 @@ class TestOutcome:
         """The outcome values are the contract's lower-case words."""
         assert {o.value for o in Outcome} == {
             "approved",
+            "delivered",
             "fraud_reported",
             "denied",
             "locked_out",
