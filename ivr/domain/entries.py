@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..exceptions import RequestError
 from .directory import DirectoryEntry
 from .numbers import PhoneNumberError, normalise_phone
-from .request import check_lang, check_mode
+from .request import USER_MODES, check_lang, check_mode
 from .users import UserNameError, normalise_user
 
 CSV_HEADER = ("user", "phone", "mode", "lang")
@@ -44,7 +44,7 @@ def directory_entry(
     except PhoneNumberError as e:
         raise EntryError(f"phone: {e}") from None
     try:
-        checked_mode = check_mode(mode or "standard")
+        checked_mode = check_mode(mode or "standard", USER_MODES)
         checked_lang = check_lang(lang or "en")
     except RequestError as e:
         raise EntryError(e.message) from None

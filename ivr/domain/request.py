@@ -89,10 +89,15 @@ def peek_id(raw: str | bytes) -> str | None:
     return None
 
 
-def check_mode(mode: object) -> str:
-    """``mode`` if it is one of :data:`MODES`; else RequestError ``unsupported_mode``."""
-    if not isinstance(mode, str) or mode not in MODES:
-        raise RequestError("unsupported_mode", f"mode must be one of {', '.join(sorted(MODES))}")
+# The modes a user directory entry may give: ``otp`` needs a code per request.
+USER_MODES = MODES - {"otp"}
+
+
+def check_mode(mode: object, allowed: frozenset[str] = MODES) -> str:
+    """``mode`` if it is one of ``allowed``; else RequestError ``unsupported_mode``."""
+    if not isinstance(mode, str) or mode not in allowed:
+        raise RequestError("unsupported_mode",
+                           f"mode must be one of {', '.join(sorted(allowed))}")
     return mode
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..domain.directory import DirectoryEntry
 from ..domain.entries import EntryError, directory_entry, parse_csv
-from ..domain.flow import MODES
 from ..domain.numbers import default_region
+from ..domain.request import USER_MODES
 from ..security import number_policy
 from ..settings import Settings
 from ..storage.directory import LocalDirectory, StoredUser
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     s.add_argument("user", type=user_name)
     s.add_argument("--phone", required=True,
                    help="e.g. +12015550100 or +12015550100x1234 (other forms are normalised)")
-    s.add_argument("--mode", choices=MODES, default="standard")
+    s.add_argument("--mode", choices=sorted(USER_MODES), default="standard")
     s.add_argument("--lang", default="en")
     for name, text in (("show", "print USER's entry"), ("delete", "delete USER's entry")):
         a = actions.add_parser(name, help=text)
