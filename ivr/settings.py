@@ -19,7 +19,7 @@ ENV_PREFIX = "CALLMFA_"
 MIN_SIGNING_KEY_BYTES = 32
 # Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
 MIN_PEPPER_BYTES = 32
-SECRETS = ("ami_secret", "signing_key", "pin_pepper")
+SECRETS = ("ami_secret", "signing_key", "pin_pepper", "radius_upstream_secret")
 
 
 def _default_consumer() -> str:
@@ -31,8 +31,8 @@ class Settings:
     """Everything callmfa can be told, with the defaults a single-PBX install wants.
 
     Each field is read from ``CALLMFA_<FIELD NAME IN UPPER CASE>``; the secrets
-    (``ami_secret``, ``signing_key``, ``pin_pepper``) may instead come from the file named by
-    ``CALLMFA_<NAME>_FILE``.
+    (``ami_secret``, ``signing_key``, ``pin_pepper``, ``radius_upstream_secret``) may instead
+    come from the file named by ``CALLMFA_<NAME>_FILE``.
     """
 
     redis_url: str = field(
@@ -106,7 +106,8 @@ class Settings:
     )
     roles: str = field(
         default="originator,agi",
-        metadata={"doc": "What `callmfa serve` runs: originator, agi, or both."},
+        metadata={"doc": "What `callmfa serve` runs: originator, agi, radius (the RADIUS front, "
+                         "docs/radius.md), comma-separated."},
     )
     health_host: str = field(default="127.0.0.1", metadata={"doc": "/healthz listen address."})
     health_port: int = field(
@@ -240,6 +241,47 @@ class Settings:
                   "comma-separated (your Asterisk servers)."},
     )
 
+    # The RADIUS front (docs/radius.md).
+    radius_host: str = field(default="127.0.0.1", metadata={"doc": "RADIUS listen address (UDP)."})
+    radius_port: int = field(default=1812, metadata={"doc": "RADIUS listen port (UDP)."})
+    radius_clients_file: str = field(
+        default="",
+        metadata={"doc": "The NAS clients, one a line: address or CIDR, secret or "
+                  "file:/path, optional name, require_message_authenticator=yes|no "
+                  "(docs/radius.md). Required by the radius role."},
+    )
+    radius_password: str = field(
+        default="none",
+        metadata={"doc": "First factor checked by the RADIUS front: none (the NAS did), ldap "
+                  "(a bind as the user) or radius (CALLMFA_RADIUS_UPSTREAM). PAP only."},
+    )
+    radius_reply_by_s: float = field(
+        default=55.0,
+        metadata={"doc": "The RADIUS reply goes out within this many seconds; past it, an "
+                  "Access-Reject \"not answered in time\" (keep it under the NAS timeout)."},
+    )
+    radius_upstream: str = field(
+        default="",
+        metadata={"doc": "host:port of the RADIUS server that checks passwords when "
+                  "CALLMFA_RADIUS_PASSWORD=radius (NPS, FreeRADIUS)."},
+    )
+    radius_upstream_secret: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "Shared secret with CALLMFA_RADIUS_UPSTREAM; or "
+                  "CALLMFA_RADIUS_UPSTREAM_SECRET_FILE."},
+    )
+    radius_upstream_timeout_s: float = field(
+        default=5.0,
+        metadata={"doc": "How long the upstream RADIUS server has to answer (one try and "
+                  "one retransmission, each this long)."},
+    )
+    org_name: str = field(
+        default="your organisation",
+        metadata={"doc": "Who calls, as users are told: \"Answer the call from <org> and key "
+                  "37, then #\" (RADIUS number match)."},
+    )
+
     def __post_init__(self) -> None:
         for name in ("ami_user", "ami_secret", "caller_id", "dial_template", "context", "agi_url"):
             value = getattr(self, name)
@@ -262,8 +304,8 @@ class Settings:
             raise SettingsError("CALLMFA_EVENT_LOOP must be asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
-        if not set(self.role_set) <= {"originator", "agi"} or not self.role_set:
-            raise SettingsError("CALLMFA_ROLES must name originator, agi or both")
+        if not set(self.role_set) <= {"originator", "agi", "radius"} or not self.role_set:
+            raise SettingsError("CALLMFA_ROLES must name originator, agi, radius or several")
         for host, port in self.asterisks:
             if not host or not 0 < port < 65536:
                 raise SettingsError(f"CALLMFA_AMI_ENDPOINTS: bad endpoint {host}:{port}")
@@ -272,6 +314,38 @@ class Settings:
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
         self._check_security()
+        self._check_radius()
+
+    def _check_radius(self) -> None:
+        if self.radius_password not in ("none", "ldap", "radius"):
+            raise SettingsError("CALLMFA_RADIUS_PASSWORD must be none, ldap or radius")
+        if not 0 <= self.radius_port < 65536:
+            raise SettingsError("CALLMFA_RADIUS_PORT must be 0 to 65535")
+        if not 1 <= self.radius_reply_by_s <= 600:
+            raise SettingsError("CALLMFA_RADIUS_REPLY_BY_S must be 1 to 600 (seconds)")
+        if not 0 < self.radius_upstream_timeout_s <= 60:
+            raise SettingsError("CALLMFA_RADIUS_UPSTREAM_TIMEOUT_S must be over 0 and at most 60")
+        if any(c in self.org_name for c in "\r\n\0") or len(self.org_name.encode()) > 100:
+            raise SettingsError("CALLMFA_ORG_NAME must be one line of at most 100 bytes")
+        if self.radius_password == "radius":  # noqa: S105 - a mode, not a password
+            if not self.radius_upstream or not self.radius_upstream_secret:
+                raise SettingsError("CALLMFA_RADIUS_PASSWORD=radius needs CALLMFA_RADIUS_UPSTREAM "
+                                    "(host:port) and CALLMFA_RADIUS_UPSTREAM_SECRET (or _FILE)")
+            self.radius_upstream_address()
+
+    def radius_upstream_address(self) -> tuple[str, int]:
+        """``radius_upstream`` as (host, port); port 1812 when none is given."""
+        host, sep, port = self.radius_upstream.strip().rpartition(":")
+        if not sep:
+            host, port = port, "1812"
+        try:
+            number = int(port)
+        except ValueError:
+            number = -1
+        if not host or not 0 < number < 65536:
+            raise SettingsError(f"CALLMFA_RADIUS_UPSTREAM: bad address {self.radius_upstream!r} "
+                                "(host:port)")
+        return host.strip("[]"), number
 
     def _check_security(self) -> None:
         if self.pin_pepper and len(self.pin_pepper.encode()) < MIN_PEPPER_BYTES:

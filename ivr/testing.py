@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from .domain.directory import DirectoryEntry
+
 PCAP_DIR = Path("/usr/share/sip-tester")
 STRAY_ALLOWANCE = 20  # concurrent slots for stray messages of earlier calls
 _PCAP_NAMES = {"#": "pound", "*": "star"}
@@ -331,3 +333,32 @@ class SippPhone:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class StaticDirectory:
+    """A user directory held in memory, for tests of the fronts: ``StaticDirectory(entry,
+    ...)``; :attr:`lookups` counts the look-ups."""
+
+    def __init__(self, *entries: DirectoryEntry) -> None:
+        self.entries = {e.user: e for e in entries}
+        self.lookups = 0
+
+    async def lookup(self, user: str) -> DirectoryEntry | None:
+        """The entry of ``user``, or None."""
+        self.lookups += 1
+        return self.entries.get(user)
+
+
+class StaticPasswords:
+    """A password checker held in memory (``StaticPasswords(alice="pw")``), for tests of
+    ``CALLMFA_RADIUS_PASSWORD=ldap`` without a directory server; :attr:`checked` lists the
+    users asked about."""
+
+    def __init__(self, **passwords: str) -> None:
+        self.passwords = passwords
+        self.checked: list[str] = []
+
+    async def check_password(self, user: str, password: str) -> bool:
+        """True only for the right password of a known user."""
+        self.checked.append(user)
+        return user in self.passwords and self.passwords[user] == password
