@@ -321,8 +321,8 @@ class Settings:
             raise SettingsError("CALLMFA_RADIUS_PASSWORD must be none, ldap or radius")
         if not 0 <= self.radius_port < 65536:
             raise SettingsError("CALLMFA_RADIUS_PORT must be 0 to 65535")
-        if not 1 <= self.radius_reply_by_s <= 600:
-            raise SettingsError("CALLMFA_RADIUS_REPLY_BY_S must be 1 to 600 (seconds)")
+        if not 0 < self.radius_reply_by_s <= 600:
+            raise SettingsError("CALLMFA_RADIUS_REPLY_BY_S must be over 0 and at most 600 (s)")
         if not 0 < self.radius_upstream_timeout_s <= 60:
             raise SettingsError("CALLMFA_RADIUS_UPSTREAM_TIMEOUT_S must be over 0 and at most 60")
         if any(c in self.org_name for c in "\r\n\0") or len(self.org_name.encode()) > 100:
