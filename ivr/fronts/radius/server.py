@@ -9,6 +9,7 @@ the held requests, their retransmissions and their replies would still be ours t
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import structlog
 
@@ -23,8 +24,8 @@ class _Protocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # What create_datagram_endpoint gives (its class is not a DatagramTransport subclass).
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         self._front.datagram(data, (addr[0], addr[1]), self._send)

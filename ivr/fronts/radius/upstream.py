@@ -15,7 +15,7 @@ import contextlib
 
 import structlog
 from pyrad.dictionary import Dictionary
-from pyrad.packet import AccessAccept, AccessRequest, AuthPacket, PacketError
+from pyrad.packet import AccessAccept, AccessRequest, AuthPacket, PacketError, StatusServer
 
 from ...exceptions import IvrError
 from .packets import MAX_PACKET_BYTES
@@ -62,6 +62,18 @@ class UpstreamPasswordChecker:
         request.AddAttribute("User-Password", request.PwCrypt(password))
         request.AddAttribute("NAS-Identifier", "callmfa")
         request.add_message_authenticator()
+        return await self.ask(request)
+
+    async def status(self) -> bool:
+        """Status-Server (RFC 5997): True when the server answers it, verified."""
+        request = AuthPacket(code=StatusServer, secret=self._secret, dict=self._dict)
+        request.authenticator = request.CreateAuthenticator()
+        request.add_message_authenticator()
+        return await self.ask(request)
+
+    async def ask(self, request: AuthPacket) -> bool:
+        """Send ``request`` (retransmitted once); True on a verified Access-Accept, False on
+        another verified reply, UpstreamError on none."""
         raw: bytes = request.RequestPacket()
         loop = asyncio.get_running_loop()
         try:
