@@ -6,7 +6,7 @@ SANDBOX := bash docker/sandbox/sandbox.sh
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help deps venv lint test unit images demo sandbox-up sandbox-down clean prompts bench docs lock
+.PHONY: help deps venv lint test unit images demo sandbox-up sandbox-down clean prompts bench bench-radius docs lock
 
 help:
 	@echo "make demo          one real verification call to a simulated phone, end to end"
@@ -71,6 +71,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 # A few minutes; BENCH_ARGS="--full" adds the 10,000-verification soak, --help lists the rest.
 bench: deps venv $(VENV)/.bench-installed
 	$(VENV)/bin/python -m bench --plot .sandbox-bench/benchmarks.png $(BENCH_ARGS)
+
+# The latency the RADIUS front adds over the Redis contract (docs/radius.md); needs redis-server.
+bench-radius: venv
+	$(VENV)/bin/python -m bench.radius $(BENCH_ARGS)
 
 # The settings tables in README.md and docs/settings.md, from ivr/settings.py; the Redis ACL
 # in docs/operations.md and docker/redis/callmfa.acl, from ivr/storage/acl.py.
