@@ -565,3 +565,23 @@ class TestNumberMatch:
         front.datagram(response, NAS, nas.send)
         await nas.wait_for(2)
         assert _answer(packet2, nas.replies[1][0]).code == AccessReject
+
+
+class TestWiring:
+    def test_ldap_needs_the_ldap_source(self) -> None:
+        from ivr.fronts.radius import passwords_for
+
+        settings = dataclasses.replace(Settings(), radius_password="ldap")
+        with pytest.raises(SettingsError, match="CALLMFA_LDAP_URL"):
+            passwords_for(settings)
+
+    def test_none_checks_nothing_and_radius_asks_upstream(self) -> None:
+        from ivr.fronts.radius import passwords_for
+
+        assert passwords_for(Settings()) is None
+        settings = Settings.from_env({"CALLMFA_RADIUS_PASSWORD": "radius",
+                                      "CALLMFA_RADIUS_UPSTREAM": "10.0.0.5:1645",
+                                      "CALLMFA_RADIUS_UPSTREAM_SECRET": "s"})
+        checker = passwords_for(settings)
+        assert "10.0.0.5:1645" in repr(checker)
+        assert "secret=***" in repr(checker)

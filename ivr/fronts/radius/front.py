@@ -138,8 +138,9 @@ class RadiusFront:
             self.metrics.status_server.inc()
             self._answer(key, packets.reply(request, packets.AccessAccept), source, send)
             return
-        if len(self._held) >= MAX_HELD or self._closing:
-            self._drop(packets.Drop.OVERLOADED, source, client)
+        if self._closing or len(self._held) >= MAX_HELD:
+            cause = packets.Drop.SHUTTING_DOWN if self._closing else packets.Drop.OVERLOADED
+            self._drop(cause, source, client)  # the NAS retries, or asks another server
             return
         self.metrics.requests.inc()
         self._held[key] = asyncio.create_task(

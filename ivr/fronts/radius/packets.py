@@ -71,6 +71,7 @@ class Drop(StrEnum):
     MISSING_MESSAGE_AUTHENTICATOR = "missing_message_authenticator"
     BAD_MESSAGE_AUTHENTICATOR = "bad_message_authenticator"
     OVERLOADED = "overloaded"
+    SHUTTING_DOWN = "shutting_down"
 
 
 @dataclass(frozen=True)

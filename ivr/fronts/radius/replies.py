@@ -66,7 +66,6 @@ FRONT_MESSAGES: dict[str, str] = {
     "password_required": "Wrong user name or password",
     "unknown_state": "This sign-in has expired: sign in again",
     "unavailable": "Phone verification is unavailable right now: try again later",
-    "shutting_down": "Phone verification is unavailable right now: try again later",
 }
 
 
