@@ -16,6 +16,7 @@ help:
 	@echo "make sandbox-down  stop them and remove the namespace"
 	@echo "make prompts       callmfa's own prompt recordings into build/prompts/<lang>/callmfa/"
 	@echo "make bench         benchmark vs the pure-dialplan floor (BENCH_ARGS=--full: 10k soak)"
+	@echo "make bench-radius  the latency the RADIUS front adds over the Redis contract"
 
 deps:
 	$(SANDBOX) deps
