@@ -5,7 +5,7 @@ A real redis-server on a free port, a fake originator that answers every request
 
 - the Redis contract alone: ``VerificationClient`` submit, then wait for the outcome;
 - through RADIUS: an Access-Request to the front (the real listener and handler, with the
-  stop-gap directory in the same Redis), then its Access-Accept, verified.
+  local user directory in the same Redis), then its Access-Accept, verified.
 
 It prints the percentiles of both and of their difference: what RADIUS adds (target: p99 of
 5 ms or less). No Asterisk or phone: a call would only add the same time to both.
@@ -32,9 +32,9 @@ from ivr.fronts.radius.clients import parse_clients
 from ivr.fronts.radius.front import RadiusFront
 from ivr.fronts.radius.metrics import RadiusMetrics
 from ivr.fronts.radius.server import RadiusServer
-from ivr.fronts.radius.stopgap import RedisHashDirectory, user_key
 from ivr.log import configure
 from ivr.settings import Settings
+from ivr.storage.directory import LocalDirectory, user_key
 from ivr.storage.store import Store
 from ivr.tasks import cancel_and_wait
 from ivr.testing import access_request
@@ -78,7 +78,7 @@ async def _run(n: int, url: str) -> tuple[list[float], list[float]]:
     radius: list[float] = []
     async with VerificationClient.from_url(url, signing_key=KEY) as client:
         front = RadiusFront(settings, parse_clients("127.0.0.1 " + SECRET.decode() + "\n"),
-                            client, RedisHashDirectory(redis), RadiusMetrics(CollectorRegistry()))
+                            client, LocalDirectory(redis), RadiusMetrics(CollectorRegistry()))
         server = RadiusServer(front, "127.0.0.1", 0)
         await server.start()
         loop = asyncio.get_running_loop()

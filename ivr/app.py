@@ -28,6 +28,7 @@ from .originator import Originator
 from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
+from .storage.directory import open_directory
 from .storage.results import ResultListener
 from .storage.store import Store, connect
 from .storage.users import normalise_stored_users
@@ -80,11 +81,15 @@ class Service:
                       on_reconnect=self.metrics.ami_reconnected)
             for host, port in settings.asterisks
         ], capacity=settings.max_per_asterisk) if "originator" in roles else None
+        # Requests without a phone are completed from it; RADIUS checks passwords with
+        # ``passwords`` (None without LDAP).
+        self.directory, self.passwords = open_directory(settings, self.redis)
         self.originator = (
-            Originator(settings, self.store, self.pool, self.results, security)
+            Originator(settings, self.store, self.pool, self.results, security, self.directory)
             if self.pool else None
         )
-        self.radius = (RadiusRole(settings, self.redis, self.metrics.registry)
+        self.radius = (RadiusRole(settings, self.directory, self.passwords,
+                                  self.metrics.registry)
                        if "radius" in roles else None)
         originator, agi = self.originator, self.agi
         self.metrics.in_flight.set_function(lambda: originator.in_flight if originator else 0)

@@ -21,7 +21,7 @@ from .domain.outcome import Outcome
 from .domain.request import parse_request
 from .exceptions import IvrError, RequestError, SettingsError
 from .log import configure
-from .ops import admin, pincli
+from .ops import admin, pincli, usercli
 from .ops.commands import add_commands
 from .ops.reference import settings_markdown
 from .settings import Settings
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("settings", help="print the settings reference")
     st.add_argument("--markdown", action="store_true", help="as the Markdown table of the docs")
     pincli.add_parser(sub)
+    usercli.add_parser(sub)
     admin.add_parsers(sub)
     add_commands(sub)
     sub.add_parser("health", help="ask the running `callmfa serve` for its /healthz status")

@@ -54,6 +54,12 @@ SERVICE: tuple[Needed, ...] = (
     _n("hmget", "callmfa:pin:x", "locked_until", "denials"),  # the PIN unlock script
     _n("hexists", "callmfa:pin:x", "hash"),  # the PIN set script
     _n("hincrby", "callmfa:pin:x", "denials", "1"),
+    # The user directory, callmfa:user:<user>: serve reads it, `callmfa user` writes it
+    # (HSET and DEL in audited scripts).
+    _n("hgetall", "callmfa:user:x"),
+    _n("hset", "callmfa:user:x", "phone", "+12015550100"),
+    _n("del", "callmfa:user:x"),
+    _n("scan", "0", "MATCH", "callmfa:user:*", "COUNT", "1000"),
     _n("zadd", "callmfa:blocked", "0", "x"),
     _n("zrem", "callmfa:blocked", "x"),
     _n("zscore", "callmfa:blocked", "x"),
@@ -121,8 +127,8 @@ class AclUser:
 
     def rules(self) -> list[str]:
         """The ACL rules after the password: keys and channels, then only these commands."""
-        return ["resetkeys", "resetchannels", *self.selectors, "-@all",
-                *(f"+{n.rule}" for n in self.commands)]
+        rules = dict.fromkeys(f"+{n.rule}" for n in self.commands)  # a rule once, in order
+        return ["resetkeys", "resetchannels", *self.selectors, "-@all", *rules]
 
 
 USERS: tuple[AclUser, ...] = (

@@ -1,8 +1,8 @@
 """The RADIUS front end to end: radclient and pam_radius_auth (through pamtester) as the NAS,
 the real Asterisk and sipp phone, the real Redis; refused packets; retransmissions; load.
 
-The users are seeded in the stop-gap directory (Redis hashes ``callmfa:user:<user>``) until
-the real directory (issue 13 part 1) is merged; then :func:`seed` becomes ``callmfa user set``.
+Users are put in the local directory by ``callmfa user set`` (the first test) or, to keep
+the suite short, by writing the same hash (:func:`seed`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 from pyrad.packet import AccessAccept
 from redis import Redis
 
-from ivr.fronts.radius.stopgap import user_key
+from ivr.storage.directory import user_key
 from ivr.testing import PhoneBehaviour, SippPhone, access_request
 
 from ..conftest import Sandbox, wait_until
@@ -53,7 +53,7 @@ def redis(sandbox: Sandbox) -> Redis:
 
 
 def seed(sandbox: Sandbox, user: str, phone: str, mode: str = "standard") -> None:
-    """Put ``user`` in the directory."""
+    """Put ``user`` in the local directory, as ``callmfa user set`` stores it."""
     with redis(sandbox) as r:
         r.hset(user_key(user), mapping={"phone": phone, "mode": mode, "lang": "en"})
 
@@ -115,7 +115,10 @@ def calls_placed() -> float:
 
 class TestRadclient:
     def test_pound_is_access_accept(self, sandbox: Sandbox, phone: PhoneFactory) -> None:
-        user = new_user(sandbox)
+        user = f"Rad-{uuid.uuid4().hex[:8]}"
+        added = run_cli(sandbox, "user", "set", user, "--phone", "+1 (201) 555-0142")
+        assert added.returncode == 0, added.stdout + added.stderr
+        user = user.lower()
         accepts = scrape()["callmfa_radius_accepts_total{}"]
         p = phone(keys="#")
         answer = radclient({"User-Name": user}, key=secret(sandbox))
@@ -386,5 +389,33 @@ class TestReplyBy:
             assert answer.code == "Access-Reject", answer.output
             assert answer.one("Reply-Message") == "The call was not answered in time"
             assert 2.5 < took < 4.5
+        finally:
+            restart_serve(sandbox, CALLMFA_FRAUD_BLOCK_S=FRAUD_BLOCK_S)
+
+
+class TestLdapPassword:
+    def test_right_password_then_pound_wrong_password_uncalled(
+        self, sandbox: Sandbox, phone: PhoneFactory
+    ) -> None:
+        """CALLMFA_RADIUS_PASSWORD=ldap against the sandbox's slapd (ldap-alice)."""
+        restart_serve(sandbox, CALLMFA_FRAUD_BLOCK_S=FRAUD_BLOCK_S,
+                      CALLMFA_RADIUS_PASSWORD="ldap")
+        try:
+            password = (sandbox.directory / "ldap-user-password").read_text().strip()
+            p = phone(keys="#")
+            before = calls_placed()
+            wrong = radclient({"User-Name": "ldap-alice", "User-Password": password + "x"},
+                              key=secret(sandbox))
+            assert wrong.code == "Access-Reject", wrong.output
+            assert wrong.one("Reply-Message") == "Wrong user name or password"
+            assert calls_placed() == before
+            assert p.received("INVITE") == 0
+            right = radclient({"User-Name": "ldap-alice", "User-Password": password},
+                              key=secret(sandbox))
+            assert right.code == "Access-Accept", right.output
+            assert p.wait(10) == 0
+            [(number, count)] = p.invites().items()
+            assert count == 1
+            assert number.endswith("12015550181")  # the number LDAP holds
         finally:
             restart_serve(sandbox, CALLMFA_FRAUD_BLOCK_S=FRAUD_BLOCK_S)

@@ -19,10 +19,10 @@ from ivr.app import Service
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.exceptions import SettingsError
 from ivr.fronts.radius.packets import dictionary
-from ivr.fronts.radius.stopgap import user_key
 from ivr.fronts.radius.upstream import UpstreamError, UpstreamPasswordChecker
 from ivr.ops.doctor import Status, check_radius
 from ivr.settings import Settings
+from ivr.storage.directory import user_key
 from ivr.storage.store import Store
 from ivr.tasks import cancel_and_wait
 from ivr.testing import access_request

@@ -472,14 +472,14 @@ class TestPasswords:
     """CALLMFA_RADIUS_PASSWORD=ldap with a fake checker (the real one binds to LDAP)."""
 
     async def test_right_password_then_call(self) -> None:
-        verifier, checker = FakeVerifier(), StaticPasswords(Alice="secret")
+        verifier, checker = FakeVerifier(), StaticPasswords(alice="secret")
         front, _ = _front(verifier, password="ldap", passwords=checker)
         nas = Nas()
         raw, packet = access_request(SECRET, "Alice", password="secret")
         front.datagram(raw, NAS, nas.send)
         await nas.wait_for(1)
         assert _answer(packet, nas.replies[0][0]).code == AccessAccept
-        assert checker.checked == ["Alice"]
+        assert checker.checked == ["alice"]  # LDAP gets the normal form
         assert len(verifier.submitted) == 1
 
     @pytest.mark.parametrize("password", ["wrong", None])
@@ -488,7 +488,7 @@ class TestPasswords:
     ) -> None:
         verifier = FakeVerifier()
         front, registry = _front(verifier, password="ldap",
-                                 passwords=StaticPasswords(Alice="secret"))
+                                 passwords=StaticPasswords(alice="secret"))
         nas = Nas()
         raw, packet = access_request(SECRET, "Alice", password=password)
         front.datagram(raw, NAS, nas.send)
@@ -574,6 +574,13 @@ class TestWiring:
         settings = dataclasses.replace(Settings(), radius_password="ldap")
         with pytest.raises(SettingsError, match="CALLMFA_LDAP_URL"):
             passwords_for(settings)
+
+    def test_ldap_is_the_ldap_source_s_bind(self) -> None:
+        from ivr.fronts.radius import passwords_for
+
+        checker = StaticPasswords()
+        settings = dataclasses.replace(Settings(), radius_password="ldap")
+        assert passwords_for(settings, checker) is checker
 
     def test_none_checks_nothing_and_radius_asks_upstream(self) -> None:
         from ivr.fronts.radius import passwords_for

@@ -10,7 +10,6 @@ match), :mod:`.server` (the UDP socket), :mod:`.upstream` (``CALLMFA_RADIUS_PASS
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from ...client import VerificationClient
 from ...domain.directory import PasswordChecker, UserDirectory
@@ -21,7 +20,6 @@ from .clients import ClientTable, RadiusClient, load_clients, parse_clients
 from .front import RadiusFront
 from .metrics import RadiusMetrics
 from .server import RadiusServer
-from .stopgap import RedisHashDirectory
 from .upstream import UpstreamPasswordChecker
 
 __all__ = [
@@ -30,21 +28,20 @@ __all__ = [
 ]
 
 
-def directory_for(settings: Settings, redis: Redis) -> UserDirectory:
-    """The user directory the front looks users up in."""
-    return RedisHashDirectory(redis)  # until issue 13 part 1: the LocalDirectory (and LDAP)
-
-
-def passwords_for(settings: Settings) -> PasswordChecker | None:
-    """The first-factor check of CALLMFA_RADIUS_PASSWORD (None for ``none``)."""
+def passwords_for(
+    settings: Settings, ldap: PasswordChecker | None = None
+) -> PasswordChecker | None:
+    """The first-factor check of CALLMFA_RADIUS_PASSWORD (None for ``none``); ``ldap`` is the
+    LDAP source's bind check (None without CALLMFA_LDAP_URL)."""
     if settings.radius_password == "radius":  # noqa: S105 - a mode, not a password
         host, port = settings.radius_upstream_address()
         return UpstreamPasswordChecker(host, port, settings.radius_upstream_secret.encode(),
                                        settings.radius_upstream_timeout_s, packets.dictionary())
     if settings.radius_password == "ldap":  # noqa: S105 - a mode, not a password
-        # The LDAP source's bind checker (issue 13 part 1) plugs in here.
-        raise SettingsError("CALLMFA_RADIUS_PASSWORD=ldap needs the LDAP source "
-                            "(CALLMFA_LDAP_URL), which this build does not have")
+        if ldap is None:
+            raise SettingsError("CALLMFA_RADIUS_PASSWORD=ldap needs the LDAP source: set "
+                                "CALLMFA_LDAP_URL (docs/directory.md)")
+        return ldap
     return None
 
 
@@ -52,12 +49,13 @@ class RadiusRole:
     """The front, its listener and its own client of the Redis contract, started and
     closed in order."""
 
-    def __init__(self, settings: Settings, redis: Redis, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: Settings, directory: UserDirectory,
+                 ldap: PasswordChecker | None, registry: CollectorRegistry) -> None:
         clients = load_clients(settings.radius_clients_file)
+        passwords = passwords_for(settings, ldap)
         self.verifier = VerificationClient.from_settings(settings)
-        self.front = RadiusFront(
-            settings, clients, self.verifier, directory_for(settings, redis),
-            RadiusMetrics(registry), passwords=passwords_for(settings))
+        self.front = RadiusFront(settings, clients, self.verifier, directory,
+                                 RadiusMetrics(registry), passwords=passwords)
         self.server = RadiusServer(self.front, settings.radius_host, settings.radius_port)
         self._closed = False
 

@@ -216,7 +216,9 @@ class RadiusFront:
             password = packets.password(request)
             if password is None:
                 return reject("password_required")
-            if not await self._passwords.check_password(name or user, password):
+            # An upstream RADIUS server gets the name as the NAS sent it; LDAP the normal form.
+            who = (name or user) if self.settings.radius_password == "radius" else user  # noqa: S105
+            if not await self._passwords.check_password(who, password):
                 log.info("radius_password_refused", check=self.settings.radius_password)
                 return reject("wrong_password")
         entry = await self._directory.lookup(user)
