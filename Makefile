@@ -6,7 +6,7 @@ SANDBOX := bash docker/sandbox/sandbox.sh
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help deps venv lint test unit images demo sandbox-up sandbox-down clean prompts bench bench-keys docs lock
+.PHONY: help deps venv lint test unit images demo sandbox-up sandbox-down clean prompts bench bench-keys bench-radius docs lock
 
 help:
 	@echo "make demo          one real verification call to a simulated phone, end to end"
@@ -17,6 +17,7 @@ help:
 	@echo "make prompts       callmfa's own prompt recordings into build/prompts/<lang>/callmfa/"
 	@echo "make bench         benchmark vs the pure-dialplan floor (BENCH_ARGS=--full: 10k soak)"
 	@echo "make bench-keys    10k verifications, '#' at a random moment 0-3 s, AMD off and on"
+	@echo "make bench-radius  the latency the RADIUS front adds over the Redis contract"
 
 deps:
 	$(SANDBOX) deps
@@ -77,6 +78,9 @@ bench: deps venv $(VENV)/.bench-installed
 # The keys run: does every '#' count whenever it is pressed (lost keys, key -> outcome)? ~15 min.
 bench-keys: deps venv $(VENV)/.bench-installed
 	$(VENV)/bin/python -m bench --keys 10000 $(BENCH_ARGS)
+# The latency the RADIUS front adds over the Redis contract (docs/radius.md); needs redis-server.
+bench-radius: venv
+	$(VENV)/bin/python -m bench.radius $(BENCH_ARGS)
 
 # The settings tables in README.md and docs/settings.md, from ivr/settings.py; the Redis ACL
 # in docs/operations.md and docker/redis/callmfa.acl, from ivr/storage/acl.py.

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from .exceptions import IvrError, SettingsError
 from .fronts.alerts import MailSender
+from .fronts.radius import RadiusRole
 from .fronts.webhooks import Deliverer, Sender, WebhookSender, http_session
 from .log import configure
 from .metrics import Metrics, metrics_route
@@ -100,6 +101,9 @@ class Service:
             and roles & {"originator", "webhooks"} else None
         )
         self.deliverer: Deliverer | None = None
+        self.radius = (RadiusRole(settings, self.directory, self.passwords,
+                                  self.metrics.registry)
+                       if "radius" in roles else None)
         originator, agi = self.originator, self.agi
         self.metrics.in_flight.set_function(lambda: originator.in_flight if originator else 0)
         self.metrics.agi_sessions.set_function(lambda: agi.active_sessions if agi else 0)
@@ -131,6 +135,8 @@ class Service:
             ok = ok and any(a["logged_in"] for a in asterisks.values())
         if self.agi is not None:
             status["fastagi"] = {"listening": True, "sessions": self.agi.active_sessions}
+        if self.radius is not None:
+            status["radius"] = {"listening": True, "held": self.radius.front.held}
         status["ok"] = ok
         return (200 if ok else 503), "application/json", json.dumps(status).encode() + b"\n"
 
@@ -169,6 +175,8 @@ class Service:
                 await self.pool.start()
             if self.agi is not None:
                 await self.agi.start()
+            if self.radius is not None:
+                await self.radius.start()
             for server in http:
                 await server.start()
             # Start-up objects (modules, settings, clients) live as long as the process: keep
@@ -187,12 +195,15 @@ class Service:
                 log.warning("pin_pepper_missing", setting="CALLMFA_PIN_PEPPER",
                             effect="PIN hashes are not peppered")
             log.info("service_ready", consumer=s.consumer, roles=sorted(s.role_set),
-                     agi_port=self.agi.port if self.agi else None)
+                     agi_port=self.agi.port if self.agi else None,
+                     radius_port=self.radius.server.port if self.radius else None)
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({t for t in (running, stopped) if t},
                                return_when=asyncio.FIRST_COMPLETED)
             log.info("service_stopping",
                      in_flight=self.originator.in_flight if self.originator else 0)
+            if self.radius is not None:  # its held requests wait for the calls in flight
+                await self.radius.close(self.settings.shutdown_grace_s)
             if self.originator is not None:
                 await self.originator.stop(self.settings.shutdown_grace_s)
             await cancel_and_wait(stopped)
@@ -207,6 +218,8 @@ class Service:
                 await self.deliverer.stop(min(s.shutdown_grace_s, s.webhook_timeout_s))
             if session is not None:
                 await session.close()
+            if self.radius is not None:
+                await self.radius.close(0)
             for server in http:
                 await server.close()
             if self.pool is not None:

@@ -23,7 +23,9 @@ MIN_SIGNING_KEY_BYTES = 32
 MIN_PEPPER_BYTES = 32
 SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password", "webhook_secret",
            "smtp_password", "provider_privacyidea_token", "provider_authentik_token",
-           "provider_okta_token", "provider_linotp_token")
+           "provider_okta_token", "provider_linotp_token", "radius_upstream_secret")
+# What `callmfa serve` can run (CALLMFA_ROLES).
+ROLES = frozenset({"originator", "agi", "radius", "webhooks"})
 # The file the systemd unit names in CALLMFA_CONFIG_FILE; the command line reads it too
 # when CALLMFA_CONFIG_FILE is unset, so that `callmfa check` on the host gets serve's settings.
 DEFAULT_CONFIG_FILE = "/etc/callmfa/callmfa.conf"
@@ -38,8 +40,8 @@ class Settings:
     """Everything callmfa can be told, with the defaults a single-PBX install wants.
 
     Each field is read from ``CALLMFA_<FIELD NAME IN UPPER CASE>``; the secrets
-    (``ami_secret``, ``signing_key``, ``pin_pepper``, ``ldap_bind_password``) may instead come
-    from the file named by ``CALLMFA_<NAME>_FILE``.
+    (``ami_secret``, ``signing_key``, ``pin_pepper``, ``ldap_bind_password``,
+    ``radius_upstream_secret``) may instead come from the file named by ``CALLMFA_<NAME>_FILE``.
     """
 
     redis_url: str = field(
@@ -119,8 +121,9 @@ class Settings:
     )
     roles: str = field(
         default="originator,agi",
-        metadata={"doc": "What `callmfa serve` runs: originator, agi, or both; webhooks: "
-                  "only the webhook and alert sender (which also runs with the originator)."},
+        metadata={"doc": "What `callmfa serve` runs, comma-separated: originator, agi, "
+                  "radius (the RADIUS front, docs/radius.md), webhooks (only the webhook and "
+                  "alert sender, which also runs with the originator)."},
     )
     health_host: str = field(default="127.0.0.1", metadata={"doc": "/healthz listen address."})
     health_port: int = field(
@@ -420,6 +423,47 @@ class Settings:
                   "(Okta waits 3 s in all)."},
     )
 
+    # The RADIUS front (docs/radius.md).
+    radius_host: str = field(default="127.0.0.1", metadata={"doc": "RADIUS listen address (UDP)."})
+    radius_port: int = field(default=1812, metadata={"doc": "RADIUS listen port (UDP)."})
+    radius_clients_file: str = field(
+        default="",
+        metadata={"doc": "The NAS clients, one a line: address or CIDR, secret or "
+                  "file:/path, optional name, require_message_authenticator=yes|no "
+                  "(docs/radius.md). Required by the radius role."},
+    )
+    radius_password: str = field(
+        default="none",
+        metadata={"doc": "First factor checked by the RADIUS front: none (the NAS did), ldap "
+                  "(a bind as the user) or radius (CALLMFA_RADIUS_UPSTREAM). PAP only."},
+    )
+    radius_reply_by_s: float = field(
+        default=55.0,
+        metadata={"doc": "The RADIUS reply goes out within this many seconds; past it, an "
+                  "Access-Reject \"not answered in time\" (keep it under the NAS timeout)."},
+    )
+    radius_upstream: str = field(
+        default="",
+        metadata={"doc": "host:port of the RADIUS server that checks passwords when "
+                  "CALLMFA_RADIUS_PASSWORD=radius (NPS, FreeRADIUS)."},
+    )
+    radius_upstream_secret: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "Shared secret with CALLMFA_RADIUS_UPSTREAM; or "
+                  "CALLMFA_RADIUS_UPSTREAM_SECRET_FILE."},
+    )
+    radius_upstream_timeout_s: float = field(
+        default=5.0,
+        metadata={"doc": "How long the upstream RADIUS server has to answer (one try and "
+                  "one retransmission, each this long)."},
+    )
+    org_name: str = field(
+        default="your organisation",
+        metadata={"doc": "Who calls, as users are told: \"Answer the call from <org> and key "
+                  "37, then #\" (RADIUS number match)."},
+    )
+
     def __post_init__(self) -> None:
         if not 0.1 <= self.provider_accept_s <= 10:
             raise SettingsError("CALLMFA_PROVIDER_ACCEPT_S must be 0.1 to 10 (seconds)")
@@ -446,8 +490,9 @@ class Settings:
             raise SettingsError("CALLMFA_EVENT_LOOP must be asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
-        if not set(self.role_set) <= {"originator", "agi", "webhooks"} or not self.role_set:
-            raise SettingsError("CALLMFA_ROLES must name originator, agi, webhooks or several")
+        if not set(self.role_set) <= ROLES or not self.role_set:
+            raise SettingsError("CALLMFA_ROLES must name one or more of "
+                                + ", ".join(sorted(ROLES)))
         for host, port in self.asterisks:
             if not host or not 0 < port < 65536:
                 raise SettingsError(f"CALLMFA_AMI_ENDPOINTS: bad endpoint {host}:{port}")
@@ -457,6 +502,7 @@ class Settings:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
         self._check_security()
         self._check_ldap()
+        self._check_radius()
 
     def _check_ldap(self) -> None:
         if not self.ldap_url:
@@ -482,6 +528,37 @@ class Settings:
     def ldap_attributes(self) -> tuple[str, ...]:
         """``ldap_phone_attributes`` as a tuple, in order."""
         return tuple(a.strip() for a in self.ldap_phone_attributes.split(",") if a.strip())
+
+    def _check_radius(self) -> None:
+        if self.radius_password not in ("none", "ldap", "radius"):
+            raise SettingsError("CALLMFA_RADIUS_PASSWORD must be none, ldap or radius")
+        if not 0 <= self.radius_port < 65536:
+            raise SettingsError("CALLMFA_RADIUS_PORT must be 0 to 65535")
+        if not 0 < self.radius_reply_by_s <= 600:
+            raise SettingsError("CALLMFA_RADIUS_REPLY_BY_S must be over 0 and at most 600 (s)")
+        if not 0 < self.radius_upstream_timeout_s <= 60:
+            raise SettingsError("CALLMFA_RADIUS_UPSTREAM_TIMEOUT_S must be over 0 and at most 60")
+        if any(c in self.org_name for c in "\r\n\0") or len(self.org_name.encode()) > 100:
+            raise SettingsError("CALLMFA_ORG_NAME must be one line of at most 100 bytes")
+        if self.radius_password == "radius":  # noqa: S105 - a mode, not a password
+            if not self.radius_upstream or not self.radius_upstream_secret:
+                raise SettingsError("CALLMFA_RADIUS_PASSWORD=radius needs CALLMFA_RADIUS_UPSTREAM "
+                                    "(host:port) and CALLMFA_RADIUS_UPSTREAM_SECRET (or _FILE)")
+            self.radius_upstream_address()
+
+    def radius_upstream_address(self) -> tuple[str, int]:
+        """``radius_upstream`` as (host, port); port 1812 when none is given."""
+        host, sep, port = self.radius_upstream.strip().rpartition(":")
+        if not sep:
+            host, port = port, "1812"
+        try:
+            number = int(port)
+        except ValueError:
+            number = -1
+        if not host or not 0 < number < 65536:
+            raise SettingsError(f"CALLMFA_RADIUS_UPSTREAM: bad address {self.radius_upstream!r} "
+                                "(host:port)")
+        return host.strip("[]"), number
 
     def _check_security(self) -> None:
         if self.pin_pepper and len(self.pin_pepper.encode()) < MIN_PEPPER_BYTES:

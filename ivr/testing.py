@@ -20,7 +20,12 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
+
+from pyrad.packet import AccessRequest, AuthPacket, StatusServer
+
+from .domain.directory import DirectoryEntry
+from .fronts.radius.packets import dictionary
 
 PCAP_DIR = Path("/usr/share/sip-tester")
 STRAY_ALLOWANCE = 20  # concurrent slots for stray messages of earlier calls
@@ -339,3 +344,62 @@ class SippPhone:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class StaticDirectory:
+    """A user directory held in memory, for tests of the fronts: ``StaticDirectory(entry,
+    ...)``; :attr:`lookups` counts the look-ups."""
+
+    def __init__(self, *entries: DirectoryEntry) -> None:
+        self.entries = {e.user: e for e in entries}
+        self.lookups = 0
+
+    async def lookup(self, user: str) -> DirectoryEntry | None:
+        """The entry of ``user``, or None."""
+        self.lookups += 1
+        return self.entries.get(user)
+
+
+class StaticPasswords:
+    """A password checker held in memory (``StaticPasswords(alice="pw")``), for tests of
+    ``CALLMFA_RADIUS_PASSWORD=ldap`` without a directory server; :attr:`checked` lists the
+    users asked about."""
+
+    def __init__(self, **passwords: str) -> None:
+        self.passwords = passwords
+        self.checked: list[str] = []
+
+    async def check_password(self, user: str, password: str) -> bool:
+        """True only for the right password of a known user."""
+        self.checked.append(user)
+        return user in self.passwords and self.passwords[user] == password
+
+
+def access_request(
+    secret: bytes,
+    user: str,
+    *,
+    password: str | None = None,
+    state: bytes | None = None,
+    message_authenticator: bool = True,
+    identifier: int | None = None,
+    status_server: bool = False,
+) -> tuple[bytes, Any]:
+    """An Access-Request (or Status-Server) as a NAS sends it, for tests and benchmarks of the
+    RADIUS front: (the datagram, pyrad's packet, to check the reply with
+    ``packet.VerifyReply(reply, raw, enforce_ma=True)``)."""
+    packet = AuthPacket(code=StatusServer if status_server else AccessRequest,
+                        id=identifier, secret=secret, dict=dictionary())
+    if packet.authenticator is None:
+        packet.authenticator = packet.CreateAuthenticator()
+    if not status_server:
+        packet.AddAttribute("User-Name", user)
+        packet.AddAttribute("NAS-Identifier", "test-nas")
+    if password is not None:
+        packet.AddAttribute("User-Password", packet.PwCrypt(password))
+    if state is not None:
+        packet.AddAttribute("State", state)
+    if message_authenticator or status_server:
+        packet.add_message_authenticator()
+    raw: bytes = packet.RequestPacket()
+    return raw, packet

@@ -15,6 +15,7 @@
 #   CALLMFA_PHONE           where the simulated phone is    (default: 127.0.0.1:5070)
 #   CALLMFA_SANDBOX_SERVE   0 to start no `callmfa serve`   (default: 1)
 #   CALLMFA_ASTERISK_INSTANCES  2 adds a second Asterisk (AMI 5039, SIP 5061) (default: 1)
+#   CALLMFA_ROLES           what the sandbox's serve runs   (default: originator,agi,radius)
 # Any other CALLMFA_* variable is passed to `callmfa serve`.
 set -euo pipefail
 
@@ -25,6 +26,8 @@ SB=${CALLMFA_SANDBOX_DIR:-$repo/.sandbox}
 ROOT=${CALLMFA_ASTERISK_ROOT:-/var/tmp/callmfa/asterisk-root}
 PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}
 SERVE=${CALLMFA_SANDBOX_SERVE:-1}
+# Not in $SB/env: a second serve started from it (tests/e2e) must not bind RADIUS again.
+ROLES=${CALLMFA_ROLES:-originator,agi,radius}
 VENV=${CALLMFA_VENV:-$repo/.venv}
 SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
@@ -41,6 +44,9 @@ APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps py
 # The test LDAP server (slapd, run as a process of the sandbox), and what bonsai (the LDAP
 # source's library, in the dev group) is built with.
 APT_PACKAGES+=(slapd ldap-utils libldap2-dev libsasl2-dev gcc python3-dev)
+# freeradius-utils (radclient), pamtester and libpam-radius-auth: the RADIUS front's NASes in
+# tests/e2e/test_radius.py.
+APT_PACKAGES+=(freeradius-utils pamtester libpam-radius-auth)
 # Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
 ROOT_PACKAGES=(python3 python3-redis python3-six)
 
@@ -270,6 +276,10 @@ export CALLMFA_LDAP_BIND_DN=$LDAP_BIND_DN
 export CALLMFA_LDAP_BIND_PASSWORD_FILE=$SB/ldap-bind-password
 export CALLMFA_LDAP_BASE_DN=ou=people,dc=callmfa,dc=test
 export CALLMFA_LDAP_USER_FILTER='(uid={user})'
+export CALLMFA_RADIUS_HOST=127.0.0.1
+export CALLMFA_RADIUS_PORT=1812
+export CALLMFA_RADIUS_CLIENTS_FILE=$SB/radius-clients
+export CALLMFA_RADIUS_SECRET_FILE=$SB/radius-secret
 EOF
   if ((INSTANCES > 1)); then
     local endpoints=127.0.0.1:5038 n
@@ -291,6 +301,14 @@ cmd_up() {
   if [[ ! -s $PEPPER_FILE ]]; then
     (umask 077 && head -c 32 /dev/urandom | base64 >"$PEPPER_FILE")
   fi
+  # RADIUS: the NAS on 127.0.0.1 (radclient) shares a random secret; 127.0.0.2 is a NAS that
+  # sends no Message-Authenticator (pam_radius_auth 2.0, Debian 12's), listed as such.
+  if [[ ! -s $SB/radius-secret ]]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$SB/radius-secret")
+  fi
+  (umask 077 && printf '%s\n' "# Written by sandbox.sh up: the NAS clients of the RADIUS front." \
+    "127.0.0.1 file:$SB/radius-secret sandbox" \
+    "127.0.0.2 file:$SB/radius-secret pam require_message_authenticator=no" >"$SB/radius-clients")
   ip netns list | grep -qw "^$NS" || ip netns add "$NS"
   in_ns ip link set lo up
   write_env
@@ -320,10 +338,10 @@ cmd_up() {
     [[ -x $VENV/bin/callmfa ]] || die "no $VENV/bin/callmfa: run 'make venv' first"
     : >"$SB/logs/callmfa.log"
     # shellcheck disable=SC1091
-    start callmfa "callmfa serve" ip netns exec "$NS" bash -c "source '$SB/env' && exec '$VENV/bin/callmfa' serve"
+    start callmfa "callmfa serve" ip netns exec "$NS" bash -c "source '$SB/env' && CALLMFA_ROLES='$ROLES' exec '$VENV/bin/callmfa' serve"
     wait_for "callmfa serve" sh -c "grep -q '\"service_ready\"' '$SB/logs/callmfa.log' && kill -0 \$(cut -d' ' -f1 '$SB/pids/callmfa.pid')"
   fi
-  log "up: redis 127.0.0.1:6379, slapd 127.0.0.1:$LDAP_PORT, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573 (namespace $NS; env in $SB/env)"
+  log "up: redis 127.0.0.1:6379, slapd 127.0.0.1:$LDAP_PORT, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573, RADIUS 127.0.0.1:1812 (namespace $NS; env in $SB/env)"
 }
 
 cmd_down() {

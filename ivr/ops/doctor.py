@@ -31,7 +31,11 @@ from ..exceptions import (
     DirectoryError,
     OutcomeBindingError,
     OutcomeSignatureError,
+    SettingsError,
 )
+from ..fronts.radius.clients import load_clients
+from ..fronts.radius.packets import dictionary as radius_dictionary
+from ..fronts.radius.upstream import UpstreamError, UpstreamPasswordChecker
 from ..settings import Settings
 from ..storage.acl import SERVICE
 from ..storage.directory import LocalDirectory
@@ -157,6 +161,38 @@ def check_pin_pepper(settings: Settings) -> CheckResult:
         "callmfa:pin:* can search short PINs offline",
         "set CALLMFA_PIN_PEPPER_FILE to a file of 32 random bytes or more, kept outside Redis "
         "(head -c 32 /dev/urandom | base64); existing PINs are upgraded on their next use")
+
+
+async def check_radius(settings: Settings) -> CheckResult | None:
+    """The RADIUS listener answers Status-Server (RFC 5997), signed with the secret of the
+    client that covers this host's loopback; None when the radius role is not configured."""
+    if "radius" not in settings.role_set and not settings.radius_clients_file:
+        return None
+    host = settings.radius_host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104 - read, not bound
+    where = f"{host}:{settings.radius_port}"
+    try:
+        clients = load_clients(settings.radius_clients_file)
+    except SettingsError as e:
+        return CheckResult("radius", Status.FAIL, str(e),
+                           "fix the line named, then restart callmfa serve (docs/radius.md)")
+    client = clients.find(host)
+    if client is None:
+        return CheckResult("radius", Status.SKIP, f"no client in the clients file covers {host}: "
+                           "cannot sign a Status-Server", f"list {host} to let check ask")
+    probe = UpstreamPasswordChecker(host, settings.radius_port, client.secret,
+                                    min(settings.connect_timeout_s, 2.0), radius_dictionary())
+    try:
+        answered = await probe.status()
+    except UpstreamError:
+        answered = False
+    if not answered:
+        return CheckResult(
+            "radius", Status.FAIL, f"no verified answer to Status-Server from {where}",
+            "is callmfa serve running with CALLMFA_ROLES including radius, on "
+            "CALLMFA_RADIUS_HOST:CALLMFA_RADIUS_PORT? (its log says radius_listening)")
+    return CheckResult("radius", Status.OK,
+                       f"{where} answers Status-Server (client {client.name!r})")
 
 
 # --- Redis ---------------------------------------------------------------------------
@@ -604,6 +640,9 @@ async def run_checks(
             ami_ok = ami_ok and this_ok
         finally:
             await ami.close()
+    radius = await check_radius(settings)
+    if radius is not None:
+        yield radius
     if call is not None:
         if ami_ok and redis_ok:
             yield await check_call(settings, call, call_timeout_s)
