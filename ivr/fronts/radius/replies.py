@@ -55,6 +55,8 @@ OUTCOME_MESSAGES: dict[Outcome, str] = {
     Outcome.ERROR: "Phone verification failed: sign in again",
     Outcome.THROTTLED: "Too many sign-in calls: wait a few minutes, then sign in again",
     Outcome.BLOCKED: f"Phone sign-in is blocked for your account: {_HELP_DESK}",
+    # Mode otp is never asked for over RADIUS; a reject all the same (no second factor).
+    Outcome.DELIVERED: "Phone verification failed: sign in again",
 }
 
 # The front's own refusals, before or instead of an outcome.
