@@ -106,7 +106,8 @@ class Settings:
     )
     roles: str = field(
         default="originator,agi",
-        metadata={"doc": "What `callmfa serve` runs: originator, agi, or both."},
+        metadata={"doc": "What `callmfa serve` runs, comma-separated: originator, agi, api "
+                         "(the HTTP API)."},
     )
     health_host: str = field(default="127.0.0.1", metadata={"doc": "/healthz listen address."})
     health_port: int = field(
@@ -179,6 +180,34 @@ class Settings:
         default=64,
         metadata={"doc": "Connections served at once by each /healthz and /metrics server; "
                   "more get 503 at once and are counted."},
+    )
+    # The HTTP API (role api; docs/openapi.yaml).
+    api_host: str = field(default="127.0.0.1", metadata={"doc": "HTTP API listen address."})
+    api_port: int = field(default=4581, metadata={"doc": "HTTP API listen port."})
+    api_tls_cert: str = field(
+        default="",
+        metadata={"doc": "PEM certificate (chain) for the HTTP API; with CALLMFA_API_TLS_KEY it "
+                  "serves HTTPS. Empty: plain HTTP (bind it to loopback behind a TLS proxy)."},
+    )
+    api_tls_key: str = field(
+        default="", metadata={"doc": "PEM private key for CALLMFA_API_TLS_CERT."}
+    )
+    api_rate_per_min: int = field(
+        default=600, metadata={"doc": "HTTP API requests per token in any minute; more get 429."}
+    )
+    api_idempotency_ttl_s: int = field(
+        default=86400,
+        metadata={"doc": "How long an Idempotency-Key is remembered (per token)."},
+    )
+    api_max_connections: int = field(
+        default=1024,
+        metadata={"doc": "Connections the HTTP API serves at once (long polls and event "
+                  "streams hold one each); more get 503 at once and are counted."},
+    )
+    api_demo: str = field(
+        default="off",
+        metadata={"doc": "on: the live sign-in demo page at /demo on the API listener (users "
+                  "demo-* only, with a server-side identity; never on a public listener)."},
     )
     # Security and anti-fraud (docs/security.md).
     allowed_prefixes: str = field(
@@ -262,13 +291,18 @@ class Settings:
             raise SettingsError("CALLMFA_EVENT_LOOP must be asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
-        if not set(self.role_set) <= {"originator", "agi"} or not self.role_set:
-            raise SettingsError("CALLMFA_ROLES must name originator, agi or both")
+        if not set(self.role_set) <= {"originator", "agi", "api"} or not self.role_set:
+            raise SettingsError("CALLMFA_ROLES must name originator, agi, api or several")
+        if self.api_demo not in ("on", "off"):
+            raise SettingsError("CALLMFA_API_DEMO must be on or off")
+        if bool(self.api_tls_cert) != bool(self.api_tls_key):
+            raise SettingsError("CALLMFA_API_TLS_CERT and CALLMFA_API_TLS_KEY go together")
         for host, port in self.asterisks:
             if not host or not 0 < port < 65536:
                 raise SettingsError(f"CALLMFA_AMI_ENDPOINTS: bad endpoint {host}:{port}")
         for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s",
-                     "max_per_asterisk", "pin_lockout_after", "http_max_connections"):
+                     "max_per_asterisk", "pin_lockout_after", "http_max_connections",
+                     "api_rate_per_min", "api_idempotency_ttl_s", "api_max_connections"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
         self._check_security()
