@@ -54,6 +54,9 @@ SERVICE: tuple[Needed, ...] = (
     _n("hmget", "callmfa:pin:x", "locked_until", "denials"),  # the PIN unlock script
     _n("hexists", "callmfa:pin:x", "hash"),  # the PIN set script
     _n("hincrby", "callmfa:pin:x", "denials", "1"),
+    # The HTTP API: its tokens (callmfa:tokens, callmfa:token:*) and per-token rate limits.
+    _n("incr", "callmfa:api:rate:x:0"),
+    _n("hdel", "callmfa:tokens", "x"),
     _n("zadd", "callmfa:blocked", "0", "x"),
     _n("zrem", "callmfa:blocked", "x"),
     _n("zscore", "callmfa:blocked", "x"),
