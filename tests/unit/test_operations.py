@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.fronts.web import HttpListener, ops_app
 from ivr.metrics import Metrics, metrics_route
 from ivr.ops.doctor import (
     OUTCOME_FIXES,
@@ -25,7 +26,6 @@ from ivr.ops.reference import BEGIN, END, generated, settings_markdown
 from ivr.ops.report import Audited, Finished, Report, render_csv, render_text
 from ivr.settings import Settings
 from ivr.storage.acl import SERVICE, USERS, setuser_line
-from ivr.fronts.web import HttpListener, ops_app
 
 from ..conftest import REPO
 

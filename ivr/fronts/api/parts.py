@@ -78,10 +78,9 @@ class ApiParts:
 
 
 PARTS = web.AppKey("parts", ApiParts)
-TOKEN = "callmfa.token"  # noqa: S105 - a request key, not a secret: request[TOKEN]
+TOKEN = web.RequestKey("token", Token)  # the request's authenticated token
 
 
 def token_of(request: web.Request) -> Token:
     """The authenticated token of an API request."""
-    token: Token = request[TOKEN]
-    return token
+    return request[TOKEN]
