@@ -35,7 +35,8 @@ AST_CONF=/etc/asterisk-$NS/asterisk.conf
 # is in $SB/env already.
 PEPPER_FILE=$SB/pin-pepper
 SIGNING_FILE=
-APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
+# chromium: tests/e2e/test_demo.py drives the demo page in headless Chromium.
+APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox curl chromium)
 # Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
 ROOT_PACKAGES=(python3 python3-redis python3-six)
 

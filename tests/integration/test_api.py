@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.fronts.api import ApiParts, build_app
+from ivr.fronts.api.demo import masked
 from ivr.security import limits
 from ivr.settings import Settings
 from ivr.storage.guard import Guard
@@ -73,12 +75,13 @@ class Api:
                                "/v1/verifications/{id}", expect=expect, **kw)
 
 
-async def _start(redis: Redis, **overrides: Any) -> tuple[ApiParts, Counted, web.Application]:
+async def _start(redis: Redis, *, demo: bool = False,
+                 **overrides: Any) -> tuple[ApiParts, Counted, web.Application]:
     settings = Settings(**{"signing_key": KEY, **overrides})
     observer = Counted()
     parts = ApiParts.for_redis(settings, redis, Guard(redis, limits(settings)),
                                observer=observer)
-    return parts, observer, build_app(parts)
+    return parts, observer, build_app(parts, with_demo=demo)
 
 
 @pytest.fixture
@@ -422,3 +425,46 @@ class TestAdmin:
         found = await api.call("GET", "/v1/admin/users/alice", "/v1/admin/users/{user}",
                                token=api.admin, expect=501)
         assert found["error"] == "no_directory"
+
+
+class TestDemo:
+    async def test_off_by_default(self, api: Api) -> None:
+        async with api.http.get("/demo") as r:
+            assert r.status == 404
+        async with api.http.post("/demo/verifications", json={"user": "demo-a"}) as r:
+            assert r.status == 404
+
+    async def test_demo_users_only_and_demo_ids_only(self, redis: Redis) -> None:
+        """No token in the browser: demo-* users only, a match number made server-side, and
+        the events route refuses the ids of real tokens."""
+        parts, _, app = await _start(redis, demo=True)
+        token = await parts.tokens.create("signin", "verify", expires_s=None, actor="t")
+        async with TestClient(TestServer(app)) as http:
+            async with http.get("/demo") as r:
+                assert r.status == 200
+                assert "EventSource" in await r.text()
+            async with http.post("/demo/verifications",
+                                 json={"user": "alice", "phone": PHONE}) as r:
+                assert (r.status, (await r.json())["error"]) == (400, "invalid_user")
+            async with http.post("/demo/verifications",
+                                 json={"user": "demo-a", "phone": PHONE, "mode": "match"}) as r:
+                assert r.status == 202
+                started = await r.json()
+            assert started["calling"] == "+1 201 ••• 0100"
+            assert re.fullmatch(r"[0-9]{2}", started["match"])
+            [queued] = await _queued(redis)
+            assert queued["id"] == started["id"]
+            assert queued["match_hash"].startswith("scrypt$")
+            async with http.post("/v1/verifications", json={"user": "a", "phone": PHONE},
+                                 headers={"Authorization": f"Bearer {token}"}) as r:
+                real = (await r.json())["id"]
+            async with http.get(f"/demo/verifications/{real}/events") as r:
+                assert r.status == 404
+            async with http.get(f"/v1/verifications/{started['id']}",
+                                headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 404
+
+    def test_the_phone_is_masked(self) -> None:
+        assert masked("+12015550100") == "+1 201 ••• 0100"
+        assert masked("+12015550100x12") == "+1 201 ••• 0100"
+        assert masked("nonsense") == "•••"
