@@ -19,10 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from ivr.client import VerificationClient
 from ivr.transport.ami import AmiClient
 
-from .load import CallmfaCalls, CallResult, DialplanCalls, Placer, closed_loop, numbers, open_loop
+from .load import (
+    ApiCalls,
+    CallmfaCalls,
+    CallResult,
+    DialplanCalls,
+    Placer,
+    closed_loop,
+    numbers,
+    open_loop,
+)
 from .phone import BenchPhone
 from .report import percentiles, summary, table
 from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
@@ -46,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="the 10,000-verification soak")
     p.add_argument("--key-delay-ms", type=int, default=1000,
                    help="the scripted human: answer, wait this long, press '#' (default 1000)")
-    p.add_argument("--variants", default="callmfa,dialplan,classic",
-                   help="which of callmfa, dialplan, classic to run")
+    p.add_argument("--variants", default="callmfa,api,dialplan,classic",
+                   help="which of callmfa (the Redis contract), api (the HTTP API), dialplan, "
+                        "classic to run")
     p.add_argument("--classic-env", action="append", default=[],
                    help="KEY=VALUE for `callmfa serve` in the classic-AGI variant "
                         "(default CALLMFA_AGI_MODE=classic)")
@@ -263,9 +275,14 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
                                          signing_key=env["CALLMFA_SIGNING_KEY"])
     bench = Bench(args, sandbox, out)
     extra: dict[str, Any] = {"machine_before": machine_load()}
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=2 * top.concurrency + 50),
+        timeout=aiohttp.ClientTimeout(total=120))
     try:
         await client.__aenter__()
         ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
+        api = ApiCalls(http, f"http://127.0.0.1:{env.get('CALLMFA_API_PORT', '4581')}",
+                       (sandbox.directory / "api-token").read_text().strip(), ami)
         service = bench.start_service("fastagi", {})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
@@ -275,6 +292,8 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
             if "callmfa" in variants:
                 profile = args.profile if load is top else None
                 await bench.run("callmfa", ours, load, profile=profile)
+            if "api" in variants:
+                await bench.run("api", api, load)
             if "dialplan" in variants:
                 await bench.run("dialplan", floor, load)
         if "callmfa" in variants:
@@ -304,6 +323,7 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         if bench.service is not None:
             bench.service.stop()
         await client.aclose()
+        await http.close()
         await ami.close()
     return {"rows": bench.rows, **extra}
 
