@@ -142,7 +142,7 @@ class Service:
         assert self._proc is not None
         return self._proc.pid
 
-    def start(self, timeout_s: float = 30) -> None:
+    def start(self, timeout_s: float = 120) -> None:
         """Start and wait for its ``service_ready`` line."""
         with open(self.log, "wb") as out:
             self._proc = subprocess.Popen(
