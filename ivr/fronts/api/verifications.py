@@ -52,7 +52,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _owner_ttl_s(parts: ApiParts, body: dict[str, Any]) -> int:
+def _owner_ttl_s(parts: ApiParts) -> int:
     s = parts.settings
     return int(s.result_ttl_s + s.request_ttl_s + s.ring_timeout_s + s.max_call_s + 600)
 
@@ -83,7 +83,7 @@ async def create(request: web.Request) -> web.Response:
     except RequestError as e:
         raise ApiError(400, e.detail, e.message) from None
     found = await parts.submissions.submit(
-        token.name, rid, payload, owner_ttl_s=_owner_ttl_s(parts, body),
+        token.name, rid, payload, owner_ttl_s=_owner_ttl_s(parts),
         idempotency_key=key, fingerprint=fingerprint(body),
     )
     if found.verdict is Submitted.ID_IN_USE:
