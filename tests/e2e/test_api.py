@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from ..conftest import Sandbox
+from ..conftest import REPO, Sandbox
 from ..openapi import check
 from .conftest import PhoneFactory
 
@@ -113,3 +113,49 @@ class TestEvents:
         answered = seen[3][1]
         assert seen[-1][1] - answered > 1.0, "answered came with finished, not while it ran"
         assert p.wait(20) == 0, p.errors()
+
+
+class TestAdmin:
+    def test_block_and_bypass_through_the_api_reach_the_originator(
+        self, sandbox: Sandbox
+    ) -> None:
+        """An admin token (from `callmfa token create --scope admin`) blocks a user: their
+        verification ends blocked, uncalled; unblocked and bypassed, it ends bypassed. The
+        audit names the token. The verify token gets 403."""
+        env = {**sandbox.env, "PATH": "/usr/bin:/bin"}
+        cli = str(REPO / ".venv" / "bin" / "callmfa")
+        subprocess.run([cli, "token", "revoke", "e2e-admin"], env=env, capture_output=True,
+                       timeout=60, check=False)
+        admin = subprocess.run([cli, "token", "create", "e2e-admin", "--scope", "admin"],
+                               env=env, capture_output=True, text=True, timeout=60,
+                               check=True).stdout.strip().splitlines()[-1]
+        auth = ("-H", f"Authorization: Bearer {admin}", "-H", "Content-Type: application/json")
+        status, body = curl("-X", "POST", f"{API}/v1/admin/blocks", "-H",
+                            f"Authorization: Bearer {token(sandbox)}", "-H",
+                            "Content-Type: application/json", "-d", '{"user": "api-eve"}')
+        assert (status, body["error"]) == (403, "forbidden")
+        status, body = curl("-X", "POST", f"{API}/v1/admin/blocks", *auth,
+                            "-d", '{"user": "api-eve", "for": "1h", "reason": "e2e"}')
+        assert status == 201, body
+        check("POST", "/v1/admin/blocks", status, body)
+
+        def outcome() -> str:
+            status, queued = post(sandbox, json.dumps({"user": "api-eve", "phone": PHONE}))
+            assert status == 202
+            status, record = curl(f"{API}/v1/verifications/{queued['id']}?wait=30", "-H",
+                                  f"Authorization: Bearer {token(sandbox)}")
+            assert status == 200, record
+            found: str = record["outcome"]
+            return found
+
+        assert outcome() == "blocked"
+        status, body = curl("-X", "DELETE", f"{API}/v1/admin/blocks/api-eve", *auth)
+        assert status == 200, body
+        status, body = curl("-X", "POST", f"{API}/v1/admin/bypasses", *auth,
+                            "-d", '{"user": "api-eve", "for": "5m"}')
+        assert status == 201, body
+        assert outcome() == "bypassed"
+        audit = subprocess.run(["redis-cli", "-p", "6379", "--no-raw", "xrange",
+                                "callmfa:audit", "-", "+"], capture_output=True, text=True,
+                               timeout=30, check=True).stdout
+        assert audit.count('"api:e2e-admin"') >= 3
