@@ -282,7 +282,8 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         await client.__aenter__()
         ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
         api = ApiCalls(http, f"http://127.0.0.1:{env.get('CALLMFA_API_PORT', '4581')}",
-                       (sandbox.directory / "api-token").read_text().strip(), ami)
+                       (sandbox.directory / "api-token").read_text().strip()
+                       if "api" in variants else "", ami)
         service = bench.start_service("fastagi", {})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
