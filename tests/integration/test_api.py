@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from ivr.domain.directory import DirectoryEntry
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.api.demo import masked
@@ -468,3 +469,50 @@ class TestDemo:
         assert masked("+12015550100") == "+1 201 ••• 0100"
         assert masked("+12015550100x12") == "+1 201 ••• 0100"
         assert masked("nonsense") == "•••"
+
+
+class FakeDirectory:
+    """The shape of LocalDirectory (ivr.storage.directory), in memory."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, DirectoryEntry] = {}
+        self.actors: list[str] = []
+
+    async def lookup(self, user: str) -> DirectoryEntry | None:
+        return self.entries.get(user)
+
+    async def set(self, entry: DirectoryEntry, *, actor: str) -> bool:
+        self.actors.append(actor)
+        replaced = entry.user in self.entries
+        self.entries[entry.user] = entry
+        return replaced
+
+    async def delete(self, user: str, *, actor: str) -> bool:
+        self.actors.append(actor)
+        return self.entries.pop(user, None) is not None
+
+
+class TestUsers:
+    async def test_put_get_delete_through_the_directory_seam(self, redis: Redis) -> None:
+        settings = Settings(signing_key=KEY)
+        directory = FakeDirectory()
+        parts = ApiParts.for_redis(settings, redis, Guard(redis, limits(settings)),
+                                   users=directory)
+        token = await parts.tokens.create("ops", "admin", expires_s=None, actor="t")
+        assert token
+        async with TestClient(TestServer(build_app(parts))) as http:
+            api = Api(http, parts, redis, Counted(), token, token)
+            path = "/v1/admin/users/{user}"
+            found = await api.call("PUT", "/v1/admin/users/Alice", path, expect=200,
+                                   json={"phone": "+12015550100", "mode": "pin"})
+            assert found == {"user": "alice", "phone": "+12015550100", "mode": "pin",
+                             "lang": "en", "source": "local"}
+            assert (await api.call("GET", "/v1/admin/users/alice", path,
+                                   expect=200))["phone"] == "+12015550100"
+            bad = await api.call("PUT", "/v1/admin/users/bob", path, expect=400,
+                                 json={"phone": "0100"})
+            assert bad["error"] == "invalid_phone"
+            await api.call("DELETE", "/v1/admin/users/alice", path, expect=200)
+            await api.call("DELETE", "/v1/admin/users/alice", path, expect=404)
+            await api.call("GET", "/v1/admin/users/alice", path, expect=404)
+        assert directory.actors == ["api:ops", "api:ops", "api:ops"]

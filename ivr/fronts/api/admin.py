@@ -123,8 +123,7 @@ async def get_user(request: web.Request) -> web.Response:
 
 @routes.put("/v1/admin/users/{user}")
 async def put_user(request: web.Request) -> web.Response:
-    """Add or replace a user's entry (phone, mode, lang); audited."""
-    parts = request.app[PARTS]
+    """Add or replace a user's entry (phone, mode, lang); audited (by the directory)."""
     users = _users(request)
     user = _user(request.match_info["user"])
     body = await json_body(request)
@@ -136,17 +135,14 @@ async def put_user(request: web.Request) -> web.Response:
     entry = DirectoryEntry(user=user, phone=str(body["phone"]),
                            mode=str(body.get("mode", "standard")),
                            lang=str(body.get("lang", "en")))
-    await users.set_user(entry)
-    await parts.guard.record("user_set", user, actor=_actor(request), phone=entry.phone)
+    await users.set(entry, actor=_actor(request))  # audited by the directory
     return web.json_response(asdict(entry))
 
 
 @routes.delete("/v1/admin/users/{user}")
 async def delete_user(request: web.Request) -> web.Response:
-    """Remove a user's entry; 404 if unknown; audited."""
-    parts = request.app[PARTS]
+    """Remove a user's entry; 404 if unknown; audited (by the directory)."""
     user = _user(request.match_info["user"])
-    if not await _users(request).remove_user(user):
+    if not await _users(request).delete(user, actor=_actor(request)):
         raise ApiError(404, "not_found", "no such user")
-    await parts.guard.record("user_removed", user, actor=_actor(request))
     return web.json_response({"user": user})

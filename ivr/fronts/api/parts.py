@@ -21,15 +21,16 @@ from ...storage.tokens import Submissions, Token, Tokens
 
 
 class UserAdmin(UserDirectory, Protocol):
-    """The user directory's writable side (``callmfa user``'s store), for /v1/admin/users:
-    the seam the directory plugs into."""
+    """The user directory's writable side, for /v1/admin/users: the shape of
+    ``ivr.storage.directory.LocalDirectory`` (``callmfa user``'s store), which audits its
+    own writes (``user_set``, ``user_deleted``)."""
 
-    async def set_user(self, entry: DirectoryEntry) -> None:
-        """Add or replace ``entry``."""
+    async def set(self, entry: DirectoryEntry, *, actor: str) -> bool:
+        """Create or replace ``entry``'s user; True if replaced."""
         ...
 
-    async def remove_user(self, user: str) -> bool:
-        """Remove the normalised ``user``; False if unknown."""
+    async def delete(self, user: str, *, actor: str) -> bool:
+        """Delete ``user``; False if unknown."""
         ...
 
 
