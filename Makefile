@@ -22,6 +22,7 @@ deps:
 
 $(VENV)/.installed: pyproject.toml docker/requirements.lock
 	@command -v $(PYTHON) >/dev/null || $(SANDBOX) deps
+	@[ -e /usr/include/ldap.h ] || $(SANDBOX) deps  # bonsai (dev group) builds on libldap
 	$(PYTHON) -m venv $(VENV) || { $(SANDBOX) deps && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(VENV)/bin/pip install -q --upgrade 'pip>=25.1'
 	$(VENV)/bin/pip install -q -e . --group dev -c docker/requirements.lock
@@ -80,7 +81,7 @@ docs: venv
 
 # docker/requirements.lock: the runtime dependencies as a fresh install resolves them today.
 lock:
-	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q .
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q '.[ldap]'
 	{ sed -n '/^#/p' docker/requirements.lock; .lock-venv/bin/pip freeze --exclude callmfa; } \
 	  >docker/requirements.lock.new && mv docker/requirements.lock.new docker/requirements.lock
 	rm -rf .lock-venv

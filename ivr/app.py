@@ -31,6 +31,7 @@ from .originator import Originator
 from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
+from .storage.directory import LocalDirectory, open_directory
 from .storage.results import ResultListener
 from .storage.store import Store, connect
 from .storage.users import normalise_stored_users
@@ -83,8 +84,11 @@ class Service:
                       on_reconnect=self.metrics.ami_reconnected)
             for host, port in settings.asterisks
         ], capacity=settings.max_per_asterisk) if "originator" in roles else None
+        # Requests without a phone are completed from it; RADIUS checks passwords with
+        # ``passwords`` (None without LDAP).
+        self.directory, self.passwords = open_directory(settings, self.redis)
         self.originator = (
-            Originator(settings, self.store, self.pool, self.results, security)
+            Originator(settings, self.store, self.pool, self.results, security, self.directory)
             if self.pool else None
         )
         originator, agi = self.originator, self.agi
@@ -105,8 +109,10 @@ class Service:
             if settings.metrics_port else None,
         ]
         if "api" in roles:
+            # /v1/admin/users writes callmfa's own entries (`callmfa user`), not LDAP's.
             parts = ApiParts.for_redis(settings, self.redis, security.guard,
-                                       observer=self.metrics)
+                                       observer=self.metrics,
+                                       users=LocalDirectory(self.redis))
             api = build_app(parts, extra=api_routes, with_demo=settings.api_demo == "on")
             api.router.add_get("/healthz", self.healthz)
             tls = (tls_context(settings.api_tls_cert, settings.api_tls_key)

@@ -23,7 +23,7 @@ from .domain.request import parse_request
 from .exceptions import IvrError, RequestError, SettingsError
 from .fronts import web as http
 from .log import configure
-from .ops import admin, pincli, tokencli
+from .ops import admin, pincli, tokencli, usercli
 from .ops.commands import add_commands
 from .ops.reference import settings_markdown
 from .settings import Settings
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("settings", help="print the settings reference")
     st.add_argument("--markdown", action="store_true", help="as the Markdown table of the docs")
     pincli.add_parser(sub)
+    usercli.add_parser(sub)
     admin.add_parsers(sub)
     tokencli.add_parser(sub)
     add_commands(sub)

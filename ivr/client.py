@@ -111,9 +111,9 @@ class VerificationClient:
         self,
         *,
         user: str,
-        phone: str,
-        mode: str = "standard",
-        lang: str = "en",
+        phone: str | None = None,
+        mode: str | None = None,
+        lang: str | None = None,
         expires_in_s: float | None = 120,
         context: Mapping[str, Any] | None = None,
         request_id: str | None = None,
@@ -124,12 +124,17 @@ class VerificationClient:
 
         ``match_number`` (mode ``match``): the number the sign-in page shows; only its
         salted hash is sent.
+
+        Without ``phone``, callmfa calls the number its user directory holds for ``user``
+        (``rejected``/``unknown_user`` if it has none); without ``mode`` or ``lang``, the
+        directory's, else ``standard`` and ``en``.
         """
         rid = request_id or str(uuid.uuid4())
-        request: dict[str, Any] = {
-            "id": rid, "user": user, "phone": phone, "mode": mode, "lang": lang,
-            "context": dict(context or {}),
-        }
+        request: dict[str, Any] = {"id": rid, "user": user}
+        for name, value in (("phone", phone), ("mode", mode), ("lang", lang)):
+            if value is not None:
+                request[name] = value
+        request["context"] = dict(context or {})
         if match_number is not None:
             request["match_hash"] = hash_code(match_number)
         if expires_in_s is not None:
@@ -164,7 +169,7 @@ class VerificationClient:
         return record
 
     async def verify(
-        self, *, user: str, phone: str, timeout_s: float = 180, **options: Any
+        self, *, user: str, phone: str | None = None, timeout_s: float = 180, **options: Any
     ) -> OutcomeRecord | None:
         """Queue a verification and wait for its outcome (None on timeout)."""
         await self._ensure_started()

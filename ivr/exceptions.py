@@ -20,6 +20,10 @@ class RequestError(IvrError):
         self.message = message
 
 
+class DirectoryError(IvrError):
+    """The user directory could not answer (an LDAP server down or refusing the bind)."""
+
+
 class AmiError(IvrError):
     """The Asterisk Manager Interface failed; ``payload`` keeps what Asterisk sent."""
 

@@ -25,10 +25,12 @@ import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from .domain.calltoken import new_token, token_hash
+from .domain.directory import UserDirectory
+from .domain.fallback import resolve
 from .domain.flow import keys_are_secret
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
-from .domain.request import VerificationRequest, parse_request, peek_id
-from .exceptions import AmiConnectError, AmiError, RequestError
+from .domain.request import VerificationRequest, parse_fields, peek_id, request_fields
+from .exceptions import AmiConnectError, AmiError, DirectoryError, RequestError
 from .security import Security
 from .settings import Settings
 from .storage.results import ResultListener
@@ -56,8 +58,10 @@ class Originator:
         ami: AmiPool,
         results: ResultListener,
         security: Security | None = None,
+        directory: UserDirectory | None = None,
     ) -> None:
         self._settings = settings
+        self._directory = directory  # completes requests that give no phone
         self._store = store
         self._ami = ami
         self._results = results
@@ -184,13 +188,16 @@ class Originator:
     async def _process(self, entry: Entry, *, taken_over: bool) -> bool:
         """Settle one entry; True when it may be acknowledged."""
         try:
-            req = parse_request(
-                entry.payload or b"",
-                requested_at=entry.enqueued_at,
-                default_ttl_s=self._settings.request_ttl_s,
-            )
+            # A request without a phone takes the directory's (docs/contract.md).
+            fields = await resolve(request_fields(entry.payload or b""), self._directory)
+            req = parse_fields(fields, requested_at=entry.enqueued_at,
+                               default_ttl_s=self._settings.request_ttl_s)
         except RequestError as e:
-            return await self._reject(entry, e)
+            return await self._reject(entry, Outcome.REJECTED, e.detail, e.message)
+        except DirectoryError as e:
+            # Fail closed: no number, no call; the outcome says it is callmfa's side.
+            log.error("directory_lookup_failed", error=str(e))
+            return await self._reject(entry, Outcome.ERROR, "directory_unavailable", str(e))
         structlog.contextvars.bind_contextvars(verification_id=req.id)
         if taken_over:
             if await self._store.get_outcome(req.id) is not None:
@@ -227,15 +234,16 @@ class Originator:
         if record is None:
             await self._finish(req, Outcome.ERROR, "originator_lost", started=started)
 
-    async def _reject(self, entry: Entry, error: RequestError) -> bool:
+    async def _reject(self, entry: Entry, outcome: Outcome, detail: str, message: str) -> bool:
+        """An outcome for a request that was never parsed into one (nothing dialled)."""
         rid = peek_id(entry.payload or b"")
-        log.warning("request_rejected", verification_id=rid, detail=error.detail,
-                    error=error.message)
+        log.warning("request_rejected", verification_id=rid, detail=detail, error=message,
+                    outcome=outcome.value)
         if rid is None:
-            await self._store.deadletter(entry.entry_id, entry.payload, error.message)
+            await self._store.deadletter(entry.entry_id, entry.payload, message)
             return True
         record = OutcomeRecord(
-            id=rid, user=None, outcome=Outcome.REJECTED, detail=error.detail,
+            id=rid, user=None, outcome=outcome, detail=detail,
             requested_at=entry.enqueued_at, finished_at=time.time(),
         )
         await self._store_outcome(record)

@@ -19,7 +19,7 @@ ENV_PREFIX = "CALLMFA_"
 MIN_SIGNING_KEY_BYTES = 32
 # Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
 MIN_PEPPER_BYTES = 32
-SECRETS = ("ami_secret", "signing_key", "pin_pepper")
+SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password")
 
 
 def _default_consumer() -> str:
@@ -31,8 +31,8 @@ class Settings:
     """Everything callmfa can be told, with the defaults a single-PBX install wants.
 
     Each field is read from ``CALLMFA_<FIELD NAME IN UPPER CASE>``; the secrets
-    (``ami_secret``, ``signing_key``, ``pin_pepper``) may instead come from the file named by
-    ``CALLMFA_<NAME>_FILE``.
+    (``ami_secret``, ``signing_key``, ``pin_pepper``, ``ldap_bind_password``) may instead come
+    from the file named by ``CALLMFA_<NAME>_FILE``.
     """
 
     redis_url: str = field(
@@ -209,6 +209,45 @@ class Settings:
         metadata={"doc": "on: the live sign-in demo page at /demo on the API listener (users "
                   "demo-* only, with a server-side identity; never on a public listener)."},
     )
+    # The user directory's optional LDAP source (docs/directory.md).
+    ldap_url: str = field(
+        default="",
+        metadata={"doc": "LDAP server for the user directory (ldap://host:389 or "
+                  "ldaps://host:636); empty: only `callmfa user` entries."},
+    )
+    ldap_bind_dn: str = field(
+        default="",
+        metadata={"doc": "DN the service binds as to search users (empty: anonymous)."},
+    )
+    ldap_bind_password: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "Password of CALLMFA_LDAP_BIND_DN; or CALLMFA_LDAP_BIND_PASSWORD_FILE "
+                  "names a file holding it."},
+    )
+    ldap_base_dn: str = field(
+        default="", metadata={"doc": "Where users are searched (subtree), e.g. "
+                              "ou=people,dc=example,dc=com."},
+    )
+    ldap_user_filter: str = field(
+        default="(uid={user})",
+        metadata={"doc": "Search filter; {user} is the normalised user name, escaped (RFC "
+                  "4515), e.g. (&(objectClass=person)(sAMAccountName={user}))."},
+    )
+    ldap_phone_attributes: str = field(
+        default="mobile,telephoneNumber",
+        metadata={"doc": "Attributes holding the phone, in order: the first present with a "
+                  "valid number wins."},
+    )
+    ldap_cache_ttl_s: float = field(
+        default=300.0,
+        metadata={"doc": "How long an LDAP answer (found or not) is kept in the process; 0: "
+                  "not cached."},
+    )
+    ldap_timeout_s: float = field(
+        default=5.0,
+        metadata={"doc": "Longest wait for the LDAP server: connect and bind, then each search."},
+    )
     # Security and anti-fraud (docs/security.md).
     allowed_prefixes: str = field(
         default="+1",
@@ -306,6 +345,32 @@ class Settings:
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
         self._check_security()
+        self._check_ldap()
+
+    def _check_ldap(self) -> None:
+        if not self.ldap_url:
+            return
+        if not re.fullmatch(r"ldaps?://[^\s/]+/?", self.ldap_url):
+            raise SettingsError("CALLMFA_LDAP_URL must be ldap://host[:port] or "
+                                "ldaps://host[:port]")
+        if not self.ldap_base_dn:
+            raise SettingsError("CALLMFA_LDAP_BASE_DN is needed with CALLMFA_LDAP_URL")
+        f = self.ldap_user_filter
+        if "{user}" not in f or not (f.startswith("(") and f.endswith(")")):
+            raise SettingsError("CALLMFA_LDAP_USER_FILTER must be a filter in parentheses "
+                                "holding {user}, e.g. (uid={user})")
+        if not self.ldap_attributes or not all(re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", a)
+                                               for a in self.ldap_attributes):
+            raise SettingsError("CALLMFA_LDAP_PHONE_ATTRIBUTES must name attributes, e.g. "
+                                "mobile,telephoneNumber")
+        if self.ldap_cache_ttl_s < 0 or self.ldap_timeout_s <= 0:
+            raise SettingsError("CALLMFA_LDAP_CACHE_TTL_S must not be negative and "
+                                "CALLMFA_LDAP_TIMEOUT_S must be positive")
+
+    @property
+    def ldap_attributes(self) -> tuple[str, ...]:
+        """``ldap_phone_attributes`` as a tuple, in order."""
+        return tuple(a.strip() for a in self.ldap_phone_attributes.split(",") if a.strip())
 
     def _check_security(self) -> None:
         if self.pin_pepper and len(self.pin_pepper.encode()) < MIN_PEPPER_BYTES:

@@ -29,14 +29,21 @@ VENV=${CALLMFA_VENV:-$repo/.venv}
 SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 INSTANCES=${CALLMFA_ASTERISK_INSTANCES:-1}
+LDAP_PORT=3389
+LDAP_BIND_DN=cn=callmfa,ou=services,dc=callmfa,dc=test
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
 # Secrets serve reads from files, whose values go to the classic script's callmfa.env (the
 # files may be unreadable to Asterisk's user, or outside its root). The signing key's value
 # is in $SB/env already.
 PEPPER_FILE=$SB/pin-pepper
 SIGNING_FILE=
-# chromium: tests/e2e/test_demo.py drives the demo page in headless Chromium.
-APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox curl chromium)
+APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
+# curl and chromium: tests/e2e/test_api.py and test_demo.py drive the HTTP API and the
+# demo page (headless Chromium).
+APT_PACKAGES+=(curl chromium)
+# The test LDAP server (slapd, run as a process of the sandbox), and what bonsai (the LDAP
+# source's library, in the dev group) is built with.
+APT_PACKAGES+=(slapd ldap-utils libldap2-dev libsasl2-dev gcc python3-dev)
 # Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
 ROOT_PACKAGES=(python3 python3-redis python3-six)
 
@@ -98,7 +105,18 @@ cmd_deps() {
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     apt-get update -qq
+    # The sandbox runs its own slapd: the package's system service must not start (a
+    # policy-rc.d that refuses, only while installing, only if the host has none).
+    local policy=
+    if [[ " ${missing[*]} " == *" slapd "* && ! -e /usr/sbin/policy-rc.d ]]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ -n $policy ]]; then
+      rm -f "$policy"
+      ! command -v systemctl >/dev/null || systemctl disable slapd >/dev/null 2>&1 || true
+    fi
   fi
   if [[ ! -x $ROOT/usr/sbin/asterisk ]]; then
     mkdir -p "$(dirname "$ROOT")"
@@ -178,8 +196,8 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: this sandbox's, less the AMI secret it does not need, and the
   # PIN pepper's value (the file it names is outside the root). 0640 root:asterisk.
-  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
+  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
+      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
     [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
     [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
@@ -197,6 +215,31 @@ install_prompts() {
     target=$(chroot "$ROOT" sh -c "mkdir -p /usr/share/asterisk/sounds/$lang/callmfa && readlink -f /usr/share/asterisk/sounds/$lang/callmfa")
     cp "$dir"/*.wav "$ROOT$target/"
   done
+}
+
+# slapd with the small tree of ldap/tree.ldif on 127.0.0.1:$LDAP_PORT, from a config of the
+# sandbox's own (slapd -f, never the system service): the database is loaded afresh with
+# slapadd (offline, a few ms) each time slapd starts.
+start_ldap() {
+  local dir=$SB/ldap bind_hash user_hash
+  alive ldap && return 0
+  mkdir -p "$dir"
+  for f in ldap-bind-password ldap-user-password; do
+    [[ -s $SB/$f ]] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=\n' >"$SB/$f")
+  done
+  bind_hash=$(slappasswd -T "$SB/ldap-bind-password")
+  user_hash=$(slappasswd -T "$SB/ldap-user-password")
+  rm -rf "$dir/db" && mkdir -p "$dir/db"
+  (umask 077 && sed "s|@SB@|$SB|g" "$here/ldap/slapd.conf" >"$dir/slapd.conf")
+  (umask 077 && sed -e "s|@BIND_HASH@|$bind_hash|" -e "s|@ALICE_HASH@|$user_hash|" \
+    -e "s|@BOB_HASH@|$user_hash|" "$here/ldap/tree.ldif" >"$dir/tree.ldif")
+  slapadd -q -f "$dir/slapd.conf" -l "$dir/tree.ldif" >>"$SB/logs/ldap.log" 2>&1 ||
+    die "slapadd failed (logs: $SB/logs/ldap.log)"
+  # -d 0: in the foreground (start() keeps its pid), logging to stderr: the log file.
+  start ldap "slapd -f $dir/slapd.conf" ip netns exec "$NS" slapd -f "$dir/slapd.conf" \
+    -h "ldap://127.0.0.1:$LDAP_PORT/" -d 0
+  wait_for "slapd" in_ns ldapwhoami -x -H "ldap://127.0.0.1:$LDAP_PORT/" \
+    -D "$LDAP_BIND_DN" -y "$SB/ldap-bind-password"
 }
 
 write_env() {
@@ -223,6 +266,11 @@ export CALLMFA_ROLES=originator,agi,api
 export CALLMFA_API_HOST=127.0.0.1
 export CALLMFA_API_PORT=4581
 export CALLMFA_API_DEMO=on
+export CALLMFA_LDAP_URL=ldap://127.0.0.1:$LDAP_PORT
+export CALLMFA_LDAP_BIND_DN=$LDAP_BIND_DN
+export CALLMFA_LDAP_BIND_PASSWORD_FILE=$SB/ldap-bind-password
+export CALLMFA_LDAP_BASE_DN=ou=people,dc=callmfa,dc=test
+export CALLMFA_LDAP_USER_FILTER='(uid={user})'
 EOF
   if ((INSTANCES > 1)); then
     local endpoints=127.0.0.1:5038 n
@@ -269,6 +317,7 @@ cmd_up() {
       --appendonly yes --appendfsync everysec --dir "$SB/redis" --protected-mode yes
   fi
   wait_for "redis-server" sh -c "ip netns exec '$NS' redis-cli -p 6379 ping | grep -q PONG"
+  start_ldap
 
   local n name key
   for ((n = 1; n <= INSTANCES; n++)); do
@@ -292,7 +341,7 @@ cmd_up() {
     start callmfa "callmfa serve" ip netns exec "$NS" bash -c "source '$SB/env' && exec '$VENV/bin/callmfa' serve"
     wait_for "callmfa serve" sh -c "grep -q '\"service_ready\"' '$SB/logs/callmfa.log' && kill -0 \$(cut -d' ' -f1 '$SB/pids/callmfa.pid')"
   fi
-  log "up: redis 127.0.0.1:6379, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573, API 127.0.0.1:4581 (token in $SB/api-token; demo /demo) (namespace $NS; env in $SB/env)"
+  log "up: redis 127.0.0.1:6379, slapd 127.0.0.1:$LDAP_PORT, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573, API 127.0.0.1:4581 (token in $SB/api-token; demo /demo) (namespace $NS; env in $SB/env)"
 }
 
 cmd_down() {
@@ -303,6 +352,7 @@ cmd_down() {
       [[ -e $f ]] && stop "$(basename "$f" .pid)"
     done
     stop redis
+    stop ldap
   fi
   if ip netns list | grep -qw "^$NS"; then ip netns del "$NS"; fi
   log "down"
@@ -312,7 +362,7 @@ cmd_status() {
   local rc=0
   local extra
   extra=$(for f in "$SB"/pids/asterisk?*.pid; do [[ -e $f ]] && basename "$f" .pid; done || true)
-  for name in redis asterisk $extra callmfa; do
+  for name in redis ldap asterisk $extra callmfa; do
     if alive "$name"; then echo "$name: running (pid $(cut -d' ' -f1 "$SB/pids/$name.pid"))"; else echo "$name: stopped"; rc=3; fi
   done
   ip netns list | grep -qw "^$NS" && echo "namespace $NS: present" || echo "namespace $NS: absent"

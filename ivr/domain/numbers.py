@@ -134,3 +134,46 @@ class DialPolicy:
         if self.allowed_regions is not None and facts.region not in self.allowed_regions:
             return "region_not_allowed"
         return None
+
+
+MAX_EXTENSION_DIGITS = 10  # as a request's phone (docs/contract.md)
+
+
+class PhoneNumberError(ValueError):
+    """A phone number that cannot be stored for a user; the message says why."""
+
+
+def default_region(allowed_regions: str) -> str | None:
+    """The region a number written without ``+`` is read in: the first of
+    ``CALLMFA_ALLOWED_REGIONS``, or None when that is ``*`` or ``001`` (then ``+`` is needed)."""
+    regions = parse_regions(allowed_regions)
+    first = regions[0] if regions else ANY_REGION
+    return None if first in (ANY_REGION, NON_GEOGRAPHIC) else first
+
+
+def normalise_phone(text: str, region: str | None) -> str:
+    """``text`` as a request's phone: E.164, and ``x`` and the extension if it has one.
+
+    Directories hold forms such as ``+1 (201) 555-0100 ext. 12`` or ``(201) 555-0100``; a
+    number without ``+`` is read as a number of ``region``. Raise PhoneNumberError for
+    anything libphonenumber does not know as a valid number (callmfa would never dial it).
+    """
+    text = text.strip()
+    if not text:
+        raise PhoneNumberError("the phone is empty")
+    if not text.startswith("+") and region is None:
+        raise PhoneNumberError(f"{text!r}: write the number with + and its country code "
+                               "(CALLMFA_ALLOWED_REGIONS names no default region)")
+    try:
+        parsed = phonenumbers.parse(text, None if text.startswith("+") else region)
+    except phonenumbers.NumberParseException as e:
+        why = str(e).split(") ", 1)[-1].rstrip(".")  # "(1) The string supplied did not ..."
+        raise PhoneNumberError(f"{text!r} is not a phone number: {why}") from None
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if not phonenumbers.is_valid_number(parsed):
+        raise PhoneNumberError(f"{text!r} ({e164}) is not a valid number for its region "
+                               "(libphonenumber): callmfa would not dial it")
+    ext = parsed.extension or ""
+    if ext and not (ext.isascii() and ext.isdigit() and len(ext) <= MAX_EXTENSION_DIGITS):
+        raise PhoneNumberError(f"{text!r}: an extension is 1 to {MAX_EXTENSION_DIGITS} digits")
+    return f"{e164}x{ext}" if ext else e164

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,10 +83,32 @@ def peek_id(raw: str | bytes) -> str | None:
     return None
 
 
+def check_mode(mode: object) -> str:
+    """``mode`` if it is one of :data:`MODES`; else RequestError ``unsupported_mode``."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise RequestError("unsupported_mode", f"mode must be one of {', '.join(sorted(MODES))}")
+    return mode
+
+
+def check_lang(lang: object) -> str:
+    """``lang`` if it is a language tag (``en``, ``fr-CA``); else RequestError
+    ``invalid_lang``."""
+    if not isinstance(lang, str) or not _LANG.match(lang):
+        raise RequestError("invalid_lang", "lang must be a language tag such as en or fr-CA")
+    return lang
+
+
 def parse_request(
     raw: str | bytes, *, requested_at: float, default_ttl_s: float
 ) -> VerificationRequest:
     """Parse and validate one request; raise RequestError with the reason if it is bad."""
+    return parse_fields(request_fields(raw), requested_at=requested_at,
+                        default_ttl_s=default_ttl_s)
+
+
+def request_fields(raw: str | bytes) -> dict[str, Any]:
+    """The request's JSON object, not yet validated (a directory may still fill in its
+    phone: :mod:`ivr.domain.fallback`); RequestError when it is too large or not an object."""
     if len(raw) > MAX_REQUEST_BYTES:
         raise RequestError("too_large", f"request is over {MAX_REQUEST_BYTES} bytes")
     try:
@@ -94,6 +117,13 @@ def parse_request(
         raise RequestError("invalid_json", "request is not valid JSON") from None
     if not isinstance(data, dict):
         raise RequestError("invalid_json", "request must be a JSON object")
+    return data
+
+
+def parse_fields(
+    data: Mapping[str, Any], *, requested_at: float, default_ttl_s: float
+) -> VerificationRequest:
+    """Validate a request's fields (:func:`request_fields`); RequestError if one is bad."""
     unknown = set(data) - FIELDS
     if unknown:
         raise RequestError("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -112,9 +142,7 @@ def parse_request(
             "invalid_phone",
             "phone must be E.164 like +12015550100, optionally x1234 for an extension",
         )
-    mode = data.get("mode", "standard")
-    if not isinstance(mode, str) or mode not in MODES:
-        raise RequestError("unsupported_mode", f"mode must be one of {', '.join(sorted(MODES))}")
+    mode = check_mode(data.get("mode", "standard"))
     match_hash = data.get("match_hash")
     if mode == "match" and (not isinstance(match_hash, str) or not is_valid_hash(match_hash)):
         raise RequestError(
@@ -122,9 +150,7 @@ def parse_request(
         )
     if mode != "match" and match_hash is not None:
         raise RequestError("invalid_match_hash", "match_hash is for mode match only")
-    lang = data.get("lang") or "en"
-    if not isinstance(lang, str) or not _LANG.match(lang):
-        raise RequestError("invalid_lang", "lang must be a language tag such as en or fr-CA")
+    lang = check_lang(data.get("lang") or "en")
     expires_raw = data.get("expires_at")
     if expires_raw is None:
         expires_at = requested_at + default_ttl_s

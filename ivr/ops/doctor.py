@@ -30,11 +30,13 @@ from ..exceptions import (
     AmiConnectError,
     AmiError,
     AmiLoginError,
+    DirectoryError,
     OutcomeBindingError,
     OutcomeSignatureError,
 )
 from ..settings import Settings
 from ..storage.acl import SERVICE
+from ..storage.directory import LocalDirectory
 from ..storage.keys import STORE_OUTCOME
 from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
 from ..transport.ami import AmiClient
@@ -285,7 +287,7 @@ async def _acl_dryrun(redis: Redis) -> list[str] | None:
             continue
         if (reply.decode() if isinstance(reply, bytes) else str(reply)) != "OK":
             refused.append(needed.name)
-    return refused
+    return list(dict.fromkeys(refused))  # a command is asked for on several keys
 
 
 def _refused(error: ResponseError) -> bool:
@@ -331,6 +333,36 @@ async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
         yield await _queue_state(redis)
     finally:
         await redis.aclose()
+
+
+async def check_directory(settings: Settings) -> CheckResult:
+    """The user directory: how many local users, and whether the LDAP service bind works."""
+    redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    try:
+        count = await LocalDirectory(redis).count()
+    except (RedisError, OSError, TimeoutError) as e:
+        return CheckResult("directory", Status.FAIL, f"cannot count the local users: {e}",
+                           "the service's ACL needs SCAN on callmfa:user:* "
+                           "(docs/operations.md)")
+    finally:
+        await redis.aclose()
+    local = f"{count} local user(s) (`callmfa user`)"
+    if not settings.ldap_url:
+        return CheckResult("directory", Status.OK, f"{local}; no LDAP source")
+    try:
+        from ..storage.ldap import LdapDirectory
+    except ImportError:
+        return CheckResult("directory", Status.FAIL, f"{local}; CALLMFA_LDAP_URL is set but "
+                           "bonsai is not installed", "pip install 'callmfa[ldap]'")
+    who = settings.ldap_bind_dn or "anonymous"
+    try:
+        await LdapDirectory(settings).ping()
+    except DirectoryError as e:
+        return CheckResult("directory", Status.FAIL, f"{local}; {e}",
+                           "check CALLMFA_LDAP_URL, CALLMFA_LDAP_BIND_DN and "
+                           "CALLMFA_LDAP_BIND_PASSWORD_FILE (docs/directory.md)")
+    return CheckResult("directory", Status.OK,
+                       f"{local}; LDAP bind as {who} on {settings.ldap_url} works")
 
 
 async def _queue_state(redis: Redis) -> CheckResult:
@@ -534,6 +566,7 @@ async def run_checks(
     async for result in check_redis(settings):
         redis_ok = redis_ok and result.status is not Status.FAIL
         yield result
+    yield await check_directory(settings)
     ami_ok = True
     for host, port in settings.asterisks:  # each Asterisk serve places calls through
         ami = AmiClient(host=host, port=port, user=settings.ami_user,

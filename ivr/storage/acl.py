@@ -57,6 +57,12 @@ SERVICE: tuple[Needed, ...] = (
     # The HTTP API: its tokens (callmfa:tokens, callmfa:token:*) and per-token rate limits.
     _n("incr", "callmfa:api:rate:x:0"),
     _n("hdel", "callmfa:tokens", "x"),
+    # The user directory, callmfa:user:<user>: serve reads it, `callmfa user` writes it
+    # (HSET and DEL in audited scripts).
+    _n("hgetall", "callmfa:user:x"),
+    _n("hset", "callmfa:user:x", "phone", "+12015550100"),
+    _n("del", "callmfa:user:x"),
+    _n("scan", "0", "MATCH", "callmfa:user:*", "COUNT", "1000"),
     _n("zadd", "callmfa:blocked", "0", "x"),
     _n("zrem", "callmfa:blocked", "x"),
     _n("zscore", "callmfa:blocked", "x"),
@@ -124,8 +130,8 @@ class AclUser:
 
     def rules(self) -> list[str]:
         """The ACL rules after the password: keys and channels, then only these commands."""
-        return ["resetkeys", "resetchannels", *self.selectors, "-@all",
-                *(f"+{n.rule}" for n in self.commands)]
+        rules = dict.fromkeys(f"+{n.rule}" for n in self.commands)  # a rule once, in order
+        return ["resetkeys", "resetchannels", *self.selectors, "-@all", *rules]
 
 
 USERS: tuple[AclUser, ...] = (

@@ -24,13 +24,15 @@ import ivr.originator
 from ivr.client import VerificationClient
 from ivr.domain.calltoken import token_hash
 from ivr.domain.codes import hash_code
+from ivr.domain.directory import DirectoryEntry, UserDirectory
 from ivr.domain.outcome import Outcome, OutcomeRecord, iso
 from ivr.domain.request import MAX_REQUEST_BYTES
-from ivr.exceptions import AmiConnectError, AmiError
+from ivr.exceptions import AmiConnectError, AmiError, DirectoryError
 from ivr.metrics import Metrics
 from ivr.originator import Originator
 from ivr.security import limits
 from ivr.settings import Settings
+from ivr.storage.directory import LocalDirectory
 from ivr.storage.guard import Guard
 from ivr.storage.results import ResultListener
 from ivr.storage.store import (
@@ -258,12 +260,14 @@ async def start(redis: Redis) -> AsyncIterator[Start]:
     harnesses: list[Harness] = []
 
     async def run(network: Network, *, observer: Metrics | None = None,
-                  ivr_store: Store | None = None, **settings: Any) -> Harness:
+                  ivr_store: Store | None = None, directory: UserDirectory | None = None,
+                  **settings: Any) -> Harness:
         store = Store(redis, result_ttl_s=60, events_maxlen=1000, observer=observer)
         results = ResultListener(redis)
         await results.start()
         ami = FakeAmi(ivr_store or store, network)
-        originator = Originator(make_settings(**settings), store, cast(AmiPool, ami), results)
+        originator = Originator(make_settings(**settings), store, cast(AmiPool, ami), results,
+                                directory=directory)
         task = asyncio.create_task(originator.run())
         harness = Harness(originator, ami, results, store, redis, task)
         harnesses.append(harness)
@@ -407,6 +411,61 @@ class TestRefusedBeforeDialling:
         assert h.ami.calls == []
         assert await h.redis.keys("callmfa:result:*") == []
         assert await h.redis.xlen(REQUESTS) == 0
+
+
+class FailingDirectory:
+    async def lookup(self, user: str) -> DirectoryEntry | None:
+        raise DirectoryError("LDAP server ldap://192.0.2.9 failed: timeout")
+
+
+class TestDirectoryFallback:
+    """A request without phone is completed from the directory (docs/contract.md)."""
+
+    async def test_the_directory_number_mode_and_lang_are_used(
+        self, start: Start, redis: Redis
+    ) -> None:
+        await LocalDirectory(redis).set(
+            DirectoryEntry(user="alice", phone="+12015550177x42", mode="pin", lang="fr"),
+            actor="test")
+        h = await start(answered_then(Outcome.APPROVED), directory=LocalDirectory(redis))
+        rid = str(uuid.uuid4())
+        await h.add_raw(json.dumps({"id": rid, "user": "Alice"}))
+        record = await h.outcome(rid)
+        assert (record.outcome, record.user) == (Outcome.APPROVED, "alice")
+        [call] = h.ami.calls
+        assert call.fields["Channel"] == "PJSIP/+12015550177@trunk"
+        assert call.variables["CALLMFA_EXTENSION"] == "42"
+        marker = await h.store.call_info(rid)
+        assert (marker["number"], marker["mode"], marker["lang"]) == ("+12015550177", "pin",
+                                                                      "fr")
+
+    @pytest.mark.parametrize("with_directory", [True, False])
+    async def test_an_unknown_user_is_rejected_uncalled(
+        self, start: Start, redis: Redis, with_directory: bool
+    ) -> None:
+        h = await start(answered_then(Outcome.APPROVED),
+                        directory=LocalDirectory(redis) if with_directory else None)
+        rid = str(uuid.uuid4())
+        await h.add_raw(json.dumps({"id": rid, "user": "mallory"}))
+        record = await h.outcome(rid)
+        assert (record.outcome, record.detail) == (Outcome.REJECTED, "unknown_user")
+        assert h.ami.calls == []
+        await h.all_acked()
+
+    async def test_a_failing_directory_fails_closed(self, start: Start) -> None:
+        """LDAP down: error/directory_unavailable, nothing dialled, the entry settled."""
+        h = await start(answered_then(Outcome.APPROVED), directory=FailingDirectory())
+        rid = str(uuid.uuid4())
+        await h.add_raw(json.dumps({"id": rid, "user": "alice"}))
+        record = await h.outcome(rid)
+        assert (record.outcome, record.detail) == (Outcome.ERROR, "directory_unavailable")
+        assert h.ami.calls == []
+        await h.all_acked()
+
+    async def test_a_request_with_a_phone_does_not_ask(self, start: Start) -> None:
+        h = await start(answered_then(Outcome.APPROVED), directory=FailingDirectory())
+        rid, _ = await h.submit()
+        assert (await h.outcome(rid)).outcome is Outcome.APPROVED
 
 
 class TestOriginate:

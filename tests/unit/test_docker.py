@@ -52,12 +52,13 @@ SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
     # the AMI secret and its own variables); the container's CALLMFA_* environment (less the
     # AMI secret and the namespace name).
     ("install_classic_agi",
-     "(umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^#' "
-     "\"$SB/env\"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE "
-     "-e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' "
-     "|| true"):
+     "(umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE "
+     "-e LDAP_BIND_PASSWORD_FILE -e '^#' \"$SB/env\"; env | grep '^CALLMFA_' | grep -v "
+     "-e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE "
+     "-e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true"):
         "(umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE "
-        "-e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' | sed 's/^/export /' || true",
+        "-e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e '^CALLMFA_NETNS=' "
+        "| sed 's/^/export /' || true",
     # The prompts are made once, when the image is built (test_prompts_made_at_build_time).
     ("install_prompts", '"$VENV/bin/python" -m ivr.ops.promptgen "$repo/build/prompts" >/dev/null'):
         None,
