@@ -115,21 +115,48 @@ class TestEvents:
         assert p.wait(20) == 0, p.errors()
 
 
+def admin_token(sandbox: Sandbox) -> str:
+    """A fresh admin token, made with the CLI as an operator would."""
+    env = {**sandbox.env, "PATH": "/usr/bin:/bin"}
+    cli = str(REPO / ".venv" / "bin" / "callmfa")
+    subprocess.run([cli, "token", "revoke", "e2e-admin"], env=env, capture_output=True,
+                   timeout=60, check=False)
+    return subprocess.run([cli, "token", "create", "e2e-admin", "--scope", "admin"],
+                          env=env, capture_output=True, text=True, timeout=60,
+                          check=True).stdout.strip().splitlines()[-1]
+
+
 class TestAdmin:
+    def test_a_user_put_in_the_directory_is_verified_by_name_alone(
+        self, sandbox: Sandbox, phone: PhoneFactory
+    ) -> None:
+        """PUT /v1/admin/users/<user> (LocalDirectory), then a POST with only the user:
+        the originator calls the directory's number and the phone approves."""
+        auth = ("-H", f"Authorization: Bearer {admin_token(sandbox)}", "-H",
+                "Content-Type: application/json")
+        status, body = curl("-X", "PUT", f"{API}/v1/admin/users/api-dora", *auth,
+                            "-d", '{"phone": "+12015550177"}')
+        assert status == 200, body
+        check("PUT", "/v1/admin/users/{user}", status, body)
+        p = phone(keys="#")
+        status, queued = post(sandbox, json.dumps({"user": "api-dora"}))
+        assert status == 202, queued
+        status, record = curl(f"{API}/v1/verifications/{queued['id']}?wait=60", "-H",
+                              f"Authorization: Bearer {token(sandbox)}")
+        assert (status, record["outcome"]) == (200, "approved"), record
+        assert p.wait(20) == 0, p.errors()
+        assert p.invites() == {"+12015550177": 1}
+        status, body = curl("-X", "DELETE", f"{API}/v1/admin/users/api-dora", *auth)
+        assert status == 200, body
+
     def test_block_and_bypass_through_the_api_reach_the_originator(
         self, sandbox: Sandbox
     ) -> None:
         """An admin token (from `callmfa token create --scope admin`) blocks a user: their
         verification ends blocked, uncalled; unblocked and bypassed, it ends bypassed. The
         audit names the token. The verify token gets 403."""
-        env = {**sandbox.env, "PATH": "/usr/bin:/bin"}
-        cli = str(REPO / ".venv" / "bin" / "callmfa")
-        subprocess.run([cli, "token", "revoke", "e2e-admin"], env=env, capture_output=True,
-                       timeout=60, check=False)
-        admin = subprocess.run([cli, "token", "create", "e2e-admin", "--scope", "admin"],
-                               env=env, capture_output=True, text=True, timeout=60,
-                               check=True).stdout.strip().splitlines()[-1]
-        auth = ("-H", f"Authorization: Bearer {admin}", "-H", "Content-Type: application/json")
+        auth = ("-H", f"Authorization: Bearer {admin_token(sandbox)}", "-H",
+                "Content-Type: application/json")
         status, body = curl("-X", "POST", f"{API}/v1/admin/blocks", "-H",
                             f"Authorization: Bearer {token(sandbox)}", "-H",
                             "Content-Type: application/json", "-d", '{"user": "api-eve"}')
