@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -108,3 +111,48 @@ class TestTokenCommand:
         assert [(e["event"], e["token"]) for e in audit] == [
             ("token_created", "ops"), ("token_revoked", "ops")]
         assert all(e["actor"].startswith("cli:") for e in audit)
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (openssl)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+class TestTls:
+    async def test_the_api_serves_https_with_the_configured_certificate(
+        self, redis_server: RedisServer, redis: Redis, tls_files: tuple[Path, Path]
+    ) -> None:
+        """CALLMFA_API_TLS_CERT/KEY: HTTPS with that certificate; plain HTTP gets nowhere."""
+        cert, key = tls_files
+        port = free_port()
+        settings = Settings(redis_url=redis_server.url, roles="api", api_port=port,
+                            health_port=0, signing_key=KEY, api_tls_cert=str(cert),
+                            api_tls_key=str(key))
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(settings, stop))
+        trust = ssl.create_default_context(cafile=str(cert))
+        try:
+            async def up() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with aiohttp.ClientSession() as s, \
+                            s.get(f"https://127.0.0.1:{port}/healthz", ssl=trust) as r:
+                        return r.status == 200
+                return False
+
+            await eventually(up, timeout_s=10, what="HTTPS answering")
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"https://127.0.0.1:{port}/v1/verifications/x",
+                                 ssl=trust) as r:
+                    assert r.status == 401
+                with pytest.raises(aiohttp.ClientError):
+                    async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        await r.read()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
