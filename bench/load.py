@@ -4,6 +4,7 @@ Two ways to place a call, each completed only when its channel has hung up, so t
 "in flight" means channels in Asterisk for both:
 
 - ``CallmfaCalls``: the real contract, a request in Redis and its outcome from Redis;
+- ``ApiCalls``: the same through the HTTP API (POST, then GET ?wait=60);
 - ``DialplanCalls``: the floor, AMI Originate straight into ``[bench-baseline]``.
 """
 
@@ -14,6 +15,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+
+import aiohttp
 
 from ivr.client import VerificationClient
 from ivr.exceptions import AmiError
@@ -89,6 +92,46 @@ class CallmfaCalls:
                 if record.detail:
                     result.outcome += f"/{record.detail}"
             await ended
+        finally:
+            await cancel_and_wait(ended)
+        return result
+
+
+class ApiCalls:
+    """A verification through the HTTP API (role api): POST /v1/verifications, then a long
+    poll for the outcome; the bench's AMI connection sees the channel end."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, token: str,
+                 ami: AmiClient) -> None:
+        self._http = http
+        self._url = url
+        self._auth = {"Authorization": f"Bearer {token}"}
+        self._ami = ami
+
+    async def __call__(self, number: str) -> CallResult:
+        """POST, GET ?wait=60, then wait for the hang-up."""
+        rid = str(uuid.uuid4())
+        result = CallResult(number, time.time(), rid=rid)
+        watch = self._ami.watch(rid)
+        ended = asyncio.create_task(_ended(self._ami, rid, watch, result))
+        try:
+            async with self._http.post(
+                f"{self._url}/v1/verifications", headers=self._auth,
+                json={"id": rid, "user": f"bench{number}", "phone": number},
+            ) as r:
+                if r.status != 202:
+                    result.outcome = f"http_{r.status}"
+                    return result
+            async with self._http.get(f"{self._url}/v1/verifications/{rid}?wait=60",
+                                      headers=self._auth) as r:
+                body = await r.json()
+            result.outcome_at = time.time()
+            if r.status == 200:
+                result.outcome = body["outcome"] + (f"/{body['detail']}" if body["detail"]
+                                                    else "")
+            await ended
+        except (aiohttp.ClientError, TimeoutError) as e:
+            result.outcome = type(e).__name__
         finally:
             await cancel_and_wait(ended)
         return result

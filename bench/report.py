@@ -72,6 +72,10 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
             "callmfa_cpu_over_asterisk_cpu": _ratio(o["cpu_ms_per_call"]["callmfa"],
                                                     o["cpu_ms_per_call"]["asterisk"]),
         }
+    for c, row in _closed(rows, "api").items():
+        if c in ours:
+            ratios.setdefault(c, {})["request_to_invite_p99_api_over_redis"] = _ratio(
+                _p(row, "request_to_invite"), _p(ours[c], "request_to_invite"))
     for c, row in _closed(rows, "classic").items():
         if c in floor:
             ratios.setdefault(c, {})["throughput_classic_over_floor"] = _ratio(
@@ -93,6 +97,9 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
                 ratios[top]["callmfa_cpu_over_asterisk_cpu"], 0.15)
             targets[f"throughput/floor>=0.9@{top}"] = _target(
                 ratios[top]["throughput_ours_over_floor"], 0.9, at_least=True)
+    api_at = ratios.get(100, {}).get("request_to_invite_p99_api_over_redis")
+    if api_at is not None:
+        targets["request_to_invite_p99_api/redis<=1.2@100"] = _target(api_at, 1.2)
     if "memory" in result:
         targets["kib_per_in_flight_call<=20"] = _target(
             result["memory"]["kib_per_in_flight_call"], 20)

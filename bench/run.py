@@ -20,11 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from ivr.client import VerificationClient
 from ivr.transport.ami import AmiClient
 
 from .keys import KEY_DELAY_MAX_MS, SPEECH, key_report, keys_table, service_traces
-from .load import CallmfaCalls, CallResult, DialplanCalls, Placer, closed_loop, numbers, open_loop
+from .load import (
+    ApiCalls,
+    CallmfaCalls,
+    CallResult,
+    DialplanCalls,
+    Placer,
+    closed_loop,
+    numbers,
+    open_loop,
+)
 from .phone import BenchPhone
 from .report import percentiles, summary, table
 from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
@@ -61,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="what StoreDTMF (the key keeper) costs Asterisk: the floor with and "
                         "without it, interleaved, 3 rounds of N calls at --keys-concurrency "
                         "in flight, instead of the other runs (with --keys: after it)")
-    p.add_argument("--variants", default="callmfa,dialplan,classic",
-                   help="which of callmfa, dialplan, classic to run")
+    p.add_argument("--variants", default="callmfa,api,dialplan,classic",
+                   help="which of callmfa (the Redis contract), api (the HTTP API), dialplan, "
+                        "classic to run")
     p.add_argument("--classic-env", action="append", default=[],
                    help="KEY=VALUE for `callmfa serve` in the classic-AGI variant "
                         "(default CALLMFA_AGI_MODE=classic)")
@@ -288,6 +300,9 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
                                          signing_key=env["CALLMFA_SIGNING_KEY"])
     bench = Bench(args, sandbox, out)
     extra: dict[str, Any] = {"machine_before": machine_load()}
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=2 * top.concurrency + 50),
+        timeout=aiohttp.ClientTimeout(total=120))
     try:
         await client.__aenter__()
         ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
@@ -297,6 +312,9 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
             if args.keep_cost:
                 extra["keep_cost"] = await _keep_cost(bench, ami, args)
             return {"rows": bench.rows, **extra}
+        api = ApiCalls(http, f"http://127.0.0.1:{env.get('CALLMFA_API_PORT', '4581')}",
+                       (sandbox.directory / "api-token").read_text().strip()
+                       if "api" in variants else "", ami)
         service = bench.start_service("fastagi", {})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
@@ -306,6 +324,8 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
             if "callmfa" in variants:
                 profile = args.profile if load is top else None
                 await bench.run("callmfa", ours, load, profile=profile)
+            if "api" in variants:
+                await bench.run("api", api, load)
             if "dialplan" in variants:
                 await bench.run("dialplan", floor, load)
         if "callmfa" in variants:
@@ -335,6 +355,7 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         if bench.service is not None:
             bench.service.stop()
         await client.aclose()
+        await http.close()
         await ami.close()
     return {"rows": bench.rows, **extra}
 

@@ -15,14 +15,18 @@ import dataclasses
 import gc
 import json
 import signal
+from collections.abc import Sequence
 
 import aiohttp
 import structlog
+from aiohttp import web
 from redis.exceptions import RedisError
 
 from .exceptions import IvrError, SettingsError
 from .fronts.alerts import MailSender
+from .fronts.api import ApiParts, build_app
 from .fronts.radius import RadiusRole
+from .fronts.web import HttpListener, ops_app, tls_context
 from .fronts.webhooks import Deliverer, Sender, WebhookSender, http_session
 from .log import configure
 from .metrics import Metrics, metrics_route
@@ -31,7 +35,7 @@ from .originator import Originator
 from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
-from .storage.directory import open_directory
+from .storage.directory import LocalDirectory, open_directory
 from .storage.results import ResultListener
 from .storage.store import Store, connect
 from .storage.users import normalise_stored_users
@@ -40,7 +44,6 @@ from .tasks import cancel_and_wait
 from .transport.ami import AmiClient
 from .transport.ami_pool import AmiPool
 from .transport.fastagi import FastAgiServer
-from .transport.http import HttpServer, Response
 
 log = structlog.get_logger("ivr.app")
 
@@ -48,7 +51,8 @@ log = structlog.get_logger("ivr.app")
 class Service:
     """The parts of one ``callmfa serve`` process and their order of start and stop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 api_routes: Sequence[web.RouteTableDef] = ()) -> None:
         if (refusal := settings.signing_refusal()) is not None:
             raise SettingsError(refusal)
         if not settings.signing_key:
@@ -108,19 +112,34 @@ class Service:
         self.metrics.in_flight.set_function(lambda: originator.in_flight if originator else 0)
         self.metrics.agi_sessions.set_function(lambda: agi.active_sessions if agi else 0)
         cap, refused = settings.http_max_connections, self.metrics.http_connection_refused
+        scrape = metrics_route(self.metrics, lambda: self.metrics.refresh_queue(self.redis))
+        # /healthz and /metrics keep their own listeners, whatever the roles; the API (role
+        # api) listens on its own address, with the same /healthz for load balancers.
         self.http = [
-            HttpServer({"/healthz": self.healthz}, host=settings.health_host,
-                       port=settings.health_port, max_connections=cap, on_refused=refused)
+            HttpListener(ops_app({"/healthz": self.healthz}), host=settings.health_host,
+                         port=settings.health_port, name="health", max_connections=cap,
+                         on_refused=refused)
             if settings.health_port else None,
-            HttpServer({"/healthz": self.healthz,
-                        "/metrics": metrics_route(self.metrics,
-                                                  lambda: self.metrics.refresh_queue(self.redis))},
-                       host=settings.metrics_host, port=settings.metrics_port,
-                       max_connections=cap, on_refused=refused)
+            HttpListener(ops_app({"/healthz": self.healthz, "/metrics": scrape}),
+                         host=settings.metrics_host, port=settings.metrics_port,
+                         name="metrics", max_connections=cap, on_refused=refused)
             if settings.metrics_port else None,
         ]
+        if "api" in roles:
+            # /v1/admin/users writes callmfa's own entries (`callmfa user`), not LDAP's.
+            parts = ApiParts.for_redis(settings, self.redis, security.guard,
+                                       observer=self.metrics,
+                                       users=LocalDirectory(self.redis))
+            api = build_app(parts, extra=api_routes, with_demo=settings.api_demo == "on")
+            api.router.add_get("/healthz", self.healthz)
+            tls = (tls_context(settings.api_tls_cert, settings.api_tls_key)
+                   if settings.api_tls_cert else None)
+            self.http.append(HttpListener(
+                api, host=settings.api_host, port=settings.api_port, name="api",
+                max_connections=settings.api_max_connections, on_refused=refused,
+                idle_timeout_s=75.0, tls=tls))
 
-    async def healthz(self) -> Response:
+    async def healthz(self, request: web.Request | None = None) -> web.Response:
         """200 and a JSON status when every part works, 503 and the same JSON otherwise."""
         try:
             redis_ok = bool(await asyncio.wait_for(self.redis.ping(), 2))
@@ -138,7 +157,8 @@ class Service:
         if self.radius is not None:
             status["radius"] = {"listening": True, "held": self.radius.front.held}
         status["ok"] = ok
-        return (200 if ok else 503), "application/json", json.dumps(status).encode() + b"\n"
+        return web.Response(status=200 if ok else 503, content_type="application/json",
+                            body=json.dumps(status).encode() + b"\n")
 
     def reload(self) -> None:
         """SIGHUP: apply the settings that may change at run time; warn about the others."""
@@ -229,10 +249,12 @@ class Service:
             log.info("service_stopped")
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set or a SIGTERM/SIGINT arrives."""
+async def serve(settings: Settings, stop: asyncio.Event | None = None,
+                api_routes: Sequence[web.RouteTableDef] = ()) -> None:
+    """Run until ``stop`` is set or a SIGTERM/SIGINT arrives; ``api_routes`` are mounted on
+    the HTTP API (role api)."""
     stop = stop or asyncio.Event()
-    service = Service(settings)
+    service = Service(settings, api_routes)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import aiohttp
 import structlog
 from redis.exceptions import RedisError
 
@@ -21,13 +22,13 @@ from .domain.flow import MATCH_DIGITS, MODES, OTP_MAX_DIGITS, OTP_MIN_DIGITS
 from .domain.outcome import Outcome
 from .domain.request import parse_request
 from .exceptions import IvrError, RequestError, SettingsError
+from .fronts import web as http
 from .log import configure
-from .ops import admin, pincli, usercli
+from .ops import admin, pincli, tokencli, usercli
 from .ops.commands import add_commands
 from .ops.reference import settings_markdown
 from .settings import Settings, default_config_file
 from .tasks import cancel_and_wait
-from .transport import http
 
 EXIT_OK, EXIT_NOT_APPROVED, EXIT_USAGE = 0, 1, 2
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     pincli.add_parser(sub)
     usercli.add_parser(sub)
     admin.add_parsers(sub)
+    tokencli.add_parser(sub)
     add_commands(sub)
     sub.add_parser("health", help="ask the running `callmfa serve` for its /healthz status")
     return p
@@ -155,7 +157,7 @@ async def _health(settings: Settings) -> int:
     try:
         status, body = await http.get(settings.health_host, settings.health_port, "/healthz",
                                       timeout_s=settings.connect_timeout_s)
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, aiohttp.ClientError) as e:
         print(f"callmfa: no callmfa serve answers on {settings.health_host}:"
               f"{settings.health_port}: {e}", file=sys.stderr)
         return EXIT_NOT_APPROVED

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
+from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -105,6 +106,16 @@ class Metrics:
             "AGI sessions refused: not the call they name (no or wrong token), or not the "
             "first session of that call, by reason.", ["reason"], registry=r,
         )
+        self.api_refused = Counter(
+            "callmfa_api_requests_refused",
+            "HTTP API requests refused: unauthorized (no, bad, expired or revoked token), "
+            "forbidden (scope), rate_limited, by reason.", ["reason"], registry=r,
+        )
+        self.api_submitted = Counter(
+            "callmfa_api_verifications_submitted",
+            "Verifications queued through the HTTP API (an Idempotency-Key replay not "
+            "counted).", registry=r,
+        )
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
@@ -154,6 +165,14 @@ class Metrics:
         """For the HTTP servers: a connection over the cap was refused."""
         self.http_refused.inc()
 
+    def api_request_refused(self, reason: str) -> None:
+        """The HTTP API refused a request (auth, scope or rate limit), for ``reason``."""
+        self.api_refused.labels(reason).inc()
+
+    def api_verification_submitted(self) -> None:
+        """The HTTP API queued a verification."""
+        self.api_submitted.inc()
+
     def session_refused(self, reason: str) -> None:
         """An AGI session was refused (see :class:`ivr.session.IvrObserver`)."""
         self.ivr_sessions_refused.labels(reason).inc()
@@ -191,19 +210,21 @@ def _observe(histogram: Histogram, start: float | None, end: float | None) -> No
 
 def metrics_route(
     metrics: Metrics, refresh: Callable[[], Awaitable[None]] | None = None
-) -> Callable[[], Awaitable[tuple[int, str, bytes]]]:
-    """The ``GET /metrics`` handler for :class:`ivr.transport.http.HttpServer`.
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The ``GET /metrics`` handler (aiohttp; :mod:`ivr.fronts.web`).
 
     ``refresh`` updates the figures read from Redis (queue depth) before each scrape; if
     Redis does not answer in time, the scrape still answers and counts the error.
     """
-    async def route() -> tuple[int, str, bytes]:
+    async def route(request: web.Request) -> web.Response:
         if refresh is not None:
             try:
                 await asyncio.wait_for(refresh(), REFRESH_TIMEOUT_S)
             except (RedisError, OSError, TimeoutError) as e:
                 metrics.scrape_errors.inc()
                 log.warning("metrics_refresh_failed", error=str(e))
-        return 200, CONTENT_TYPE_LATEST, metrics.exposition()
+        response = web.Response(body=metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     return route

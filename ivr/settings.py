@@ -25,7 +25,7 @@ SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password", "web
            "smtp_password", "provider_privacyidea_token", "provider_authentik_token",
            "provider_okta_token", "provider_linotp_token", "radius_upstream_secret")
 # What `callmfa serve` can run (CALLMFA_ROLES).
-ROLES = frozenset({"originator", "agi", "radius", "webhooks"})
+ROLES = frozenset({"originator", "agi", "api", "radius", "webhooks"})
 # The file the systemd unit names in CALLMFA_CONFIG_FILE; the command line reads it too
 # when CALLMFA_CONFIG_FILE is unset, so that `callmfa check` on the host gets serve's settings.
 DEFAULT_CONFIG_FILE = "/etc/callmfa/callmfa.conf"
@@ -122,8 +122,8 @@ class Settings:
     roles: str = field(
         default="originator,agi",
         metadata={"doc": "What `callmfa serve` runs, comma-separated: originator, agi, "
-                  "radius (the RADIUS front, docs/radius.md), webhooks (only the webhook and "
-                  "alert sender, which also runs with the originator)."},
+                  "api (the HTTP API), radius (the RADIUS front, docs/radius.md), webhooks "
+                  "(only the webhook and alert sender, which also runs with the originator)."},
     )
     health_host: str = field(default="127.0.0.1", metadata={"doc": "/healthz listen address."})
     health_port: int = field(
@@ -196,6 +196,34 @@ class Settings:
         default=64,
         metadata={"doc": "Connections served at once by each /healthz and /metrics server; "
                   "more get 503 at once and are counted."},
+    )
+    # The HTTP API (role api; docs/openapi.yaml).
+    api_host: str = field(default="127.0.0.1", metadata={"doc": "HTTP API listen address."})
+    api_port: int = field(default=4581, metadata={"doc": "HTTP API listen port."})
+    api_tls_cert: str = field(
+        default="",
+        metadata={"doc": "PEM certificate (chain) for the HTTP API; with CALLMFA_API_TLS_KEY it "
+                  "serves HTTPS. Empty: plain HTTP (bind it to loopback behind a TLS proxy)."},
+    )
+    api_tls_key: str = field(
+        default="", metadata={"doc": "PEM private key for CALLMFA_API_TLS_CERT."}
+    )
+    api_rate_per_min: int = field(
+        default=600, metadata={"doc": "HTTP API requests per token in any minute; more get 429."}
+    )
+    api_idempotency_ttl_s: int = field(
+        default=86400,
+        metadata={"doc": "How long an Idempotency-Key is remembered (per token)."},
+    )
+    api_max_connections: int = field(
+        default=1024,
+        metadata={"doc": "Connections the HTTP API serves at once (long polls and event "
+                  "streams hold one each); more get 503 at once and are counted."},
+    )
+    api_demo: str = field(
+        default="off",
+        metadata={"doc": "on: the live sign-in demo page at /demo on the API listener (users "
+                  "demo-* only, with a server-side identity; never on a public listener)."},
     )
     # The user directory's optional LDAP source (docs/directory.md).
     ldap_url: str = field(
@@ -493,11 +521,16 @@ class Settings:
         if not set(self.role_set) <= ROLES or not self.role_set:
             raise SettingsError("CALLMFA_ROLES must name one or more of "
                                 + ", ".join(sorted(ROLES)))
+        if self.api_demo not in ("on", "off"):
+            raise SettingsError("CALLMFA_API_DEMO must be on or off")
+        if bool(self.api_tls_cert) != bool(self.api_tls_key):
+            raise SettingsError("CALLMFA_API_TLS_CERT and CALLMFA_API_TLS_KEY go together")
         for host, port in self.asterisks:
             if not host or not 0 < port < 65536:
                 raise SettingsError(f"CALLMFA_AMI_ENDPOINTS: bad endpoint {host}:{port}")
         for name in ("max_in_flight", "max_attempts", "agi_max_sessions", "max_call_s",
-                     "max_per_asterisk", "pin_lockout_after", "http_max_connections"):
+                     "max_per_asterisk", "pin_lockout_after", "http_max_connections",
+                     "api_rate_per_min", "api_idempotency_ttl_s", "api_max_connections"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
         self._check_security()

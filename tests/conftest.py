@@ -139,7 +139,8 @@ E2E_SETTINGS = {
 }
 
 # A second `callmfa serve` beside the sandbox's own: its HTTP endpoints would clash.
-SECOND_SERVICE = {"CALLMFA_HEALTH_PORT": "0", "CALLMFA_METRICS_PORT": "0"}
+SECOND_SERVICE = {"CALLMFA_HEALTH_PORT": "0", "CALLMFA_METRICS_PORT": "0",
+                  "CALLMFA_API_PORT": "0"}
 
 
 def _setns(fd: int) -> None:

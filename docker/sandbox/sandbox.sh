@@ -41,6 +41,9 @@ AST_CONF=/etc/asterisk-$NS/asterisk.conf
 PEPPER_FILE=$SB/pin-pepper
 SIGNING_FILE=
 APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
+# curl and chromium: tests/e2e/test_api.py and test_demo.py drive the HTTP API and the
+# demo page (headless Chromium).
+APT_PACKAGES+=(curl chromium)
 # The test LDAP server (slapd, run as a process of the sandbox), and what bonsai (the LDAP
 # source's library, in the dev group) is built with.
 APT_PACKAGES+=(slapd ldap-utils libldap2-dev libsasl2-dev gcc python3-dev)
@@ -271,6 +274,10 @@ export CALLMFA_DIAL_TEMPLATE='PJSIP/{number}@callmfa-phone'
 export CALLMFA_PHONE=$PHONE
 export CALLMFA_ASTERISK_ROOT=$ROOT
 export CALLMFA_ASTERISK_CONF=$AST_CONF
+export CALLMFA_ROLES=originator,agi,api
+export CALLMFA_API_HOST=127.0.0.1
+export CALLMFA_API_PORT=4581
+export CALLMFA_API_DEMO=on
 export CALLMFA_LDAP_URL=ldap://127.0.0.1:$LDAP_PORT
 export CALLMFA_LDAP_BIND_DN=$LDAP_BIND_DN
 export CALLMFA_LDAP_BIND_PASSWORD_FILE=$SB/ldap-bind-password
@@ -286,6 +293,21 @@ EOF
     for ((n = 2; n <= INSTANCES; n++)); do endpoints+=",127.0.0.1:$((5037 + n))"; done
     echo "export CALLMFA_AMI_ENDPOINTS=$endpoints" >>"$SB/env"
   fi
+}
+
+# A `verify` token for the HTTP API in $SB/api-token (0600), made again only when Redis no
+# longer knows it (a fresh Redis): restarts of serve keep it.
+ensure_api_token() {
+  local digest token
+  if [[ -s $SB/api-token ]]; then
+    digest=$(tr -d '\n' <"$SB/api-token" | sha256sum | cut -d' ' -f1)
+    [[ $(in_ns redis-cli -p 6379 exists "callmfa:token:$digest") == 1 ]] && return 0
+  fi
+  in_ns bash -c "source '$SB/env' && exec '$VENV/bin/callmfa' token revoke sandbox" >/dev/null 2>&1 || true
+  token=$(in_ns bash -c "source '$SB/env' && exec '$VENV/bin/callmfa' token create sandbox --scope verify" | tail -n 1)
+  [[ $token == cmfa_* ]] || die "callmfa token create failed"
+  (umask 077 && printf '%s\n' "$token" >"$SB/api-token.new")
+  mv "$SB/api-token.new" "$SB/api-token"
 }
 
 cmd_up() {
@@ -334,6 +356,8 @@ cmd_up() {
       -rx 'core waitfullybooted'
   done
 
+  [[ ! -x $VENV/bin/callmfa ]] || ensure_api_token
+
   if [[ $SERVE != 0 ]] && ! alive callmfa; then
     [[ -x $VENV/bin/callmfa ]] || die "no $VENV/bin/callmfa: run 'make venv' first"
     : >"$SB/logs/callmfa.log"
@@ -341,7 +365,7 @@ cmd_up() {
     start callmfa "callmfa serve" ip netns exec "$NS" bash -c "source '$SB/env' && CALLMFA_ROLES='$ROLES' exec '$VENV/bin/callmfa' serve"
     wait_for "callmfa serve" sh -c "grep -q '\"service_ready\"' '$SB/logs/callmfa.log' && kill -0 \$(cut -d' ' -f1 '$SB/pids/callmfa.pid')"
   fi
-  log "up: redis 127.0.0.1:6379, slapd 127.0.0.1:$LDAP_PORT, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573, RADIUS 127.0.0.1:1812 (namespace $NS; env in $SB/env)"
+  log "up: redis 127.0.0.1:6379, slapd 127.0.0.1:$LDAP_PORT, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573, RADIUS 127.0.0.1:1812, API 127.0.0.1:4581 (token in $SB/api-token; demo /demo) (namespace $NS; env in $SB/env)"
 }
 
 cmd_down() {

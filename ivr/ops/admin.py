@@ -64,6 +64,15 @@ def actor() -> str:
     return f"cli:{name}@{socket.gethostname()}"
 
 
+async def bypass(guard: Guard, user: str, seconds: int, *, actor: str, reason: str) -> bool:
+    """Grant ``user`` a one-time bypass for ``seconds``; False (nothing granted) if the user
+    is blocked: a block is lifted with unblock, never slipped past (the CLI and the API)."""
+    if await guard.is_blocked(user):
+        return False
+    await guard.grant_bypass(user, seconds, actor=actor, reason=reason)
+    return True
+
+
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one admin command; 0 on success, 1 when there was nothing to do."""
     redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
@@ -84,11 +93,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 return 1
             print(f"unblocked {args.user}")
         elif args.command == "bypass":
-            if await guard.is_blocked(args.user):
+            if not await bypass(guard, args.user, args.duration, actor=actor(),
+                                reason=args.reason):
                 print(f"{args.user} is blocked: a bypass does not apply until "
                       f"'callmfa unblock {args.user}'")
                 return 1
-            await guard.grant_bypass(args.user, args.duration, actor=actor(), reason=args.reason)
             print(f"the next request for {args.user} within {args.duration}s is bypassed")
         else:
             for entry in await guard.blocked():

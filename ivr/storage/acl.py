@@ -65,6 +65,9 @@ SERVICE: tuple[Needed, ...] = (
     _n("hmget", "callmfa:pin:x", "locked_until", "denials"),  # the PIN unlock script
     _n("hexists", "callmfa:pin:x", "hash"),  # the PIN set script
     _n("hincrby", "callmfa:pin:x", "denials", "1"),
+    # The HTTP API: its tokens (callmfa:tokens, callmfa:token:*) and per-token rate limits.
+    _n("incr", "callmfa:api:rate:x:0"),
+    _n("hdel", "callmfa:tokens", "x"),
     # The user directory, callmfa:user:<user>: serve reads it, `callmfa user` writes it
     # (HSET and DEL in audited scripts).
     _n("hgetall", "callmfa:user:x"),

@@ -19,22 +19,23 @@ class TestBenchSmoke:
         run = subprocess.run(
             [sys.executable, "-m", "bench", "--smoke", "--netns", netns,
              "--sandbox-dir", str(REPO / ".sandbox-benchtest"),
-             "--variants", "callmfa,dialplan,classic"],
+             "--variants", "callmfa,api,dialplan,classic"],
             cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
         )
         assert run.returncode == 0, run.stderr[-3000:]
         lines = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
         rows = [x for x in lines if "variant" in x]
-        assert [r["variant"] for r in rows] == ["callmfa", "dialplan", "classic"]
+        assert [r["variant"] for r in rows] == ["callmfa", "api", "dialplan", "classic"]
         for row in rows:
             assert row["calls"] == row["ok"] == 4, row["failures"]
             # The ramp's calls are left out of the latencies: the last two remain.
             assert row["latency_ms"]["request_to_invite"]["n"] == 2
             assert row["cpu_ms_per_call"]["asterisk"] > 0
         assert rows[0]["latency_ms"]["key_to_outcome"]["n"] == 2
-        assert rows[2]["latency_ms"]["key_to_outcome"]["n"] == 2
+        assert rows[1]["latency_ms"]["key_to_outcome"]["n"] == 2
+        assert rows[3]["latency_ms"]["key_to_outcome"]["n"] == 2
         # The classic scripts are Asterisk's children: their CPU is counted, reaped.
-        assert rows[2]["cpu_ms_per_call"]["asterisk_children"] > 0
+        assert rows[3]["cpu_ms_per_call"]["asterisk_children"] > 0
         final = lines[-1]
         assert final["summary"] is True
         assert "throughput_ours_over_floor" in final["ratios"]["2"]

@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.fronts import web as http
 from ivr.storage.store import EVENTS
-from ivr.transport import http
 
 from ..conftest import E2E_SETTINGS, REPO, SANDBOX, SECOND_SERVICE, Sandbox, wait_until
 from .conftest import PhoneFactory, restart_serve

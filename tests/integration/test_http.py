@@ -1,21 +1,20 @@
-"""The /healthz and /metrics HTTP server under a connection flood (real sockets)."""
+"""The /healthz and /metrics HTTP listener (aiohttp) under a connection flood (real sockets)."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
+from aiohttp import web
 
-from ivr.transport import http
-from ivr.transport.http import HttpServer, Response
+from ivr.fronts.web import HttpListener, ops_app
 
 from .conftest import eventually, read_until_closed
 
 CAP = 4
 
 
-async def healthz() -> Response:
-    return 200, "text/plain", b"ok\n"
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
 
 
 async def get(port: int, path: str) -> bytes:
@@ -32,8 +31,8 @@ class TestConnectionCap:
         """CAP idle connections fill the server; CAP + 6 more each get a 503 at once and are
         closed, and counted; once the idle ones go, /healthz answers 200 again."""
         refused: list[int] = []
-        server = HttpServer({"/healthz": healthz}, host="127.0.0.1", port=0,
-                            max_connections=CAP, on_refused=lambda: refused.append(1))
+        server = HttpListener(ops_app({"/healthz": healthz}), host="127.0.0.1", port=0,
+                              max_connections=CAP, on_refused=lambda: refused.append(1))
         await server.start()
         idle = []
         try:
@@ -63,12 +62,10 @@ class TestConnectionCap:
                 writer.close()
             await server.close()
 
-    async def test_an_idle_connection_is_cut_at_the_read_deadline(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    async def test_an_idle_connection_is_cut_at_the_read_deadline(self) -> None:
         """A connection that never sends its request is closed by the server."""
-        monkeypatch.setattr(http, "READ_TIMEOUT_S", 0.3)
-        server = HttpServer({"/healthz": healthz}, host="127.0.0.1", port=0)
+        server = HttpListener(ops_app({"/healthz": healthz}), host="127.0.0.1", port=0,
+                              idle_timeout_s=0.3)
         await server.start()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

@@ -6,9 +6,11 @@ import asyncio
 import json
 import re
 
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.fronts.web import HttpListener, ops_app
 from ivr.metrics import Metrics, metrics_route
 from ivr.ops.doctor import (
     OUTCOME_FIXES,
@@ -24,7 +26,6 @@ from ivr.ops.reference import BEGIN, END, generated, settings_markdown
 from ivr.ops.report import Audited, Finished, Report, render_csv, render_text
 from ivr.settings import Settings
 from ivr.storage.acl import SERVICE, USERS, setuser_line
-from ivr.transport.http import HttpServer, Response
 
 from ..conftest import REPO
 
@@ -75,11 +76,11 @@ class TestMetrics:
         """GET /metrics, /healthz (503 when unhealthy) and anything else over real TCP."""
         healthy = [True]
 
-        async def healthz() -> Response:
-            return (200, "text/plain", b"ok\n") if healthy[0] else (503, "text/plain", b"no\n")
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(text="ok\n") if healthy[0] else web.Response(status=503)
 
-        server = HttpServer({"/metrics": metrics_route(Metrics()), "/healthz": healthz},
-                            host="127.0.0.1", port=0)
+        server = HttpListener(ops_app({"/metrics": metrics_route(Metrics()),
+                                       "/healthz": healthz}), host="127.0.0.1", port=0)
         await server.start()
 
         async def get(path: str) -> bytes:

@@ -1,0 +1,148 @@
+"""``/v1/admin`` (scope admin): block, unblock, the block list, bypass and users, as the CLI
+does them (:mod:`ivr.ops.admin`, :class:`ivr.storage.guard.Guard`); every change is audited
+with ``api:<token name>`` as its actor."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ...domain.directory import DirectoryEntry
+from ...domain.outcome import iso
+from ...domain.users import UserNameError, normalise_user
+from ...exceptions import RequestError
+from ...ops import admin as ops
+from .errors import ApiError
+from .parts import PARTS, UserAdmin, token_of
+from .verifications import json_body, validate
+
+log = structlog.get_logger("ivr.api")
+routes = web.RouteTableDef()
+
+
+def _actor(request: web.Request) -> str:
+    return f"api:{token_of(request).name}"
+
+
+def _user(value: object) -> str:
+    try:
+        return normalise_user(value)
+    except UserNameError as e:
+        raise ApiError(400, "invalid_user", str(e)) from None
+
+
+def _duration(body: dict[str, Any], default: int) -> int:
+    value = body.get("for")
+    if value is None:
+        return default
+    try:
+        return ops.duration(str(value))
+    except argparse.ArgumentTypeError as e:
+        raise ApiError(400, "invalid_duration", str(e)) from None
+
+
+def _text(body: dict[str, Any], name: str, default: str) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or len(value) > 200 or not value.isprintable():
+        raise ApiError(400, f"invalid_{name}", f"{name} must be printable text, 200 at most")
+    return value
+
+
+@routes.get("/v1/admin/blocks")
+async def blocked(request: web.Request) -> web.Response:
+    """The blocked users and until when."""
+    entries = await request.app[PARTS].guard.blocked()
+    return web.json_response({"blocked": [{"user": e.user, "until": iso(e.until)}
+                                          for e in entries]})
+
+
+@routes.post("/v1/admin/blocks")
+async def block(request: web.Request) -> web.Response:
+    """Block a user (``for``: 600, 10m, 12h, 90d; default CALLMFA_FRAUD_BLOCK_S). A block is
+    only lengthened: a shorter one is 409 unless ``replace``."""
+    parts = request.app[PARTS]
+    body = await json_body(request)
+    user = _user(body.get("user"))
+    seconds = _duration(body, parts.settings.fraud_block_s)
+    replace = body.get("replace", False)
+    if not isinstance(replace, bool):
+        raise ApiError(400, "invalid_replace", "replace must be true or false")
+    if not await parts.guard.block(user, seconds, actor=_actor(request),
+                                   reason=_text(body, "reason", "manual"), replace=replace):
+        raise ApiError(409, "longer_block_kept",
+                       "the user's current block ends later; replace: true sets this one",
+                       until=iso(await parts.guard.blocked_until(user)))
+    return web.json_response({"user": user, "until": iso(await parts.guard.blocked_until(user))},
+                             status=201)
+
+
+@routes.delete("/v1/admin/blocks/{user}")
+async def unblock(request: web.Request) -> web.Response:
+    """Lift a user's block; 404 if the user was not blocked."""
+    parts = request.app[PARTS]
+    user = _user(request.match_info["user"])
+    if not await parts.guard.unblock(user, actor=_actor(request),
+                                     reason=request.query.get("reason", "")):
+        raise ApiError(404, "not_blocked", "this user is not blocked")
+    return web.json_response({"user": user})
+
+
+@routes.post("/v1/admin/bypasses")
+async def bypass(request: web.Request) -> web.Response:
+    """The user's next request within ``for`` (default 10m) ends ``bypassed``, uncalled;
+    409 if the user is blocked."""
+    parts = request.app[PARTS]
+    body = await json_body(request)
+    user = _user(body.get("user"))
+    seconds = _duration(body, 600)
+    if not await ops.bypass(parts.guard, user, seconds, actor=_actor(request),
+                            reason=_text(body, "reason", "")):
+        raise ApiError(409, "user_blocked", "a blocked user gets no bypass: unblock first")
+    return web.json_response({"user": user, "for_s": seconds}, status=201)
+
+
+def _users(request: web.Request) -> UserAdmin:
+    users = request.app[PARTS].users
+    if users is None:
+        raise ApiError(501, "no_directory", "this callmfa has no user directory")
+    return users
+
+
+@routes.get("/v1/admin/users/{user}")
+async def get_user(request: web.Request) -> web.Response:
+    """A user's directory entry; 404 if unknown."""
+    entry = await _users(request).lookup(_user(request.match_info["user"]))
+    if entry is None:
+        raise ApiError(404, "not_found", "no such user")
+    return web.json_response(asdict(entry))
+
+
+@routes.put("/v1/admin/users/{user}")
+async def put_user(request: web.Request) -> web.Response:
+    """Add or replace a user's entry (phone, mode, lang); audited (by the directory)."""
+    users = _users(request)
+    user = _user(request.match_info["user"])
+    body = await json_body(request)
+    try:  # the same checks as a request's
+        validate({"user": user, "phone": body.get("phone"), "mode": body.get("mode", "standard"),
+                  "lang": body.get("lang", "en")})
+    except RequestError as e:
+        raise ApiError(400, e.detail, e.message) from None
+    entry = DirectoryEntry(user=user, phone=str(body["phone"]),
+                           mode=str(body.get("mode", "standard")),
+                           lang=str(body.get("lang", "en")))
+    await users.set(entry, actor=_actor(request))  # audited by the directory
+    return web.json_response(asdict(entry))
+
+
+@routes.delete("/v1/admin/users/{user}")
+async def delete_user(request: web.Request) -> web.Response:
+    """Remove a user's entry; 404 if unknown; audited (by the directory)."""
+    user = _user(request.match_info["user"])
+    if not await _users(request).delete(user, actor=_actor(request)):
+        raise ApiError(404, "not_found", "no such user")
+    return web.json_response({"user": user})
