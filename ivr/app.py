@@ -22,9 +22,12 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from .client import VerificationClient
 from .exceptions import IvrError, SettingsError
 from .fronts.alerts import MailSender
 from .fronts.api import ApiParts, build_app
+from .fronts.providers import provider_routes
+from .fronts.providers.gateway import OtpGateway
 from .fronts.radius import RadiusRole
 from .fronts.web import HttpListener, ops_app, tls_context
 from .fronts.webhooks import Deliverer, Sender, WebhookSender, http_session
@@ -125,12 +128,18 @@ class Service:
                          name="metrics", max_connections=cap, on_refused=refused)
             if settings.metrics_port else None,
         ]
+        self.providers: VerificationClient | None = None
         if "api" in roles:
             # /v1/admin/users writes callmfa's own entries (`callmfa user`), not LDAP's.
             parts = ApiParts.for_redis(settings, self.redis, security.guard,
                                        observer=self.metrics,
                                        users=LocalDirectory(self.redis))
-            api = build_app(parts, extra=api_routes, with_demo=settings.api_demo == "on")
+            # The identity providers' endpoints (/providers/<vendor>, mode otp) carry each
+            # vendor's own auth, not the API's tokens (docs/integrations.md).
+            self.providers = VerificationClient.from_settings(settings)
+            gateway = OtpGateway(settings, self.providers)
+            api = build_app(parts, extra=[*api_routes, *provider_routes(gateway)],
+                            with_demo=settings.api_demo == "on")
             api.router.add_get("/healthz", self.healthz)
             tls = (tls_context(settings.api_tls_cert, settings.api_tls_key)
                    if settings.api_tls_cert else None)
@@ -242,6 +251,8 @@ class Service:
                 await self.radius.close(0)
             for server in http:
                 await server.close()
+            if self.providers is not None:
+                await self.providers.aclose()
             if self.pool is not None:
                 await self.pool.close()
             await self.results.close()

@@ -15,7 +15,7 @@
 #   CALLMFA_PHONE           where the simulated phone is    (default: 127.0.0.1:5070)
 #   CALLMFA_SANDBOX_SERVE   0 to start no `callmfa serve`   (default: 1)
 #   CALLMFA_ASTERISK_INSTANCES  2 adds a second Asterisk (AMI 5039, SIP 5061) (default: 1)
-#   CALLMFA_ROLES           what the sandbox's serve runs   (default: originator,agi,radius)
+#   CALLMFA_ROLES           what the sandbox's serve runs   (default: originator,agi,api,radius)
 # Any other CALLMFA_* variable is passed to `callmfa serve`.
 set -euo pipefail
 
@@ -27,7 +27,7 @@ ROOT=${CALLMFA_ASTERISK_ROOT:-/var/tmp/callmfa/asterisk-root}
 PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}
 SERVE=${CALLMFA_SANDBOX_SERVE:-1}
 # Not in $SB/env: a second serve started from it (tests/e2e) must not bind RADIUS again.
-ROLES=${CALLMFA_ROLES:-originator,agi,radius}
+ROLES=${CALLMFA_ROLES:-originator,agi,api,radius}
 VENV=${CALLMFA_VENV:-$repo/.venv}
 SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
@@ -202,8 +202,8 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: this sandbox's, less the AMI secret it does not need, and the
   # PIN pepper's value (the file it names is outside the root). 0640 root:asterisk.
-  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
+  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
+      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
     [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
     [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
@@ -287,6 +287,11 @@ export CALLMFA_RADIUS_HOST=127.0.0.1
 export CALLMFA_RADIUS_PORT=1812
 export CALLMFA_RADIUS_CLIENTS_FILE=$SB/radius-clients
 export CALLMFA_RADIUS_SECRET_FILE=$SB/radius-secret
+export CALLMFA_PROVIDER_PRIVACYIDEA_TOKEN_FILE=$SB/provider-token
+export CALLMFA_PROVIDER_AUTHENTIK_TOKEN_FILE=$SB/provider-token
+export CALLMFA_PROVIDER_OKTA_TOKEN_FILE=$SB/provider-token
+export CALLMFA_PROVIDER_OKTA_AUTH_HEADER=X-Okta-Hook-Secret
+export CALLMFA_PROVIDER_LINOTP_TOKEN_FILE=$SB/provider-token
 EOF
   if ((INSTANCES > 1)); then
     local endpoints=127.0.0.1:5038 n
@@ -325,6 +330,10 @@ cmd_up() {
   fi
   # RADIUS: the NAS on 127.0.0.1 (radclient) shares a random secret; 127.0.0.2 is a NAS that
   # sends no Message-Authenticator (pam_radius_auth 2.0, Debian 12's), listed as such.
+  # The identity providers' endpoints (/providers/<vendor> on the API): one token for all.
+  if [[ ! -s $SB/provider-token ]]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$SB/provider-token")
+  fi
   if [[ ! -s $SB/radius-secret ]]; then
     (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$SB/radius-secret")
   fi

@@ -7,21 +7,17 @@ import base64
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord
-from ivr.fronts.providers import provider_app
-from ivr.settings import Settings
 from ivr.storage.keys import EVENTS, REQUESTS
 
-from ..conftest import REPO, Sandbox, free_port
+from ..conftest import REPO, Sandbox
 from .conftest import AsteriskLog, PhoneFactory
 
 PHONE = "+12015550100"
@@ -150,7 +146,6 @@ class TestOtp:
 
 # --- the provider endpoints, driven with each vendor's documented payload ---
 
-TOKEN = "e2e-provider-token-5f0c1d2e3a4b"
 FIXTURES = REPO / "tests" / "fixtures" / "providers"
 VENDOR_CASES = [
     ("privacyidea", "privacyidea_gtx_get"),
@@ -182,26 +177,16 @@ def credentials(vendor: str, token: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def endpoints(sandbox: Sandbox) -> AsyncIterator[str]:
-    """The provider endpoints (ivr.fronts.providers.provider_app) on a free port of the
-    sandbox's loopback, queueing through its Redis: their base URL."""
-    settings = Settings.from_env({
-        "CALLMFA_REDIS_URL": sandbox.redis_url,
-        **{f"CALLMFA_PROVIDER_{v.upper()}_TOKEN": TOKEN for v, _ in VENDOR_CASES},
-        "CALLMFA_PROVIDER_OKTA_AUTH_HEADER": "X-Okta-Hook-Secret",
-    })
-    async with VerificationClient.from_url(
-        sandbox.redis_url, signing_key=sandbox.env["CALLMFA_SIGNING_KEY"]
-    ) as verifier:
-        runner = web.AppRunner(provider_app(settings, verifier))
-        await runner.setup()
-        port = free_port()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            await runner.cleanup()
+def endpoints(sandbox: Sandbox) -> str:
+    """The provider endpoints as the sandbox's `callmfa serve` mounts them on its HTTP API
+    (role api), with the sandbox's provider token: their base URL."""
+    return f"http://127.0.0.1:{sandbox.env['CALLMFA_API_PORT']}"
+
+
+@pytest.fixture
+def token(sandbox: Sandbox) -> str:
+    """The token the sandbox gives every provider endpoint ($SB/provider-token)."""
+    return (sandbox.directory / "provider-token").read_text().strip()
 
 
 async def post_fixture(base: str, vendor: str, data: dict[str, Any],
@@ -222,7 +207,7 @@ class TestProviderEndpoints:
     @pytest.mark.parametrize(("vendor", "name"), VENDOR_CASES)
     async def test_fixture_places_a_call_that_plays_its_code(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory,
-        endpoints: str, vendor: str, name: str,
+        endpoints: str, token: str, vendor: str, name: str,
     ) -> None:
         """The vendor's payload: its success reply (Okta's within 3 s), then a call that
         plays its code twice, delivered; the code in no log line or Redis key after."""
@@ -230,7 +215,7 @@ class TestProviderEndpoints:
         log = await asyncio.to_thread(AsteriskLog, sandbox)
         p = phone(keys="#", key_delay_ms=1000)
         status, body, took = await post_fixture(endpoints, vendor, data,
-                                                credentials(vendor, TOKEN))
+                                                credentials(vendor, token))
         assert status == 200, body
         if vendor == "okta":
             assert took < 3

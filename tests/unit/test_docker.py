@@ -53,11 +53,11 @@ SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
     # AMI secret and the namespace name).
     ("install_classic_agi",
      "(umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE "
-     "-e LDAP_BIND_PASSWORD_FILE -e '^#' \"$SB/env\"; env | grep '^CALLMFA_' | grep -v "
-     "-e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE "
-     "-e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true"):
+     "-e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^#' \"$SB/env\"; env | grep '^CALLMFA_' "
+     "| grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE "
+     "-e PROVIDER_ -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true"):
         "(umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE "
-        "-e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e '^CALLMFA_NETNS=' "
+        "-e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^CALLMFA_NETNS=' "
         "| sed 's/^/export /' || true",
     # The prompts are made once, when the image is built (test_prompts_made_at_build_time).
     ("install_prompts", '"$VENV/bin/python" -m ivr.ops.promptgen "$repo/build/prompts" >/dev/null'):

@@ -15,6 +15,7 @@ import hmac
 import re
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,7 +135,10 @@ def bearer_or_basic(header: str | None, token: str) -> bool:
 class Verifier(Protocol):
     """What the gateway needs of :class:`~ivr.client.VerificationClient`."""
 
-    async def submit(self, *, user: str, phone: str, **options: Any) -> str:
+    async def submit(self, *, user: str, phone: str | None = None, mode: str | None = None,
+                     lang: str | None = None, expires_in_s: float | None = 120,
+                     context: Mapping[str, Any] | None = None,
+                     otp: str | None = None) -> str:
         """Queue a request; its id."""
 
     def watch(self, request_id: str, *, since_ms: int = 0, timeout_s: float = 180) -> Any:
