@@ -28,7 +28,7 @@ from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
 from .storage.results import ResultListener
-from .storage.store import Store, connect
+from .storage.store import Durability, Store, connect_for
 from .storage.users import normalise_stored_users
 from .tasks import cancel_and_wait
 from .transport.ami import AmiClient
@@ -50,15 +50,14 @@ class Service:
                         risk="anyone who can write to Redis can forge an approval")
         self.settings = settings
         roles = settings.role_set
-        self.redis = connect(
-            settings.redis_url,
-            max_connections=settings.max_in_flight * 2 + settings.agi_max_sessions + 20,
-            timeout_s=settings.connect_timeout_s,
+        self.redis = connect_for(
+            settings, max_connections=settings.max_in_flight * 2 + settings.agi_max_sessions + 20
         )
         self.metrics = Metrics()
         self.store = Store(
             self.redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
             observer=self.metrics, signing_key=settings.signing_key.encode(),
+            durability=Durability.from_settings(settings, self.metrics.write_unreplicated),
         )
         security = Security.for_redis(settings, self.redis, observer=self.metrics)
         self.results = ResultListener(self.redis)

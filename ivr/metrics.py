@@ -107,11 +107,22 @@ class Metrics:
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
+        self.writes_unreplicated = Counter(
+            "callmfa_redis_writes_unreplicated",
+            "Durable writes (call_claim, outcome) that fewer replicas than "
+            "CALLMFA_REDIS_WAIT_REPLICAS acknowledged in time, by write.", ["write"],
+            registry=r,
+        )
         self.numbers_refused = Counter(
             "callmfa_numbers_refused",
             "Requests ended rejected / number_not_allowed, uncalled, by reason.", ["reason"],
             registry=r,
         )
+
+    def write_unreplicated(self, what: str) -> None:
+        """A durable write (request, call claim, outcome) had fewer replicas than
+        CALLMFA_REDIS_WAIT_REPLICAS within CALLMFA_REDIS_WAIT_TIMEOUT_MS."""
+        self.writes_unreplicated.labels(what).inc()
 
     def event_added(self, name: str) -> None:
         """A progress event was written; ``dialing`` means a call was placed."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import uuid
@@ -36,7 +37,7 @@ from ..exceptions import (
 from ..settings import Settings
 from ..storage.acl import SERVICE
 from ..storage.keys import STORE_OUTCOME
-from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
+from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect_for, queue_state
 from ..transport.ami import AmiClient
 from .dialcheck import policy_summary
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
@@ -297,7 +298,7 @@ def _refused(error: ResponseError) -> bool:
 async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
     """Reachable, every command allowed, and the request queue's state."""
     url = _redacted(settings.redis_url)
-    redis = connect(settings.redis_url, max_connections=4, timeout_s=settings.connect_timeout_s)
+    redis = connect_for(settings, max_connections=4)
     try:
         try:
             await asyncio.wait_for(redis.ping(), settings.connect_timeout_s)
@@ -403,7 +404,7 @@ async def check_probe(
     probe_id = new_probe_id()
     url = probe_url(settings.agi_url)
     watch = ami.watch(probe_id)
-    redis = connect(redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    redis = connect_for(dataclasses.replace(settings, redis_url=redis_url), max_connections=2)
     try:
         try:
             await ami.originate(
