@@ -15,6 +15,10 @@
 #   CALLMFA_PHONE           where the simulated phone is    (default: 127.0.0.1:5070)
 #   CALLMFA_SANDBOX_SERVE   0 to start no `callmfa serve`   (default: 1)
 #   CALLMFA_ASTERISK_INSTANCES  2 adds a second Asterisk (AMI 5039, SIP 5061) (default: 1)
+#   CALLMFA_SANDBOX_REDIS   single: one redis-server; sentinel: a primary (6379), a replica
+#                           (6380) and three redis-sentinel (26379-26381), with ACL users
+#                           and passwords, callmfa finding the primary through them
+#                           (default: single)
 # Any other CALLMFA_* variable is passed to `callmfa serve`.
 set -euo pipefail
 
@@ -29,13 +33,14 @@ VENV=${CALLMFA_VENV:-$repo/.venv}
 SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 INSTANCES=${CALLMFA_ASTERISK_INSTANCES:-1}
+REDIS_MODE=${CALLMFA_SANDBOX_REDIS:-single}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
 # Secrets serve reads from files, whose values go to the classic script's callmfa.env (the
 # files may be unreadable to Asterisk's user, or outside its root). The signing key's value
 # is in $SB/env already.
 PEPPER_FILE=$SB/pin-pepper
 SIGNING_FILE=
-APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
+APT_PACKAGES=(redis-server redis-tools redis-sentinel sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
 # Inside the Asterisk root, for the classic AGI script (agi_scripts/callmfa-verify.agi).
 ROOT_PACKAGES=(python3 python3-redis python3-six)
 
@@ -47,6 +52,7 @@ ast() { chroot "$ROOT" /usr/sbin/asterisk -C "$AST_CONF" "$@"; }
 inst_name() { if (($1 == 1)); then echo asterisk; else echo "asterisk$1"; fi; }
 inst_key() { if (($1 == 1)); then echo "$NS"; else echo "$NS-$1"; fi; }
 
+[[ $REDIS_MODE == single || $REDIS_MODE == sentinel ]] || { echo "CALLMFA_SANDBOX_REDIS must be single or sentinel" >&2; exit 2; }
 [[ $(id -u) == 0 ]] || die "the sandbox needs root (network namespaces, chroot)"
 
 # wait_for DESCRIPTION COMMAND...: poll COMMAND until it succeeds, up to READY_SECS.
@@ -177,8 +183,9 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: this sandbox's, less the AMI secret it does not need, and the
   # PIN pepper's value (the file it names is outside the root). 0640 root:asterisk.
-  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
+  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e SENTINEL_PASSWORD_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
+      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e SENTINEL_PASSWORD_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
+    [[ $REDIS_MODE != sentinel ]] || printf 'export CALLMFA_REDIS_SENTINEL_PASSWORD=%s\n' "$(secret_of sentinel-client)"
     [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
     [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
@@ -195,6 +202,89 @@ install_prompts() {
     # sounds/en is an absolute symlink inside the root: resolve it there.
     target=$(chroot "$ROOT" sh -c "mkdir -p /usr/share/asterisk/sounds/$lang/callmfa && readlink -f /usr/share/asterisk/sounds/$lang/callmfa")
     cp "$dir"/*.wav "$ROOT$target/"
+  done
+}
+
+# --- Sentinel mode: two data nodes and three Sentinels, all with ACL users ---
+SENTINEL_PORTS=(26379 26380 26381)
+# A password of its own for each ACL user, kept in $SB/redis/passwords/<user>.
+secret_of() {
+  local f=$SB/redis/passwords/$1
+  [[ -s $f ]] || (umask 077 && mkdir -p "$SB/redis/passwords" && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$f")
+  cat "$f"
+}
+
+# data_node_conf PORT [REPLICAOF_PORT]: a config file the node (and Sentinel, by CONFIG
+# REWRITE) may rewrite; written once, so that a restarted node keeps what Sentinel made it.
+data_node_conf() {
+  local port=$1 of=${2:-} conf=$SB/redis/node-$1/redis.conf
+  [[ -f $conf ]] && return 0
+  mkdir -p "$SB/redis/node-$port"
+  (umask 077 && cat >"$conf" <<EOF
+bind 127.0.0.1
+port $port
+protected-mode yes
+dir $SB/redis/node-$port
+save ""
+appendonly yes
+appendfsync everysec
+replica-announce-ip 127.0.0.1
+# callmfa (and the tests) use "callmfa"; replication uses "replica"; Sentinel uses
+# "sentinel" with the commands redis.io's Sentinel ACL guide lists.
+user default off
+user callmfa on >$(secret_of callmfa) ~* &* +@all
+user replica on >$(secret_of replica) +psync +replconf +ping
+user sentinel on >$(secret_of sentinel) allchannels +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill
+masteruser replica
+masterauth $(secret_of replica)
+EOF
+  )
+  [[ -z $of ]] || echo "replicaof 127.0.0.1 $of" >>"$conf"
+}
+
+sentinel_conf() {
+  local port=$1 conf=$SB/redis/sentinel-$1/sentinel.conf
+  [[ -f $conf ]] && return 0
+  mkdir -p "$SB/redis/sentinel-$port"
+  (umask 077 && cat >"$conf" <<EOF
+bind 127.0.0.1
+port $port
+protected-mode yes
+dir $SB/redis/sentinel-$port
+sentinel announce-ip 127.0.0.1
+sentinel monitor callmfa 127.0.0.1 6379 2
+sentinel down-after-milliseconds callmfa 1000
+sentinel failover-timeout callmfa 10000
+sentinel parallel-syncs callmfa 1
+sentinel auth-user callmfa sentinel
+sentinel auth-pass callmfa $(secret_of sentinel)
+# The Sentinels' own users: the peers talk as "peer"; callmfa may only ask.
+user default off
+user peer on >$(secret_of peer) allchannels +@all
+user callmfa on >$(secret_of sentinel-client) allchannels -@all +ping +hello +auth +client|setname +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels +sentinel|ckquorum +sentinel|get-master-addr-by-name +subscribe +unsubscribe +psubscribe +punsubscribe
+sentinel sentinel-user peer
+sentinel sentinel-pass $(secret_of peer)
+EOF
+  )
+}
+
+start_sentinel_mode() {
+  local port n=0
+  data_node_conf 6379
+  data_node_conf 6380 6379
+  alive redis || start redis 127.0.0.1:6379 ip netns exec "$NS" redis-server "$SB/redis/node-6379/redis.conf"
+  alive redis2 || start redis2 127.0.0.1:6380 ip netns exec "$NS" redis-server "$SB/redis/node-6380/redis.conf"
+  for port in 6379 6380; do
+    wait_for "redis-server :$port" sh -c "ip netns exec '$NS' redis-cli --no-auth-warning -p $port --user callmfa --pass '$(secret_of callmfa)' ping | grep -q PONG"
+  done
+  for port in "${SENTINEL_PORTS[@]}"; do
+    n=$((n + 1))
+    sentinel_conf "$port"
+    alive "sentinel$n" || start "sentinel$n" "127.0.0.1:$port" ip netns exec "$NS" redis-sentinel "$SB/redis/sentinel-$port/sentinel.conf"
+  done
+  # Ready: every Sentinel knows the primary, one replica and the two other Sentinels.
+  for port in "${SENTINEL_PORTS[@]}"; do
+    wait_for "redis-sentinel :$port" sh -c "ip netns exec '$NS' redis-cli --no-auth-warning -p $port --user callmfa --pass '$(secret_of sentinel-client)' sentinel master callmfa | tr '\\n' ' ' | grep -q 'num-slaves 1 .*num-other-sentinels 2 '"
   done
 }
 
@@ -219,6 +309,17 @@ export CALLMFA_PHONE=$PHONE
 export CALLMFA_ASTERISK_ROOT=$ROOT
 export CALLMFA_ASTERISK_CONF=$AST_CONF
 EOF
+  if [[ $REDIS_MODE == sentinel ]]; then
+    cat >>"$SB/env" <<EOF
+export CALLMFA_REDIS_URL=redis://callmfa:$(secret_of callmfa)@127.0.0.1:6379/0
+export CALLMFA_REDIS_SENTINELS=127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381
+export CALLMFA_REDIS_SENTINEL_SERVICE=callmfa
+export CALLMFA_REDIS_SENTINEL_USER=callmfa
+export CALLMFA_REDIS_SENTINEL_PASSWORD_FILE=$SB/redis/passwords/sentinel-client
+export CALLMFA_REDIS_WAIT_REPLICAS=1
+export CALLMFA_SANDBOX_REDIS=sentinel
+EOF
+  fi
   if ((INSTANCES > 1)); then
     local endpoints=127.0.0.1:5038 n
     for ((n = 2; n <= INSTANCES; n++)); do endpoints+=",127.0.0.1:$((5037 + n))"; done
@@ -243,12 +344,16 @@ cmd_up() {
   in_ns ip link set lo up
   write_env
 
-  if ! alive redis; then
-    # AOF, as production needs: a restarted Redis keeps the queue and the outcomes.
-    start redis redis-server ip netns exec "$NS" redis-server --bind 127.0.0.1 --port 6379 --save '' \
-      --appendonly yes --appendfsync everysec --dir "$SB/redis" --protected-mode yes
+  if [[ $REDIS_MODE == sentinel ]]; then
+    start_sentinel_mode
+  else
+    if ! alive redis; then
+      # AOF, as production needs: a restarted Redis keeps the queue and the outcomes.
+      start redis redis-server ip netns exec "$NS" redis-server --bind 127.0.0.1 --port 6379 --save '' \
+        --appendonly yes --appendfsync everysec --dir "$SB/redis" --protected-mode yes
+    fi
+    wait_for "redis-server" sh -c "ip netns exec '$NS' redis-cli -p 6379 ping | grep -q PONG"
   fi
-  wait_for "redis-server" sh -c "ip netns exec '$NS' redis-cli -p 6379 ping | grep -q PONG"
 
   local n name key
   for ((n = 1; n <= INSTANCES; n++)); do
@@ -280,6 +385,8 @@ cmd_down() {
     for f in "$SB"/pids/asterisk*.pid; do
       [[ -e $f ]] && stop "$(basename "$f" .pid)"
     done
+    for f in "$SB"/pids/sentinel*.pid; do [[ -e $f ]] && stop "$(basename "$f" .pid)"; done
+    stop redis2
     stop redis
   fi
   if ip netns list | grep -qw "^$NS"; then ip netns del "$NS"; fi
@@ -290,6 +397,7 @@ cmd_status() {
   local rc=0
   local extra
   extra=$(for f in "$SB"/pids/asterisk?*.pid; do [[ -e $f ]] && basename "$f" .pid; done || true)
+  [[ ! -f $SB/redis/node-6380/redis.conf ]] || extra+=" redis2 sentinel1 sentinel2 sentinel3"
   for name in redis asterisk $extra callmfa; do
     if alive "$name"; then echo "$name: running (pid $(cut -d' ' -f1 "$SB/pids/$name.pid"))"; else echo "$name: stopped"; rc=3; fi
   done

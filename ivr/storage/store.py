@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -121,6 +121,37 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
     return Redis.from_pool(pool)
 
 
+class FollowingConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks the Sentinels again on every reconnect.
+
+    redis-py 8 reconnects a dropped connection from ``send_packed_command`` through
+    ``connect_check_health``, which skips the Sentinel lookup of ``connect()``: a command
+    retried after a failover would knock at the dead primary's address until it gave up.
+    """
+
+    _resolving = False
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        """Connect to the address the Sentinels give now (``connect_to`` comes back here
+        with ``_resolving`` set, for the socket itself)."""
+        if self.is_connected:
+            return
+        if self._resolving:
+            await super().connect_check_health(check_health, retry_socket_connect)
+            return
+        self._resolving = True
+        try:
+            await self.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+        finally:
+            self._resolving = False
+
+
+class FollowingSSLConnection(FollowingConnection, SSLConnection):
+    """:class:`FollowingConnection` over TLS."""
+
+
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (the primary's address asked of the Sentinels) that waits for a
     free connection as :class:`BlockingConnectionPool` does."""
@@ -135,9 +166,12 @@ def connect_for(settings: Settings, *, max_connections: int) -> Redis:
     p = sentinel.plan(settings, parse_url(settings.redis_url), timeout_s=timeout_s)
     manager = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's Sentinel is untyped
         list(p.addresses), sentinel_kwargs=dict(p.sentinel))
+    node = dict(p.node)
+    tls = node.pop("ssl", False)
     client: Redis = manager.master_for(
         p.service,
         connection_pool_class=BlockingSentinelPool,
+        connection_class=FollowingSSLConnection if tls else FollowingConnection,
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -148,7 +182,7 @@ def connect_for(settings: Settings, *, max_connections: int) -> Redis:
         retry=Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S),
                     retries=p.retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        **p.node,
+        **node,
     )
     return client
 

@@ -53,11 +53,29 @@ class SyncStore:
             return cls(Redis.from_url(settings.redis_url, **timeouts), settings)
         # Imported here: a script on a plain Redis loads none of it.
         from redis.backoff import ExponentialWithJitterBackoff
-        from redis.connection import parse_url
+        from redis.connection import SSLConnection, parse_url
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
         from redis.retry import Retry
-        from redis.sentinel import Sentinel
+        from redis.sentinel import Sentinel, SentinelManagedConnection
+
+        class Following(SentinelManagedConnection):
+            # Asks the Sentinels again on a reconnect (see store.FollowingConnection).
+            resolving = False
+
+            def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+                if self._sock or self.resolving:
+                    if not self._sock:
+                        super().connect_check_health(*args, **kwargs)
+                    return
+                self.resolving = True
+                try:
+                    self.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+                finally:
+                    self.resolving = False
+
+        class FollowingSSL(Following, SSLConnection):
+            pass
 
         from .sentinel import RETRY_BASE_S, RETRY_CAP_S, plan
 
@@ -66,12 +84,15 @@ class SyncStore:
         p = plan(settings, options, timeout_s=settings.connect_timeout_s)
         manager = Sentinel(  # type: ignore[no-untyped-call]
             list(p.addresses), sentinel_kwargs=dict(p.sentinel))
+        node = dict(p.node)
+        tls = node.pop("ssl", False)
         redis: Redis = manager.master_for(  # type: ignore[no-untyped-call]
             p.service,
+            connection_class=FollowingSSL if tls else Following,
             retry=Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S),
                         retries=p.retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            **timeouts, **p.node,
+            **timeouts, **node,
         )
         return cls(redis, settings)
 
