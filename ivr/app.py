@@ -27,6 +27,7 @@ from .originator import Originator
 from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
+from .storage.failover import sentinel_report
 from .storage.results import ResultListener
 from .storage.store import Durability, Store, connect_for
 from .storage.users import normalise_stored_users
@@ -106,6 +107,9 @@ class Service:
             redis_ok = False
         status: dict[str, object] = {"redis": redis_ok, "consumer": self.settings.consumer}
         ok = redis_ok
+        if self.settings.redis_sentinels:
+            status["redis_failover"] = failover = await redis_failover(self.settings)
+            ok = ok and not failover
         if self.pool is not None and self.originator is not None:
             asterisks = self.pool.status()
             status["asterisk"] = asterisks
@@ -184,6 +188,16 @@ class Service:
             await self.results.close()
             await self.redis.aclose()
             log.info("service_stopped")
+
+
+async def redis_failover(settings: Settings) -> bool:
+    """For /healthz with Sentinel: is a failover in progress (the Sentinels see the primary
+    down, are switching, disagree, or none answers)?"""
+    try:
+        report = await asyncio.wait_for(sentinel_report(settings), 2)
+    except TimeoutError:
+        return True
+    return report.failover
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -36,6 +36,7 @@ from ..exceptions import (
 )
 from ..settings import Settings
 from ..storage.acl import SERVICE
+from ..storage.failover import sentinel_report
 from ..storage.keys import STORE_OUTCOME
 from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect_for, queue_state
 from ..transport.ami import AmiClient
@@ -295,9 +296,35 @@ def _refused(error: ResponseError) -> bool:
     return "NOPERM" in text or "permission" in text.lower() or "can't run this command" in text
 
 
+async def check_sentinels(settings: Settings) -> CheckResult:
+    """With CALLMFA_REDIS_SENTINELS: the primary, its replicas and the quorum, as the
+    Sentinels see them."""
+    report = await sentinel_report(settings)
+    usable = report.usable
+    if not usable:
+        why = "; ".join(f"{a.address}: {a.error}" for a in report.answers)
+        return CheckResult("redis-sentinel", Status.FAIL, f"no Sentinel answers ({why})",
+                           "start the Sentinels or fix CALLMFA_REDIS_SENTINELS and "
+                           "CALLMFA_REDIS_SENTINEL_USER / _PASSWORD")
+    first = usable[0]
+    replicas = ", ".join(first.replicas) or "none"
+    message = (f"service {settings.redis_sentinel_service!r}: primary {first.primary}, "
+               f"replicas {replicas}; {len(usable)} usable Sentinels of "
+               f"{len(report.answers)}, quorum {first.quorum}: {first.ckquorum}")
+    if report.failover:
+        return CheckResult("redis-sentinel", Status.WARN, "failover in progress: " + message,
+                           "wait for the Sentinels to promote a replica")
+    if any(not a.ckquorum.startswith("OK") for a in usable) or not first.replicas:
+        return CheckResult("redis-sentinel", Status.WARN, message,
+                           "a failover needs a replica and a majority of the Sentinels")
+    return CheckResult("redis-sentinel", Status.OK, message)
+
+
 async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
     """Reachable, every command allowed, and the request queue's state."""
     url = _redacted(settings.redis_url)
+    if settings.redis_sentinels:
+        yield await check_sentinels(settings)
     redis = connect_for(settings, max_connections=4)
     try:
         try:

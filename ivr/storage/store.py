@@ -156,6 +156,13 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (the primary's address asked of the Sentinels) that waits for a
     free connection as :class:`BlockingConnectionPool` does."""
 
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """Close the connections; a full close (the client's) closes those to the
+        Sentinels too (a failover's closes only the idle connections)."""
+        await super().disconnect(inuse_connections)
+        if inuse_connections:
+            await self.sentinel_manager.aclose()
+
 
 def connect_for(settings: Settings, *, max_connections: int) -> Redis:
     """The client every callmfa process uses: on ``CALLMFA_REDIS_URL``, or, with
