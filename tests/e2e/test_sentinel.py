@@ -256,7 +256,7 @@ class TestSentinel:
         serve = _pid(sentinel_sandbox, "callmfa")
         old = await _primary(settings)
         p = phone(calls=60, keys="#", key_delay_ms=2500)
-        ids = await _submit(client, "+1201555", 60)
+        ids = await _submit(client, "+120155505", 60)
         ids_set = set(ids)
 
         async def all_answered() -> bool:
@@ -299,13 +299,13 @@ class TestSentinel:
               f"outcomes {dict(outcomes)}; /healthz during the switch: {health}")
 
         # New requests after the failover, through the same client and serve.
-        await _approved_now(client, phone, "+1201556", 5)
+        await _approved_now(client, phone, "+120155506", 5)
 
         # The old primary returns: a replica of the new one; callmfa does not notice.
         _up()
         await _until(lambda: _replica_of(settings, old, new), 30, "the old primary as replica")
         assert await _primary(settings) == new
-        await _approved_now(client, phone, "+1201557", 5)
+        await _approved_now(client, phone, "+120155507", 5)
         assert _pid(sentinel_sandbox, "callmfa") == serve
         health = await _healthz(sentinel_sandbox)
         assert health["ok"], health
@@ -319,7 +319,7 @@ class TestSentinel:
         primary, and submits the next request there, without being restarted."""
         old = await _primary(settings)
         p = phone(calls=3, keys="#", key_delay_ms=6000)
-        ids = await _submit(client, "+1201558", 3)
+        ids = await _submit(client, "+120155508", 3)
         waiting = asyncio.gather(*(client.wait(rid, 60) for rid in ids))
         await asyncio.sleep(0)  # the waits register before the kill
         killed = _pid(sentinel_sandbox, NODES[old])
@@ -329,7 +329,7 @@ class TestSentinel:
         records = await waiting
         assert [r.outcome if r else None for r in records] == [Outcome.APPROVED] * 3
         p.stop()
-        await _approved_now(client, phone, "+1201559", 2)
+        await _approved_now(client, phone, "+120155509", 2)
         _up()
         await _until(lambda: _replica_of(settings, old, new), 30, "the old primary as replica")
 
@@ -342,7 +342,7 @@ class TestSentinel:
         sent to it meanwhile) and is made a replica: one outcome per id, all approved."""
         old = await _primary(settings)
         p = phone(calls=10, keys="#", key_delay_ms=7000)
-        ids = await _submit(client, "+1201560", 10)
+        ids = await _submit(client, "+120155510", 10)
         ids_set = set(ids)
 
         async def all_answered() -> bool:
