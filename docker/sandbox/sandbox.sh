@@ -19,6 +19,9 @@
 #                           (6380) and three redis-sentinel (26379-26381), with ACL users
 #                           and passwords, callmfa finding the primary through them
 #                           (default: single)
+#   CALLMFA_SANDBOX_REDIS_SERVER  redis, or valkey: in sentinel mode, valkey-server and
+#                           valkey-sentinel from the Debian sid root (installed there)
+#                           (default: redis)
 # Any other CALLMFA_* variable is passed to `callmfa serve`.
 set -euo pipefail
 
@@ -34,6 +37,7 @@ SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 INSTANCES=${CALLMFA_ASTERISK_INSTANCES:-1}
 REDIS_MODE=${CALLMFA_SANDBOX_REDIS:-single}
+REDIS_SERVER=${CALLMFA_SANDBOX_REDIS_SERVER:-redis}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
 # Secrets serve reads from files, whose values go to the classic script's callmfa.env (the
 # files may be unreadable to Asterisk's user, or outside its root). The signing key's value
@@ -52,6 +56,7 @@ ast() { chroot "$ROOT" /usr/sbin/asterisk -C "$AST_CONF" "$@"; }
 inst_name() { if (($1 == 1)); then echo asterisk; else echo "asterisk$1"; fi; }
 inst_key() { if (($1 == 1)); then echo "$NS"; else echo "$NS-$1"; fi; }
 
+[[ $REDIS_SERVER == redis || $REDIS_SERVER == valkey ]] || { echo "CALLMFA_SANDBOX_REDIS_SERVER must be redis or valkey" >&2; exit 2; }
 [[ $REDIS_MODE == single || $REDIS_MODE == sentinel ]] || { echo "CALLMFA_SANDBOX_REDIS must be single or sentinel" >&2; exit 2; }
 [[ $(id -u) == 0 ]] || die "the sandbox needs root (network namespaces, chroot)"
 
@@ -206,6 +211,39 @@ install_prompts() {
 }
 
 # --- Sentinel mode: two data nodes and three Sentinels, all with ACL users ---
+# $RD holds the nodes' and Sentinels' files as this script sees them, $RD_IN as the servers
+# do: valkey runs inside the sid root (Debian 12 has no valkey), so its files are there.
+if [[ $REDIS_SERVER == valkey ]]; then
+  RD=$ROOT/var/lib/callmfa-$NS-valkey
+  RD_IN=/var/lib/callmfa-$NS-valkey
+  RUN_NODE=(chroot --userspec=valkey:valkey "$ROOT" valkey-server)
+  RUN_SENTINEL=(chroot --userspec=valkey:valkey "$ROOT" valkey-sentinel)
+else
+  RD=$SB/redis
+  RD_IN=$SB/redis
+  RUN_NODE=(redis-server)
+  RUN_SENTINEL=(redis-sentinel)
+fi
+
+# valkey-server and valkey-sentinel in the sid root, once (no service started there).
+install_valkey() {
+  chroot "$ROOT" sh -c 'command -v valkey-server && command -v valkey-sentinel' >/dev/null 2>&1 && return 0
+  (
+    flock 9
+    chroot "$ROOT" sh -c 'command -v valkey-server && command -v valkey-sentinel' >/dev/null 2>&1 && exit 0
+    log "installing valkey-server valkey-sentinel into $ROOT"
+    cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    # No service may start inside the root; the packages' systemd-tmpfiles calls need /proc.
+    printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d" && chmod 755 "$ROOT/usr/sbin/policy-rc.d"
+    mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+    trap 'umount "$ROOT/proc" 2>/dev/null; rm -f "$ROOT/usr/sbin/policy-rc.d"' EXIT
+    chroot "$ROOT" apt-get -o Acquire::Check-Valid-Until=false update -qq >>"$(dirname "$ROOT")/apt.log" 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get install -y -qq --no-install-recommends \
+        valkey-server valkey-sentinel >>"$(dirname "$ROOT")/apt.log" 2>&1 ||
+      die "apt-get in $ROOT failed, see $(dirname "$ROOT")/apt.log"
+    : >"$ROOT/etc/resolv.conf"
+  ) 9>"$ROOT.lock"
+}
 SENTINEL_PORTS=(26379 26380 26381)
 # A password of its own for each ACL user, kept in $SB/redis/passwords/<user>.
 secret_of() {
@@ -217,14 +255,14 @@ secret_of() {
 # data_node_conf PORT [REPLICAOF_PORT]: a config file the node (and Sentinel, by CONFIG
 # REWRITE) may rewrite; written once, so that a restarted node keeps what Sentinel made it.
 data_node_conf() {
-  local port=$1 of=${2:-} conf=$SB/redis/node-$1/redis.conf
+  local port=$1 of=${2:-} conf=$RD/node-$1/redis.conf
   [[ -f $conf ]] && return 0
-  mkdir -p "$SB/redis/node-$port"
+  mkdir -p "$RD/node-$port"
   (umask 077 && cat >"$conf" <<EOF
 bind 127.0.0.1
 port $port
 protected-mode yes
-dir $SB/redis/node-$port
+dir $RD_IN/node-$port
 save ""
 appendonly yes
 appendfsync everysec
@@ -243,14 +281,14 @@ EOF
 }
 
 sentinel_conf() {
-  local port=$1 conf=$SB/redis/sentinel-$1/sentinel.conf
+  local port=$1 conf=$RD/sentinel-$1/sentinel.conf
   [[ -f $conf ]] && return 0
-  mkdir -p "$SB/redis/sentinel-$port"
+  mkdir -p "$RD/sentinel-$port"
   (umask 077 && cat >"$conf" <<EOF
 bind 127.0.0.1
 port $port
 protected-mode yes
-dir $SB/redis/sentinel-$port
+dir $RD_IN/sentinel-$port
 sentinel announce-ip 127.0.0.1
 sentinel monitor callmfa 127.0.0.1 6379 2
 sentinel down-after-milliseconds callmfa 1000
@@ -272,15 +310,20 @@ start_sentinel_mode() {
   local port n=0
   data_node_conf 6379
   data_node_conf 6380 6379
-  alive redis || start redis 127.0.0.1:6379 ip netns exec "$NS" redis-server "$SB/redis/node-6379/redis.conf"
-  alive redis2 || start redis2 127.0.0.1:6380 ip netns exec "$NS" redis-server "$SB/redis/node-6380/redis.conf"
+  if [[ $REDIS_SERVER == valkey ]]; then
+    install_valkey
+    chroot "$ROOT" chown -R valkey:valkey "${RD#"$ROOT"}"
+  fi
+  alive redis || start redis 127.0.0.1:6379 ip netns exec "$NS" "${RUN_NODE[@]}" "$RD_IN/node-6379/redis.conf"
+  alive redis2 || start redis2 127.0.0.1:6380 ip netns exec "$NS" "${RUN_NODE[@]}" "$RD_IN/node-6380/redis.conf"
   for port in 6379 6380; do
     wait_for "redis-server :$port" sh -c "ip netns exec '$NS' redis-cli --no-auth-warning -p $port --user callmfa --pass '$(secret_of callmfa)' ping | grep -q PONG"
   done
   for port in "${SENTINEL_PORTS[@]}"; do
     n=$((n + 1))
     sentinel_conf "$port"
-    alive "sentinel$n" || start "sentinel$n" "127.0.0.1:$port" ip netns exec "$NS" redis-sentinel "$SB/redis/sentinel-$port/sentinel.conf"
+    [[ $REDIS_SERVER != valkey ]] || chroot "$ROOT" chown -R valkey:valkey "${RD#"$ROOT"}"
+    alive "sentinel$n" || start "sentinel$n" "127.0.0.1:$port" ip netns exec "$NS" "${RUN_SENTINEL[@]}" "$RD_IN/sentinel-$port/sentinel.conf"
   done
   # Ready: every Sentinel knows the primary, one replica and the two other Sentinels.
   for port in "${SENTINEL_PORTS[@]}"; do
@@ -318,6 +361,7 @@ export CALLMFA_REDIS_SENTINEL_USER=callmfa
 export CALLMFA_REDIS_SENTINEL_PASSWORD_FILE=$SB/redis/passwords/sentinel-client
 export CALLMFA_REDIS_WAIT_REPLICAS=1
 export CALLMFA_SANDBOX_REDIS=sentinel
+export CALLMFA_SANDBOX_REDIS_SERVER=$REDIS_SERVER
 EOF
   fi
   if ((INSTANCES > 1)); then
@@ -397,7 +441,7 @@ cmd_status() {
   local rc=0
   local extra
   extra=$(for f in "$SB"/pids/asterisk?*.pid; do [[ -e $f ]] && basename "$f" .pid; done || true)
-  [[ ! -f $SB/redis/node-6380/redis.conf ]] || extra+=" redis2 sentinel1 sentinel2 sentinel3"
+  [[ ! -f $RD/node-6380/redis.conf ]] || extra+=" redis2 sentinel1 sentinel2 sentinel3"
   for name in redis asterisk $extra callmfa; do
     if alive "$name"; then echo "$name: running (pid $(cut -d' ' -f1 "$SB/pids/$name.pid"))"; else echo "$name: stopped"; rc=3; fi
   done

@@ -35,8 +35,12 @@ from ivr.transport import http
 
 from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, _setns, wait_until
 
-NETNS = "cms-" + hashlib.sha1(str(REPO).encode()).hexdigest()[:8]  # noqa: S324 - a name
-DIRECTORY = REPO / ".sandbox-sentinel"
+# CALLMFA_TEST_REDIS_SERVER=valkey runs the same tests on valkey-server and valkey-sentinel
+# (from the Debian sid root: Debian 12 has no valkey).
+SERVER = os.environ.get("CALLMFA_TEST_REDIS_SERVER", "redis")
+NETNS = ("cms-" + hashlib.sha1(str(REPO).encode()).hexdigest()[:8]  # noqa: S324 - a name
+         + ("v" if SERVER == "valkey" else ""))
+DIRECTORY = REPO / (".sandbox-sentinel" + ("-valkey" if SERVER == "valkey" else ""))
 NODES = {6379: "redis", 6380: "redis2"}  # port: the pid file's name
 SERVICE = "callmfa"
 # A failover takes Sentinel's down-after-milliseconds (1 s here) and about a second more.
@@ -44,7 +48,8 @@ FAILOVER_S = 30
 
 def _env() -> dict[str, str]:
     return {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": NETNS,
-            "CALLMFA_SANDBOX_DIR": str(DIRECTORY), "CALLMFA_SANDBOX_REDIS": "sentinel"}
+            "CALLMFA_SANDBOX_DIR": str(DIRECTORY), "CALLMFA_SANDBOX_REDIS": "sentinel",
+            "CALLMFA_SANDBOX_REDIS_SERVER": SERVER}
 
 
 def _up() -> None:
@@ -61,6 +66,8 @@ def sentinel_sandbox() -> Iterator[Sandbox]:
         pytest.fail("the end-to-end tests need root (network namespace, chroot): run as root")
     subprocess.run(["bash", str(SANDBOX), "down"], env=_env(), check=False, capture_output=True)
     shutil.rmtree(DIRECTORY / "redis", ignore_errors=True)  # a fresh primary and replica
+    root = Path(os.environ.get("CALLMFA_ASTERISK_ROOT", "/var/tmp/callmfa/asterisk-root"))  # noqa: S108 - the sandbox's own default
+    shutil.rmtree(root / "var" / "lib" / f"callmfa-{NETNS}-valkey", ignore_errors=True)
     up = subprocess.run(["bash", str(SANDBOX), "up"], env=_env(), capture_output=True, text=True)
     if up.returncode != 0:
         pytest.fail(f"sandbox up (sentinel) failed:\n{up.stderr[-4000:]}")
