@@ -378,3 +378,36 @@ class TestSentinel:
         assert len(invites) == 10, invites
         assert max(invites.values()) == 1, invites
         p.stop()
+
+    async def test_the_cli_and_the_classic_script_find_the_primary(
+        self, sentinel_sandbox: Sandbox, settings: Settings, phone: PhoneFactory,
+    ) -> None:
+        """After the failovers above the primary is 6380, not CALLMFA_REDIS_URL's 6379:
+        `callmfa verify` and, with CALLMFA_AGI_MODE=classic, the classic AGI script (sync
+        redis-py in the sid root) reach it through the Sentinels: approved."""
+        assert await _primary(settings) != 6379, "the failovers above moved the primary"
+        env = {**os.environ, **E2E_SETTINGS, **sentinel_sandbox.env}
+        _restart_serve(sentinel_sandbox, CALLMFA_AGI_MODE="classic")
+        try:
+            p = phone(calls=1, keys="#", key_delay_ms=1000)
+            cli = await asyncio.create_subprocess_exec(
+                str(REPO / ".venv" / "bin" / "callmfa"), "verify", "--user", "cli-user",
+                "--phone", "+12015550511", "--timeout", "60", "--json",
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(cli.communicate(), 90)
+            assert cli.returncode == 0, (out + err).decode()[-3000:]
+            rid = json.loads(out.decode().strip().splitlines()[-1])["id"]
+            p.stop()
+            log = (sentinel_sandbox.directory / "logs" / "asterisk.log").read_text(
+                errors="replace")
+            assert f"callmfa: {rid}: outcome approved" in log  # the classic script stored it
+        finally:
+            _restart_serve(sentinel_sandbox)
+
+
+def _restart_serve(sandbox: Sandbox, **env: str) -> None:
+    serve = _pid(sandbox, "callmfa")
+    os.kill(serve, signal.SIGTERM)
+    wait_until(lambda: _exited(serve), 30, "callmfa serve to stop")
+    subprocess.run(["bash", str(SANDBOX), "up"], env={**_env(), **env}, check=True,
+                   capture_output=True, cwd=REPO, timeout=180)
