@@ -108,7 +108,8 @@ class Service:
         status: dict[str, object] = {"redis": redis_ok, "consumer": self.settings.consumer}
         ok = redis_ok
         if self.settings.redis_sentinels:
-            status["redis_failover"] = failover = await redis_failover(self.settings)
+            failover = not redis_ok or await redis_failover(self.settings)
+            status["redis_failover"] = failover
             ok = ok and not failover
         if self.pool is not None and self.originator is not None:
             asterisks = self.pool.status()
@@ -192,7 +193,8 @@ class Service:
 
 async def redis_failover(settings: Settings) -> bool:
     """For /healthz with Sentinel: is a failover in progress (the Sentinels see the primary
-    down, are switching, disagree, or none answers)?"""
+    down, are switching, disagree, or none answers)? /healthz also counts a primary that
+    does not answer the PING (the Sentinels have not noticed yet)."""
     try:
         report = await asyncio.wait_for(sentinel_report(settings), 2)
     except TimeoutError:

@@ -182,7 +182,9 @@ def connect_for(settings: Settings, *, max_connections: int) -> Redis:
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s + 10,
+        # A frozen primary (SIGSTOP, a paused VM) answers nothing: give it up as soon as
+        # the Sentinels would. No command of callmfa's blocks for more than a second.
+        socket_timeout=timeout_s,
         health_check_interval=30,
         # A failover: the old primary refuses (ConnectionError, or READONLY once demoted,
         # which redis-py turns into a ConnectionError) until the Sentinels name the new one.

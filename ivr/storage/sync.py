@@ -82,6 +82,7 @@ class SyncStore:
         # redis-py's sync Sentinel and parse_url are untyped.
         options = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
         p = plan(settings, options, timeout_s=settings.connect_timeout_s)
+        timeouts["socket_timeout"] = settings.connect_timeout_s  # as store.connect_for
         manager = Sentinel(  # type: ignore[no-untyped-call]
             list(p.addresses), sentinel_kwargs=dict(p.sentinel))
         node = dict(p.node)

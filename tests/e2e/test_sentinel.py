@@ -220,6 +220,14 @@ async def _healthz(sandbox: Sandbox) -> dict[str, Any]:
     return status
 
 
+async def _health_until(sandbox: Sandbox, stop: asyncio.Event) -> list[dict[str, Any]]:
+    """/healthz, again and again until ``stop``: what it said meanwhile."""
+    seen = []
+    while not stop.is_set():
+        seen.append(await _healthz(sandbox))
+    return seen
+
+
 async def _submit(client: VerificationClient, prefix: str, count: int) -> list[str]:
     return [await client.submit(user=f"user-{prefix}{i:02d}", phone=f"{prefix}{i:02d}")
             for i in range(count)]
@@ -278,10 +286,18 @@ class TestSentinel:
         killed = _pid(sentinel_sandbox, NODES[old])
         os.kill(killed, signal.SIGKILL)
         killed_at = time.time()
-        wait_until(lambda: _exited(killed), 10, "the primary to exit")
-        health = await _healthz(sentinel_sandbox)  # while the switch goes on
-        done_at = await _failover_done(settings, old)
+        switched = asyncio.Event()
+        polling = asyncio.create_task(_health_until(sentinel_sandbox, switched))
+        try:
+            done_at = await _failover_done(settings, old)
+        finally:
+            switched.set()
+            during = await polling
         new = await _primary(settings)
+        failing = [h for h in during if h["redis_failover"]]
+        assert failing, during  # /healthz told of the failover while it went on
+        assert not any(h["ok"] for h in failing), failing
+        health = failing[0]
 
         records = await _outcomes(client, ids, 90)
         assert all(r is not None for r in records), "every verification has an outcome"
@@ -348,7 +364,9 @@ class TestSentinel:
         the phones key # after the switch; then the old primary resumes (and runs what was
         sent to it meanwhile) and is made a replica: one outcome per id, all approved."""
         old = await _primary(settings)
-        p = phone(calls=10, keys="#", key_delay_ms=7000)
+        # A command sent to the frozen primary waits out CALLMFA_CONNECT_TIMEOUT_S (5 s)
+        # before its retry goes to the new primary: the phones key # after that.
+        p = phone(calls=10, keys="#", key_delay_ms=9000)
         ids = await _submit(client, "+120155510", 10)
         ids_set = set(ids)
 
