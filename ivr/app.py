@@ -27,7 +27,7 @@ from .originator import Originator
 from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
-from .storage.failover import sentinel_report
+from .storage.failover import failover_in_progress
 from .storage.results import ResultListener
 from .storage.store import Durability, Store, connect_for
 from .storage.users import normalise_stored_users
@@ -101,14 +101,15 @@ class Service:
 
     async def healthz(self) -> Response:
         """200 and a JSON status when every part works, 503 and the same JSON otherwise."""
+        # With Sentinel, asked first: the PING below may wait out the switch.
+        failover = await redis_failover(self.settings) if self.settings.redis_sentinels else None
         try:
             redis_ok = bool(await asyncio.wait_for(self.redis.ping(), 2))
         except (RedisError, OSError, TimeoutError):
             redis_ok = False
         status: dict[str, object] = {"redis": redis_ok, "consumer": self.settings.consumer}
         ok = redis_ok
-        if self.settings.redis_sentinels:
-            failover = not redis_ok or await redis_failover(self.settings)
+        if failover is not None:
             status["redis_failover"] = failover
             ok = ok and not failover
         if self.pool is not None and self.originator is not None:
@@ -193,13 +194,12 @@ class Service:
 
 async def redis_failover(settings: Settings) -> bool:
     """For /healthz with Sentinel: is a failover in progress (the Sentinels see the primary
-    down, are switching, disagree, or none answers)? /healthz also counts a primary that
-    does not answer the PING (the Sentinels have not noticed yet)."""
+    down, are switching, disagree, or none answers; or the primary they name does not
+    answer a PING: they have not noticed yet)?"""
     try:
-        report = await asyncio.wait_for(sentinel_report(settings), 2)
+        return await asyncio.wait_for(failover_in_progress(settings), 2)
     except TimeoutError:
         return True
-    return report.failover
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

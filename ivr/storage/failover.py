@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
 from ..settings import Settings
@@ -112,3 +113,29 @@ async def sentinel_report(settings: Settings) -> SentinelReport:
     answers = await asyncio.gather(
         *(_ask(settings, host, port) for host, port in settings.sentinel_addresses))
     return SentinelReport(tuple(answers))
+
+
+async def primary_answers(settings: Settings, address: str | None) -> bool:
+    """Does the primary the Sentinels name answer a PING at once (no retry, no pool)?"""
+    if not address:
+        return False
+    host, _, port = address.rpartition(":")
+    options = dict(parse_url(settings.redis_url))
+    node = sentinel.plan(settings, options, timeout_s=1.0).node
+    client = Redis(host=host, port=int(port), socket_connect_timeout=1.0, socket_timeout=1.0,
+                   retry_on_timeout=False, **node)
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError, TimeoutError):
+        return False
+    finally:
+        await client.aclose()
+
+
+async def failover_in_progress(settings: Settings) -> bool:
+    """For /healthz: the Sentinels see a failover (:attr:`SentinelReport.failover`), or the
+    primary they name does not answer (they have not noticed yet)."""
+    report = await sentinel_report(settings)
+    if report.failover:
+        return True
+    return not await primary_answers(settings, report.usable[0].primary)
