@@ -46,6 +46,8 @@ log = structlog.get_logger("ivr.session")
 
 # The caller is on the line: an outcome stored a little late beats none (Redis restarting).
 STORE_RETRY_S = 30.0
+# Reads before the first prompt longer than this (a failover) make "no input" an error.
+REDIS_STALL_S = 1.0
 
 
 class IvrObserver(Protocol):
@@ -88,6 +90,9 @@ class VerificationIvr:
         info = await self._store.call_info(rid) if rid else {}
         call = CallContext.from_marker(rid, info, answered)
         refusal = await self._admit(call, session.channel)
+        # Keys pressed while these reads waited (a Redis failover) are dropped by Asterisk
+        # before the first GET DATA: then "no input" would not be the truth.
+        stalled = time.time() - answered > REDIS_STALL_S
         if refusal is not None:
             log.warning("ivr_session_refused", reason=refusal, peer=session.peer)
             if self._observer is not None:
@@ -95,7 +100,8 @@ class VerificationIvr:
             return
         try:
             started = await self._prepare(call, session.channel)
-            await self._run(call.flow(self._settings), started, session.channel, call)
+            await self._run(call.flow(self._settings), started, session.channel, call,
+                            stalled=stalled)
         except AgiConnectionLostError as e:
             log.error("ivr_asterisk_lost", error=str(e))
             await self._report(call, Report(Outcome.ERROR, "asterisk_lost"))
@@ -142,7 +148,8 @@ class VerificationIvr:
         return call.started(pin_hash=pin.hash, pin_locked=pin.locked)
 
     async def _run(
-        self, flow: VerificationFlow, started: Started, channel: AgiChannel, call: CallContext
+        self, flow: VerificationFlow, started: Started, channel: AgiChannel, call: CallContext,
+        *, stalled: bool = False,
     ) -> None:
         step: Step = flow.send(started)
         if flow.answered_early:
@@ -176,6 +183,9 @@ class VerificationIvr:
                     await channel.playback(call.files(step.prompts, self._settings))
                     event = Done()
                 else:
+                    if stalled and step.outcome is Outcome.NO_INPUT:
+                        log.warning("no_input_after_redis_stall", stall_s=REDIS_STALL_S)
+                        step = Report(Outcome.ERROR, "redis_unavailable")
                     await self._report(call, step)
                     event = Done()
             except AgiHangup:
