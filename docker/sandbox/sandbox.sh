@@ -188,9 +188,8 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: this sandbox's, less the AMI secret it does not need, and the
   # PIN pepper's value (the file it names is outside the root). 0640 root:asterisk.
-  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e SENTINEL_PASSWORD_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e SENTINEL_PASSWORD_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
-    [[ $REDIS_MODE != sentinel ]] || printf 'export CALLMFA_REDIS_SENTINEL_PASSWORD=%s\n' "$(secret_of sentinel-client)"
+  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
+      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
     [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
     [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
@@ -317,7 +316,7 @@ start_sentinel_mode() {
   alive redis || start redis 127.0.0.1:6379 ip netns exec "$NS" "${RUN_NODE[@]}" "$RD_IN/node-6379/redis.conf"
   alive redis2 || start redis2 127.0.0.1:6380 ip netns exec "$NS" "${RUN_NODE[@]}" "$RD_IN/node-6380/redis.conf"
   for port in 6379 6380; do
-    wait_for "redis-server :$port" sh -c "ip netns exec '$NS' redis-cli --no-auth-warning -p $port --user callmfa --pass '$(secret_of callmfa)' ping | grep -q PONG"
+    wait_for "redis-server :$port" env REDISCLI_AUTH="$(secret_of callmfa)" sh -c "ip netns exec '$NS' redis-cli -p $port --user callmfa ping | grep -q PONG"
   done
   for port in "${SENTINEL_PORTS[@]}"; do
     n=$((n + 1))
@@ -327,7 +326,7 @@ start_sentinel_mode() {
   done
   # Ready: every Sentinel knows the primary, one replica and the two other Sentinels.
   for port in "${SENTINEL_PORTS[@]}"; do
-    wait_for "redis-sentinel :$port" sh -c "ip netns exec '$NS' redis-cli --no-auth-warning -p $port --user callmfa --pass '$(secret_of sentinel-client)' sentinel master callmfa | tr '\\n' ' ' | grep -q 'num-slaves 1 .*num-other-sentinels 2 '"
+    wait_for "redis-sentinel :$port" env REDISCLI_AUTH="$(secret_of sentinel-client)" sh -c "ip netns exec '$NS' redis-cli -p $port --user callmfa sentinel master callmfa | tr '\\n' ' ' | grep -q 'num-slaves 1 .*num-other-sentinels 2 '"
   done
 }
 
@@ -353,12 +352,13 @@ export CALLMFA_ASTERISK_ROOT=$ROOT
 export CALLMFA_ASTERISK_CONF=$AST_CONF
 EOF
   if [[ $REDIS_MODE == sentinel ]]; then
+    # The data nodes' user and password (the Sentinels give the address).
+    printf 'export %s=%s\n' CALLMFA_REDIS_URL "redis://callmfa:$(secret_of callmfa)@127.0.0.1:6379/0" >>"$SB/env"
     cat >>"$SB/env" <<EOF
-export CALLMFA_REDIS_URL=redis://callmfa:$(secret_of callmfa)@127.0.0.1:6379/0
 export CALLMFA_REDIS_SENTINELS=127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381
 export CALLMFA_REDIS_SENTINEL_SERVICE=callmfa
 export CALLMFA_REDIS_SENTINEL_USER=callmfa
-export CALLMFA_REDIS_SENTINEL_PASSWORD_FILE=$SB/redis/passwords/sentinel-client
+export CALLMFA_REDIS_SENTINEL_PASSWORD=$(secret_of sentinel-client)
 export CALLMFA_REDIS_WAIT_REPLICAS=1
 export CALLMFA_SANDBOX_REDIS=sentinel
 export CALLMFA_SANDBOX_REDIS_SERVER=$REDIS_SERVER
