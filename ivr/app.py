@@ -39,8 +39,9 @@ from .security import Security
 from .session import VerificationIvr
 from .settings import Settings
 from .storage.directory import LocalDirectory, open_directory
+from .storage.failover import failover_in_progress
 from .storage.results import ResultListener
-from .storage.store import Store, connect
+from .storage.store import Durability, Store, connect_for
 from .storage.users import normalise_stored_users
 from .storage.webhooks import DeliveryQueue
 from .tasks import cancel_and_wait
@@ -63,16 +64,15 @@ class Service:
                         risk="anyone who can write to Redis can forge an approval")
         self.settings = settings
         roles = settings.role_set
-        self.redis = connect(
-            settings.redis_url,
-            max_connections=settings.max_in_flight * 2 + settings.agi_max_sessions + 20,
-            timeout_s=settings.connect_timeout_s,
+        self.redis = connect_for(
+            settings, max_connections=settings.max_in_flight * 2 + settings.agi_max_sessions + 20
         )
         self.metrics = Metrics()
         self.store = Store(
             self.redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
             observer=self.metrics, signing_key=settings.signing_key.encode(),
             webhook_url=settings.webhook_url,
+            durability=Durability.from_settings(settings, self.metrics.write_unreplicated),
         )
         security = Security.for_redis(settings, self.redis, observer=self.metrics)
         self.results = ResultListener(self.redis)
@@ -150,12 +150,17 @@ class Service:
 
     async def healthz(self, request: web.Request | None = None) -> web.Response:
         """200 and a JSON status when every part works, 503 and the same JSON otherwise."""
+        # With Sentinel, asked first: the PING below may wait out the switch.
+        failover = await redis_failover(self.settings) if self.settings.redis_sentinels else None
         try:
             redis_ok = bool(await asyncio.wait_for(self.redis.ping(), 2))
         except (RedisError, OSError, TimeoutError):
             redis_ok = False
         status: dict[str, object] = {"redis": redis_ok, "consumer": self.settings.consumer}
         ok = redis_ok
+        if failover is not None:
+            status["redis_failover"] = failover
+            ok = ok and not failover
         if self.pool is not None and self.originator is not None:
             asterisks = self.pool.status()
             status["asterisk"] = asterisks
@@ -258,6 +263,16 @@ class Service:
             await self.results.close()
             await self.redis.aclose()
             log.info("service_stopped")
+
+
+async def redis_failover(settings: Settings) -> bool:
+    """For /healthz with Sentinel: is a failover in progress (the Sentinels see the primary
+    down, are switching, disagree, or none answers; or the primary they name does not
+    answer a PING: they have not noticed yet)?"""
+    try:
+        return await asyncio.wait_for(failover_in_progress(settings), 2)
+    except TimeoutError:
+        return True
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None,

@@ -166,9 +166,7 @@ async def _health(settings: Settings) -> int:
 
 
 async def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    async with VerificationClient.from_url(
-        settings.redis_url, signing_key=settings.signing_key
-    ) as client:
+    async with VerificationClient.from_settings(settings) as client:
         since = int(time.time() * 1000) - 1
         rid = await client.submit(
             user=args.user, phone=args.phone, lang=args.lang, expires_in_s=args.timeout,

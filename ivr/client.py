@@ -35,7 +35,7 @@ from .domain.outcome import OutcomeRecord, iso
 from .domain.request import MAX_REQUEST_BYTES
 from .domain.signing import verified
 from .storage.results import ResultListener
-from .storage.store import EVENTS, REQUESTS, Entry, connect
+from .storage.store import EVENTS, REQUESTS, Durability, Entry, connect, connect_for
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -59,8 +59,12 @@ class ProgressEvent:
 class VerificationClient:
     """Submits requests to ``callmfa:requests`` and reads outcomes and progress."""
 
-    def __init__(self, redis: Redis, *, signing_key: str | bytes = b"") -> None:
+    def __init__(
+        self, redis: Redis, *, signing_key: str | bytes = b"",
+        durability: Durability | None = None,
+    ) -> None:
         self._redis = redis
+        self._durability = durability or Durability()  # WAIT for replicas after the XADD
         key = signing_key.encode() if isinstance(signing_key, str) else signing_key
         if not key:
             log.warning("outcomes_unverified",
@@ -84,9 +88,11 @@ class VerificationClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        """A client of the service configured by ``settings`` (its Redis, its signing key)."""
-        return cls.from_url(settings.redis_url, timeout_s=settings.connect_timeout_s,
-                            signing_key=settings.signing_key)
+        """A client of the service configured by ``settings``: its Redis (or its Sentinels,
+        followed across failovers), its signing key, and CALLMFA_REDIS_WAIT_REPLICAS for the
+        request entry."""
+        return cls(connect_for(settings, max_connections=50), signing_key=settings.signing_key,
+                   durability=Durability.from_settings(settings))
 
     async def __aenter__(self) -> Self:
         await self._ensure_started()
@@ -152,7 +158,10 @@ class VerificationClient:
         payload = json.dumps(request)
         if len(payload) > MAX_REQUEST_BYTES:  # callmfa would only reject it (too_large)
             raise ValueError(f"the request is {len(payload)} bytes, over {MAX_REQUEST_BYTES}")
-        entry_id: Any = await self._redis.xadd(REQUESTS, {"request": payload})
+        # A retried XADD (its reply lost in a failover) may queue the request twice: the
+        # call claim lets only one of them dial.
+        entry_id: Any = await self._durability.command(
+            self._redis, "request", "XADD", REQUESTS, "*", "request", payload)
         # The entry id is Redis' clock at the XADD: what the outcome's requested_at will be.
         self._submitted[rid.lower()] = (user, Entry(_text(entry_id), None).enqueued_at)
         while len(self._submitted) > REMEMBERED_SUBMISSIONS:

@@ -119,6 +119,12 @@ class Metrics:
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
+        self.writes_unreplicated = Counter(
+            "callmfa_redis_writes_unreplicated",
+            "Durable writes (call_claim, outcome) that fewer replicas than "
+            "CALLMFA_REDIS_WAIT_REPLICAS acknowledged in time, by write.", ["write"],
+            registry=r,
+        )
         self.numbers_refused = Counter(
             "callmfa_numbers_refused",
             "Requests ended rejected / number_not_allowed, uncalled, by reason.", ["reason"],
@@ -147,6 +153,11 @@ class Metrics:
     def delivery_settled(self, channel: str, result: str) -> None:
         """A webhook or e-mail attempt ended: delivered, failed or dead_lettered."""
         self.deliveries.labels(channel, result).inc()
+
+    def write_unreplicated(self, what: str) -> None:
+        """A durable write (request, call claim, outcome) had fewer replicas than
+        CALLMFA_REDIS_WAIT_REPLICAS within CALLMFA_REDIS_WAIT_TIMEOUT_MS."""
+        self.writes_unreplicated.labels(what).inc()
 
     def event_added(self, name: str) -> None:
         """A progress event was written; ``dialing`` means a call was placed."""

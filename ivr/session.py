@@ -49,6 +49,8 @@ log = structlog.get_logger("ivr.session")
 
 # The caller is on the line: an outcome stored a little late beats none (Redis restarting).
 STORE_RETRY_S = 30.0
+# Reads before the first prompt longer than this (a failover) make "no input" an error.
+REDIS_STALL_S = 1.0
 
 
 class IvrObserver(Protocol):
@@ -89,8 +91,12 @@ class VerificationIvr:
             verification_id=rid, channel=session.headers.get("agi_channel")
         )
         info = await self._store.call_info(rid) if rid else {}
+        read_s = time.time() - answered
         call = CallContext.from_marker(rid, info, answered)
-        refusal = await self._admit(call, session.channel)
+        refusal, claim_s = await self._admit(call, session.channel)
+        # Keys pressed while these Redis calls waited (a failover) are dropped by Asterisk
+        # before the first GET DATA: then "no input" would not be the truth.
+        stalled = max(read_s, claim_s) > REDIS_STALL_S
         if refusal is not None:
             log.warning("ivr_session_refused", reason=refusal, peer=session.peer)
             if self._observer is not None:
@@ -98,7 +104,8 @@ class VerificationIvr:
             return
         try:
             started = await self._prepare(call, session.channel)
-            await self._run(call.flow(self._settings), started, session.channel, call)
+            await self._run(call.flow(self._settings), started, session.channel, call,
+                            stalled=stalled)
         except AgiConnectionLostError as e:
             log.error("ivr_asterisk_lost", error=str(e))
             await self._report(call, Report(Outcome.ERROR, "asterisk_lost"))
@@ -108,27 +115,29 @@ class VerificationIvr:
             if not session.channel.hung_up:
                 await session.channel.hangup()
 
-    async def _admit(self, call: CallContext, channel: AgiChannel) -> str | None:
+    async def _admit(self, call: CallContext, channel: AgiChannel) -> tuple[str | None, float]:
         """None when this session is the call its marker describes and now owns it; else
-        why it is refused. Reads the channel probe (the token, AMD, early keys) on the way.
+        why it is refused; and how long the claim took. Reads the channel probe (the token,
+        AMD, early keys) on the way.
 
         The probe gets the header deadline, not the command timeout: a client that never
         answers must not hold a session slot for long.
         """
         if not call.token_hash:
-            return "unknown_call"  # never placed by callmfa, or its marker expired
+            return "unknown_call", 0.0  # never placed by callmfa, or its marker expired
         try:
             call.apply_channel_probe(await channel.get_full_variable(
                 call.channel_probe(self._settings),
                 timeout_s=self._settings.agi_header_timeout_s,
             ))
         except (AgiError, AgiHangup):
-            return "no_token"
+            return "no_token", 0.0
         if not call.token_proven:
-            return "bad_token"
-        if not await self._store.claim_ivr(call.id, time.time()):
-            return "already_claimed"
-        return None
+            return "bad_token", 0.0
+        started = time.time()
+        if not await self._store.claim_ivr(call.id, started):
+            return "already_claimed", time.time() - started
+        return None, time.time() - started
 
     async def _prepare(self, call: CallContext, channel: AgiChannel) -> Started:
         """The channel's language, the PIN state; keys before a hang-up are dropped."""
@@ -149,7 +158,8 @@ class VerificationIvr:
         return call.started(pin_hash=pin.hash, pin_locked=pin.locked)
 
     async def _run(
-        self, flow: VerificationFlow, started: Started, channel: AgiChannel, call: CallContext
+        self, flow: VerificationFlow, started: Started, channel: AgiChannel, call: CallContext,
+        *, stalled: bool = False,
     ) -> None:
         step: Step = flow.send(started)
         if flow.answered_early:
@@ -187,6 +197,9 @@ class VerificationIvr:
                                           step)
                     log.info("code_read", keyed=bool(event.key))
                 else:
+                    if stalled and step.outcome is Outcome.NO_INPUT:
+                        log.warning("no_input_after_redis_stall", stall_s=REDIS_STALL_S)
+                        step = Report(Outcome.ERROR, "redis_unavailable")
                     await self._report(call, step)
                     event = Done()
             except AgiHangup:

@@ -23,7 +23,8 @@ MIN_SIGNING_KEY_BYTES = 32
 MIN_PEPPER_BYTES = 32
 SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password", "webhook_secret",
            "smtp_password", "provider_privacyidea_token", "provider_authentik_token",
-           "provider_okta_token", "provider_linotp_token", "radius_upstream_secret")
+           "provider_okta_token", "provider_linotp_token", "radius_upstream_secret",
+           "redis_sentinel_password")
 # What `callmfa serve` can run (CALLMFA_ROLES).
 ROLES = frozenset({"originator", "agi", "api", "radius", "webhooks"})
 # The file the systemd unit names in CALLMFA_CONFIG_FILE; the command line reads it too
@@ -47,6 +48,50 @@ class Settings:
     redis_url: str = field(
         default="redis://127.0.0.1:6379/0",
         metadata={"doc": "Redis URL (redis:// or rediss:// for TLS; user:password@ for ACL)."},
+    )
+    # Redis Sentinel (docs/scaling.md): the primary's address comes from the Sentinels, the
+    # data nodes' user, password, database and TLS options from CALLMFA_REDIS_URL.
+    redis_sentinels: str = field(
+        default="",
+        metadata={"doc": "Redis Sentinels, host:port,host:port,...: the primary is found "
+                         "through them and followed across failovers (CALLMFA_REDIS_URL then "
+                         "gives only the data nodes' user, password, database and TLS)."},
+    )
+    redis_sentinel_service: str = field(
+        default="callmfa",
+        metadata={"doc": "The Sentinels' name for callmfa's primary (sentinel monitor NAME)."},
+    )
+    redis_sentinel_user: str = field(
+        default="", metadata={"doc": "ACL user on the Sentinels (empty: default user)."}
+    )
+    redis_sentinel_password: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "Password on the Sentinels (sentinel requirepass or the ACL user's); "
+                         "or CALLMFA_REDIS_SENTINEL_PASSWORD_FILE."},
+    )
+    redis_sentinel_tls: int = field(
+        default=0,
+        metadata={"doc": "1: TLS to the Sentinels, with the CA and client certificate named "
+                         "in CALLMFA_REDIS_URL's query (ssl_ca_certs, ssl_certfile, "
+                         "ssl_keyfile)."},
+    )
+    redis_failover_s: float = field(
+        default=30.0,
+        metadata={"doc": "How long a Redis command is retried through a failover or restart "
+                         "(Sentinel's down-after-milliseconds plus the failover itself)."},
+    )
+    redis_wait_replicas: int = field(
+        default=0,
+        metadata={"doc": "Replicas that must hold the request, the call claim and the outcome "
+                         "before callmfa goes on (WAIT N after those writes); 0: no WAIT. "
+                         "1 with Sentinel."},
+    )
+    redis_wait_timeout_ms: int = field(
+        default=500,
+        metadata={"doc": "Longest WAIT for those replicas; a write that was not replicated "
+                         "in time is logged and counted, and callmfa goes on (the primary "
+                         "has it)."},
     )
     ami_host: str = field(default="127.0.0.1", metadata={"doc": "Asterisk Manager host."})
     ami_port: int = field(default=5038, metadata={"doc": "Asterisk Manager port."})
@@ -622,6 +667,7 @@ class Settings:
         if self.insecure_unsigned not in (0, 1):
             raise SettingsError("CALLMFA_INSECURE_UNSIGNED must be 0 or 1")
         self._check_webhooks()
+        self._check_sentinel()
 
     def _check_webhooks(self) -> None:
         for name in ("webhook_url", "security_webhook_url"):
@@ -682,6 +728,37 @@ class Settings:
     def alert_recipients(self) -> tuple[str, ...]:
         """CALLMFA_ALERT_EMAIL as addresses."""
         return tuple(a.strip() for a in self.alert_email.split(",") if a.strip())
+
+
+    def _check_sentinel(self) -> None:
+        try:
+            self.sentinel_addresses  # noqa: B018 - parsed for its errors
+        except ValueError as e:
+            raise SettingsError(f"CALLMFA_REDIS_SENTINELS: {e}") from None
+        if not self.redis_sentinel_service.strip() or any(
+                c in self.redis_sentinel_service for c in " \r\n\0"):
+            raise SettingsError("CALLMFA_REDIS_SENTINEL_SERVICE must be one word")
+        if self.redis_sentinel_tls not in (0, 1):
+            raise SettingsError("CALLMFA_REDIS_SENTINEL_TLS must be 0 or 1")
+        if self.redis_wait_replicas < 0 or self.redis_wait_timeout_ms < 1:
+            raise SettingsError("CALLMFA_REDIS_WAIT_REPLICAS must not be negative and "
+                                "CALLMFA_REDIS_WAIT_TIMEOUT_MS must be at least 1")
+        if self.redis_failover_s < 0:
+            raise SettingsError("CALLMFA_REDIS_FAILOVER_S must not be negative")
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``redis_sentinels`` as (host, port) pairs; ValueError on a malformed one."""
+        out = []
+        for item in self.redis_sentinels.split(","):
+            if not (item := item.strip()):
+                continue
+            host, sep, port = item.rpartition(":")
+            host = host.strip("[]")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"bad Sentinel address {item!r} (expected host:port)")
+            out.append((host, int(port)))
+        return tuple(out)
 
     def signing_refusal(self) -> str | None:
         """Why outcomes would not be signed as they must be (for ``callmfa serve`` and

@@ -16,6 +16,13 @@
 #   CALLMFA_SANDBOX_SERVE   0 to start no `callmfa serve`   (default: 1)
 #   CALLMFA_ASTERISK_INSTANCES  2 adds a second Asterisk (AMI 5039, SIP 5061) (default: 1)
 #   CALLMFA_ROLES           what the sandbox's serve runs   (default: originator,agi,api,radius)
+#   CALLMFA_SANDBOX_REDIS   single: one redis-server; sentinel: a primary (6379), a replica
+#                           (6380) and three redis-sentinel (26379-26381), with ACL users
+#                           and passwords, callmfa finding the primary through them
+#                           (default: single)
+#   CALLMFA_SANDBOX_REDIS_SERVER  redis, or valkey: in sentinel mode, valkey-server and
+#                           valkey-sentinel from the Debian sid root (installed there)
+#                           (default: redis)
 # Any other CALLMFA_* variable is passed to `callmfa serve`.
 set -euo pipefail
 
@@ -34,13 +41,15 @@ READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 INSTANCES=${CALLMFA_ASTERISK_INSTANCES:-1}
 LDAP_PORT=3389
 LDAP_BIND_DN=cn=callmfa,ou=services,dc=callmfa,dc=test
+REDIS_MODE=${CALLMFA_SANDBOX_REDIS:-single}
+REDIS_SERVER=${CALLMFA_SANDBOX_REDIS_SERVER:-redis}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
 # Secrets serve reads from files, whose values go to the classic script's callmfa.env (the
 # files may be unreadable to Asterisk's user, or outside its root). The signing key's value
 # is in $SB/env already.
 PEPPER_FILE=$SB/pin-pepper
 SIGNING_FILE=
-APT_PACKAGES=(redis-server redis-tools sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
+APT_PACKAGES=(redis-server redis-tools redis-sentinel sip-tester debootstrap iproute2 procps python3-venv make espeak-ng sox)
 # curl and chromium: tests/e2e/test_api.py and test_demo.py drive the HTTP API and the
 # demo page (headless Chromium).
 APT_PACKAGES+=(curl chromium)
@@ -61,6 +70,8 @@ ast() { chroot "$ROOT" /usr/sbin/asterisk -C "$AST_CONF" "$@"; }
 inst_name() { if (($1 == 1)); then echo asterisk; else echo "asterisk$1"; fi; }
 inst_key() { if (($1 == 1)); then echo "$NS"; else echo "$NS-$1"; fi; }
 
+[[ $REDIS_SERVER == redis || $REDIS_SERVER == valkey ]] || { echo "CALLMFA_SANDBOX_REDIS_SERVER must be redis or valkey" >&2; exit 2; }
+[[ $REDIS_MODE == single || $REDIS_MODE == sentinel ]] || { echo "CALLMFA_SANDBOX_REDIS must be single or sentinel" >&2; exit 2; }
 [[ $(id -u) == 0 ]] || die "the sandbox needs root (network namespaces, chroot)"
 
 # wait_for DESCRIPTION COMMAND...: poll COMMAND until it succeeds, up to READY_SECS.
@@ -254,6 +265,127 @@ start_ldap() {
     -D "$LDAP_BIND_DN" -y "$SB/ldap-bind-password"
 }
 
+# --- Sentinel mode: two data nodes and three Sentinels, all with ACL users ---
+# $RD holds the nodes' and Sentinels' files as this script sees them, $RD_IN as the servers
+# do: valkey runs inside the sid root (Debian 12 has no valkey), so its files are there.
+if [[ $REDIS_SERVER == valkey ]]; then
+  RD=$ROOT/var/lib/callmfa-$NS-valkey
+  RD_IN=/var/lib/callmfa-$NS-valkey
+  RUN_NODE=(chroot --userspec=valkey:valkey "$ROOT" valkey-server)
+  RUN_SENTINEL=(chroot --userspec=valkey:valkey "$ROOT" valkey-sentinel)
+else
+  RD=$SB/redis
+  RD_IN=$SB/redis
+  RUN_NODE=(redis-server)
+  RUN_SENTINEL=(redis-sentinel)
+fi
+
+# valkey-server and valkey-sentinel in the sid root, once (no service started there).
+install_valkey() {
+  chroot "$ROOT" sh -c 'command -v valkey-server && command -v valkey-sentinel' >/dev/null 2>&1 && return 0
+  (
+    flock 9
+    chroot "$ROOT" sh -c 'command -v valkey-server && command -v valkey-sentinel' >/dev/null 2>&1 && exit 0
+    log "installing valkey-server valkey-sentinel into $ROOT"
+    cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    # No service may start inside the root; the packages' systemd-tmpfiles calls need /proc.
+    printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d" && chmod 755 "$ROOT/usr/sbin/policy-rc.d"
+    mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+    trap 'umount "$ROOT/proc" 2>/dev/null; rm -f "$ROOT/usr/sbin/policy-rc.d"' EXIT
+    chroot "$ROOT" apt-get -o Acquire::Check-Valid-Until=false update -qq >>"$(dirname "$ROOT")/apt.log" 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get install -y -qq --no-install-recommends \
+        valkey-server valkey-sentinel >>"$(dirname "$ROOT")/apt.log" 2>&1 ||
+      die "apt-get in $ROOT failed, see $(dirname "$ROOT")/apt.log"
+    : >"$ROOT/etc/resolv.conf"
+  ) 9>"$ROOT.lock"
+}
+SENTINEL_PORTS=(26379 26380 26381)
+# A password of its own for each ACL user, kept in $SB/redis/passwords/<user>.
+secret_of() {
+  local f=$SB/redis/passwords/$1
+  [[ -s $f ]] || (umask 077 && mkdir -p "$SB/redis/passwords" && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$f")
+  cat "$f"
+}
+
+# data_node_conf PORT [REPLICAOF_PORT]: a config file the node (and Sentinel, by CONFIG
+# REWRITE) may rewrite; written once, so that a restarted node keeps what Sentinel made it.
+data_node_conf() {
+  local port=$1 of=${2:-} conf=$RD/node-$1/redis.conf
+  [[ -f $conf ]] && return 0
+  mkdir -p "$RD/node-$port"
+  (umask 077 && cat >"$conf" <<EOF
+bind 127.0.0.1
+port $port
+protected-mode yes
+dir $RD_IN/node-$port
+save ""
+appendonly yes
+appendfsync everysec
+replica-announce-ip 127.0.0.1
+# callmfa (and the tests) use "callmfa"; replication uses "replica"; Sentinel uses
+# "sentinel" with the commands redis.io's Sentinel ACL guide lists.
+user default off
+user callmfa on >$(secret_of callmfa) ~* &* +@all
+user replica on >$(secret_of replica) +psync +replconf +ping
+user sentinel on >$(secret_of sentinel) allchannels +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill
+masteruser replica
+masterauth $(secret_of replica)
+EOF
+  )
+  [[ -z $of ]] || echo "replicaof 127.0.0.1 $of" >>"$conf"
+}
+
+sentinel_conf() {
+  local port=$1 conf=$RD/sentinel-$1/sentinel.conf
+  [[ -f $conf ]] && return 0
+  mkdir -p "$RD/sentinel-$port"
+  (umask 077 && cat >"$conf" <<EOF
+bind 127.0.0.1
+port $port
+protected-mode yes
+dir $RD_IN/sentinel-$port
+sentinel announce-ip 127.0.0.1
+sentinel monitor callmfa 127.0.0.1 6379 2
+sentinel down-after-milliseconds callmfa 1000
+sentinel failover-timeout callmfa 10000
+sentinel parallel-syncs callmfa 1
+sentinel auth-user callmfa sentinel
+sentinel auth-pass callmfa $(secret_of sentinel)
+# The Sentinels' own users: the peers talk as "peer"; callmfa may only ask.
+user default off
+user peer on >$(secret_of peer) allchannels +@all
+user callmfa on >$(secret_of sentinel-client) allchannels -@all +ping +hello +auth +client|setname +sentinel|masters +sentinel|master +sentinel|slaves +sentinel|replicas +sentinel|sentinels +sentinel|ckquorum +sentinel|get-master-addr-by-name +subscribe +unsubscribe +psubscribe +punsubscribe
+sentinel sentinel-user peer
+sentinel sentinel-pass $(secret_of peer)
+EOF
+  )
+}
+
+start_sentinel_mode() {
+  local port n=0
+  data_node_conf 6379
+  data_node_conf 6380 6379
+  if [[ $REDIS_SERVER == valkey ]]; then
+    install_valkey
+    chroot "$ROOT" chown -R valkey:valkey "${RD#"$ROOT"}"
+  fi
+  alive redis || start redis 127.0.0.1:6379 ip netns exec "$NS" "${RUN_NODE[@]}" "$RD_IN/node-6379/redis.conf"
+  alive redis2 || start redis2 127.0.0.1:6380 ip netns exec "$NS" "${RUN_NODE[@]}" "$RD_IN/node-6380/redis.conf"
+  for port in 6379 6380; do
+    wait_for "redis-server :$port" env REDISCLI_AUTH="$(secret_of callmfa)" sh -c "ip netns exec '$NS' redis-cli -p $port --user callmfa ping | grep -q PONG"
+  done
+  for port in "${SENTINEL_PORTS[@]}"; do
+    n=$((n + 1))
+    sentinel_conf "$port"
+    [[ $REDIS_SERVER != valkey ]] || chroot "$ROOT" chown -R valkey:valkey "${RD#"$ROOT"}"
+    alive "sentinel$n" || start "sentinel$n" "127.0.0.1:$port" ip netns exec "$NS" "${RUN_SENTINEL[@]}" "$RD_IN/sentinel-$port/sentinel.conf"
+  done
+  # Ready: every Sentinel knows the primary, one replica and the two other Sentinels.
+  for port in "${SENTINEL_PORTS[@]}"; do
+    wait_for "redis-sentinel :$port" env REDISCLI_AUTH="$(secret_of sentinel-client)" sh -c "ip netns exec '$NS' redis-cli -p $port --user callmfa sentinel master callmfa | tr '\\n' ' ' | grep -q 'num-slaves 1 .*num-other-sentinels 2 '"
+  done
+}
+
 write_env() {
   # It holds the signing key (the classic script's callmfa.env is made from it): root only.
   (umask 077 && rm -f "$SB/env" && : >"$SB/env")  # rm: an older env file may be 0644
@@ -293,6 +425,19 @@ export CALLMFA_PROVIDER_OKTA_TOKEN_FILE=$SB/provider-token
 export CALLMFA_PROVIDER_OKTA_AUTH_HEADER=X-Okta-Hook-Secret
 export CALLMFA_PROVIDER_LINOTP_TOKEN_FILE=$SB/provider-token
 EOF
+  if [[ $REDIS_MODE == sentinel ]]; then
+    # The data nodes' user and password (the Sentinels give the address).
+    printf 'export %s=%s\n' CALLMFA_REDIS_URL "redis://callmfa:$(secret_of callmfa)@127.0.0.1:6379/0" >>"$SB/env"
+    cat >>"$SB/env" <<EOF
+export CALLMFA_REDIS_SENTINELS=127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381
+export CALLMFA_REDIS_SENTINEL_SERVICE=callmfa
+export CALLMFA_REDIS_SENTINEL_USER=callmfa
+export CALLMFA_REDIS_SENTINEL_PASSWORD=$(secret_of sentinel-client)
+export CALLMFA_REDIS_WAIT_REPLICAS=1
+export CALLMFA_SANDBOX_REDIS=sentinel
+export CALLMFA_SANDBOX_REDIS_SERVER=$REDIS_SERVER
+EOF
+  fi
   if ((INSTANCES > 1)); then
     local endpoints=127.0.0.1:5038 n
     for ((n = 2; n <= INSTANCES; n++)); do endpoints+=",127.0.0.1:$((5037 + n))"; done
@@ -344,12 +489,16 @@ cmd_up() {
   in_ns ip link set lo up
   write_env
 
-  if ! alive redis; then
-    # AOF, as production needs: a restarted Redis keeps the queue and the outcomes.
-    start redis redis-server ip netns exec "$NS" redis-server --bind 127.0.0.1 --port 6379 --save '' \
-      --appendonly yes --appendfsync everysec --dir "$SB/redis" --protected-mode yes
+  if [[ $REDIS_MODE == sentinel ]]; then
+    start_sentinel_mode
+  else
+    if ! alive redis; then
+      # AOF, as production needs: a restarted Redis keeps the queue and the outcomes.
+      start redis redis-server ip netns exec "$NS" redis-server --bind 127.0.0.1 --port 6379 --save '' \
+        --appendonly yes --appendfsync everysec --dir "$SB/redis" --protected-mode yes
+    fi
+    wait_for "redis-server" sh -c "ip netns exec '$NS' redis-cli -p 6379 ping | grep -q PONG"
   fi
-  wait_for "redis-server" sh -c "ip netns exec '$NS' redis-cli -p 6379 ping | grep -q PONG"
   start_ldap
 
   local n name key
@@ -384,6 +533,8 @@ cmd_down() {
     for f in "$SB"/pids/asterisk*.pid; do
       [[ -e $f ]] && stop "$(basename "$f" .pid)"
     done
+    for f in "$SB"/pids/sentinel*.pid; do [[ -e $f ]] && stop "$(basename "$f" .pid)"; done
+    stop redis2
     stop redis
     stop ldap
   fi
@@ -395,6 +546,7 @@ cmd_status() {
   local rc=0
   local extra
   extra=$(for f in "$SB"/pids/asterisk?*.pid; do [[ -e $f ]] && basename "$f" .pid; done || true)
+  [[ ! -f $RD/node-6380/redis.conf ]] || extra+=" redis2 sentinel1 sentinel2 sentinel3"
   for name in redis ldap asterisk $extra callmfa; do
     if alive "$name"; then echo "$name: running (pid $(cut -d' ' -f1 "$SB/pids/$name.pid"))"; else echo "$name: stopped"; rc=3; fi
   done

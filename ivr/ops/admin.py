@@ -12,7 +12,7 @@ from ..domain.users import UserNameError, normalise_user
 from ..security import limits
 from ..settings import Settings
 from ..storage.guard import Guard
-from ..storage.store import connect
+from ..storage.store import connect_for
 
 COMMANDS = ("block", "unblock", "blocked", "bypass")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -75,7 +75,7 @@ async def bypass(guard: Guard, user: str, seconds: int, *, actor: str, reason: s
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one admin command; 0 on success, 1 when there was nothing to do."""
-    redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    redis = connect_for(settings, max_connections=2)
     try:
         guard = Guard(redis, limits(settings))
         if args.command == "block":

@@ -16,12 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from ..classic import ENV_FILE
 from ..exceptions import RequestError
 from ..log import configure
 from ..settings import ENV_PREFIX, Settings
+from ..storage.store import connect_for
 from . import dialcheck, doctor, promptgen, report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -102,8 +101,7 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
         until += 86_400_000 - 1  # a day bound includes the whole day
 
     async def run() -> report.Report:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=30,
-                               socket_connect_timeout=settings.connect_timeout_s)
+        redis = connect_for(settings, max_connections=2)
         try:
             return await report.collect(redis, since_ms=since, until_ms=until)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import uuid
@@ -39,8 +40,9 @@ from ..fronts.radius.upstream import UpstreamError, UpstreamPasswordChecker
 from ..settings import Settings
 from ..storage.acl import SERVICE
 from ..storage.directory import LocalDirectory
+from ..storage.failover import sentinel_report
 from ..storage.keys import STORE_OUTCOME, WEBHOOK_DEAD
-from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect, queue_state
+from ..storage.store import _CLAIM, GROUP, REQUESTS, RESULTS_CHANNEL, connect_for, queue_state
 from ..storage.webhooks import DeliveryQueue
 from ..transport.ami import AmiClient
 from . import pbxcheck
@@ -316,10 +318,36 @@ def _refused(error: ResponseError) -> bool:
     return "NOPERM" in text or "permission" in text.lower() or "can't run this command" in text
 
 
+async def check_sentinels(settings: Settings) -> CheckResult:
+    """With CALLMFA_REDIS_SENTINELS: the primary, its replicas and the quorum, as the
+    Sentinels see them."""
+    report = await sentinel_report(settings)
+    usable = report.usable
+    if not usable:
+        why = "; ".join(f"{a.address}: {a.error}" for a in report.answers)
+        return CheckResult("redis-sentinel", Status.FAIL, f"no Sentinel answers ({why})",
+                           "start the Sentinels or fix CALLMFA_REDIS_SENTINELS and "
+                           "CALLMFA_REDIS_SENTINEL_USER / _PASSWORD")
+    first = usable[0]
+    replicas = ", ".join(first.replicas) or "none"
+    message = (f"service {settings.redis_sentinel_service!r}: primary {first.primary}, "
+               f"replicas {replicas}; {len(usable)} usable Sentinels of "
+               f"{len(report.answers)}, quorum {first.quorum}: {first.ckquorum}")
+    if report.failover:
+        return CheckResult("redis-sentinel", Status.WARN, "failover in progress: " + message,
+                           "wait for the Sentinels to promote a replica")
+    if any(not a.ckquorum.startswith("OK") for a in usable) or not first.replicas:
+        return CheckResult("redis-sentinel", Status.WARN, message,
+                           "a failover needs a replica and a majority of the Sentinels")
+    return CheckResult("redis-sentinel", Status.OK, message)
+
+
 async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
     """Reachable, every command allowed, and the request queue's state."""
     url = _redacted(settings.redis_url)
-    redis = connect(settings.redis_url, max_connections=4, timeout_s=settings.connect_timeout_s)
+    if settings.redis_sentinels:
+        yield await check_sentinels(settings)
+    redis = connect_for(settings, max_connections=4)
     try:
         try:
             await asyncio.wait_for(redis.ping(), settings.connect_timeout_s)
@@ -358,7 +386,7 @@ async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
 
 async def check_directory(settings: Settings) -> CheckResult:
     """The user directory: how many local users, and whether the LDAP service bind works."""
-    redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    redis = connect_for(settings, max_connections=2)
     try:
         count = await LocalDirectory(redis).count()
     except (RedisError, OSError, TimeoutError) as e:
@@ -483,7 +511,7 @@ async def check_probe(
     probe_id = new_probe_id()
     url = probe_url(settings.agi_url)
     watch = ami.watch(probe_id)
-    redis = connect(redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    redis = connect_for(dataclasses.replace(settings, redis_url=redis_url), max_connections=2)
     try:
         try:
             await ami.originate(

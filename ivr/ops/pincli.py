@@ -15,7 +15,7 @@ from ..domain.codes import hash_pin
 from ..domain.flow import PIN_MAX_DIGITS, PIN_MIN_DIGITS
 from ..settings import Settings
 from ..storage.pins import PinStore
-from ..storage.store import connect
+from ..storage.store import connect_for
 from .admin import actor, user_name
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -57,7 +57,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             print("callmfa: warning: CALLMFA_PIN_PEPPER is not set, so this PIN's hash is "
                   "not peppered (docs/security.md)", file=sys.stderr)
         code_hash = hash_pin(pin, settings.pin_pepper.encode())
-    redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    redis = connect_for(settings, max_connections=2)
     try:
         pins = PinStore.for_settings(redis, settings)
         if args.pin_action == "set":

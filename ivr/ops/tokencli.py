@@ -10,7 +10,7 @@ from ..domain.outcome import iso
 from ..security import limits
 from ..settings import Settings
 from ..storage.guard import Guard
-from ..storage.store import connect
+from ..storage.store import connect_for
 from ..storage.tokens import SCOPES, Tokens
 from .admin import actor, duration
 
@@ -47,7 +47,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    redis = connect_for(settings, max_connections=2)
     try:
         tokens = Tokens(redis, Guard(redis, limits(settings)))
         if args.action == "create":

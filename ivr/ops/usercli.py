@@ -21,7 +21,7 @@ from ..domain.request import USER_MODES
 from ..security import number_policy
 from ..settings import Settings
 from ..storage.directory import LocalDirectory, StoredUser
-from ..storage.store import connect
+from ..storage.store import connect_for
 from .admin import actor, user_name
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -98,7 +98,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         if not parsed.entries:
             return _fail(f"{args.file} holds no users: nothing imported")
         entries = parsed.entries
-    redis = connect(settings.redis_url, max_connections=2, timeout_s=settings.connect_timeout_s)
+    redis = connect_for(settings, max_connections=2)
     try:
         directory = LocalDirectory(redis)
         if args.user_action == "set":

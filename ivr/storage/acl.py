@@ -109,6 +109,7 @@ SERVICE: tuple[Needed, ...] = (
     _n("evalsha", _SHA, "1", "callmfa:x"),
     _n("eval", "return 1", "1", "callmfa:x"),  # the classic AGI script's sync client
     _n("script|load", "return 1"),
+    _n("wait", "1", "500"),  # CALLMFA_REDIS_WAIT_REPLICAS: the claim and the outcome
     # `callmfa check` asks Redis itself whether each of these is allowed: it reveals
     # permissions and changes nothing.
     _n("acl|whoami"),
@@ -119,6 +120,7 @@ SERVICE: tuple[Needed, ...] = (
 SIGNIN: tuple[Needed, ...] = (
     _n("ping"),
     _n("xadd", REQUESTS, "*", "request", "{}"),
+    _n("wait", "1", "500"),  # CALLMFA_REDIS_WAIT_REPLICAS: the request entry
     _n("get", "callmfa:result:x"),
     _n("xread", "COUNT", "1", "STREAMS", EVENTS, "0-0"),
     _n("subscribe", RESULTS_CHANNEL),

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..domain.outcome import OutcomeRecord
+from ..settings import Settings
+from . import sentinel
 from .keys import (
     CLAIM_IVR,
     DEADLETTER,
@@ -37,6 +42,7 @@ from .keys import (
     outcome_script_args,
     result_key,
 )
+from .sentinel import PLAIN_RETRIES, RETRY_BASE_S, RETRY_CAP_S
 
 log = structlog.get_logger("ivr.store")
 
@@ -46,12 +52,21 @@ _OTP_MEMBER = re.compile(rb'("otp"\s*:\s*)("(?:[^"\\]|\\.)*"|[-+.0-9eE]+)')
 
 __all__ = [
     "DEADLETTER", "DEADLETTER_PAYLOAD_BYTES", "EVENTS", "GROUP", "REQUESTS", "RESULTS_CHANNEL",
-    "Claim", "Entry", "Store", "call_key", "connect", "deadletter_fields", "result_key",
+    "Claim", "Durability", "Entry", "Store", "call_key", "connect", "connect_for",
+    "deadletter_fields", "result_key",
 ]
 
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'in_progress' end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  -- A retried claim (its reply lost in a failover) finds its own marker: still ours.
+  for i = 2, #ARGV - 1, 2 do
+    if ARGV[i] == 'token_hash' and redis.call('HGET', KEYS[2], 'token_hash') == ARGV[i + 1] then
+      return 'new'
+    end
+  end
+  return 'in_progress'
+end
 redis.call('HSET', KEYS[2], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 'new'
@@ -102,10 +117,85 @@ def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
         socket_timeout=timeout_s + 10,
         health_check_interval=30,
         # After a Redis restart every pooled connection is stale: retry on a fresh one.
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=5),
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=PLAIN_RETRIES),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis.from_pool(pool)
+
+
+class FollowingConnection(SentinelManagedConnection):
+    """A Sentinel-managed connection that asks the Sentinels again on every reconnect.
+
+    redis-py 8 reconnects a dropped connection from ``send_packed_command`` through
+    ``connect_check_health``, which skips the Sentinel lookup of ``connect()``: a command
+    retried after a failover would knock at the dead primary's address until it gave up.
+    """
+
+    _resolving = False
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        """Connect to the address the Sentinels give now (``connect_to`` comes back here
+        with ``_resolving`` set, for the socket itself)."""
+        if self.is_connected:
+            return
+        if self._resolving:
+            await super().connect_check_health(check_health, retry_socket_connect)
+            return
+        self._resolving = True
+        try:
+            await self.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+        finally:
+            self._resolving = False
+
+
+class FollowingSSLConnection(FollowingConnection, SSLConnection):
+    """:class:`FollowingConnection` over TLS."""
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (the primary's address asked of the Sentinels) that waits for a
+    free connection as :class:`BlockingConnectionPool` does."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """Close the connections; a full close (the client's) closes those to the
+        Sentinels too (a failover's closes only the idle connections)."""
+        await super().disconnect(inuse_connections)
+        if inuse_connections:
+            await self.sentinel_manager.aclose()
+
+
+def connect_for(settings: Settings, *, max_connections: int) -> Redis:
+    """The client every callmfa process uses: on ``CALLMFA_REDIS_URL``, or, with
+    ``CALLMFA_REDIS_SENTINELS``, on whichever node the Sentinels say is the primary."""
+    timeout_s = settings.connect_timeout_s
+    if not settings.redis_sentinels:
+        return connect(settings.redis_url, max_connections=max_connections, timeout_s=timeout_s)
+    p = sentinel.plan(settings, parse_url(settings.redis_url), timeout_s=timeout_s)
+    manager = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's Sentinel is untyped
+        list(p.addresses), sentinel_kwargs=dict(p.sentinel))
+    node = dict(p.node)
+    tls = node.pop("ssl", False)
+    client: Redis = manager.master_for(
+        p.service,
+        connection_pool_class=BlockingSentinelPool,
+        connection_class=FollowingSSLConnection if tls else FollowingConnection,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        # A frozen primary (SIGSTOP, a paused VM) answers nothing: give it up as soon as
+        # the Sentinels would. No command of callmfa's blocks for more than a second.
+        socket_timeout=timeout_s,
+        health_check_interval=30,
+        # A failover: the old primary refuses (ConnectionError, or READONLY once demoted,
+        # which redis-py turns into a ConnectionError) until the Sentinels name the new one.
+        retry=Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S),
+                    retries=p.retries),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        **node,
+    )
+    return client
 
 
 @dataclass(frozen=True)
@@ -134,6 +224,49 @@ async def queue_state(redis: Redis) -> QueueState:
     return QueueState(length, False, length, 0, 0)
 
 
+@dataclass(frozen=True)
+class Durability:
+    """``WAIT replicas timeout_ms`` after the writes a failover must not lose (the request,
+    the call claim, the outcome); ``replicas`` 0: no WAIT. ``on_short`` is told the write's
+    name when fewer replicas acknowledged it in time (callmfa goes on: the primary has it)."""
+
+    replicas: int = 0
+    timeout_ms: int = 500
+    on_short: Callable[[str], None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, on_short: Callable[[str], None] | None = None
+    ) -> Durability:
+        """CALLMFA_REDIS_WAIT_REPLICAS and CALLMFA_REDIS_WAIT_TIMEOUT_MS."""
+        return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms, on_short)
+
+    async def run_script(
+        self, redis: Redis, what: str, script: AsyncScript, keys: list[Any], args: list[Any]
+    ) -> Any:
+        """Run a Lua script, then WAIT on the same connection (WAIT counts the replicas
+        that have this connection's writes); the script's reply."""
+        if self.replicas <= 0:
+            return await script(keys=keys, args=args)
+        # EVAL, not EVALSHA: a newly promoted primary may not have the script cached.
+        return await self.command(redis, what, "EVAL", script.script, len(keys), *keys, *args)
+
+    async def command(self, redis: Redis, what: str, *command: Any) -> Any:
+        """Run one command, then WAIT on the same connection; the command's reply."""
+        if self.replicas <= 0:
+            return await redis.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py: untyped
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+            reply, acked = await pipe.execute()
+        if int(acked) < self.replicas:
+            log.warning("redis_write_unreplicated", write=what, replicas=int(acked),
+                        wanted=self.replicas, timeout_ms=self.timeout_ms)
+            if self.on_short is not None:
+                self.on_short(what)
+        return reply
+
+
 class StoreObserver(Protocol):
     """Told of what the store wrote (the metrics)."""
 
@@ -151,9 +284,11 @@ class Store:
         self, redis: Redis, *, result_ttl_s: int, events_maxlen: int,
         observer: StoreObserver | None = None, signing_key: bytes = b"",
         webhook_url: str = "",
+        durability: Durability | None = None,
     ) -> None:
         self.redis = redis
         self._webhook_url = webhook_url  # where outcomes go without a callback_url
+        self._durability = durability or Durability()
         self._observer = observer
         self._signing_key = signing_key  # outcomes carry an HMAC "sig" when set
         self._ttl = result_ttl_s
@@ -242,7 +377,9 @@ class Store:
         args: list[str | int] = [self._ttl]
         for k, v in fields.items():
             args += [k, v]
-        found = await self._claim(keys=[result_key(rid), call_key(rid)], args=args)
+        keys = [result_key(rid), call_key(rid)]
+        found = await self._durability.run_script(self.redis, "call_claim", self._claim, keys,
+                                                  args)
         return Claim(found.decode() if isinstance(found, bytes) else found)
 
     async def call_info(self, rid: str) -> dict[str, str]:
@@ -278,7 +415,8 @@ class Store:
             record, self._ttl, self._maxlen, input_at, signing_key=self._signing_key,
             webhook_url=self._webhook_url, callback_url=callback_url,
         )
-        stored = bool(await self._store_outcome(keys=keys, args=args))
+        stored = bool(await self._durability.run_script(self.redis, "outcome",
+                                                        self._store_outcome, keys, args))
         if stored and self._observer is not None:
             self._observer.outcome_stored(record)
         return stored

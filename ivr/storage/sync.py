@@ -41,14 +41,60 @@ class SyncStore:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._settings = settings
+        self.unreplicated = False  # the last outcome was not replicated within the WAIT
 
     @classmethod
     def connect(cls, settings: Settings) -> SyncStore:
-        """A single connection with the configured timeouts (one call, one process)."""
-        redis = Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=settings.connect_timeout_s,
-            socket_timeout=settings.connect_timeout_s + 5,
+        """A single connection with the configured timeouts (one call, one process); with
+        CALLMFA_REDIS_SENTINELS, to the primary the Sentinels name, followed across a
+        failover as :func:`ivr.storage.store.connect_for` does."""
+        timeouts = {"socket_connect_timeout": settings.connect_timeout_s,
+                    "socket_timeout": settings.connect_timeout_s + 5}
+        if not settings.redis_sentinels:
+            return cls(Redis.from_url(settings.redis_url, **timeouts), settings)
+        # Imported here: a script on a plain Redis loads none of it.
+        from redis.backoff import ExponentialWithJitterBackoff
+        from redis.connection import SSLConnection, parse_url
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+        from redis.retry import Retry
+        from redis.sentinel import Sentinel, SentinelManagedConnection
+
+        class Following(SentinelManagedConnection):
+            # Asks the Sentinels again on a reconnect (see store.FollowingConnection).
+            resolving = False
+
+            def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+                if self._sock or self.resolving:
+                    if not self._sock:
+                        super().connect_check_health(*args, **kwargs)
+                    return
+                self.resolving = True
+                try:
+                    self.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+                finally:
+                    self.resolving = False
+
+        class FollowingSSL(Following, SSLConnection):
+            pass
+
+        from .sentinel import RETRY_BASE_S, RETRY_CAP_S, plan
+
+        # redis-py's sync Sentinel and parse_url are untyped.
+        options = parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+        p = plan(settings, options, timeout_s=settings.connect_timeout_s)
+        timeouts["socket_timeout"] = settings.connect_timeout_s  # as store.connect_for
+        manager = Sentinel(  # type: ignore[no-untyped-call]
+            list(p.addresses), sentinel_kwargs=dict(p.sentinel))
+        node = dict(p.node)
+        tls = node.pop("ssl", False)
+        redis: Redis = manager.master_for(  # type: ignore[no-untyped-call]
+            p.service,
+            connection_class=FollowingSSL if tls else Following,
+            retry=Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S),
+                        retries=p.retries),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            **timeouts, **node,
         )
         return cls(redis, settings)
 
@@ -92,7 +138,17 @@ class SyncStore:
             signing_key=self._settings.signing_key.encode(),
             webhook_url=self._settings.webhook_url,
         )
-        return bool(self._redis.eval(STORE_OUTCOME, len(keys), *keys, *args))
+        replicas = self._settings.redis_wait_replicas
+        if replicas <= 0:
+            return bool(self._redis.eval(STORE_OUTCOME, len(keys), *keys, *args))
+        # WAIT on the same connection: the replicas that have this outcome.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.eval(STORE_OUTCOME, len(keys), *keys, *args)
+        pipe.execute_command(  # type: ignore[no-untyped-call]  # redis-py: untyped
+            "WAIT", replicas, self._settings.redis_wait_timeout_ms)
+        stored, acked = pipe.execute()
+        self.unreplicated = int(acked) < replicas
+        return bool(stored)
 
     def report_fraud(self, *, rid: str, user: str, number: str, context: str) -> None:
         """0#: block the user (or only audit, with CALLMFA_FRAUD_BLOCK_S=0), as serve does."""

@@ -9,6 +9,7 @@ hang-ups and errors; the pin and match modes are in test_ivr_modes.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -606,3 +607,22 @@ class TestUnknownAndDuplicates:
         finished = [e for e in await events_of(ivr.redis, rid) if e["event"] == "finished"]
         assert len(finished) == 1
         assert ivr.refused == ["already_claimed"]
+
+
+class TestRedisStall:
+    async def test_silence_after_a_redis_stall_is_an_error_not_no_input(
+        self, ivr: Ivr, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The IVR's first reads waited over a second (a Redis failover): keys pressed
+        meanwhile were dropped by Asterisk, so silence ends error/redis_unavailable."""
+        rid = "56565656-5656-4565-8565-565656565656"
+        read = ivr.store.call_info
+
+        async def slow(call_id: str) -> dict[str, str]:
+            await asyncio.sleep(1.2)
+            return await read(call_id)
+
+        monkeypatch.setattr(ivr.store, "call_info", slow)
+        _, stored = await run_call(ivr, rid, SILENCE, SILENCE)
+
+        assert (stored["outcome"], stored["detail"]) == ("error", "redis_unavailable")

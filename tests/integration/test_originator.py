@@ -1040,3 +1040,22 @@ class TestTakeOver:
         assert heir.ami.calls == []
         await heir.all_acked()
         assert await h.redis.xlen(REQUESTS) == 0
+
+
+class TestRetriedWrites:
+    """A failover can lose a write's reply after the write was made: redis-py then runs the
+    command again (issue 17). Each retried write must be harmless."""
+
+    async def test_a_request_queued_twice_is_dialled_once(self, start: Start) -> None:
+        """A retried XADD queues the request twice: one call, one outcome."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid, _ = await h.submit()
+        await h.submit(rid=rid)
+
+        record = await h.outcome(rid)
+        await h.all_acked()
+
+        assert record.outcome is Outcome.APPROVED
+        assert len(h.ami.calls) == 1
+        finished = [e for e in await h.events_of(rid) if e["event"] == "finished"]
+        assert len(finished) == 1
