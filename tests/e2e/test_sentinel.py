@@ -27,11 +27,11 @@ from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.fronts import web as http
 from ivr.ops import doctor
 from ivr.settings import Settings
 from ivr.storage.store import EVENTS, connect_for, result_key
 from ivr.testing import PhoneBehaviour, SippPhone
-from ivr.transport import http
 
 from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, _setns, wait_until
 
