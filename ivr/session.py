@@ -161,7 +161,8 @@ class VerificationIvr:
                         )
                     else:
                         digits, timed_out, heard = await channel.read_keys(
-                            files, step.timeout_ms, step.max_digits, call.heard_expression
+                            files, step.timeout_ms, step.max_digits, call.heard_expression,
+                            seen=call.collect_seen,
                         )
                     event = call.collected(digits, timed_out, heard, step.max_digits)
                     if step.secret:

@@ -17,7 +17,10 @@ from ..exceptions import AgiCommandError, AgiConnectionLostError, AgiError, AgiH
 
 MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 200
-_REPLY = re.compile(r"(\d{3}) result=(\S*)(?: \((.*)\))?(?: endpos=\d+)?\s*\Z")
+# GOSUB's reply ends with words: "200 result=0 Gosub complete".
+_REPLY = re.compile(
+    r"(\d{3}) result=(\S*)(?: \((.*)\))?(?: endpos=\d+)?(?: Gosub [a-z ]+)?\s*\Z"
+)
 # One argument: printable, no blank (it would split), no quote or backslash.
 _SAFE_ARG = re.compile(r"[!#-&(-\[\]-~]+\Z")
 
@@ -63,6 +66,15 @@ READ_RESULT = "${READSTATUS}:${CALLMFA_KEYS}"
 def read_args(files: tuple[str, ...], timeout_ms: int, max_digits: int) -> str:
     """The argument of ``EXEC Read`` that plays ``files`` and collects keys up to '#'."""
     return f"{READ_VARIABLE},{'&'.join(files)},{max_digits},,1,{timeout_ms / 1000:g}"
+
+
+COLLECT_CONTEXT = "callmfa-collect"  # the dialplan subroutine of extensions_callmfa.conf
+
+
+def collect_args(seen: int, files: tuple[str, ...], timeout_ms: int, max_digits: int) -> str:
+    """The argument of ``GOSUB callmfa-collect s 1``: how many kept keys the IVR has seen,
+    then what Read() plays and collects (as :func:`read_args`)."""
+    return f"{seen},{'&'.join(files)},{max_digits},{timeout_ms / 1000:g}"
 
 
 def read_result(heard: str = "") -> str:
@@ -154,7 +166,8 @@ class AgiChannel:
             raise AgiError("unexpected AGI line", line)
 
     async def read_keys(
-        self, files: tuple[str, ...], timeout_ms: int, max_digits: int, heard: str = ""
+        self, files: tuple[str, ...], timeout_ms: int, max_digits: int, heard: str = "",
+        *, seen: int | None = None,
     ) -> tuple[str, bool, str]:
         """Play ``files`` (a key cuts them) and collect keys up to '#', and read the value of
         the expression ``heard`` (the keys StoreDTMF kept) in the same round trip:
@@ -162,8 +175,15 @@ class AgiChannel:
 
         Not GET DATA: it takes one file only and answers a missing file with
         ``result=-1``, like a hang-up. Read() takes a list and says how it ended.
+        With ``seen`` (how many kept keys the IVR has been given), Read() runs inside the
+        dialplan subroutine ``callmfa-collect``, which returns at once, with no keys, when
+        an answer was kept since then (a '#' that came before this command).
         """
-        await self.execute("EXEC", "Read", read_args(files, timeout_ms, max_digits))
+        if seen is None:
+            await self.execute("EXEC", "Read", read_args(files, timeout_ms, max_digits))
+        else:
+            await self.execute("GOSUB", COLLECT_CONTEXT, "s", "1",
+                               collect_args(seen, files, timeout_ms, max_digits))
         reply = await self.execute("GET FULL VARIABLE", read_result(heard))
         try:
             return parse_read_result(reply.data or "", reply.raw)

@@ -437,6 +437,19 @@ class TestReadKeys:
             b"GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}\n"
         )
 
+    async def test_in_the_collect_subroutine(self) -> None:
+        """With ``seen``, Read() runs in the dialplan's callmfa-collect (GOSUB), its first
+        argument how many kept keys the IVR has seen; the result is read as before."""
+        channel, writer, _ = make_channel("200 result=0 Gosub complete", "200 result=1 (OK::5##)")
+
+        got = await channel.read_keys(("hello", "vm-press"), 6000, 4, "${E}", seen=2)
+
+        assert got == ("", False, "5##")
+        assert bytes(writer.written) == (
+            b"GOSUB callmfa-collect s 1 2,hello&vm-press,4,6\n"
+            b"GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}:${E}\n"
+        )
+
     @pytest.mark.parametrize(
         ("timeout_ms", "seconds"), [(1500, b"1.5"), (6000, b"6"), (250, b"0.25"), (90000, b"90")]
     )
