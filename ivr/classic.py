@@ -156,7 +156,7 @@ class ClassicDriver:
                     self._command("appexec", "Read", read_args(
                         files, step.timeout_ms, step.max_digits))
                 if not step.secret:
-                    digits, timed_out, heard = parse_read_result(str(self._command(
+                    digits, timed_out, heard, _ = parse_read_result(str(self._command(
                         "get_full_variable", read_result(call.heard_expression))))
                 return call.collected(digits, timed_out, heard, step.max_digits)
             if isinstance(step, CheckCode):

@@ -83,16 +83,17 @@ def read_result(heard: str = "") -> str:
     return f"{READ_RESULT}:{heard}" if heard else READ_RESULT
 
 
-def parse_read_result(data: str, raw: str = "") -> tuple[str, bool, str]:
-    """:func:`read_result`'s value as (keys, timed_out, heard); AgiHangup if the caller
-    hung up."""
+def parse_read_result(data: str, raw: str = "") -> tuple[str, bool, str, bool]:
+    """:func:`read_result`'s value as (keys, timed_out, heard, kept); AgiHangup if the caller
+    hung up. ``kept``: the ``callmfa-collect`` subroutine collected nothing because an
+    answer was already kept (READSTATUS=KEPT, its own)."""
     status, _, rest = data.partition(":")
     keys, _, heard = rest.partition(":")
     if status == "HANGUP":
         raise AgiHangup()
-    if status not in ("OK", "TIMEOUT"):
+    if status not in ("OK", "TIMEOUT", "KEPT"):
         raise AgiError(f"Read() ended with {status or 'no status'}", raw or data)
-    return keys, status == "TIMEOUT", heard
+    return keys, status == "TIMEOUT", heard, status == "KEPT"
 
 
 class AgiChannel:
@@ -168,16 +169,16 @@ class AgiChannel:
     async def read_keys(
         self, files: tuple[str, ...], timeout_ms: int, max_digits: int, heard: str = "",
         *, seen: int | None = None,
-    ) -> tuple[str, bool, str]:
+    ) -> tuple[str, bool, str, bool]:
         """Play ``files`` (a key cuts them) and collect keys up to '#', and read the value of
         the expression ``heard`` (the keys StoreDTMF kept) in the same round trip:
-        (keys, timed_out, heard's value).
+        (keys, timed_out, heard's value, kept: see :func:`parse_read_result`).
 
         Not GET DATA: it takes one file only and answers a missing file with
         ``result=-1``, like a hang-up. Read() takes a list and says how it ended.
         With ``seen`` (how many kept keys the IVR has been given), Read() runs inside the
-        dialplan subroutine ``callmfa-collect``, which returns at once, with no keys, when
-        an answer was kept since then (a '#' that came before this command).
+        dialplan subroutine ``callmfa-collect``, which returns at once, with no keys (kept),
+        when an answer was kept since then (a '#' that came before this command).
         """
         if seen is None:
             await self.execute("EXEC", "Read", read_args(files, timeout_ms, max_digits))

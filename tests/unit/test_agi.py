@@ -440,11 +440,11 @@ class TestReadKeys:
     async def test_in_the_collect_subroutine(self) -> None:
         """With ``seen``, Read() runs in the dialplan's callmfa-collect (GOSUB), its first
         argument how many kept keys the IVR has seen; the result is read as before."""
-        channel, writer, _ = make_channel("200 result=0 Gosub complete", "200 result=1 (OK::5##)")
+        channel, writer, _ = make_channel("200 result=0 Gosub complete", "200 result=1 (KEPT::5##)")
 
         got = await channel.read_keys(("hello", "vm-press"), 6000, 4, "${E}", seen=2)
 
-        assert got == ("", False, "5##")
+        assert got == ("", False, "5##", True)
         assert bytes(writer.written) == (
             b"GOSUB callmfa-collect s 1 2,hello&vm-press,4,6\n"
             b"GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}:${E}\n"
