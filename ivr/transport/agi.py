@@ -17,9 +17,9 @@ from ..exceptions import AgiCommandError, AgiConnectionLostError, AgiError, AgiH
 
 MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 200
-# GOSUB's reply ends with words: "200 result=0 Gosub complete".
+# GOSUB's reply has words: "200 result=0 Gosub complete", "... (abnormal exit)" (a hang-up).
 _REPLY = re.compile(
-    r"(\d{3}) result=(\S*)(?: \((.*)\))?(?: endpos=\d+)?(?: Gosub [a-z ]+)?\s*\Z"
+    r"(\d{3}) result=(\S*)(?: Gosub [a-z ]+)?(?: \((.*)\))?(?: endpos=\d+)?\s*\Z"
 )
 # One argument: printable, no blank (it would split), no quote or backslash.
 _SAFE_ARG = re.compile(r"[!#-&(-\[\]-~]+\Z")

@@ -450,6 +450,17 @@ class TestReadKeys:
             b"GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}:${E}\n"
         )
 
+    async def test_a_hang_up_in_the_collect_subroutine(self) -> None:
+        """GOSUB ends '(abnormal exit)' when the caller hangs up in Read(); READSTATUS says
+        HANGUP."""
+        channel, _, _ = make_channel("HANGUP", "200 result=0 Gosub complete (abnormal exit)",
+                                     "200 result=1 (HANGUP::)")
+
+        with pytest.raises(AgiHangup):
+            await channel.read_keys(("hello",), 6000, 4, "${E}", seen=0)
+
+        assert channel.hung_up
+
     @pytest.mark.parametrize(
         ("timeout_ms", "seconds"), [(1500, b"1.5"), (6000, b"6"), (250, b"0.25"), (90000, b"90")]
     )
