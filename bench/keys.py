@@ -16,8 +16,9 @@ outcome, the phone's message trace and the service's log lines of that verificat
 
   - ``before_ivr``: kept by StoreDTMF and read with the IVR's first command (no collection);
   - ``by_prompt``: caught by the greeting's collection itself;
-  - ``drained``: it came between two AGI commands; the collection timed out and the '#'
-    came from what StoreDTMF kept, read with its result.
+  - ``drained``: it came between two AGI commands; the '#' came from what StoreDTMF kept,
+    read with the collection's result (the dialplan's callmfa-collect returns at once:
+    ``kept``; before it, or with an older dialplan, the collection timed out first).
 
 - ``lost``: the phone sent its '#' (and Asterisk took it: 200 to the INFO), yet the call was
   not approved on its first prompt: another outcome, or a re-prompt. Must be 0.
@@ -47,7 +48,7 @@ class ServiceTrace:
 
     early_keys: int | None = None
     amd: str | None = None
-    collections: list[bool] = field(default_factory=list)  # timed_out, per collection
+    collections: list[bool] = field(default_factory=list)  # drained, per collection
     outcome: str | None = None
 
 
@@ -70,7 +71,9 @@ def service_traces(log: Path, offset: int) -> dict[str, ServiceTrace]:
                 trace.early_keys = int(event.get("early_keys") or 0)
                 trace.amd = event.get("amd")
             elif name == "dtmf_collected":
-                trace.collections.append(bool(event.get("timed_out")))
+                # Drained: the '#' came before the collection, which timed out (before
+                # callmfa-collect) or returned at once with the kept keys.
+                trace.collections.append(bool(event.get("timed_out") or event.get("kept")))
             elif name == "outcome_published":
                 trace.outcome = event.get("outcome")
     return out

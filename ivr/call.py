@@ -30,6 +30,7 @@ from .settings import Settings
 
 # Dialplan variables the drivers read (set by AMD(), by our dialplan's StoreDTMF() and by
 # the originator's Originate).
+COLLECT_SUB = "CALLMFA_COLLECT"  # '1': the dialplan has the callmfa-collect subroutine
 AMD_STATUS = "AMDSTATUS"
 AMD_CAUSE = "AMDCAUSE"
 EARLY_KEYS = "CALLMFA_EARLY_KEYS"
@@ -70,6 +71,7 @@ class CallContext:
     entry_id: str = ""  # otp: the request's stream entry, where the IVR reads the code
     otp: str = field(default="", repr=False)  # otp: the code to read; never logged
     heard_seen: int = 0  # how many of the keys StoreDTMF kept the flow was given
+    collect_sub: bool = False  # the dialplan has the callmfa-collect subroutine
     pin_upgrade: tuple[str, str] | None = field(default=None, repr=False)  # (old, new) hash
 
     @classmethod
@@ -156,20 +158,24 @@ class CallContext:
         It gives the call's token, AMD's verdict and its cause, the keys pressed before the
         IVR ran, and,
         with an override directory, one '1' or '0' per prompt id in catalogue order
-        (func_env's STAT): does the admin's recording exist. See :meth:`apply_channel_probe`.
+        (func_env's STAT): does the admin's recording exist; last, whether the dialplan has
+        the ``callmfa-collect`` subroutine. See :meth:`apply_channel_probe`.
         """
         bits = ""
         if settings.prompt_override_dir:
             base = f"{settings.prompt_override_dir}/{self.lang}"
             bits = "".join(f"${{STAT(e,{base}/{pid}.wav)}}" for pid in PROMPTS)
-        return f"${{{TOKEN}}}|${{{AMD_STATUS}}}|${{{AMD_CAUSE}}}|${{{EARLY_KEYS}}}|{bits}"
+        return (f"${{{TOKEN}}}|${{{AMD_STATUS}}}|${{{AMD_CAUSE}}}|${{{EARLY_KEYS}}}|{bits}"
+                f"|${{{COLLECT_SUB}}}")
 
     def apply_channel_probe(self, answer: str) -> None:
         """Remember what :meth:`channel_probe`'s expression evaluated to."""
         self.token, _, rest = answer.partition("|")
         self.amd_status, _, rest = rest.partition("|")
         self.amd_cause, _, rest = rest.partition("|")
-        self.early_keys, _, bits = rest.partition("|")
+        self.early_keys, _, rest = rest.partition("|")
+        bits, _, sub = rest.partition("|")
+        self.collect_sub = sub == "1"
         self.heard_seen = len(self.early_keys)
         self.overridden = frozenset(
             pid for pid, bit in zip(PROMPTS, bits, strict=False) if bit == "1"
@@ -180,6 +186,13 @@ class CallContext:
         """What a driver reads with each collection's result: the keys StoreDTMF kept (only
         in standard mode: in pin and match modes the keys are a code, never kept)."""
         return "" if keys_are_secret(self.mode) else f"${{{EARLY_KEYS}}}"
+
+    @property
+    def collect_seen(self) -> int | None:
+        """What a driver passes to the ``callmfa-collect`` subroutine (how many kept keys
+        the flow was given), or None to run Read() itself: a secret mode keeps no keys, and
+        a dialplan installed before the subroutine existed lacks it."""
+        return self.heard_seen if self.collect_sub and not keys_are_secret(self.mode) else None
 
     def collected(self, keys: str, timed_out: bool, heard: str, max_digits: int) -> Digits | Keyed:
         """The flow's event for a collection (and its input time, if anything was keyed):

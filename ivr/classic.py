@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,7 +33,13 @@ from .domain.flow import (
 from .domain.outcome import Outcome
 from .exceptions import AgiError, AgiHangup, IvrError
 from .settings import Settings, read_config_file
-from .transport.agi import parse_read_result, read_args, read_result
+from .transport.agi import (
+    COLLECT_CONTEXT,
+    collect_args,
+    parse_read_result,
+    read_args,
+    read_result,
+)
 
 ENV_FILE = "callmfa.env"
 
@@ -56,14 +62,32 @@ class ClassicDriver:
         self._settings = settings
 
     def _command(self, method: str, *args: str) -> Any:
+        return self._call(method, lambda: getattr(self._agi, method)(*args))
+
+    def _call(self, what: str, command: Callable[[], Any]) -> Any:
         from asterisk.agi import AGIAppError, AGIError
 
         try:
-            return getattr(self._agi, method)(*args)
+            return command()
         except AGIAppError:
             raise AgiHangup() from None  # result=-1, SIGHUP or SIGPIPE: the caller is gone
         except AGIError as e:
-            raise AgiError(f"AGI {method} failed", str(e)) from None
+            raise AgiError(f"AGI {what} failed", str(e)) from None
+
+    def _gosub(self, *args: str) -> None:
+        """AGI GOSUB. Asterisk answers it with '100 result=0 Trying...' before the
+        subroutine's '200 result=0 Gosub complete'; pyst2 takes any 100 for an error."""
+        from asterisk.agi import AGIUnknownError
+
+        def gosub() -> Any:
+            try:
+                return self._agi.execute("GOSUB", *args)
+            except AGIUnknownError as e:
+                if e.args[:1] != (100,):
+                    raise
+                return self._agi.get_result()
+
+        self._call("GOSUB", gosub)
 
     def _log(self, message: str, level: int = 3) -> None:
         with contextlib.suppress(AgiHangup, AgiError):  # a log line is not worth a failed call
@@ -131,10 +155,14 @@ class ClassicDriver:
                                           str(step.timeout_ms), str(step.max_digits))
                     digits, data = reply["result"]
                     timed_out = data == "timeout"
+                elif (seen := call.collect_seen) is not None:
+                    self._gosub(COLLECT_CONTEXT, "s", "1", collect_args(
+                        seen, files, step.timeout_ms, step.max_digits))
                 else:
                     self._command("appexec", "Read", read_args(
                         files, step.timeout_ms, step.max_digits))
-                    digits, timed_out, heard = parse_read_result(str(self._command(
+                if not step.secret:
+                    digits, timed_out, heard, _ = parse_read_result(str(self._command(
                         "get_full_variable", read_result(call.heard_expression))))
                 return call.collected(digits, timed_out, heard, step.max_digits)
             if isinstance(step, CheckCode):

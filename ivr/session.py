@@ -171,20 +171,22 @@ class VerificationIvr:
             try:
                 if isinstance(step, Collect):
                     files = call.files(step.prompts, self._settings)
-                    heard = ""
+                    heard, kept = "", False
                     if step.secret:
                         digits, timed_out = await channel.get_data(
                             files[0], step.timeout_ms, step.max_digits
                         )
                     else:
-                        digits, timed_out, heard = await channel.read_keys(
-                            files, step.timeout_ms, step.max_digits, call.heard_expression
+                        digits, timed_out, heard, kept = await channel.read_keys(
+                            files, step.timeout_ms, step.max_digits, call.heard_expression,
+                            seen=call.collect_seen,
                         )
                     event = call.collected(digits, timed_out, heard, step.max_digits)
                     if step.secret:
                         log.info("dtmf_collected", secret=True, timed_out=timed_out)
                     else:
-                        log.info("dtmf_collected", keys=len(digits), timed_out=timed_out)
+                        log.info("dtmf_collected", keys=len(digits), timed_out=timed_out,
+                                 kept=kept)
                 elif isinstance(step, CheckCode):
                     ok = await asyncio.to_thread(call.check_code, step.digits, self._pepper)
                     log.info("code_checked", ok=ok)

@@ -17,7 +17,10 @@ from ..exceptions import AgiCommandError, AgiConnectionLostError, AgiError, AgiH
 
 MAX_LINE_BYTES = 4096
 MAX_HEADER_LINES = 200
-_REPLY = re.compile(r"(\d{3}) result=(\S*)(?: \((.*)\))?(?: endpos=\d+)?\s*\Z")
+# GOSUB's reply has words: "200 result=0 Gosub complete", "... (abnormal exit)" (a hang-up).
+_REPLY = re.compile(
+    r"(\d{3}) result=(\S*)(?: Gosub [a-z ]+)?(?: \((.*)\))?(?: endpos=\d+)?\s*\Z"
+)
 # One argument: printable, no blank (it would split), no quote or backslash.
 _SAFE_ARG = re.compile(r"[!#-&(-\[\]-~]+\Z")
 EMPTY_ARG = '""'  # an empty argument, as Asterisk's AGI parser reads one
@@ -66,22 +69,32 @@ def read_args(files: tuple[str, ...], timeout_ms: int, max_digits: int) -> str:
     return f"{READ_VARIABLE},{'&'.join(files)},{max_digits},,1,{timeout_ms / 1000:g}"
 
 
+COLLECT_CONTEXT = "callmfa-collect"  # the dialplan subroutine of extensions_callmfa.conf
+
+
+def collect_args(seen: int, files: tuple[str, ...], timeout_ms: int, max_digits: int) -> str:
+    """The argument of ``GOSUB callmfa-collect s 1``: how many kept keys the IVR has seen,
+    then what Read() plays and collects (as :func:`read_args`)."""
+    return f"{seen},{'&'.join(files)},{max_digits},{timeout_ms / 1000:g}"
+
+
 def read_result(heard: str = "") -> str:
     """The expression that tells how Read() ended, and what ``heard`` (another expression,
     such as the keys StoreDTMF kept) holds, in one round trip."""
     return f"{READ_RESULT}:{heard}" if heard else READ_RESULT
 
 
-def parse_read_result(data: str, raw: str = "") -> tuple[str, bool, str]:
-    """:func:`read_result`'s value as (keys, timed_out, heard); AgiHangup if the caller
-    hung up."""
+def parse_read_result(data: str, raw: str = "") -> tuple[str, bool, str, bool]:
+    """:func:`read_result`'s value as (keys, timed_out, heard, kept); AgiHangup if the caller
+    hung up. ``kept``: the ``callmfa-collect`` subroutine collected nothing because an
+    answer was already kept (READSTATUS=KEPT, its own)."""
     status, _, rest = data.partition(":")
     keys, _, heard = rest.partition(":")
     if status == "HANGUP":
         raise AgiHangup()
-    if status not in ("OK", "TIMEOUT"):
+    if status not in ("OK", "TIMEOUT", "KEPT"):
         raise AgiError(f"Read() ended with {status or 'no status'}", raw or data)
-    return keys, status == "TIMEOUT", heard
+    return keys, status == "TIMEOUT", heard, status == "KEPT"
 
 
 class AgiChannel:
@@ -155,16 +168,24 @@ class AgiChannel:
             raise AgiError("unexpected AGI line", line)
 
     async def read_keys(
-        self, files: tuple[str, ...], timeout_ms: int, max_digits: int, heard: str = ""
-    ) -> tuple[str, bool, str]:
+        self, files: tuple[str, ...], timeout_ms: int, max_digits: int, heard: str = "",
+        *, seen: int | None = None,
+    ) -> tuple[str, bool, str, bool]:
         """Play ``files`` (a key cuts them) and collect keys up to '#', and read the value of
         the expression ``heard`` (the keys StoreDTMF kept) in the same round trip:
-        (keys, timed_out, heard's value).
+        (keys, timed_out, heard's value, kept: see :func:`parse_read_result`).
 
         Not GET DATA: it takes one file only and answers a missing file with
         ``result=-1``, like a hang-up. Read() takes a list and says how it ended.
+        With ``seen`` (how many kept keys the IVR has been given), Read() runs inside the
+        dialplan subroutine ``callmfa-collect``, which returns at once, with no keys (kept),
+        when an answer was kept since then (a '#' that came before this command).
         """
-        await self.execute("EXEC", "Read", read_args(files, timeout_ms, max_digits))
+        if seen is None:
+            await self.execute("EXEC", "Read", read_args(files, timeout_ms, max_digits))
+        else:
+            await self.execute("GOSUB", COLLECT_CONTEXT, "s", "1",
+                               collect_args(seen, files, timeout_ms, max_digits))
         reply = await self.execute("GET FULL VARIABLE", read_result(heard))
         try:
             return parse_read_result(reply.data or "", reply.raw)

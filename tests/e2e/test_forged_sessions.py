@@ -32,7 +32,8 @@ from ..conftest import E2E_SETTINGS, Sandbox, wait_until
 from .conftest import PhoneFactory, audit_of
 
 PHONE = "+12015550100"
-PROBE = "GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
+PROBE = ("GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
+         "|${CALLMFA_COLLECT}")
 _TOKEN = re.compile(r"CALLMFA_TOKEN=([0-9a-f]{48})")
 
 
@@ -227,7 +228,7 @@ class TestForgedClassic:
         commands = await asyncio.to_thread(forge_classic, sandbox, rid)
         record = await client.wait(rid, 60)
 
-        assert not any(c.startswith(("EXEC Read", "GET DATA")) for c in commands), commands
+        assert not any(c.startswith(("EXEC Read", "GOSUB", "GET DATA")) for c in commands), commands
         assert any("AGI session refused (bad_token)" in c for c in commands), commands
         assert record is not None
         assert record.outcome is Outcome.NO_INPUT

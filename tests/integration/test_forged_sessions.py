@@ -13,7 +13,8 @@ from ivr.storage.store import call_key
 from .conftest import Ivr, StartIvr, close_writer, eventually
 from .fake_asterisk import CALL_TOKEN, FakeAsterisk, events_of, outcome_json, place_call
 
-PROBE = "GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
+PROBE = ("GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
+    "|${CALLMFA_COLLECT}")
 
 
 async def assert_untouched(ivr: Ivr, rid: str) -> None:

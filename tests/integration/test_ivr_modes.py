@@ -21,7 +21,8 @@ from .fake_asterisk import HANG_UP, events_of, run_call
 PIN = "5938271046"  # ten digits: nothing else in Redis looks like it
 WRONG_PIN = "1111"
 MATCH = "42"
-PREAMBLE = ["GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|",
+PREAMBLE = ["GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
+            "|${CALLMFA_COLLECT}",
             "SET VARIABLE CHANNEL(language) en"]
 GET_PIN = "GET DATA callmfa/pin_greeting 500 20"
 GET_MATCH = "GET DATA callmfa/match_greeting 500 20"

@@ -32,7 +32,8 @@ from .fake_asterisk import (
 )
 
 SET_LANGUAGE = "SET VARIABLE CHANNEL(language) en"
-GET_AMD = "GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
+GET_AMD = ("GET FULL VARIABLE ${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
+    "|${CALLMFA_COLLECT}")
 PREAMBLE = [GET_AMD, SET_LANGUAGE]
 GREETING = "callmfa/greeting"
 RETRY_GREETING = f"callmfa/retry&{GREETING}"
@@ -342,7 +343,9 @@ class TestLanguage:
 
         assert stored["outcome"] == "approved"
         probe = commands[0]
-        assert probe.startswith(f"{GET_AMD}${{STAT(e,/srv/prompts/fr/")
+        head = GET_AMD.removesuffix("|${CALLMFA_COLLECT}")
+        assert probe.startswith(f"{head}${{STAT(e,/srv/prompts/fr/")
+        assert probe.endswith("|${CALLMFA_COLLECT}")
         for prompt in ("greeting", "approved", "failed"):
             assert f"${{STAT(e,/srv/prompts/fr/{prompt}.wav)}}" in probe
         assert commands[2:] == [

@@ -437,6 +437,30 @@ class TestReadKeys:
             b"GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}\n"
         )
 
+    async def test_in_the_collect_subroutine(self) -> None:
+        """With ``seen``, Read() runs in the dialplan's callmfa-collect (GOSUB), its first
+        argument how many kept keys the IVR has seen; the result is read as before."""
+        channel, writer, _ = make_channel("200 result=0 Gosub complete", "200 result=1 (KEPT::5##)")
+
+        got = await channel.read_keys(("hello", "vm-press"), 6000, 4, "${E}", seen=2)
+
+        assert got == ("", False, "5##", True)
+        assert bytes(writer.written) == (
+            b"GOSUB callmfa-collect s 1 2,hello&vm-press,4,6\n"
+            b"GET FULL VARIABLE ${READSTATUS}:${CALLMFA_KEYS}:${E}\n"
+        )
+
+    async def test_a_hang_up_in_the_collect_subroutine(self) -> None:
+        """GOSUB ends '(abnormal exit)' when the caller hangs up in Read(); READSTATUS says
+        HANGUP."""
+        channel, _, _ = make_channel("HANGUP", "200 result=0 Gosub complete (abnormal exit)",
+                                     "200 result=1 (HANGUP::)")
+
+        with pytest.raises(AgiHangup):
+            await channel.read_keys(("hello",), 6000, 4, "${E}", seen=0)
+
+        assert channel.hung_up
+
     @pytest.mark.parametrize(
         ("timeout_ms", "seconds"), [(1500, b"1.5"), (6000, b"6"), (250, b"0.25"), (90000, b"90")]
     )

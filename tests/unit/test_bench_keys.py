@@ -82,13 +82,21 @@ class TestInputs:
             {"event": "ivr_started", "verification_id": "a", "early_keys": 0, "amd": "HUMAN"},
             {"event": "dtmf_collected", "verification_id": "a", "keys": 0, "timed_out": True},
             {"event": "outcome_published", "verification_id": "a", "outcome": "approved"},
+            # callmfa-collect returned at once with the kept '#': drained too.
+            {"event": "dtmf_collected", "verification_id": "b", "keys": 0, "timed_out": False,
+             "kept": True},
+            {"event": "dtmf_collected", "verification_id": "c", "keys": 0, "timed_out": False,
+             "kept": False},
         ]
         log.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json dtmf_collected\n")
 
         traces = service_traces(log, 0)
 
-        assert traces == {"a": ServiceTrace(early_keys=0, amd="HUMAN", collections=[True],
-                                            outcome="approved")}
+        assert traces == {
+            "a": ServiceTrace(early_keys=0, amd="HUMAN", collections=[True], outcome="approved"),
+            "b": ServiceTrace(collections=[True]),
+            "c": ServiceTrace(collections=[False]),
+        }
 
     def test_phone_times_from_the_trace(self, tmp_path: Path) -> None:
         """The INVITE, the phone's own 200 to it (the answer) and its INFO, by number."""

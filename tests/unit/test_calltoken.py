@@ -42,7 +42,21 @@ class TestProbe:
         call = CallContext.from_marker("id", self.marker(), 0.0)
         assert call.channel_probe(Settings()) == (
             "${CALLMFA_TOKEN}|${AMDSTATUS}|${AMDCAUSE}|${CALLMFA_EARLY_KEYS}|"
+            "|${CALLMFA_COLLECT}"
         )
+
+    def test_the_collect_subroutine_is_used_where_the_dialplan_has_it(self) -> None:
+        call = CallContext.from_marker("id", self.marker(), 0.0)
+        call.apply_channel_probe("tok|HUMAN||5#|01|1")
+        assert (call.early_keys, call.collect_sub, call.collect_seen) == ("5#", True, 2)
+        call.apply_channel_probe("tok|HUMAN||5#|01")  # a dialplan from before the subroutine
+        assert call.collect_seen is None
+
+    def test_secret_modes_never_collect_in_the_subroutine(self) -> None:
+        for mode in ("pin", "match"):
+            call = CallContext.from_marker("id", self.marker(mode=mode), 0.0)
+            call.apply_channel_probe("tok|HUMAN|||1")
+            assert call.collect_seen is None
 
     def test_token_amd_and_keys_are_read_from_one_answer(self) -> None:
         token = new_token()
