@@ -32,6 +32,7 @@ from ...domain.directory import DirectoryEntry, UserDirectory
 from ...domain.flow import MATCH_DIGITS
 from ...domain.outcome import Outcome
 from ...domain.users import UserNameError, normalise_user
+from ...exceptions import OutcomeBindingError, OutcomeSignatureError
 from ...settings import Settings
 from ..api.demo import masked
 from ..api.parts import PARTS
@@ -223,9 +224,16 @@ class EntraFront:
         ``access_denied``."""
         session = await self._session(request, take=True)
         left = session.iat + MAX_REQUEST_AGE_S - time.time()
-        record = await self._client.wait(session.rid, max(0.1, min(ANSWER_WAIT_S, left)),
-                                         user=session.user)
-        outcome = record.outcome.value if record is not None else "no_outcome"
+        try:
+            record = await self._client.wait(session.rid, max(0.1, min(ANSWER_WAIT_S, left)),
+                                             user=session.user)
+            outcome = record.outcome.value if record is not None else "no_outcome"
+        except (OutcomeSignatureError, OutcomeBindingError, RedisError, OSError) as e:
+            # Fail closed: an outcome that cannot be trusted or read is a refusal.
+            record, outcome = None, "outcome_refused"
+            self.refused[outcome] += 1
+            log.warning("entra_request_refused", reason=outcome, error=str(e),
+                        verification_id=session.rid)
         log.info("entra_answered", verification_id=session.rid, outcome=outcome)
         if record is None or record.outcome is not Outcome.APPROVED:
             return _form_post(session.redirect_uri, {
