@@ -58,7 +58,7 @@ ANSWER_WAIT_S = 10.0
 MAX_FORM_BYTES = 64 * 1024
 _SID = re.compile(r"[A-Za-z0-9_-]{32}")
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; form-action https:")
+        "connect-src 'self'; form-action 'none'")
 
 
 @dataclass(frozen=True)
@@ -289,11 +289,14 @@ def _form_post(url: str, fields: dict[str, Any]) -> web.Response:
     body = (f'<form method="post" action="{html.escape(url)}">{inputs}'
             '<noscript><button type="submit">Continue</button></noscript></form>'
             "<script>document.forms[0].submit()</script>")
-    return _page(200, "Signing in", body)
+    origin = urlsplit(url)
+    return _page(200, "Signing in", body,
+                 form_action=f"{origin.scheme}://{origin.netloc}")
 
 
-def _page(status: int, title: str, body: str) -> web.Response:
+def _page(status: int, title: str, body: str, *, form_action: str = "'none'") -> web.Response:
     text = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(title)}</title></head><body>{body}</body></html>")
+    csp = _CSP.replace("form-action 'none'", f"form-action {form_action}")
     return web.Response(status=status, text=text, content_type="text/html",
-                        headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-store"})
+                        headers={"Content-Security-Policy": csp, "Cache-Control": "no-store"})
