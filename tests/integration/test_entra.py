@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from ivr.domain.directory import DirectoryEntry
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.entra import EntraFront, SigningKeys, generate_pem
+from ivr.fronts.entra.keys import rotated, write_keys
 from ivr.security import limits
 from ivr.settings import Settings
 from ivr.storage.guard import Guard
@@ -105,6 +107,15 @@ class TestEndpoints:
         assert doc["issuer"] == ISSUER
         jwks = await (await eam.http.get("/entra/jwks")).json()
         assert jwks == eam.front.keys.jwks()
+
+    async def test_a_rotation_is_published_without_a_restart(self, eam: Eam) -> None:
+        path = eam.front.settings.entra_signing_key_file
+        before = eam.front.keys
+        write_keys(path, rotated(before, time.time()))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a coarse clock
+        jwks = await (await eam.http.get("/entra/jwks")).json()
+        assert len(jwks["keys"]) == 2
+        assert eam.front.keys.signing.kid == before.signing.kid  # the old key signs 2 days
 
 
 class TestSignIn:

@@ -19,7 +19,13 @@ from joserfc.jwk import KeySet, RSAKey
 
 from ivr.exceptions import SettingsError
 from ivr.fronts.entra.entra_keys import EntraKeys
-from ivr.fronts.entra.keys import SigningKeys, generate_pem
+from ivr.fronts.entra.keys import (
+    ROTATION_OVERLAP_S,
+    SigningKeys,
+    generate_pem,
+    rotated,
+    write_keys,
+)
 from ivr.fronts.entra.protocol import (
     AuthorizeRequest,
     EntraError,
@@ -254,3 +260,53 @@ class TestEntraKeys:
                 await fetcher.get()
             assert time.monotonic() - started < 2
             never.set()
+
+
+class TestRotation:
+    def _token(self, keys: SigningKeys, entra: FakeEntra, now: float) -> tuple[str, Any, Any]:
+        hint_token = entra.hint()
+        form = entra.authorize_form(hint_token)
+        request = parse_authorize(form, client_id=CLIENT_ID, redirect_uris=REDIRECTS)
+        hint = _validate(entra, hint_token)
+        token = id_token(keys.signing_at(now), issuer=ISSUER, request=request, hint=hint,
+                         acr="possessionorinherence", now=time.time())
+        return token, form, hint_token
+
+    def test_entras_cached_jwks_validates_through_the_whole_overlap(
+            self, entra: FakeEntra) -> None:
+        """Entra caches the JWKS up to 24 h: with the copy fetched just before the rotation
+        it still validates every token of the 2 days after; the new key signs only once
+        any copy fetched since the rotation (24 h old at most) holds it."""
+        t0 = 1_800_000_000.0
+        first = rotated(None, t0 - 86400 * 30)
+        cached_before = first.jwks()  # Entra's copy, fetched just before the rotation
+        both = rotated(first, t0)
+        assert [k["kid"] for k in both.jwks()["keys"]] == [k.kid for k in both.keys]
+        for at in (t0, t0 + 86400, t0 + ROTATION_OVERLAP_S - 1):
+            token, form, hint = self._token(both, entra, at)
+            FakeEntra.validate_id_token(token, cached_before, issuer=ISSUER, form=form,
+                                        hint=hint)
+        refreshed = both.jwks()  # any copy Entra fetched since the rotation
+        for at in (t0 + ROTATION_OVERLAP_S, t0 + ROTATION_OVERLAP_S + 86400):
+            token, form, hint = self._token(both, entra, at)
+            FakeEntra.validate_id_token(token, refreshed, issuer=ISSUER, form=form, hint=hint)
+            with pytest.raises(StopIteration):  # the old copy lacks the new kid
+                FakeEntra.validate_id_token(token, cached_before, issuer=ISSUER, form=form,
+                                            hint=hint)
+
+    def test_a_later_rotation_drops_the_replaced_key(self) -> None:
+        t0 = 1_800_000_000.0
+        one = rotated(None, t0)
+        two = rotated(one, t0 + 10)
+        three = rotated(two, t0 + ROTATION_OVERLAP_S + 20)  # two signs now; one is gone
+        assert [k.kid for k in three.keys[:1]] == [two.keys[1].kid]
+        assert len(three.keys) == 2
+        assert three.signing_at(t0 + ROTATION_OVERLAP_S + 20).kid == two.keys[1].kid
+
+    def test_the_file_round_trips_with_its_dates(self, tmp_path: Any) -> None:
+        keys = rotated(rotated(None, 1_800_000_000.0), 1_800_000_100.0)
+        write_keys(tmp_path / "k.pem", keys)
+        again = SigningKeys.from_file(tmp_path / "k.pem")
+        assert [(k.kid, k.signs_from) for k in again.keys] == [
+            (k.kid, k.signs_from) for k in keys.keys]
+        assert (tmp_path / "k.pem").stat().st_mode & 0o077 == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 import secrets
 import time
@@ -32,7 +33,7 @@ from ...domain.directory import DirectoryEntry, UserDirectory
 from ...domain.flow import MATCH_DIGITS
 from ...domain.outcome import Outcome
 from ...domain.users import UserNameError, normalise_user
-from ...exceptions import OutcomeBindingError, OutcomeSignatureError
+from ...exceptions import OutcomeBindingError, OutcomeSignatureError, SettingsError
 from ...settings import Settings
 from ..api.demo import masked
 from ..api.parts import PARTS
@@ -87,7 +88,8 @@ class EntraFront:
     def __init__(self, settings: Settings, keys: SigningKeys, directory: UserDirectory,
                  redis: Redis) -> None:
         self.settings = settings
-        self.keys = keys
+        self._keys = keys
+        self._keys_mtime = self._mtime()
         self._directory = directory
         self._redis = redis
         self._client = VerificationClient(redis, signing_key=settings.signing_key)
@@ -95,6 +97,26 @@ class EntraFront:
         self._entra: EntraKeys | None = None
         self.refused: Counter[str] = Counter()  # reason -> count
         self.prefix = urlsplit(settings.entra_issuer).path.rstrip("/")
+
+    def _mtime(self) -> int | None:
+        try:
+            return os.stat(self.settings.entra_signing_key_file).st_mtime_ns
+        except OSError:
+            return None
+
+    @property
+    def keys(self) -> SigningKeys:
+        """callmfa's keys, read again when the key file changes (``callmfa keys rotate``);
+        a file that cannot be read keeps the keys already loaded (logged)."""
+        mtime = self._mtime()
+        if mtime is not None and mtime != self._keys_mtime:
+            self._keys_mtime = mtime
+            try:
+                self._keys = SigningKeys.from_file(self.settings.entra_signing_key_file)
+                log.info("entra_keys_reloaded", kids=[k.kid for k in self._keys.keys])
+            except SettingsError as e:
+                log.error("entra_keys_reload_failed", error=str(e))
+        return self._keys
 
     async def start(self, app: web.Application | None = None) -> None:
         """Open the client of Entra's discovery document and JWKS."""
