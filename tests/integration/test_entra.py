@@ -4,6 +4,7 @@ the attacks refused before any call."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -24,6 +25,8 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.entra import EntraFront, SigningKeys, generate_pem
 from ivr.fronts.entra.keys import rotated, write_keys
+from ivr.ops.eamcheck import check_eam
+from ivr.ops.results import Status
 from ivr.security import limits
 from ivr.settings import Settings
 from ivr.storage.guard import Guard
@@ -231,3 +234,33 @@ class TestTrust:
     async def test_an_unknown_session_is_404(self, eam: Eam) -> None:
         response = await eam.http.get(f"/entra/sessions/{'A' * 32}/answer")
         assert response.status == 404
+
+
+class TestCheckLine:
+    async def test_ok_when_the_api_serves_the_file_keys(self, eam: Eam) -> None:
+        s = dataclasses.replace(eam.front.settings, api_host="127.0.0.1",
+                                api_port=eam.http.port or 0)
+        result = await check_eam(s)
+        assert result is not None
+        assert result.status is Status.OK, result.message
+
+    async def test_fail_on_another_issuer_and_on_no_listener(self, eam: Eam) -> None:
+        s = dataclasses.replace(eam.front.settings, api_host="127.0.0.1",
+                                api_port=eam.http.port or 0,
+                                entra_issuer="https://mfa.example.com/entra/")
+        other = await check_eam(s)
+        assert other is not None
+        assert other.status is Status.FAIL
+        assert "not CALLMFA_ENTRA_ISSUER" in other.message
+        down = await check_eam(dataclasses.replace(s, api_port=9))
+        assert down is not None
+        assert down.status is Status.FAIL
+
+    async def test_fail_on_a_bad_key_file(self, eam: Eam, tmp_path: Path) -> None:
+        (tmp_path / "bad.pem").write_text("nope")
+        s = dataclasses.replace(eam.front.settings,
+                                entra_signing_key_file=str(tmp_path / "bad.pem"))
+        result = await check_eam(s)
+        assert result is not None
+        assert result.status is Status.FAIL
+        assert await check_eam(Settings()) is None
