@@ -7,6 +7,7 @@ exactly one requested ``acr``; ``amr: ["tel"]``)."""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import secrets
 import time
@@ -39,6 +40,8 @@ class FakeEntra:
     key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(
         2048, parameters={"kid": "entra-1", "alg": "RS256", "use": "sig"}))
     discovery_fetches: int = 0
+    received: list[dict[str, str]] = field(default_factory=list)  # what reached redirect_uri
+    _pending: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     @property
     def issuer_template(self) -> str:
@@ -59,9 +62,37 @@ class FakeEntra:
         async def keys(request: web.Request) -> web.Response:
             return web.json_response(KeySet([self.key]).as_dict(private=False))
 
+        async def start(request: web.Request) -> web.Response:
+            # Entra's sign-in page: the browser form-POSTs the authorize request.
+            action, form = self._pending.pop(request.match_info["key"])
+            inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" '
+                             f'value="{html.escape(v)}">' for k, v in form.items())
+            return web.Response(content_type="text/html", text=(
+                f'<form method="post" action="{html.escape(action)}">{inputs}</form>'
+                "<script>document.forms[0].submit()</script>"))
+
+        async def callback(request: web.Request) -> web.Response:
+            self.received.append({k: v for k, v in (await request.post()).items()
+                                  if isinstance(v, str)})
+            return web.Response(content_type="text/html",
+                                text='<body data-done="1">Entra received the answer</body>')
+
         app.router.add_get("/common/v2.0/.well-known/openid-configuration", discovery)
         app.router.add_get("/keys", keys)
+        app.router.add_get("/start/{key}", start)
+        app.router.add_post("/common/federation/externalauthprovider", callback)
         return app
+
+    @property
+    def redirect_uri(self) -> str:
+        """This fake's own redirect_uri (allow it in CALLMFA_ENTRA_REDIRECT_URIS)."""
+        return f"{self.base}/common/federation/externalauthprovider"
+
+    def start_url(self, authorize_url: str, form: dict[str, str]) -> str:
+        """A page of Entra's that makes the browser POST ``form`` to ``authorize_url``."""
+        key = secrets.token_urlsafe(8)
+        self._pending[key] = (authorize_url, form)
+        return f"{self.base}/start/{key}"
 
     @property
     def discovery_url(self) -> str:

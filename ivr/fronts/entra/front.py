@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
@@ -86,8 +87,9 @@ class EntraFront:
     its Redis client (the calls)."""
 
     def __init__(self, settings: Settings, keys: SigningKeys, directory: UserDirectory,
-                 redis: Redis) -> None:
+                 redis: Redis, *, draw_match: Callable[[], str] | None = None) -> None:
         self.settings = settings
+        self._draw_match = draw_match or _draw_match
         self._keys = keys
         self._keys_mtime = self._mtime()
         self._directory = directory
@@ -205,8 +207,7 @@ class EntraFront:
     async def _call(self, authz: AuthorizeRequest, hint: Hint, acr: str,
                     entry: DirectoryEntry) -> tuple[str, Session, str | None]:
         left = hint.iat + MAX_REQUEST_AGE_S - time.time()
-        match = (f"{secrets.randbelow(10 ** MATCH_DIGITS):0{MATCH_DIGITS}d}"
-                 if entry.mode == "match" else None)
+        match = self._draw_match() if entry.mode == "match" else None
         since_ms = int(time.time() * 1000)
         try:
             rid = await self._client.submit(
@@ -274,6 +275,10 @@ class EntraFront:
         if raw is None:
             raise web.HTTPNotFound()
         return Session(**json.loads(raw))
+
+
+def _draw_match() -> str:
+    return f"{secrets.randbelow(10 ** MATCH_DIGITS):0{MATCH_DIGITS}d}"
 
 
 def _key(sid: str) -> str:
