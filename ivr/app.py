@@ -142,7 +142,8 @@ class Service:
             gateway = OtpGateway(settings, self.providers)
             # Entra's EAM (CALLMFA_ENTRA_ISSUER): its endpoints under the issuer's path.
             self.entra = (EntraFront(settings, SigningKeys.from_file(
-                settings.entra_signing_key_file), self.directory, self.redis)
+                settings.entra_signing_key_file), self.directory, self.redis,
+                on_refused=self.metrics.entra_request_refused)
                 if settings.entra_issuer else None)
             entra_routes = [self.entra.routes()] if self.entra is not None else []
             api = build_app(parts,

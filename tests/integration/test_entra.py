@@ -25,6 +25,7 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.entra import EntraFront, SigningKeys, generate_pem
 from ivr.fronts.entra.keys import rotated, write_keys
+from ivr.metrics import Metrics
 from ivr.ops.eamcheck import check_eam
 from ivr.ops.results import Status
 from ivr.security import limits
@@ -48,6 +49,7 @@ class Eam:
     entra: FakeEntra
     front: EntraFront
     redis: Redis
+    metrics: Metrics | None = None
 
     async def authorize(self, form: dict[str, str], expect: int = 200) -> str:
         response = await self.http.post("/entra/authorize", data=form)
@@ -78,6 +80,7 @@ async def queued(redis: Redis) -> list[dict[str, Any]]:
 @pytest.fixture
 async def eam(redis: Redis, tmp_path: Path) -> AsyncIterator[Eam]:
     entra = FakeEntra()
+    metrics = Metrics()
     async with TestServer(entra.app()) as entra_server:
         entra.base = str(entra_server.make_url("")).rstrip("/")
         key_file = tmp_path / "entra.pem"
@@ -88,13 +91,14 @@ async def eam(redis: Redis, tmp_path: Path) -> AsyncIterator[Eam]:
         directory = StaticDirectory(
             DirectoryEntry(OID, "+12015550100"),
             DirectoryEntry("carol@contoso.example", "+12015550101", mode="match"))
-        front = EntraFront(settings, SigningKeys.from_file(key_file), directory, redis)
+        front = EntraFront(settings, SigningKeys.from_file(key_file), directory, redis,
+                           on_refused=metrics.entra_request_refused)
         parts = ApiParts.for_redis(settings, redis, Guard(redis, limits(settings)))
         app = build_app(parts, extra=[front.routes()])
         app.on_startup.append(front.start)
         app.on_cleanup.append(front.close)
         async with TestClient(TestServer(app)) as http:
-            yield Eam(http, entra, front, redis)
+            yield Eam(http, entra, front, redis, metrics)
 
 
 async def finish(redis: Redis, rid: str, user: str, outcome: Outcome) -> None:
@@ -172,6 +176,9 @@ class TestRefusedBeforeAnyCall:
         assert fields["error_description"] == f"callmfa: {reason}"
         assert await queued(eam.redis) == []
         assert eam.front.refused[reason] == 1
+        assert eam.metrics is not None
+        assert eam.metrics.registry.get_sample_value(
+            "callmfa_entra_requests_refused_total", {"reason": reason}) == 1
 
     async def test_a_bad_signature(self, eam: Eam) -> None:
         from joserfc.jwk import RSAKey

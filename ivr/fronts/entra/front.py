@@ -87,8 +87,10 @@ class EntraFront:
     its Redis client (the calls)."""
 
     def __init__(self, settings: Settings, keys: SigningKeys, directory: UserDirectory,
-                 redis: Redis, *, draw_match: Callable[[], str] | None = None) -> None:
+                 redis: Redis, *, draw_match: Callable[[], str] | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self._on_refused = on_refused  # the metrics' entra_request_refused
         self._draw_match = draw_match or _draw_match
         self._keys = keys
         self._keys_mtime = self._mtime()
@@ -153,9 +155,14 @@ class EntraFront:
 
     def refuse(self, request: web.Request, e: EntraError, **facts: object) -> None:
         """Log and count a refusal."""
-        self.refused[e.reason] += 1
+        self._count(e.reason)
         log.warning("entra_request_refused", reason=e.reason, error=e.message,
                     peer=request.remote, **facts)
+
+    def _count(self, reason: str) -> None:
+        self.refused[reason] += 1
+        if self._on_refused is not None:
+            self._on_refused(reason)
 
     async def authorize(self, request: web.Request) -> web.Response:
         """Entra's authorize request: checked, the user found, the call queued, the waiting
@@ -254,7 +261,7 @@ class EntraFront:
         except (OutcomeSignatureError, OutcomeBindingError, RedisError, OSError) as e:
             # Fail closed: an outcome that cannot be trusted or read is a refusal.
             record, outcome = None, "outcome_refused"
-            self.refused[outcome] += 1
+            self._count(outcome)
             log.warning("entra_request_refused", reason=outcome, error=str(e),
                         verification_id=session.rid)
         log.info("entra_answered", verification_id=session.rid, outcome=outcome)
