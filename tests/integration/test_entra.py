@@ -4,6 +4,9 @@ the attacks refused before any call."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import dataclasses
 import html
 import json
@@ -15,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
+from ivr.app import serve
 from ivr.domain.codes import check_code
 from ivr.domain.directory import DirectoryEntry
 from ivr.domain.outcome import Outcome, OutcomeRecord
@@ -26,6 +31,7 @@ from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.entra import EntraFront, SigningKeys, generate_pem
 from ivr.fronts.entra.keys import rotated, write_keys
 from ivr.metrics import Metrics
+from ivr.ops import keyscli
 from ivr.ops.eamcheck import check_eam
 from ivr.ops.results import Status
 from ivr.security import limits
@@ -35,6 +41,9 @@ from ivr.storage.keys import REQUESTS
 from ivr.storage.store import Store
 from ivr.testing import StaticDirectory
 from tests.fake_entra import CLIENT_ID, FakeEntra
+
+from ..conftest import RedisServer, free_port
+from .conftest import eventually
 
 KEY = "k" * 40
 ISSUER = "https://mfa.example.com/entra"
@@ -271,3 +280,34 @@ class TestCheckLine:
         assert result is not None
         assert result.status is Status.FAIL
         assert await check_eam(Settings()) is None
+
+
+class TestServe:
+    async def test_serve_with_the_api_role_serves_the_eam_and_the_check_passes(
+            self, redis_server: RedisServer, redis: Redis, tmp_path: Path) -> None:
+        """`callmfa keys rotate` makes the key file; `callmfa serve` (role api) serves the
+        EAM endpoints under the issuer's path; `callmfa check`'s eam line is ok."""
+        key_file = tmp_path / "entra.pem"
+        port = free_port()
+        settings = Settings(redis_url=redis_server.url, roles="api", api_port=port,
+                            health_port=0, signing_key=KEY, entra_issuer=ISSUER,
+                            entra_client_id=CLIENT_ID, entra_signing_key_file=str(key_file))
+        assert keyscli.run(settings, argparse.Namespace(action="rotate")) == 0
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(settings, stop))
+
+        async def up() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as s, s.get(
+                        f"http://127.0.0.1:{port}/entra/.well-known/openid-configuration") as r:
+                    return r.status == 200 and (await r.json())["issuer"] == ISSUER
+            return False
+
+        try:
+            await eventually(up, timeout_s=10, what="the EAM endpoints")
+            result = await check_eam(settings)
+            assert result is not None
+            assert result.status is Status.OK, result.message
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
