@@ -211,6 +211,14 @@ class TestRefusedBeforeAnyCall:
         await self._refused(eam, eam.entra.authorize_form(eam.entra.hint(age_s=301)),
                             "stale_request")
 
+    async def test_a_replayed_request_places_no_second_call(self, eam: Eam) -> None:
+        form = eam.entra.authorize_form(eam.entra.hint(oid=OID))
+        await eam.authorize(form)
+        _, fields = posted(await eam.authorize(form))
+        assert fields["error_description"] == "callmfa: replayed"
+        assert len(await queued(eam.redis)) == 1
+        assert eam.front.refused["replayed"] == 1
+
     async def test_a_redirect_uri_not_allowed_gets_an_error_page(self, eam: Eam) -> None:
         form = eam.entra.authorize_form(eam.entra.hint(),
                                         redirect_uri="https://evil.example/collect")

@@ -10,6 +10,7 @@ its answer can be taken once. The call goes through the Redis contract like any 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import os
@@ -56,6 +57,7 @@ from .protocol import (
 log = structlog.get_logger("ivr.fronts.entra")
 
 SESSION_PREFIX = "callmfa:entra:session:"
+NONCE_PREFIX = "callmfa:entra:seen:"
 ANSWER_WAIT_S = 10.0
 MAX_FORM_BYTES = 64 * 1024
 _SID = re.compile(r"[A-Za-z0-9_-]{32}")
@@ -180,6 +182,7 @@ class EntraFront:
             return _page(400, "Sign-in refused", f"<p>{html.escape(e.message)}</p>")
         try:
             hint, acr = await self._check(authz)
+            await self._first_use(authz, hint)
             entry = await self._find(hint)
             sid, session, match = await self._call(authz, hint, acr, entry)
         except EntraError as e:
@@ -199,6 +202,18 @@ class EntraFront:
                              audience=None if audience == "off" else audience,
                              tenants=self.settings.entra_tenant_set, now=time.time())
         return hint, acr
+
+    async def _first_use(self, authz: AuthorizeRequest, hint: Hint) -> None:
+        """A hint and nonce are answered once: a replayed authorize request places no
+        second call."""
+        seen = hashlib.sha256(f"{hint.tid}\0{authz.nonce}\0{authz.id_token_hint}".encode())
+        try:
+            first = await self._redis.set(NONCE_PREFIX + seen.hexdigest(), 1, nx=True,
+                                          ex=MAX_REQUEST_AGE_S + 120)
+        except (RedisError, OSError):
+            raise EntraError("unavailable", "callmfa's Redis cannot be reached") from None
+        if not first:
+            raise EntraError("replayed", "this sign-in request was already answered")
 
     async def _find(self, hint: Hint) -> DirectoryEntry:
         for name in (hint.oid, hint.preferred_username):
