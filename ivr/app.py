@@ -26,6 +26,7 @@ from .client import VerificationClient
 from .exceptions import IvrError, SettingsError
 from .fronts.alerts import MailSender
 from .fronts.api import ApiParts, build_app
+from .fronts.entra import EntraFront, SigningKeys
 from .fronts.providers import provider_routes
 from .fronts.providers.gateway import OtpGateway
 from .fronts.radius import RadiusRole
@@ -129,6 +130,7 @@ class Service:
             if settings.metrics_port else None,
         ]
         self.providers: VerificationClient | None = None
+        self.entra: EntraFront | None = None
         if "api" in roles:
             # /v1/admin/users writes callmfa's own entries (`callmfa user`), not LDAP's.
             parts = ApiParts.for_redis(settings, self.redis, security.guard,
@@ -138,8 +140,18 @@ class Service:
             # vendor's own auth, not the API's tokens (docs/integrations.md).
             self.providers = VerificationClient.from_settings(settings)
             gateway = OtpGateway(settings, self.providers)
-            api = build_app(parts, extra=[*api_routes, *provider_routes(gateway)],
+            # Entra's EAM (CALLMFA_ENTRA_ISSUER): its endpoints under the issuer's path.
+            self.entra = (EntraFront(settings, SigningKeys.from_file(
+                settings.entra_signing_key_file), self.directory, self.redis,
+                on_refused=self.metrics.entra_request_refused)
+                if settings.entra_issuer else None)
+            entra_routes = [self.entra.routes()] if self.entra is not None else []
+            api = build_app(parts,
+                            extra=[*api_routes, *provider_routes(gateway), *entra_routes],
                             with_demo=settings.api_demo == "on")
+            if self.entra is not None:
+                api.on_startup.append(self.entra.start)
+                api.on_cleanup.append(self.entra.close)
             api.router.add_get("/healthz", self.healthz)
             tls = (tls_context(settings.api_tls_cert, settings.api_tls_key)
                    if settings.api_tls_cert else None)

@@ -24,7 +24,7 @@ from .domain.request import parse_request
 from .exceptions import IvrError, RequestError, SettingsError
 from .fronts import web as http
 from .log import configure
-from .ops import admin, pincli, tokencli, usercli
+from .ops import admin, keyscli, pincli, tokencli, usercli
 from .ops.commands import add_commands
 from .ops.reference import settings_markdown
 from .settings import Settings, default_config_file
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     usercli.add_parser(sub)
     admin.add_parsers(sub)
     tokencli.add_parser(sub)
+    keyscli.add_parser(sub)
     add_commands(sub)
     sub.add_parser("health", help="ask the running `callmfa serve` for its /healthz status")
     return p

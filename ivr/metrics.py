@@ -116,6 +116,12 @@ class Metrics:
             "Verifications queued through the HTTP API (an Idempotency-Key replay not "
             "counted).", registry=r,
         )
+        self.entra_refused = Counter(
+            "callmfa_entra_requests_refused",
+            "Entra EAM sign-ins refused (before a call: bad hint, wrong issuer, audience or "
+            "tenant, stale, unknown user, redirect_uri not allowed; after: an outcome that "
+            "cannot be trusted), by reason.", ["reason"], registry=r,
+        )
         self.scrape_errors = Counter(
             "callmfa_scrape_errors", "Scrapes whose Redis figures could not be read.", registry=r
         )
@@ -179,6 +185,10 @@ class Metrics:
     def api_request_refused(self, reason: str) -> None:
         """The HTTP API refused a request (auth, scope or rate limit), for ``reason``."""
         self.api_refused.labels(reason).inc()
+
+    def entra_request_refused(self, reason: str) -> None:
+        """The Entra EAM refused a sign-in, for ``reason``."""
+        self.entra_refused.labels(reason).inc()
 
     def api_verification_submitted(self) -> None:
         """The HTTP API queued a verification."""

@@ -496,6 +496,46 @@ class Settings:
                   "(Okta waits 3 s in all)."},
     )
 
+    # Microsoft Entra's External Authentication Method (docs/entra.md).
+    entra_issuer: str = field(
+        default="",
+        metadata={"doc": "Entra EAM: callmfa's issuer URL (https://host/path), character for "
+                  "character as in Entra's configuration; the endpoints are under its path. "
+                  "Empty: no Entra endpoints."},
+    )
+    entra_client_id: str = field(
+        default="",
+        metadata={"doc": "Entra EAM: the client id Entra sends (the EAM's client id); the "
+                  "id_token's aud."},
+    )
+    entra_signing_key_file: str = field(
+        default="",
+        metadata={"doc": "Entra EAM: PEM file of callmfa's RSA signing key and its "
+                  "self-signed certificate (x5c); the first pair signs, later pairs are "
+                  "only published."},
+    )
+    entra_discovery_url: str = field(
+        default="https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
+        metadata={"doc": "Entra EAM: Entra's discovery document, whose jwks_uri holds the "
+                  "keys of id_token_hint."},
+    )
+    entra_hint_audience: str = field(
+        default="",
+        metadata={"doc": "Entra EAM: the aud id_token_hint must carry; empty: "
+                  "CALLMFA_ENTRA_CLIENT_ID; off: not checked (docs and samples disagree)."},
+    )
+    entra_tenants: str = field(
+        default="",
+        metadata={"doc": "Entra EAM: the tenant ids (tid) served, comma-separated; empty: any."},
+    )
+    entra_redirect_uris: str = field(
+        default="https://login.microsoftonline.com/common/federation/externalauthprovider,"
+                "https://login.microsoftonline.us/common/federation/externalauthprovider,"
+                "https://login.partner.microsoftonline.cn/common/federation/externalauthprovider",
+        metadata={"doc": "Entra EAM: the redirect_uri values answered, comma-separated "
+                  "(the public cloud and the sovereign clouds)."},
+    )
+
     # The RADIUS front (docs/radius.md).
     radius_host: str = field(default="127.0.0.1", metadata={"doc": "RADIUS listen address (UDP)."})
     radius_port: int = field(default=1812, metadata={"doc": "RADIUS listen port (UDP)."})
@@ -568,6 +608,8 @@ class Settings:
                                 + ", ".join(sorted(ROLES)))
         if self.api_demo not in ("on", "off"):
             raise SettingsError("CALLMFA_API_DEMO must be on or off")
+        if self.entra_issuer:
+            self._check_entra()
         if bool(self.api_tls_cert) != bool(self.api_tls_key):
             raise SettingsError("CALLMFA_API_TLS_CERT and CALLMFA_API_TLS_KEY go together")
         for host, port in self.asterisks:
@@ -581,6 +623,25 @@ class Settings:
         self._check_security()
         self._check_ldap()
         self._check_radius()
+
+    def _check_entra(self) -> None:
+        if not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", self.entra_issuer):
+            raise SettingsError("CALLMFA_ENTRA_ISSUER must be an https:// URL without query")
+        if not self.entra_client_id or not self.entra_signing_key_file:
+            raise SettingsError("CALLMFA_ENTRA_ISSUER needs CALLMFA_ENTRA_CLIENT_ID and "
+                                "CALLMFA_ENTRA_SIGNING_KEY_FILE")
+        if not self.entra_redirect_uri_set:
+            raise SettingsError("CALLMFA_ENTRA_REDIRECT_URIS names no URI")
+
+    @property
+    def entra_redirect_uri_set(self) -> frozenset[str]:
+        """``entra_redirect_uris`` as a set."""
+        return frozenset(u.strip() for u in self.entra_redirect_uris.split(",") if u.strip())
+
+    @property
+    def entra_tenant_set(self) -> frozenset[str]:
+        """``entra_tenants`` as a set of lower-case ids; empty: any tenant."""
+        return frozenset(t.strip().lower() for t in self.entra_tenants.split(",") if t.strip())
 
     def _check_ldap(self) -> None:
         if not self.ldap_url:

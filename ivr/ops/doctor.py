@@ -47,6 +47,7 @@ from ..storage.webhooks import DeliveryQueue
 from ..transport.ami import AmiClient
 from . import pbxcheck
 from .dialcheck import policy_summary
+from .eamcheck import check_eam
 from .probe import PROBE_ROUTE, new_probe_id, probe_key
 from .results import CheckResult as CheckResult  # re-exported: doctor.Status, ...
 from .results import Status as Status
@@ -671,6 +672,9 @@ async def run_checks(
     radius = await check_radius(settings)
     if radius is not None:
         yield radius
+    eam = await check_eam(settings)
+    if eam is not None:
+        yield eam
     if call is not None:
         if ami_ok and redis_ok:
             yield await check_call(settings, call, call_timeout_s)
