@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 SANDBOX := bash docker/sandbox/sandbox.sh
-PYTEST_ARGS ?=
+# The end-to-end tests mostly wait on calls (greetings, timeouts), not on the CPU: two
+# workers, each with its own sandbox, a whole module at a time (module fixtures stay shared).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 BENCH_ARGS ?=
 
 .PHONY: help deps venv lint test unit images demo sandbox-up sandbox-down clean prompts bench bench-keys bench-radius docs lock
@@ -96,4 +98,4 @@ lock:
 	rm -rf .lock-venv
 
 clean: sandbox-down
-	rm -rf $(VENV) .sandbox .sandbox-test .sandbox-bench *.egg-info
+	rm -rf $(VENV) .sandbox .sandbox-test .sandbox-test-* .sandbox-bench *.egg-info

@@ -159,10 +159,13 @@ def sandbox() -> Iterator[Sandbox]:
     """
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root (network namespace, chroot): run as root")
-    # One namespace per checkout, so that two clones can run their suites side by side.
+    # One namespace per checkout, so that two clones can run their suites side by side; and
+    # one per pytest-xdist worker (`make test` runs two), each with its own sandbox.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    suffix = f"-{worker}" if worker else ""
     default = "cmt-" + hashlib.sha1(str(REPO).encode()).hexdigest()[:8]  # noqa: S324
-    netns = os.environ.get("CALLMFA_TEST_NETNS", default)
-    directory = REPO / ".sandbox-test"
+    netns = os.environ.get("CALLMFA_TEST_NETNS", default) + suffix
+    directory = REPO / f".sandbox-test{suffix}"
     env = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": netns,
            "CALLMFA_SANDBOX_DIR": str(directory)}
     subprocess.run(["bash", str(SANDBOX), "down"], env=env, check=False, capture_output=True)
