@@ -126,3 +126,22 @@ class AsteriskLog:
     def played(self) -> list[str]:
         """The lines that tell of a sound file played since."""
         return [line for line in self.lines() if "Playing '" in line]
+
+
+async def redis_dump(sandbox: Sandbox) -> bytes:
+    """Every key and value in the sandbox's Redis, as one blob."""
+    redis = Redis.from_url(sandbox.redis_url)
+    try:
+        dump = []
+        async for key in redis.scan_iter():
+            kind = (await redis.type(key)).decode()
+            if kind == "string":
+                dump.append(await redis.get(key))
+            elif kind == "hash":
+                dump.append(repr(await redis.hgetall(key)).encode())
+            elif kind == "stream":
+                dump.append(repr(await redis.xrange(key)).encode())
+            dump.append(key)
+    finally:
+        await redis.aclose()
+    return b"\n".join(d for d in dump if d)

@@ -19,7 +19,7 @@ from ivr.storage.pins import pin_key
 from ivr.testing import synthesize
 
 from ..conftest import REPO, Sandbox
-from .conftest import AsteriskLog, PhoneFactory, audit_entries, audit_of, restart_serve
+from .conftest import AsteriskLog, PhoneFactory, audit_entries, audit_of, redis_dump, restart_serve
 
 PHONE = "+12015550100"
 PIN = "5938271046"  # ten digits: nothing else in a log or in Redis looks like it
@@ -151,21 +151,7 @@ class TestPin:
         assert collected
         assert not any("keys" in e for e in collected)
         assert all(type(e["early_keys"]) is bool for e in lines if e["event"] == "ivr_started")
-        redis = Redis.from_url(sandbox.redis_url)
-        try:
-            dump = []
-            async for key in redis.scan_iter():
-                kind = (await redis.type(key)).decode()
-                if kind == "string":
-                    dump.append(await redis.get(key))
-                elif kind == "hash":
-                    dump.append(repr(await redis.hgetall(key)).encode())
-                elif kind == "stream":
-                    dump.append(repr(await redis.xrange(key)).encode())
-                dump.append(key)
-        finally:
-            await redis.aclose()
-        blob = b"\n".join(d for d in dump if d)
+        blob = await redis_dump(sandbox)
         assert PIN.encode() not in blob
         assert b"scrypt-p1$" in blob  # the PIN's hash, peppered
         assert b"scrypt$" in blob  # the match code's, as the sign-in service made it

@@ -18,7 +18,7 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.storage.keys import EVENTS, REQUESTS
 
 from ..conftest import REPO, Sandbox
-from .conftest import AsteriskLog, PhoneFactory
+from .conftest import AsteriskLog, PhoneFactory, redis_dump
 
 PHONE = "+12015550100"
 CODE = "4829173"  # seven digits, no two alike in a row: the order is checkable
@@ -40,25 +40,6 @@ async def otp_call(client: VerificationClient, user: str, code: str = CODE,
                                  **kw)
     assert record is not None, "no outcome within 60 s"
     return record
-
-
-async def redis_dump(sandbox: Sandbox) -> bytes:
-    """Every key and value in the sandbox's Redis, as one blob."""
-    redis = Redis.from_url(sandbox.redis_url)
-    try:
-        dump = []
-        async for key in redis.scan_iter():
-            kind = (await redis.type(key)).decode()
-            if kind == "string":
-                dump.append(await redis.get(key))
-            elif kind == "hash":
-                dump.append(repr(await redis.hgetall(key)).encode())
-            elif kind == "stream":
-                dump.append(repr(await redis.xrange(key)).encode())
-            dump.append(key)
-    finally:
-        await redis.aclose()
-    return b"\n".join(d for d in dump if d)
 
 
 async def code_nowhere(sandbox: Sandbox, code: str) -> None:
