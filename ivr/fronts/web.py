@@ -71,9 +71,11 @@ class HttpListener:
         self._max_connections = max_connections
         self._on_refused = on_refused
         self._tls = tls
+        self._idle_timeout_s = idle_timeout_s
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout_s,
                                      shutdown_timeout=SHUTDOWN_GRACE_S, handle_signals=False)
         self._server: asyncio.Server | None = None
+        self._unmade = 0
 
     @property
     def port(self) -> int:
@@ -88,15 +90,23 @@ class HttpListener:
         server = self._runner.server
         return len(server.connections) if server is not None else 0
 
+    def _made(self) -> None:
+        self._unmade -= 1
+
     def _protocol(self) -> asyncio.BaseProtocol:
         server = self._runner.server
         assert server is not None
-        if len(server.connections) >= self._max_connections:
+        # asyncio runs connection_made (where aiohttp counts a connection) a loop step
+        # after this factory, so a burst accepted in one step would all see the same
+        # count: the handlers made here and not yet counted are added by hand.
+        if len(server.connections) + self._unmade >= self._max_connections:
             log.warning("http_connection_refused", listener=self._name, port=self.port,
                         max_connections=self._max_connections)
             if self._on_refused is not None:
                 self._on_refused()
             return _Refusal()
+        self._unmade += 1
+        asyncio.get_running_loop().call_soon(self._made)
         return server()
 
     async def start(self) -> None:
@@ -105,6 +115,7 @@ class HttpListener:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol, self._host, self._port, reuse_address=True, ssl=self._tls,
+            ssl_handshake_timeout=self._idle_timeout_s if self._tls is not None else None,
         )
         log.info("http_listening", listener=self._name, host=self._host, port=self.port,
                  tls=self._tls is not None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from aiohttp import web
 
@@ -60,6 +61,22 @@ class TestConnectionCap:
         finally:
             for _, writer in idle:
                 writer.close()
+            await server.close()
+
+    async def test_a_burst_accepted_in_one_loop_step_still_meets_the_cap(self) -> None:
+        """CAP + 4 connections made while the server's loop is busy are accepted in one
+        batch, before any of them is made: CAP are served, 4 are refused."""
+        refused: list[int] = []
+        server = HttpListener(ops_app({"/healthz": healthz}), host="127.0.0.1", port=0,
+                              max_connections=CAP, on_refused=lambda: refused.append(1))
+        await server.start()
+        burst = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(CAP + 4)]
+        try:
+            await eventually(lambda: len(refused) == 4, what="4 refused")
+            await eventually(lambda: server.connections == CAP, what="CAP served")
+        finally:
+            for sock in burst:
+                sock.close()
             await server.close()
 
     async def test_an_idle_connection_is_cut_at_the_read_deadline(self) -> None:
