@@ -20,7 +20,7 @@ from .app import serve
 from .client import VerificationClient
 from .domain.flow import MATCH_DIGITS, MODES, OTP_MAX_DIGITS, OTP_MIN_DIGITS
 from .domain.outcome import Outcome
-from .domain.request import parse_request
+from .domain.request import check_lang, parse_request
 from .exceptions import IvrError, RequestError, SettingsError
 from .fronts import web as http
 from .log import configure
@@ -42,9 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the originator and the FastAGI server")
     v = sub.add_parser("verify", help="place one verification and print its outcome")
     v.add_argument("--user", required=True, type=admin.user_name)
-    v.add_argument("--phone", required=True, help="E.164, e.g. +12015550100 or +12015550100x1234")
-    v.add_argument("--mode", choices=MODES, default="standard",
-                   help="standard: '#' approves (default); pin: the user's PIN then '#'; "
+    v.add_argument("--phone", help="E.164, e.g. +12015550100 or +12015550100x1234 (default: "
+                                   "the number `callmfa user` or LDAP holds for the user)")
+    v.add_argument("--mode", choices=MODES,
+                   help="standard: '#' approves (default, or the directory's mode); pin: the "
+                        "user's PIN then '#'; "
                         "match: the number given with --match, then '#'; otp: reads the "
                         "code given with --otp (outcome delivered)")
     v.add_argument("--match", metavar="NN", dest="match_number",
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--otp", metavar="DIGITS",
                    help=f"mode otp: the one-time code to read out ({OTP_MIN_DIGITS} to "
                         f"{OTP_MAX_DIGITS} digits)")
-    v.add_argument("--lang", default="en")
+    v.add_argument("--lang", help="the prompts' language (default: the directory's, else en)")
     v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
     v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
     st = sub.add_parser("settings", help="print the settings reference")
@@ -91,11 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"callmfa: {usage}", file=sys.stderr)
                 return EXIT_USAGE
             try:
-                parse_request(
-                    json.dumps({"id": "00000000-0000-0000-0000-000000000000", "user": args.user,
-                                "phone": args.phone, "lang": args.lang}),
-                    requested_at=0, default_ttl_s=0,
-                )
+                if args.phone is not None:  # else the directory's, checked by serve
+                    parse_request(
+                        json.dumps({"id": "00000000-0000-0000-0000-000000000000",
+                                    "user": args.user, "phone": args.phone,
+                                    "lang": args.lang or "en"}),
+                        requested_at=0, default_ttl_s=0,
+                    )
+                elif args.lang is not None:
+                    check_lang(args.lang)
             except RequestError as e:
                 print(f"callmfa: {e.message}", file=sys.stderr)
                 return EXIT_USAGE
@@ -175,8 +181,9 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
         )
         progress = None
         if not args.json:
-            print(f"verification {rid}: calling {args.phone}"
-                  + ("" if args.mode == "standard" else f" (mode {args.mode})"))
+            callee = args.phone or f"the directory's number of {args.user}"
+            print(f"verification {rid}: calling {callee}"
+                  + ("" if args.mode in (None, "standard") else f" (mode {args.mode})"))
             progress = asyncio.create_task(_print_progress(client, rid, since, args.timeout))
         record = await client.wait(rid, args.timeout)
         if progress is not None:

@@ -115,6 +115,22 @@ class TestRequestsWithoutPhone:
         events = [e["event"] for e in await audit_entries(sandbox) if e.get("user") == user]
         assert events == ["user_set"]
 
+    async def test_callmfa_verify_without_phone_calls_the_directory_number(
+        self, sandbox: Sandbox, phone: PhoneFactory
+    ) -> None:
+        """`callmfa verify --user U` with no --phone: the number of `callmfa user set`."""
+        user = f"dir-{uuid.uuid4().hex[:8]}"
+        out = await asyncio.to_thread(_callmfa, sandbox, "user", "set", user,
+                                      "--phone", "+12015550184")
+        assert out.returncode == 0, out.stderr
+        p = phone(keys="#")
+        said = await asyncio.to_thread(_callmfa_env, sandbox, "verify", "--user", user,
+                                       "--timeout", "30")
+        assert f"calling the directory's number of {user}" in said, said
+        assert "outcome: approved" in said, said
+        assert p.wait(20) == 0, p.errors()
+        assert p.invites() == {"+12015550184": 1}
+
     async def test_an_ldap_user_is_called_at_the_mobile(
         self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
     ) -> None:
