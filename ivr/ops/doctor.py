@@ -569,18 +569,26 @@ async def check_probe(
     else:
         yield CheckResult("prompts", Status.OK,
                           "Asterisk can play every prompt in " + ", ".join(found["languages"]))
-    yield check_early_keys(found.get("early_keys"))
+    yield check_early_keys(found.get("early_keys"), found.get("collect"))
     for result in pbxcheck.check_modules(settings.amd, found):
         yield result
     yield pbxcheck.check_endpoint(settings.dial_template, found)
 
 
-def check_early_keys(trystatus: str | None) -> CheckResult:
-    """What ``TryExec(StoreDTMF(...))`` in [callmfa-prepare] said on the probe call (None:
-    the running ``callmfa serve`` is older than this check and did not ask)."""
+def check_early_keys(trystatus: str | None, collect: bool | None = None) -> CheckResult:
+    """What ``TryExec(StoreDTMF(...))`` in [callmfa-prepare] said on the probe call, and
+    whether the dialplan has [callmfa-collect] (``collect``; None for both: the running
+    ``callmfa serve`` is older than this check and did not ask)."""
     if trystatus is None:
         return CheckResult("early-keys", Status.SKIP,
                            "the running callmfa serve does not report it: restart it")
+    if trystatus == "SUCCESS" and collect is False:
+        return CheckResult(
+            "early-keys", Status.WARN,
+            "the dialplan is older than [callmfa-collect]: a '#' pressed between two AGI "
+            "commands can be lost",
+            "install the current extensions_callmfa.conf (callmfa install-dialplan DIR), "
+            "then `dialplan reload`")
     if trystatus == "SUCCESS":
         return CheckResult("early-keys", Status.OK,
                            "StoreDTMF keeps the keys pressed before the greeting")

@@ -2,7 +2,8 @@
 
 ``callmfa check`` originates a Local channel into the verification context with
 ``CALLMFA_AGI`` pointing at this route instead of ``verify``. When Asterisk connects, the
-probe asks whether the dialplan could keep early keys (``StoreDTMF``) and whether it can
+probe asks whether the dialplan could keep early keys (``StoreDTMF``), whether it has
+``[callmfa-collect]`` (which keeps a key pressed between two AGI commands), and whether it can
 play every prompt (``STREAM FILE`` from far past the end
 returns at once: ``result=0`` if the file exists, ``result=-1`` with the offset as endpos
 if it does not), stores what it found under ``callmfa:check:<id>`` for a minute and hangs
@@ -62,6 +63,8 @@ class AgiProbe:
         try:
             # What the dialplan's TryExec(StoreDTMF(...)) said (callmfa check asks for it).
             early_keys = await channel.get_full_variable("${TRYSTATUS}")
+            # Set by [callmfa-prepare] when the dialplan has [callmfa-collect].
+            collect = await channel.get_full_variable("${CALLMFA_COLLECT}") == "1"
             modules = await _modules(channel)
             endpoint = await _endpoint(channel)
             for lang in LANGUAGES:
@@ -80,7 +83,8 @@ class AgiProbe:
         await self._redis.set(
             probe_key(probe_id),
             json.dumps({"languages": LANGUAGES, "missing": missing,
-                        "early_keys": early_keys, "modules": modules, "endpoint": endpoint}),
+                        "early_keys": early_keys, "collect": collect, "modules": modules,
+                        "endpoint": endpoint}),
             ex=PROBE_TTL_S,
         )
         log.info("probe_answered", missing=missing)

@@ -122,6 +122,18 @@ class TestCheck:
             sandbox.asterisk("module load app_dtmfstore.so")
         assert "ok    early-keys" in run_cli(sandbox, "check").stdout
 
+    def test_a_dialplan_older_than_callmfa_collect_is_a_warning(self, sandbox: Sandbox) -> None:
+        """[callmfa-prepare] without its Set(CALLMFA_COLLECT=1) (priority 6), as a dialplan
+        installed before [callmfa-collect]: `callmfa check` warns with the fix."""
+        sandbox.asterisk("dialplan add extension s,6,NoOp(old) into callmfa-prepare replace")
+        try:
+            out = run_cli(sandbox, "check")
+            assert "warn  early-keys     the dialplan is older than [callmfa-collect]" \
+                in out.stdout, out.stdout
+        finally:
+            sandbox.asterisk("dialplan reload")
+        assert "ok    early-keys" in run_cli(sandbox, "check").stdout
+
     def test_call_places_a_real_verification(
         self, sandbox: Sandbox, phone: PhoneFactory
     ) -> None:

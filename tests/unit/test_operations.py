@@ -167,6 +167,13 @@ class TestDoctorPureChecks:
         assert "FAILED" in check_early_keys("FAILED").message
         assert check_early_keys(None).status is Status.SKIP  # serve older than check
 
+    def test_an_old_dialplan_without_callmfa_collect_is_a_warning(self) -> None:
+        assert check_early_keys("SUCCESS", collect=True).status is Status.OK
+        old = check_early_keys("SUCCESS", collect=False)
+        assert old.status is Status.WARN
+        assert "[callmfa-collect]" in old.message
+        assert "install-dialplan" in (old.fix or "")
+
     def test_amd(self) -> None:
         """The AMD parameters in use are reported; AMD off is a warning."""
         amd = check_amd(Settings(amd_initial_silence_ms=2000))
