@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -157,8 +158,6 @@ def sandbox() -> Iterator[Sandbox]:
     Joining (setns) puts this thread's new sockets and child processes (sipp) on the
     namespace's loopback, where Redis, AMI, SIP and FastAGI listen.
     """
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests need root (network namespace, chroot): run as root")
     # One namespace per checkout, so that two clones can run their suites side by side; and
     # one per pytest-xdist worker (`make test` runs two), each with its own sandbox.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
@@ -168,12 +167,25 @@ def sandbox() -> Iterator[Sandbox]:
     directory = REPO / f".sandbox-test{suffix}"
     env = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": netns,
            "CALLMFA_SANDBOX_DIR": str(directory)}
+    with sandbox_up(env) as up:
+        yield up
+
+
+@contextlib.contextmanager
+def sandbox_up(env: dict[str, str], *, fresh: tuple[Path, ...] = ()) -> Iterator[Sandbox]:
+    """`sandbox.sh up` with ``env`` (its CALLMFA_NETNS and CALLMFA_SANDBOX_DIR) from an empty
+    Redis (and without the directories ``fresh``); this thread joins its namespace until
+    the end, then goes back to the one it was in, and the sandbox goes down."""
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root (network namespace, chroot): run as root")
+    netns, directory = env["CALLMFA_NETNS"], Path(env["CALLMFA_SANDBOX_DIR"])
     subprocess.run(["bash", str(SANDBOX), "down"], env=env, check=False, capture_output=True)
     # Redis persists (AOF): a session starts from an empty one, not an earlier run's queue.
-    shutil.rmtree(directory / "redis", ignore_errors=True)
+    for stale in (directory / "redis", *fresh):
+        shutil.rmtree(stale, ignore_errors=True)
     up = subprocess.run(["bash", str(SANDBOX), "up"], env=env, capture_output=True, text=True)
     if up.returncode != 0:
-        pytest.fail(f"sandbox up failed:\n{up.stderr[-4000:]}")
+        pytest.fail(f"sandbox up ({netns}) failed:\n{up.stderr[-4000:]}")
     values = {}
     for line in (directory / "env").read_text().splitlines():
         if line.startswith("export "):

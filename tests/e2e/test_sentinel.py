@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -33,7 +32,7 @@ from ivr.settings import Settings
 from ivr.storage.store import EVENTS, connect_for, result_key
 from ivr.testing import PhoneBehaviour, SippPhone
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, _setns, wait_until
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, sandbox_up, wait_until
 
 # CALLMFA_TEST_REDIS_SERVER=valkey runs the same tests on valkey-server and valkey-sentinel
 # (from the Debian sid root: Debian 12 has no valkey).
@@ -62,31 +61,9 @@ def _up() -> None:
 def sentinel_sandbox() -> Iterator[Sandbox]:
     """A sandbox of its own in Sentinel mode; this thread joins its namespace meanwhile
     (and goes back to the one it was in: the suite's sandbox, or the host's)."""
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests need root (network namespace, chroot): run as root")
-    subprocess.run(["bash", str(SANDBOX), "down"], env=_env(), check=False, capture_output=True)
-    shutil.rmtree(DIRECTORY / "redis", ignore_errors=True)  # a fresh primary and replica
     root = Path(os.environ.get("CALLMFA_ASTERISK_ROOT", "/var/tmp/callmfa/asterisk-root"))  # noqa: S108 - the sandbox's own default
-    shutil.rmtree(root / "var" / "lib" / f"callmfa-{NETNS}-valkey", ignore_errors=True)
-    up = subprocess.run(["bash", str(SANDBOX), "up"], env=_env(), capture_output=True, text=True)
-    if up.returncode != 0:
-        pytest.fail(f"sandbox up (sentinel) failed:\n{up.stderr[-4000:]}")
-    values = {}
-    for line in (DIRECTORY / "env").read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export "):].partition("=")
-            values[key] = value.strip("'")
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{NETNS}", os.O_RDONLY)
-    try:
-        _setns(target)
-        yield Sandbox(NETNS, DIRECTORY, values, home)
-    finally:
-        _setns(home)
-        os.close(home)
-        os.close(target)
-        subprocess.run(["bash", str(SANDBOX), "down"], env=_env(), check=False,
-                       capture_output=True)
+    with sandbox_up(_env(), fresh=(root / "var" / "lib" / f"callmfa-{NETNS}-valkey",)) as up:
+        yield up
 
 
 @pytest.fixture(scope="module")
