@@ -36,7 +36,7 @@ _PCAP_NAMES = {"#": "pound", "*": "star"}
 class PhoneBehaviour:
     """What the simulated user does when called."""
 
-    keys: str = "#"  # pressed after answering; "" for silence
+    keys: str = "#"  # pressed after answering; "" for silence; "?": see SippPhone.give_keys
     dtmf: Literal["info", "rfc4733"] = "info"
     key_delay_ms: int = 1000  # from the answer to the first key
     key_delay_max_ms: int | None = None  # set: drawn per call, uniform in [key_delay_ms, this]
@@ -51,8 +51,10 @@ class PhoneBehaviour:
     silent_rtp: bool = False  # without speech: send silent audio (a muted phone), not none
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[0-9*#]*", self.keys):
-            raise ValueError("keys may hold 0-9, * and # only")
+        if not re.fullmatch(r"[0-9*#?]*", self.keys):
+            raise ValueError("keys may hold 0-9, *, # and ? only")
+        if "?" in self.keys and self.dtmf != "info":
+            raise ValueError("a key given later (?) is sent over SIP INFO only")
         if self.key_delay_max_ms is not None and self.key_delay_max_ms < self.key_delay_ms:
             raise ValueError("key_delay_max_ms must be at least key_delay_ms")
 
@@ -104,9 +106,11 @@ Max-Forwards: 70
 """
 
 
-def scenario_xml(b: PhoneBehaviour, *, speech_file: Path | None = None, speech_ms: int = 0) -> str:
+def scenario_xml(b: PhoneBehaviour, *, speech_file: Path | None = None, speech_ms: int = 0,
+                 late_keys: Path | None = None) -> str:
     """The sipp UAS scenario for one behaviour (``speech_file``: its speech, or its silence
-    for ``silent_rtp``, as u-law WAV)."""
+    for ``silent_rtp``, as u-law WAV; ``late_keys``: the directory of the keys given later,
+    ``?`` in ``keys``)."""
     # Capture the dialog's headers at the INVITE: [last_From:]/[last_To:] flip later.
     steps = """  <recv request="INVITE" rrs="true">
     <action>
@@ -157,6 +161,10 @@ Content-Length: 0
             steps += (f'  <pause distribution="uniform" min="{b.key_delay_ms}"'
                       f' max="{b.key_delay_max_ms}"/>\n')
         for n, key in enumerate(b.keys, 1):
+            if key == "?":  # sipp reads the file when it sends the INFO
+                if late_keys is None:
+                    raise ValueError("keys given later (?) need the late_keys directory")
+                key = f'[file name="{late_keys / f"key-{n}"}"]'
             if b.dtmf == "info":
                 steps += _request("INFO", cseq, f"Signal={key}\nDuration=160",
                                   "application/dtmf-relay")
@@ -249,9 +257,8 @@ class SippPhone:
             speech_file = self._workdir / "silence.wav"
             subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law",
                             str(speech_file), "trim", "0", "20"], check=True, timeout=60)
-        scenario.write_text(
-            scenario_xml(self.behaviour, speech_file=speech_file, speech_ms=speech_ms)
-        )
+        scenario.write_text(scenario_xml(self.behaviour, speech_file=speech_file,
+                                         speech_ms=speech_ms, late_keys=self._workdir))
         cmd = [
             "sipp", "-sf", str(scenario), "-i", self._host, "-p", str(self._port),
             # No -m: sipp counts as a call any stray message of an earlier phone's call (a
@@ -275,6 +282,17 @@ class SippPhone:
                 said = (self._workdir / "stdout.log").read_text(errors="replace")[:2000]
                 raise RuntimeError(f"sipp did not start (or exited at once):\n{said}")
             time.sleep(0.01)
+
+    def give_keys(self, keys: str) -> None:
+        """The keys for the ``?`` of ``keys``, in order, known only once the call is under
+        way (the number a sign-in page shows): give them before the phone presses them."""
+        slots = [n for n, key in enumerate(self.behaviour.keys, 1) if key == "?"]
+        if len(keys) != len(slots) or not re.fullmatch(r"[0-9*#]*", keys):
+            raise ValueError(f"give {len(slots)} keys of 0-9, * and #")
+        for n, key in zip(slots, keys, strict=True):
+            target = self._workdir / f"key-{n}"
+            target.with_suffix(".new").write_text(key)
+            target.with_suffix(".new").replace(target)
 
     def successful_calls(self) -> int:
         """Calls that went as scripted so far (sipp writes its statistics every second)."""
