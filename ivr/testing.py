@@ -106,11 +106,10 @@ Max-Forwards: 70
 """
 
 
-def scenario_xml(b: PhoneBehaviour, *, speech_file: Path | None = None, speech_ms: int = 0,
-                 late_keys: Path | None = None) -> str:
+def scenario_xml(b: PhoneBehaviour, *, speech_file: Path | None = None, speech_ms: int = 0) -> str:
     """The sipp UAS scenario for one behaviour (``speech_file``: its speech, or its silence
-    for ``silent_rtp``, as u-law WAV; ``late_keys``: the directory of the keys given later,
-    ``?`` in ``keys``)."""
+    for ``silent_rtp``, as u-law WAV). A key given later (``?``) is read from the file
+    ``keyN`` (N: its position) of sipp's working directory."""
     # Capture the dialog's headers at the INVITE: [last_From:]/[last_To:] flip later.
     steps = """  <recv request="INVITE" rrs="true">
     <action>
@@ -161,10 +160,9 @@ Content-Length: 0
             steps += (f'  <pause distribution="uniform" min="{b.key_delay_ms}"'
                       f' max="{b.key_delay_max_ms}"/>\n')
         for n, key in enumerate(b.keys, 1):
-            if key == "?":  # sipp reads the file when it sends the INFO
-                if late_keys is None:
-                    raise ValueError("keys given later (?) need the late_keys directory")
-                key = f'[file name="{late_keys / f"key-{n}"}"]'
+            if key == "?":  # sipp reads the file as it sends the INFO
+                # A relative name: sipp takes "-<digits>" in a name for an offset.
+                key = f'[file name="key{n}"]'
             if b.dtmf == "info":
                 steps += _request("INFO", cseq, f"Signal={key}\nDuration=160",
                                   "application/dtmf-relay")
@@ -257,8 +255,9 @@ class SippPhone:
             speech_file = self._workdir / "silence.wav"
             subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", "u-law",
                             str(speech_file), "trim", "0", "20"], check=True, timeout=60)
-        scenario.write_text(scenario_xml(self.behaviour, speech_file=speech_file,
-                                         speech_ms=speech_ms, late_keys=self._workdir))
+        scenario.write_text(
+            scenario_xml(self.behaviour, speech_file=speech_file, speech_ms=speech_ms)
+        )
         cmd = [
             "sipp", "-sf", str(scenario), "-i", self._host, "-p", str(self._port),
             # No -m: sipp counts as a call any stray message of an earlier phone's call (a
@@ -290,7 +289,7 @@ class SippPhone:
         if len(keys) != len(slots) or not re.fullmatch(r"[0-9*#]*", keys):
             raise ValueError(f"give {len(slots)} keys of 0-9, * and #")
         for n, key in zip(slots, keys, strict=True):
-            target = self._workdir / f"key-{n}"
+            target = self._workdir / f"key{n}"
             target.with_suffix(".new").write_text(key)
             target.with_suffix(".new").replace(target)
 
