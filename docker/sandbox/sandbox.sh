@@ -43,7 +43,7 @@ LDAP_PORT=3389
 # Entra's EAM on the sandbox's API: Entra is the fake one tests/e2e/test_entra.py serves on
 # this port (its discovery document, keys and redirect_uri); callmfa's key file is made by
 # `callmfa keys rotate`.
-ENTRA_PORT=4599
+ENTRA_PORT=4591
 ENTRA_KEY_FILE=$SB/entra-keys.pem
 LDAP_BIND_DN=cn=callmfa,ou=services,dc=callmfa,dc=test
 REDIS_MODE=${CALLMFA_SANDBOX_REDIS:-single}

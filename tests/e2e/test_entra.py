@@ -38,7 +38,7 @@ from .conftest import PhoneFactory, restart_serve
 from .test_modes import _callmfa
 from .test_operations import run_cli, scrape
 
-ENTRA_PORT = 4599  # sandbox.sh's CALLMFA_ENTRA_DISCOVERY_URL
+ENTRA_PORT = 4591  # sandbox.sh's CALLMFA_ENTRA_DISCOVERY_URL
 FRAUD_BLOCK_S = "86400"
 _MATCH = re.compile(r'<div id="match">(\d+)</div>')
 
