@@ -27,6 +27,7 @@ import pytest
 from aiohttp import web
 from joserfc.jwk import RSAKey
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from ivr.storage.keys import REQUESTS
 from tests.fake_entra import FakeEntra
@@ -161,6 +162,8 @@ async def requests_added(sandbox: Sandbox) -> int:
     redis = Redis.from_url(sandbox.redis_url)
     try:
         info = await redis.xinfo_stream(REQUESTS)
+    except ResponseError:  # no such key: nothing was ever queued
+        return 0
     finally:
         await redis.aclose()
     return int(info["entries-added"])
