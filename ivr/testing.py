@@ -36,7 +36,7 @@ _PCAP_NAMES = {"#": "pound", "*": "star"}
 class PhoneBehaviour:
     """What the simulated user does when called."""
 
-    keys: str = "#"  # pressed after answering; "" for silence
+    keys: str = "#"  # pressed after answering; "" for silence; "?": see SippPhone.give_keys
     dtmf: Literal["info", "rfc4733"] = "info"
     key_delay_ms: int = 1000  # from the answer to the first key
     key_delay_max_ms: int | None = None  # set: drawn per call, uniform in [key_delay_ms, this]
@@ -51,8 +51,10 @@ class PhoneBehaviour:
     silent_rtp: bool = False  # without speech: send silent audio (a muted phone), not none
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[0-9*#]*", self.keys):
-            raise ValueError("keys may hold 0-9, * and # only")
+        if not re.fullmatch(r"[0-9*#?]*", self.keys):
+            raise ValueError("keys may hold 0-9, *, # and ? only")
+        if "?" in self.keys and self.dtmf != "info":
+            raise ValueError("a key given later (?) is sent over SIP INFO only")
         if self.key_delay_max_ms is not None and self.key_delay_max_ms < self.key_delay_ms:
             raise ValueError("key_delay_max_ms must be at least key_delay_ms")
 
@@ -106,7 +108,8 @@ Max-Forwards: 70
 
 def scenario_xml(b: PhoneBehaviour, *, speech_file: Path | None = None, speech_ms: int = 0) -> str:
     """The sipp UAS scenario for one behaviour (``speech_file``: its speech, or its silence
-    for ``silent_rtp``, as u-law WAV)."""
+    for ``silent_rtp``, as u-law WAV). A key given later (``?``) is read from the file
+    ``keyN`` (N: its position) of sipp's working directory."""
     # Capture the dialog's headers at the INVITE: [last_From:]/[last_To:] flip later.
     steps = """  <recv request="INVITE" rrs="true">
     <action>
@@ -157,6 +160,9 @@ Content-Length: 0
             steps += (f'  <pause distribution="uniform" min="{b.key_delay_ms}"'
                       f' max="{b.key_delay_max_ms}"/>\n')
         for n, key in enumerate(b.keys, 1):
+            if key == "?":  # sipp reads the file as it sends the INFO
+                # A relative name: sipp takes "-<digits>" in a name for an offset.
+                key = f'[file name="key{n}"]'
             if b.dtmf == "info":
                 steps += _request("INFO", cseq, f"Signal={key}\nDuration=160",
                                   "application/dtmf-relay")
@@ -275,6 +281,17 @@ class SippPhone:
                 said = (self._workdir / "stdout.log").read_text(errors="replace")[:2000]
                 raise RuntimeError(f"sipp did not start (or exited at once):\n{said}")
             time.sleep(0.01)
+
+    def give_keys(self, keys: str) -> None:
+        """The keys for the ``?`` of ``keys``, in order, known only once the call is under
+        way (the number a sign-in page shows): give them before the phone presses them."""
+        slots = [n for n, key in enumerate(self.behaviour.keys, 1) if key == "?"]
+        if len(keys) != len(slots) or not re.fullmatch(r"[0-9*#]*", keys):
+            raise ValueError(f"give {len(slots)} keys of 0-9, * and #")
+        for n, key in zip(slots, keys, strict=True):
+            target = self._workdir / f"key{n}"
+            target.with_suffix(".new").write_text(key)
+            target.with_suffix(".new").replace(target)
 
     def successful_calls(self) -> int:
         """Calls that went as scripted so far (sipp writes its statistics every second)."""

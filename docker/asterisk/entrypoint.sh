@@ -60,7 +60,7 @@ install_classic_agi() {
   cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
   find "$agi" -name __pycache__ -prune -exec rm -rf {} +
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
-  (umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^CALLMFA_NETNS=' \
+  (umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ -e '^CALLMFA_NETNS=' \
       | sed 's/^/export /' || true
     [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
     [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")

@@ -40,6 +40,11 @@ SID_MIRROR=${CALLMFA_SID_MIRROR:-http://deb.debian.org/debian}
 READY_SECS=${CALLMFA_SANDBOX_READY_SECS:-60}
 INSTANCES=${CALLMFA_ASTERISK_INSTANCES:-1}
 LDAP_PORT=3389
+# Entra's EAM on the sandbox's API: Entra is the fake one tests/e2e/test_entra.py serves on
+# this port (its discovery document, keys and redirect_uri); callmfa's key file is made by
+# `callmfa keys rotate`.
+ENTRA_PORT=4591
+ENTRA_KEY_FILE=$SB/entra-keys.pem
 LDAP_BIND_DN=cn=callmfa,ou=services,dc=callmfa,dc=test
 REDIS_MODE=${CALLMFA_SANDBOX_REDIS:-single}
 REDIS_SERVER=${CALLMFA_SANDBOX_REDIS_SERVER:-redis}
@@ -213,8 +218,8 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: this sandbox's, less the AMI secret it does not need, and the
   # PIN pepper's value (the file it names is outside the root). 0640 root:asterisk.
-  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
+  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
+      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
     [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
     [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
@@ -424,6 +429,11 @@ export CALLMFA_PROVIDER_AUTHENTIK_TOKEN_FILE=$SB/provider-token
 export CALLMFA_PROVIDER_OKTA_TOKEN_FILE=$SB/provider-token
 export CALLMFA_PROVIDER_OKTA_AUTH_HEADER=X-Okta-Hook-Secret
 export CALLMFA_PROVIDER_LINOTP_TOKEN_FILE=$SB/provider-token
+export CALLMFA_ENTRA_ISSUER=https://mfa.example.com/entra
+export CALLMFA_ENTRA_CLIENT_ID=callmfa-sandbox-eam
+export CALLMFA_ENTRA_SIGNING_KEY_FILE=$ENTRA_KEY_FILE
+export CALLMFA_ENTRA_DISCOVERY_URL=http://127.0.0.1:$ENTRA_PORT/common/v2.0/.well-known/openid-configuration
+export CALLMFA_ENTRA_REDIRECT_URIS=https://login.microsoftonline.com/common/federation/externalauthprovider,http://127.0.0.1:$ENTRA_PORT/common/federation/externalauthprovider
 EOF
   if [[ $REDIS_MODE == sentinel ]]; then
     # The data nodes' user and password (the Sentinels give the address).
@@ -458,6 +468,14 @@ ensure_api_token() {
   [[ $token == cmfa_* ]] || die "callmfa token create failed"
   (umask 077 && printf '%s\n' "$token" >"$SB/api-token.new")
   mv "$SB/api-token.new" "$SB/api-token"
+}
+
+# The EAM's first signing key (and its certificate), made once by the real CLI: a restart,
+# or a `callmfa keys rotate` of a test, keeps the file.
+ensure_entra_keys() {
+  [[ -s $ENTRA_KEY_FILE ]] && return 0
+  bash -c "source '$SB/env' && exec '$VENV/bin/callmfa' keys rotate" >/dev/null ||
+    die "callmfa keys rotate failed"
 }
 
 cmd_up() {
@@ -514,7 +532,7 @@ cmd_up() {
       -rx 'core waitfullybooted'
   done
 
-  [[ ! -x $VENV/bin/callmfa ]] || ensure_api_token
+  [[ ! -x $VENV/bin/callmfa ]] || { ensure_api_token && ensure_entra_keys; }
 
   if [[ $SERVE != 0 ]] && ! alive callmfa; then
     [[ -x $VENV/bin/callmfa ]] || die "no $VENV/bin/callmfa: run 'make venv' first"
@@ -523,7 +541,7 @@ cmd_up() {
     start callmfa "callmfa serve" ip netns exec "$NS" bash -c "source '$SB/env' && CALLMFA_ROLES='$ROLES' exec '$VENV/bin/callmfa' serve"
     wait_for "callmfa serve" sh -c "grep -q '\"service_ready\"' '$SB/logs/callmfa.log' && kill -0 \$(cut -d' ' -f1 '$SB/pids/callmfa.pid')"
   fi
-  log "up: redis 127.0.0.1:6379, slapd 127.0.0.1:$LDAP_PORT, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573, RADIUS 127.0.0.1:1812, API 127.0.0.1:4581 (token in $SB/api-token; demo /demo) (namespace $NS; env in $SB/env)"
+  log "up: redis 127.0.0.1:6379, slapd 127.0.0.1:$LDAP_PORT, AMI 127.0.0.1:5038, SIP 127.0.0.1:5060, phone $PHONE, FastAGI 127.0.0.1:4573, RADIUS 127.0.0.1:1812, API 127.0.0.1:4581 (token in $SB/api-token; demo /demo; Entra EAM /entra, Entra expected on 127.0.0.1:$ENTRA_PORT) (namespace $NS; env in $SB/env)"
 }
 
 cmd_down() {

@@ -51,13 +51,13 @@ def scrape(port: int = int(E2E_SETTINGS["CALLMFA_METRICS_PORT"])) -> dict[str, f
 
 class TestCheck:
     def test_all_ok_against_the_sandbox(self, sandbox: Sandbox) -> None:
-        """Redis, ACL, AMI login and rights, dialplan, FastAGI, prompts and early keys: all
-        ok, exit 0."""
+        """Redis, ACL, AMI login and rights, dialplan, FastAGI, prompts, early keys and the
+        Entra EAM the sandbox's serve publishes: all ok, exit 0."""
         out = run_cli(sandbox, "check")
         assert out.returncode == 0, out.stdout + out.stderr
         lines = out.stdout.splitlines()
         for name in ("numbers", "redis", "ami-login", "ami-rights", "dialplan", "fastagi",
-                     "prompts", "early-keys"):
+                     "prompts", "early-keys", "eam"):
             assert any(line.split()[:2] == ["ok", name] for line in lines), out.stdout
         # The one warning: the test phone's contact is not qualified (sipp does not answer
         # OPTIONS), so its reachability is unknown.

@@ -50,14 +50,18 @@ SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
      "print(os.path.dirname(os.path.dirname(asterisk.__file__)))')"): "site=/opt/callmfa/site",
     # The classic script's settings: the sandbox's env file and CALLMFA_* environment (less
     # the AMI secret and its own variables); the container's CALLMFA_* environment (less the
-    # AMI secret and the namespace name).
+    # AMI secret and the namespace name). Neither has the Entra EAM's settings (its key file
+    # would go with SIGNING_KEY_FILE, and its issuer alone is refused).
     ("install_classic_agi",
      "(umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE "
-     "-e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^#' \"$SB/env\"; env | grep '^CALLMFA_' "
+     "-e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ -e '^#' \"$SB/env\"; "
+     "env | grep '^CALLMFA_' "
      "| grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE "
-     "-e PROVIDER_ -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true"):
+     "-e PROVIDER_ -e ENTRA_ -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' "
+     "|| true"):
         "(umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE "
-        "-e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e '^CALLMFA_NETNS=' "
+        "-e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ "
+        "-e '^CALLMFA_NETNS=' "
         "| sed 's/^/export /' || true",
     # The prompts are made once, when the image is built (test_prompts_made_at_build_time).
     ("install_prompts", '"$VENV/bin/python" -m ivr.ops.promptgen "$repo/build/prompts" >/dev/null'):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
+from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 
 from ivr.exceptions import SettingsError
@@ -204,6 +207,67 @@ class TestIdToken:
         assert (claims["tid"], claims["oid"]) == (TENANT, hint.oid)
 
 
+@functools.cache
+def _other_keys() -> SigningKeys:
+    return SigningKeys.from_pem(generate_pem())
+
+
+def _tampered(keys: SigningKeys, what: str) -> tuple[str, dict[str, Any]]:
+    """An id_token and JWKS that break one of Entra's checks (``what``)."""
+    entra = FakeEntra()
+    hint = json.loads(base64.urlsafe_b64decode(entra.hint().split(".")[1] + "=="))
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": ISSUER, "aud": CLIENT_ID, "sub": hint["sub"], "nonce": "n-1", "iat": now,
+        "exp": now + 300, "acr": "possessionorinherence", "amr": ["tel"]}
+    header = {"alg": "RS256", "kid": keys.signing.kid}
+    jwks = keys.jwks()
+    other = _other_keys()
+    signer = keys.signing.key
+    match what:
+        case "alg":
+            header["alg"] = "RS384"
+        case "kid":
+            header["kid"] = "not-published"
+        case "x5c":
+            del jwks["keys"][0]["x5c"]
+        case "x5c_of_another_key":
+            jwks["keys"][0]["x5c"] = other.jwks()["keys"][0]["x5c"]
+        case "signature":  # the published kid, another key's signature
+            signer = other.signing.key
+        case "iss" | "aud" | "sub" | "nonce":
+            claims[what] = "someone-else"
+        case "acr_list":
+            claims["acr"] = ["possessionorinherence"]
+        case "acr_not_requested":
+            claims["acr"] = "knowledge"
+        case "amr":
+            claims["amr"] = ["tel", "sms"]
+        case "exp":
+            claims["exp"] = now - 1
+    return jwt.encode(header, claims, signer), jwks
+
+
+class TestFakeEntraChecks:
+    """The fake Entra refuses an id_token that breaks any one of the checks Entra's docs
+    list; it accepts one that breaks none."""
+
+    def _check(self, token: str, jwks: dict[str, Any]) -> None:
+        entra = FakeEntra()
+        form = entra.authorize_form(entra.hint(), nonce="n-1")
+        FakeEntra.validate_id_token(token, jwks, issuer=ISSUER, form=form, hint=entra.hint())
+
+    def test_a_token_breaking_none_is_accepted(self, keys: SigningKeys) -> None:
+        self._check(*_tampered(keys, "none"))
+
+    @pytest.mark.parametrize("what", [
+        "alg", "kid", "x5c", "x5c_of_another_key", "signature", "iss", "aud", "sub", "nonce",
+        "acr_list", "acr_not_requested", "amr", "exp"])
+    def test_a_token_breaking_one_is_refused(self, keys: SigningKeys, what: str) -> None:
+        with pytest.raises((AssertionError, JoseError)):
+            self._check(*_tampered(keys, what))
+
+
 class TestSettings:
     def test_the_issuer_needs_a_client_id_and_a_key(self) -> None:
         with pytest.raises(SettingsError, match="CLIENT_ID"):
@@ -290,7 +354,7 @@ class TestRotation:
         for at in (t0 + ROTATION_OVERLAP_S, t0 + ROTATION_OVERLAP_S + 86400):
             token, form, hint = self._token(both, entra, at)
             FakeEntra.validate_id_token(token, refreshed, issuer=ISSUER, form=form, hint=hint)
-            with pytest.raises(StopIteration):  # the old copy lacks the new kid
+            with pytest.raises(AssertionError, match="not in the JWKS"):  # the old copy
                 FakeEntra.validate_id_token(token, cached_before, issuer=ISSUER, form=form,
                                             hint=hint)
 

@@ -118,6 +118,15 @@ class TestBehaviours:
         assert "Signal=#" in infos[1]
         assert "CSeq: 2 INFO" in infos[1]
 
+    def test_keys_given_later_are_read_from_files_when_sent(self) -> None:
+        """'??#': the first two INFOs carry the files sipp reads as it sends them
+        (SippPhone.give_keys writes them); the '#' is fixed."""
+        text = scenario_xml(PhoneBehaviour(keys="??#"))
+        infos = [m.group(1) for m in re.finditer(r"Signal=(.*)\n", text)]
+        assert infos == ['[file name="key1"]', '[file name="key2"]', "#"]
+        with pytest.raises(ValueError, match="SIP INFO only"):
+            PhoneBehaviour(keys="?#", dtmf="rfc4733")
+
     def test_rfc4733_plays_pcaps(self) -> None:
         """RFC 4733 keys play sipp's DTMF pcaps, '#' and '*' by name; no INFO is sent."""
         root = parse(PhoneBehaviour(keys="0#*", dtmf="rfc4733"))

@@ -89,11 +89,9 @@ class EntraFront:
     its Redis client (the calls)."""
 
     def __init__(self, settings: Settings, keys: SigningKeys, directory: UserDirectory,
-                 redis: Redis, *, draw_match: Callable[[], str] | None = None,
-                 on_refused: Callable[[str], None] | None = None) -> None:
+                 redis: Redis, *, on_refused: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self._on_refused = on_refused  # the metrics' entra_request_refused
-        self._draw_match = draw_match or _draw_match
         self._keys = keys
         self._keys_mtime = self._mtime()
         self._directory = directory
@@ -229,7 +227,7 @@ class EntraFront:
     async def _call(self, authz: AuthorizeRequest, hint: Hint, acr: str,
                     entry: DirectoryEntry) -> tuple[str, Session, str | None]:
         left = hint.iat + MAX_REQUEST_AGE_S - time.time()
-        match = self._draw_match() if entry.mode == "match" else None
+        match = _draw_match() if entry.mode == "match" else None
         since_ms = int(time.time() * 1000)
         try:
             rid = await self._client.submit(
