@@ -37,7 +37,7 @@ from .load import (
     open_loop,
 )
 from .phone import BenchPhone
-from .report import percentiles, summary, table
+from .report import memory_lines, percentiles, summary, table
 from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
 
 CLASSIC_SCRIPT = REPO / "agi_scripts" / "callmfa-verify.agi"
@@ -192,6 +192,7 @@ class Bench:
             row["keys"] = key_report(results, phone.times(),
                                      service_traces(self.service.log, log_offset))
         row["callmfa_rss_kib"] = {"peak": peak_rss, **memory_kib(pids["callmfa"])}
+        row["log_lines_per_call"] = round(_lines_since(self.service.log, log_offset) / n, 2)
         row["machine"] = machine_load()
         if record:
             self.rows.append(row)
@@ -272,6 +273,13 @@ def _service_latencies(log: Path, offset: int) -> dict[str, float]:
     return out
 
 
+def _lines_since(log: Path, offset: int) -> int:
+    """How many lines the service logged after ``offset`` (the bench logs at info)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
 def _py_spy(pid: int, path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [str(REPO / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
@@ -318,6 +326,7 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         service = bench.start_service("fastagi", {})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
+        service.collect()
         idle = memory_kib(service.pid)["VmRSS"]
         for load in loads:
             # Interleaved, so that both see the same machine.
@@ -396,9 +405,11 @@ async def _soak(bench: Bench, place: Placer, count: int, concurrency: int) -> di
     warm = max(count // 10, concurrency)
     await bench.run("soak-warmup", place, Load(warm, concurrency=concurrency), trace=False,
                     record=False)
+    bench.service.collect()  # both figures after a full gc: garbage is not growth
     before = memory_kib(pid)["VmRSS"]
     row = await bench.run("callmfa-soak", place, Load(count, concurrency=concurrency),
                           trace=False)
+    bench.service.collect()
     after = memory_kib(pid)["VmRSS"]
     return {"verifications": count, "after_warmup_rss_kib": before, "after_rss_kib": after,
             "growth_kib": after - before, "ok": row["ok"]}
@@ -419,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         secret = Path(sandbox.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
         result = asyncio.run(_bench(args, sandbox, out, secret))
     print(table(result["rows"]))
+    print(memory_lines(result))
     if any("keys" in row for row in result["rows"]):
         print(keys_table([row for row in result["rows"] if "keys" in row]))
     final = summary(result)
