@@ -68,6 +68,11 @@ def memory_lines(result: dict[str, Any]) -> str:
                    f"verifications ({soak['after_warmup_rss_kib'] / 1024:.1f} -> "
                    f"{soak['after_rss_kib'] / 1024:.1f} MiB, each after a gc; "
                    f"{soak['ok']} approved)")
+    if (t := result.get("tracemalloc")) is not None:
+        out.append(f"tracemalloc: {t['traced_kib_per_in_flight_call']:g} KiB of Python "
+                   f"objects per call in flight, at {t['max_in_flight']}; the top sources:")
+        out += [f"  {x['kib_per_call']:8.3f} KiB {x['blocks_per_call']:7.2f} blocks  {x['site']}"
+                for x in t["top"]]
     return "\n".join(out)
 
 
@@ -127,7 +132,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         # Allocator noise is a few pages; a leak of even 100 bytes a call is 1 MB per 10k.
         targets["soak_growth_kib<=512"] = _target(result["soak"]["growth_kib"], 512)
     out = {"summary": True, "ratios": ratios, "targets": targets}
-    for key in ("memory", "soak", "classic", "keep_cost", "machine_before"):
+    for key in ("memory", "soak", "tracemalloc", "classic", "keep_cost", "machine_before"):
         if key in result:
             out[key] = result[key]
     return out

@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="KEY=VALUE for `callmfa serve` in every variant (e.g. CALLMFA_LOG_LEVEL)")
     p.add_argument("--profile", type=Path,
                    help="py-spy (raw stacks) of callmfa serve during its largest run")
+    p.add_argument("--trace-memory", type=Path, metavar="DIR",
+                   help="tracemalloc in callmfa serve (slower: CPU figures do not count): "
+                        "snapshots idle and halfway through its largest run into DIR, and "
+                        "the Python memory per call in flight with its top sources")
     p.add_argument("--netns", default=default_netns())
     p.add_argument("--sandbox-dir", type=Path, default=REPO / ".sandbox-bench")
     p.add_argument("--out", type=Path, help="results directory (default <sandbox-dir>/results)")
@@ -131,12 +135,16 @@ class Bench:
 
     async def run(self, variant: str, place: Placer, load: Load, *, trace: bool = True,
                   profile: Path | None = None, record: bool = True,
-                  keys: bool = False, speech: str | None = None) -> dict[str, Any]:
+                  keys: bool = False, speech: str | None = None,
+                  snapshot: bool = False) -> dict[str, Any]:
         """One run: a fresh phone, the load, CPU and memory deltas, latencies.
 
         ``keys``: the keys run's phone ('#' at a random moment) and figures (bench.keys).
+        ``snapshot``: a tracemalloc snapshot once half the calls are done (--trace-memory).
         """
         assert self.service is not None
+        if snapshot:
+            place = _snapshot_halfway(place, self.service, load.calls)
         phone = BenchPhone(self.out / f"{variant}-{load.label}", calls=load.calls, trace=trace,
                            address=self.sandbox.env["CALLMFA_PHONE"],
                            key_delay_ms=0 if keys else self.args.key_delay_ms,
@@ -273,6 +281,41 @@ def _service_latencies(log: Path, offset: int) -> dict[str, float]:
     return out
 
 
+def _snapshot_halfway(place: Placer, service: Service, calls: int) -> Placer:
+    """``place``, which also has the service take a snapshot when half the calls are done
+    (every caller busy: the closed loop's steady state)."""
+    done = 0
+
+    async def counting(number: str) -> CallResult:
+        nonlocal done
+        result = await place(number)
+        done += 1
+        if done == calls // 2:
+            await asyncio.to_thread(service.snapshot)
+        return result
+
+    return counting
+
+
+def _traced(directory: Path, in_flight: int, top: int = 12) -> dict[str, Any]:
+    """Python memory per call in flight: the halfway snapshot minus the idle one."""
+    import tracemalloc
+
+    idle, busy = (tracemalloc.Snapshot.load(str(directory / f"{n}.snapshot")) for n in (0, 1))
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    idle, busy = idle.filter_traces(ignore), busy.filter_traces(ignore)
+    diff = busy.compare_to(idle, "lineno")
+    total = sum(d.size_diff for d in diff)
+    return {
+        "max_in_flight": in_flight,
+        "traced_kib_per_in_flight_call": round(total / 1024 / max(in_flight, 1), 2),
+        "top": [{"site": f"{d.traceback[0].filename}:{d.traceback[0].lineno}",
+                 "kib_per_call": round(d.size_diff / 1024 / max(in_flight, 1), 3),
+                 "blocks_per_call": round(d.count_diff / max(in_flight, 1), 2)}
+                for d in diff[:top]],
+    }
+
+
 def _lines_since(log: Path, offset: int) -> int:
     """How many lines the service logged after ``offset`` (the bench logs at info)."""
     with open(log, "rb") as f:
@@ -323,20 +366,31 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         api = ApiCalls(http, f"http://127.0.0.1:{env.get('CALLMFA_API_PORT', '4581')}",
                        (sandbox.directory / "api-token").read_text().strip()
                        if "api" in variants else "", ami)
-        service = bench.start_service("fastagi", {})
+        trace = args.trace_memory
+        if trace is not None:
+            trace.mkdir(parents=True, exist_ok=True)
+            for stale in trace.glob("*.snapshot"):
+                stale.unlink()
+        service = bench.start_service(
+            "fastagi", {} if trace is None else {"CALLMFA_BENCH_TRACEMALLOC": str(trace)})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
         service.collect()
         idle = memory_kib(service.pid)["VmRSS"]
+        if trace is not None:
+            service.snapshot()
         for load in loads:
             # Interleaved, so that both see the same machine.
             if "callmfa" in variants:
                 profile = args.profile if load is top else None
-                await bench.run("callmfa", ours, load, profile=profile)
+                await bench.run("callmfa", ours, load, profile=profile,
+                                snapshot=trace is not None and load is top)
             if "api" in variants:
                 await bench.run("api", api, load)
             if "dialplan" in variants:
                 await bench.run("dialplan", floor, load)
+        if trace is not None and "callmfa" in variants:
+            extra["tracemalloc"] = _traced(trace, top.concurrency)
         if "callmfa" in variants:
             hwm = memory_kib(service.pid)["VmHWM"]
             extra["memory"] = {

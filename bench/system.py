@@ -159,17 +159,24 @@ class Service:
 
     def collect(self, timeout_s: float = 10) -> None:
         """A full gc in the service (SIGUSR1, bench/serve.py); returns once it is done."""
+        self._signal(signal.SIGUSR1, b'"bench_gc_collected"', timeout_s)
+
+    def snapshot(self, timeout_s: float = 60) -> None:
+        """A tracemalloc snapshot (SIGUSR2; the service runs with --trace-memory's DIR)."""
+        self._signal(signal.SIGUSR2, b'"bench_snapshot_taken"', timeout_s)
+
+    def _signal(self, signum: int, marker: bytes, timeout_s: float) -> None:
         assert self._proc is not None
         offset = self.log.stat().st_size
-        self._proc.send_signal(signal.SIGUSR1)
+        self._proc.send_signal(signum)
         deadline = time.monotonic() + timeout_s
         while True:
             with open(self.log, "rb") as f:
                 f.seek(offset)
-                if b'"bench_gc_collected"' in f.read():
+                if marker in f.read():
                     return
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"callmfa serve did not collect: {self.log}")
+                raise RuntimeError(f"callmfa serve did not answer {signum}: {self.log}")
             time.sleep(0.02)
 
     def stop(self) -> None:

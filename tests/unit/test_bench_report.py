@@ -46,6 +46,15 @@ class TestMemory:
         assert "at 200 in flight" in per_call
         assert soak.startswith("soak: +100 KiB over 10000 verifications")
 
+    def test_tracemalloc_sources(self) -> None:
+        traced = {"max_in_flight": 200, "traced_kib_per_in_flight_call": 12.5,
+                  "top": [{"site": "asyncio/streams.py:48", "kib_per_call": 1.153,
+                           "blocks_per_call": 5.24}]}
+        lines = memory_lines({**RESULT, "tracemalloc": traced}).splitlines()
+        assert lines[2].startswith("tracemalloc: 12.5 KiB of Python objects per call")
+        assert lines[3].split() == ["1.153", "KiB", "5.24", "blocks", "asyncio/streams.py:48"]
+        assert summary({**RESULT, "tracemalloc": traced})["tracemalloc"] == traced
+
     def test_nothing_measured(self) -> None:
         assert memory_lines({"rows": []}) == ""
 
