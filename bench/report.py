@@ -68,6 +68,12 @@ def memory_lines(result: dict[str, Any]) -> str:
                    f"verifications ({soak['after_warmup_rss_kib'] / 1024:.1f} -> "
                    f"{soak['after_rss_kib'] / 1024:.1f} MiB, each after a gc; "
                    f"{soak['ok']} approved)")
+    if (g := result.get("soak", {}).get("tracemalloc_growth")) is not None:
+        out.append(f"tracemalloc over the soak: {g['traced_kib_per_in_flight_call'] * 1024:+.0f} "
+                   f"bytes of Python objects per verification; the top sources (KiB per "
+                   "verification):")
+        out += [f"  {x['kib_per_call']:8.3f} KiB {x['blocks_per_call']:7.2f} blocks  {x['site']}"
+                for x in g["top"]]
     if (t := result.get("tracemalloc")) is not None:
         out.append(f"tracemalloc: {t['traced_kib_per_in_flight_call']:g} KiB of Python "
                    f"objects per call in flight, at {t['max_in_flight']}; the top sources:")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -136,11 +137,13 @@ class Bench:
     async def run(self, variant: str, place: Placer, load: Load, *, trace: bool = True,
                   profile: Path | None = None, record: bool = True,
                   keys: bool = False, speech: str | None = None,
-                  snapshot: bool = False) -> dict[str, Any]:
+                  snapshot: bool = False, dial: Iterator[str] | None = None
+                  ) -> dict[str, Any]:
         """One run: a fresh phone, the load, CPU and memory deltas, latencies.
 
         ``keys``: the keys run's phone ('#' at a random moment) and figures (bench.keys).
         ``snapshot``: a tracemalloc snapshot once half the calls are done (--trace-memory).
+        ``dial``: the numbers to call (default: the bench's own, each once).
         """
         assert self.service is not None
         if snapshot:
@@ -170,10 +173,11 @@ class Bench:
                 # About one call's length: the wait for '#' plus the goodbye prompt.
                 wait_ms = KEY_DELAY_MAX_MS / 2 if keys else self.args.key_delay_ms
                 ramp = wait_ms / 1000 + 1.5
-                results = await closed_loop(place, self.dial, calls=load.calls,
+                results = await closed_loop(place, dial or self.dial, calls=load.calls,
                                             concurrency=load.concurrency, ramp_s=ramp)
             else:
-                results = await open_loop(place, self.dial, calls=load.calls, rate=load.rate)
+                results = await open_loop(place, dial or self.dial, calls=load.calls,
+                                          rate=load.rate)
         finally:
             sampler.cancel()
         if spy is not None:
@@ -297,14 +301,16 @@ def _snapshot_halfway(place: Placer, service: Service, calls: int) -> Placer:
     return counting
 
 
-def _traced(directory: Path, in_flight: int, top: int = 12) -> dict[str, Any]:
-    """Python memory per call in flight: the halfway snapshot minus the idle one."""
+def _traced(directory: Path, in_flight: int, top: int = 12, *,
+            first: int = 0, second: int = 1) -> dict[str, Any]:
+    """Python memory per call in flight: the halfway snapshot minus the idle one (or, for
+    the soak, the growth per verification: its last snapshot minus its first)."""
     import tracemalloc
 
-    idle, busy = (tracemalloc.Snapshot.load(str(directory / f"{n}.snapshot")) for n in (0, 1))
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
-    idle, busy = idle.filter_traces(ignore), busy.filter_traces(ignore)
-    diff = busy.compare_to(idle, "lineno")
+    before, after = (tracemalloc.Snapshot.load(str(directory / f"{n}.snapshot"))
+                     .filter_traces(ignore) for n in (first, second))
+    diff = after.compare_to(before, "lineno")
     total = sum(d.size_diff for d in diff)
     return {
         "max_in_flight": in_flight,
@@ -457,16 +463,27 @@ async def _soak(bench: Bench, place: Placer, count: int, concurrency: int) -> di
     assert bench.service is not None
     pid = bench.service.pid
     warm = max(count // 10, concurrency)
+    # The soak calls back the warm-up's numbers, as sign-ins do: the bounded cache of number
+    # facts (ivr.domain.numbers) is then filled before the first figure, not during the soak.
+    pool = list(itertools.islice(bench.dial, warm))
     await bench.run("soak-warmup", place, Load(warm, concurrency=concurrency), trace=False,
-                    record=False)
+                    record=False, dial=iter(pool))
     bench.service.collect()  # both figures after a full gc: garbage is not growth
     before = memory_kib(pid)["VmRSS"]
+    trace = bench.args.trace_memory
+    if trace is not None:
+        bench.service.snapshot()
     row = await bench.run("callmfa-soak", place, Load(count, concurrency=concurrency),
-                          trace=False)
+                          trace=False, dial=itertools.cycle(pool))
     bench.service.collect()
     after = memory_kib(pid)["VmRSS"]
-    return {"verifications": count, "after_warmup_rss_kib": before, "after_rss_kib": after,
-            "growth_kib": after - before, "ok": row["ok"]}
+    out = {"verifications": count, "after_warmup_rss_kib": before, "after_rss_kib": after,
+           "growth_kib": after - before, "ok": row["ok"]}
+    if trace is not None:
+        bench.service.snapshot()
+        last = len(list(trace.glob("*.snapshot"))) - 1
+        out["tracemalloc_growth"] = _traced(trace, count, first=last - 1, second=last)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
