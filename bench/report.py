@@ -33,7 +33,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """One line per run."""
     head = ("variant", "load", "calls", "fail", "calls/s", "req>INV p50", "p99",
             "#>outcome p50", "p99", "svc in>pub p99", "ast ms/call", "callmfa ms/call",
-            "redis", "sipp", "callmfa RSS MiB")
+            "redis", "sipp", "callmfa RSS MiB", "log lines/call")
     lines = [head]
     for r in rows:
         cpu = r["cpu_ms_per_call"]
@@ -48,10 +48,38 @@ def table(rows: list[dict[str, Any]]) -> str:
             _fmt(cpu["callmfa"]) if not r["variant"].startswith("dialplan") else "-",
             _fmt(cpu["redis"]), _fmt(cpu["sipp"]),
             _fmt(round(r["callmfa_rss_kib"]["VmRSS"] / 1024, 1)),
+            _fmt(r.get("log_lines_per_call")) if not r["variant"].startswith("dialplan")
+            else "-",
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True))
                      for line in lines)
+
+
+def memory_lines(result: dict[str, Any]) -> str:
+    """callmfa serve's memory per call in flight, and its growth over the soak."""
+    out = []
+    if (m := result.get("memory")) is not None:
+        out.append(f"memory: {m['kib_per_in_flight_call']:g} KiB per call in flight "
+                   f"(peak {m['hwm_kib'] / 1024:.1f} MiB at {m['max_in_flight']} in flight, "
+                   f"idle {m['idle_rss_kib'] / 1024:.1f} MiB after a gc)")
+    if (soak := result.get("soak")) is not None:
+        out.append(f"soak: {soak['growth_kib']:+d} KiB over {soak['verifications']} "
+                   f"verifications ({soak['after_warmup_rss_kib'] / 1024:.1f} -> "
+                   f"{soak['after_rss_kib'] / 1024:.1f} MiB, each after a gc; "
+                   f"{soak['ok']} approved)")
+    if (g := result.get("soak", {}).get("tracemalloc_growth")) is not None:
+        out.append(f"tracemalloc over the soak: {g['traced_kib_per_in_flight_call'] * 1024:+.0f} "
+                   f"bytes of Python objects per verification; the top sources (KiB per "
+                   "verification):")
+        out += [f"  {x['kib_per_call']:8.3f} KiB {x['blocks_per_call']:7.2f} blocks  {x['site']}"
+                for x in g["top"]]
+    if (t := result.get("tracemalloc")) is not None:
+        out.append(f"tracemalloc: {t['traced_kib_per_in_flight_call']:g} KiB of Python "
+                   f"objects per call in flight, at {t['max_in_flight']}; the top sources:")
+        out += [f"  {x['kib_per_call']:8.3f} KiB {x['blocks_per_call']:7.2f} blocks  {x['site']}"
+                for x in t["top"]]
+    return "\n".join(out)
 
 
 def _closed(rows: list[dict[str, Any]], variant: str) -> dict[int, dict[str, Any]]:
@@ -110,7 +138,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         # Allocator noise is a few pages; a leak of even 100 bytes a call is 1 MB per 10k.
         targets["soak_growth_kib<=512"] = _target(result["soak"]["growth_kib"], 512)
     out = {"summary": True, "ratios": ratios, "targets": targets}
-    for key in ("memory", "soak", "classic", "keep_cost", "machine_before"):
+    for key in ("memory", "soak", "tracemalloc", "classic", "keep_cost", "machine_before"):
         if key in result:
             out[key] = result[key]
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -37,7 +38,7 @@ from .load import (
     open_loop,
 )
 from .phone import BenchPhone
-from .report import percentiles, summary, table
+from .report import memory_lines, percentiles, summary, table
 from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
 
 CLASSIC_SCRIPT = REPO / "agi_scripts" / "callmfa-verify.agi"
@@ -82,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="KEY=VALUE for `callmfa serve` in every variant (e.g. CALLMFA_LOG_LEVEL)")
     p.add_argument("--profile", type=Path,
                    help="py-spy (raw stacks) of callmfa serve during its largest run")
+    p.add_argument("--trace-memory", type=Path, metavar="DIR",
+                   help="tracemalloc in callmfa serve (slower: CPU figures do not count): "
+                        "snapshots idle and halfway through its largest run into DIR, and "
+                        "the Python memory per call in flight with its top sources")
     p.add_argument("--netns", default=default_netns())
     p.add_argument("--sandbox-dir", type=Path, default=REPO / ".sandbox-bench")
     p.add_argument("--out", type=Path, help="results directory (default <sandbox-dir>/results)")
@@ -131,12 +136,18 @@ class Bench:
 
     async def run(self, variant: str, place: Placer, load: Load, *, trace: bool = True,
                   profile: Path | None = None, record: bool = True,
-                  keys: bool = False, speech: str | None = None) -> dict[str, Any]:
+                  keys: bool = False, speech: str | None = None,
+                  snapshot: bool = False, dial: Iterator[str] | None = None
+                  ) -> dict[str, Any]:
         """One run: a fresh phone, the load, CPU and memory deltas, latencies.
 
         ``keys``: the keys run's phone ('#' at a random moment) and figures (bench.keys).
+        ``snapshot``: a tracemalloc snapshot once half the calls are done (--trace-memory).
+        ``dial``: the numbers to call (default: the bench's own, each once).
         """
         assert self.service is not None
+        if snapshot:
+            place = _snapshot_halfway(place, self.service, load.calls)
         phone = BenchPhone(self.out / f"{variant}-{load.label}", calls=load.calls, trace=trace,
                            address=self.sandbox.env["CALLMFA_PHONE"],
                            key_delay_ms=0 if keys else self.args.key_delay_ms,
@@ -162,10 +173,11 @@ class Bench:
                 # About one call's length: the wait for '#' plus the goodbye prompt.
                 wait_ms = KEY_DELAY_MAX_MS / 2 if keys else self.args.key_delay_ms
                 ramp = wait_ms / 1000 + 1.5
-                results = await closed_loop(place, self.dial, calls=load.calls,
+                results = await closed_loop(place, dial or self.dial, calls=load.calls,
                                             concurrency=load.concurrency, ramp_s=ramp)
             else:
-                results = await open_loop(place, self.dial, calls=load.calls, rate=load.rate)
+                results = await open_loop(place, dial or self.dial, calls=load.calls,
+                                          rate=load.rate)
         finally:
             sampler.cancel()
         if spy is not None:
@@ -192,6 +204,7 @@ class Bench:
             row["keys"] = key_report(results, phone.times(),
                                      service_traces(self.service.log, log_offset))
         row["callmfa_rss_kib"] = {"peak": peak_rss, **memory_kib(pids["callmfa"])}
+        row["log_lines_per_call"] = round(_lines_since(self.service.log, log_offset) / n, 2)
         row["machine"] = machine_load()
         if record:
             self.rows.append(row)
@@ -272,6 +285,50 @@ def _service_latencies(log: Path, offset: int) -> dict[str, float]:
     return out
 
 
+def _snapshot_halfway(place: Placer, service: Service, calls: int) -> Placer:
+    """``place``, which also has the service take a snapshot when half the calls are done
+    (every caller busy: the closed loop's steady state)."""
+    done = 0
+
+    async def counting(number: str) -> CallResult:
+        nonlocal done
+        result = await place(number)
+        done += 1
+        if done == calls // 2:
+            await asyncio.to_thread(service.snapshot)
+        return result
+
+    return counting
+
+
+def _traced(directory: Path, in_flight: int, top: int = 12, *,
+            first: int = 0, second: int = 1) -> dict[str, Any]:
+    """Python memory per call in flight: the halfway snapshot minus the idle one (or, for
+    the soak, the growth per verification: its last snapshot minus its first)."""
+    import tracemalloc
+
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    before, after = (tracemalloc.Snapshot.load(str(directory / f"{n}.snapshot"))
+                     .filter_traces(ignore) for n in (first, second))
+    diff = after.compare_to(before, "lineno")
+    total = sum(d.size_diff for d in diff)
+    return {
+        "max_in_flight": in_flight,
+        "traced_kib_per_in_flight_call": round(total / 1024 / max(in_flight, 1), 2),
+        "top": [{"site": f"{d.traceback[0].filename}:{d.traceback[0].lineno}",
+                 "kib_per_call": round(d.size_diff / 1024 / max(in_flight, 1), 3),
+                 "blocks_per_call": round(d.count_diff / max(in_flight, 1), 2)}
+                for d in diff[:top]],
+    }
+
+
+def _lines_since(log: Path, offset: int) -> int:
+    """How many lines the service logged after ``offset`` (the bench logs at info)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
 def _py_spy(pid: int, path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [str(REPO / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
@@ -315,19 +372,31 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         api = ApiCalls(http, f"http://127.0.0.1:{env.get('CALLMFA_API_PORT', '4581')}",
                        (sandbox.directory / "api-token").read_text().strip()
                        if "api" in variants else "", ami)
-        service = bench.start_service("fastagi", {})
+        trace = args.trace_memory
+        if trace is not None:
+            trace.mkdir(parents=True, exist_ok=True)
+            for stale in trace.glob("*.snapshot"):
+                stale.unlink()
+        service = bench.start_service(
+            "fastagi", {} if trace is None else {"CALLMFA_BENCH_TRACEMALLOC": str(trace)})
         # Warm-up (imports, pools, first prompts read from disk): not reported.
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
+        service.collect()
         idle = memory_kib(service.pid)["VmRSS"]
+        if trace is not None:
+            service.snapshot()
         for load in loads:
             # Interleaved, so that both see the same machine.
             if "callmfa" in variants:
                 profile = args.profile if load is top else None
-                await bench.run("callmfa", ours, load, profile=profile)
+                await bench.run("callmfa", ours, load, profile=profile,
+                                snapshot=trace is not None and load is top)
             if "api" in variants:
                 await bench.run("api", api, load)
             if "dialplan" in variants:
                 await bench.run("dialplan", floor, load)
+        if trace is not None and "callmfa" in variants:
+            extra["tracemalloc"] = _traced(trace, top.concurrency)
         if "callmfa" in variants:
             hwm = memory_kib(service.pid)["VmHWM"]
             extra["memory"] = {
@@ -394,14 +463,27 @@ async def _soak(bench: Bench, place: Placer, count: int, concurrency: int) -> di
     assert bench.service is not None
     pid = bench.service.pid
     warm = max(count // 10, concurrency)
+    # The soak calls back the warm-up's numbers, as sign-ins do: the bounded cache of number
+    # facts (ivr.domain.numbers) is then filled before the first figure, not during the soak.
+    pool = list(itertools.islice(bench.dial, warm))
     await bench.run("soak-warmup", place, Load(warm, concurrency=concurrency), trace=False,
-                    record=False)
+                    record=False, dial=iter(pool))
+    bench.service.collect()  # both figures after a full gc: garbage is not growth
     before = memory_kib(pid)["VmRSS"]
+    trace = bench.args.trace_memory
+    if trace is not None:
+        bench.service.snapshot()
     row = await bench.run("callmfa-soak", place, Load(count, concurrency=concurrency),
-                          trace=False)
+                          trace=False, dial=itertools.cycle(pool))
+    bench.service.collect()
     after = memory_kib(pid)["VmRSS"]
-    return {"verifications": count, "after_warmup_rss_kib": before, "after_rss_kib": after,
-            "growth_kib": after - before, "ok": row["ok"]}
+    out = {"verifications": count, "after_warmup_rss_kib": before, "after_rss_kib": after,
+           "growth_kib": after - before, "ok": row["ok"]}
+    if trace is not None:
+        bench.service.snapshot()
+        last = len(list(trace.glob("*.snapshot"))) - 1
+        out["tracemalloc_growth"] = _traced(trace, count, first=last - 1, second=last)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         secret = Path(sandbox.env["CALLMFA_AMI_SECRET_FILE"]).read_text().strip()
         result = asyncio.run(_bench(args, sandbox, out, secret))
     print(table(result["rows"]))
+    print(memory_lines(result))
     if any("keys" in row for row in result["rows"]):
         print(keys_table([row for row in result["rows"] if "keys" in row]))
     final = summary(result)

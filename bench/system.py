@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SANDBOX = REPO / "docker" / "sandbox" / "sandbox.sh"
+SERVE = Path(__file__).resolve().parent / "serve.py"  # callmfa serve, with a gc on SIGUSR1
 CLONE_NEWNET = 0x40000000
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -146,7 +148,7 @@ class Service:
         """Start and wait for its ``service_ready`` line."""
         with open(self.log, "wb") as out:
             self._proc = subprocess.Popen(
-                [str(REPO / ".venv" / "bin" / "callmfa"), "serve"], env=self._env,
+                [str(REPO / ".venv" / "bin" / "python"), str(SERVE)], env=self._env,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout_s
@@ -154,6 +156,28 @@ class Service:
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"callmfa serve did not start: {self.log}")
             time.sleep(0.05)
+
+    def collect(self, timeout_s: float = 10) -> None:
+        """A full gc in the service (SIGUSR1, bench/serve.py); returns once it is done."""
+        self._signal(signal.SIGUSR1, b'"bench_gc_collected"', timeout_s)
+
+    def snapshot(self, timeout_s: float = 60) -> None:
+        """A tracemalloc snapshot (SIGUSR2; the service runs with --trace-memory's DIR)."""
+        self._signal(signal.SIGUSR2, b'"bench_snapshot_taken"', timeout_s)
+
+    def _signal(self, signum: int, marker: bytes, timeout_s: float) -> None:
+        assert self._proc is not None
+        offset = self.log.stat().st_size
+        self._proc.send_signal(signum)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                if marker in f.read():
+                    return
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"callmfa serve did not answer {signum}: {self.log}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """SIGTERM, then wait (it drains its calls)."""

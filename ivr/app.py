@@ -15,7 +15,7 @@ import dataclasses
 import gc
 import json
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import structlog
@@ -241,6 +241,7 @@ class Service:
                 log.warning("pin_pepper_missing", setting="CALLMFA_PIN_PEPPER",
                             effect="PIN hashes are not peppered")
             log.info("service_ready", consumer=s.consumer, roles=sorted(s.role_set),
+                     event_loop=loop_name(asyncio.get_running_loop()),
                      agi_port=self.agi.port if self.agi else None,
                      radius_port=self.radius.server.port if self.radius else None)
             stopped = asyncio.create_task(stop.wait())
@@ -285,6 +286,37 @@ async def redis_failover(settings: Settings) -> bool:
         return await asyncio.wait_for(failover_in_progress(settings), 2)
     except TimeoutError:
         return True
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory of the event loop CALLMFA_EVENT_LOOP names; None is asyncio's own.
+
+    ``auto`` takes uvloop when it imports, and asyncio's loop when it does not; ``uvloop``
+    without uvloop is a clear error at start-up.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SettingsError(
+                "CALLMFA_EVENT_LOOP=uvloop needs uvloop: pip install uvloop (or set auto)"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: which loop runs (service_ready says it)."""
+    return "uvloop" if type(loop).__module__.partition(".")[0] == "uvloop" else "asyncio"
+
+
+def run(settings: Settings) -> None:
+    """``callmfa serve`` until it stops, on the event loop that the settings choose."""
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings))
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None,

@@ -45,7 +45,7 @@ class PinEffect(Enum):
     RESET = "reset"
 
 
-@dataclass
+@dataclass(slots=True)
 class CallContext:
     """One call: its request's facts, the code it expects and the times of its timeline."""
 

@@ -16,12 +16,12 @@ import structlog
 from redis.exceptions import RedisError
 
 from . import __version__
-from .app import serve
+from .app import run as run_service
 from .client import VerificationClient
 from .domain.flow import MATCH_DIGITS, MODES, OTP_MAX_DIGITS, OTP_MIN_DIGITS
 from .domain.outcome import Outcome
 from .domain.request import check_lang, parse_request
-from .exceptions import IvrError, RequestError, SettingsError
+from .exceptions import IvrError, RequestError
 from .fronts import web as http
 from .log import configure
 from .ops import admin, keyscli, pincli, tokencli, usercli
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level)
     try:
         if args.command == "serve":
-            _run_serve(settings)
+            run_service(settings)
             return EXIT_OK
         if args.command == "health":
             return asyncio.run(_health(settings))
@@ -144,19 +144,6 @@ def _verify_usage(args: argparse.Namespace) -> str | None:
     elif args.otp is not None:
         return "--otp is for --mode otp only"
     return None
-
-
-def _run_serve(settings: Settings) -> None:
-    if settings.event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            raise SettingsError(
-                "CALLMFA_EVENT_LOOP=uvloop needs uvloop: pip install 'callmfa[fast]'"
-            ) from None
-        uvloop.run(serve(settings))
-    else:
-        asyncio.run(serve(settings))
 
 
 async def _health(settings: Settings) -> int:

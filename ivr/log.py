@@ -1,25 +1,69 @@
-"""structlog set-up: one JSON line per event (a console renderer on a TTY)."""
+"""structlog set-up: one JSON line per event (a console renderer on a TTY).
+
+The JSON is compact (no spaces) and rendered straight to bytes by orjson when it is
+installed (a default dependency), else by the standard library's ``json`` in the same form.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
+Serializer = Callable[..., bytes]
+
+
+def stdlib_dumps(obj: Any, **kw: Any) -> bytes:
+    """The standard library's JSON, as compact as orjson's; ASCII, so it always encodes."""
+    return json.dumps(obj, separators=(",", ":"), **kw).encode()
+
+
+def json_serializer() -> Serializer:
+    """orjson's ``dumps`` when orjson is installed, else :func:`stdlib_dumps`.
+
+    A value orjson refuses (a lone surrogate, a key that is not a string, an integer past
+    64 bits) is rendered by the standard library instead: a log line never raises.
+    """
+    try:
+        import orjson
+    except ImportError:
+        return stdlib_dumps
+    dumps = orjson.dumps
+
+    def serialize(obj: Any, **kw: Any) -> bytes:
+        try:
+            return dumps(obj, **kw)
+        except TypeError:  # orjson.JSONEncodeError
+            return stdlib_dumps(obj, **kw)
+
+    return serialize
+
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog once, at start-up. Logs go to stderr unless ``stream`` is given."""
     out = stream if stream is not None else sys.stderr
     renderer: structlog.types.Processor
+    factory: Callable[..., Any]
+    binary = getattr(out, "buffer", None)
     if out.isatty():
         renderer = structlog.dev.ConsoleRenderer()
-    else:
-        renderer = structlog.processors.JSONRenderer()
+        factory = structlog.PrintLoggerFactory(out)
+    elif binary is not None:
+        out.flush()  # what was written as text stays before the first line
+        renderer = structlog.processors.JSONRenderer(serializer=json_serializer())
+        factory = structlog.BytesLoggerFactory(binary)
+    else:  # a text-only stream (io.StringIO)
+        serialize = json_serializer()
+        renderer = structlog.processors.JSONRenderer(
+            serializer=lambda obj, **kw: serialize(obj, **kw).decode())
+        factory = structlog.PrintLoggerFactory(out)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -29,6 +73,6 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )

@@ -297,17 +297,19 @@ class Originator:
         ringing = asyncio.create_task(self._report_ringing(req.id, watch))
         try:
             await self._store.event(req.id, "dialing")
-            log.info("originate_sent", channel=fields["Channel"], asterisk=ami.endpoint)
+            log.debug("originate_sent", channel=fields["Channel"], asterisk=ami.endpoint)
             result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
             if result.answered:
                 answered = time.time()
                 await self._store.mark_answered(req.id, answered)
-                log.info("call_answered", ring_ms=round((answered - started) * 1000))
+                log.info("call_answered", ring_ms=round((answered - started) * 1000),
+                         channel=fields["Channel"], asterisk=ami.endpoint)
                 await self._settle_answered(req, watch, started)
                 return
             cause = await _hangup_cause(watch, HANGUP_EVENT_WAIT_S)
             outcome, detail = failed_call_outcome(result.reason, cause)
-            log.info("call_failed", reason=result.reason, hangup_cause=cause)
+            log.info("call_failed", reason=result.reason, hangup_cause=cause,
+                     channel=fields["Channel"], asterisk=ami.endpoint)
             await self._finish(req, outcome, detail, started=started, cause=cause)
         except AmiConnectError as e:
             log.error("call_lost", error=str(e))

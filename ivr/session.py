@@ -90,9 +90,10 @@ class VerificationIvr:
         structlog.contextvars.bind_contextvars(
             verification_id=rid, channel=session.headers.get("agi_channel")
         )
-        info = await self._store.call_info(rid) if rid else {}
+        # The marker's dict is not kept for the call's length: only its CallContext.
+        call = CallContext.from_marker(
+            rid, await self._store.call_info(rid) if rid else {}, answered)
         read_s = time.time() - answered
-        call = CallContext.from_marker(rid, info, answered)
         refusal, claim_s = await self._admit(call, session.channel)
         # Keys pressed while these Redis calls waited (a failover) are dropped by Asterisk
         # before the first GET DATA: then "no input" would not be the truth.

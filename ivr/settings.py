@@ -228,8 +228,9 @@ class Settings:
                          "<lang>/<prompt id>.wav that replace callmfa's own prompts."},
     )
     event_loop: str = field(
-        default="asyncio",
-        metadata={"doc": "asyncio, or uvloop (pip install 'callmfa[fast]'): ~20% less CPU."},
+        default="auto",
+        metadata={"doc": "auto: uvloop when installed (a default dependency), else asyncio's; "
+                         "or asyncio, or uvloop (an error when it is not installed)."},
     )
     metrics_host: str = field(
         default="127.0.0.1", metadata={"doc": "Prometheus endpoint address (/metrics, /healthz)."}
@@ -599,8 +600,8 @@ class Settings:
             raise SettingsError(
                 "CALLMFA_PROMPT_OVERRIDE_DIR must be an absolute path of letters, digits, _ . - /"
             )
-        if self.event_loop not in ("asyncio", "uvloop"):
-            raise SettingsError("CALLMFA_EVENT_LOOP must be asyncio or uvloop")
+        if self.event_loop not in ("auto", "asyncio", "uvloop"):
+            raise SettingsError("CALLMFA_EVENT_LOOP must be auto, asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
             raise SettingsError("CALLMFA_DIAL_TEMPLATE must contain {number} or {digits}")
         if not set(self.role_set) <= ROLES or not self.role_set:

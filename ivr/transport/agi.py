@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 from dataclasses import dataclass
 
 from ..exceptions import AgiCommandError, AgiConnectionLostError, AgiError, AgiHangup
@@ -41,7 +42,7 @@ def parse_header_line(line: str) -> tuple[str, str]:
     key, sep, value = line.partition(":")
     if not sep or not key.startswith("agi_") or not key.replace("_", "").isalnum():
         raise AgiError("malformed AGI header line", line)
-    return key, value.strip()
+    return sys.intern(key), value.strip()  # every call sends the same names: one copy
 
 
 def parse_reply(line: str) -> AgiReply:
@@ -112,7 +113,8 @@ class AgiChannel:
     async def _readline(self, timeout_s: float | None = None) -> str:
         timeout = self._timeout if timeout_s is None else timeout_s
         try:
-            raw = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout)
+            async with asyncio.timeout(timeout):  # no task per read, as wait_for makes
+                raw = await self._reader.readuntil(b"\n")
         except (asyncio.IncompleteReadError, ConnectionError):
             # After a caller's hang-up Asterisk says HANGUP before it closes the socket;
             # a socket that just closes means Asterisk (or the network) went away.

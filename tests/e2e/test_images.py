@@ -207,6 +207,14 @@ class TestServiceImage:
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == f"callmfa {version('callmfa')}"
 
+    def test_the_fast_packages_are_installed(self, service_root: Path) -> None:
+        """uvloop, hiredis and orjson, which serve uses by default (issue 16)."""
+        out = _in_image(service_root, "/opt/callmfa/bin/python", "-c",
+                        "import hiredis, orjson, uvloop, redis.utils; "
+                        "print(redis.utils.HIREDIS_AVAILABLE)")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "True"
+
     def test_settings(self, service_root: Path) -> None:
         """`callmfa settings` lists every setting, the signing key among them."""
         out = _in_image(service_root, "callmfa", "settings")

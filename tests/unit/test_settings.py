@@ -279,10 +279,12 @@ class TestReference:
 
 
 class TestEventLoop:
-    def test_default_is_asyncio(self) -> None:
-        """The standard library's loop is the default; uvloop is an opt-in extra."""
-        assert Settings().event_loop == "asyncio"
+    def test_default_is_auto(self) -> None:
+        """Issue 16: uvloop when it is installed is the default (auto); asyncio and uvloop
+        may be named."""
+        assert Settings().event_loop == "auto"
         assert Settings.from_env({"CALLMFA_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+        assert Settings.from_env({"CALLMFA_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
 
     def test_unknown_loop_refused(self) -> None:
         """A typo is a clear error at start-up, not a silent fallback."""
