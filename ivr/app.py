@@ -32,7 +32,7 @@ from .fronts.providers.gateway import OtpGateway
 from .fronts.radius import RadiusRole
 from .fronts.web import HttpListener, ops_app, tls_context
 from .fronts.webhooks import Deliverer, Sender, WebhookSender, http_session
-from .log import configure
+from .log import set_level
 from .metrics import Metrics, metrics_route
 from .ops.probe import PROBE_ROUTE, AgiProbe
 from .originator import Originator
@@ -204,7 +204,7 @@ class Service:
         if self.originator is not None and self.pool is not None:
             self.originator.reload(fresh)
             self.pool.capacity = fresh.max_per_asterisk
-        configure(fresh.log_level)
+        set_level(fresh.log_level)
         log.info("settings_reloaded", changed=applied)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -46,8 +46,31 @@ def json_serializer() -> Serializer:
     return serialize
 
 
+class LevelFilter:
+    """Drops the lines under ``level``. Loggers are cached on first use, with the
+    processors of that moment, so a reload changes this filter's level (:func:`set_level`)
+    rather than configuring structlog again."""
+
+    def __init__(self, level: str) -> None:
+        self.level = _LEVELS.get(level, logging.INFO)
+
+    def __call__(self, _logger: Any, method: str, event: Any) -> Any:
+        """The processor: the event, or DropEvent under the level."""
+        if _LEVELS.get(method, logging.CRITICAL) < self.level:
+            raise structlog.DropEvent
+        return event
+
+
+def set_level(level: str) -> None:
+    """Change the level of the loggers :func:`configure` set up (SIGHUP's reload)."""
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, LevelFilter):
+            processor.level = _LEVELS.get(level, logging.INFO)
+
+
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog once, at start-up. Logs go to stderr unless ``stream`` is given."""
+    """Configure structlog once, at start-up. Logs go to stderr unless ``stream`` is given;
+    :func:`set_level` changes the level later."""
     out = stream if stream is not None else sys.stderr
     renderer: structlog.types.Processor
     factory: Callable[..., Any]
@@ -66,13 +89,16 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
         factory = structlog.PrintLoggerFactory(out)
     structlog.configure(
         processors=[
+            LevelFilter(level),
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        # Debug calls are filtered by LevelFilter (the level can change); a debug call is
+        # rare on the hot path.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )

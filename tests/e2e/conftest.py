@@ -36,12 +36,14 @@ def serve_pid(sandbox: Sandbox) -> int:
 
 
 def restart_serve(sandbox: Sandbox, **env: str) -> None:
-    """Restart the sandbox's `callmfa serve` with these settings over the suite's."""
+    """Restart the sandbox's `callmfa serve` with these settings over the suite's (an empty
+    value unsets one: then serve takes it from its CALLMFA_CONFIG_FILE, or the default)."""
     pid = serve_pid(sandbox)
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "callmfa serve to stop")
     full = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": sandbox.netns,
             "CALLMFA_SANDBOX_DIR": str(sandbox.directory), **env}
+    full = {k: v for k, v in full.items() if v or k not in env}
     subprocess.run(["bash", str(SANDBOX), "up"], env=full, check=True, capture_output=True,
                    cwd=REPO, timeout=120)
 

@@ -70,3 +70,31 @@ class TestReload:
             assert '"Reloaded" <sip:+15550002@' in invite
         finally:
             restart_serve(sandbox)
+
+    async def test_sighup_changes_the_log_level_of_a_running_serve(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory,
+        tmp_path: Path
+    ) -> None:
+        """CALLMFA_LOG_LEVEL=debug by SIGHUP: the next call's debug line (originate_sent)
+        is written, though its logger was cached at info."""
+        config = tmp_path / "callmfa.conf"
+        config.write_text("CALLMFA_LOG_LEVEL=info\n")
+        restart_serve(sandbox, CALLMFA_CONFIG_FILE=str(config), CALLMFA_LOG_LEVEL="")
+        log = sandbox.directory / "logs" / "callmfa.log"
+        try:
+            p = phone(keys="#", calls=2)
+            start = len(log.read_text())
+            first = await client.verify(user="level-1", phone="+12015550100", timeout_s=40)
+            assert first is not None
+            assert first.outcome is Outcome.APPROVED
+            assert '"originate_sent"' not in log.read_text()[start:]
+            config.write_text("CALLMFA_LOG_LEVEL=debug\n")
+            os.kill(serve_pid(sandbox), signal.SIGHUP)
+            wait_until(lambda: '"log_level"' in log.read_text()[start:], 10, "the reload")
+            second = await client.verify(user="level-2", phone="+12015550100", timeout_s=40)
+            assert second is not None
+            assert second.outcome is Outcome.APPROVED
+            assert '"originate_sent"' in log.read_text()[start:]
+            assert p.wait(20) == 0, p.errors()
+        finally:
+            restart_serve(sandbox)

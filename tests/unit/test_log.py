@@ -107,3 +107,22 @@ class TestSerializer:
     def test_standard_library_without_orjson(self, no_orjson: None) -> None:
         assert json_serializer() is stdlib_dumps
         assert stdlib_dumps({"a": [1, None]}) == b'{"a":[1,null]}'
+
+
+class TestLevel:
+    def test_set_level_reaches_a_logger_already_cached(self, tmp_path: Path) -> None:
+        """SIGHUP's reload: a logger that has logged (cached with the processors of start-up)
+        follows the new level both ways."""
+        from ivr.log import set_level
+        path = tmp_path / "log"
+        stream = _log_to(path, "info")
+        log = structlog.get_logger("t")
+        log.info("first")
+        log.debug("hidden")
+        set_level("debug")
+        log.debug("shown")
+        set_level("warning")
+        log.info("hidden_too")
+        log.warning("kept")
+        stream.close()
+        assert [json.loads(x)["event"] for x in _lines(path)] == ["first", "shown", "kept"]
