@@ -19,6 +19,7 @@ from ivr.transport.ami import AmiClient
 
 from ..conftest import Sandbox
 from .conftest import PhoneFactory
+from .test_check_pbx import _config_dir
 
 PHONE = "+12015550142"
 
@@ -115,4 +116,40 @@ class TestAmiEvents:
         assert watch.ringing.is_set()
         assert (idle.events.received, idle.events.read) == (3, 0)
         assert (watcher.events.received, watcher.events.read) == (3, 2)
+        assert p.wait(20) == 0, p.errors()
+
+    async def test_an_account_with_more_rights_is_still_sent_call_events_only(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """read = all and no eventfilter (an over-privileged account): a plain session is
+        sent VarSet (with the call's token), Newexten, AGIExec...; callmfa's client logs in
+        with Events: call and is sent none of those."""
+        conf = _config_dir(sandbox) / "manager_callmfa.conf"
+        text = conf.read_text()
+        conf.write_text("".join(
+            "read = all\n" if line.startswith("read =") else line
+            for line in text.splitlines(keepends=True) if not line.startswith("eventfilter")))
+        p = phone(keys="#")
+        raw, ours = RawSession(), _ami(sandbox)
+        try:
+            sandbox.asterisk("manager reload")
+            await raw.start(sandbox)
+            await ours.connect()
+            record = await client.verify(user="alice", phone=PHONE, timeout_s=40)
+            assert record is not None
+            assert record.outcome is Outcome.APPROVED
+            await _until(lambda: raw.events["Hangup"] >= 1, 10, "the Hangup event")
+            await raw.ping()
+            await ours.action({"Action": "Ping"}, timeout_s=5)
+        finally:
+            await raw.stop()
+            await ours.close()
+            conf.write_text(text)
+            sandbox.asterisk("manager reload")
+        assert {"VarSet", "Newexten", "AGIExecStart"} <= set(raw.events)  # asked for: sent
+        names = ours.events.unneeded_names
+        assert "Newchannel" in names  # no filter: call events callmfa does not read
+        assert len(names) < 8  # (it keeps 8 names at most: all are here)
+        assert not names & {"VarSet", "Newexten", "AGIExecStart", "AGIExecEnd"}
+        assert ours.events.received < sum(raw.events.values()) / 4
         assert p.wait(20) == 0, p.errors()
