@@ -537,6 +537,8 @@ async def check_probe(
     finally:
         ami.unwatch(probe_id)
         await redis.aclose()
+    events = pbxcheck.check_ami_events(settings.ami_user, ami.events.received,
+                                       ami.events.unneeded, ami.events.unneeded_names)
     ctx = settings.context
     if raw is None:
         if cause == 0:  # Asterisk found nothing to run: the Local channel never started
@@ -554,6 +556,7 @@ async def check_probe(
                 "'Connecting to ... failed'")
         for name in ("prompts", "early-keys", "modules", "endpoint"):
             yield CheckResult(name, Status.SKIP, "needs the FastAGI probe")
+        yield events
         return
     found = json.loads(raw)
     yield CheckResult("dialplan", Status.OK,
@@ -573,6 +576,7 @@ async def check_probe(
     for result in pbxcheck.check_modules(settings.amd, found):
         yield result
     yield pbxcheck.check_endpoint(settings.dial_template, found)
+    yield events
 
 
 def check_early_keys(trystatus: str | None, collect: bool | None = None) -> CheckResult:
@@ -672,7 +676,7 @@ async def run_checks(
                     yield result
             else:
                 for name in ("dialplan", "fastagi", "prompts", "early-keys", "modules",
-                             "endpoint"):
+                             "endpoint", "ami-events"):
                     yield CheckResult(name, Status.SKIP, "needs AMI and Redis")
             ami_ok = ami_ok and this_ok
         finally:

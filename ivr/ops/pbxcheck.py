@@ -165,3 +165,24 @@ def check_ami_secret_file(config_dir: str) -> CheckResult:
                            "AMI secret",
                            f"chown root:asterisk {path} && chmod 0640 {path}")
     return CheckResult("ami-secret", Status.OK, f"{path} is mode {mode:04o}, no rights for others")
+
+
+def check_ami_events(user: str, received: int, unneeded: int, names: set[str]) -> CheckResult:
+    """The ``ami-events`` line: were the AMI account's events, while the probe call lasted,
+    only of the kinds callmfa reads (OriginateResponse, Newstate, Hangup)?
+
+    callmfa drops the others unparsed, but Asterisk still formats and sends them to every
+    session of the account: manager_callmfa.conf's eventfilter lines keep them away.
+    """
+    if not received:
+        return CheckResult("ami-events", Status.SKIP, "no AMI event came during the probe call")
+    if unneeded:
+        return CheckResult(
+            "ami-events", Status.WARN,
+            f"{user} was sent {unneeded} of {received} events of kinds callmfa does not use "
+            f"({', '.join(sorted(names))}) during the probe call",
+            f"add the eventfilter lines of dialplan/{MANAGER_CONF} to the [{user}] section, "
+            "then `manager reload`")
+    return CheckResult("ami-events", Status.OK,
+                       f"{user} is sent only the kinds of events callmfa reads "
+                       f"({received} during the probe call)")

@@ -4,6 +4,13 @@ panoramisk 1.4 supplies the wire protocol and the ActionID futures. Its connecti
 handling is replaced: its ``connect()`` returns before the login and hides a wrong secret,
 and after a reconnect it re-sends unanswered actions, which for Originate could dial twice.
 Here a lost connection fails every pending action and reconnecting is the owner's choice.
+
+Its parser is replaced too: it built a dict of every header of every event. Here an event's
+name, ActionID and Uniqueid are read first (see :class:`_Protocol`), and only what callmfa
+waits for is read further: the replies to its own actions (OriginateResponse) and the
+Newstate and Hangup events of the calls it watches. Everything else is counted and dropped.
+Asterisk can be told to send only what callmfa reads (``eventfilter`` lines in
+dialplan/manager_callmfa.conf); the login asks for the ``call`` events only.
 """
 
 from __future__ import annotations
@@ -17,12 +24,28 @@ from typing import Any
 import structlog
 from panoramisk import Manager
 from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message
 
 from ..exceptions import AmiConnectError, AmiError, AmiLoginError
 
 log = structlog.get_logger("ivr.ami")
 
-CHANNEL_STATE_RINGING = "5"
+CHANNEL_STATE_RINGING = b"5"
+CHANNEL_EVENTS = frozenset({b"Newstate", b"Hangup"})
+# The login's event mask: Newstate, Hangup and OriginateResponse are all "call" events, so
+# an account with more read rights than manager_callmfa.conf's still gets only those.
+LOGIN_EVENTS = "call"
+EOL2 = b"\r\n\r\n"
+
+
+@dataclass
+class EventCounts:
+    """AMI events that reached this client since it was made, across reconnections."""
+
+    received: int = 0  # every event Asterisk sent
+    read: int = 0  # the ones read past their first headers: our replies and watched calls
+    unneeded: int = 0  # of a kind callmfa never reads (the account's eventfilter lets it in)
+    unneeded_names: set[str] = field(default_factory=set)  # a few of their names
 
 
 @dataclass
@@ -42,6 +65,70 @@ class OriginateResult:
     answered: bool
     reason: int | None
     payload: Mapping[str, Any]
+
+
+def _header(raw: bytes, name: bytes) -> bytes | None:
+    """The value of header ``name`` (not the first line) in one raw message, or None."""
+    start = raw.find(b"\r\n" + name + b": ")
+    if start < 0:
+        return None
+    start += len(name) + 4
+    end = raw.find(b"\r\n", start)
+    return raw[start:] if end < 0 else raw[start:end]
+
+
+class _Protocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's protocol with a lazy parser: an event is read only if someone waits.
+
+    Responses, and events that carry the ActionID of one of our actions, are parsed as
+    panoramisk did. Newstate and Hangup go, unparsed, to ``on_channel_event``, which looks
+    at their Uniqueid first. Other events (another session's OriginateResponse, events the
+    account's eventfilter did not keep away) are counted and dropped.
+    """
+
+    def __init__(self, counts: EventCounts,
+                 on_channel_event: Callable[[bytes, bytes], bool]) -> None:
+        super().__init__()
+        self._counts = counts
+        self._on_channel_event = on_channel_event
+        self._buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self._buffer:
+            data = self._buffer + data
+        *messages, self._buffer = data.split(EOL2)
+        for raw in messages:
+            # Asterisk sometimes ends a message with a single CRLF (panoramisk strips too).
+            raw = raw.strip()
+            if not raw.startswith(b"Event: "):
+                self._parse(raw)
+                continue
+            self._counts.received += 1
+            action_id = _header(raw, b"ActionID")
+            if action_id is not None:
+                # The events of an action: ours, or another session's (OriginateResponse
+                # goes to every session of the account).
+                if action_id.decode(self.encoding, "ignore") in self.responses:
+                    self._counts.read += 1
+                    self._parse(raw)
+                continue
+            end = raw.find(b"\r\n")
+            name = raw[7:] if end < 0 else raw[7:end]
+            if name in CHANNEL_EVENTS:
+                if self._on_channel_event(name, raw):
+                    self._counts.read += 1
+            elif name == b"Shutdown":
+                self._counts.read += 1
+                self._parse(raw)
+            else:
+                self._counts.unneeded += 1
+                if len(self._counts.unneeded_names) < 8:
+                    self._counts.unneeded_names.add(name.decode(self.encoding, "ignore"))
+
+    def _parse(self, raw: bytes) -> None:
+        message = Message.from_line(raw.decode(self.encoding, "ignore"))
+        if message is not None:
+            self.handle_message(message)
 
 
 class _Manager(Manager):  # type: ignore[misc]
@@ -84,6 +171,7 @@ class AmiClient:
         self._timeout = timeout_s
         self._manager: _Manager | None = None
         self._watches: dict[str, ChannelWatch] = {}
+        self.events = EventCounts()
         self.connected = asyncio.Event()
         self.lost = asyncio.Event()
         self.reconnects = 0
@@ -125,13 +213,14 @@ class AmiClient:
         loop = asyncio.get_running_loop()
         manager = _Manager(
             self, loop=loop, host=self._host, port=self._port, username=self._user,
-            secret=self._secret, events="on", ping_delay=10, ping_interval=10,
+            secret=self._secret, events=LOGIN_EVENTS, ping_delay=10, ping_interval=10,
         )
-        manager.register_event("Newstate", self._on_event)
-        manager.register_event("Hangup", self._on_event)
         try:
             transport, protocol = await asyncio.wait_for(
-                loop.create_connection(AMIProtocol, self._host, self._port), self._timeout
+                loop.create_connection(
+                    lambda: _Protocol(self.events, self._on_channel_event),
+                    self._host, self._port),
+                self._timeout,
             )
         except (OSError, TimeoutError) as e:
             raise AmiConnectError(
@@ -169,19 +258,22 @@ class AmiClient:
             if not watch.hangup.done():
                 watch.hangup.set_exception(AmiConnectError("AMI connection lost"))
 
-    def _on_event(self, _manager: Manager, event: Any) -> None:
-        watch = self._watches.get(event.get("Uniqueid", ""))
+    def _on_channel_event(self, name: bytes, raw: bytes) -> bool:
+        """A Newstate or Hangup event, still raw: True if it was one of a watched call."""
+        uniqueid = _header(raw, b"Uniqueid")
+        watch = self._watches.get(uniqueid.decode(errors="ignore")) if uniqueid else None
         if watch is None:
-            return
-        if event.event == "Hangup":
+            return False
+        if name == b"Hangup":
             if not watch.hangup.done():
                 try:
-                    cause = int(event.get("Cause", "0"))
+                    cause = int(_header(raw, b"Cause") or b"0")
                 except ValueError:
                     cause = 0
                 watch.hangup.set_result(cause)
-        elif event.get("ChannelState") == CHANNEL_STATE_RINGING:
+        elif _header(raw, b"ChannelState") == CHANNEL_STATE_RINGING:
             watch.ringing.set()
+        return True
 
     def watch(self, uniqueid: str) -> ChannelWatch:
         """Start collecting events for a channel; call before Originate so none is missed."""

@@ -75,3 +75,26 @@ class TestCheckCatches:
         again = run_cli(sandbox, "check", CALLMFA_ASTERISK_CONFIG_DIR=directory)
         assert "mode 0640, no rights for others" in _line(again.stdout, "ok", "ami-secret")
         assert again.returncode == 0, again.stdout
+
+    def test_an_account_without_the_eventfilter(self, sandbox: Sandbox) -> None:
+        """manager_callmfa.conf's eventfilter lines removed: warn ami-events, naming kinds
+        the probe's Local channels brought and the fix; put back: ok."""
+        conf = _config_dir(sandbox) / "manager_callmfa.conf"
+        text = conf.read_text()
+        assert "eventfilter(" in text
+        conf.write_text("".join(line for line in text.splitlines(keepends=True)
+                                if not line.startswith("eventfilter")))
+        try:
+            sandbox.asterisk("manager reload")
+            out = run_cli(sandbox, "check")
+        finally:
+            conf.write_text(text)
+            sandbox.asterisk("manager reload")
+        assert out.returncode == 0, out.stdout + out.stderr  # a warning, not a failure
+        found = _line(out.stdout, "warn", "ami-events")
+        assert "events of kinds callmfa does not use (" in found
+        assert "Newchannel" in found
+        assert "fix: add the eventfilter lines of dialplan/manager_callmfa.conf" in found
+        again = run_cli(sandbox, "check")
+        assert "is sent only the kinds of events callmfa reads" in _line(again.stdout, "ok",
+                                                                        "ami-events")

@@ -11,6 +11,7 @@ import pytest
 from ivr.ops.pbxcheck import (
     INSPECTORS,
     MODULES,
+    check_ami_events,
     check_ami_secret_file,
     check_endpoint,
     check_modules,
@@ -182,3 +183,23 @@ class TestProbe:
         channel = FakeChannel({expression: "|".join("1" for _ in names)})
         assert await _modules(channel) == dict.fromkeys(names, "1")  # type: ignore[arg-type]
         assert len(channel.asked) == 1
+
+
+class TestAmiEvents:
+    def test_only_what_callmfa_reads(self) -> None:
+        r = check_ami_events("callmfa", 4, 0, set())
+        assert r.status is Status.OK
+        assert "4 during the probe call" in r.message
+
+    def test_no_eventfilter_warns_with_the_fix(self) -> None:
+        """No eventfilter: the probe's Local channels bring Newchannel, DialBegin..."""
+        r = check_ami_events("callmfa", 12, 8, {"Newchannel", "DialBegin"})
+        assert r.status is Status.WARN
+        assert "8 of 12 events" in r.message
+        assert "(DialBegin, Newchannel)" in r.message
+        assert r.fix is not None
+        assert "eventfilter lines of dialplan/manager_callmfa.conf" in r.fix
+        assert "[callmfa]" in r.fix
+
+    def test_no_event_at_all_is_skipped(self) -> None:
+        assert check_ami_events("callmfa", 0, 0, set()).status is Status.SKIP

@@ -1,0 +1,106 @@
+"""AmiClient against a scripted AMI server on loopback: login, Originate, channel events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ivr.transport.ami import AmiClient
+
+from ..unit.test_ami import OTHER, OURS, channel, event
+
+
+class FakeAsterisk:
+    """Greets, accepts the login, answers an Originate with a call's events among others'.
+
+    Everything is written one byte at a time: the client must join the pieces.
+    """
+
+    def __init__(self) -> None:
+        self.actions: list[dict[str, str]] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        for i in range(len(data)):
+            writer.write(data[i:i + 1])
+        await writer.drain()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._send(writer, b"Asterisk Call Manager/11.0.0\r\n")
+        try:
+            while block := await reader.readuntil(b"\r\n\r\n"):
+                action = dict(line.split(": ", 1) for line in block.decode().strip().split("\r\n"))
+                self.actions.append(action)
+                aid = action["ActionID"].encode()
+                if action["Action"] == "Login":
+                    await self._send(writer, b"Response: Success\r\nActionID: " + aid
+                                     + b"\r\nMessage: Authentication accepted\r\n\r\n")
+                elif action["Action"] == "Originate":
+                    uid = action["ChannelId"]
+                    await self._send(writer, b"".join([
+                        b"Response: Success\r\nActionID: " + aid
+                        + b"\r\nMessage: Originate successfully queued\r\n\r\n",
+                        event("Newchannel", Uniqueid=uid),
+                        channel("Newstate", OTHER, ChannelState="5"),
+                        channel("Newstate", uid, ChannelState="5"),
+                        event("OriginateResponse", ActionID="action/other/1/1",
+                              Response="Failure", Reason="0", Uniqueid=OTHER),
+                        channel("Newstate", uid, ChannelState="6"),
+                        event("OriginateResponse", ActionID=aid.decode(), Response="Success",
+                              Reason="4", Uniqueid=uid),
+                        channel("Hangup", OTHER, Cause="17"),
+                        channel("Hangup", uid, Cause="16", Cause_txt="Normal Clearing"),
+                    ]))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def asterisk() -> AsyncIterator[tuple[FakeAsterisk, AmiClient]]:
+    fake = FakeAsterisk()
+    port = await fake.start()
+    client = AmiClient(host="127.0.0.1", port=port, user="callmfa", secret="s", timeout_s=5)
+    await client.connect()
+    try:
+        yield fake, client
+    finally:
+        await client.close()
+        await fake.close()
+
+
+class TestAmiClient:
+    async def test_login_asks_for_call_events_only(
+        self, asterisk: tuple[FakeAsterisk, AmiClient]
+    ) -> None:
+        """Newstate, Hangup and OriginateResponse are "call" events: an account with more
+        read rights is still sent only those."""
+        fake, _ = asterisk
+        assert fake.actions[0]["Action"] == "Login"
+        assert fake.actions[0]["Events"] == "call"
+
+    async def test_a_call_among_others(self, asterisk: tuple[FakeAsterisk, AmiClient]) -> None:
+        """Our OriginateResponse, our ringing and our Hangup cause are read; the other
+        call's events and another session's OriginateResponse are not."""
+        _, client = asterisk
+        watch = client.watch(OURS)
+        result = await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {},
+                                        timeout_s=5)
+        assert (result.answered, result.reason) == (True, 4)
+        assert result.payload["Uniqueid"] == OURS
+        assert await asyncio.wait_for(watch.hangup, 5) == 16
+        assert watch.ringing.is_set()
+        events = client.events
+        assert (events.received, events.read, events.unneeded) == (8, 4, 1)
