@@ -33,7 +33,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     """One line per run."""
     head = ("variant", "load", "calls", "fail", "calls/s", "req>INV p50", "p99",
             "#>outcome p50", "p99", "svc in>pub p99", "ast ms/call", "callmfa ms/call",
-            "redis", "sipp", "callmfa RSS MiB")
+            "redis", "sipp", "callmfa RSS MiB", "redis cmds/call", "callmfa cmds/call",
+            "round trips/call")
     lines = [head]
     for r in rows:
         cpu = r["cpu_ms_per_call"]
@@ -48,10 +49,20 @@ def table(rows: list[dict[str, Any]]) -> str:
             _fmt(cpu["callmfa"]) if not r["variant"].startswith("dialplan") else "-",
             _fmt(cpu["redis"]), _fmt(cpu["sipp"]),
             _fmt(round(r["callmfa_rss_kib"]["VmRSS"] / 1024, 1)),
+            *_traffic(r),
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True))
                      for line in lines)
+
+
+def _traffic(row: dict[str, Any]) -> tuple[str, str, str]:
+    """Redis commands per verification (all Redis ran), callmfa's own, its round trips."""
+    redis = row.get("redis", {})
+    if row["variant"].startswith("dialplan"):
+        return "-", "-", "-"
+    return (_fmt(redis.get("commands")), _fmt(redis.get("callmfa_commands")),
+            _fmt(redis.get("callmfa_round_trips")))
 
 
 def _closed(rows: list[dict[str, Any]], variant: str) -> dict[int, dict[str, Any]]:
@@ -90,6 +101,11 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         targets["service_input_to_published_p99_ms<=5@200"] = _target(
             _p(at, "service_input_to_published"), 5)
         targets["request_to_invite_p99_ms<=20@200"] = _target(_p(at, "request_to_invite"), 20)
+        redis = at.get("redis", {})
+        targets["callmfa_redis_commands_per_call<=12@200"] = _target(
+            redis.get("callmfa_commands"), 12)
+        targets["callmfa_redis_round_trips_per_call<=5@200"] = _target(
+            redis.get("callmfa_round_trips"), 5)
     if ratios:
         top = max(ratios)
         if "callmfa_cpu_over_asterisk_cpu" in ratios[top]:

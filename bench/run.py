@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.transport.ami import AmiClient
@@ -38,7 +39,17 @@ from .load import (
 )
 from .phone import BenchPhone
 from .report import percentiles, summary, table
-from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
+from .system import (
+    METRICS_URL,
+    REPO,
+    Sandbox,
+    Service,
+    cpu,
+    default_netns,
+    machine_load,
+    memory_kib,
+)
+from .traffic import per_call, snapshot
 
 CLASSIC_SCRIPT = REPO / "agi_scripts" / "callmfa-verify.agi"
 KEEP_CONTEXT = "bench-baseline-keep"  # the floor after StoreDTMF (the sandbox's dialplan)
@@ -112,10 +123,13 @@ class Load:
 class Bench:
     """Runs loads against the sandbox and turns what it saw into figures."""
 
-    def __init__(self, args: argparse.Namespace, sandbox: Sandbox, out: Path) -> None:
+    def __init__(self, args: argparse.Namespace, sandbox: Sandbox, out: Path,
+                  redis: Redis, http: aiohttp.ClientSession) -> None:
         self.args = args
         self.sandbox = sandbox
         self.out = out
+        self.redis = redis  # INFO commandstats
+        self.http = http  # the service's /metrics
         self.dial = numbers()
         self.rows: list[dict[str, Any]] = []
         self.service: Service | None = None
@@ -146,6 +160,7 @@ class Bench:
                 "callmfa": self.service.pid, "bench": os.getpid()}
         before = {name: cpu(pid) for name, pid in pids.items()}
         log_offset = self.service.log.stat().st_size
+        traffic = await snapshot(self.redis, self.http, METRICS_URL)
         spy = _py_spy(self.service.pid, profile) if profile else None
         peak_rss = 0
 
@@ -175,6 +190,8 @@ class Bench:
         await asyncio.sleep(0.3)  # let the service log its last lines
         after = {name: cpu(pid) for name, pid in pids.items()}
         row = self._row(variant, load, results, started, phone)
+        row["redis"] = per_call(traffic, await snapshot(self.redis, self.http, METRICS_URL),
+                                len(results))
         n = max(len(results), 1)
         row["cpu_ms_per_call"] = {
             name: round((after[name].self_s - before[name].self_s) * 1000 / n, 3)
@@ -298,11 +315,12 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
     client = VerificationClient.from_url(env["CALLMFA_REDIS_URL"],
                                          max_connections=2 * most + 50, timeout_s=30,
                                          signing_key=env["CALLMFA_SIGNING_KEY"])
-    bench = Bench(args, sandbox, out)
     extra: dict[str, Any] = {"machine_before": machine_load()}
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=2 * top.concurrency + 50),
         timeout=aiohttp.ClientTimeout(total=120))
+    stats = Redis.from_url(env["CALLMFA_REDIS_URL"])
+    bench = Bench(args, sandbox, out, stats, http)
     try:
         await client.__aenter__()
         ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
@@ -355,6 +373,7 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         if bench.service is not None:
             bench.service.stop()
         await client.aclose()
+        await stats.aclose()
         await http.close()
         await ami.close()
     return {"rows": bench.rows, **extra}

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
@@ -52,7 +52,7 @@ _OTP_MEMBER = re.compile(rb'("otp"\s*:\s*)("(?:[^"\\]|\\.)*"|[-+.0-9eE]+)')
 
 __all__ = [
     "DEADLETTER", "DEADLETTER_PAYLOAD_BYTES", "EVENTS", "GROUP", "REQUESTS", "RESULTS_CHANNEL",
-    "Claim", "Durability", "Entry", "Store", "call_key", "connect", "connect_for",
+    "Claim", "Durability", "Entry", "RedisTraffic", "Store", "call_key", "connect", "connect_for",
     "deadletter_fields", "result_key",
 ]
 
@@ -107,10 +107,48 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+@dataclass
+class RedisTraffic:
+    """What one process asked of Redis: the commands it sent and the round trips it made
+    (a pipeline is one round trip, a script one command), on every connection of a client."""
+
+    commands: int = 0
+    round_trips: int = 0
+
+
+class _Counting(AbstractConnection):
+    """Counts into ``traffic`` (set on the class :func:`counting` makes)."""
+
+    traffic: RedisTraffic
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """One command (a pipeline packs each of its commands here)."""
+        self.traffic.commands += 1
+        return super().pack_command(*args)
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """One write, whose replies are read before the connection is used again."""
+        self.traffic.round_trips += 1
+        await super().send_packed_command(command, check_health)
+
+
+def counting(base: type[AbstractConnection], traffic: RedisTraffic) -> type[AbstractConnection]:
+    """``base`` (the connection class a URL or Sentinel calls for), counting into ``traffic``."""
+    cls: type[AbstractConnection] = type(f"Counting{base.__name__}", (_Counting, base),
+                                         {"traffic": traffic})
+    return cls
+
+
+def connect(url: str, *, max_connections: int, timeout_s: float,
+            traffic: RedisTraffic | None = None) -> Redis:
     """A client on a blocking pool: waiting for a free connection beats failing at once."""
+    extra: dict[str, Any] = {}
+    if traffic is not None:
+        base = parse_url(url).get("connection_class", Connection)
+        extra["connection_class"] = counting(base, traffic)
     pool = BlockingConnectionPool.from_url(
         url,
+        **extra,
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -166,21 +204,27 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
             await self.sentinel_manager.aclose()
 
 
-def connect_for(settings: Settings, *, max_connections: int) -> Redis:
+def connect_for(settings: Settings, *, max_connections: int,
+                traffic: RedisTraffic | None = None) -> Redis:
     """The client every callmfa process uses: on ``CALLMFA_REDIS_URL``, or, with
-    ``CALLMFA_REDIS_SENTINELS``, on whichever node the Sentinels say is the primary."""
+    ``CALLMFA_REDIS_SENTINELS``, on whichever node the Sentinels say is the primary.
+
+    With ``traffic``, its commands and round trips are counted there.
+    """
     timeout_s = settings.connect_timeout_s
     if not settings.redis_sentinels:
-        return connect(settings.redis_url, max_connections=max_connections, timeout_s=timeout_s)
+        return connect(settings.redis_url, max_connections=max_connections, timeout_s=timeout_s,
+                       traffic=traffic)
     p = sentinel.plan(settings, parse_url(settings.redis_url), timeout_s=timeout_s)
     manager = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's Sentinel is untyped
         list(p.addresses), sentinel_kwargs=dict(p.sentinel))
     node = dict(p.node)
     tls = node.pop("ssl", False)
+    base: type[AbstractConnection] = FollowingSSLConnection if tls else FollowingConnection
     client: Redis = manager.master_for(
         p.service,
         connection_pool_class=BlockingSentinelPool,
-        connection_class=FollowingSSLConnection if tls else FollowingConnection,
+        connection_class=counting(base, traffic) if traffic is not None else base,
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
