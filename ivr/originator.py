@@ -53,7 +53,7 @@ SETTLE_RETRY_S = 300.0
 # both when the phone answers at once); a phone that rings longer gets it on its own.
 RINGING_HOLD_S = 0.05
 # How long the first acknowledgement waits for others to share its round trip.
-ACK_BATCH_S = 0.02
+ACK_BATCH_S = 0.05
 _CLAIMS = frozenset(c.value for c in Claim)
 
 
