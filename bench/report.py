@@ -33,7 +33,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     """One line per run."""
     head = ("variant", "load", "calls", "fail", "calls/s", "req>INV p50", "p99",
             "#>outcome p50", "p99", "svc in>pub p99", "ast ms/call", "callmfa ms/call",
-            "redis", "sipp", "callmfa RSS MiB", "log lines/call")
+            "redis", "sipp", "callmfa RSS MiB", "redis cmds/call", "callmfa cmds/call",
+            "round trips/call", "log lines/call")
     lines = [head]
     for r in rows:
         cpu = r["cpu_ms_per_call"]
@@ -48,6 +49,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             _fmt(cpu["callmfa"]) if not r["variant"].startswith("dialplan") else "-",
             _fmt(cpu["redis"]), _fmt(cpu["sipp"]),
             _fmt(round(r["callmfa_rss_kib"]["VmRSS"] / 1024, 1)),
+            *_traffic(r),
             _fmt(r.get("log_lines_per_call")) if not r["variant"].startswith("dialplan")
             else "-",
         ))
@@ -80,6 +82,15 @@ def memory_lines(result: dict[str, Any]) -> str:
         out += [f"  {x['kib_per_call']:8.3f} KiB {x['blocks_per_call']:7.2f} blocks  {x['site']}"
                 for x in t["top"]]
     return "\n".join(out)
+
+
+def _traffic(row: dict[str, Any]) -> tuple[str, str, str]:
+    """Redis commands per verification (all Redis ran), callmfa's own, its round trips."""
+    redis = row.get("redis", {})
+    if row["variant"].startswith("dialplan"):
+        return "-", "-", "-"
+    return (_fmt(redis.get("commands")), _fmt(redis.get("callmfa_commands")),
+            _fmt(redis.get("callmfa_round_trips")))
 
 
 def _closed(rows: list[dict[str, Any]], variant: str) -> dict[int, dict[str, Any]]:
@@ -118,6 +129,11 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         targets["service_input_to_published_p99_ms<=5@200"] = _target(
             _p(at, "service_input_to_published"), 5)
         targets["request_to_invite_p99_ms<=20@200"] = _target(_p(at, "request_to_invite"), 20)
+        redis = at.get("redis", {})
+        targets["callmfa_redis_commands_per_call<=12@200"] = _target(
+            redis.get("callmfa_commands"), 12)
+        targets["callmfa_redis_round_trips_per_call<=5@200"] = _target(
+            redis.get("callmfa_round_trips"), 5)
     if ratios:
         top = max(ratios)
         if "callmfa_cpu_over_asterisk_cpu" in ratios[top]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.transport.ami import AmiClient
@@ -39,7 +40,18 @@ from .load import (
 )
 from .phone import BenchPhone
 from .report import memory_lines, percentiles, summary, table
-from .system import REPO, Sandbox, Service, cpu, default_netns, machine_load, memory_kib
+from .system import (
+    METRICS_URL,
+    REPO,
+    Sandbox,
+    Service,
+    cpu,
+    default_netns,
+    machine_load,
+    memory_kib,
+)
+from .traffic import per_call
+from .traffic import snapshot as traffic_now
 
 CLASSIC_SCRIPT = REPO / "agi_scripts" / "callmfa-verify.agi"
 KEEP_CONTEXT = "bench-baseline-keep"  # the floor after StoreDTMF (the sandbox's dialplan)
@@ -117,10 +129,13 @@ class Load:
 class Bench:
     """Runs loads against the sandbox and turns what it saw into figures."""
 
-    def __init__(self, args: argparse.Namespace, sandbox: Sandbox, out: Path) -> None:
+    def __init__(self, args: argparse.Namespace, sandbox: Sandbox, out: Path,
+                  redis: Redis, http: aiohttp.ClientSession) -> None:
         self.args = args
         self.sandbox = sandbox
         self.out = out
+        self.redis = redis  # INFO commandstats
+        self.http = http  # the service's /metrics
         self.dial = numbers()
         self.rows: list[dict[str, Any]] = []
         self.service: Service | None = None
@@ -157,6 +172,7 @@ class Bench:
                 "callmfa": self.service.pid, "bench": os.getpid()}
         before = {name: cpu(pid) for name, pid in pids.items()}
         log_offset = self.service.log.stat().st_size
+        traffic = await traffic_now(self.redis, self.http, METRICS_URL)
         spy = _py_spy(self.service.pid, profile) if profile else None
         peak_rss = 0
 
@@ -187,6 +203,8 @@ class Bench:
         await asyncio.sleep(0.3)  # let the service log its last lines
         after = {name: cpu(pid) for name, pid in pids.items()}
         row = self._row(variant, load, results, started, phone)
+        row["redis"] = per_call(traffic, await traffic_now(self.redis, self.http, METRICS_URL),
+                                len(results))
         n = max(len(results), 1)
         row["cpu_ms_per_call"] = {
             name: round((after[name].self_s - before[name].self_s) * 1000 / n, 3)
@@ -355,11 +373,12 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
     client = VerificationClient.from_url(env["CALLMFA_REDIS_URL"],
                                          max_connections=2 * most + 50, timeout_s=30,
                                          signing_key=env["CALLMFA_SIGNING_KEY"])
-    bench = Bench(args, sandbox, out)
     extra: dict[str, Any] = {"machine_before": machine_load()}
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=2 * top.concurrency + 50),
         timeout=aiohttp.ClientTimeout(total=120))
+    stats = Redis.from_url(env["CALLMFA_REDIS_URL"])
+    bench = Bench(args, sandbox, out, stats, http)
     try:
         await client.__aenter__()
         ours, floor = CallmfaCalls(client, ami), DialplanCalls(ami)
@@ -383,6 +402,11 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         await bench.run("warmup", ours, Load(10, concurrency=5), record=False)
         service.collect()
         idle = memory_kib(service.pid)["VmRSS"]
+        # The connection pools grown to the largest load once, so that no run pays for
+        # their growth (a new Redis connection costs five round trips); the memory high
+        # water mark is the same either way.
+        await bench.run("warmup", ours, Load(top.concurrency, concurrency=top.concurrency),
+                        record=False)
         if trace is not None:
             service.snapshot()
         for load in loads:
@@ -424,6 +448,7 @@ async def _bench(args: argparse.Namespace, sandbox: Sandbox, out: Path,
         if bench.service is not None:
             bench.service.stop()
         await client.aclose()
+        await stats.aclose()
         await http.close()
         await ami.close()
     return {"rows": bench.rows, **extra}

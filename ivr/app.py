@@ -42,7 +42,7 @@ from .settings import Settings
 from .storage.directory import LocalDirectory, open_directory
 from .storage.failover import failover_in_progress
 from .storage.results import ResultListener
-from .storage.store import Durability, Store, connect_for
+from .storage.store import Durability, RedisTraffic, Store, connect_for
 from .storage.users import normalise_stored_users
 from .storage.webhooks import DeliveryQueue
 from .tasks import cancel_and_wait
@@ -65,10 +65,13 @@ class Service:
                         risk="anyone who can write to Redis can forge an approval")
         self.settings = settings
         roles = settings.role_set
+        traffic = RedisTraffic()
         self.redis = connect_for(
-            settings, max_connections=settings.max_in_flight * 2 + settings.agi_max_sessions + 20
+            settings, max_connections=settings.max_in_flight * 2 + settings.agi_max_sessions + 20,
+            traffic=traffic,
         )
         self.metrics = Metrics()
+        self.metrics.count_redis(traffic)
         self.store = Store(
             self.redis, result_ttl_s=settings.result_ttl_s, events_maxlen=settings.events_maxlen,
             observer=self.metrics, signing_key=settings.signing_key.encode(),

@@ -10,7 +10,7 @@ state read it at scrape time; the queue depth is read from Redis at scrape time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
 from aiohttp import web
@@ -22,18 +22,35 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import __version__
 from .domain.outcome import Outcome, OutcomeRecord
 from .storage.keys import WEBHOOK_DEAD, WEBHOOKS
-from .storage.store import queue_state
+from .storage.store import RedisTraffic, queue_state
 
 log = structlog.get_logger("ivr.metrics")
 
 REFRESH_TIMEOUT_S = 2.0
+
+
+class _RedisTrafficCollector(Collector):
+    """callmfa_redis_commands_total and callmfa_redis_round_trips_total, read at scrape
+    time from the client's plain counts (nothing is locked per command)."""
+
+    def __init__(self, traffic: RedisTraffic) -> None:
+        self._traffic = traffic
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """The two counters, as they stand."""
+        yield CounterMetricFamily("callmfa_redis_commands", "Redis commands sent (a script "
+                                  "is one).", value=self._traffic.commands)
+        yield CounterMetricFamily("callmfa_redis_round_trips", "Redis round trips (a "
+                                  "pipeline is one).", value=self._traffic.round_trips)
 
 
 class Metrics:
@@ -159,6 +176,10 @@ class Metrics:
     def delivery_settled(self, channel: str, result: str) -> None:
         """A webhook or e-mail attempt ended: delivered, failed or dead_lettered."""
         self.deliveries.labels(channel, result).inc()
+
+    def count_redis(self, traffic: RedisTraffic) -> None:
+        """Export ``traffic`` (the service client's commands and round trips)."""
+        self.registry.register(_RedisTrafficCollector(traffic))
 
     def write_unreplicated(self, what: str) -> None:
         """A durable write (request, call claim, outcome) had fewer replicas than

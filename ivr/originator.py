@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -34,7 +35,8 @@ from .domain.webhooks import parse_allowed_urls
 from .exceptions import AmiConnectError, AmiError, DirectoryError, RequestError
 from .security import Security
 from .settings import Settings
-from .storage.results import ResultListener
+from .storage.guard import Admission, Verdict
+from .storage.results import Expected, ResultListener
 from .storage.retry import TRANSIENT, backoff, retrying
 from .storage.store import Claim, Entry, Store
 from .tasks import cancel_and_wait, drain
@@ -47,6 +49,12 @@ HANGUP_EVENT_WAIT_S = 2.0
 READ_BLOCK_MS = 1000
 # How long a write that settles a request (outcome, ack) is retried across a Redis outage.
 SETTLE_RETRY_S = 300.0
+# How long the 'ringing' event waits for an answer to be written with (one round trip for
+# both when the phone answers at once); a phone that rings longer gets it on its own.
+RINGING_HOLD_S = 0.05
+# How long the first acknowledgement waits for others to share its round trip.
+ACK_BATCH_S = 0.05
+_CLAIMS = frozenset(c.value for c in Claim)
 
 
 class Originator:
@@ -69,6 +77,7 @@ class Originator:
         self._security = security or Security.for_redis(settings, store.redis)
         self._callback_rules = parse_allowed_urls(settings.webhook_allowed_urls)
         self._tasks: dict[asyncio.Task[None], str] = {}  # task -> entry id
+        self._acks = _Acks(store)
         self._stopping = asyncio.Event()
 
     @property
@@ -173,6 +182,7 @@ class Originator:
         self._stopping.set()
         if left := await drain(list(self._tasks), grace_s):
             log.warning("requests_left_pending", count=left)
+        await self._acks.close()
         with contextlib.suppress(RedisError, OSError):
             await self._store.retire(self._settings.consumer)
 
@@ -180,8 +190,7 @@ class Originator:
         structlog.contextvars.bind_contextvars(entry_id=entry.entry_id)
         try:
             if await self._process(entry, taken_over=taken_over):
-                await retrying(lambda: self._store.ack(entry.entry_id), what="ack",
-                               for_s=SETTLE_RETRY_S)
+                await self._acks.ack(entry.entry_id)
         except Exception:
             # Redis gone for minutes, or a bug: the entry stays pending and is taken over
             # again later (by us or another originator): retried, never lost.
@@ -213,18 +222,34 @@ class Originator:
             await self._finish(req, Outcome.EXPIRED, None)
             return True
         # Security policy (docs/security.md): decided before the call is claimed or placed.
-        refusal = await self._security.screen(req)
+        refusal = await self._security.check_number(req)
+        if refusal is None:
+            # An Asterisk with room now: 'dialing' rides with admission and the claim.
+            ami = await self._ami.acquire(timeout_s=0)
+            try:
+                token = new_token()  # only Asterisk learns it; the marker keeps its hash
+                found, detail, retry = await self._store.place_call(
+                    req.id, self._security.guard.admission(req.id, req.user, req.number),
+                    _call_fields(req, token, entry.entry_id), dialing=ami is not None)
+                if found in _CLAIMS:
+                    claim = Claim(found)
+                    if claim is not Claim.NEW:
+                        log.info("request_duplicate", found=claim.value)
+                        return True
+                    held, ami = ami, None  # _call releases it
+                    try:
+                        await self._call(req, token, held)
+                    finally:
+                        self._store.forget_call(req.id)
+                    return True
+                refusal = self._security.refusal(
+                    Admission(Verdict(found), detail or None, int(retry) or None))
+            finally:
+                if ami is not None:
+                    await self._ami.release(ami)
         if refusal is not None:
             await self._finish(req, refusal.outcome, refusal.detail,
                                retry_after=refusal.retry_after, reason=refusal.reason)
-            return True
-        token = new_token()  # only Asterisk learns it; the marker keeps its hash
-        claim = await self._store.claim_call(req.id, _call_fields(req, token, entry.entry_id))
-        if claim is not Claim.NEW:
-            log.info("request_duplicate", found=claim.value)
-            return True
-        await self._store.event(req.id, "queued")
-        await self._call(req, token)
         return True
 
     async def _adopt(self, req: VerificationRequest, info: dict[str, str]) -> None:
@@ -252,18 +277,23 @@ class Originator:
         await self._store_outcome(record)
         return True
 
-    async def _call(self, req: VerificationRequest, token: str) -> None:
-        ami = await self._ami.acquire(timeout_s=req.expires_at - time.time())
+    async def _call(self, req: VerificationRequest, token: str, ami: AmiClient | None) -> None:
+        """Place the call through ``ami`` (its 'dialing' event written with the claim), or
+        through the first Asterisk with room; release it after."""
+        dialing = ami is None
+        if ami is None:
+            ami = await self._ami.acquire(timeout_s=req.expires_at - time.time())
         if ami is None:
             log.warning("no_asterisk_available")
             await self._finish(req, Outcome.EXPIRED, "asterisk_unavailable")
             return
         try:
-            await self._call_through(ami, req, token)
+            await self._call_through(ami, req, token, dialing=dialing)
         finally:
             await self._ami.release(ami)
 
-    async def _call_through(self, ami: AmiClient, req: VerificationRequest, token: str) -> None:
+    async def _call_through(self, ami: AmiClient, req: VerificationRequest, token: str,
+                            *, dialing: bool) -> None:
         s = self._settings
         fields = {
             "Channel": s.dial_template.format(number=req.number, digits=req.number[1:]),
@@ -294,42 +324,48 @@ class Originator:
         }
         started = time.time()
         watch = ami.watch(req.id)
-        ringing = asyncio.create_task(self._report_ringing(req.id, watch))
+        ringing = _Ringing(watch, lambda at: self._store.event(req.id, "ringing", at))
         try:
-            await self._store.event(req.id, "dialing")
-            log.debug("originate_sent", channel=fields["Channel"], asterisk=ami.endpoint)
-            result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
-            if result.answered:
-                answered = time.time()
-                await self._store.mark_answered(req.id, answered)
-                log.info("call_answered", ring_ms=round((answered - started) * 1000),
+            with self._results.expecting(req.id) as expected:
+                if dialing:
+                    await self._store.event(req.id, "dialing")
+                log.debug("originate_sent", channel=fields["Channel"], asterisk=ami.endpoint)
+                result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
+                if result.answered:
+                    answered = time.time()
+                    rang = await ringing.take()
+                    await self._store.mark_answered(req.id, answered, ringing_at=rang)
+                    log.info("call_answered", ring_ms=round((answered - started) * 1000),
+                             channel=fields["Channel"], asterisk=ami.endpoint)
+                    await self._settle_answered(req, watch, started, expected)
+                    return
+                cause = await _hangup_cause(watch, HANGUP_EVENT_WAIT_S)
+                outcome, detail = failed_call_outcome(result.reason, cause)
+                log.info("call_failed", reason=result.reason, hangup_cause=cause,
                          channel=fields["Channel"], asterisk=ami.endpoint)
-                await self._settle_answered(req, watch, started)
-                return
-            cause = await _hangup_cause(watch, HANGUP_EVENT_WAIT_S)
-            outcome, detail = failed_call_outcome(result.reason, cause)
-            log.info("call_failed", reason=result.reason, hangup_cause=cause,
-                     channel=fields["Channel"], asterisk=ami.endpoint)
-            await self._finish(req, outcome, detail, started=started, cause=cause)
+                await self._report_ringing(req.id, ringing)
+                await self._finish(req, outcome, detail, started=started, cause=cause)
         except AmiConnectError as e:
             log.error("call_lost", error=str(e))
+            await self._report_ringing(req.id, ringing)
             # The IVR may still have had its say (or say it now): give it the grace time.
             record = await self._results.wait(req.id, s.outcome_grace_s)
             if record is None:
                 await self._finish(req, Outcome.ERROR, "asterisk_lost", started=started)
         except AmiError as e:
             log.error("originate_failed", error=str(e), payload=e.payload)
+            await self._report_ringing(req.id, ringing)
             await self._finish(req, Outcome.ERROR, "originate_failed", started=started)
         finally:
-            await cancel_and_wait(ringing)
+            await ringing.close()
             ami.unwatch(req.id)
 
     async def _settle_answered(
-        self, req: VerificationRequest, watch: ChannelWatch, started: float
+        self, req: VerificationRequest, watch: ChannelWatch, started: float, expected: Expected
     ) -> None:
         """The IVR stores the outcome; if the channel ends without one, store an error."""
         s = self._settings
-        waiting = asyncio.create_task(self._results.wait(req.id, s.max_call_s + 30))
+        waiting = asyncio.create_task(expected.wait(s.max_call_s + 30))
         try:
             pending: set[asyncio.Future[Any]] = {waiting, watch.hangup}
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -352,9 +388,10 @@ class Originator:
         detail = "asterisk_lost" if lost else "no_ivr_outcome"
         await self._finish(req, Outcome.ERROR, detail, started=started, cause=cause)
 
-    async def _report_ringing(self, rid: str, watch: ChannelWatch) -> None:
-        await watch.ringing.wait()
-        await self._store.event(rid, "ringing")
+    async def _report_ringing(self, rid: str, ringing: _Ringing) -> None:
+        """The 'ringing' event of a call that was not answered (before its outcome)."""
+        if (at := await ringing.take()) is not None:
+            await self._store.event(rid, "ringing", at)
 
     async def _store_outcome(self, record: OutcomeRecord, *, callback_url: str = "") -> bool:
         return await retrying(
@@ -405,6 +442,71 @@ def _call_fields(req: VerificationRequest, token: str, entry_id: str) -> dict[st
     if req.mode == "otp":
         fields["entry_id"] = entry_id
     return fields
+
+
+class _Acks:
+    """Acknowledgements sent together: those asked for within ``ACK_BATCH_S`` of the first
+    share one round trip (an entry is acknowledged only once its outcome is stored, and
+    what waits for its acknowledgement waits a moment longer)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ids: list[str] = []
+        self._flush: asyncio.Task[None] | None = None
+
+    async def ack(self, entry_id: str) -> None:
+        """Acknowledge and delete ``entry_id`` (retried across a Redis outage)."""
+        self._ids.append(entry_id)
+        if self._flush is None:
+            self._flush = asyncio.create_task(self._send())
+        # Shielded: a cancelled waiter must not cancel the others' acknowledgements.
+        await asyncio.shield(self._flush)
+
+    async def _send(self) -> None:
+        await asyncio.sleep(ACK_BATCH_S)
+        ids, self._ids, self._flush = self._ids, [], None
+        await retrying(lambda: self._store.ack_all(ids), what="ack", for_s=SETTLE_RETRY_S)
+
+    async def close(self) -> None:
+        """Cancel what is still under way (at stop, after the drain): those entries stay
+        pending, to be taken over."""
+        if self._flush is not None:
+            await cancel_and_wait(self._flush)
+
+
+class _Ringing:
+    """The 'ringing' event, written once the phone has rung for ``RINGING_HOLD_S``; an
+    answer (or the end of the call) that comes sooner takes it, to write both at once."""
+
+    def __init__(self, watch: ChannelWatch, write: Callable[[float], Awaitable[None]]) -> None:
+        self._watch = watch
+        self._at: float | None = None
+        self._writing = False
+        self._task = asyncio.create_task(self._note(watch, write))
+
+    async def _note(self, watch: ChannelWatch, write: Callable[[float], Awaitable[None]]
+                    ) -> None:
+        await watch.ringing.wait()
+        self._at = time.time()
+        await asyncio.sleep(RINGING_HOLD_S)
+        self._writing = True
+        await write(self._at)
+
+    async def take(self) -> float | None:
+        """When the phone started ringing, if its event is still to be written (the caller
+        writes it now); None if it was written (waited for) or the phone has not rung."""
+        if self._writing:
+            await asyncio.wait({self._task})  # so that 'ringing' precedes what comes next
+            return None
+        if self._at is None and not self._watch.ringing.is_set():
+            return None
+        at = self._at or time.time()  # rang an instant ago: not yet noted
+        await cancel_and_wait(self._task)
+        return at
+
+    async def close(self) -> None:
+        """Stop watching."""
+        await cancel_and_wait(self._task)
 
 
 async def _hangup_cause(watch: ChannelWatch, wait_s: float) -> int | None:

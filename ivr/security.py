@@ -20,7 +20,7 @@ from .domain.policy import NumberPolicy, parse_prefixes, shipped_denied_prefixes
 from .domain.request import VerificationRequest
 from .exceptions import SettingsError
 from .settings import Settings
-from .storage.guard import Guard, Limits, Verdict
+from .storage.guard import Admission, Guard, Limits, Verdict
 from .storage.keys import fraud_report_args
 
 log = structlog.get_logger("ivr.security")
@@ -92,12 +92,22 @@ class Security:
 
     async def screen(self, req: VerificationRequest) -> Refusal | None:
         """None if the call may be placed (or is a duplicate delivery), else the refusal."""
+        refusal = await self.check_number(req)
+        if refusal is not None:
+            return refusal
+        return self.refusal(await self.guard.admit(req.id, req.user, req.number))
+
+    async def check_number(self, req: VerificationRequest) -> Refusal | None:
+        """The number policy alone (no Redis unless refused): None if it may be dialled."""
         verdict = self._policy.assess(req.number)
         if verdict.reason is not None:
             await self._refuse_number(req, verdict.reason, verdict.facts.region,
                                       verdict.facts.kind)
             return Refusal(Outcome.REJECTED, "number_not_allowed", reason=verdict.reason)
-        admission = await self.guard.admit(req.id, req.user, req.number)
+        return None
+
+    def refusal(self, admission: Admission) -> Refusal | None:
+        """What admission's verdict means for the request (logged when refused)."""
         outcome = _REFUSED.get(admission.verdict)
         if outcome is None:
             return None

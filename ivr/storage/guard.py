@@ -30,8 +30,9 @@ from .keys import (
     RECORD_AUDIT,
     audit_script_args,
     bypass_key,
+    call_key,
+    result_key,
 )
-from .store import call_key, result_key
 
 
 def inflight_key(user: str) -> str:
@@ -39,7 +40,11 @@ def inflight_key(user: str) -> str:
     return f"callmfa:inflight:{user}"
 
 
-_ADMIT = AUDIT_LUA + """
+# The admission decision as a Lua function, ``admit()`` (KEYS 1-11, ARGV 1-12 as
+# :meth:`Guard.admission` gives them): the admission script alone, and the start of the
+# place-call script (admission, the call claim and the first events in one step).
+ADMISSION_LUA = AUDIT_LUA + """
+local function admit()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid, user, number = ARGV[1], ARGV[2], ARGV[3]
@@ -106,6 +111,41 @@ for _, c in ipairs(caps) do
   end
 end
 return {'admitted', '', 0}
+end
+"""
+
+_ADMIT = ADMISSION_LUA + "return admit()\n"
+
+# Admission, then the call claim and the 'queued' (and 'dialing') events, in one step.
+# KEYS 1-11: admission's (1: the result, 2: the call marker); 12: the events stream.
+# ARGV 1-12: admission's; 13: the marker's TTL; 14: the events' maxlen; 15: the events'
+# time; 16: '1' to write 'dialing' too; 17...: the marker's fields and values.
+PLACE_CALL = ADMISSION_LUA + """
+local verdict = admit()
+if verdict[1] == 'duplicate' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {'done', '', 0} end
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    -- A retried step (its reply lost in a failover) finds its own marker: still ours,
+    -- and its events are written already.
+    for i = 17, #ARGV - 1, 2 do
+      if ARGV[i] == 'token_hash' and redis.call('HGET', KEYS[2], 'token_hash') == ARGV[i + 1] then
+        return {'new', '', 0}
+      end
+    end
+    return {'in_progress', '', 0}
+  end
+elseif verdict[1] ~= 'admitted' then
+  return verdict
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 17))
+redis.call('EXPIRE', KEYS[2], ARGV[13])
+redis.call('XADD', KEYS[12], 'MAXLEN', '~', ARGV[14], '*',
+           'id', ARGV[1], 'event', 'queued', 'at', ARGV[15])
+if ARGV[16] == '1' then
+  redis.call('XADD', KEYS[12], 'MAXLEN', '~', ARGV[14], '*',
+             'id', ARGV[1], 'event', 'dialing', 'at', ARGV[15])
+end
+return {'new', '', 0}
 """
 
 
@@ -127,6 +167,12 @@ class Admission:
     verdict: Verdict
     detail: str | None = None
     retry_after: int | None = None
+
+
+def admission_of(reply: Any) -> Admission:
+    """The admission script's reply, ``{verdict, detail, retry_after}``."""
+    verdict, detail, retry = (v.decode() if isinstance(v, bytes) else v for v in reply)
+    return Admission(Verdict(verdict), detail or None, int(retry) or None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,24 +204,25 @@ class Guard:
         self._admit = redis.register_script(_ADMIT)
         self._record = redis.register_script(RECORD_AUDIT)
 
+    def admission(self, rid: str, user: str, number: str) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of the admission of ``rid`` (its script, or the place-call one)."""
+        lim = self._limits
+        return [
+            result_key(rid), call_key(rid), BLOCKED, bypass_key(user),
+            inflight_key(user), f"callmfa:cooldown:user:{user}",
+            f"callmfa:cooldown:number:{number}", f"callmfa:rate:user:{user}",
+            f"callmfa:rate:number:{number}", "callmfa:rate:global", AUDIT,
+        ], [
+            rid, user, number, lim.lock_ttl_s, lim.user_cooldown_s, lim.number_cooldown_s,
+            lim.user_per_hour, lim.number_per_hour, lim.global_per_hour, AUDIT_MAXLEN,
+            result_key(""), iso(time.time()) or "",
+        ]
+
     async def admit(self, rid: str, user: str, number: str) -> Admission:
         """Decide, atomically, whether a call to ``user`` at ``number`` may be placed now."""
-        lim = self._limits
-        reply: Any = await self._admit(
-            keys=[
-                result_key(rid), call_key(rid), BLOCKED, bypass_key(user),
-                inflight_key(user), f"callmfa:cooldown:user:{user}",
-                f"callmfa:cooldown:number:{number}", f"callmfa:rate:user:{user}",
-                f"callmfa:rate:number:{number}", "callmfa:rate:global", AUDIT,
-            ],
-            args=[
-                rid, user, number, lim.lock_ttl_s, lim.user_cooldown_s, lim.number_cooldown_s,
-                lim.user_per_hour, lim.number_per_hour, lim.global_per_hour, AUDIT_MAXLEN,
-                result_key(""), iso(time.time()) or "",
-            ],
-        )
-        verdict, detail, retry = (v.decode() if isinstance(v, bytes) else v for v in reply)
-        return Admission(Verdict(verdict), detail or None, int(retry) or None)
+        keys, args = self.admission(rid, user, number)
+        reply: Any = await self._admit(keys=keys, args=args)
+        return admission_of(reply)
 
     async def block(self, user: str, duration_s: float, *, actor: str, reason: str,
                     replace: bool = False, **facts: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -141,6 +141,26 @@ class ResultListener:
             raise OutcomeBindingError(f"refused the outcome stored for {rid}: {why}")
         return record
 
+    @contextlib.contextmanager
+    def expecting(self, rid: str) -> Iterator[Expected]:
+        """Wait for the outcome of ``rid`` from now on, for a caller that knows it has none
+        yet (the originator, before it places the call): the outcome arrives by pub/sub
+        (after a lost subscription, the listener reads the key again), so nothing is read
+        now. :meth:`Expected.wait` reads the key only if nothing came in time."""
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), None, None)
+        self._waiters.setdefault(rid, []).append(waiter)
+        try:
+            yield Expected(self, rid, waiter)
+        finally:
+            self._forget(rid, waiter)
+
+    def _forget(self, rid: str, waiter: _Waiter) -> None:
+        waiters = self._waiters.get(rid, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(rid, None)
+
     async def wait(
         self, rid: str, timeout_s: float, *, user: str | None = None,
         submitted_at: float | None = None,
@@ -162,8 +182,22 @@ class ResultListener:
                 raw = await self._get(rid, timeout_s)
                 return self._accept(rid, raw, waiter) if raw is not None else None
         finally:
-            waiters = self._waiters.get(rid, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters:
-                self._waiters.pop(rid, None)
+            self._forget(rid, waiter)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """An outcome waited for since :meth:`ResultListener.expecting`."""
+
+    listener: ResultListener
+    rid: str
+    waiter: _Waiter
+
+    async def wait(self, timeout_s: float) -> OutcomeRecord | None:
+        """The outcome, or None if there is none within ``timeout_s``."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.waiter.future), timeout_s)
+        except TimeoutError:
+            raw = await self.listener._get(self.rid, timeout_s)
+            return self.listener._accept(self.rid, raw, self.waiter) if raw is not None \
+                else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
@@ -25,9 +26,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..domain.outcome import OutcomeRecord
+from ..domain.outcome import OutcomeRecord, iso
 from ..settings import Settings
 from . import sentinel
+from .guard import PLACE_CALL
 from .keys import (
     CLAIM_IVR,
     DEADLETTER,
@@ -52,7 +54,7 @@ _OTP_MEMBER = re.compile(rb'("otp"\s*:\s*)("(?:[^"\\]|\\.)*"|[-+.0-9eE]+)')
 
 __all__ = [
     "DEADLETTER", "DEADLETTER_PAYLOAD_BYTES", "EVENTS", "GROUP", "REQUESTS", "RESULTS_CHANNEL",
-    "Claim", "Durability", "Entry", "Store", "call_key", "connect", "connect_for",
+    "Claim", "Durability", "Entry", "RedisTraffic", "Store", "call_key", "connect", "connect_for",
     "deadletter_fields", "result_key",
 ]
 
@@ -70,6 +72,29 @@ end
 redis.call('HSET', KEYS[2], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 'new'
+"""
+
+
+# The answer: the 'ringing' event (ARGV[3], when it was seen and not yet written), the
+# 'answered' event and the marker's answered_at, in one step, in that order.
+_ANSWERED = """
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+             'id', ARGV[2], 'event', 'ringing', 'at', ARGV[3])
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+           'id', ARGV[2], 'event', 'answered', 'at', ARGV[4])
+redis.call('HSET', KEYS[2], 'answered_at', ARGV[5])
+return 1
+"""
+
+
+# Settled requests: acknowledged and deleted, in one step (KEYS[1] the stream, ARGV[1] the
+# group, then the entry ids).
+_ACK_ALL = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+return 1
 """
 
 
@@ -107,10 +132,48 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def connect(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+@dataclass
+class RedisTraffic:
+    """What one process asked of Redis: the commands it sent and the round trips it made
+    (a pipeline is one round trip, a script one command), on every connection of a client."""
+
+    commands: int = 0
+    round_trips: int = 0
+
+
+class _Counting(AbstractConnection):
+    """Counts into ``traffic`` (set on the class :func:`counting` makes)."""
+
+    traffic: RedisTraffic
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """One command (a pipeline packs each of its commands here)."""
+        self.traffic.commands += 1
+        return super().pack_command(*args)
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """One write, whose replies are read before the connection is used again."""
+        self.traffic.round_trips += 1
+        await super().send_packed_command(command, check_health)
+
+
+def counting(base: type[AbstractConnection], traffic: RedisTraffic) -> type[AbstractConnection]:
+    """``base`` (the connection class a URL or Sentinel calls for), counting into ``traffic``."""
+    cls: type[AbstractConnection] = type(f"Counting{base.__name__}", (_Counting, base),
+                                         {"traffic": traffic})
+    return cls
+
+
+def connect(url: str, *, max_connections: int, timeout_s: float,
+            traffic: RedisTraffic | None = None) -> Redis:
     """A client on a blocking pool: waiting for a free connection beats failing at once."""
+    extra: dict[str, Any] = {}
+    if traffic is not None:
+        base = parse_url(url).get("connection_class", Connection)
+        extra["connection_class"] = counting(base, traffic)
     pool = BlockingConnectionPool.from_url(
         url,
+        **extra,
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -166,21 +229,27 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
             await self.sentinel_manager.aclose()
 
 
-def connect_for(settings: Settings, *, max_connections: int) -> Redis:
+def connect_for(settings: Settings, *, max_connections: int,
+                traffic: RedisTraffic | None = None) -> Redis:
     """The client every callmfa process uses: on ``CALLMFA_REDIS_URL``, or, with
-    ``CALLMFA_REDIS_SENTINELS``, on whichever node the Sentinels say is the primary."""
+    ``CALLMFA_REDIS_SENTINELS``, on whichever node the Sentinels say is the primary.
+
+    With ``traffic``, its commands and round trips are counted there.
+    """
     timeout_s = settings.connect_timeout_s
     if not settings.redis_sentinels:
-        return connect(settings.redis_url, max_connections=max_connections, timeout_s=timeout_s)
+        return connect(settings.redis_url, max_connections=max_connections, timeout_s=timeout_s,
+                       traffic=traffic)
     p = sentinel.plan(settings, parse_url(settings.redis_url), timeout_s=timeout_s)
     manager = Sentinel(  # type: ignore[no-untyped-call]  # redis-py's Sentinel is untyped
         list(p.addresses), sentinel_kwargs=dict(p.sentinel))
     node = dict(p.node)
     tls = node.pop("ssl", False)
+    base: type[AbstractConnection] = FollowingSSLConnection if tls else FollowingConnection
     client: Redis = manager.master_for(
         p.service,
         connection_pool_class=BlockingSentinelPool,
-        connection_class=FollowingSSLConnection if tls else FollowingConnection,
+        connection_class=counting(base, traffic) if traffic is not None else base,
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -296,6 +365,12 @@ class Store:
         self._claim = redis.register_script(_CLAIM)
         self._store_outcome = redis.register_script(STORE_OUTCOME)
         self._claim_ivr = redis.register_script(CLAIM_IVR)
+        self._place = redis.register_script(PLACE_CALL)
+        # The call markers this process wrote, while their calls last: the IVR of a call
+        # placed by the same process reads its marker here, not from Redis.
+        self._markers: dict[str, dict[str, str]] = {}
+        self._answered = redis.register_script(_ANSWERED)
+        self._ack_all = redis.register_script(_ACK_ALL)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing (e.g. after a Redis loss)."""
@@ -372,6 +447,10 @@ class Store:
             pipe.xdel(REQUESTS, entry_id)
             await pipe.execute()
 
+    async def ack_all(self, entry_ids: list[str]) -> None:
+        """:meth:`ack` for several settled requests at once: one round trip, one command."""
+        await self._ack_all(keys=[REQUESTS], args=[GROUP, *entry_ids])
+
     async def claim_call(self, rid: str, fields: Mapping[str, str]) -> Claim:
         """Record that ``rid`` is being dialled, unless it was already."""
         args: list[str | int] = [self._ttl]
@@ -382,8 +461,42 @@ class Store:
                                                   args)
         return Claim(found.decode() if isinstance(found, bytes) else found)
 
+    async def place_call(
+        self, rid: str, admission: tuple[list[str], list[str | int]],
+        fields: Mapping[str, str], *, dialing: bool,
+    ) -> tuple[Any, ...]:
+        """Admission (``admission``: :meth:`~ivr.storage.guard.Guard.admission`), the call
+        claim and the ``queued`` event (and ``dialing`` with ``dialing``), in one step.
+
+        The reply is ``(found, detail, retry_after)``: ``found`` a :class:`Claim` value
+        when admitted (or a duplicate), else admission's verdict (blocked, bypassed,
+        throttled) with its detail and retry_after.
+        """
+        keys, args = admission
+        extra: list[str | int] = [self._ttl, self._maxlen, iso(time.time()) or "",
+                                  "1" if dialing else ""]
+        for k, v in fields.items():
+            extra += [k, v]
+        reply: Any = await self._durability.run_script(
+            self.redis, "call_claim", self._place, [*keys, EVENTS], [*args, *extra])
+        found, detail, retry = (v.decode() if isinstance(v, bytes) else v for v in reply)
+        if found == Claim.NEW.value:
+            self._markers[rid] = dict(fields)
+        if found == Claim.NEW.value and self._observer is not None:
+            self._observer.event_added("queued")
+            if dialing:
+                self._observer.event_added("dialing")
+        return found, detail, retry
+
+    def forget_call(self, rid: str) -> None:
+        """The call placed by :meth:`place_call` is over: its marker is read from Redis."""
+        self._markers.pop(rid, None)
+
     async def call_info(self, rid: str) -> dict[str, str]:
-        """The call marker's fields (empty if unknown)."""
+        """The call marker's fields (empty if unknown): as this process wrote it while its
+        call lasts, else from Redis."""
+        if (marker := self._markers.get(rid)) is not None:
+            return dict(marker)
         raw: Any = await self.redis.hgetall(call_key(rid))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
@@ -392,15 +505,19 @@ class Store:
         no such call was placed)."""
         return bool(await self._claim_ivr(keys=[call_key(rid)], args=[str(at)]))
 
-    async def mark_answered(self, rid: str, at: float) -> None:
-        """The call was answered: the ``answered`` event, then the marker's answered_at,
-        in one round trip (so the event precedes anything the IVR writes next)."""
-        event: dict[Any, Any] = event_fields(rid, "answered", at)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(EVENTS, event, maxlen=self._maxlen, approximate=True)
-            pipe.hset(call_key(rid), "answered_at", str(at))
-            await pipe.execute()
+    async def mark_answered(self, rid: str, at: float, *, ringing_at: float | None = None
+                            ) -> None:
+        """The call was answered: the ``ringing`` event (with ``ringing_at``, when the phone
+        was seen ringing), the ``answered`` event, then the marker's answered_at, in one
+        step (so the events precede anything the IVR writes next)."""
+        ringing = iso(ringing_at) or "" if ringing_at is not None else ""
+        if (marker := self._markers.get(rid)) is not None:
+            marker["answered_at"] = str(at)
+        await self._answered(keys=[EVENTS, call_key(rid)],
+                             args=[self._maxlen, rid, ringing, iso(at) or "", str(at)])
         if self._observer is not None:
+            if ringing:
+                self._observer.event_added("ringing")
             self._observer.event_added("answered")
 
     async def store_outcome(self, record: OutcomeRecord, *, input_at: float | None = None,

@@ -36,6 +36,10 @@ class TestBenchSmoke:
         assert rows[3]["latency_ms"]["key_to_outcome"]["n"] == 2
         # The classic scripts are Asterisk's children: their CPU is counted, reaped.
         assert rows[3]["cpu_ms_per_call"]["asterisk_children"] > 0
+        # What Redis ran per verification, and what callmfa sent (its /metrics).
+        assert rows[0]["redis"]["commands"] > rows[0]["redis"]["callmfa_commands"] > 0
+        assert rows[0]["redis"]["callmfa_round_trips"] > 0
+        assert "round trips/call" in run.stdout  # the table
         final = lines[-1]
         assert final["summary"] is True
         assert "throughput_ours_over_floor" in final["ratios"]["2"]

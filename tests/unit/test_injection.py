@@ -7,8 +7,10 @@ strings, and known injection strings, into every request field.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 from hypothesis import given, settings
@@ -76,13 +78,22 @@ class FakeStore:
     async def claim_call(self, rid: str, fields: Mapping[str, str]) -> Claim:
         return Claim.NEW
 
+    async def place_call(self, rid: str, admission: Any, fields: Mapping[str, str], *,
+                         dialing: bool) -> tuple[str, str, int]:
+        return Claim.NEW.value, "", 0
+
+    def forget_call(self, rid: str) -> None:
+        pass
+
     async def event(self, rid: str, name: str, **fields: str) -> None:
         pass
 
-    async def mark_answered(self, rid: str, at: float) -> None:
+    async def mark_answered(self, rid: str, at: float, *, ringing_at: float | None = None
+                            ) -> None:
         pass
 
-    async def store_outcome(self, record: OutcomeRecord, *, callback_url: str = "") -> bool:
+    async def store_outcome(self, record: OutcomeRecord, *, callback_url: str = "",
+                            entry_id: str = "") -> bool:
         self.outcomes.append(record)
         return True
 
@@ -97,13 +108,30 @@ class FakeStore:
 class AdmitAll:
     """The security screen, admitting everything (the parser is what is under test)."""
 
+    guard = SimpleNamespace(admission=lambda rid, user, number: ([], []))
+
     async def screen(self, req: Any) -> None:
         return None
+
+    async def check_number(self, req: Any) -> None:
+        return None
+
+    def refusal(self, admission: Any) -> None:
+        return None
+
+
+class FakeResults:
+    """No outcome ever comes (the fake network fails every call)."""
+
+    @contextlib.contextmanager
+    def expecting(self, rid: str) -> Iterator[None]:
+        yield None
 
 
 def _run(payload: bytes) -> tuple[FakeAmi, FakeStore]:
     ami, store = FakeAmi(), FakeStore()
-    originator = Originator(Settings(), store, ami, None, AdmitAll())  # type: ignore[arg-type]
+    originator = Originator(Settings(), store, ami, FakeResults(),  # type: ignore[arg-type]
+                            AdmitAll())  # type: ignore[arg-type]
     asyncio.run(originator._process(Entry("1700000000000-0", payload), taken_over=False))
     return ami, store
 
