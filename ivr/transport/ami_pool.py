@@ -58,21 +58,35 @@ class AmiPool:
         return min(ready, key=lambda c: self._busy[id(c)], default=None)
 
     async def acquire(self, timeout_s: float) -> AmiClient | None:
-        """A logged-in Asterisk with a free slot, waiting up to ``timeout_s``; None if none."""
+        """A logged-in Asterisk with a free slot, waiting up to ``timeout_s``; None if none.
+
+        A freed slot wakes one waiter, not all of them (hundreds of calls may wait);
+        a waiter that leaves, with or without a slot, wakes the next while room is left,
+        so that no wake-up is lost (asyncio's Condition drops the one a cancelled
+        waiter got)."""
         async with self._changed:
             try:
                 async with asyncio.timeout(max(timeout_s, 0)):
                     client = await self._changed.wait_for(self._pick)
             except TimeoutError:
+                self._pass_on()
                 return None
+            except asyncio.CancelledError:
+                self._pass_on()
+                raise
             self._busy[id(client)] += 1
+            self._pass_on()
             return client
+
+    def _pass_on(self) -> None:
+        if self._pick() is not None:
+            self._changed.notify(1)
 
     async def release(self, client: AmiClient) -> None:
         """A call placed through ``client`` is over."""
         async with self._changed:
             self._busy[id(client)] -= 1
-            self._changed.notify_all()
+            self._changed.notify(1)
 
     def status(self) -> dict[str, dict[str, object]]:
         """Per endpoint: logged in, calls in flight, reconnects (for /healthz)."""
