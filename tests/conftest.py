@@ -144,6 +144,15 @@ SECOND_SERVICE = {"CALLMFA_HEALTH_PORT": "0", "CALLMFA_METRICS_PORT": "0",
                   "CALLMFA_API_PORT": "0"}
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie has exited (this machine's init reaps orphans late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _setns(fd: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:

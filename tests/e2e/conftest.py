@@ -15,7 +15,7 @@ from ivr.client import VerificationClient
 from ivr.storage.keys import AUDIT
 from ivr.testing import PhoneBehaviour, SippPhone
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, alive, wait_until
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def restart_serve(sandbox: Sandbox, **env: str) -> None:
     value unsets one: then serve takes it from its CALLMFA_CONFIG_FILE, or the default)."""
     pid = serve_pid(sandbox)
     os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "callmfa serve to stop")
+    wait_until(lambda: not alive(pid), 30, "callmfa serve to stop")
     full = {**os.environ, **E2E_SETTINGS, "CALLMFA_NETNS": sandbox.netns,
             "CALLMFA_SANDBOX_DIR": str(sandbox.directory), **env}
     full = {k: v for k, v in full.items() if v or k not in env}

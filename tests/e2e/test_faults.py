@@ -24,7 +24,7 @@ from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.fronts import web as http
 from ivr.storage.store import EVENTS
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, SECOND_SERVICE, Sandbox, wait_until
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, SECOND_SERVICE, Sandbox, alive, wait_until
 from .conftest import PhoneFactory, restart_serve
 
 
@@ -32,18 +32,9 @@ def _pid(sandbox: Sandbox, name: str) -> int:
     return int((sandbox.directory / "pids" / f"{name}.pid").read_text().split()[0])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state != "Z"
-
-
 def _kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
     os.kill(pid, sig)
-    wait_until(lambda: not _alive(pid), 20, f"pid {pid} to exit")
+    wait_until(lambda: not alive(pid), 20, f"pid {pid} to exit")
 
 
 def _up(sandbox: Sandbox, **env: str) -> None:
@@ -87,7 +78,7 @@ def restore(sandbox: Sandbox) -> Iterator[None]:
     yield
     for extra in sandbox.directory.glob("pids/asterisk?*.pid"):
         pid = int(extra.read_text().split()[0])
-        if _alive(pid):
+        if alive(pid):
             _kill(pid)
         extra.unlink()
     restart_serve(sandbox)
@@ -169,7 +160,7 @@ class TestRedisRestart:
 
         records = await _outcomes(client, ids, 60)
         assert [r.outcome if r else None for r in records] == [Outcome.APPROVED] * 20
-        assert _alive(serve), "callmfa serve survived"
+        assert alive(serve), "callmfa serve survived"
         assert p.wait(30) == 0, p.errors()
 
 

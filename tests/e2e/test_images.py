@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, _setns, wait_until
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, _setns, alive, wait_until
 from .conftest import PhoneFactory, serve_pid
 
 DOCKER = REPO / "docker"
@@ -121,7 +121,7 @@ class ImageServe:
         self.log = log
         pid = serve_pid(sandbox)
         os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the sandbox's serve to stop")
+        wait_until(lambda: not alive(pid), 30, "the sandbox's serve to stop")
         # The compose file's settings for callmfa (the suite's timeouts and throttles over
         # the defaults, as for the sandbox's serve); the sandbox's phone is the trunk.
         given = {"CALLMFA_DIAL_TEMPLATE": sandbox.env["CALLMFA_DIAL_TEMPLATE"]}
@@ -163,7 +163,7 @@ class ImageAsterisk:
         self.conf = f"/etc/asterisk-{env['CALLMFA_NETNS']}/asterisk.conf"
         pid = int((sandbox.directory / "pids" / "asterisk.pid").read_text().split()[0])
         sandbox.asterisk("core stop now")
-        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the sandbox's Asterisk to stop")
+        wait_until(lambda: not alive(pid), 30, "the sandbox's Asterisk to stop")
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 ["chroot", str(root), "/usr/local/bin/callmfa-asterisk"], env=env, stdout=out,

@@ -16,21 +16,12 @@ from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome
 from ivr.storage.store import GROUP, REQUESTS
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, wait_until
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, alive, wait_until
 from .conftest import PhoneFactory
 
 
 def _pid(directory: Path, name: str) -> int:
     return int((directory / "pids" / f"{name}.pid").read_text().split()[0])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text(
-    ).split(")")[1][:3]
 
 
 class TestSandboxScript:
@@ -52,7 +43,7 @@ class TestSandboxScript:
         assert {n: _pid(tmp_path / "sb", n) for n in ("redis", "asterisk")} == first
         run("down")
         run("down")
-        assert not any(_alive(pid) for pid in first.values())
+        assert not any(alive(pid) for pid in first.values())
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert netns not in listed.split()
 
@@ -81,7 +72,7 @@ class TestGracefulShutdown:
             assert record is not None
             assert record.outcome is Outcome.APPROVED
             assert p.wait(20) == 0, p.errors()
-            wait_until(lambda: not _alive(pid), 20, "callmfa serve to exit")
+            wait_until(lambda: not alive(pid), 20, "callmfa serve to exit")
 
             # Already expired: when the service is back it settles it without a call.
             late = str(uuid.uuid4())

@@ -32,7 +32,7 @@ from ivr.settings import Settings
 from ivr.storage.store import EVENTS, connect_for, result_key
 from ivr.testing import PhoneBehaviour, SippPhone
 
-from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, sandbox_up, wait_until
+from ..conftest import E2E_SETTINGS, REPO, SANDBOX, Sandbox, alive, sandbox_up, wait_until
 
 # CALLMFA_TEST_REDIS_SERVER=valkey runs the same tests on valkey-server and valkey-sentinel
 # (from the Debian sid root: Debian 12 has no valkey).
@@ -133,11 +133,6 @@ async def _primary(settings: Settings) -> int:
 
 def _pid(sandbox: Sandbox, name: str) -> int:
     return int((sandbox.directory / "pids" / f"{name}.pid").read_text().split()[0])
-
-
-def _exited(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 async def _until(predicate: Callable[[], Any], timeout_s: float, what: str) -> None:
@@ -294,7 +289,7 @@ class TestSentinel:
         assert len(invites) == 60, invites
         assert max(invites.values()) == 1, invites
         assert _pid(sentinel_sandbox, "callmfa") == serve
-        assert not _exited(serve)
+        assert alive(serve)
         print(f"\nkill -9 -> every Sentinel names {new}: {done_at - killed_at:.2f} s; "
               f"outcomes {dict(outcomes)}; /healthz during the switch: {health}")
 
@@ -403,6 +398,6 @@ class TestSentinel:
 def _restart_serve(sandbox: Sandbox, **env: str) -> None:
     serve = _pid(sandbox, "callmfa")
     os.kill(serve, signal.SIGTERM)
-    wait_until(lambda: _exited(serve), 30, "callmfa serve to stop")
+    wait_until(lambda: not alive(serve), 30, "callmfa serve to stop")
     subprocess.run(["bash", str(SANDBOX), "up"], env={**_env(), **env}, check=True,
                    capture_output=True, cwd=REPO, timeout=180)
