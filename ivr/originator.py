@@ -365,17 +365,20 @@ class Originator:
     ) -> None:
         """The IVR stores the outcome; if the channel ends without one, store an error."""
         s = self._settings
-        waiting = asyncio.create_task(expected.wait(s.max_call_s + 30))
-        try:
-            pending: set[asyncio.Future[Any]] = {waiting, watch.hangup}
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if not waiting.done():
-                # Hung up: the IVR's outcome is at most a moment behind the Hangup event.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(waiting), s.outcome_grace_s)
-            record = waiting.result() if waiting.done() else None
-        finally:
-            await cancel_and_wait(waiting)
+        arrived = expected.arrived  # a future, not a task: nothing per call to cancel
+        pending: set[asyncio.Future[Any]] = {arrived, watch.hangup}
+        await asyncio.wait(pending, timeout=s.max_call_s + 30,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not arrived.done() and watch.hangup.done():
+            # Hung up: the IVR's outcome is at most a moment behind the Hangup event.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(arrived), s.outcome_grace_s)
+        if arrived.done():
+            record: OutcomeRecord | None = arrived.result()
+        elif watch.hangup.done():
+            record = None
+        else:  # the call outlasted its limit with no message: the key may have it
+            record = await expected.read(s.outcome_grace_s)
         if record is not None:
             if s.agi_mode == "classic":
                 # The classic script stored it and counts nothing: this is the one process

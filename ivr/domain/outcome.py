@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -78,7 +78,7 @@ class OutcomeRecord:
 
     def to_wire(self) -> dict[str, Any]:
         """The wire form as a dict: ISO times, the outcome as its string."""
-        data: dict[str, Any] = asdict(self)
+        data: dict[str, Any] = {name: getattr(self, name) for name in _FIELDS}
         data["outcome"] = self.outcome.value
         for name in self._OMITTED_WHEN_NULL:
             if data[name] is None:
@@ -137,6 +137,9 @@ class OutcomeRecord:
         ):
             return "the outcome is older than the request"
         return None
+
+
+_FIELDS = tuple(f.name for f in fields(OutcomeRecord))  # to_wire's keys, in order
 
 
 def _same_user(outcome_user: str | None, asked: str) -> bool:

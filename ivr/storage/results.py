@@ -146,7 +146,7 @@ class ResultListener:
         """Wait for the outcome of ``rid`` from now on, for a caller that knows it has none
         yet (the originator, before it places the call): the outcome arrives by pub/sub
         (after a lost subscription, the listener reads the key again), so nothing is read
-        now. :meth:`Expected.wait` reads the key only if nothing came in time."""
+        now. :meth:`Expected.read` reads the key, for when nothing came in time."""
         waiter = _Waiter(asyncio.get_running_loop().create_future(), None, None)
         self._waiters.setdefault(rid, []).append(waiter)
         try:
@@ -193,11 +193,12 @@ class Expected:
     rid: str
     waiter: _Waiter
 
-    async def wait(self, timeout_s: float) -> OutcomeRecord | None:
-        """The outcome, or None if there is none within ``timeout_s``."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(self.waiter.future), timeout_s)
-        except TimeoutError:
-            raw = await self.listener._get(self.rid, timeout_s)
-            return self.listener._accept(self.rid, raw, self.waiter) if raw is not None \
-                else None
+    @property
+    def arrived(self) -> asyncio.Future[OutcomeRecord]:
+        """Done once the outcome came by pub/sub (never cancel it: it is shared)."""
+        return self.waiter.future
+
+    async def read(self, retry_s: float) -> OutcomeRecord | None:
+        """The outcome stored at the result key now, if any (Redis retried for ``retry_s``)."""
+        raw = await self.listener._get(self.rid, retry_s)
+        return self.listener._accept(self.rid, raw, self.waiter) if raw is not None else None

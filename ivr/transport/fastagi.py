@@ -24,7 +24,8 @@ log = structlog.get_logger("ivr.fastagi")
 
 @dataclass(frozen=True)
 class AgiSession:
-    """One FastAGI connection: the headers Asterisk sent and the command channel."""
+    """One FastAGI connection: the headers Asterisk sent that callmfa reads
+    (:data:`KEPT_HEADERS`, the arguments) and the command channel."""
 
     headers: Mapping[str, str]
     channel: AgiChannel
@@ -44,6 +45,9 @@ class AgiSession:
             out.append(self.headers[f"agi_arg_{len(out) + 1}"])
         return out
 
+
+# The headers a session keeps (and the script's arguments, agi_arg_<n>).
+KEPT_HEADERS = frozenset({"agi_request", "agi_network_script", "agi_channel", "agi_uniqueid"})
 
 Handler = Callable[[AgiSession], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -121,7 +125,8 @@ class FastAgiServer:
         peer = writer.get_extra_info("peername")
         try:
             try:
-                headers = await asyncio.wait_for(_read_headers(reader), self._header_timeout)
+                async with asyncio.timeout(self._header_timeout):  # no task, as wait_for makes
+                    headers = await _read_headers(reader)
             except (AgiError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
                 log.warning("fastagi_bad_client", peer=str(peer), error=type(e).__name__)
                 return
@@ -169,5 +174,6 @@ async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
                 raise AgiError("AGI headers without agi_request")
             return headers
         key, value = parse_header_line(line)
-        headers[key] = value
+        if key in KEPT_HEADERS or key.startswith("agi_arg_"):
+            headers[key] = value  # the rest (caller id, context...) is not read: not kept
     raise AgiError("too many AGI header lines")
