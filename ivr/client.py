@@ -105,8 +105,14 @@ class VerificationClient:
 
     async def aclose(self) -> None:
         """Stop the subscription and close the connection pool."""
-        await self._results.close()
+        await self.stop()
         await self._redis.aclose()
+
+    async def stop(self) -> None:
+        """Stop the subscription (its task, started by the first wait) and leave the
+        connection pool open: for a client on a Redis client that its caller closes."""
+        await self._results.close()
+        self._started = False
 
     async def _ensure_started(self) -> None:
         if not self._started:

@@ -228,9 +228,9 @@ class Settings:
                          "<lang>/<prompt id>.wav that replace callmfa's own prompts."},
     )
     event_loop: str = field(
-        default="asyncio",
-        metadata={"doc": "asyncio (the default), uvloop (an error when it is not installed) "
-                         "or auto: uvloop when installed (a default dependency), else asyncio."},
+        default="auto",
+        metadata={"doc": "auto: uvloop when installed (a default dependency), else asyncio's; "
+                         "or asyncio, or uvloop (an error when it is not installed)."},
     )
     metrics_host: str = field(
         default="127.0.0.1", metadata={"doc": "Prometheus endpoint address (/metrics, /healthz)."}

@@ -49,9 +49,9 @@ class TestServeLog:
         # orjson's compact form, straight to bytes
         assert all(b'"event":"' in x for x in lines)
 
-    def test_serve_runs_on_asyncio_by_default(self, sandbox: Sandbox) -> None:
-        """CALLMFA_EVENT_LOOP is unset in the sandbox: the standard library's loop."""
+    def test_serve_runs_on_uvloop_by_default(self, sandbox: Sandbox) -> None:
+        """CALLMFA_EVENT_LOOP is unset in the sandbox: auto, and uvloop is installed."""
         log = sandbox.directory / "logs" / "callmfa.log"
         ready = [json.loads(x) for x in log.read_bytes().splitlines()
                  if b'"service_ready"' in x]
-        assert ready[-1]["event_loop"] == "asyncio"
+        assert ready[-1]["event_loop"] == "uvloop"

@@ -176,6 +176,24 @@ class TestSignIn:
         assert set(request) == {"id", "user", "mode", "match_hash", "context", "expires_at"}
 
 
+def _listeners() -> int:
+    return sum(t.get_name() == "result-listener" and not t.done() for t in asyncio.all_tasks())
+
+
+class TestClose:
+    async def test_the_subscription_an_answer_started_ends_with_the_front(self, eam: Eam) -> None:
+        """The first answer subscribes to the outcomes; close() ends that task (left to
+        asyncio.Runner, it hung serve's exit under uvloop)."""
+        before = _listeners()  # the API's own, started with the app
+        page = await eam.authorize(eam.entra.authorize_form(eam.entra.hint(oid=OID)))
+        (request,) = await queued(eam.redis)
+        await finish(eam.redis, request["id"], request["user"], Outcome.APPROVED)
+        await eam.answer(page)
+        assert _listeners() == before + 1
+        await eam.front.close()
+        assert _listeners() == before
+
+
 class TestRefusedBeforeAnyCall:
     async def _refused(self, eam: Eam, form: dict[str, str], reason: str) -> None:
         url, fields = posted(await eam.authorize(form))

@@ -1,4 +1,4 @@
-"""The fast packages (uvloop, hiredis, orjson; uvloop when named), and callmfa without them: a real
+"""The fast packages (uvloop, hiredis, orjson) by default, and callmfa without them: a real
 ``callmfa serve`` (the IVR role) answers a call either way, and the unit and IVR tests
 pass with none of the three importable (issue 16)."""
 
@@ -49,9 +49,10 @@ def _start_serve(log: Path, settings: dict[str, str], *, without_fast: bool
 
 @pytest.mark.parametrize(("without_fast", "env", "loop"), [
     (True, {}, "asyncio"),
-    (False, {}, "asyncio"),
+    (False, {}, "uvloop"),
     (False, {"CALLMFA_EVENT_LOOP": "auto"}, "uvloop"),
-], ids=["without-fast-packages", "default", "auto-named"])
+    (False, {"CALLMFA_EVENT_LOOP": "asyncio"}, "asyncio"),
+], ids=["without-fast-packages", "default", "auto-named", "asyncio-named"])
 async def test_serve_answers_a_call(
     tmp_path: Path, redis_server: RedisServer, redis: Redis, without_fast: bool,
     env: dict[str, str], loop: str,

@@ -279,10 +279,10 @@ class TestReference:
 
 
 class TestEventLoop:
-    def test_default_is_asyncio(self) -> None:
-        """The standard library's loop is the default (under uvloop, serve did not exit on
-        SIGTERM after an Entra page's event stream); auto and uvloop may be named."""
-        assert Settings().event_loop == "asyncio"
+    def test_default_is_auto(self) -> None:
+        """Issue 16: uvloop when it is installed is the default (auto); asyncio and uvloop
+        may be named."""
+        assert Settings().event_loop == "auto"
         assert Settings.from_env({"CALLMFA_EVENT_LOOP": "auto"}).event_loop == "auto"
         assert Settings.from_env({"CALLMFA_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
         assert Settings.from_env({"CALLMFA_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"

@@ -129,7 +129,9 @@ class EntraFront:
                                 timeout_s=self.settings.connect_timeout_s)
 
     async def close(self, app: web.Application | None = None) -> None:
-        """Close the HTTP client (the Redis client is the caller's)."""
+        """Close the HTTP client and stop the outcome subscription that the answers
+        started (the Redis client is the caller's)."""
+        await self._client.stop()
         if self._http is not None:
             await self._http.close()
 
