@@ -55,9 +55,7 @@ from .traffic import snapshot as traffic_now
 
 CLASSIC_SCRIPT = REPO / "agi_scripts" / "callmfa-verify.agi"
 KEEP_CONTEXT = "bench-baseline-keep"  # the floor after StoreDTMF (the sandbox's dialplan)
-# callmfa/approved (and the floor's same goodbye), in English: 3.46 s. The closed loop's callers
-# ramp in over a call's length (the wait for '#' plus this), so that they do not move in step.
-GOODBYE_S = 3.5
+GOODBYE_S = 3.5  # callmfa/approved (and the floor's same goodbye), in English: 3.46 s
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -189,7 +187,8 @@ class Bench:
         started = time.time()
         try:
             if load.concurrency:
-                # About one call's length: the wait for '#' plus the goodbye prompt.
+                # About one call's length (the wait for '#' plus the goodbye prompt), so that
+                # the callers do not move in step.
                 wait_ms = KEY_DELAY_MAX_MS / 2 if keys else self.args.key_delay_ms
                 ramp = wait_ms / 1000 + GOODBYE_S
                 results = await closed_loop(place, dial or self.dial, calls=load.calls,
