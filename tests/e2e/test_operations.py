@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -166,7 +167,13 @@ class TestMetrics:
             assert record is not None
             assert record.outcome is expected
             assert p.wait(20) == 0, p.errors()
-        after = scrape()
+        # The originator's task ends a moment after the outcome: its acknowledgement is
+        # batched (up to ACK_BATCH_S), and callmfa_calls_in_flight counts it until then.
+        for _ in range(40):  # 2 s
+            after = scrape()
+            if not after["callmfa_calls_in_flight{}"]:
+                break
+            await asyncio.sleep(0.05)
 
         def delta(name: str) -> float:
             return after.get(name, 0) - before.get(name, 0)
