@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -479,37 +479,55 @@ class _Acks:
 
 class _Ringing:
     """The 'ringing' event, written once the phone has rung for ``RINGING_HOLD_S``; an
-    answer (or the end of the call) that comes sooner takes it, to write both at once."""
+    answer (or the end of the call) that comes sooner takes it, to write both at once.
 
-    def __init__(self, watch: ChannelWatch, write: Callable[[float], Awaitable[None]]) -> None:
+    No task waits for the ring: the watch tells us, and a timer starts the write.
+    """
+
+    def __init__(self, watch: ChannelWatch, write: Callable[[float], Coroutine[Any, Any, None]]
+                 ) -> None:
         self._watch = watch
+        self._write = write
         self._at: float | None = None
-        self._writing = False
-        self._task = asyncio.create_task(self._note(watch, write))
+        self._taken = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Task[None] | None = None
+        watch.on_ringing = self._rang
 
-    async def _note(self, watch: ChannelWatch, write: Callable[[float], Awaitable[None]]
-                    ) -> None:
-        await watch.ringing.wait()
+    def _rang(self) -> None:
+        if self._taken or self._at is not None:
+            return
         self._at = time.time()
-        await asyncio.sleep(RINGING_HOLD_S)
-        self._writing = True
-        await write(self._at)
+        self._timer = asyncio.get_running_loop().call_later(RINGING_HOLD_S, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        if not self._taken and self._at is not None:
+            self._writing = asyncio.create_task(self._write(self._at))
+
+    def _stop_timer(self) -> None:
+        self._taken = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def take(self) -> float | None:
         """When the phone started ringing, if its event is still to be written (the caller
         writes it now); None if it was written (waited for) or the phone has not rung."""
-        if self._writing:
-            await asyncio.wait({self._task})  # so that 'ringing' precedes what comes next
+        self._stop_timer()
+        if self._writing is not None:
+            await asyncio.wait({self._writing})  # so that 'ringing' precedes what comes next
             return None
         if self._at is None and not self._watch.ringing.is_set():
             return None
-        at = self._at or time.time()  # rang an instant ago: not yet noted
-        await cancel_and_wait(self._task)
-        return at
+        return self._at or time.time()  # rang an instant ago: not yet noted
 
     async def close(self) -> None:
         """Stop watching."""
-        await cancel_and_wait(self._task)
+        self._stop_timer()
+        self._watch.on_ringing = None
+        if self._writing is not None:
+            await cancel_and_wait(self._writing)
 
 
 async def _hangup_cause(watch: ChannelWatch, wait_s: float) -> int | None:

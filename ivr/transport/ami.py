@@ -56,6 +56,15 @@ class ChannelWatch:
     hangup: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    on_ringing: Callable[[], None] | None = None  # told once, when the phone starts ringing
+
+    def ring(self) -> None:
+        """The phone rings: set ``ringing`` and tell ``on_ringing`` (the first time)."""
+        if self.ringing.is_set():
+            return
+        self.ringing.set()
+        if self.on_ringing is not None:
+            self.on_ringing()
 
 
 @dataclass(frozen=True)
@@ -272,7 +281,7 @@ class AmiClient:
                     cause = 0
                 watch.hangup.set_result(cause)
         elif _header(raw, b"ChannelState") == CHANNEL_STATE_RINGING:
-            watch.ringing.set()
+            watch.ring()
         return True
 
     def watch(self, uniqueid: str) -> ChannelWatch:
