@@ -41,8 +41,11 @@ def normalise_user(name: object) -> str:
         raise UserNameError("user must be a non-empty string")
     if len(name) > _MAX_RAW_CHARS:
         raise UserNameError(f"user must be at most {MAX_USER_CHARS} characters")
-    bad = next((c for c in name if _refused(c)), None)
-    if bad is None:
+    if name.isascii() and name.isprintable():
+        # Printable ASCII has no separator but the space and no control character, and
+        # NFKC leaves it as it is: its canonical form is its lower case.
+        bad, folded = None, name.lower()
+    elif (bad := next((c for c in name if _refused(c)), None)) is None:
         folded = unicodedata.normalize("NFKC", name)
         folded = unicodedata.normalize("NFKC", folded.casefold())
         bad = next((c for c in folded if _refused(c)), None)
