@@ -2,7 +2,9 @@
 
 Per request: validate, check expiry, claim the call (once per id), Originate through the
 least busy Asterisk, then either map a failed call to its outcome or wait for the IVR's
-outcome. The stream entry is acknowledged only once an outcome is stored.
+outcome. The stream entry is acknowledged only once an outcome is stored: for a call it
+placed, by the script that stores the outcome in this process (its own, or its IVR's), else
+here, after.
 
 Crash recovery uses what Redis offers: each originator holds a short lease
 (``callmfa:consumer:<name>``) that it renews every second. Entries still pending for a
@@ -54,6 +56,9 @@ SETTLE_RETRY_S = 300.0
 RINGING_HOLD_S = 0.05
 # How long the first acknowledgement waits for others to share its round trip.
 ACK_BATCH_S = 0.05
+# How long the answer waits for this process's IVR session, to be written with its claim
+# (one round trip for both; with AMD off the session starts within milliseconds).
+ANSWER_HOLD_S = 0.05
 _CLAIMS = frozenset(c.value for c in Claim)
 
 
@@ -88,6 +93,13 @@ class Originator:
     def reload(self, settings: Settings) -> None:
         """Apply settings that may change at run time (SIGHUP)."""
         self._settings = settings
+
+    @property
+    def _answer_hold_s(self) -> float:
+        """How long an answer waits for the IVR session's claim to carry it: only when this
+        process runs the IVR and the session starts right after the answer (no AMD)."""
+        s = self._settings
+        return ANSWER_HOLD_S if s.amd == "off" and s.ivr_here else 0.0
 
     async def run(self) -> None:
         """Read, take over and dispatch requests until :meth:`stop`."""
@@ -197,7 +209,8 @@ class Originator:
             log.exception("request_failed")
 
     async def _process(self, entry: Entry, *, taken_over: bool) -> bool:
-        """Settle one entry; True when it may be acknowledged."""
+        """Settle one entry; True when it may be acknowledged, False when it was (by the
+        script that stored its call's outcome in this process)."""
         try:
             # A request without a phone takes the directory's (docs/contract.md).
             fields = await resolve(request_fields(entry.payload or b""), self._directory)
@@ -240,8 +253,8 @@ class Originator:
                     try:
                         await self._call(req, token, held)
                     finally:
-                        self._store.forget_call(req.id)
-                    return True
+                        settled = self._store.forget_call(req.id)
+                    return not settled
                 refusal = self._security.refusal(
                     Admission(Verdict(found), detail or None, int(retry) or None))
             finally:
@@ -334,7 +347,8 @@ class Originator:
                 if result.answered:
                     answered = time.time()
                     rang = await ringing.take()
-                    await self._store.mark_answered(req.id, answered, ringing_at=rang)
+                    await self._store.mark_answered(req.id, answered, ringing_at=rang,
+                                                    hand_over_s=self._answer_hold_s)
                     log.info("call_answered", ring_ms=round((answered - started) * 1000),
                              channel=fields["Channel"], asterisk=ami.endpoint)
                     await self._settle_answered(req, watch, started, expected)
@@ -424,9 +438,9 @@ class Originator:
 def _call_fields(req: VerificationRequest, token: str, entry_id: str) -> dict[str, str]:
     """What the IVR (possibly another process) needs to know about the call.
 
-    Never an otp request's code: the IVR reads it from the request's own stream entry
-    (``entry_id``), which is deleted once the request is settled, so that no copy of it
-    outlives the call.
+    The request's stream entry (``entry_id``), which the outcome's script acknowledges and
+    deletes. Never an otp request's code: the IVR reads it from that entry, so that no copy
+    of it outlives the call.
     """
     fields = {
         "token_hash": token_hash(token),
@@ -442,8 +456,7 @@ def _call_fields(req: VerificationRequest, token: str, entry_id: str) -> dict[st
         fields["match_hash"] = req.match_hash
     if req.callback_url:
         fields["callback_url"] = req.callback_url  # the outcome script sends the webhook there
-    if req.mode == "otp":
-        fields["entry_id"] = entry_id
+    fields["entry_id"] = entry_id
     return fields
 
 

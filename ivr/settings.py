@@ -12,6 +12,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .domain.policy import parse_number_types, parse_prefixes, parse_regions
 from .domain.webhooks import SECURITY_TYPES, UrlError, check_url, parse_allowed_urls
@@ -857,6 +858,23 @@ class Settings:
         return frozenset(r.strip() for r in self.roles.split(",") if r.strip())
 
     @property
+    def ivr_here(self) -> bool:
+        """Whether the IVR sessions of the calls this process places run in this process:
+        it serves FastAGI (role agi, agi_mode fastagi) where ``agi_url`` points (its listen
+        address and port, or a loopback address while it listens on one or on all)."""
+        if self.agi_mode != "fastagi" or "agi" not in self.role_set:
+            return False
+        url = urlsplit(self.agi_url)
+        try:
+            if (url.port or 4573) != self.agi_port or not url.hostname:
+                return False
+        except ValueError:  # a port that is no number
+            return False
+        if url.hostname == self.agi_host:
+            return True
+        return _loopback(url.hostname) and (_loopback(self.agi_host) or self.agi_host in _ANY)
+
+    @property
     def asterisks(self) -> list[tuple[str, int]]:
         """Every AMI endpoint as (host, port)."""
         if not self.ami_endpoints.strip():
@@ -978,3 +996,16 @@ def read_config_file(path: str | Path) -> dict[str, str]:
             value = value[1:-1]
         values[key.strip()] = value
     return values
+
+
+# Listen addresses that take connections to loopback too: all interfaces.
+_ANY = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

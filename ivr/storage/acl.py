@@ -95,7 +95,8 @@ SERVICE: tuple[Needed, ...] = (
     _n("xinfo|groups", REQUESTS),
     _n("xreadgroup", "GROUP", GROUP, "c", "COUNT", "1", "STREAMS", REQUESTS, ">"),
     _n("xack", REQUESTS, GROUP, "0-1"),
-    # A settled request is acked and deleted in one MULTI/EXEC (Store.ack).
+    # A settled request is acked and deleted in one step: in the outcome's own script, in
+    # Store.ack_all's, or in one MULTI/EXEC (Store.ack).
     _n("xdel", REQUESTS, "0-1"),
     _n("multi"),
     _n("exec"),

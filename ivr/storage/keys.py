@@ -58,7 +58,9 @@ if ARGV[8] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
              'id', ARGV[5], 'event', 'input', 'at', ARGV[8])
 end
+local stored = 0
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  stored = 1
   redis.call('PUBLISH', ARGV[3], ARGV[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
              'id', ARGV[5], 'event', 'finished', 'at', ARGV[6], 'outcome', ARGV[7],
@@ -75,9 +77,14 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
                  'created_at', ARGV[14], 'payload', ARGV[1])
     end
   end
-  return 1
 end
-return 0
+-- The request's stream entry (KEYS[5], group ARGV[15], id ARGV[16]) is settled now that
+-- an outcome is stored (this one or an earlier one): acknowledged and deleted here.
+if KEYS[5] then
+  redis.call('XACK', KEYS[5], ARGV[15], ARGV[16])
+  redis.call('XDEL', KEYS[5], ARGV[16])
+end
+return stored
 """
 
 
@@ -90,22 +97,30 @@ def outcome_script_args(
     signing_key: bytes = b"",
     webhook_url: str = "",
     callback_url: str = "",
+    entry_id: str = "",
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of the store-outcome script (shared with the classic AGI driver).
 
     With ``input_at``, the script first appends the ``input`` event: one round trip
     after the key press instead of two. The outcome's webhook goes to ``callback_url``
     (a validated request's), else to the call marker's, else to ``webhook_url`` (the
-    default, CALLMFA_WEBHOOK_URL); with none of them, no webhook.
+    default, CALLMFA_WEBHOOK_URL); with none of them, no webhook. With ``entry_id`` (the
+    request's stream entry), the script acknowledges and deletes the entry too, whether
+    this outcome or an earlier one is the stored one.
     """
     wire = signed_json(signing_key, record) if signing_key else record.to_json()
     finished = record.finished_at if record.finished_at is not None else time.time()
-    return [result_key(record.id), EVENTS, call_key(record.id), WEBHOOKS], [
+    keys = [result_key(record.id), EVENTS, call_key(record.id), WEBHOOKS]
+    args: list[str | int] = [
         wire, ttl_s, RESULTS_CHANNEL, events_maxlen, record.id,
         iso(record.finished_at) or "", record.outcome.value, iso(input_at) or "",
         record.user or "", webhook_url, callback_url,
         outcome_webhook_id(record.id, int(finished * 1000)), OUTCOME_TYPE, repr(finished),
     ]
+    if entry_id:
+        keys.append(REQUESTS)
+        args += [GROUP, entry_id]
+    return keys, args
 
 
 def event_fields(rid: str, name: str, at: float | None = None, **fields: str) -> dict[str, str]:

@@ -44,6 +44,7 @@ from .keys import (
     outcome_script_args,
     result_key,
 )
+from .placed import Placed
 from .sentinel import PLAIN_RETRIES, RETRY_BASE_S, RETRY_CAP_S
 
 log = structlog.get_logger("ivr.store")
@@ -75,17 +76,29 @@ return 'new'
 """
 
 
-# The answer: the 'ringing' event (ARGV[3], when it was seen and not yet written), the
-# 'answered' event and the marker's answered_at, in one step, in that order.
-_ANSWERED = """
-if ARGV[3] ~= '' then
+# The answer, once (nothing when the marker has its answered_at already): the marker's
+# answered_at, the 'ringing' event (ARGV[3], when it was seen and not yet written) and the
+# 'answered' event, in that order. KEYS[1] the events, KEYS[2] the call marker.
+_ANSWER_LUA = """
+local function answer()
+  if redis.call('HSETNX', KEYS[2], 'answered_at', ARGV[5]) == 0 then return 0 end
+  if ARGV[3] ~= '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+               'id', ARGV[2], 'event', 'ringing', 'at', ARGV[3])
+  end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-             'id', ARGV[2], 'event', 'ringing', 'at', ARGV[3])
+             'id', ARGV[2], 'event', 'answered', 'at', ARGV[4])
+  return 1
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-           'id', ARGV[2], 'event', 'answered', 'at', ARGV[4])
-redis.call('HSET', KEYS[2], 'answered_at', ARGV[5])
-return 1
+"""
+_ANSWERED = _ANSWER_LUA + "return answer()\n"
+
+# The IVR session's claim (as CLAIM_IVR, at ARGV[6]) with the answer the originator handed
+# it, in one step: 0 refused (nothing written), 1 claimed, 2 claimed and the answer written.
+_CLAIM_ANSWERED = _ANSWER_LUA + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[2], 'ivr_at', ARGV[6]) == 0 then return 0 end
+return 1 + answer()
 """
 
 
@@ -366,10 +379,11 @@ class Store:
         self._store_outcome = redis.register_script(STORE_OUTCOME)
         self._claim_ivr = redis.register_script(CLAIM_IVR)
         self._place = redis.register_script(PLACE_CALL)
-        # The call markers this process wrote, while their calls last: the IVR of a call
-        # placed by the same process reads its marker here, not from Redis.
-        self._markers: dict[str, dict[str, str]] = {}
+        # The calls this process placed, while they last: the IVR of such a call reads its
+        # marker here, not from Redis, and writes the answer with its claim.
+        self._placed: dict[str, Placed] = {}
         self._answered = redis.register_script(_ANSWERED)
+        self._claim_answered = redis.register_script(_CLAIM_ANSWERED)
         self._ack_all = redis.register_script(_ACK_ALL)
 
     async def ensure_group(self) -> None:
@@ -481,42 +495,81 @@ class Store:
             self.redis, "call_claim", self._place, [*keys, EVENTS], [*args, *extra])
         found, detail, retry = (v.decode() if isinstance(v, bytes) else v for v in reply)
         if found == Claim.NEW.value:
-            self._markers[rid] = dict(fields)
+            self._placed[rid] = Placed(dict(fields))
         if found == Claim.NEW.value and self._observer is not None:
             self._observer.event_added("queued")
             if dialing:
                 self._observer.event_added("dialing")
         return found, detail, retry
 
-    def forget_call(self, rid: str) -> None:
-        """The call placed by :meth:`place_call` is over: its marker is read from Redis."""
-        self._markers.pop(rid, None)
+    def forget_call(self, rid: str) -> bool:
+        """The call placed by :meth:`place_call` is over: its marker is read from Redis.
+
+        True when its outcome was stored by this process while it lasted: the request's
+        stream entry is acknowledged already (:meth:`store_outcome`).
+        """
+        placed = self._placed.pop(rid, None)
+        return placed is not None and placed.settled
 
     async def call_info(self, rid: str) -> dict[str, str]:
         """The call marker's fields (empty if unknown): as this process wrote it while its
         call lasts, else from Redis."""
-        if (marker := self._markers.get(rid)) is not None:
-            return dict(marker)
+        if (placed := self._placed.get(rid)) is not None:
+            return dict(placed.fields)
         raw: Any = await self.redis.hgetall(call_key(rid))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def claim_ivr(self, rid: str, at: float) -> bool:
         """Take the call for this IVR session; False if another session took it first (or
-        no such call was placed)."""
-        return bool(await self._claim_ivr(keys=[call_key(rid)], args=[str(at)]))
+        no such call was placed).
 
-    async def mark_answered(self, rid: str, at: float, *, ringing_at: float | None = None
-                            ) -> None:
-        """The call was answered: the ``ringing`` event (with ``ringing_at``, when the phone
-        was seen ringing), the ``answered`` event, then the marker's answered_at, in one
-        step (so the events precede anything the IVR writes next)."""
+        When this process placed the call and its originator handed the answer over
+        (:meth:`mark_answered`), the claim writes the answer too, in the same step; a
+        refused session writes nothing.
+        """
+        placed = self._placed.get(rid)
+        answer = placed.claim_starts() if placed is not None else None
+        if answer is None:
+            return bool(await self._claim_ivr(keys=[call_key(rid)], args=[str(at)]))
+        try:
+            found = int(await self._claim_answered(
+                keys=[EVENTS, call_key(rid)],
+                args=[*self._answer_args(rid, answer.at, answer.ringing_at), str(at)]))
+        except BaseException:
+            answer.resolve(False)  # the originator writes it (at most once: answered_at)
+            raise
+        if found == 2:
+            self._answer_written(answer.ringing_at)
+        answer.resolve(found > 0)  # 1: the answer was in already
+        return found > 0
+
+    async def mark_answered(self, rid: str, at: float, *, ringing_at: float | None = None,
+                            hand_over_s: float = 0.0) -> None:
+        """The call was answered: the marker's answered_at, the ``ringing`` event (with
+        ``ringing_at``, when the phone was seen ringing) and the ``answered`` event, in one
+        step (so the events precede anything the IVR writes next).
+
+        With ``hand_over_s``, a call this process placed waits up to that long for this
+        process's IVR session, whose claim then writes the answer in its own step (one
+        round trip fewer); when no session claims in time, or it was refused, it is
+        written here.
+        """
+        placed = self._placed.get(rid)
+        if placed is not None:
+            placed.fields["answered_at"] = str(at)
+            if hand_over_s > 0 and await placed.hand_over(at, ringing_at, hand_over_s):
+                return
+        if await self._answered(keys=[EVENTS, call_key(rid)],
+                                args=self._answer_args(rid, at, ringing_at)):
+            self._answer_written(ringing_at)
+
+    def _answer_args(self, rid: str, at: float, ringing_at: float | None) -> list[str | int]:
         ringing = iso(ringing_at) or "" if ringing_at is not None else ""
-        if (marker := self._markers.get(rid)) is not None:
-            marker["answered_at"] = str(at)
-        await self._answered(keys=[EVENTS, call_key(rid)],
-                             args=[self._maxlen, rid, ringing, iso(at) or "", str(at)])
+        return [self._maxlen, rid, ringing, iso(at) or "", str(at)]
+
+    def _answer_written(self, ringing_at: float | None) -> None:
         if self._observer is not None:
-            if ringing:
+            if ringing_at is not None:
                 self._observer.event_added("ringing")
             self._observer.event_added("answered")
 
@@ -527,13 +580,28 @@ class Store:
 
         With ``input_at``, the ``input`` event is appended first, in the same round trip.
         The webhook goes to ``callback_url``, else the call marker's, else the default URL.
+        For a call this process placed, the request's stream entry (as its originator
+        wrote it) is acknowledged and deleted in the same step, whichever outcome is the
+        stored one (:meth:`forget_call` says so).
         """
+        placed = self._placed.get(record.id)
+        entry_id = placed.fields.get("entry_id", "") if placed is not None else ""
         keys, args = outcome_script_args(
             record, self._ttl, self._maxlen, input_at, signing_key=self._signing_key,
-            webhook_url=self._webhook_url, callback_url=callback_url,
+            webhook_url=self._webhook_url, callback_url=callback_url, entry_id=entry_id,
         )
-        stored = bool(await self._durability.run_script(self.redis, "outcome",
-                                                        self._store_outcome, keys, args))
+        # Settled from the moment the script is sent: it publishes the outcome, which the
+        # originator may learn (and be done with) before this reply (and WAIT's) is read.
+        settled = placed is not None and placed.settled
+        if placed is not None and entry_id:
+            placed.settled = True
+        try:
+            stored = bool(await self._durability.run_script(self.redis, "outcome",
+                                                            self._store_outcome, keys, args))
+        except BaseException:
+            if placed is not None:
+                placed.settled = settled
+            raise
         if stored and self._observer is not None:
             self._observer.outcome_stored(record)
         return stored

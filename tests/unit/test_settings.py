@@ -362,3 +362,32 @@ class TestConfigFile:
         assert a.changed_fields(b) == {"max_attempts", "agi_port"}
         assert "max_attempts" in Settings.RELOADABLE
         assert not {"agi_port", "redis_url", "ami_secret"} & Settings.RELOADABLE
+
+
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - a listen address under test, never bound
+
+
+class TestIvrHere:
+    @pytest.mark.parametrize(("agi_host", "agi_url"), [
+        ("127.0.0.1", "agi://127.0.0.1:4573/verify"),
+        ("127.0.0.1", "agi://localhost/verify"),
+        (ALL_INTERFACES, "agi://127.0.0.1:4573/verify"),
+        ("::", "agi://[::1]:4573/verify"),
+        ("10.0.0.5", "agi://10.0.0.5:4573/verify"),
+    ])
+    def test_agi_url_names_this_listener(self, agi_host: str, agi_url: str) -> None:
+        assert Settings(agi_host=agi_host, agi_url=agi_url).ivr_here
+
+    @pytest.mark.parametrize(("agi_host", "agi_url"), [
+        ("127.0.0.1", "agi://127.0.0.1:4574/verify"),  # another port
+        ("127.0.0.1", "agi://10.0.0.5:4573/verify"),  # another host
+        ("10.0.0.5", "agi://127.0.0.1:4573/verify"),  # not listening on loopback
+        (ALL_INTERFACES, "agi://ivr.example:4573/verify"),  # a name: maybe a balancer
+        ("127.0.0.1", "agi://127.0.0.1:port/verify"),
+    ])
+    def test_agi_url_names_another(self, agi_host: str, agi_url: str) -> None:
+        assert not Settings(agi_host=agi_host, agi_url=agi_url).ivr_here
+
+    @pytest.mark.parametrize("change", [{"roles": "originator"}, {"agi_mode": "classic"}])
+    def test_no_fastagi_here(self, change: dict[str, str]) -> None:
+        assert not Settings(**change).ivr_here  # type: ignore[arg-type]
