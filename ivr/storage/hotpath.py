@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -142,37 +143,45 @@ class HotPath:
 
     async def execute(self, *args: Arg) -> Any:
         """Run one command; its reply (a ``ResponseError`` reply is raised)."""
-        [reply] = await self.run(((*args,),))
-        return reply
+        return (await self._round_trip(pack(args), 1))[0]
 
     async def evalsha(self, script: HotScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run ``script`` by its SHA1, by its text if Redis does not have it."""
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return (await self._round_trip(
+                pack(("EVALSHA", script.sha, len(keys), *keys, *args)), 1))[0]
         except NoScriptError:
             return await self.execute("EVAL", script.script, len(keys), *keys, *args)
 
     async def run(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
         """Send ``commands`` in one write on one connection, then read their replies (one
         round trip); the first error reply is raised once every reply is read."""
-        data = b"".join(pack(c) for c in commands)
-        conn, held = await self._take()
+        return await self._round_trip(b"".join(map(pack, commands)), len(commands))
+
+    async def _round_trip(self, data: bytes, n: int) -> list[Any]:
+        if self._idle:
+            conn, held = self._idle.pop(), True
+        else:
+            conn, held = await self._take()
         try:
             try:
-                replies = await self._exchange(conn, data, len(commands))
+                replies = await self._exchange(conn, data, n)
             except (RedisConnectionError, RedisTimeoutError):
                 # The reply is lost with the connection (redis-py closed it): again, on a new
                 # one (to whichever primary the Sentinels name now).
                 await conn.disconnect()
                 replies = await conn.retry.call_with_retry(
-                    lambda: self._exchange(conn, data, len(commands)), _closer(conn))
+                    lambda: self._exchange(conn, data, n), _closer(conn))
         except BaseException:
             # Cancelled or failed between the write and the last reply: the replies still
             # due would answer the connection's next command.
             await conn.disconnect(nowait=True)
             raise
         finally:
-            await self._give(conn, held)
+            if held:
+                self._idle.append(conn)
+            else:
+                await self._pool.release(conn)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
@@ -191,22 +200,46 @@ class HotPath:
         return replies
 
     async def _take(self) -> tuple[AbstractConnection, bool]:
-        if self._idle:
-            return self._idle.pop(), True
+        """A connection of the pool's: kept (True) while fewer than the cap are."""
         conn: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py: untyped
         if self._held < self._cap:
             self._held += 1
             return conn, True
         return conn, False
 
-    async def _give(self, conn: AbstractConnection, held: bool) -> None:
-        if held:
-            self._idle.append(conn)
-        else:
-            await self._pool.release(conn)
-
 
 def _closer(conn: AbstractConnection) -> Callable[[Exception], Awaitable[None]]:
     async def close(_error: Exception) -> None:
         await conn.disconnect()
     return close
+
+
+async def next_published(pubsub: PubSub, timeout_s: float) -> Any:
+    """The data of the next message ``pubsub`` receives, or None (nothing within
+    ``timeout_s``, or a reply that is not a message: a subscription's confirmation, a health
+    check's PONG).
+
+    Read from the connection itself (:mod:`redis.asyncio.client`'s ``get_message`` wraps
+    every read in its retry and observability layers and makes a dict of each message);
+    redis-py's ``get_message`` is used whenever there is more to do than read: no
+    connection yet or any more, a health check due, or a read that failed (it reconnects and
+    subscribes again).
+    """
+    conn = pubsub.connection
+    if (conn is None or not conn.is_connected or (
+            conn.health_check_interval
+            and asyncio.get_running_loop().time() > conn.next_health_check)):
+        return _data(await pubsub.get_message(timeout=timeout_s))
+    try:
+        reply = await conn.read_response(timeout=timeout_s, disconnect_on_error=False,
+                                         push_request=True)
+    except (RedisConnectionError, RedisTimeoutError):
+        await conn.disconnect()
+        return _data(await pubsub.get_message(timeout=timeout_s))
+    if isinstance(reply, list) and len(reply) == 3 and reply[0] in (b"message", "message"):
+        return reply[2]
+    return None
+
+
+def _data(message: dict[str, Any] | None) -> Any:
+    return message["data"] if message is not None and message["type"] == "message" else None

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from ivr.storage.hotpath import HotPath, pack_python
+from ivr.storage.hotpath import HotPath, next_published, pack_python
 from ivr.storage.store import RedisTraffic, connect
 
 from ..conftest import RedisServer
@@ -137,3 +138,46 @@ class TestHotPath:
                 await HotPath(client).execute("PING")
         finally:
             await client.aclose()
+
+
+class TestNextPublished:
+    async def published_within(self, pubsub: PubSub, seconds: float) -> object:
+        """The first message's data in ``seconds`` (None replies skipped)."""
+        async with asyncio.timeout(seconds):
+            while (data := await next_published(pubsub, 0.2)) is None:
+                pass
+        return data
+
+    async def test_a_message_s_data_and_nothing_else(
+        self, counted: tuple[Redis, RedisTraffic], redis: Redis
+    ) -> None:
+        """The subscription's confirmation is None; a message gives its data."""
+        client, _ = counted
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe("ch")
+            assert await next_published(pubsub, 0.5) is None  # the confirmation
+            assert await next_published(pubsub, 0.1) is None  # nothing yet
+            await redis.publish("ch", "one")
+            assert await self.published_within(pubsub, 2.0) == b"one"
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py: untyped
+
+    async def test_a_killed_subscription_is_made_again(
+        self, counted: tuple[Redis, RedisTraffic], redis: Redis
+    ) -> None:
+        """The server closed the subscriber's connection: redis-py reconnects and subscribes
+        again, and the next message arrives."""
+        client, _ = counted
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe("ch")
+            assert await next_published(pubsub, 0.5) is None
+            assert await redis.client_kill_filter(_type="pubsub") == 1
+            async with asyncio.timeout(5.0):
+                while await redis.pubsub_numsub("ch") != [(b"ch", 1)]:
+                    await next_published(pubsub, 0.1)
+            await redis.publish("ch", "two")
+            assert await self.published_within(pubsub, 2.0) == b"two"
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py: untyped
