@@ -1,5 +1,5 @@
-"""The few Redis commands every verification runs (the Store's scripts, the read of requests),
-sent with less than redis-py's client spends on each.
+"""The few Redis commands every verification runs (the Store's scripts, the read of requests)
+and the outcome's message it receives, with less than redis-py's client spends on each.
 
 redis-py's client costs 100-190 us of CPU per command around the round trip itself: the
 blocking pool's checkout (an ``asyncio.Condition`` and a timeout, then a check that the
@@ -20,7 +20,10 @@ what matters of it and drops the rest:
   would use), after which the callers' own retries (``retrying``) see the same redis-py
   exceptions as before;
 - ``NOSCRIPT`` (a restarted or newly promoted primary) runs the script by ``EVAL``, which
-  caches it again.
+  caches it again;
+- a subscriber reads its messages from its connection (:func:`next_published`), and leaves
+  everything else (reconnecting, subscribing again, the health check) to redis-py's
+  ``get_message``.
 
 Only the wire part is written here, because redis-py has no public call between
 ``execute_command`` (every layer) and ``send_packed_command`` / ``read_response`` (none).
