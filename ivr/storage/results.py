@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from ..domain.outcome import OutcomeRecord
 from ..exceptions import OutcomeBindingError, OutcomeSignatureError
 from ..tasks import cancel_and_wait
+from .hotpath import next_published
 from .retry import retrying
 from .store import RESULTS_CHANNEL, result_key
 
@@ -87,9 +88,9 @@ class ResultListener:
                 backoff = 0.1
                 await self._recheck_all()
                 while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None and msg.get("type") == "message":
-                        self._dispatch(msg["data"])
+                    data = await next_published(pubsub, 1.0)
+                    if data is not None:
+                        self._dispatch(data)
             except (RedisError, OSError) as e:
                 if not self._subscribed.is_set():
                     raise  # start() reports it: Redis is not reachable at all

@@ -30,6 +30,7 @@ from ..domain.outcome import OutcomeRecord, iso
 from ..settings import Settings
 from . import sentinel
 from .guard import PLACE_CALL
+from .hotpath import HotPath, HotScript, LeanConnection, RedisTraffic
 from .keys import (
     CLAIM_IVR,
     DEADLETTER,
@@ -145,13 +146,13 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@dataclass
-class RedisTraffic:
-    """What one process asked of Redis: the commands it sent and the round trips it made
-    (a pipeline is one round trip, a script one command), on every connection of a client."""
-
-    commands: int = 0
-    round_trips: int = 0
+def _field(fields: Any, name: bytes) -> Any:
+    """One field of a raw stream entry (a flat list of names and values; None once
+    deleted)."""
+    for i in range(0, len(fields or ()) - 1, 2):
+        if fields[i] == name:
+            return fields[i + 1]
+    return None
 
 
 class _Counting(AbstractConnection):
@@ -177,16 +178,21 @@ def counting(base: type[AbstractConnection], traffic: RedisTraffic) -> type[Abst
     return cls
 
 
+def lean(base: type[AbstractConnection], traffic: RedisTraffic | None
+         ) -> type[AbstractConnection]:
+    """``base`` with :class:`~ivr.storage.hotpath.LeanConnection`'s write (and counting into
+    ``traffic``, if given)."""
+    cls: type[AbstractConnection] = type(f"Lean{base.__name__}", (LeanConnection, base), {})
+    return counting(cls, traffic) if traffic is not None else cls
+
+
 def connect(url: str, *, max_connections: int, timeout_s: float,
             traffic: RedisTraffic | None = None) -> Redis:
     """A client on a blocking pool: waiting for a free connection beats failing at once."""
-    extra: dict[str, Any] = {}
-    if traffic is not None:
-        base = parse_url(url).get("connection_class", Connection)
-        extra["connection_class"] = counting(base, traffic)
+    base = parse_url(url).get("connection_class", Connection)
     pool = BlockingConnectionPool.from_url(
         url,
-        **extra,
+        connection_class=lean(base, traffic),
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -262,7 +268,7 @@ def connect_for(settings: Settings, *, max_connections: int,
     client: Redis = manager.master_for(
         p.service,
         connection_pool_class=BlockingSentinelPool,
-        connection_class=counting(base, traffic) if traffic is not None else base,
+        connection_class=lean(base, traffic),
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
@@ -324,14 +330,20 @@ class Durability:
         return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms, on_short)
 
     async def run_script(
-        self, redis: Redis, what: str, script: AsyncScript, keys: list[Any], args: list[Any]
+        self, redis: Redis, what: str, script: AsyncScript | HotScript, keys: list[Any],
+        args: list[Any],
     ) -> Any:
         """Run a Lua script, then WAIT on the same connection (WAIT counts the replicas
         that have this connection's writes); the script's reply."""
         if self.replicas <= 0:
             return await script(keys=keys, args=args)
         # EVAL, not EVALSHA: a newly promoted primary may not have the script cached.
-        return await self.command(redis, what, "EVAL", script.script, len(keys), *keys, *args)
+        command = ("EVAL", script.script, len(keys), *keys, *args)
+        if not isinstance(script, HotScript):
+            return await self.command(redis, what, *command)
+        reply, acked = await script.hot.run((command, ("WAIT", self.replicas, self.timeout_ms)))
+        self._check(what, acked)
+        return reply
 
     async def command(self, redis: Redis, what: str, *command: Any) -> Any:
         """Run one command, then WAIT on the same connection; the command's reply."""
@@ -341,12 +353,15 @@ class Durability:
             pipe.execute_command(*command)
             pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
             reply, acked = await pipe.execute()
+        self._check(what, acked)
+        return reply
+
+    def _check(self, what: str, acked: Any) -> None:
         if int(acked) < self.replicas:
             log.warning("redis_write_unreplicated", write=what, replicas=int(acked),
                         wanted=self.replicas, timeout_ms=self.timeout_ms)
             if self.on_short is not None:
                 self.on_short(what)
-        return reply
 
 
 class StoreObserver(Protocol):
@@ -375,16 +390,19 @@ class Store:
         self._signing_key = signing_key  # outcomes carry an HMAC "sig" when set
         self._ttl = result_ttl_s
         self._maxlen = events_maxlen
-        self._claim = redis.register_script(_CLAIM)
-        self._store_outcome = redis.register_script(STORE_OUTCOME)
-        self._claim_ivr = redis.register_script(CLAIM_IVR)
-        self._place = redis.register_script(PLACE_CALL)
+        # The scripts and the read of requests, which every verification runs, skip the
+        # client's layers (hotpath.py); the rest goes through the client.
+        self._hot = hot = HotPath(redis)
+        self._claim = hot.register_script(_CLAIM)
+        self._store_outcome = hot.register_script(STORE_OUTCOME)
+        self._claim_ivr = hot.register_script(CLAIM_IVR)
+        self._place = hot.register_script(PLACE_CALL)
         # The calls this process placed, while they last: the IVR of such a call reads its
         # marker here, not from Redis, and writes the answer with its claim.
         self._placed: dict[str, Placed] = {}
-        self._answered = redis.register_script(_ANSWERED)
-        self._claim_answered = redis.register_script(_CLAIM_ANSWERED)
-        self._ack_all = redis.register_script(_ACK_ALL)
+        self._answered = hot.register_script(_ANSWERED)
+        self._claim_answered = hot.register_script(_CLAIM_ANSWERED)
+        self._ack_all = hot.register_script(_ACK_ALL)
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing (e.g. after a Redis loss)."""
@@ -396,14 +414,12 @@ class Store:
 
     async def read_requests(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
         """New entries for this consumer, waiting up to ``block_ms``."""
-        reply: Any = await self.redis.xreadgroup(
-            GROUP, consumer, {REQUESTS: ">"}, count=count, block=block_ms
-        )
-        entries = []
-        for _stream, items in reply or ():
-            for entry_id, fields in items:
-                entries.append(Entry(_text(entry_id), (fields or {}).get(b"request")))
-        return entries
+        reply: Any = await self._hot.execute(
+            "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
+            "STREAMS", REQUESTS, ">")
+        streams = reply.items() if isinstance(reply, dict) else reply or ()  # RESP3: a map
+        return [Entry(_text(entry_id), _field(fields, b"request"))
+                for _stream, items in streams for entry_id, fields in items]
 
     async def request_payload(self, entry_id: str) -> bytes | None:
         """The request held by the stream entry ``entry_id`` (None once it is settled and

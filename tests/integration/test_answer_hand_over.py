@@ -26,6 +26,7 @@ from ivr.domain.outcome import iso
 from ivr.originator import Originator
 from ivr.session import VerificationIvr
 from ivr.settings import Settings
+from ivr.storage.hotpath import HotScript
 from ivr.storage.keys import GROUP
 from ivr.storage.results import ResultListener
 from ivr.storage.store import REQUESTS, RedisTraffic, Store, call_key, connect, result_key
@@ -122,9 +123,9 @@ async def start(redis_server: RedisServer, redis: Redis) -> AsyncIterator[Start]
             return bool(await redis.exists(REQUESTS)) and bool(await redis.xinfo_groups(REQUESTS))
         await eventually(group_exists, what="consumer group")
         await asyncio.gather(*(client.ping() for _ in range(20)))
-        # Each script's first run would cost two more round trips (NOSCRIPT, SCRIPT LOAD).
+        # Each script's first run would cost a round trip more (NOSCRIPT, then EVAL).
         for script in [*vars(store).values(), *vars(ivr_store).values()]:
-            if isinstance(script, AsyncScript):
+            if isinstance(script, AsyncScript | HotScript):
                 await client.script_load(script.script)
         service = Service(originator, ami, traffic, refused, phone)
         await verify(redis, service)
