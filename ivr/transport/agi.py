@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sys
 from dataclasses import dataclass
 
 from ..exceptions import AgiCommandError, AgiConnectionLostError, AgiError, AgiHangup
@@ -42,7 +41,7 @@ def parse_header_line(line: str) -> tuple[str, str]:
     key, sep, value = line.partition(":")
     if not sep or not key.startswith("agi_") or not key.replace("_", "").isalnum():
         raise AgiError("malformed AGI header line", line)
-    return sys.intern(key), value.strip()  # every call sends the same names: one copy
+    return key, value.strip()
 
 
 def parse_reply(line: str) -> AgiReply:

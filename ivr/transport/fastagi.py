@@ -48,6 +48,10 @@ class AgiSession:
 
 # The headers a session keeps (and the script's arguments, agi_arg_<n>).
 KEPT_HEADERS = frozenset({"agi_request", "agi_network_script", "agi_channel", "agi_uniqueid"})
+# One shared copy of each kept name. Not sys.intern: the names dropped after each call would
+# leave CPython's interned-string table as they come back with the next, and that churn
+# makes the table resize (issue 16's soak step of 1.9 MiB).
+_NAMES = {name: name for name in KEPT_HEADERS | {f"agi_arg_{n}" for n in range(1, 10)}}
 
 Handler = Callable[[AgiSession], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -174,6 +178,6 @@ async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
                 raise AgiError("AGI headers without agi_request")
             return headers
         key, value = parse_header_line(line)
-        if key in KEPT_HEADERS or key.startswith("agi_arg_"):
-            headers[key] = value  # the rest (caller id, context...) is not read: not kept
+        if (name := _NAMES.get(key)) is not None or key.startswith("agi_arg_"):
+            headers[name or key] = value  # the rest (caller id, context...) is not read
     raise AgiError("too many AGI header lines")
