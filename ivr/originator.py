@@ -196,14 +196,18 @@ class Originator:
             # again later (by us or another originator): retried, never lost.
             log.exception("request_failed")
 
+    async def _request(self, entry: Entry) -> VerificationRequest:
+        """The entry's request (its fields are not kept for the call's length)."""
+        # A request without a phone takes the directory's (docs/contract.md).
+        fields = await resolve(request_fields(entry.payload or b""), self._directory)
+        return parse_fields(fields, requested_at=entry.enqueued_at,
+                            default_ttl_s=self._settings.request_ttl_s,
+                            callback_rules=self._callback_rules)
+
     async def _process(self, entry: Entry, *, taken_over: bool) -> bool:
         """Settle one entry; True when it may be acknowledged."""
         try:
-            # A request without a phone takes the directory's (docs/contract.md).
-            fields = await resolve(request_fields(entry.payload or b""), self._directory)
-            req = parse_fields(fields, requested_at=entry.enqueued_at,
-                               default_ttl_s=self._settings.request_ttl_s,
-                               callback_rules=self._callback_rules)
+            req = await self._request(entry)
         except RequestError as e:
             return await self._reject(entry, Outcome.REJECTED, e.detail, e.message)
         except DirectoryError as e:
@@ -292,11 +296,13 @@ class Originator:
         finally:
             await self._ami.release(ami)
 
-    async def _call_through(self, ami: AmiClient, req: VerificationRequest, token: str,
-                            *, dialing: bool) -> None:
+    async def _originate(self, ami: AmiClient, req: VerificationRequest, token: str,
+                         channel: str) -> tuple[bool, int | None]:
+        """Send the Originate and wait for its response: (answered, its Reason). Neither
+        the action nor the response is kept for the call's length."""
         s = self._settings
         fields = {
-            "Channel": s.dial_template.format(number=req.number, digits=req.number[1:]),
+            "Channel": channel,
             "Context": s.dialplan_context,
             "Exten": "s",
             "Priority": "1",
@@ -322,6 +328,14 @@ class Originator:
             # Asterisk's verbose log shows).
             "CALLMFA_TOKEN": token,
         }
+        log.debug("originate_sent", channel=channel, asterisk=ami.endpoint)
+        result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
+        return result.answered, result.reason
+
+    async def _call_through(self, ami: AmiClient, req: VerificationRequest, token: str,
+                            *, dialing: bool) -> None:
+        s = self._settings
+        channel = s.dial_template.format(number=req.number, digits=req.number[1:])
         started = time.time()
         watch = ami.watch(req.id)
         ringing = _Ringing(watch, lambda at: self._store.event(req.id, "ringing", at))
@@ -329,20 +343,19 @@ class Originator:
             with self._results.expecting(req.id) as expected:
                 if dialing:
                     await self._store.event(req.id, "dialing")
-                log.debug("originate_sent", channel=fields["Channel"], asterisk=ami.endpoint)
-                result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
-                if result.answered:
+                answered_call, reason = await self._originate(ami, req, token, channel)
+                if answered_call:
                     answered = time.time()
                     rang = await ringing.take()
                     await self._store.mark_answered(req.id, answered, ringing_at=rang)
                     log.info("call_answered", ring_ms=round((answered - started) * 1000),
-                             channel=fields["Channel"], asterisk=ami.endpoint)
+                             channel=channel, asterisk=ami.endpoint)
                     await self._settle_answered(req, watch, started, expected)
                     return
                 cause = await _hangup_cause(watch, HANGUP_EVENT_WAIT_S)
-                outcome, detail = failed_call_outcome(result.reason, cause)
-                log.info("call_failed", reason=result.reason, hangup_cause=cause,
-                         channel=fields["Channel"], asterisk=ami.endpoint)
+                outcome, detail = failed_call_outcome(reason, cause)
+                log.info("call_failed", reason=reason, hangup_cause=cause,
+                         channel=channel, asterisk=ami.endpoint)
                 await self._report_ringing(req.id, ringing)
                 await self._finish(req, outcome, detail, started=started, cause=cause)
         except AmiConnectError as e:
@@ -366,9 +379,7 @@ class Originator:
         """The IVR stores the outcome; if the channel ends without one, store an error."""
         s = self._settings
         arrived = expected.arrived  # a future, not a task: nothing per call to cancel
-        pending: set[asyncio.Future[Any]] = {arrived, watch.hangup}
-        await asyncio.wait(pending, timeout=s.max_call_s + 30,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await _either(arrived, watch.hangup, timeout_s=s.max_call_s + 30)
         if not arrived.done() and watch.hangup.done():
             # Hung up: the IVR's outcome is at most a moment behind the Hangup event.
             with contextlib.suppress(TimeoutError):
@@ -485,7 +496,8 @@ class _Ringing:
         self._watch = watch
         self._at: float | None = None
         self._writing = False
-        self._task = asyncio.create_task(self._note(watch, write))
+        # Dropped once it has ended: a finished task keeps its coroutine for the call's length.
+        self._task: asyncio.Task[None] | None = asyncio.create_task(self._note(watch, write))
 
     async def _note(self, watch: ChannelWatch, write: Callable[[float], Awaitable[None]]
                     ) -> None:
@@ -498,18 +510,46 @@ class _Ringing:
     async def take(self) -> float | None:
         """When the phone started ringing, if its event is still to be written (the caller
         writes it now); None if it was written (waited for) or the phone has not rung."""
+        if self._task is None:
+            return None
         if self._writing:
             await asyncio.wait({self._task})  # so that 'ringing' precedes what comes next
+            await self.close()
             return None
         if self._at is None and not self._watch.ringing.is_set():
             return None
         at = self._at or time.time()  # rang an instant ago: not yet noted
-        await cancel_and_wait(self._task)
+        await self.close()
         return at
 
     async def close(self) -> None:
         """Stop watching."""
-        await cancel_and_wait(self._task)
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+
+
+async def _either(a: asyncio.Future[Any], b: asyncio.Future[Any], *, timeout_s: float) -> None:
+    """Until ``a`` or ``b`` is done, or ``timeout_s`` has passed: asyncio.wait's job, with one
+    callback and no set or inner coroutines to hold for the call's length."""
+    if a.done() or b.done():
+        return
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = loop.call_later(timeout_s, wake)
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
 
 
 async def _hangup_cause(watch: ChannelWatch, wait_s: float) -> int | None:
