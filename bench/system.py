@@ -75,6 +75,13 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def reset_peak(pid: int) -> None:
+    """Reset ``pid``'s VmHWM to its VmRSS now (Linux >= 4.0), so that the next reading of
+    VmHWM is the peak of what ran since: one run's own, not the process's lifetime's."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
 def machine_load() -> dict[str, object]:
     """What else the machine was doing: load averages and core count."""
     with open("/proc/loadavg") as f:

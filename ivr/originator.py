@@ -208,15 +208,19 @@ class Originator:
             # again later (by us or another originator): retried, never lost.
             log.exception("request_failed")
 
+    async def _request(self, entry: Entry) -> VerificationRequest:
+        """The entry's request (its fields are not kept for the call's length)."""
+        # A request without a phone takes the directory's (docs/contract.md).
+        fields = await resolve(request_fields(entry.payload or b""), self._directory)
+        return parse_fields(fields, requested_at=entry.enqueued_at,
+                            default_ttl_s=self._settings.request_ttl_s,
+                            callback_rules=self._callback_rules)
+
     async def _process(self, entry: Entry, *, taken_over: bool) -> bool:
         """Settle one entry; True when it may be acknowledged, False when it was (by the
         script that stored its call's outcome in this process)."""
         try:
-            # A request without a phone takes the directory's (docs/contract.md).
-            fields = await resolve(request_fields(entry.payload or b""), self._directory)
-            req = parse_fields(fields, requested_at=entry.enqueued_at,
-                               default_ttl_s=self._settings.request_ttl_s,
-                               callback_rules=self._callback_rules)
+            req = await self._request(entry)
         except RequestError as e:
             return await self._reject(entry, Outcome.REJECTED, e.detail, e.message)
         except DirectoryError as e:
@@ -305,11 +309,13 @@ class Originator:
         finally:
             await self._ami.release(ami)
 
-    async def _call_through(self, ami: AmiClient, req: VerificationRequest, token: str,
-                            *, dialing: bool) -> None:
+    async def _originate(self, ami: AmiClient, req: VerificationRequest, token: str,
+                         channel: str) -> tuple[bool, int | None]:
+        """Send the Originate and wait for its response: (answered, its Reason). Neither
+        the action nor the response is kept for the call's length."""
         s = self._settings
         fields = {
-            "Channel": s.dial_template.format(number=req.number, digits=req.number[1:]),
+            "Channel": channel,
             "Context": s.dialplan_context,
             "Exten": "s",
             "Priority": "1",
@@ -335,6 +341,14 @@ class Originator:
             # Asterisk's verbose log shows).
             "CALLMFA_TOKEN": token,
         }
+        log.debug("originate_sent", channel=channel, asterisk=ami.endpoint)
+        result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
+        return result.answered, result.reason
+
+    async def _call_through(self, ami: AmiClient, req: VerificationRequest, token: str,
+                            *, dialing: bool) -> None:
+        s = self._settings
+        channel = s.dial_template.format(number=req.number, digits=req.number[1:])
         started = time.time()
         watch = ami.watch(req.id)
         ringing = _Ringing(watch, lambda at: self._store.event(req.id, "ringing", at))
@@ -342,21 +356,20 @@ class Originator:
             with self._results.expecting(req.id) as expected:
                 if dialing:
                     await self._store.event(req.id, "dialing")
-                log.debug("originate_sent", channel=fields["Channel"], asterisk=ami.endpoint)
-                result = await ami.originate(fields, variables, timeout_s=s.ring_timeout_s + 15)
-                if result.answered:
+                answered_call, reason = await self._originate(ami, req, token, channel)
+                if answered_call:
                     answered = time.time()
                     rang = await ringing.take()
                     await self._store.mark_answered(req.id, answered, ringing_at=rang,
                                                     hand_over_s=self._answer_hold_s)
                     log.info("call_answered", ring_ms=round((answered - started) * 1000),
-                             channel=fields["Channel"], asterisk=ami.endpoint)
+                             channel=channel, asterisk=ami.endpoint)
                     await self._settle_answered(req, watch, started, expected)
                     return
                 cause = await _hangup_cause(watch, HANGUP_EVENT_WAIT_S)
-                outcome, detail = failed_call_outcome(result.reason, cause)
-                log.info("call_failed", reason=result.reason, hangup_cause=cause,
-                         channel=fields["Channel"], asterisk=ami.endpoint)
+                outcome, detail = failed_call_outcome(reason, cause)
+                log.info("call_failed", reason=reason, hangup_cause=cause,
+                         channel=channel, asterisk=ami.endpoint)
                 await self._report_ringing(req.id, ringing)
                 await self._finish(req, outcome, detail, started=started, cause=cause)
         except AmiConnectError as e:
@@ -380,9 +393,7 @@ class Originator:
         """The IVR stores the outcome; if the channel ends without one, store an error."""
         s = self._settings
         arrived = expected.arrived  # a future, not a task: nothing per call to cancel
-        pending: set[asyncio.Future[Any]] = {arrived, watch.hangup}
-        await asyncio.wait(pending, timeout=s.max_call_s + 30,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await _either(arrived, watch.hangup, timeout_s=s.max_call_s + 30)
         if not arrived.done() and watch.hangup.done():
             # Hung up: the IVR's outcome is at most a moment behind the Hangup event.
             with contextlib.suppress(TimeoutError):
@@ -503,6 +514,7 @@ class _Ringing:
         self._write = write
         self._at: float | None = None
         self._taken = False
+        self._written = False  # its event is in, by the timer's write
         self._timer: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[None] | None = None
         watch.on_ringing = self._rang
@@ -529,9 +541,12 @@ class _Ringing:
         writes it now); None if it was written (waited for) or the phone has not rung."""
         self._stop_timer()
         if self._writing is not None:
-            await asyncio.wait({self._writing})  # so that 'ringing' precedes what comes next
-            return None
-        if self._at is None and not self._watch.ringing.is_set():
+            task, self._written = self._writing, True
+            await asyncio.wait({task})  # so that 'ringing' precedes what comes next
+            self._writing = None  # a finished task keeps its coroutine for the call's length
+            if not task.cancelled():
+                task.exception()  # a failed write is not the call's failure: read, dropped
+        if self._written or (self._at is None and not self._watch.ringing.is_set()):
             return None
         return self._at or time.time()  # rang an instant ago: not yet noted
 
@@ -539,8 +554,32 @@ class _Ringing:
         """Stop watching."""
         self._stop_timer()
         self._watch.on_ringing = None
-        if self._writing is not None:
-            await cancel_and_wait(self._writing)
+        task, self._writing = self._writing, None
+        if task is not None:
+            await cancel_and_wait(task)
+
+
+async def _either(a: asyncio.Future[Any], b: asyncio.Future[Any], *, timeout_s: float) -> None:
+    """Until ``a`` or ``b`` is done, or ``timeout_s`` has passed: asyncio.wait's job, with one
+    callback and no set or inner coroutines to hold for the call's length."""
+    if a.done() or b.done():
+        return
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = loop.call_later(timeout_s, wake)
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
 
 
 async def _hangup_cause(watch: ChannelWatch, wait_s: float) -> int | None:

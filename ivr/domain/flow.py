@@ -222,6 +222,10 @@ class VerificationFlow:
     readings included). A hang-up before the second reading ends is ``hung_up``.
     """
 
+    __slots__ = ("_attempts", "_closing", "_delivered", "_max_attempts", "_otp", "_pending",
+                 "_prefix", "_queued", "_repeats", "_restarts", "_state", "_timeout_ms",
+                 "_wrong_code", "_wrong_key", "answered_early", "mode")
+
     def __init__(self, mode: str, *, input_timeout_ms: int, max_attempts: int) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
@@ -426,6 +430,8 @@ class VerificationFlow:
 
 class StandardFlow(VerificationFlow):
     """'#' approves, '0#' reports fraud: the ``standard`` mode."""
+
+    __slots__ = ()
 
     def __init__(self, *, input_timeout_ms: int, max_attempts: int) -> None:
         super().__init__("standard", input_timeout_ms=input_timeout_ms, max_attempts=max_attempts)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..exceptions import AgiCommandError, AgiConnectionLostError, AgiError, AgiHangup
 
@@ -42,7 +43,7 @@ def parse_header_line(line: str) -> tuple[str, str]:
     key, sep, value = line.partition(":")
     if not sep or not key.startswith("agi_") or not key.replace("_", "").isalnum():
         raise AgiError("malformed AGI header line", line)
-    return sys.intern(key), value.strip()  # every call sends the same names: one copy
+    return key, value.strip()
 
 
 def parse_reply(line: str) -> AgiReply:
@@ -98,11 +99,29 @@ def parse_read_result(data: str, raw: str = "") -> tuple[str, bool, str, bool]:
     return keys, status == "TIMEOUT", heard, status == "KEPT"
 
 
+class LineReader(Protocol):
+    """What a channel reads lines with (asyncio's StreamReader, or the FastAGI server's
+    own stream)."""
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """One line, with its separator."""
+
+
+class CommandWriter(Protocol):
+    """What a channel sends commands with (asyncio's StreamWriter, or the same stream)."""
+
+    def write(self, data: bytes) -> None:
+        """Buffer ``data`` for sending."""
+
+    async def drain(self) -> None:
+        """Wait until there is room to write."""
+
+
 class AgiChannel:
     """Runs AGI commands over one connection; every read has a timeout."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout_s: float
+        self, reader: LineReader, writer: CommandWriter, *, timeout_s: float
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -246,9 +265,10 @@ class AgiChannel:
         """Set a channel variable or function, e.g. ``CHANNEL(language)``."""
         await self.execute("SET VARIABLE", name, value)
 
-    async def playback(self, files: tuple[str, ...]) -> None:
-        """Play ``files`` to the end."""
-        await self.execute("EXEC", "Playback", "&".join(files))
+    def playback(self, files: tuple[str, ...]) -> Awaitable[AgiReply]:
+        """Play ``files`` to the end (:meth:`execute`'s own coroutine: no frame of its own
+        held for the prompt's length)."""
+        return self.execute("EXEC", "Playback", "&".join(files))
 
     async def hangup(self) -> None:
         """Hang up the channel; a caller (or an Asterisk) that is already gone is fine."""

@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 import structlog
@@ -48,6 +49,132 @@ class AgiSession:
 
 # The headers a session keeps (and the script's arguments, agi_arg_<n>).
 KEPT_HEADERS = frozenset({"agi_request", "agi_network_script", "agi_channel", "agi_uniqueid"})
+# One shared copy of each kept name. Not sys.intern: the names dropped after each call would
+# leave CPython's interned-string table as they come back with the next, and that churn
+# makes the table resize (issue 16's soak step of 1.9 MiB).
+_NAMES = {name: name for name in KEPT_HEADERS | {f"agi_arg_{n}" for n in range(1, 10)}}
+
+class AgiStream(asyncio.Protocol):
+    """One FastAGI connection's bytes: lines in (at most ``limit`` bytes each), commands
+    out, with flow control both ways.
+
+    In place of asyncio's StreamReader, StreamReaderProtocol and StreamWriter, which cost
+    about 2 KB per connection (a deque, a weak reference, three objects with a ``__dict__``
+    and a coroutine frame more per read) for every call in flight. It offers what
+    :class:`~ivr.transport.agi.AgiChannel` and the header reader use of them.
+    """
+
+    __slots__ = ("_buffer", "_closed", "_eof", "_limit", "_on_connect", "_paused",
+                 "_reading_paused", "_transport", "_waiter", "_writable")
+
+    def __init__(self, on_connect: Callable[[AgiStream], None], *, limit: int) -> None:
+        self._on_connect = on_connect
+        self._limit = limit
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None  # a read waiting for data
+        self._writable: asyncio.Future[None] | None = None  # a drain waiting for room
+        self._eof = False
+        self._closed = False
+        self._paused = False  # the transport's write buffer is full
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Hand the stream to the server."""
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._on_connect(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Buffer what came; past twice the line limit, stop reading until a line is read."""
+        self._buffer += data
+        self._wake()
+        if len(self._buffer) > 2 * self._limit and not self._reading_paused:
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    def eof_received(self) -> bool:
+        """The peer closed its side: reads end once the buffer is empty."""
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Wake whatever waits: reads end, writes fail."""
+        self._eof = self._closed = True
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: :meth:`drain` waits."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        """Room again."""
+        self._paused = False
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """One line with its ``separator``, as StreamReader's: LimitOverrunError for a line
+        longer than the limit, IncompleteReadError at the end of the stream."""
+        while True:
+            found = self._buffer.find(separator)
+            if found >= 0:
+                if found > self._limit:
+                    raise asyncio.LimitOverrunError("line longer than the limit", found)
+                end = found + len(separator)
+                line = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                if self._reading_paused and len(self._buffer) <= self._limit:
+                    assert self._transport is not None
+                    self._transport.resume_reading()
+                    self._reading_paused = False
+                return line
+            if len(self._buffer) > self._limit:
+                raise asyncio.LimitOverrunError("line longer than the limit", len(self._buffer))
+            if self._eof:
+                partial, self._buffer = bytes(self._buffer), bytearray()
+                raise asyncio.IncompleteReadError(partial, None)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (buffered by the transport)."""
+        assert self._transport is not None
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait for room in the transport's buffer; ConnectionResetError once it closed."""
+        if self._closed:
+            raise ConnectionResetError("connection lost")
+        if self._paused:
+            self._writable = asyncio.get_running_loop().create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
+            if self._closed:
+                raise ConnectionResetError("connection lost")
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """The transport's ``name`` (``peername``), as StreamWriter's."""
+        assert self._transport is not None
+        return self._transport.get_extra_info(name, default)
+
 
 Handler = Callable[[AgiSession], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -102,48 +229,47 @@ class FastAgiServer:
 
     async def start(self) -> None:
         """Start listening."""
-        self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, limit=MAX_LINE_BYTES, reuse_address=True
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: AgiStream(self._accept, limit=MAX_LINE_BYTES), self._host, self._port,
+            reuse_address=True,
         )
         log.info("fastagi_listening", host=self._host, port=self.port)
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+    def _accept(self, stream: AgiStream) -> None:
+        peer = stream.get_extra_info("peername")
         if self._allowed_peers is not None and not peer_allowed(peer, self._allowed_peers):
             log.warning("fastagi_peer_refused", peer=str(peer))
-            writer.close()
+            stream.close()
             return
         if len(self._tasks) >= self._max_sessions:
             log.warning("fastagi_session_refused", reason="max_sessions")
-            writer.close()
+            stream.close()
             return
-        task = asyncio.create_task(self._serve(reader, writer))
+        task = asyncio.create_task(self._serve(stream))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+    async def _serve(self, stream: AgiStream) -> None:
+        peer = _peer_text(stream.get_extra_info("peername"))  # host:port, not the tuple
         try:
             try:
                 async with asyncio.timeout(self._header_timeout):  # no task, as wait_for makes
-                    headers = await _read_headers(reader)
+                    headers = await _read_headers(stream)
             except (AgiError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
-                log.warning("fastagi_bad_client", peer=str(peer), error=type(e).__name__)
+                log.warning("fastagi_bad_client", peer=peer, error=type(e).__name__)
                 return
             session = AgiSession(
-                headers, AgiChannel(reader, writer, timeout_s=self._command_timeout),
-                _peer_text(peer),
-            )
+                headers, AgiChannel(stream, stream, timeout_s=self._command_timeout), peer)
             handler = self._routes.get(session.script)
             if handler is None:
-                log.warning("fastagi_unknown_script", script=session.script, peer=str(peer))
+                log.warning("fastagi_unknown_script", script=session.script, peer=peer)
                 return
             await handler(session)
         except Exception:
             # The one boundary per session: log it, end the call, keep serving others.
-            log.exception("fastagi_session_failed", peer=str(peer))
+            log.exception("fastagi_session_failed", peer=peer)
         finally:
-            writer.close()
+            stream.close()
 
     async def close(self, grace_s: float) -> None:
         """Stop listening, let sessions finish for up to ``grace_s``, then cancel the rest."""
@@ -161,7 +287,7 @@ def _peer_text(peer: object) -> str:
     return str(peer)
 
 
-async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
+async def _read_headers(reader: AgiStream) -> dict[str, str]:
     headers: dict[str, str] = {}
     for _ in range(MAX_HEADER_LINES):
         try:
@@ -174,6 +300,6 @@ async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
                 raise AgiError("AGI headers without agi_request")
             return headers
         key, value = parse_header_line(line)
-        if key in KEPT_HEADERS or key.startswith("agi_arg_"):
-            headers[key] = value  # the rest (caller id, context...) is not read: not kept
+        if (name := _NAMES.get(key)) is not None or key.startswith("agi_arg_"):
+            headers[name or key] = value  # the rest (caller id, context...) is not read
     raise AgiError("too many AGI header lines")
