@@ -15,7 +15,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .domain.policy import parse_number_types, parse_prefixes, parse_regions
-from .domain.webhooks import SECURITY_TYPES, UrlError, check_url, parse_allowed_urls
+from .domain.webhooks import (
+    SECURITY_TYPES,
+    UrlError,
+    check_url,
+    is_loopback,
+    parse_allowed_urls,
+)
 from .exceptions import SettingsError
 
 ENV_PREFIX = "CALLMFA_"
@@ -872,7 +878,7 @@ class Settings:
             return False
         if url.hostname == self.agi_host:
             return True
-        return _loopback(url.hostname) and (_loopback(self.agi_host) or self.agi_host in _ANY)
+        return is_loopback(url.hostname) and (is_loopback(self.agi_host) or self.agi_host in _ANY)
 
     @property
     def asterisks(self) -> list[tuple[str, int]]:
@@ -1000,12 +1006,3 @@ def read_config_file(path: str | Path) -> dict[str, str]:
 
 # Listen addresses that take connections to loopback too: all interfaces.
 _ANY = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
