@@ -21,7 +21,6 @@ from redis.asyncio.connection import AbstractConnection, Connection, SSLConnecti
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -329,18 +328,14 @@ class Durability:
         """CALLMFA_REDIS_WAIT_REPLICAS and CALLMFA_REDIS_WAIT_TIMEOUT_MS."""
         return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms, on_short)
 
-    async def run_script(
-        self, redis: Redis, what: str, script: AsyncScript | HotScript, keys: list[Any],
-        args: list[Any],
-    ) -> Any:
+    async def run_script(self, what: str, script: HotScript, keys: list[Any],
+                         args: list[Any]) -> Any:
         """Run a Lua script, then WAIT on the same connection (WAIT counts the replicas
         that have this connection's writes); the script's reply."""
         if self.replicas <= 0:
             return await script(keys=keys, args=args)
         # EVAL, not EVALSHA: a newly promoted primary may not have the script cached.
         command = ("EVAL", script.script, len(keys), *keys, *args)
-        if not isinstance(script, HotScript):
-            return await self.command(redis, what, *command)
         reply, acked = await script.hot.run((command, ("WAIT", self.replicas, self.timeout_ms)))
         self._check(what, acked)
         return reply
@@ -487,8 +482,7 @@ class Store:
         for k, v in fields.items():
             args += [k, v]
         keys = [result_key(rid), call_key(rid)]
-        found = await self._durability.run_script(self.redis, "call_claim", self._claim, keys,
-                                                  args)
+        found = await self._durability.run_script("call_claim", self._claim, keys, args)
         return Claim(found.decode() if isinstance(found, bytes) else found)
 
     async def place_call(
@@ -508,7 +502,7 @@ class Store:
         for k, v in fields.items():
             extra += [k, v]
         reply: Any = await self._durability.run_script(
-            self.redis, "call_claim", self._place, [*keys, EVENTS], [*args, *extra])
+            "call_claim", self._place, [*keys, EVENTS], [*args, *extra])
         found, detail, retry = (v.decode() if isinstance(v, bytes) else v for v in reply)
         if found == Claim.NEW.value:
             self._placed[rid] = Placed(dict(fields))
@@ -612,8 +606,8 @@ class Store:
         if placed is not None and entry_id:
             placed.settled = True
         try:
-            stored = bool(await self._durability.run_script(self.redis, "outcome",
-                                                            self._store_outcome, keys, args))
+            stored = bool(await self._durability.run_script("outcome", self._store_outcome,
+                                                            keys, args))
         except BaseException:
             if placed is not None:
                 placed.settled = settled
