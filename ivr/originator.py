@@ -41,7 +41,7 @@ from .storage.guard import Admission, Verdict
 from .storage.results import Expected, ResultListener
 from .storage.retry import TRANSIENT, backoff, retrying
 from .storage.store import Claim, Entry, Store
-from .tasks import cancel_and_wait, drain
+from .tasks import cancel_and_wait, drain, either
 from .transport.ami import AmiClient, ChannelWatch
 from .transport.ami_pool import AmiPool
 
@@ -393,7 +393,7 @@ class Originator:
         """The IVR stores the outcome; if the channel ends without one, store an error."""
         s = self._settings
         arrived = expected.arrived  # a future, not a task: nothing per call to cancel
-        await _either(arrived, watch.hangup, timeout_s=s.max_call_s + 30)
+        await either(arrived, watch.hangup, timeout_s=s.max_call_s + 30)
         if not arrived.done() and watch.hangup.done():
             # Hung up: the IVR's outcome is at most a moment behind the Hangup event.
             with contextlib.suppress(TimeoutError):
@@ -519,16 +519,16 @@ class _Ringing:
         self._writing: asyncio.Task[None] | None = None
         watch.on_ringing = self._rang
 
-    def _rang(self) -> None:
-        if self._taken or self._at is not None:
+    def _rang(self) -> None:  # once: ChannelWatch.ring
+        if self._taken:
             return
         self._at = time.time()
         self._timer = asyncio.get_running_loop().call_later(RINGING_HOLD_S, self._due)
 
-    def _due(self) -> None:
+    def _due(self) -> None:  # cancelled once taken
         self._timer = None
-        if not self._taken and self._at is not None:
-            self._writing = asyncio.create_task(self._write(self._at))
+        assert self._at is not None
+        self._writing = asyncio.create_task(self._write(self._at))
 
     def _stop_timer(self) -> None:
         self._taken = True
@@ -557,29 +557,6 @@ class _Ringing:
         task, self._writing = self._writing, None
         if task is not None:
             await cancel_and_wait(task)
-
-
-async def _either(a: asyncio.Future[Any], b: asyncio.Future[Any], *, timeout_s: float) -> None:
-    """Until ``a`` or ``b`` is done, or ``timeout_s`` has passed: asyncio.wait's job, with one
-    callback and no set or inner coroutines to hold for the call's length."""
-    if a.done() or b.done():
-        return
-    loop = asyncio.get_running_loop()
-    woken: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not woken.done():
-            woken.set_result(None)
-
-    timer = loop.call_later(timeout_s, wake)
-    a.add_done_callback(wake)
-    b.add_done_callback(wake)
-    try:
-        await woken
-    finally:
-        timer.cancel()
-        a.remove_done_callback(wake)
-        b.remove_done_callback(wake)
 
 
 async def _hangup_cause(watch: ChannelWatch, wait_s: float) -> int | None:

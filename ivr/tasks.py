@@ -39,3 +39,26 @@ async def drain(tasks: Collection[asyncio.Future[Any]], grace_s: float) -> int:
     _, pending = await asyncio.wait(set(tasks), timeout=grace_s)
     await cancel_and_wait(*pending)
     return len(pending)
+
+
+async def either(a: asyncio.Future[Any], b: asyncio.Future[Any], *, timeout_s: float) -> None:
+    """Until ``a`` or ``b`` is done, or ``timeout_s`` has passed: asyncio.wait's job, with one
+    callback and no set or inner coroutines to hold for the call's length."""
+    if a.done() or b.done():
+        return
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    timer = loop.call_later(timeout_s, wake)
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
