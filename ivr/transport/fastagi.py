@@ -54,6 +54,7 @@ KEPT_HEADERS = frozenset({"agi_request", "agi_network_script", "agi_channel", "a
 # makes the table resize (issue 16's soak step of 1.9 MiB).
 _NAMES = {name: name for name in KEPT_HEADERS | {f"agi_arg_{n}" for n in range(1, 10)}}
 
+
 class AgiStream(asyncio.Protocol):
     """One FastAGI connection's bytes: lines in (at most ``limit`` bytes each), commands
     out, with flow control both ways.
