@@ -99,12 +99,32 @@ def parse_read_result(data: str, raw: str = "") -> tuple[str, bool, str, bool]:
     return keys, status == "TIMEOUT", heard, status == "KEPT"
 
 
-class LineReader(Protocol):
-    """What a channel reads lines with (asyncio's StreamReader, or the FastAGI server's
-    own stream)."""
+class TimedLineReader(Protocol):
+    """What a channel reads lines with: lines by a deadline on a clock of the reader's
+    (the FastAGI server's stream, which keeps one timer for all of a connection's reads;
+    an asyncio StreamReader is read through :class:`_Deadlines`)."""
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        """One line, with its separator."""
+    def time(self) -> float:
+        """The clock of the deadlines."""
+
+    async def readline_by(self, deadline: float) -> bytes:
+        """One line, with its newline; TimeoutError past ``deadline``."""
+
+
+class _Deadlines:
+    """An asyncio StreamReader read by deadlines, with asyncio.timeout_at around each read."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+
+    def time(self) -> float:
+        """The running loop's clock."""
+        return asyncio.get_running_loop().time()
+
+    async def readline_by(self, deadline: float) -> bytes:
+        """One line, within the deadline (no task per read, as wait_for makes)."""
+        async with asyncio.timeout_at(deadline):
+            return await self._reader.readuntil(b"\n")
 
 
 class CommandWriter(Protocol):
@@ -121,9 +141,10 @@ class AgiChannel:
     """Runs AGI commands over one connection; every read has a timeout."""
 
     def __init__(
-        self, reader: LineReader, writer: CommandWriter, *, timeout_s: float
+        self, reader: TimedLineReader | asyncio.StreamReader, writer: CommandWriter, *,
+        timeout_s: float,
     ) -> None:
-        self._reader = reader
+        self._lines = _Deadlines(reader) if isinstance(reader, asyncio.StreamReader) else reader
         self._writer = writer
         self._timeout = timeout_s
         self.hung_up = False
@@ -131,9 +152,9 @@ class AgiChannel:
 
     async def _readline(self, timeout_s: float | None = None) -> str:
         timeout = self._timeout if timeout_s is None else timeout_s
+        lines = self._lines
         try:
-            async with asyncio.timeout(timeout):  # no task per read, as wait_for makes
-                raw = await self._reader.readuntil(b"\n")
+            raw = await lines.readline_by(lines.time() + timeout)
         except (asyncio.IncompleteReadError, ConnectionError):
             # After a caller's hang-up Asterisk says HANGUP before it closes the socket;
             # a socket that just closes means Asterisk (or the network) went away.

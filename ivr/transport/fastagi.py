@@ -65,16 +65,21 @@ class AgiStream(asyncio.Protocol):
     :class:`~ivr.transport.agi.AgiChannel` and the header reader use of them.
     """
 
-    __slots__ = ("_buffer", "_closed", "_eof", "_limit", "_on_connect", "_paused",
-                 "_reading_paused", "_transport", "_waiter", "_writable")
+    __slots__ = ("_armed", "_buffer", "_closed", "_deadline", "_eof", "_limit", "_loop",
+                 "_on_connect", "_paused", "_reading_paused", "_timer", "_transport", "_waiter",
+                 "_writable")
 
     def __init__(self, on_connect: Callable[[AgiStream], None], *, limit: int) -> None:
         self._on_connect = on_connect
         self._limit = limit
         self._buffer = bytearray()
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None  # a read waiting for data
         self._writable: asyncio.Future[None] | None = None  # a drain waiting for room
+        self._deadline: float | None = None  # the waiting read's
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = 0.0  # the deadline the timer is set for
         self._eof = False
         self._closed = False
         self._paused = False  # the transport's write buffer is full
@@ -104,6 +109,9 @@ class AgiStream(asyncio.Protocol):
         """Wake whatever waits: reads end, writes fail."""
         self._eof = self._closed = True
         self._wake()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
@@ -121,32 +129,68 @@ class AgiStream(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        """One line with its ``separator``, as StreamReader's: LimitOverrunError for a line
-        longer than the limit, IncompleteReadError at the end of the stream."""
-        while True:
-            found = self._buffer.find(separator)
-            if found >= 0:
-                if found > self._limit:
-                    raise asyncio.LimitOverrunError("line longer than the limit", found)
-                end = found + len(separator)
-                line = bytes(self._buffer[:end])
-                del self._buffer[:end]
-                if self._reading_paused and len(self._buffer) <= self._limit:
-                    assert self._transport is not None
-                    self._transport.resume_reading()
-                    self._reading_paused = False
-                return line
-            if len(self._buffer) > self._limit:
-                raise asyncio.LimitOverrunError("line longer than the limit", len(self._buffer))
-            if self._eof:
-                partial, self._buffer = bytes(self._buffer), bytearray()
-                raise asyncio.IncompleteReadError(partial, None)
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+    def time(self) -> float:
+        """The loop's clock, which :meth:`readline_by`'s deadlines are on."""
+        return self._loop.time()
+
+    async def readline_by(self, deadline: float) -> bytes:
+        """One line with its newline, read by ``deadline`` (:meth:`time`): TimeoutError past
+        it, LimitOverrunError for a line longer than the limit, IncompleteReadError at the
+        end of the stream.
+
+        One timer per connection, moved on only when it fires (a read's deadline is mostly
+        later than the last one's): asyncio.timeout would set and cancel one per read.
+        """
+        if (line := self._line()) is not None:
+            return line
+        self._deadline = deadline
+        if self._timer is None or self._armed > deadline:
+            self._arm(deadline)
+        try:
+            while True:
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                if (line := self._line()) is not None:
+                    return line
+        finally:
+            self._deadline = None
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = deadline
+        self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return
+        if self._deadline > self._armed:
+            self._arm(self._deadline)
+        elif self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(TimeoutError())
+
+    def _line(self) -> bytes | None:
+        found = self._buffer.find(b"\n")
+        if found >= 0:
+            if found > self._limit:
+                raise asyncio.LimitOverrunError("line longer than the limit", found)
+            line = bytes(self._buffer[:found + 1])
+            del self._buffer[:found + 1]
+            if self._reading_paused and len(self._buffer) <= self._limit:
+                assert self._transport is not None
+                self._transport.resume_reading()
+                self._reading_paused = False
+            return line
+        if len(self._buffer) > self._limit:
+            raise asyncio.LimitOverrunError("line longer than the limit", len(self._buffer))
+        if self._eof:
+            partial, self._buffer = bytes(self._buffer), bytearray()
+            raise asyncio.IncompleteReadError(partial, None)
+        return None
 
     def write(self, data: bytes) -> None:
         """Send ``data`` (buffered by the transport)."""
@@ -254,8 +298,7 @@ class FastAgiServer:
         peer = _peer_text(stream.get_extra_info("peername"))  # host:port, not the tuple
         try:
             try:
-                async with asyncio.timeout(self._header_timeout):  # no task, as wait_for makes
-                    headers = await _read_headers(stream)
+                headers = await _read_headers(stream, stream.time() + self._header_timeout)
             except (AgiError, TimeoutError, asyncio.IncompleteReadError, ConnectionError) as e:
                 log.warning("fastagi_bad_client", peer=peer, error=type(e).__name__)
                 return
@@ -288,11 +331,11 @@ def _peer_text(peer: object) -> str:
     return str(peer)
 
 
-async def _read_headers(reader: AgiStream) -> dict[str, str]:
+async def _read_headers(reader: AgiStream, deadline: float) -> dict[str, str]:
     headers: dict[str, str] = {}
     for _ in range(MAX_HEADER_LINES):
         try:
-            raw = await reader.readuntil(b"\n")
+            raw = await reader.readline_by(deadline)
         except asyncio.LimitOverrunError:
             raise AgiError("AGI header line too long") from None
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
