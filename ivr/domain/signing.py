@@ -34,9 +34,9 @@ def signature(key: bytes, data: dict[str, Any]) -> str:
 
 def signed_json(key: bytes, record: OutcomeRecord) -> str:
     """The wire form of ``record``: its canonical JSON with ``sig`` as the last member."""
-    data = record.to_wire()
-    body = canonical(data).decode()
-    return f'{body[:-1]},"{SIG_FIELD}":"{signature(key, data)}"}}'
+    body = canonical(record.to_wire())  # rendered once: signed, and sent
+    sig = hmac.new(key, body, hashlib.sha256).hexdigest()
+    return f'{body[:-1].decode()},"{SIG_FIELD}":"{sig}"}}'
 
 
 def verified(key: bytes, raw: str | bytes) -> OutcomeRecord:
