@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Collection
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
@@ -44,7 +46,21 @@ async def drain(tasks: Collection[asyncio.Future[Any]], grace_s: float) -> int:
 async def either(a: asyncio.Future[Any], b: asyncio.Future[Any], *, timeout_s: float) -> None:
     """Until ``a`` or ``b`` is done, or ``timeout_s`` has passed: asyncio.wait's job, with one
     callback and no set or inner coroutines to hold for the call's length."""
-    if a.done() or b.done():
+    await _first((a, b), timeout_s)
+
+
+async def within(future: asyncio.Future[T], timeout_s: float) -> T:
+    """``future``'s result, or TimeoutError after ``timeout_s``; ``future`` itself is never
+    cancelled (``asyncio.wait_for(asyncio.shield(future), timeout_s)``, without the shield's
+    future and wait_for's own)."""
+    await _first((future,), timeout_s)
+    if not future.done():
+        raise TimeoutError
+    return future.result()
+
+
+async def _first(futures: tuple[asyncio.Future[Any], ...], timeout_s: float) -> None:
+    if any(f.done() for f in futures):
         return
     loop = asyncio.get_running_loop()
     woken: asyncio.Future[None] = loop.create_future()
@@ -54,11 +70,11 @@ async def either(a: asyncio.Future[Any], b: asyncio.Future[Any], *, timeout_s: f
             woken.set_result(None)
 
     timer = loop.call_later(timeout_s, wake)
-    a.add_done_callback(wake)
-    b.add_done_callback(wake)
+    for f in futures:
+        f.add_done_callback(wake)
     try:
         await woken
     finally:
         timer.cancel()
-        a.remove_done_callback(wake)
-        b.remove_done_callback(wake)
+        for f in futures:
+            f.remove_done_callback(wake)

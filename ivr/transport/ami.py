@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from ..exceptions import AmiConnectError, AmiError, AmiLoginError
+from ..tasks import within
 
 log = structlog.get_logger("ivr.ami")
 
@@ -101,6 +103,33 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
         self._counts = counts
         self._on_channel_event = on_channel_event
         self._buffer = b""
+        # Our Originates by ActionID: the refusal or the OriginateResponse, as fields.
+        self.originates: dict[bytes, asyncio.Future[dict[str, str]]] = {}
+        self._ids = f"callmfa/{secrets.token_hex(8)}/"  # unique among the account's sessions
+        self._sent = 0
+
+    def originate(self, fields: Mapping[str, str], variables: list[str]
+                  ) -> tuple[bytes, asyncio.Future[dict[str, str]]]:
+        """Send an async Originate: its ActionID, and a future that gets the fields of its
+        OriginateResponse, or of the refusal (a Response that is not Success)."""
+        self._sent += 1
+        action_id = f"{self._ids}{self._sent}"
+        lines = ["Action: Originate", f"ActionID: {action_id}", "Async: true",
+                 *(f"{k}: {v}" for k, v in fields.items()),
+                 *(f"Variable: {v}" for v in variables), "\r\n"]
+        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        key = action_id.encode()
+        self.originates[key] = future
+        self.transport.write("\r\n".join(lines).encode(self.encoding))
+        return key, future
+
+    def _originated(self, action_id: bytes, raw: bytes) -> None:
+        # "Response: Success" (queued) comes first; the OriginateResponse event settles it.
+        if raw.startswith(b"Response: Success\r\n"):
+            return
+        future = self.originates.pop(action_id)
+        if not future.done():
+            future.set_result(_fields(raw.decode(self.encoding, "ignore")))
 
     def data_received(self, data: bytes) -> None:
         if self._buffer:
@@ -110,14 +139,21 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
             # Asterisk sometimes ends a message with a single CRLF (panoramisk strips too).
             raw = raw.strip()
             if not raw.startswith(b"Event: "):
-                self._parse(raw)
+                action_id = _header(raw, b"ActionID")
+                if action_id is not None and action_id in self.originates:
+                    self._originated(action_id, raw)
+                else:
+                    self._parse(raw)
                 continue
             self._counts.received += 1
             action_id = _header(raw, b"ActionID")
             if action_id is not None:
                 # The events of an action: ours, or another session's (OriginateResponse
                 # goes to every session of the account).
-                if action_id.decode(self.encoding, "ignore") in self.responses:
+                if action_id in self.originates:
+                    self._counts.read += 1
+                    self._originated(action_id, raw)
+                elif action_id.decode(self.encoding, "ignore") in self.responses:
                     self._counts.read += 1
                     self._parse(raw)
                 continue
@@ -140,6 +176,16 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
             self.handle_message(message)
 
 
+def _fields(text: str) -> dict[str, str]:
+    """A message's headers (a name that comes twice keeps its last value)."""
+    fields = {}
+    for line in text.split("\r\n"):
+        name, sep, value = line.partition(": ")
+        if sep:
+            fields[name] = value
+    return fields
+
+
 class _Manager(Manager):  # type: ignore[misc]
     """panoramisk's Manager minus its reconnect loop and action replay."""
 
@@ -155,13 +201,16 @@ class _Manager(Manager):  # type: ignore[misc]
             self.pinger = None
         # panoramisk parked the unanswered actions for replay; fail them instead.
         pending = list(self.awaiting_actions)
+        futures = [action.future for action in pending]
         if self.protocol is not None:
-            pending += list(self.protocol.responses.values())
+            futures += [action.future for action in self.protocol.responses.values()]
+            futures += self.protocol.originates.values()
             self.protocol.responses.clear()
+            self.protocol.originates.clear()
         self.awaiting_actions.clear()
-        for action in pending:
-            if not action.future.done():
-                action.future.set_exception(AmiConnectError("AMI connection lost"))
+        for future in futures:
+            if not future.done():
+                future.set_exception(AmiConnectError("AMI connection lost"))
         self._owner._lost(exc)
 
 
@@ -300,26 +349,27 @@ class AmiClient:
         """Send an async Originate and wait for its OriginateResponse."""
         if self._manager is None or not self.connected.is_set():
             raise AmiConnectError("not connected to AMI")
-        action: dict[str, Any] = {"Action": "Originate", "Async": "true", **fields}
-        action["Variable"] = [f"{k}={v}" for k, v in variables.items()]
-        for value in [*fields.values(), *action["Variable"]]:
+        assigned = [f"{k}={v}" for k, v in variables.items()]
+        for value in [*fields, *fields.values(), *assigned]:
             if any(c in value for c in "\r\n\0"):
                 # Defence in depth: the request parser already refuses these.
                 raise AmiError("refusing an AMI header value with CR, LF or NUL", value)
-        future = self._manager.send_action(action)
+        protocol: _Protocol = self._manager.protocol
+        action_id, future = protocol.originate(fields, assigned)
         try:
-            replies = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            final = await within(future, timeout_s)
         except TimeoutError:
             raise AmiError(f"no OriginateResponse within {timeout_s}s") from None
-        if not isinstance(replies, list):
-            # A single reply is the synchronous refusal (permission, bad channel, ...).
-            raise AmiError(f"Originate refused: {replies.message}", dict(replies))
-        final = replies[-1]
+        finally:
+            protocol.originates.pop(action_id, None)
+        if "Event" not in final:
+            # The synchronous refusal (permission, bad channel, ...).
+            raise AmiError(f"Originate refused: {final.get('Message', '')}", final)
         try:
             reason: int | None = int(final.get("Reason", ""))
         except ValueError:
             reason = None
-        return OriginateResult(final.get("Response") == "Success", reason, dict(final))
+        return OriginateResult(final.get("Response") == "Success", reason, final)
 
     async def close(self) -> None:
         """Log off and close the connection."""

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from ivr.exceptions import AmiConnectError, AmiError
 from ivr.transport.ami import AmiClient
 
 from ..unit.test_ami import OTHER, OURS, channel, event
@@ -21,6 +22,8 @@ class FakeAsterisk:
     def __init__(self) -> None:
         self.actions: list[dict[str, str]] = []
         self.server: asyncio.Server | None = None
+        # What an Originate gets instead of the call: a reply, nothing (b""), or a close (None).
+        self.originate_reply: bytes | None = b"call"
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
@@ -41,6 +44,10 @@ class FakeAsterisk:
                 if action["Action"] == "Login":
                     await self._send(writer, b"Response: Success\r\nActionID: " + aid
                                      + b"\r\nMessage: Authentication accepted\r\n\r\n")
+                elif action["Action"] == "Originate" and self.originate_reply != b"call":
+                    if self.originate_reply is None:
+                        break
+                    await self._send(writer, self.originate_reply.replace(b"<aid>", aid))
                 elif action["Action"] == "Originate":
                     uid = action["ChannelId"]
                     await self._send(writer, b"".join([
@@ -104,3 +111,55 @@ class TestAmiClient:
         assert watch.ringing.is_set()
         events = client.events
         assert (events.received, events.read, events.unneeded) == (8, 4, 1)
+
+    async def test_an_originate_refused_at_once(
+        self, asterisk: tuple[FakeAsterisk, AmiClient]
+    ) -> None:
+        """A Response that is not Success (permission, bad channel) is the refusal: an
+        AmiError with Asterisk's message and fields."""
+        fake, client = asterisk
+        fake.originate_reply = (b"Response: Error\r\nActionID: <aid>\r\n"
+                                b"Message: Permission denied\r\n\r\n")
+
+        with pytest.raises(AmiError, match="Originate refused: Permission denied") as e:
+            await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {}, timeout_s=5)
+
+        assert e.value.payload["Response"] == "Error"
+
+    async def test_no_originate_response_in_time(
+        self, asterisk: tuple[FakeAsterisk, AmiClient]
+    ) -> None:
+        """Queued, then nothing: an AmiError once the wait is over, and the action is
+        forgotten (a late OriginateResponse is dropped)."""
+        fake, client = asterisk
+        fake.originate_reply = (b"Response: Success\r\nActionID: <aid>\r\n"
+                                b"Message: Originate successfully queued\r\n\r\n")
+
+        with pytest.raises(AmiError, match="no OriginateResponse within 0.2s"):
+            await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {},
+                                   timeout_s=0.2)
+
+        assert client._manager is not None
+        assert client._manager.protocol.originates == {}
+
+    async def test_the_connection_lost_while_an_originate_waits(
+        self, asterisk: tuple[FakeAsterisk, AmiClient]
+    ) -> None:
+        fake, client = asterisk
+        fake.originate_reply = None
+
+        with pytest.raises(AmiConnectError, match="AMI connection lost"):
+            await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {}, timeout_s=5)
+
+    async def test_the_originate_as_sent(self, asterisk: tuple[FakeAsterisk, AmiClient]) -> None:
+        """Async, the fields, one Variable line per variable, and an ActionID of this session
+        that no other process on the account shares."""
+        fake, client = asterisk
+        await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {"A": "1", "B": "2"},
+                               timeout_s=5)
+
+        sent = fake.actions[-1]
+        assert (sent["Action"], sent["Async"], sent["Channel"]) == ("Originate", "true",
+                                                                    "PJSIP/x@y")
+        assert sent["Variable"] == "B=2"  # the fake's dict keeps the last of the two lines
+        assert sent["ActionID"].startswith("callmfa/")
