@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -37,12 +39,26 @@ class Outcome(StrEnum):
 
 
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds as UTC ISO 8601 with milliseconds (``2026-11-28T01:05:40.997Z``)."""
+    """Epoch seconds as UTC ISO 8601 with milliseconds (``2026-11-28T01:05:40.997Z``).
+
+    As ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` writes it
+    (microseconds rounded half to even, then cut to milliseconds), a third of its cost:
+    a verification writes about a dozen of these, most within the same second.
+    """
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    return f"{_second(int(whole))}.{us // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=16)
+def _second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_iso(text: str) -> float:

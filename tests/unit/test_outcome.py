@@ -141,6 +141,20 @@ class TestIso:
         """No time is None."""
         assert iso(None) is None
 
+    @given(st.floats(min_value=-2e9, max_value=4.1e9, allow_nan=False))
+    def test_as_datetime_writes_it(self, ts: float) -> None:
+        """The same text as datetime's isoformat, to the millisecond, for any time."""
+        expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+        assert iso(ts) == expected.replace("+00:00", "Z")
+
+    @pytest.mark.parametrize("ts", [0.9999995, 1.0000005, 1764709200.9999996, -0.0005, -1.5])
+    def test_rounding_at_the_edges(self, ts: float) -> None:
+        """Microseconds round half to even, carrying into the second, before the cut."""
+        expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+        assert iso(ts) == expected.replace("+00:00", "Z")
+
     @pytest.mark.parametrize(
         "text",
         ["2026-11-28T01:05:40.997Z", "2026-11-28T01:05:40.997z", "2026-11-28T02:05:40.997+01:00"],
