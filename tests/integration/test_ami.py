@@ -135,7 +135,7 @@ class TestAmiClient:
         fake.originate_reply = (b"Response: Success\r\nActionID: <aid>\r\n"
                                 b"Message: Originate successfully queued\r\n\r\n")
 
-        with pytest.raises(AmiError, match="no OriginateResponse within 0.2s"):
+        with pytest.raises(AmiError, match=r"no OriginateResponse within 0\.2s"):
             await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {},
                                    timeout_s=0.2)
 
