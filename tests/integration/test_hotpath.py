@@ -10,13 +10,17 @@ import hiredis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ivr.storage.hotpath import HotPath, next_published, pack_python
-from ivr.storage.store import RedisTraffic, connect
+from ivr.storage.store import RedisTraffic, connect, lean
 
 from ..conftest import RedisServer
 
@@ -136,6 +140,24 @@ class TestHotPath:
         try:
             with pytest.raises(RedisConnectionError):
                 await HotPath(client).execute("PING")
+        finally:
+            await client.aclose()
+
+
+    async def test_a_reply_that_does_not_come_in_time_is_a_timeout(
+        self, redis_server: RedisServer
+    ) -> None:
+        """A read past the socket timeout closes the connection and raises redis-py's
+        TimeoutError (a blocked pop outlasts it here); the next command gets a new one."""
+        pool = BlockingConnectionPool.from_url(
+            redis_server.url, connection_class=lean(Connection, None), socket_timeout=0.2,
+            retry=Retry(NoBackoff(), 0))
+        client = Redis.from_pool(pool)
+        try:
+            hot = HotPath(client)
+            with pytest.raises(RedisTimeoutError, match="Timeout reading from"):
+                await hot.execute("BLPOP", "none", 2)
+            assert await hot.execute("PING") == b"PONG"
         finally:
             await client.aclose()
 
