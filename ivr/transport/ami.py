@@ -1,9 +1,12 @@
 """The Asterisk Manager Interface client: login with a deadline, Originate, channel events.
 
-panoramisk 1.4 supplies the wire protocol and the ActionID futures. Its connection
-handling is replaced: its ``connect()`` returns before the login and hides a wrong secret,
-and after a reconnect it re-sends unanswered actions, which for Originate could dial twice.
-Here a lost connection fails every pending action and reconnecting is the owner's choice.
+panoramisk 1.4 supplies the wire protocol and the ActionID futures, except for Originate,
+the one action of every call: it is written here, and its two replies (queued, then the
+OriginateResponse event) are matched on its ActionID and read into a dict, without
+panoramisk's Action and Message objects. Its connection handling is replaced: its
+``connect()`` returns before the login and hides a wrong secret, and after a reconnect it
+re-sends unanswered actions, which for Originate could dial twice. Here a lost connection
+fails every pending action and reconnecting is the owner's choice.
 
 Its parser is replaced too: it built a dict of every header of every event. Here an event's
 name, ActionID and Uniqueid are read first (see :class:`_Protocol`), and only what callmfa
