@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -43,10 +43,12 @@ async def drain(tasks: Collection[asyncio.Future[Any]], grace_s: float) -> int:
     return len(pending)
 
 
-async def either(a: asyncio.Future[Any], b: asyncio.Future[Any], *, timeout_s: float) -> None:
+def either(a: asyncio.Future[Any], b: asyncio.Future[Any], *, timeout_s: float
+           ) -> Coroutine[Any, Any, None]:
     """Until ``a`` or ``b`` is done, or ``timeout_s`` has passed: asyncio.wait's job, with one
-    callback and no set or inner coroutines to hold for the call's length."""
-    await _first((a, b), timeout_s)
+    callback and no set or inner coroutines to hold for the call's length (the coroutine
+    returned is the waiting one itself)."""
+    return _first((a, b), timeout_s)
 
 
 async def within(future: asyncio.Future[T], timeout_s: float) -> T:

@@ -191,11 +191,11 @@ def driver_info() -> dict[str, Any]:
     redis-py 8 otherwise reads its own version from the package's metadata (a file read and
     an e-mail-header parse) for every new connection: about 0.5 ms each, paid by every
     connection the pool opens as the calls in flight grow, and again after a failover.
-    Older redis-py (no ``DriverInfo``) read it once at import: nothing to pass.
+    An older redis-py (no ``DriverInfo``) reads it once, at import: nothing to pass.
     """
     try:
         from redis.driver_info import DriverInfo
-    except ImportError:  # redis-py < 7
+    except ImportError:
         return {}
     return {"driver_info": DriverInfo()}
 

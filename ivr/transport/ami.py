@@ -128,9 +128,10 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
 
     def _originated(self, action_id: bytes, raw: bytes) -> None:
         # "Response: Success" (queued) comes first; the OriginateResponse event settles it.
+        # The waiting AmiClient.originate takes its entry out, whatever ends the wait.
         if raw.startswith(b"Response: Success\r\n"):
             return
-        future = self.originates.pop(action_id)
+        future = self.originates[action_id]
         if not future.done():
             future.set_result(_fields(raw.decode(self.encoding, "ignore")))
 
