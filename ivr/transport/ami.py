@@ -354,8 +354,8 @@ class AmiClient:
         if self._manager is None or not self.connected.is_set():
             raise AmiConnectError("not connected to AMI")
         assigned = [f"{k}={v}" for k, v in variables.items()]
-        for value in [*fields, *fields.values(), *assigned]:
-            if any(c in value for c in "\r\n\0"):
+        for value in (*fields, *fields.values(), *assigned):
+            if "\r" in value or "\n" in value or "\0" in value:
                 # Defence in depth: the request parser already refuses these.
                 raise AmiError("refusing an AMI header value with CR, LF or NUL", value)
         protocol: _Protocol = self._manager.protocol

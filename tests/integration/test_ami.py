@@ -163,3 +163,27 @@ class TestAmiClient:
                                                                     "PJSIP/x@y")
         assert sent["Variable"] == "B=2"  # the fake's dict keeps the last of the two lines
         assert sent["ActionID"].startswith("callmfa/")
+
+    @pytest.mark.parametrize("bad", ["a\r\nAction: Command", "a\nb", "a\0b"])
+    @pytest.mark.parametrize("where", ["field", "name", "variable"])
+    async def test_a_header_break_is_refused_before_anything_is_sent(
+        self, asterisk: tuple[FakeAsterisk, AmiClient], bad: str, where: str
+    ) -> None:
+        """CR, LF or NUL in a field's name or value or in a variable would end the header
+        or the action: refused, and nothing reaches Asterisk."""
+        fake, client = asterisk
+        fields = {"Channel": "PJSIP/x@y", "ChannelId": OURS}
+        variables = {"A": "1"}
+        if where == "field":
+            fields["Channel"] = bad
+        elif where == "name":
+            fields[bad] = "1"
+        else:
+            variables["A"] = bad
+        sent = len(fake.actions)
+
+        with pytest.raises(AmiError, match="CR, LF or NUL"):
+            await client.originate(fields, variables, timeout_s=5)
+        await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {}, timeout_s=5)
+
+        assert len(fake.actions) == sent + 1  # the good Originate only
