@@ -6,12 +6,17 @@ import io
 import json
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ivr.log import configure, json_serializer, stdlib_dumps
+from ivr.log import UtcTimeStamper, configure, json_serializer, stdlib_dumps
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -126,3 +131,20 @@ class TestLevel:
         log.warning("kept")
         stream.close()
         assert [json.loads(x)["event"] for x in _lines(path)] == ["first", "shown", "kept"]
+
+
+class TestTimeStamper:
+    @given(st.integers(min_value=0, max_value=253_402_300_799_999_999_999))
+    def test_the_text_of_structlogs_iso_utc_stamper(self, ns: int) -> None:
+        """What ``datetime.isoformat`` writes for the clock's microsecond, ``+00:00`` as ``Z``
+        (structlog's TimeStamper(fmt="iso", utc=True)), whatever the second before it."""
+        expected = (EPOCH + timedelta(microseconds=ns // 1000)).isoformat().replace("+00:00", "Z")
+        stamper = UtcTimeStamper(lambda: ns)
+        assert stamper(None, "info", {})["timestamp"] == expected
+        assert stamper(None, "info", {})["timestamp"] == expected  # from the kept second
+
+    def test_a_new_second_gets_its_own_text(self) -> None:
+        clock = iter([1_000_000_000_999_999_000, 1_000_000_001_000_000_000])
+        stamper = UtcTimeStamper(lambda: next(clock))
+        assert stamper(None, "info", {})["timestamp"] == "2001-09-09T01:46:40.999999Z"
+        assert stamper(None, "info", {})["timestamp"] == "2001-09-09T01:46:41Z"
