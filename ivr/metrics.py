@@ -71,8 +71,10 @@ class Metrics:
             "callmfa_outcomes", "Outcomes stored (one per verification), by outcome value.",
             ["outcome"], registry=r,
         )
-        for outcome in Outcome:
-            self.outcomes.labels(outcome.value)  # every value exported from the start, at 0
+        # Every value exported from the start, at 0; a child kept per label value (labels()
+        # takes a lock and builds the key on every call, twice a child's inc).
+        self._outcome_counts = {o.value: self.outcomes.labels(o.value) for o in Outcome}
+        self._event_counts: dict[str, Counter] = {}
         self.request_to_call = Histogram(
             "callmfa_request_to_call_seconds",
             "From the request entering the queue to the Originate being sent.",
@@ -188,13 +190,15 @@ class Metrics:
 
     def event_added(self, name: str) -> None:
         """A progress event was written; ``dialing`` means a call was placed."""
-        self.progress_events.labels(name).inc()
+        if (count := self._event_counts.get(name)) is None:
+            count = self._event_counts[name] = self.progress_events.labels(name)
+        count.inc()
         if name == "dialing":
             self.calls_placed.inc()
 
     def outcome_stored(self, record: OutcomeRecord) -> None:
         """The (first and only) outcome of a verification was stored."""
-        self.outcomes.labels(record.outcome.value).inc()
+        self._outcome_counts[record.outcome.value].inc()
         _observe(self.request_to_call, record.requested_at, record.call_started_at)
         _observe(self.input_to_outcome, record.input_at, record.finished_at)
         _observe(self.verification, record.requested_at, record.finished_at)
