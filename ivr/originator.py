@@ -479,13 +479,16 @@ class _Acks:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._ids: list[str] = []
-        self._flush: asyncio.Task[None] | None = None
+        self._flush: asyncio.Task[None] | None = None  # the batch still taking ids
+        self._sending: set[asyncio.Task[None]] = set()  # every batch not yet done
 
     async def ack(self, entry_id: str) -> None:
         """Acknowledge and delete ``entry_id`` (retried across a Redis outage)."""
         self._ids.append(entry_id)
         if self._flush is None:
             self._flush = asyncio.create_task(self._send())
+            self._sending.add(self._flush)
+            self._flush.add_done_callback(self._sending.discard)
         # Shielded: a cancelled waiter must not cancel the others' acknowledgements.
         await asyncio.shield(self._flush)
 
@@ -495,10 +498,9 @@ class _Acks:
         await retrying(lambda: self._store.ack_all(ids), what="ack", for_s=SETTLE_RETRY_S)
 
     async def close(self) -> None:
-        """Cancel what is still under way (at stop, after the drain): those entries stay
-        pending, to be taken over."""
-        if self._flush is not None:
-            await cancel_and_wait(self._flush)
+        """Cancel every batch still under way, its ids taken or not (at stop, after the
+        drain): those entries stay pending, to be taken over."""
+        await cancel_and_wait(*self._sending)
 
 
 class _Ringing:
