@@ -214,8 +214,10 @@ class Service:
         """Start every part, serve until ``stop``, then shut down in order."""
         s = self.settings
         running: asyncio.Task[None] | None = None
+        stopped: asyncio.Task[bool] | None = None
         session: aiohttp.ClientSession | None = None
         http = [h for h in self.http if h is not None]
+        drained = False
         try:
             await asyncio.wait_for(self.redis.ping(), s.connect_timeout_s)
             await normalise_stored_users(self.redis)  # blocks and PINs from before issue 12
@@ -256,14 +258,21 @@ class Service:
                 await self.radius.close(self.settings.shutdown_grace_s)
             if self.originator is not None:
                 await self.originator.stop(self.settings.shutdown_grace_s)
-            await cancel_and_wait(stopped)
-            if running is not None and running.done():
-                running.result()  # the originator failed: raise why
             if self.agi is not None:
                 await self.agi.close(grace_s=self.settings.shutdown_grace_s)
+            drained = True
+            if running is not None and running.done():
+                running.result()  # the originator failed: raise why
         finally:
+            if stopped is not None:
+                await cancel_and_wait(stopped)
             if running is not None:
                 await cancel_and_wait(running)
+            if not drained:  # a part failed to start, or run() itself was cancelled
+                if running is not None and self.originator is not None:
+                    await self.originator.stop(0)
+                if self.agi is not None:
+                    await self.agi.close(grace_s=0)
             if self.deliverer is not None:
                 await self.deliverer.stop(min(s.shutdown_grace_s, s.webhook_timeout_s))
             if session is not None:

@@ -1,0 +1,78 @@
+"""`callmfa serve` closes every part it started, however its run ends: a part that fails to
+start, or an originator that fails while calls are being answered."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from ivr.app import Service
+from ivr.settings import Settings
+
+from ..conftest import RedisServer, free_port
+
+
+def _settings(redis_server: RedisServer, **overrides: Any) -> Settings:
+    return Settings(**{"redis_url": redis_server.url, "agi_port": free_port(), "health_port": 0,
+                       "metrics_port": 0, "signing_key": "k" * 32, "shutdown_grace_s": 0.5,
+                       **overrides})
+
+
+async def _refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
+async def test_a_part_that_fails_to_start_leaves_no_fastagi_listener(
+    redis_server: RedisServer,
+) -> None:
+    """The health port is taken: start-up fails after the FastAGI listener is up, and the
+    listener is closed before the error is raised."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = _settings(redis_server, roles="agi", health_port=taken.getsockname()[1])
+        with pytest.raises(OSError, match="address already in use"):
+            await asyncio.wait_for(Service(settings).run(asyncio.Event()), 10)
+    assert await _refused(settings.agi_port)
+
+
+async def test_an_originator_that_fails_closes_the_fastagi_sessions_and_listener(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The originator's error is raised once the FastAGI side is closed too: its listener,
+    and a session still open, are not left behind."""
+    settings = _settings(redis_server, roles="agi,originator", ami_port=free_port())
+    service = Service(settings)
+    failed = asyncio.Event()
+
+    async def fail() -> None:
+        await failed.wait()
+        raise RuntimeError("the originator failed")
+
+    assert service.originator is not None
+    monkeypatch.setattr(service.originator, "run", fail)
+    running = asyncio.create_task(service.run(asyncio.Event()))
+    async with asyncio.timeout(10):
+        while True:  # the listener is up once a connection is taken
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", settings.agi_port)
+                break
+            except ConnectionRefusedError:
+                await asyncio.sleep(0.05)
+    try:
+        failed.set()
+        with pytest.raises(RuntimeError, match="the originator failed"):
+            await asyncio.wait_for(running, 10)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the session was closed
+    finally:
+        writer.close()
+    assert await _refused(settings.agi_port)
