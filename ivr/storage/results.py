@@ -65,18 +65,22 @@ class ResultListener:
         self._subscribed = asyncio.Event()
 
     async def start(self) -> None:
-        """Subscribe; returns once the subscription is live."""
-        self._task = asyncio.create_task(self._run(), name="result-listener")
+        """Subscribe; returns once the subscription is live. A call while another's
+        subscription is still starting waits for that one: there is one listener."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="result-listener")
+        task = self._task
         waiter = asyncio.ensure_future(self._subscribed.wait())
-        await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
         if not self._subscribed.is_set():
             waiter.cancel()
-            await self._task  # raises what made it fail
+            await task  # raises what made it fail
 
     async def close(self) -> None:
-        """Stop listening."""
+        """Stop listening (:meth:`start` may subscribe again)."""
         if self._task is not None:
             await cancel_and_wait(self._task)
+        self._subscribed.clear()
 
     async def _run(self) -> None:
         backoff = 0.1

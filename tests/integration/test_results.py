@@ -109,3 +109,28 @@ class TestForgedMessages:
         later = await client.submit(user="alice", phone="+12015550100")
         await store(redis).store_outcome(record(later))
         assert (await client.wait(later, 2) or real).outcome is Outcome.APPROVED
+
+
+class TestOneListener:
+    async def test_first_waits_at_once_share_one_subscription(
+        self, redis_server: RedisServer, redis: Redis
+    ) -> None:
+        """Two waits that start the client's listener at the same moment (two sign-ins
+        arriving together) share one listener task; none is left after aclose()."""
+        def listeners() -> list[asyncio.Task[object]]:
+            return [t for t in asyncio.all_tasks() if t.get_name() == "result-listener"]
+
+        c = VerificationClient.from_url(redis_server.url, signing_key=KEY)
+        try:
+            a = await c.submit(user="alice", phone="+12015550100")
+            b = await c.submit(user="alice", phone="+12015550100")
+            waits = [asyncio.create_task(c.wait(rid, 5)) for rid in (a, b)]
+            await asyncio.sleep(0.2)
+            assert len(listeners()) == 1
+            for rid in (a, b):
+                await store(redis).store_outcome(record(rid))
+            assert [r.outcome if r else None for r in await asyncio.gather(*waits)] == [
+                Outcome.APPROVED, Outcome.APPROVED]
+        finally:
+            await c.aclose()
+        assert listeners() == []
