@@ -298,6 +298,9 @@ class AmiClient:
         except TimeoutError:
             manager.close()
             raise AmiLoginError(f"no AMI login reply within {self._timeout}s") from None
+        except BaseException:  # cancelled (a stop while reconnecting) or lost during login
+            manager.close()
+            raise
         if not reply.success:
             manager.close()
             raise AmiLoginError(

@@ -187,3 +187,32 @@ class TestAmiClient:
         await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {}, timeout_s=5)
 
         assert len(fake.actions) == sent + 1  # the good Originate only
+
+
+async def test_a_connect_cancelled_during_login_closes_its_connection() -> None:
+    """An Asterisk that takes the connection but never answers the Login: a stop that
+    cancels connect() meanwhile closes the connection (nothing left open or pinging)."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"Asterisk Call Manager/11.0.0\r\n")
+        await accepted.put((reader, writer))
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = int(server.sockets[0].getsockname()[1])
+        client = AmiClient(host="127.0.0.1", port=port, user="callmfa", secret="s",
+                           timeout_s=30)
+        connecting = asyncio.create_task(client.connect())
+        reader, writer = await asyncio.wait_for(accepted.get(), 5)
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # the Login
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the client
+        finally:
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
