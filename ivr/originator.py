@@ -102,15 +102,28 @@ class Originator:
         return ANSWER_HOLD_S if s.amd == "off" and s.ivr_here else 0.0
 
     async def run(self) -> None:
-        """Read, take over and dispatch requests until :meth:`stop`."""
+        """Read, take over and dispatch requests until :meth:`stop`.
+
+        The heartbeat and the take-over retry what Redis may answer for a while; anything
+        else that ends one of them ends the run with its error (a lease no longer renewed
+        would hand this process's calls to the others while it still runs them).
+        """
         lease = self._settings.lease_s
         await retrying(lambda: self._store.heartbeat(self._settings.consumer, int(lease * 1000)),
                        what="heartbeat", for_s=SETTLE_RETRY_S)
-        helpers = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._take_over())]
+        reading = asyncio.create_task(self._read_loop(), name="originator-read")
+        helpers = [asyncio.create_task(self._heartbeat(), name="originator-heartbeat"),
+                   asyncio.create_task(self._take_over(), name="originator-take-over")]
         try:
-            await self._read_loop()
+            await asyncio.wait({reading, *helpers}, return_when=asyncio.FIRST_COMPLETED)
+            for helper in helpers:
+                if helper.done():
+                    log.error("originator_part_failed", part=helper.get_name(),
+                              error=repr(helper.exception()))
+                    helper.result()
+            reading.result()
         finally:
-            await cancel_and_wait(*helpers)
+            await cancel_and_wait(reading, *helpers)
 
     async def _read_loop(self) -> None:
         attempt = 0
@@ -157,7 +170,7 @@ class Originator:
             await asyncio.sleep(self._settings.lease_s / 4)
             try:
                 await self._store.heartbeat(self._settings.consumer, lease_ms)
-            except TRANSIENT as e:
+            except (*TRANSIENT, ResponseError) as e:  # e.g. OOM, until memory is freed
                 log.warning("heartbeat_failed", error=str(e) or type(e).__name__)
 
     async def _take_over(self) -> None:
@@ -180,7 +193,7 @@ class Originator:
                 log.warning("take_over_failed", error=str(e) or type(e).__name__)
                 continue
             if self._stopping.is_set():
-                break
+                continue  # claimed during stop(): left pending, for the others
             for entry in entries:
                 log.info("request_taken_over", entry_id=entry.entry_id)
                 self._spawn(entry, taken_over=True)

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 import ivr.domain.request
 import ivr.originator
@@ -1059,3 +1060,41 @@ class TestRetriedWrites:
         assert len(h.ami.calls) == 1
         finished = [e for e in await h.events_of(rid) if e["event"] == "finished"]
         assert len(finished) == 1
+
+
+class TestHeartbeat:
+    async def test_an_error_reply_is_retried_and_calls_go_on(
+        self, start: Start, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Redis refusing the lease's renewal for a while (OOM) is logged and retried: the
+        originator keeps running and placing calls."""
+        h = await start(answered_then(Outcome.APPROVED), lease_s=0.4)
+        renew = h.store.heartbeat
+        refused = 0
+
+        async def oom(consumer: str, lease_ms: int) -> None:
+            nonlocal refused
+            if refused < 3:
+                refused += 1
+                raise ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+            await renew(consumer, lease_ms)
+
+        monkeypatch.setattr(h.store, "heartbeat", oom)
+        await eventually(lambda: refused == 3, what="three refused renewals")
+        rid, _ = await h.submit()
+        assert (await h.outcome(rid)).outcome is Outcome.APPROVED
+        assert not h.task.done()
+
+    async def test_any_other_failure_ends_the_run_with_its_error(
+        self, start: Start, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A renewal that fails for another reason (a bug) does not leave the lease to lapse
+        silently: run() ends with the error, for the service to stop."""
+        h = await start(answered_then(Outcome.APPROVED), lease_s=0.4)
+
+        async def broken(consumer: str, lease_ms: int) -> None:
+            raise RuntimeError("a bug in the heartbeat")
+
+        monkeypatch.setattr(h.store, "heartbeat", broken)
+        with pytest.raises(RuntimeError, match="a bug in the heartbeat"):
+            await asyncio.wait_for(asyncio.shield(h.task), 5)
