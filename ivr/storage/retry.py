@@ -9,6 +9,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -40,3 +43,31 @@ async def retrying(operation: Callable[[], Awaitable[T]], *, what: str, for_s: f
             log.warning("redis_retrying", operation=what, error=str(e) or type(e).__name__,
                         attempt=attempt, retry_in_s=round(wait, 3))
             await asyncio.sleep(wait)
+
+
+class LoginNotRetried(Retry):
+    """redis-py's retry of a command on a new connection, except after a refused login.
+
+    redis-py makes ``AuthenticationError`` a ``ConnectionError``, so its ``Retry`` retries
+    it: a client without a password (the default user off) opened 36 connections over
+    12 s for one PING, the health check's retries inside the command's, to end in the
+    same error. A wrong or missing password does not heal by itself: it is raised at once.
+    """
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., object],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        """Run ``do`` as redis-py does, an ``AuthenticationError`` never retried."""
+        def retryable(error: Exception) -> bool:
+            return not isinstance(error, AuthenticationError) and (
+                is_retryable is None or is_retryable(error))
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def redis_retry(retries: int, *, base_s: float, cap_s: float) -> LoginNotRetried:
+    """The retry of callmfa's Redis clients: ``retries`` times, full jitter up to ``cap_s``."""
+    return LoginNotRetried(ExponentialWithJitterBackoff(base=base_s, cap=cap_s), retries=retries)

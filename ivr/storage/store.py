@@ -18,9 +18,7 @@ from typing import Any, Protocol
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, parse_url
-from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -45,6 +43,7 @@ from .keys import (
     result_key,
 )
 from .placed import Placed
+from .retry import redis_retry
 from .sentinel import PLAIN_RETRIES, RETRY_BASE_S, RETRY_CAP_S
 
 log = structlog.get_logger("ivr.store")
@@ -214,7 +213,7 @@ def connect(url: str, *, max_connections: int, timeout_s: float,
         socket_timeout=timeout_s + 10,
         health_check_interval=30,
         # After a Redis restart every pooled connection is stale: retry on a fresh one.
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=PLAIN_RETRIES),
+        retry=redis_retry(PLAIN_RETRIES, base_s=0.05, cap_s=1.0),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis.from_pool(pool)
@@ -293,8 +292,7 @@ def connect_for(settings: Settings, *, max_connections: int,
         health_check_interval=30,
         # A failover: the old primary refuses (ConnectionError, or READONLY once demoted,
         # which redis-py turns into a ConnectionError) until the Sentinels name the new one.
-        retry=Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S),
-                    retries=p.retries),
+        retry=redis_retry(p.retries, base_s=RETRY_BASE_S, cap_s=RETRY_CAP_S),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         **driver_info(),
         **node,
