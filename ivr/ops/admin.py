@@ -16,14 +16,19 @@ from ..storage.store import connect_for
 
 COMMANDS = ("block", "unblock", "blocked", "bypass")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Ten years: a longer block or bypass is a typing mistake.
+MAX_DURATION_S = 3650 * 86400
 
 
 def duration(text: str) -> int:
-    """``90``, ``30s``, ``10m``, ``12h`` or ``90d`` as seconds (argparse type)."""
-    match = re.fullmatch(r"([0-9]+)([smhd]?)", text.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 600, 10m, 12h, 90d")
-    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+    """``90``, ``30s``, ``10m``, ``12h`` or ``90d`` as seconds, at most ten years (argparse
+    type)."""
+    match = re.fullmatch(r"([0-9]{1,12})([smhd]?)", text.strip())
+    seconds = int(match.group(1)) * _UNITS[match.group(2) or "s"] if match else 0
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a duration like 600, 10m, 12h, 90d (at most 3650d)")
+    return seconds
 
 
 def user_name(text: str) -> str:

@@ -416,6 +416,9 @@ class TestAdmin:
 
     async def test_bad_admin_input_is_400(self, api: Api) -> None:
         for body, detail in (({"user": "x", "for": "forever"}, "invalid_duration"),
+                             ({"user": "x", "for": "9" * 5000}, "invalid_duration"),
+                             ({"user": "x", "for": "999999999999d"}, "invalid_duration"),
+                             ({"user": "x", "for": "3651d"}, "invalid_duration"),
                              ({"user": ""}, "invalid_user"),
                              ({"user": "x", "replace": "yes"}, "invalid_replace")):
             found = await api.call("POST", "/v1/admin/blocks", "/v1/admin/blocks",

@@ -40,3 +40,16 @@ class TestVerifyMode:
             main([*BASE, "--mode", "sms"])
         assert e.value.code == 2
         assert "invalid choice: 'sms'" in capsys.readouterr().err
+
+
+class TestAdminDurations:
+    @pytest.mark.parametrize("bad", ["0", "forever", "9" * 5000, "999999999999d", "3651d"])
+    def test_a_duration_out_of_range_is_a_usage_error(
+        self, bad: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Zero, nonsense, or over ten years: argparse's exit 2 with the allowed form."""
+        with pytest.raises(SystemExit) as e:
+            main(["block", "alice", "--for", bad])
+        assert e.value.code == 2
+        assert "is not a duration like 600, 10m, 12h, 90d (at most 3650d)" in (
+            capsys.readouterr().err)
