@@ -27,6 +27,7 @@ from ivr.app import serve
 from ivr.domain.codes import check_code
 from ivr.domain.directory import DirectoryEntry
 from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.exceptions import DirectoryError
 from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.entra import EntraFront, SigningKeys, generate_pem
 from ivr.fronts.entra.keys import rotated, write_keys
@@ -224,6 +225,25 @@ class TestRefusedBeforeAnyCall:
     async def test_an_unknown_user(self, eam: Eam) -> None:
         await self._refused(eam, eam.entra.authorize_form(eam.entra.hint(oid="nobody")),
                             "unknown_user")
+
+    async def test_a_directory_that_fails_is_answered_to_entra(
+        self, eam: Eam, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """LDAP down: Entra gets callmfa's refusal (not a 500 page), and no call."""
+        async def down(user: str) -> DirectoryEntry | None:
+            raise DirectoryError("LDAP server ldap://ldap.example failed: Can't contact")
+
+        monkeypatch.setattr(eam.front._directory, "lookup", down)
+        await self._refused(eam, eam.entra.authorize_form(eam.entra.hint(oid=OID)),
+                            "unavailable")
+
+    async def test_claims_nested_too_deep_is_an_invalid_request(self, eam: Eam) -> None:
+        """A claims parameter of 2,000 "[" (within the form's size limit) is refused back to
+        Entra as invalid_request, not a 500."""
+        form = eam.entra.authorize_form(eam.entra.hint(oid=OID), claims="[" * 2000)
+        url, fields = posted(await eam.authorize(form))
+        assert (url, fields["error"]) == (form["redirect_uri"], "invalid_request")
+        assert await queued(eam.redis) == []
 
     async def test_a_request_older_than_5_minutes(self, eam: Eam) -> None:
         await self._refused(eam, eam.entra.authorize_form(eam.entra.hint(age_s=301)),

@@ -35,7 +35,12 @@ from ...domain.directory import DirectoryEntry, UserDirectory
 from ...domain.flow import MATCH_DIGITS
 from ...domain.outcome import Outcome
 from ...domain.users import UserNameError, normalise_user
-from ...exceptions import OutcomeBindingError, OutcomeSignatureError, SettingsError
+from ...exceptions import (
+    DirectoryError,
+    OutcomeBindingError,
+    OutcomeSignatureError,
+    SettingsError,
+)
 from ...settings import Settings
 from ..api.demo import masked
 from ..api.parts import PARTS
@@ -221,7 +226,11 @@ class EntraFront:
                 user = normalise_user(name)
             except UserNameError:
                 continue
-            entry = await self._directory.lookup(user)
+            try:
+                entry = await self._directory.lookup(user)
+            except DirectoryError as e:  # LDAP down or refusing callmfa's bind
+                log.warning("entra_directory_failed", error=str(e))
+                raise EntraError("unavailable", "callmfa's user directory failed") from None
             if entry is not None:
                 return entry
         raise EntraError("unknown_user", "the directory has no phone for this user")

@@ -152,7 +152,7 @@ def choose_acr(claims: str) -> str:
     if claims:
         try:
             requested = json.loads(claims)["id_token"]["acr"]["values"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise EntraError("invalid_request", "claims is not an id_token acr request") from None
     if requested is None:
         return SATISFIED_ACR[0]
