@@ -172,11 +172,14 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
             print(f"verification {rid}: calling {callee}"
                   + ("" if args.mode in (None, "standard") else f" (mode {args.mode})"))
             progress = asyncio.create_task(_print_progress(client, rid, since, args.timeout))
-        record = await client.wait(rid, args.timeout)
-        if progress is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(progress), 2)
-            await cancel_and_wait(progress)
+        try:
+            record = await client.wait(rid, args.timeout)
+            if progress is not None:  # let it print the last events
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(progress), 2)
+        finally:
+            if progress is not None:
+                await cancel_and_wait(progress)
     if record is None:
         print(json.dumps({"id": rid, "outcome": None, "detail": "timeout"}) if args.json
               else f"no outcome within {args.timeout:g}s")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 
 from ivr.cli import EXIT_USAGE, main
+from ivr.exceptions import OutcomeSignatureError
 
 BASE = ["verify", "--user", "alice", "--phone", "+12015550100"]
 
@@ -53,3 +58,38 @@ class TestAdminDurations:
         assert e.value.code == 2
         assert "is not a duration like 600, 10m, 12h, 90d (at most 3650d)" in (
             capsys.readouterr().err)
+
+
+class TestVerifyStops:
+    def test_a_refused_outcome_stops_the_progress_before_the_client_closes(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A forged outcome (OutcomeSignatureError) ends `callmfa verify` with its message;
+        the progress printer is stopped first, not left reading from a closed client."""
+        happened: list[str] = []
+
+        class Client:
+            async def __aenter__(self) -> Client:
+                return self
+
+            async def __aexit__(self, *exc: object) -> None:
+                happened.append("closed")
+
+            async def submit(self, **_: Any) -> str:
+                return "rid-1"
+
+            async def wait(self, rid: str, timeout_s: float) -> None:
+                await asyncio.sleep(0.05)
+                raise OutcomeSignatureError("signature mismatch")
+
+            async def watch(self, rid: str, **_: Any) -> AsyncIterator[Any]:
+                try:
+                    await asyncio.sleep(60)
+                    yield
+                finally:
+                    happened.append("progress stopped")
+
+        monkeypatch.setattr("ivr.cli.VerificationClient.from_settings", lambda _s: Client())
+        assert main(BASE) != 0
+        assert "signature mismatch" in capsys.readouterr().err
+        assert happened == ["progress stopped", "closed"]
