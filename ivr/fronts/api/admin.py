@@ -21,7 +21,6 @@ from .parts import PARTS, UserAdmin, token_of
 from .verifications import json_body, validate
 
 log = structlog.get_logger("ivr.api")
-routes = web.RouteTableDef()
 
 
 def _actor(request: web.Request) -> str:
@@ -52,7 +51,6 @@ def _text(body: dict[str, Any], name: str, default: str) -> str:
     return value
 
 
-@routes.get("/v1/admin/blocks")
 async def blocked(request: web.Request) -> web.Response:
     """The blocked users and until when."""
     entries = await request.app[PARTS].guard.blocked()
@@ -60,7 +58,6 @@ async def blocked(request: web.Request) -> web.Response:
                                           for e in entries]})
 
 
-@routes.post("/v1/admin/blocks")
 async def block(request: web.Request) -> web.Response:
     """Block a user (``for``: 600, 10m, 12h, 90d; default CALLMFA_FRAUD_BLOCK_S). A block is
     only lengthened: a shorter one is 409 unless ``replace``."""
@@ -80,7 +77,6 @@ async def block(request: web.Request) -> web.Response:
                              status=201)
 
 
-@routes.delete("/v1/admin/blocks/{user}")
 async def unblock(request: web.Request) -> web.Response:
     """Lift a user's block; 404 if the user was not blocked."""
     parts = request.app[PARTS]
@@ -91,7 +87,6 @@ async def unblock(request: web.Request) -> web.Response:
     return web.json_response({"user": user})
 
 
-@routes.post("/v1/admin/bypasses")
 async def bypass(request: web.Request) -> web.Response:
     """The user's next request within ``for`` (default 10m) ends ``bypassed``, uncalled;
     409 if the user is blocked."""
@@ -112,7 +107,6 @@ def _users(request: web.Request) -> UserAdmin:
     return users
 
 
-@routes.get("/v1/admin/users/{user}")
 async def get_user(request: web.Request) -> web.Response:
     """A user's directory entry; 404 if unknown."""
     entry = await _users(request).lookup(_user(request.match_info["user"]))
@@ -121,7 +115,6 @@ async def get_user(request: web.Request) -> web.Response:
     return web.json_response(asdict(entry))
 
 
-@routes.put("/v1/admin/users/{user}")
 async def put_user(request: web.Request) -> web.Response:
     """Add or replace a user's entry (phone, mode, lang); audited (by the directory)."""
     users = _users(request)
@@ -139,10 +132,20 @@ async def put_user(request: web.Request) -> web.Response:
     return web.json_response(asdict(entry))
 
 
-@routes.delete("/v1/admin/users/{user}")
 async def delete_user(request: web.Request) -> web.Response:
     """Remove a user's entry; 404 if unknown; audited (by the directory)."""
     user = _user(request.match_info["user"])
     if not await _users(request).delete(user, actor=_actor(request)):
         raise ApiError(404, "not_found", "no such user")
     return web.json_response({"user": user})
+
+
+ROUTES = (
+    web.get("/v1/admin/blocks", blocked),
+    web.post("/v1/admin/blocks", block),
+    web.delete("/v1/admin/blocks/{user}", unblock),
+    web.post("/v1/admin/bypasses", bypass),
+    web.get("/v1/admin/users/{user}", get_user),
+    web.put("/v1/admin/users/{user}", put_user),
+    web.delete("/v1/admin/users/{user}", delete_user),
+)

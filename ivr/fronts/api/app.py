@@ -6,7 +6,7 @@ sub-applications, which get the same authentication, rate limit and error shape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from aiohttp import web
 
@@ -20,7 +20,7 @@ from .parts import PARTS, ApiParts
 def build_app(
     parts: ApiParts,
     *,
-    extra: Sequence[web.RouteTableDef] = (),
+    extra: Sequence[Iterable[web.AbstractRouteDef]] = (),
     subapps: Mapping[str, web.Application] | None = None,
     with_demo: bool = False,
 ) -> web.Application:
@@ -29,15 +29,15 @@ def build_app(
     app = web.Application(client_max_size=MAX_REQUEST_BYTES,
                           middlewares=[error_shape, authenticate])
     app[PARTS] = parts
-    app.add_routes(verifications.routes)
-    app.add_routes(admin.routes)
+    app.add_routes(verifications.ROUTES)
+    app.add_routes(admin.ROUTES)
     for table in extra:
         app.add_routes(table)
     for prefix, sub in (subapps or {}).items():
         sub[PARTS] = parts
         app.add_subapp(prefix, sub)
     if with_demo:
-        app.add_routes(demo.routes)
+        app.add_routes(demo.ROUTES)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     return app

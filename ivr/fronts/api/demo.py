@@ -29,7 +29,6 @@ from .parts import PARTS
 from .verifications import json_body, stream_events, validate
 
 log = structlog.get_logger("ivr.api")
-routes = web.RouteTableDef()
 
 IDENTITY = "#demo"  # the owner of demo verifications; token names cannot hold '#'
 DEMO_PER_MIN = 10
@@ -48,7 +47,6 @@ def masked(phone: str) -> str:
     return f"+{number.country_code} {national[:3]} ••• {national[-4:]}"
 
 
-@routes.get("/demo")
 async def page(request: web.Request) -> web.Response:
     """The page (no script or style from elsewhere)."""
     html = resources.files(__package__).joinpath("demo.html").read_text()
@@ -58,7 +56,6 @@ async def page(request: web.Request) -> web.Response:
         "Cache-Control": "no-store"})
 
 
-@routes.post("/demo/verifications")
 async def start(request: web.Request) -> web.Response:
     """Queue a demo verification: {"id", "calling", "match"} (match: the number to key)."""
     parts = request.app[PARTS]
@@ -93,7 +90,6 @@ async def start(request: web.Request) -> web.Response:
                              dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
-@routes.get("/demo/verifications/{id}/events")
 async def events(request: web.Request) -> web.StreamResponse:
     """The progress of a demo verification as SSE (demo ids only)."""
     parts = request.app[PARTS]
@@ -102,3 +98,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     if owner is None or owner[0] != IDENTITY:
         raise ApiError(404, "not_found", "no such demo verification")
     return await stream_events(request, parts, rid, owner[1])
+
+
+ROUTES = (
+    web.get("/demo", page),
+    web.post("/demo/verifications", start),
+    web.get("/demo/verifications/{id}/events", events),
+)

@@ -27,7 +27,6 @@ from .errors import ApiError
 from .parts import PARTS, ApiParts, token_of
 
 log = structlog.get_logger("ivr.api")
-routes = web.RouteTableDef()
 
 MAX_WAIT_S = 120.0
 HEARTBEAT_S = 15.0
@@ -68,7 +67,6 @@ def validate(body: dict[str, Any]) -> tuple[str, str]:
     return parsed.id, json.dumps({"id": parsed.id, **request}, ensure_ascii=False)
 
 
-@routes.post("/v1/verifications")
 async def create(request: web.Request) -> web.Response:
     """Queue a verification: 202 {"id"}; 400 with the ``rejected`` detail if it is bad."""
     parts = request.app[PARTS]
@@ -149,7 +147,6 @@ def _wait_s(request: web.Request) -> float:
     return wait
 
 
-@routes.get("/v1/verifications/{id}")
 async def read(request: web.Request) -> web.Response:
     """200 and the outcome object as the contract defines it; 202 and the events so far
     while there is none; ``?wait=S`` holds the request until the outcome (a long poll on
@@ -172,7 +169,6 @@ def _sse(event: ProgressEvent) -> bytes:
     return f"event: {event.event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-@routes.get("/v1/verifications/{id}/events")
 async def stream(request: web.Request) -> web.StreamResponse:
     """The progress events as Server-Sent Events, from the first, ending with ``finished``."""
     parts, rid, since_ms = await _owned(request)
@@ -219,3 +215,10 @@ async def stream_events(request: web.Request, parts: ApiParts, rid: str,
         await cancel_and_wait(reader)
     await response.write_eof()
     return response
+
+
+ROUTES = (
+    web.post("/v1/verifications", create),
+    web.get("/v1/verifications/{id}", read),
+    web.get("/v1/verifications/{id}/events", stream),
+)

@@ -24,7 +24,7 @@ CLOCK_SKEW_S = 60
 ID_TOKEN_LIFETIME_S = 300
 # The acr values a phone call satisfies (possession of the phone), in callmfa's preference.
 SATISFIED_ACR = ("possessionorinherence", "knowledgeorpossession")
-AMR = ["tel"]  # RFC 8176: confirmation by telephone
+AMR = ("tel",)  # RFC 8176: confirmation by telephone
 MAX_FIELD_CHARS = 16_384
 
 
@@ -171,7 +171,7 @@ def id_token(key: SigningKey, *, issuer: str, request: AuthorizeRequest, hint: H
     claims = {
         "iss": issuer, "aud": request.client_id, "sub": hint.sub, "tid": hint.tid,
         "oid": hint.oid, "nonce": request.nonce, "iat": iat, "nbf": iat,
-        "exp": iat + ID_TOKEN_LIFETIME_S, "acr": acr, "amr": AMR,
+        "exp": iat + ID_TOKEN_LIFETIME_S, "acr": acr, "amr": list(AMR),
     }
     if hint.preferred_username:
         claims["preferred_username"] = hint.preferred_username
