@@ -242,7 +242,11 @@ class Originator:
             return await self._reject(entry, Outcome.ERROR, "directory_unavailable", str(e))
         structlog.contextvars.bind_contextvars(verification_id=req.id)
         if taken_over:
-            if await self._store.get_outcome(req.id) is not None:
+            try:
+                if await self._store.get_outcome(req.id) is not None:
+                    return True
+            except ValueError as e:  # an outcome is there, unreadable: never dial again
+                log.error("stored_outcome_unreadable", error=str(e))
                 return True
             info = await self._store.call_info(req.id)
             if info:
@@ -285,7 +289,10 @@ class Originator:
     async def _adopt(self, req: VerificationRequest, info: dict[str, str]) -> None:
         """A taken-over request whose call was placed: never dial again; wait, then settle."""
         s = self._settings
-        started = float(info.get("call_started_at") or time.time())
+        try:
+            started = float(info.get("call_started_at") or time.time())
+        except ValueError:  # unreadable: the call may have just started
+            started = time.time()
         ends_by = started + s.ring_timeout_s + s.max_call_s + s.outcome_grace_s
         log.info("call_adopted", wait_s=round(max(0.0, ends_by - time.time()), 1))
         record = await self._results.wait(req.id, max(0.0, ends_by - time.time()))

@@ -1043,6 +1043,33 @@ class TestTakeOver:
         assert await h.redis.xlen(REQUESTS) == 0
 
 
+    async def test_an_unreadable_marker_or_outcome_is_never_dialled_again(
+        self, start: Start
+    ) -> None:
+        """Taken over with a call marker whose start time is garbage, or a result key that
+        does not parse: no second call, the entry is settled and deleted (it was retried
+        forever, each take-over failing)."""
+        h = await start(failed(0, 17), lease_s=0.4, max_in_flight=2)
+        await h.originator.stop(grace_s=0.1)
+        await cancel_and_wait(h.task)
+        marked, _ = await h.submit()
+        garbled, _ = await h.submit()
+        await _delivered_to_dead_originator(h)
+        await _delivered_to_dead_originator(h)
+        await h.store.claim_call(marked, {"user": "alice", "number": "+12015550100",
+                                          "call_started_at": "not a time"})
+        await h.redis.set(result_key(garbled), b"\xff not json")
+
+        heir = await start(failed(0, 17), lease_s=0.4, consumer="heir",
+                           ring_timeout_s=0.2, max_call_s=1)
+        record = await heir.outcome(marked)
+
+        assert (record.outcome, record.detail) == (Outcome.ERROR, "originator_lost")
+        await heir.all_acked()
+        assert heir.ami.calls == []
+        assert await h.redis.get(result_key(garbled)) == b"\xff not json"
+
+
 class TestRetriedWrites:
     """A failover can lose a write's reply after the write was made: redis-py then runs the
     command again (issue 17). Each retried write must be harmless."""
