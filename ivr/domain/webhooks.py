@@ -86,10 +86,14 @@ def check_url(url: object) -> SplitResult:
         raise UrlError(f"a webhook URL must be at most {MAX_URL_CHARS} characters")
     if not url.isprintable() or any(c.isspace() for c in url):
         raise UrlError("a webhook URL must not contain spaces or control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname  # parsed here: a bad IPv6 literal raises
+    except ValueError as e:
+        raise UrlError(f"a webhook URL must be a URL: {e}") from None
+    if parts.scheme not in _DEFAULT_PORTS or not host:
         raise UrlError("a webhook URL must be https://host/... (http only to a loopback host)")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(host):
         raise UrlError("a webhook URL must use https (http only to a loopback host)")
     if parts.username is not None or parts.password is not None:
         raise UrlError("a webhook URL must not carry a user name or password")

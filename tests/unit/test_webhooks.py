@@ -110,6 +110,9 @@ class TestAllowList:
         ("https://hooks.example.com:99999/mfa/", "port"),
         (42, "non-empty string"),
         ("https://hooks.example.com/mfa/" + "a" * 3000, "at most"),
+        ("https://[::1", "must be a URL"),
+        ("https://[abc]/", "must be a URL"),
+        ("https://hooks.example.com]/mfa/", "must be a URL"),
     ])
     def test_refused_with_the_reason(self, url: object, why: str) -> None:
         with pytest.raises(UrlError, match=why):
@@ -140,7 +143,7 @@ class TestRequest:
         assert self._parse().callback_url == ""  # type: ignore[attr-defined]
 
     @pytest.mark.parametrize("url", ["https://elsewhere.example/", "http://hooks.example.com/",
-                                     "", 5])
+                                     "", 5, "https://[::1"])
     def test_a_bad_callback_url_is_rejected_with_a_clear_detail(self, url: object) -> None:
         with pytest.raises(RequestError) as e:
             self._parse(callback_url=url)
