@@ -42,8 +42,9 @@ def owner_key(rid: str) -> str:
 
 
 def digest(token: str) -> str:
-    """The stored form of a token."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """The stored form of a token (one with undecodable bytes, as aiohttp passes them on,
+    matches none)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

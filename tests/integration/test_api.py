@@ -129,6 +129,22 @@ class TestAuth:
         assert api.observer.refused == ["unauthorized"]
         assert await _queued(api.redis) == []
 
+    async def test_a_token_of_undecodable_bytes_is_401_and_counted(self, api: Api) -> None:
+        """Authorization bytes that are not UTF-8 (sent raw, as a broken client may):
+        the same 401, counted (it was a 500, not counted)."""
+        url = api.http.make_url("/v1/verifications")
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            writer.write(b"POST /v1/verifications HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer cmfa_\xff\xfe\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: 2\r\nConnection: close\r\n"
+                         b"\r\n{}")
+            status = (await asyncio.wait_for(reader.readline(), 5)).split()[1]
+        finally:
+            writer.close()
+        assert status == b"401"
+        assert api.observer.refused == ["unauthorized"]
+
     async def test_a_revoked_or_expired_token_is_401(self, api: Api) -> None:
         """Revocation takes effect at once; an expired token is refused like an unknown one;
         both are audited."""

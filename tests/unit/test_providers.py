@@ -132,6 +132,7 @@ class TestFixtures:
         ("okta", "okta_telephony_hook", {"X-Callmfa-Hook": "wrong"}),
         ("okta", "okta_telephony_hook", {"Authorization": TOKEN}),
         ("linotp", "linotp_custom_voice", {}),
+        ("authentik", "authentik_generic", {"Authorization": "Basic é"}),
     ])
     async def test_bad_credential_is_refused_logged_and_counted(
         self, vendor: str, name: str, headers: dict[str, str]
@@ -165,6 +166,21 @@ class TestFixtures:
             await client.close()
         assert status == 200
         assert verifier.submitted[0]["otp"] == "98018932"
+
+    async def test_a_token_that_is_not_text_is_refused_and_counted(self) -> None:
+        """LinOTP's authToken holding a lone surrogate (valid JSON, not encodable): 401 and
+        counted, as any wrong token (it was a 500)."""
+        data = fixture("linotp_custom_voice")
+        data["json"]["call"]["twilio"]["authToken"] = "\ud800"
+        verifier = FakeVerifier()
+        client = await serve(verifier)
+        try:
+            status, _ = await send(client, "linotp", data, {})
+            gateway = client.server.app[GATEWAY]
+        finally:
+            await client.close()
+        assert status == 401
+        assert gateway.refused["linotp", "unauthorized"] == 1
 
     async def test_no_token_configured_refuses_everything(self) -> None:
         verifier = FakeVerifier()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hmac
 import re
@@ -114,7 +113,8 @@ def language(locale: object, default: str) -> str:
 
 def token_matches(given: str, expected: str) -> bool:
     """Constant-time comparison; an empty expected token matches nothing."""
-    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+    return bool(expected) and hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                                                  expected.encode())
 
 
 def bearer_or_basic(header: str | None, token: str) -> bool:
@@ -126,7 +126,7 @@ def bearer_or_basic(header: str | None, token: str) -> bool:
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8
             return False
         return token_matches(decoded.partition(":")[2], token)
     return False
