@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import html
@@ -243,6 +244,30 @@ class TestRefusedBeforeAnyCall:
         form = eam.entra.authorize_form(eam.entra.hint(oid=OID), claims="[" * 2000)
         url, fields = posted(await eam.authorize(form))
         assert (url, fields["error"]) == (form["redirect_uri"], "invalid_request")
+        assert await queued(eam.redis) == []
+
+    @pytest.mark.parametrize("header", [
+        b"[" * 5000,  # nested too deep for json
+        b'{"alg":"RS256","kid":"entra-1","crit":[1]}',  # joserfc: TypeError
+    ], ids=["deep", "crit"])
+    async def test_a_hint_whose_header_is_malformed(self, eam: Eam, header: bytes) -> None:
+        """Refused as invalid_hint back to Entra, counted, no call (it was a 500)."""
+        hint = base64.urlsafe_b64encode(header).rstrip(b"=").decode() + ".e30.AAAA"
+        await self._refused(eam, eam.entra.authorize_form(hint), "invalid_hint")
+
+    @pytest.mark.parametrize(("body", "content_type"), [
+        (b"a=\xff", "application/x-www-form-urlencoded"),
+        (b"a=b", "application/x-www-form-urlencoded; charset=bogus"),
+    ], ids=["not-utf-8", "unknown-charset"])
+    async def test_a_form_that_cannot_be_read_is_400(
+        self, eam: Eam, body: bytes, content_type: str
+    ) -> None:
+        """No redirect_uri to answer to: an error page, the refusal counted."""
+        response = await eam.http.post("/entra/authorize", data=body,
+                                       headers={"Content-Type": content_type})
+        assert response.status == 400
+        assert "cannot be read" in await response.text()
+        assert eam.front.refused["invalid_request"] == 1
         assert await queued(eam.redis) == []
 
     async def test_a_request_older_than_5_minutes(self, eam: Eam) -> None:

@@ -178,8 +178,12 @@ class EntraFront:
         s = self.settings
         if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
             return _page(413, "Request too large", "<p>The sign-in request is too large.</p>")
-        form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         try:
+            try:
+                posted = await request.post()
+            except (ValueError, LookupError):  # not UTF-8, an unknown charset, a bad part
+                raise EntraError("invalid_request", "the sign-in form cannot be read") from None
+            form = {k: v for k, v in posted.items() if isinstance(v, str)}
             authz = parse_authorize(form, client_id=s.entra_client_id,
                                     redirect_uris=s.entra_redirect_uri_set)
         except EntraError as e:
@@ -319,7 +323,7 @@ def _key(sid: str) -> str:
 def _kid(token: str) -> str | None:
     try:
         header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         return None
     kid = header.get("kid") if isinstance(header, dict) else None
     return kid if isinstance(kid, str) else None

@@ -122,7 +122,8 @@ def validate_hint(token: str, keys: KeySet, *, issuer_template: str, audience: s
     its ``exp`` is not checked, its ``iat`` must be under 5 minutes old."""
     try:
         claims = jwt.decode(token, keys, algorithms=["RS256"]).claims
-    except (JoseError, ValueError) as e:
+    # joserfc's checks of the header raise TypeError on a value of the wrong type ("crit").
+    except (JoseError, ValueError, TypeError, KeyError, RecursionError) as e:
         raise EntraError("invalid_hint", f"id_token_hint: {type(e).__name__}") from None
     ids = [claims.get(n) for n in ("tid", "sub", "oid")]
     if not all(isinstance(v, str) and v for v in ids):
