@@ -233,6 +233,7 @@ class TestSubmit:
         ({"user": "a", "phone": PHONE, "mode": "match"}, "invalid_match_hash"),
         ({"user": "a", "phone": PHONE, "expires_at": "soon"}, "invalid_expires_at"),
         ([1, 2], "invalid_json"),
+        ({"user": "a", "phone": PHONE, "context": {"note": "\ud800"}}, "invalid_json"),
     ])
     async def test_bad_input_is_400_with_the_rejected_detail(
         self, api: Api, body: Any, detail: str
@@ -531,6 +532,11 @@ class TestUsers:
             bad = await api.call("PUT", "/v1/admin/users/bob", path, expect=400,
                                  json={"phone": "0100"})
             assert bad["error"] == "invalid_phone"
+            for field, value, error in (("lang", None, "invalid_lang"), ("lang", 0, "invalid_lang"),
+                                        ("mode", None, "unsupported_mode")):
+                bad = await api.call("PUT", "/v1/admin/users/bob", path, expect=400,
+                                     json={"phone": "+12015550100", field: value})
+                assert bad["error"] == error  # it was stored as "None": every request refused
             await api.call("DELETE", "/v1/admin/users/alice", path, expect=200)
             await api.call("DELETE", "/v1/admin/users/alice", path, expect=404)
             await api.call("GET", "/v1/admin/users/alice", path, expect=404)

@@ -120,14 +120,16 @@ async def put_user(request: web.Request) -> web.Response:
     users = _users(request)
     user = _user(request.match_info["user"])
     body = await json_body(request)
+    mode, lang = body.get("mode", "standard"), body.get("lang", "en")
+    # A request's check takes null as "the default": an entry stores what it is given.
+    for value, detail in ((mode, "unsupported_mode"), (lang, "invalid_lang")):
+        if not isinstance(value, str):
+            raise ApiError(400, detail, f"{detail.split('_')[1]} must be a string")
     try:  # the same checks as a request's
-        validate({"user": user, "phone": body.get("phone"), "mode": body.get("mode", "standard"),
-                  "lang": body.get("lang", "en")})
+        validate({"user": user, "phone": body.get("phone"), "mode": mode, "lang": lang})
     except RequestError as e:
         raise ApiError(400, e.detail, e.message) from None
-    entry = DirectoryEntry(user=user, phone=str(body["phone"]),
-                           mode=str(body.get("mode", "standard")),
-                           lang=str(body.get("lang", "en")))
+    entry = DirectoryEntry(user=user, phone=str(body["phone"]), mode=mode, lang=lang)
     await users.set(entry, actor=_actor(request))  # audited by the directory
     return web.json_response(asdict(entry))
 

@@ -48,6 +48,10 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a \ud800 escape: valid JSON, not text Redis can store
+        raise ApiError(400, "invalid_json", "the body holds a lone UTF-16 surrogate") from None
     return body
 
 
