@@ -90,6 +90,7 @@ class Service:
             command_timeout_s=settings.agi_command_timeout_s,
             max_sessions=settings.agi_max_sessions,
             allowed_peers=settings.agi_peer_networks(),
+            on_refused=self.metrics.fastagi_connection_refused,
         ) if "agi" in roles else None
         self.pool = AmiPool([
             AmiClient(host=host, port=port, user=settings.ami_user, secret=settings.ami_secret,
@@ -142,7 +143,8 @@ class Service:
             # The identity providers' endpoints (/providers/<vendor>, mode otp) carry each
             # vendor's own auth, not the API's tokens (docs/integrations.md).
             self.providers = VerificationClient.from_settings(settings)
-            gateway = OtpGateway(settings, self.providers)
+            gateway = OtpGateway(settings, self.providers,
+                                 on_refused=self.metrics.provider_request_refused)
             # Entra's EAM (CALLMFA_ENTRA_ISSUER): its endpoints under the issuer's path.
             self.entra = (EntraFront(settings, SigningKeys.from_file(
                 settings.entra_signing_key_file), self.directory, self.redis,

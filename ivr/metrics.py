@@ -125,6 +125,17 @@ class Metrics:
             "AGI sessions refused: not the call they name (no or wrong token), or not the "
             "first session of that call, by reason.", ["reason"], registry=r,
         )
+        self.fastagi_refused = Counter(
+            "callmfa_fastagi_connections_refused",
+            "FastAGI connections closed unserved: a peer outside CALLMFA_AGI_ALLOWED_PEERS "
+            "(peer_not_allowed), or over CALLMFA_AGI_MAX_SESSIONS (max_sessions), by reason.",
+            ["reason"], registry=r,
+        )
+        self.provider_refused = Counter(
+            "callmfa_provider_requests_refused",
+            "Identity providers' voice-code requests refused (bad credential, unreadable "
+            "payload, no call), by vendor and reason.", ["vendor", "reason"], registry=r,
+        )
         self.api_refused = Counter(
             "callmfa_api_requests_refused",
             "HTTP API requests refused: unauthorized (no, bad, expired or revoked token), "
@@ -206,6 +217,14 @@ class Metrics:
     def http_connection_refused(self) -> None:
         """For the HTTP servers: a connection over the cap was refused."""
         self.http_refused.inc()
+
+    def fastagi_connection_refused(self, reason: str) -> None:
+        """The FastAGI server closed a connection unserved, for ``reason``."""
+        self.fastagi_refused.labels(reason).inc()
+
+    def provider_request_refused(self, vendor: str, reason: str) -> None:
+        """An identity provider's request was refused, for ``reason``."""
+        self.provider_refused.labels(vendor, reason).inc()
 
     def api_request_refused(self, reason: str) -> None:
         """The HTTP API refused a request (auth, scope or rate limit), for ``reason``."""

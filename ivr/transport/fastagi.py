@@ -249,8 +249,10 @@ class FastAgiServer:
         command_timeout_s: float,
         max_sessions: int,
         allowed_peers: Sequence[Network] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self._routes = dict(routes)
+        self._on_refused = on_refused
         self._allowed_peers = allowed_peers  # None: any peer (tests); serve passes its list
         self._host = host
         self._port = port
@@ -284,11 +286,11 @@ class FastAgiServer:
         peer = stream.get_extra_info("peername")
         if self._allowed_peers is not None and not peer_allowed(peer, self._allowed_peers):
             log.warning("fastagi_peer_refused", peer=str(peer))
-            stream.close()
+            self._refuse(stream, "peer_not_allowed")
             return
         if len(self._tasks) >= self._max_sessions:
             log.warning("fastagi_session_refused", reason="max_sessions")
-            stream.close()
+            self._refuse(stream, "max_sessions")
             return
         task = asyncio.create_task(self._serve(stream))
         self._tasks.add(task)
@@ -314,6 +316,11 @@ class FastAgiServer:
             log.exception("fastagi_session_failed", peer=peer)
         finally:
             stream.close()
+
+    def _refuse(self, stream: AgiStream, reason: str) -> None:
+        stream.close()
+        if self._on_refused is not None:
+            self._on_refused(reason)
 
     async def close(self, grace_s: float) -> None:
         """Stop listening, let sessions finish for up to ``grace_s``, then cancel the rest."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivr.exceptions import AgiHangup
+from ivr.metrics import Metrics
 from ivr.transport.agi import MAX_HEADER_LINES
 from ivr.transport.fastagi import AgiSession, FastAgiServer
 
@@ -44,6 +46,7 @@ class EchoApp:
     seen: list[AgiSession] = field(default_factory=list)
     replies: dict[str, str] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # the server's refusals, by reason
 
     async def __call__(self, session: AgiSession) -> None:
         self.seen.append(session)
@@ -79,6 +82,7 @@ async def serve() -> AsyncIterator[ServerFactory]:
             header_timeout_s=options["header_timeout_s"],
             command_timeout_s=options["command_timeout_s"],
             max_sessions=int(options["max_sessions"]),
+            on_refused=app.refused.append,
         )
         await server.start()
         servers.append(server)
@@ -374,6 +378,7 @@ class TestMaxSessions:
         started = time.monotonic()
         assert await read_until_closed(third_reader, 1.0) == b""
         assert time.monotonic() - started < HEADER_TIMEOUT_S, "refused, not timed out"
+        assert app.refused == ["max_sessions"]
 
         for reader, writer in pairs:
             writer.write(b"200 result=0\n")
@@ -383,6 +388,29 @@ class TestMaxSessions:
         await eventually(lambda: server.active_sessions == 0, what="slots freed")
         assert await good_session(server.port, "after") == b"VERBOSE after 1\n"
         await close_writer(third_writer)
+
+
+class TestAllowedPeers:
+    async def test_a_peer_not_allowed_is_closed_logged_and_counted(self) -> None:
+        """A connection from outside CALLMFA_AGI_ALLOWED_PEERS is closed before any read,
+        and counted on /metrics (callmfa_fastagi_connections_refused_total)."""
+        metrics = Metrics()
+        app = EchoApp()
+        server = FastAgiServer({"echo": app}, host="127.0.0.1", port=0, header_timeout_s=5,
+                               command_timeout_s=5, max_sessions=5,
+                               allowed_peers=[ipaddress.ip_network("10.0.0.0/8")],
+                               on_refused=metrics.fastagi_connection_refused)
+        await server.start()
+        try:
+            reader, writer = await connect(server.port)
+            writer.write(GOOD_HEADERS)
+            assert await read_until_closed(reader, 2) == b""
+            await close_writer(writer)
+        finally:
+            await server.close(grace_s=1)
+        assert app.seen == []
+        assert metrics.registry.get_sample_value(
+            "callmfa_fastagi_connections_refused_total", {"reason": "peer_not_allowed"}) == 1
 
 
 class TestClose:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from ivr.client import ProgressEvent
 from ivr.fronts.providers import GATEWAY, provider_app
 from ivr.fronts.providers.gateway import ProviderError, code_in, e164, language
+from ivr.metrics import Metrics
 from ivr.settings import Settings
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
@@ -57,8 +58,10 @@ def settings(**extra: str) -> Settings:
     return Settings.from_env(env)
 
 
-async def serve(verifier: FakeVerifier, **extra: str) -> TestClient[Any, Any]:
-    app = provider_app(settings(**extra), verifier)
+async def serve(verifier: FakeVerifier, metrics: Metrics | None = None,
+                **extra: str) -> TestClient[Any, Any]:
+    app = provider_app(settings(**extra), verifier,
+                       metrics.provider_request_refused if metrics else None)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     return client
@@ -139,7 +142,8 @@ class TestFixtures:
     ) -> None:
         """A wrong or missing credential: the vendor's failure reply (401), no request."""
         verifier = FakeVerifier()
-        client = await serve(verifier, **fixture(name).get("settings", {}))
+        metrics = Metrics()
+        client = await serve(verifier, metrics, **fixture(name).get("settings", {}))
         try:
             status, text = await send(client, vendor, fixture(name), headers)
             gateway = client.server.app[GATEWAY]
@@ -148,6 +152,9 @@ class TestFixtures:
         assert status == 401
         assert verifier.submitted == []
         assert gateway.refused[vendor, "unauthorized"] == 1
+        assert metrics.registry.get_sample_value(
+            "callmfa_provider_requests_refused_total",
+            {"vendor": vendor, "reason": "unauthorized"}) == 1
         if vendor == "okta":
             assert json.loads(text)["error"]["errorSummary"]
         if vendor == "privacyidea":

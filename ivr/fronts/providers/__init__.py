@@ -8,6 +8,8 @@ are mounted by the HTTP API; :func:`provider_app` is a minimal application of th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from ...settings import Settings
@@ -23,11 +25,12 @@ def provider_routes(gateway: OtpGateway) -> list[web.RouteTableDef]:
     return [vendor.routes(gateway) for vendor in VENDORS]
 
 
-def provider_app(settings: Settings, client: Verifier) -> web.Application:
+def provider_app(settings: Settings, client: Verifier,
+                 on_refused: Callable[[str, str], None] | None = None) -> web.Application:
     """An application serving the provider endpoints through ``client`` (a
-    :class:`~ivr.client.VerificationClient`)."""
+    :class:`~ivr.client.VerificationClient`); ``on_refused(vendor, reason)`` counts refusals."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    gateway = OtpGateway(settings, client)
+    gateway = OtpGateway(settings, client, on_refused)
     app[GATEWAY] = gateway
     for table in provider_routes(gateway):
         app.add_routes(table)

@@ -14,7 +14,7 @@ import hmac
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -154,15 +154,19 @@ class OtpGateway:
     is coming. Delivery itself (``delivered``) is known only after the call.
     """
 
-    def __init__(self, settings: Settings, client: Verifier) -> None:
+    def __init__(self, settings: Settings, client: Verifier,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         self.settings = settings
         self._client = client
+        self._on_refused = on_refused  # (vendor, reason): the metrics
         self.refused: Counter[tuple[str, str]] = Counter()  # (vendor, reason) -> count
 
     def refuse(self, vendor: str, reason: str, message: str, *, status: int,
                peer: str | None = None) -> Refused:
         """Log and count a refusal (bad credential, unreadable payload, no call)."""
         self.refused[vendor, reason] += 1
+        if self._on_refused is not None:
+            self._on_refused(vendor, reason)
         log.warning("provider_request_refused", vendor=vendor, reason=reason, error=message,
                     peer=peer)
         return Refused(reason, message, status)
