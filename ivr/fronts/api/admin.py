@@ -122,9 +122,10 @@ async def put_user(request: web.Request) -> web.Response:
     body = await json_body(request)
     mode, lang = body.get("mode", "standard"), body.get("lang", "en")
     # A request's check takes null as "the default": an entry stores what it is given.
-    for value, detail in ((mode, "unsupported_mode"), (lang, "invalid_lang")):
+    for name, value, detail in (("mode", mode, "unsupported_mode"),
+                                ("lang", lang, "invalid_lang")):
         if not isinstance(value, str):
-            raise ApiError(400, detail, f"{detail.split('_')[1]} must be a string")
+            raise ApiError(400, detail, f"{name} must be a string")
     try:  # the same checks as a request's
         validate({"user": user, "phone": body.get("phone"), "mode": mode, "lang": lang})
     except RequestError as e:
