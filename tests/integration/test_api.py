@@ -244,6 +244,12 @@ class TestSubmit:
         assert found["message"]
         assert await _queued(api.redis) == []
 
+    async def test_an_escaped_surrogate_pair_is_text(self, api: Api) -> None:
+        """\ud83d\ude00 (one emoji, as json.dumps escapes it) is accepted and queued whole."""
+        await api.post({"user": "alice", "phone": PHONE, "context": {"note": "\U0001f600"}})
+        [queued] = await _queued(api.redis)
+        assert queued["context"] == {"note": "\U0001f600"}
+
     async def test_bad_json_wrong_type_and_too_large(self, api: Api) -> None:
         """Bad JSON 400, another content type 415, a body over 8 KiB 413: the error shape."""
         found = await api.post(None, data=b'{"user": ', expect=400,
