@@ -179,12 +179,7 @@ class EntraFront:
         if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
             return _page(413, "Request too large", "<p>The sign-in request is too large.</p>")
         try:
-            try:
-                posted = await request.post()
-            except (ValueError, LookupError):  # not UTF-8, an unknown charset, a bad part
-                raise EntraError("invalid_request", "the sign-in form cannot be read") from None
-            form = {k: v for k, v in posted.items() if isinstance(v, str)}
-            authz = parse_authorize(form, client_id=s.entra_client_id,
+            authz = parse_authorize(await _form(request), client_id=s.entra_client_id,
                                     redirect_uris=s.entra_redirect_uri_set)
         except EntraError as e:
             self.refuse(request, e)
@@ -318,6 +313,15 @@ def _draw_match() -> str:
 
 def _key(sid: str) -> str:
     return SESSION_PREFIX + sid
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The POSTed form's text fields; EntraError if it cannot be read."""
+    try:
+        posted = await request.post()
+    except (ValueError, LookupError):  # not UTF-8, an unknown charset, a bad part
+        raise EntraError("invalid_request", "the sign-in form cannot be read") from None
+    return {k: v for k, v in posted.items() if isinstance(v, str)}
 
 
 def _kid(token: str) -> str | None:
