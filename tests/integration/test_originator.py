@@ -1042,7 +1042,6 @@ class TestTakeOver:
         await heir.all_acked()
         assert await h.redis.xlen(REQUESTS) == 0
 
-
     async def test_an_unreadable_marker_or_outcome_is_never_dialled_again(
         self, start: Start
     ) -> None:
