@@ -95,29 +95,38 @@ class LdapDirectory:
         except bonsai.AuthenticationError:
             log.info("ldap_password_refused")
             return False
-        conn.close()
+        _close(conn)
         return True
 
     async def ping(self) -> None:
         """Bind as the service; DirectoryError if that fails (``callmfa check``)."""
-        (await self._connect(self._bind_dn, self._bind_password)).close()
+        _close(await self._connect(self._bind_dn, self._bind_password))
 
     async def _connect(self, dn: str, password: str) -> AIOLDAPConnection:
         client = bonsai.LDAPClient(self._url)
         if dn:
             client.set_credentials("SIMPLE", user=dn, password=password)
+        conn = client.connect(is_async=True, timeout=self._timeout_s)
+        assert isinstance(conn, AIOLDAPConnection)
+        connect_id = conn.fileno()  # bonsai's id of the unfinished connect
         try:
             async with asyncio.timeout(self._timeout_s):
-                conn = await client.connect(is_async=True, timeout=self._timeout_s)
+                await conn
         except bonsai.AuthenticationError:
+            _close(conn)
             if dn != self._bind_dn:
                 raise  # a user's password: the caller's answer, not a failure
             raise DirectoryError(f"LDAP refused the bind as {dn!r}: check "
                                  "CALLMFA_LDAP_BIND_DN and its password") from None
-        except (bonsai.LDAPError, OSError, TimeoutError) as e:
-            raise DirectoryError(f"LDAP server {self._url} failed: "
-                                 f"{e or type(e).__name__}") from None
-        assert isinstance(conn, AIOLDAPConnection)
+        except bonsai.LDAPError as e:
+            _close(conn)
+            raise DirectoryError(f"LDAP server {self._url} failed: {_text(e)}") from None
+        except (OSError, TimeoutError) as e:
+            _close(conn, connect_id)
+            raise DirectoryError(f"LDAP server {self._url} failed: {_text(e)}") from None
+        except BaseException:
+            _close(conn, connect_id)
+            raise
         return conn
 
     async def _search(self, user: str) -> tuple[str, dict[str, list[str]]] | None:
@@ -135,10 +144,9 @@ class LdapDirectory:
             raise DirectoryError(f"CALLMFA_LDAP_BASE_DN {self._base!r} does not exist on "
                                  f"{self._url}") from None
         except (bonsai.LDAPError, OSError, TimeoutError) as e:
-            raise DirectoryError(f"LDAP search on {self._url} failed: "
-                                 f"{e or type(e).__name__}") from None
+            raise DirectoryError(f"LDAP search on {self._url} failed: {_text(e)}") from None
         finally:
-            conn.close()
+            _close(conn)
         if len(found) != 1 or found[0] is None:
             if found:
                 log.warning("ldap_user_ambiguous", matches=">1",
@@ -156,3 +164,36 @@ class LdapDirectory:
                 except EntryError as e:
                     log.warning("ldap_phone_invalid", attribute=attribute, error=str(e))
         return None
+
+
+def _close(conn: AIOLDAPConnection, unfinished_connect: int | None = None) -> None:
+    """Close ``conn``, its connect done or not (``unfinished_connect``: its id).
+
+    bonsai's asyncio connection watches its socket while an operation waits, and stops only
+    on an ``Exception``: after a timeout or a cancellation (``BaseException``) the loop
+    would go on watching a closed descriptor. An unfinished connect is worse: ``close()``
+    does nothing before the connect ends, and the pending connect and the connection refer
+    to each other through an object the garbage collector cannot see, so both, and the
+    socket, stayed for the life of the process (a descriptor per lookup of a server that
+    does not answer). Abandoning the pending connect lets them go. bonsai's ``fileno()`` is
+    the connect's own id until its libldap handle exists (a few milliseconds): only then can
+    it be abandoned.
+    """
+    try:
+        fd = conn.fileno()
+    except bonsai.LDAPError:
+        fd = -1
+    if fd > -1:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+    if unfinished_connect is not None and fd not in (-1, unfinished_connect):
+        try:
+            conn.abandon(unfinished_connect)
+        except (bonsai.LDAPError, SystemError) as e:  # SystemError: it had ended after all
+            log.warning("ldap_abandon_failed", error=_text(e))
+    conn.close()
+
+
+def _text(error: BaseException) -> str:
+    return str(error) or type(error).__name__
