@@ -220,14 +220,27 @@ def connect(url: str, *, max_connections: int, timeout_s: float,
 
 
 class FollowingConnection(SentinelManagedConnection):
-    """A Sentinel-managed connection that asks the Sentinels again on every reconnect.
+    """A Sentinel-managed connection that asks the Sentinels again on every reconnect,
+    and tries their primary once per retry of the command.
 
     redis-py 8 reconnects a dropped connection from ``send_packed_command`` through
     ``connect_check_health``, which skips the Sentinel lookup of ``connect()``: a command
     retried after a failover would knock at the dead primary's address until it gave up.
+    That reconnect runs inside the command's retry, so it makes one lookup and one try:
+    with ``connect()``'s own retry as well, a primary that refused was tried the square of
+    the retries (126 squared at the default budget, over an hour), not the retries.
     """
 
     _resolving = False
+
+    async def connect(self) -> None:
+        """Connect as redis-py's Sentinel connection does, retrying (a first connect, from
+        the pool, is outside any command's retry)."""
+        self._resolving = True
+        try:
+            await super().connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+        finally:
+            self._resolving = False
 
     async def connect_check_health(
         self, check_health: bool = True, retry_socket_connect: bool = True
@@ -241,7 +254,7 @@ class FollowingConnection(SentinelManagedConnection):
             return
         self._resolving = True
         try:
-            await self.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+            await self._connect_retry()  # type: ignore[no-untyped-call]  # redis-py: untyped
         finally:
             self._resolving = False
 

@@ -55,25 +55,54 @@ class SyncStore:
         # Imported here: a script on a plain Redis loads none of it.
         from redis.backoff import ExponentialWithJitterBackoff
         from redis.connection import SSLConnection, parse_url
+        from redis.exceptions import AuthenticationError
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
         from redis.retry import Retry
         from redis.sentinel import Sentinel, SentinelManagedConnection
 
         class Following(SentinelManagedConnection):
-            # Asks the Sentinels again on a reconnect (see store.FollowingConnection).
+            # As store.FollowingConnection: asks the Sentinels again on a reconnect, and
+            # tries their primary once per retry of the command.
             resolving = False
 
+            def connect(self) -> None:
+                self.resolving = True
+                try:
+                    super().connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+                finally:
+                    self.resolving = False
+
             def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
-                if self._sock or self.resolving:
-                    if not self._sock:
-                        super().connect_check_health(*args, **kwargs)
+                if self._sock:
+                    return
+                if self.resolving:
+                    super().connect_check_health(*args, **kwargs)
                     return
                 self.resolving = True
                 try:
-                    self.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
+                    self._connect_retry()  # type: ignore[no-untyped-call]  # redis-py: untyped
                 finally:
                     self.resolving = False
+
+        class RefusedLoginError(Exception):
+            def __init__(self, error: AuthenticationError) -> None:
+                self.error = error
+
+        class LoginNotRetried(Retry):
+            # As retry.LoginNotRetried (which is asyncio's): a refused login is final. The
+            # error goes through redis-py's loop as one it does not retry, because the
+            # Asterisk host's redis-py may be older (6.x: no is_retryable).
+            def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+                def once() -> Any:
+                    try:
+                        return do()
+                    except AuthenticationError as e:
+                        raise RefusedLoginError(e) from e
+                try:
+                    return super().call_with_retry(once, fail, *args, **kwargs)
+                except RefusedLoginError as r:
+                    raise r.error from None
 
         class FollowingSSL(Following, SSLConnection):
             pass
@@ -91,8 +120,9 @@ class SyncStore:
         redis: Redis = manager.master_for(  # type: ignore[no-untyped-call]
             p.service,
             connection_class=FollowingSSL if tls else Following,
-            retry=Retry(ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S),
-                        retries=p.retries),
+            retry=LoginNotRetried(
+                ExponentialWithJitterBackoff(base=RETRY_BASE_S, cap=RETRY_CAP_S),
+                retries=p.retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             **timeouts, **node,
         )

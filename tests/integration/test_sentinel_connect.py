@@ -1,0 +1,173 @@
+"""Connecting through a real redis-sentinel: a primary that refuses is retried for
+CALLMFA_REDIS_FAILOVER_S, once per retry, and a refused login is not retried at all.
+
+The Sentinels name two primaries: ``live``, a redis-server with a password, and ``dead``,
+a port nothing listens on (named until its down-after-milliseconds of a minute ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ivr.settings import Settings
+from ivr.storage.sentinel import retries_for
+from ivr.storage.store import connect_for
+from ivr.storage.sync import SyncStore
+
+from ..conftest import free_port, wait_until
+
+PASSWORD = "sentinel-test-password"
+FAILOVER_S = 1.0  # retries_for(1.0) = 9: one attempt and nine retries
+
+
+@dataclass(frozen=True)
+class Sentinels:
+    sentinel_port: int
+    live_port: int
+    dead_port: int
+
+    def settings(self, service: str, password: str = PASSWORD) -> Settings:
+        return Settings(redis_url=f"redis://:{password}@/0",
+                        redis_sentinels=f"127.0.0.1:{self.sentinel_port}",
+                        redis_sentinel_service=service, redis_failover_s=FAILOVER_S)
+
+
+def _answers(port: int, command: bytes, expected: bytes) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(command)
+            return expected in s.recv(4096)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentinels]:
+    """redis-server (with a password) and one redis-sentinel naming it and a dead port."""
+    workdir: Path = tmp_path_factory.mktemp("sentinel")
+    s = Sentinels(free_port(), free_port(), free_port())
+    conf = workdir / "sentinel.conf"
+    conf.write_text(
+        f"port {s.sentinel_port}\nbind 127.0.0.1\ndir {workdir}\n"
+        f"sentinel monitor live 127.0.0.1 {s.live_port} 1\n"
+        f"sentinel auth-pass live {PASSWORD}\n"
+        f"sentinel monitor dead 127.0.0.1 {s.dead_port} 1\n"
+        "sentinel down-after-milliseconds dead 60000\n")
+    procs = [subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(s.live_port), "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), "--requirepass", PASSWORD],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs.append(subprocess.Popen(["redis-sentinel", str(conf)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        for service in ("live", "dead"):
+            ask = f"SENTINEL GET-MASTER-ADDR-BY-NAME {service}\r\n".encode()
+            wait_until(lambda ask=ask: _answers(s.sentinel_port, ask, b"127.0.0.1"),
+                       10, "redis-sentinel")
+        yield s
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
+    """Connections redis-py's asyncio client opens, by port."""
+    counted: Counter[int] = Counter()
+    open_connection = asyncio.open_connection
+
+    async def counting(host: Any = None, port: Any = None, **kw: Any) -> Any:
+        counted[int(port)] += 1
+        return await open_connection(host, port, **kw)
+
+    monkeypatch.setattr(asyncio, "open_connection", counting)
+    return counted
+
+
+@pytest.fixture
+def sync_connects(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
+    """Connections redis-py's sync client opens, by port."""
+    counted: Counter[int] = Counter()
+    connect = socket.socket.connect
+
+    def counting(self: socket.socket, address: Any) -> None:
+        counted[int(address[1])] += 1
+        connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counting)
+    return counted
+
+
+class TestRetriesThroughTheSentinels:
+    async def test_a_refusing_primary_is_tried_once_per_retry(
+        self, sentinels: Sentinels, connects: Counter[int]
+    ) -> None:
+        """Each retry of the command asks the Sentinels and tries their primary once:
+        redis-py's retry of the connect inside the command's had made it 82 tries, not
+        10, and about a minute at the default budget's 126 (126 squared, over an hour)."""
+        redis = connect_for(sentinels.settings("dead"), max_connections=1)
+        try:
+            with pytest.raises(RedisConnectionError):
+                await redis.ping()
+        finally:
+            await redis.aclose()
+        assert connects[sentinels.dead_port] == retries_for(FAILOVER_S) + 1
+
+    def test_the_classic_scripts_client_too(
+        self, sentinels: Sentinels, sync_connects: Counter[int]
+    ) -> None:
+        store = SyncStore.connect(sentinels.settings("dead"))
+        try:
+            with pytest.raises(RedisConnectionError):
+                store.call_info("some-call")
+        finally:
+            store.close()
+        assert sync_connects[sentinels.dead_port] == retries_for(FAILOVER_S) + 1
+
+    async def test_a_refused_login_is_not_retried(
+        self, sentinels: Sentinels, connects: Counter[int]
+    ) -> None:
+        redis = connect_for(sentinels.settings("live", "wrong"), max_connections=1)
+        try:
+            with pytest.raises(AuthenticationError):
+                await redis.ping()
+        finally:
+            await redis.aclose()
+        assert connects[sentinels.live_port] == 1
+
+    def test_the_classic_scripts_refused_login_is_not_retried(
+        self, sentinels: Sentinels, sync_connects: Counter[int]
+    ) -> None:
+        """The classic script's client had retried it inside its own retries: the script
+        hung (still retrying after ten minutes) where it should fail at once."""
+        store = SyncStore.connect(sentinels.settings("live", "wrong"))
+        try:
+            with pytest.raises(AuthenticationError):
+                store.call_info("some-call")
+        finally:
+            store.close()
+        assert sync_connects[sentinels.live_port] == 1
+
+    async def test_the_right_password_still_connects(self, sentinels: Sentinels) -> None:
+        redis = connect_for(sentinels.settings("live"), max_connections=1)
+        try:
+            assert await redis.ping()
+        finally:
+            await redis.aclose()
+        store = SyncStore.connect(sentinels.settings("live"))
+        try:
+            assert store.call_info("some-call") == {}
+        finally:
+            store.close()
