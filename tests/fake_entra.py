@@ -7,6 +7,7 @@ one requested ``acr``; ``amr: ["tel"]``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import json
@@ -67,8 +68,17 @@ class FakeEntra:
             return web.json_response({"issuer": self.issuer_template,
                                       "jwks_uri": f"{self.base}/keys"})
 
-        async def keys(request: web.Request) -> web.Response:
-            return web.json_response(KeySet([self.key]).as_dict(private=False))
+        async def keys(request: web.Request) -> web.StreamResponse:
+            # In two writes a moment apart, as a network may deliver it.
+            body = json.dumps(KeySet([self.key]).as_dict(private=False)).encode()
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[:100])
+            await asyncio.sleep(0.05)
+            await response.write(body[100:])
+            await response.write_eof()
+            return response
 
         async def start(request: web.Request) -> web.Response:
             # Entra's sign-in page: the browser form-POSTs the authorize request.

@@ -5,6 +5,8 @@ hand-written server it replaces guaranteed: at most ``max_connections`` connecti
 (one more gets a 503 at once, unread, is closed and counted through ``on_refused``, so idle
 connections cannot starve the health checks), and an idle deadline on every connection,
 the first request's headers included (aiohttp's keep-alive timer starts at the accept).
+aiohttp has no deadline for a body once the headers are in: the fronts read theirs with
+:func:`request_body`, which has one.
 """
 
 from __future__ import annotations
@@ -21,10 +23,59 @@ log = structlog.get_logger("ivr.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IDLE_TIMEOUT_S = 5.0
+# How long a request's body may take to arrive once its headers have.
+BODY_TIMEOUT_S = 10.0
 SHUTDOWN_GRACE_S = 5.0
 MAX_CONNECTIONS = 64
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
          b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n")
+
+
+class BodyError(Exception):
+    """A request body that was not read whole: ``status`` and ``reason`` for the answer."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+async def read_body(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first ``limit + 1`` bytes when it is longer (the caller
+    refuses those). ``StreamReader.read(n)`` returns what has arrived so far, which on a
+    network can be a part of the body: it is called until the end or the limit."""
+    chunks = []
+    size = 0
+    while size <= limit:
+        chunk = await stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+async def request_body(request: web.Request, limit: int,
+                       timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """``request``'s whole body, at most ``limit`` bytes, within ``timeout_s``; BodyError
+    (413 too large, 408 too slow, 400 cut off) otherwise. It is kept, so aiohttp's own
+    readers (``request.post()``) find it read."""
+    too_large = BodyError(413, "too_large", f"the body is over {limit} bytes")
+    if (request.content_length or 0) > limit:
+        raise too_large
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await read_body(request.content, limit)
+    except TimeoutError:
+        raise BodyError(408, "body_timeout",
+                        f"the body did not arrive within {timeout_s:g} s") from None
+    except (ConnectionError, aiohttp.http_exceptions.HttpProcessingError):
+        raise BodyError(400, "incomplete_body", "the body was cut off") from None
+    if len(raw) > limit:
+        raise too_large
+    request._read_bytes = raw  # what request.read() returns from now on
+    return raw
 
 
 class _Refusal(asyncio.Protocol):

@@ -21,12 +21,14 @@ from ivr.domain.directory import DirectoryEntry
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.api.demo import masked
+from ivr.fronts.web import BODY_TIMEOUT_S
 from ivr.security import limits
 from ivr.settings import Settings
 from ivr.storage.guard import Guard
 from ivr.storage.keys import AUDIT, REQUESTS
 from ivr.storage.store import Store
 
+from ..http_bodies import exchange, post_head
 from ..openapi import check
 
 KEY = "k" * 40
@@ -262,6 +264,24 @@ class TestSubmit:
                                expect=413)
         assert found["error"] == "too_large"
         assert await _queued(api.redis) == []
+
+    async def test_a_body_in_pieces_is_read_whole_and_one_that_never_comes_is_408(
+        self, api: Api
+    ) -> None:
+        """A request whose body arrives in pieces is queued; one whose body never comes
+        held its connection for ever, and now gets 408 body_timeout after BODY_TIMEOUT_S."""
+        port = api.http.port or 0
+        body = json.dumps({"user": "alice", "phone": PHONE}).encode()
+        head = post_head("/v1/verifications", {**api.auth(),
+                                               "Content-Type": "application/json"}, len(body))
+        answer = await exchange(port, head, body[:10], body[10:])
+        assert answer.startswith(b"HTTP/1.1 202"), answer
+        answer = await exchange(port, head, body[:10], wait_s=BODY_TIMEOUT_S + 10)
+        status, _, text = answer.partition(b"\n")
+        assert status.startswith(b"HTTP/1.1 408"), answer
+        check("POST", "/v1/verifications", 408, json.loads(text))
+        assert json.loads(text)["error"] == "body_timeout"
+        assert len(await _queued(api.redis)) == 1
 
     async def test_unknown_paths_and_methods_have_the_error_shape(self, api: Api) -> None:
         async with api.http.get("/v1/nothing", headers=api.auth()) as r:

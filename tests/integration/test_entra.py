@@ -32,6 +32,7 @@ from ivr.exceptions import DirectoryError
 from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.entra import EntraFront, SigningKeys, generate_pem
 from ivr.fronts.entra.keys import rotated, write_keys
+from ivr.fronts.web import BODY_TIMEOUT_S
 from ivr.metrics import Metrics
 from ivr.ops import keyscli
 from ivr.ops.eamcheck import check_eam
@@ -45,6 +46,7 @@ from ivr.testing import StaticDirectory
 from tests.fake_entra import CLIENT_ID, FakeEntra
 
 from ..conftest import RedisServer, free_port
+from ..http_bodies import exchange, post_head
 from .conftest import eventually
 
 KEY = "k" * 40
@@ -268,6 +270,19 @@ class TestRefusedBeforeAnyCall:
         assert response.status == 400
         assert "cannot be read" in await response.text()
         assert eam.front.refused["invalid_request"] == 1
+        assert await queued(eam.redis) == []
+
+    async def test_a_form_that_never_comes_is_refused_after_its_deadline(
+        self, eam: Eam
+    ) -> None:
+        """The headers promise a form that never comes: the request held its connection for
+        ever; it ends after BODY_TIMEOUT_S in an error page, the refusal counted."""
+        answer = await exchange(eam.http.port or 0, post_head(
+            "/entra/authorize", {"Content-Type": "application/x-www-form-urlencoded"}, 100),
+            wait_s=BODY_TIMEOUT_S + 10)
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        assert b"did not arrive" in answer
+        assert eam.front.refused["body_timeout"] == 1
         assert await queued(eam.redis) == []
 
     async def test_a_request_older_than_5_minutes(self, eam: Eam) -> None:

@@ -18,8 +18,11 @@ from hypothesis import strategies as st
 from ivr.client import ProgressEvent
 from ivr.fronts.providers import GATEWAY, provider_app
 from ivr.fronts.providers.gateway import ProviderError, code_in, e164, language
+from ivr.fronts.web import BODY_TIMEOUT_S
 from ivr.metrics import Metrics
 from ivr.settings import Settings
+
+from ..http_bodies import chunk, curl_slowly, exchange, post_head
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
 TOKEN = "provider-token-0123456789abcdef"
@@ -290,3 +293,57 @@ class TestTranslation:
     def test_code_in_never_raises_anything_else(self, text: str) -> None:
         with contextlib.suppress(ProviderError):
             assert 4 <= len(code_in(text)) <= 10
+
+
+class TestBodies:
+    """Bodies as a network delivers them: in pieces, chunked past the limit, or never."""
+
+    async def test_a_body_in_pieces_is_read_whole(self) -> None:
+        """A valid request sent at 1 kB/s (curl) was refused as not JSON: only its first
+        piece had been read."""
+        verifier = FakeVerifier()
+        client = await serve(verifier)
+        body = json.dumps({**fixture("authentik_generic")["json"],
+                           "padding": "x" * 2500}).encode()
+        try:
+            status, text = await curl_slowly(
+                str(client.make_url("/providers/authentik")), body,
+                {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        finally:
+            await client.close()
+        assert status == 200, text
+        assert len(verifier.submitted) == 1
+
+    async def test_a_chunked_body_past_the_limit_is_refused_whole(self) -> None:
+        """Its first chunk a valid request, then 200 kB more: it was accepted, the rest
+        unread; it is too large, and counted."""
+        verifier = FakeVerifier()
+        metrics = Metrics()
+        client = await serve(verifier, metrics)
+        first = json.dumps(fixture("authentik_generic")["json"]).encode()
+        try:
+            answer = await exchange(
+                client.port or 0,
+                post_head("/providers/authentik", {"Authorization": f"Bearer {TOKEN}"}, None)
+                + chunk(first), chunk(b" " * 200_000) + b"0\r\n\r\n")
+        finally:
+            await client.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        assert b"too_large" in answer
+        assert verifier.submitted == []
+        assert client.app[GATEWAY].refused["authentik", "too_large"] == 1
+
+    async def test_a_body_that_never_comes_is_refused_after_its_deadline(self) -> None:
+        """The headers promise 100 bytes that never come: the request held its connection
+        for ever (and LinOTP reads the body before the credential, so without one); it
+        ends after BODY_TIMEOUT_S, refused and counted."""
+        client = await serve(FakeVerifier())
+        try:
+            answer = await exchange(client.port or 0, post_head(
+                "/providers/authentik", {"Authorization": f"Bearer {TOKEN}"}, 100),
+                wait_s=BODY_TIMEOUT_S + 10)
+        finally:
+            await client.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        assert b"body_timeout" in answer
+        assert client.app[GATEWAY].refused["authentik", "body_timeout"] == 1

@@ -18,11 +18,12 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ...client import ProgressEvent
-from ...domain.request import parse_request
+from ...domain.request import MAX_REQUEST_BYTES, parse_request
 from ...exceptions import OutcomeSignatureError, RequestError
 from ...storage.keys import EVENTS, result_key
 from ...storage.tokens import Submitted, fingerprint
 from ...tasks import cancel_and_wait
+from ..web import BodyError, request_body
 from .errors import ApiError
 from .parts import PARTS, ApiParts, token_of
 
@@ -38,10 +39,13 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}\Z")
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body; 415 for another content type, 400 for bad JSON, 413
-    (aiohttp, over ``client_max_size``) for a body that is too large."""
+    for a body that is too large, 408 for one that does not arrive."""
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
-    raw = await request.read()
+    try:
+        raw = await request_body(request, MAX_REQUEST_BYTES)
+    except BodyError as e:
+        raise ApiError(e.status, e.reason, e.message) from None
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

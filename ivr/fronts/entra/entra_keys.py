@@ -15,6 +15,7 @@ import structlog
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from ..web import read_body
 from .protocol import EntraError
 
 log = structlog.get_logger("ivr.fronts.entra")
@@ -82,7 +83,7 @@ class EntraKeys:
         async with self._session.get(url, timeout=self._timeout,
                                      allow_redirects=False) as response:
             response.raise_for_status()
-            raw = await response.content.read(MAX_DOCUMENT_BYTES + 1)
+            raw = await read_body(response.content, MAX_DOCUMENT_BYTES)
             if len(raw) > MAX_DOCUMENT_BYTES:
                 raise ValueError(f"{url}: over {MAX_DOCUMENT_BYTES} bytes")
             body = json.loads(raw)

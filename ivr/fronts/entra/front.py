@@ -45,6 +45,7 @@ from ...settings import Settings
 from ..api.demo import masked
 from ..api.parts import PARTS
 from ..api.verifications import stream_events
+from ..web import BodyError, request_body
 from .entra_keys import EntraKeys
 from .keys import SigningKeys
 from .protocol import (
@@ -318,7 +319,10 @@ def _key(sid: str) -> str:
 async def _form(request: web.Request) -> dict[str, str]:
     """The POSTed form's text fields; EntraError if it cannot be read."""
     try:
+        await request_body(request, MAX_FORM_BYTES)  # read within its deadline, then kept
         posted = await request.post()
+    except BodyError as e:
+        raise EntraError(e.reason, e.message) from None
     except (ValueError, LookupError):  # not UTF-8, an unknown charset, a bad part
         raise EntraError("invalid_request", "the sign-in form cannot be read") from None
     return {k: v for k, v in posted.items() if isinstance(v, str)}

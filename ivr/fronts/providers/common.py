@@ -8,17 +8,16 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from ..web import BodyError, request_body
 from .gateway import MAX_BODY_BYTES, ProviderError
 
 
 async def body_of(request: web.Request) -> bytes:
-    """The request's body, at most ``MAX_BODY_BYTES``."""
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise ProviderError("too_large", f"the body is over {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ProviderError("too_large", f"the body is over {MAX_BODY_BYTES} bytes")
-    return raw
+    """The request's whole body, at most ``MAX_BODY_BYTES``, within ``BODY_TIMEOUT_S``."""
+    try:
+        return await request_body(request, MAX_BODY_BYTES)
+    except BodyError as e:
+        raise ProviderError(e.reason, e.message) from None
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
