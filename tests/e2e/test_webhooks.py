@@ -45,7 +45,7 @@ class Ports:
         return {
             "CALLMFA_WEBHOOK_URL": self.hook_url,
             "CALLMFA_WEBHOOK_SECRET": SECRET,
-            "CALLMFA_WEBHOOK_ALLOWED_URLS": f"http://127.0.0.1:{self.callback}/",
+            "CALLMFA_WEBHOOK_ALLOWED_URLS": f"http://127.0.0.1:{self.callback}/cb",
             # Short back-off: 1 s, then 2 s at most, so retries fit in a test.
             "CALLMFA_WEBHOOK_BACKOFF_BASE_S": "1",
             "CALLMFA_WEBHOOK_BACKOFF_MAX_S": "2",
@@ -154,10 +154,16 @@ class TestOutcomeWebhook:
             # service to probe). It is rejected and nothing goes there.
             evil = await client.submit(user="alice", phone=PHONE,
                                        callback_url=f"http://127.0.0.1:{ports.hook}/steal")
-            refused = await client.wait(evil, 20)
-            assert refused is not None
-            assert (refused.outcome, refused.detail) == (Outcome.REJECTED,
-                                                         "invalid_callback_url")
+            # Or out of the allowed prefix by dot segments (the HTTP client resolves them:
+            # /cb/../steal would be posted to /steal).
+            dots = await client.submit(user="alice", phone=PHONE,
+                                       callback_url=f"http://127.0.0.1:{ports.callback}"
+                                                    "/cb/%2e%2e/steal")
+            for attack in (evil, dots):
+                refused = await client.wait(attack, 20)
+                assert refused is not None
+                assert (refused.outcome, refused.detail) == (Outcome.REJECTED,
+                                                             "invalid_callback_url")
             expired = await client.wait(good, 20)
             assert expired is not None
             assert expired.outcome is Outcome.EXPIRED
@@ -169,7 +175,8 @@ class TestOutcomeWebhook:
             assert callback.paths == ["/cb"]
             assert "/steal" not in receiver.paths
             # The refusal's own outcome goes to the default URL, never to the URL refused.
-            assert [r.body["data"]["id"] for r in receiver.received] == [evil]
+            assert sorted(r.body["data"]["id"] for r in receiver.received) == sorted(
+                [evil, dots])
         finally:
             await callback.close()
         assert "request_rejected" in _log(sandbox)
