@@ -113,6 +113,21 @@ class TestServe:
         assert (request["user"], request["phone"], request["context"]) == (
             "alice", "+12015550100", {"front": "radius", "nas": "test"})
 
+    async def test_eap_is_rejected_and_nobody_called(
+        self, serve: Settings, redis: Redis
+    ) -> None:
+        await redis.hset(user_key("alice"), mapping={"phone": "+12015550100"})
+        _, packet = access_request(SECRET, "alice", message_authenticator=False)
+        packet.AddAttribute("EAP-Message", b"\x02\x01\x00\x0a\x01alice")
+        packet.add_message_authenticator()
+        raw = packet.RequestPacket()
+        data = await _ask(serve.radius_port, raw)
+        reply = packet.CreateReply(packet=data)
+        assert packet.VerifyReply(reply, data, enforce_ma=True)
+        assert reply.code == AccessReject
+        assert "not EAP" in reply["Reply-Message"][0]
+        assert await redis.xrange("callmfa:requests") == []
+
     async def test_status_server_and_check(self, serve: Settings) -> None:
         raw, packet = access_request(SECRET, "", status_server=True)
         data = await _ask(serve.radius_port, raw)

@@ -213,6 +213,35 @@ class TestScreen:
     def test_malformed(self, data: bytes) -> None:
         assert packets.screen(data, _client(), self.dict) is packets.Drop.MALFORMED
 
+    @pytest.mark.parametrize("length", [0, 1, 40])
+    def test_an_attribute_that_does_not_fit_is_malformed(self, length: int) -> None:
+        """The last attribute's length byte says 0, 1, or more than is left: pyrad had cut
+        the value short and served the packet (from a client without Message-Authenticator,
+        nothing else would notice)."""
+        raw, _ = access_request(SECRET, "alice", message_authenticator=False)
+        last = raw.rindex(b"test-nas") - 2  # NAS-Identifier, the last attribute
+        bad = raw[:last + 1] + bytes([length]) + raw[last + 2:]
+        assert packets.screen(bad, _client(require=False), self.dict) is packets.Drop.MALFORMED
+
+    def test_eap_always_needs_a_message_authenticator(self) -> None:
+        """RFC 3579 3.2, even from a client allowed to send Access-Requests without one."""
+        _, nas = access_request(SECRET, "alice", message_authenticator=False)
+        nas.AddAttribute("EAP-Message", b"\x02\x01\x00\x0a\x01alice")
+        raw = nas.RequestPacket()
+        assert packets.screen(raw, _client(require=False), self.dict) is \
+            packets.Drop.MISSING_MESSAGE_AUTHENTICATOR
+
+    def test_a_proxy_state_no_reply_could_carry_is_malformed(self) -> None:
+        """The request fits in 4096 octets, but its reply (the same Proxy-State, a
+        Message-Authenticator, a Reply-Message and a State) would not."""
+        _, nas = access_request(SECRET, "alice", message_authenticator=False)
+        for hop in range(16):
+            nas.AddAttribute("Proxy-State", bytes([hop]) * 240)
+        nas.add_message_authenticator()
+        raw = nas.RequestPacket()
+        assert len(raw) <= packets.MAX_PACKET_BYTES
+        assert packets.screen(raw, _client(), self.dict) is packets.Drop.MALFORMED
+
     def test_accounting_is_not_served(self) -> None:
         raw, _ = access_request(SECRET, "alice")
         assert packets.screen(b"\x04" + raw[1:], _client(), self.dict) is \
@@ -451,6 +480,41 @@ class TestFront:
         assert front.held == 0
         assert _value(registry, "callmfa_radius_drops_total", cause=cause) == 1
 
+    async def test_eap_is_rejected_uncalled(self) -> None:
+        """callmfa does not speak EAP: the user was called and the NAS got an Accept it
+        could not use; RFC 3579 2.6.2 asks for a Reject."""
+        verifier = FakeVerifier()
+        front, registry = _front(verifier)
+        nas = Nas()
+        _, packet = access_request(SECRET, "alice", message_authenticator=False)
+        packet.AddAttribute("EAP-Message", b"\x02\x01\x00\x0a\x01alice")
+        packet.add_message_authenticator()
+        front.datagram(packet.RequestPacket(), NAS, nas.send)
+        await nas.wait_for(1)
+        assert _answer(packet, nas.replies[0][0]).code == AccessReject
+        assert verifier.submitted == []
+        assert _value(registry, "callmfa_radius_rejects_total",
+                      reason="eap_not_supported") == 1
+
+    async def test_an_unexpected_failure_is_answered_and_counted(self) -> None:
+        """An outcome the client cannot read (ValueError) ended the request's task: no
+        reply, nothing counted, an unretrieved exception; now a Reject, unavailable."""
+        verifier = FakeVerifier()
+
+        async def unreadable(request_id: str, timeout_s: float, *,
+                             user: str | None = None) -> OutcomeRecord | None:
+            raise ValueError("'approved_v2' is not a valid Outcome")
+
+        verifier.wait = unreadable  # type: ignore[method-assign]
+        front, registry = _front(verifier)
+        nas = Nas()
+        raw, packet = access_request(SECRET, "alice")
+        front.datagram(raw, NAS, nas.send)
+        await nas.wait_for(1)
+        assert _answer(packet, nas.replies[0][0]).code == AccessReject
+        assert _value(registry, "callmfa_radius_rejects_total", reason="unavailable") == 1
+        assert front.held == 0
+
     async def test_legacy_nas_without_message_authenticator(self) -> None:
         front, _ = _front(FakeVerifier(), require=False)
         nas = Nas()
@@ -508,6 +572,28 @@ class TestPasswords:
 
 
 class TestNumberMatch:
+    async def test_challenges_are_capped_and_expire_in_order(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Each challenge lives request_ttl_s: the table had no bound, and every datagram
+        scanned all of it. Past the cap a new match sign-in is rejected, uncalled."""
+        monkeypatch.setattr("ivr.fronts.radius.front.MAX_CHALLENGES", 2)
+        verifier = FakeVerifier()
+        front, registry = _front(verifier)
+        nas = Nas()
+        sent = []
+        for n in range(3):
+            raw, packet = access_request(SECRET, "matt", identifier=n)
+            sent.append(packet)
+            front.datagram(raw, NAS, nas.send)
+            await nas.wait_for(n + 1)
+        codes = [_answer(p, data).code for p, (data, _) in zip(sent, nas.replies, strict=True)]
+        assert codes == [AccessChallenge, AccessChallenge, AccessReject]
+        assert len(verifier.submitted) == 2
+        assert _value(registry, "callmfa_radius_rejects_total", reason="overloaded") == 1
+        front._expire(time.monotonic() + front.settings.request_ttl_s + 1)
+        assert front._challenges == {}
+
     async def test_challenge_then_outcome(self) -> None:
         verifier = FakeVerifier()
         front, registry = _front(verifier)

@@ -46,6 +46,7 @@ log = structlog.get_logger("ivr.fronts.radius")
 REPLY_CACHE_S = 30.0  # RFC 5080 2.2.2: answer late copies of a finished request the same
 REPLY_CACHE_MAX = 10_000
 MAX_HELD = 2_000  # requests held at once; more are dropped (cause "overloaded")
+MAX_CHALLENGES = 10_000  # number-match challenges awaiting their answer; more are rejected
 STATE_BYTES = 16
 
 Address = tuple[str, int]
@@ -98,7 +99,8 @@ class RadiusFront:
         self.dict = dict_ or packets.dictionary()
         self._held: dict[Key, asyncio.Task[None]] = {}
         self._cache: OrderedDict[Key, tuple[float, bytes]] = OrderedDict()
-        self._challenges: dict[bytes, _Challenge] = {}
+        # In the order they expire (each lives request_ttl_s from its making).
+        self._challenges: OrderedDict[bytes, _Challenge] = OrderedDict()
         self._closing = False
         metrics.in_flight.set_function(lambda: len(self._held))
 
@@ -163,8 +165,8 @@ class RadiusFront:
             if expires > now:
                 break
             del self._cache[key]
-        for state in [s for s, c in self._challenges.items() if c.expires <= now]:
-            del self._challenges[state]
+        while self._challenges and next(iter(self._challenges.values())).expires <= now:
+            self._challenges.popitem(last=False)
 
     async def _hold(self, key: Key, request: AuthPacket, client: RadiusClient,
                     source: Address, send: Send) -> None:
@@ -181,6 +183,9 @@ class RadiusFront:
                     verdict = reject("timeout")
                 except (RedisError, OSError, UpstreamError, IvrError) as e:
                     log.error("radius_verification_failed", error=str(e))
+                    verdict = reject("unavailable")
+                except Exception:  # the boundary of one request: logged, answered
+                    log.exception("radius_verification_failed")
                     verdict = reject("unavailable")
                 decided = time.monotonic()
                 encoded = packets.reply(request, _CODES[verdict.kind], message=verdict.message,
@@ -202,6 +207,9 @@ class RadiusFront:
             self.metrics.rejects.labels(verdict.reason).inc()
 
     async def _decide(self, request: AuthPacket, client: RadiusClient, rid: str) -> Verdict:
+        if packets.is_eap(request):  # RFC 3579 2.6.2: a server without EAP rejects it
+            log.info("radius_user_refused", reason="eap_not_supported")
+            return reject("eap_not_supported")
         name = packets.text(request, "User-Name")
         try:
             user = normalise_user(name)
@@ -227,6 +235,10 @@ class RadiusFront:
             return reject("unknown_user")
         context = {"front": "radius", "nas": client.name}
         if entry.mode == "match":
+            if len(self._challenges) >= MAX_CHALLENGES:
+                log.warning("radius_user_refused", reason="overloaded",
+                            challenges=len(self._challenges))
+                return reject("overloaded")
             code = match_code()
             await self._verifier.submit(
                 user=user, phone=entry.phone, mode="match", lang=entry.lang,

@@ -33,6 +33,11 @@ __all__ = ["AccessAccept", "AccessChallenge", "AccessReject", "AccessRequest", "
 MAX_PACKET_BYTES = 4096  # RFC 2865 section 3
 MAX_TEXT_BYTES = 253  # one attribute's value
 HEADER = struct.Struct("!BBH16s")
+# What a reply adds to the request's Proxy-State: Message-Authenticator, the longest
+# Reply-Message and a State of callmfa's (16 octets).
+REPLY_OWN_BYTES = HEADER.size + 18 + (2 + MAX_TEXT_BYTES) + (2 + 16)
+PROXY_STATE = 33
+EAP_MESSAGE = 79
 
 # The attributes callmfa reads or writes (RFC 2865, 2869, 3579, 5997). Others are carried
 # along undecoded. User-Password is octets here: pyrad's PwDecrypt un-hides it.
@@ -104,14 +109,21 @@ def screen(data: bytes, client: RadiusClient, dict_: Dictionary) -> AuthPacket |
         return Drop.MALFORMED
     if head.code not in (AccessRequest, StatusServer):
         return Drop.UNSUPPORTED_CODE
+    if not _attributes_fit(data, head.length):
+        return Drop.MALFORMED
     try:
         packet = AuthPacket(secret=client.secret, dict=dict_, packet=data[:head.length])
     except (PacketError, struct.error, KeyError, IndexError, ValueError, TypeError):
         return Drop.MALFORMED
     packet.code = head.code
+    if sum(2 + len(v) for v in packet.get(PROXY_STATE, [])) + REPLY_OWN_BYTES > \
+            MAX_PACKET_BYTES:
+        return Drop.MALFORMED  # no reply could carry its Proxy-State within 4096 octets
     authenticators = len(packet.get(80, []))
     if authenticators == 0:
-        if head.code == StatusServer or client.require_message_authenticator:
+        # EAP-Message always needs one (RFC 3579 3.2), whatever the client is allowed.
+        if (head.code == StatusServer or client.require_message_authenticator
+                or EAP_MESSAGE in packet):
             return Drop.MISSING_MESSAGE_AUTHENTICATOR
         return packet
     if authenticators > 1 or len(packet[80][0]) != 16:
@@ -119,6 +131,22 @@ def screen(data: bytes, client: RadiusClient, dict_: Dictionary) -> AuthPacket |
     if not packet.verify_message_authenticator():
         return Drop.BAD_MESSAGE_AUTHENTICATOR
     return packet
+
+
+def _attributes_fit(data: bytes, length: int) -> bool:
+    """Whether the attributes fill the packet exactly, each at least its 2-octet header
+    (pyrad cuts an attribute that runs past the end short instead of refusing it)."""
+    at = HEADER.size
+    while at < length:
+        if at + 2 > length or data[at + 1] < 2 or at + data[at + 1] > length:
+            return False
+        at += data[at + 1]
+    return True
+
+
+def is_eap(packet: AuthPacket) -> bool:
+    """Whether the request carries EAP, which callmfa does not speak."""
+    return EAP_MESSAGE in packet
 
 
 def text(packet: AuthPacket, name: str) -> str | None:

@@ -68,6 +68,8 @@ FRONT_MESSAGES: dict[str, str] = {
     "password_required": "Wrong user name or password",
     "unknown_state": "This sign-in has expired: sign in again",
     "unavailable": "Phone verification is unavailable right now: try again later",
+    "overloaded": "Phone verification is unavailable right now: try again later",
+    "eap_not_supported": "Phone verification needs PAP, not EAP: ask your help desk",
 }
 
 
