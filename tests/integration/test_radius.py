@@ -214,5 +214,9 @@ class TestUpstream:
     ) -> None:
         server, port = upstream
         server.mode = "forged"
+        refused: list[int] = []
+        checker = UpstreamPasswordChecker("127.0.0.1", port, b"upstream", 0.3, dictionary(),
+                                          lambda: refused.append(1))
         with pytest.raises(UpstreamError):
-            await self._checker(port).check_password("alice", "right")
+            await checker.check_password("alice", "right")
+        assert len(refused) == 2  # both forged replies, counted

@@ -29,14 +29,18 @@ __all__ = [
 
 
 def passwords_for(
-    settings: Settings, ldap: PasswordChecker | None = None
+    settings: Settings, ldap: PasswordChecker | None = None,
+    metrics: RadiusMetrics | None = None,
 ) -> PasswordChecker | None:
     """The first-factor check of CALLMFA_RADIUS_PASSWORD (None for ``none``); ``ldap`` is the
-    LDAP source's bind check (None without CALLMFA_LDAP_URL)."""
+    LDAP source's bind check (None without CALLMFA_LDAP_URL); ``metrics`` count the
+    upstream's replies refused."""
     if settings.radius_password == "radius":  # noqa: S105 - a mode, not a password
         host, port = settings.radius_upstream_address()
-        return UpstreamPasswordChecker(host, port, settings.radius_upstream_secret.encode(),
-                                       settings.radius_upstream_timeout_s, packets.dictionary())
+        return UpstreamPasswordChecker(
+            host, port, settings.radius_upstream_secret.encode(),
+            settings.radius_upstream_timeout_s, packets.dictionary(),
+            metrics.upstream_refused.inc if metrics is not None else None)
     if settings.radius_password == "ldap":  # noqa: S105 - a mode, not a password
         if ldap is None:
             raise SettingsError("CALLMFA_RADIUS_PASSWORD=ldap needs the LDAP source: set "
@@ -52,10 +56,11 @@ class RadiusRole:
     def __init__(self, settings: Settings, directory: UserDirectory,
                  ldap: PasswordChecker | None, registry: CollectorRegistry) -> None:
         clients = load_clients(settings.radius_clients_file)
-        passwords = passwords_for(settings, ldap)
+        metrics = RadiusMetrics(registry)
+        passwords = passwords_for(settings, ldap, metrics)
         self.verifier = VerificationClient.from_settings(settings)
-        self.front = RadiusFront(settings, clients, self.verifier, directory,
-                                 RadiusMetrics(registry), passwords=passwords)
+        self.front = RadiusFront(settings, clients, self.verifier, directory, metrics,
+                                 passwords=passwords)
         self.server = RadiusServer(self.front, settings.radius_host, settings.radius_port)
         self._closed = False
 

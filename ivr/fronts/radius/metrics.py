@@ -44,6 +44,11 @@ class RadiusMetrics:
         )
         for answer in ("joined", "cached"):
             self.retransmissions.labels(answer)
+        self.upstream_refused = Counter(
+            "callmfa_radius_upstream_replies_refused",
+            "Replies of the upstream RADIUS server (CALLMFA_RADIUS_PASSWORD=radius) refused: "
+            "their authenticators do not verify (forged, or another secret).", registry=r,
+        )
         self.status_server = Counter(
             "callmfa_radius_status_server", "Status-Server requests answered (RFC 5997).",
             registry=r,

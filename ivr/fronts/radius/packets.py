@@ -123,7 +123,7 @@ def screen(data: bytes, client: RadiusClient, dict_: Dictionary) -> AuthPacket |
     if authenticators == 0:
         # EAP-Message always needs one (RFC 3579 3.2), whatever the client is allowed.
         if (head.code == StatusServer or client.require_message_authenticator
-                or EAP_MESSAGE in packet):
+                or is_eap(packet)):
             return Drop.MISSING_MESSAGE_AUTHENTICATOR
         return packet
     if authenticators > 1 or len(packet[80][0]) != 16:

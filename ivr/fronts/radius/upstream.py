@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import structlog
 from pyrad.dictionary import Dictionary
@@ -46,8 +47,9 @@ class UpstreamPasswordChecker:
     """A :class:`~ivr.domain.directory.PasswordChecker` that asks an upstream RADIUS server."""
 
     def __init__(self, host: str, port: int, secret: bytes, timeout_s: float,
-                 dict_: Dictionary) -> None:
+                 dict_: Dictionary, on_refused: Callable[[], None] | None = None) -> None:
         self._address = (host, port)
+        self._on_refused = on_refused  # a reply whose authenticators do not verify
         self._secret = secret
         self._timeout_s = timeout_s
         self._dict = dict_
@@ -110,6 +112,8 @@ class UpstreamPasswordChecker:
             return None
         if not genuine:
             log.warning("radius_upstream_reply_refused", reason="authenticator does not verify")
+            if self._on_refused is not None:
+                self._on_refused()
             return None
         return bool(answer.code == AccessAccept)
 
