@@ -338,6 +338,14 @@ def _value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
+async def _reply_to(front: RadiusFront, raw: bytes) -> bytes:
+    """The one reply the front sends to ``raw`` from the NAS."""
+    nas = Nas()
+    front.datagram(raw, NAS, nas.send)
+    await nas.wait_for(1)
+    return nas.replies[0][0]
+
+
 def _answer(nas_packet: Any, encoded: bytes) -> Any:
     answer = nas_packet.CreateReply(packet=encoded)
     assert nas_packet.VerifyReply(answer, encoded, enforce_ma=True)
@@ -485,13 +493,11 @@ class TestFront:
         could not use; RFC 3579 2.6.2 asks for a Reject."""
         verifier = FakeVerifier()
         front, registry = _front(verifier)
-        nas = Nas()
         _, packet = access_request(SECRET, "alice", message_authenticator=False)
         packet.AddAttribute("EAP-Message", b"\x02\x01\x00\x0a\x01alice")
         packet.add_message_authenticator()
-        front.datagram(packet.RequestPacket(), NAS, nas.send)
-        await nas.wait_for(1)
-        assert _answer(packet, nas.replies[0][0]).code == AccessReject
+        reply = await _reply_to(front, packet.RequestPacket())
+        assert _answer(packet, reply).code == AccessReject
         assert verifier.submitted == []
         assert _value(registry, "callmfa_radius_rejects_total",
                       reason="eap_not_supported") == 1
@@ -507,11 +513,8 @@ class TestFront:
 
         verifier.wait = unreadable  # type: ignore[method-assign]
         front, registry = _front(verifier)
-        nas = Nas()
         raw, packet = access_request(SECRET, "alice")
-        front.datagram(raw, NAS, nas.send)
-        await nas.wait_for(1)
-        assert _answer(packet, nas.replies[0][0]).code == AccessReject
+        assert _answer(packet, await _reply_to(front, raw)).code == AccessReject
         assert _value(registry, "callmfa_radius_rejects_total", reason="unavailable") == 1
         assert front.held == 0
 
