@@ -47,32 +47,38 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
+def reply_of(port: int, command: bytes = b"") -> bytes | None:
+    """What a server on 127.0.0.1:``port`` answers to ``command`` (b"" for a bare connect:
+    the answer is b""); None if nothing listens."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            if not command:
+                return b""
+            s.sendall(command)
+            return s.recv(4096)
+    except OSError:
+        return None
+
+
+def start_redis(workdir: Path, *args: str) -> tuple[subprocess.Popen[bytes], RedisServer]:
+    """redis-server on a free port, with ``args`` added (``--requirepass``, ...)."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is missing: run 'make deps' (apt-get install redis-server)")
     port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
+         "--appendonly", "no", "--dir", str(workdir), *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-
-    def ping() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    wait_until(ping, 10, "redis-server")
+    wait_until(lambda: (reply_of(port, b"PING\r\n") or b"").startswith((b"+PONG", b"-NOAUTH")),
+               10, "redis-server")
     return proc, RedisServer(port)
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server on a free loopback port, for one test module."""
-    proc, server = _start_redis(tmp_path_factory.mktemp("redis"))
+    proc, server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     proc.terminate()
     proc.wait(10)

@@ -20,7 +20,7 @@ from ivr.exceptions import DirectoryError
 from ivr.settings import Settings
 from ivr.storage.ldap import LdapDirectory
 
-from ..conftest import free_port, wait_until
+from ..conftest import free_port, reply_of, wait_until
 
 # An LDAPv3 server that answers nothing ("silent"), or only the first request, a bind, with
 # success ("binds"): BindResponse { messageID, resultCode 0, matchedDN "", message "" }.
@@ -47,21 +47,11 @@ def _server(mode: str) -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", SERVER, mode, str(port)])
     try:
-        wait_until(lambda: _listening(port), 10, f"the {mode} LDAP server")
+        wait_until(lambda: reply_of(port) is not None, 10, f"the {mode} LDAP server")
         yield port
     finally:
         proc.kill()
         proc.wait(10)
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

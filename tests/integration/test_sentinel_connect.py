@@ -25,7 +25,7 @@ from ivr.storage.sentinel import retries_for
 from ivr.storage.store import connect_for
 from ivr.storage.sync import SyncStore
 
-from ..conftest import free_port, wait_until
+from ..conftest import free_port, reply_of, start_redis, wait_until
 
 PASSWORD = "sentinel-test-password"
 FAILOVER_S = 1.0  # retries_for(1.0) = 9: one attempt and nine retries
@@ -43,20 +43,12 @@ class Sentinels:
                         redis_sentinel_service=service, redis_failover_s=FAILOVER_S)
 
 
-def _answers(port: int, command: bytes, expected: bytes) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(command)
-            return expected in s.recv(4096)
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentinels]:
     """redis-server (with a password) and one redis-sentinel naming it and a dead port."""
     workdir: Path = tmp_path_factory.mktemp("sentinel")
-    s = Sentinels(free_port(), free_port(), free_port())
+    server, live = start_redis(workdir, "--requirepass", PASSWORD)
+    s = Sentinels(free_port(), live.port, free_port())
     conf = workdir / "sentinel.conf"
     conf.write_text(
         f"port {s.sentinel_port}\nbind 127.0.0.1\ndir {workdir}\n"
@@ -64,20 +56,16 @@ def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentinels]:
         f"sentinel auth-pass live {PASSWORD}\n"
         f"sentinel monitor dead 127.0.0.1 {s.dead_port} 1\n"
         "sentinel down-after-milliseconds dead 60000\n")
-    procs = [subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(s.live_port), "--save", "",
-         "--appendonly", "no", "--dir", str(workdir), "--requirepass", PASSWORD],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    procs.append(subprocess.Popen(["redis-sentinel", str(conf)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    sentinel = subprocess.Popen(["redis-sentinel", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for service in ("live", "dead"):
             ask = f"SENTINEL GET-MASTER-ADDR-BY-NAME {service}\r\n".encode()
-            wait_until(lambda ask=ask: _answers(s.sentinel_port, ask, b"127.0.0.1"),
+            wait_until(lambda ask=ask: b"127.0.0.1" in (reply_of(s.sentinel_port, ask) or b""),
                        10, "redis-sentinel")
         yield s
     finally:
-        for proc in procs:
+        for proc in (sentinel, server):
             proc.terminate()
             proc.wait(10)
 
