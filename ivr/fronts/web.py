@@ -61,9 +61,8 @@ async def request_body(request: web.Request, limit: int,
     """``request``'s whole body, at most ``limit`` bytes, within ``timeout_s``; BodyError
     (413 too large, 408 too slow, 400 cut off) otherwise. It is kept, so aiohttp's own
     readers (``request.post()``) find it read."""
-    too_large = BodyError(413, "too_large", f"the body is over {limit} bytes")
     if (request.content_length or 0) > limit:
-        raise too_large
+        raise _too_large(limit)
     try:
         async with asyncio.timeout(timeout_s):
             raw = await read_body(request.content, limit)
@@ -73,9 +72,13 @@ async def request_body(request: web.Request, limit: int,
     except (ConnectionError, aiohttp.http_exceptions.HttpProcessingError):
         raise BodyError(400, "incomplete_body", "the body was cut off") from None
     if len(raw) > limit:
-        raise too_large
+        raise _too_large(limit)
     request._read_bytes = raw  # what request.read() returns from now on
     return raw
+
+
+def _too_large(limit: int) -> BodyError:
+    return BodyError(413, "too_large", f"the body is over {limit} bytes")
 
 
 class _Refusal(asyncio.Protocol):

@@ -118,11 +118,9 @@ class LdapDirectory:
                 raise  # a user's password: the caller's answer, not a failure
             raise DirectoryError(f"LDAP refused the bind as {dn!r}: check "
                                  "CALLMFA_LDAP_BIND_DN and its password") from None
-        except bonsai.LDAPError as e:
-            _close(conn)
-            raise DirectoryError(f"LDAP server {self._url} failed: {_text(e)}") from None
-        except (OSError, TimeoutError) as e:
-            _close(conn, connect_id)
+        except (bonsai.LDAPError, OSError, TimeoutError) as e:
+            # An LDAPError ended the connect; a timeout left it pending.
+            _close(conn, None if isinstance(e, bonsai.LDAPError) else connect_id)
             raise DirectoryError(f"LDAP server {self._url} failed: {_text(e)}") from None
         except BaseException:
             _close(conn, connect_id)
