@@ -385,9 +385,12 @@ start_sentinel_mode() {
     [[ $REDIS_SERVER != valkey ]] || chroot "$ROOT" chown -R valkey:valkey "${RD#"$ROOT"}"
     alive "sentinel$n" || start "sentinel$n" "127.0.0.1:$port" ip netns exec "$NS" "${RUN_SENTINEL[@]}" "$RD_IN/sentinel-$port/sentinel.conf"
   done
-  # Ready: every Sentinel knows the primary, one replica and the two other Sentinels.
+  # Ready: every Sentinel knows the primary, one replica and the two other Sentinels, and
+  # has seen the replica's link to the primary up (its INFO, asked every 10 s: a replica
+  # still syncing shows "err" until then, and `callmfa check` says so).
   for port in "${SENTINEL_PORTS[@]}"; do
     wait_for "redis-sentinel :$port" env REDISCLI_AUTH="$(secret_of sentinel-client)" sh -c "ip netns exec '$NS' redis-cli -p $port --user callmfa sentinel master callmfa | tr '\\n' ' ' | grep -q 'num-slaves 1 .*num-other-sentinels 2 '"
+    wait_for "redis-sentinel :$port (replica link)" env REDISCLI_AUTH="$(secret_of sentinel-client)" sh -c "ip netns exec '$NS' redis-cli -p $port --user callmfa sentinel replicas callmfa | tr '\\n' ' ' | grep -q 'master-link-status ok'"
   done
 }
 
