@@ -54,6 +54,11 @@ SETTLE_RETRY_S = 300.0
 # How long the 'ringing' event waits for an answer to be written with (one round trip for
 # both when the phone answers at once); a phone that rings longer gets it on its own.
 RINGING_HOLD_S = 0.05
+# How long an answer seen before its phone's ring waits for the ring: Asterisk sends
+# OriginateResponse at once but Newstate through its message bus (stasis), so the Newstate
+# of a phone that rang just before answering may come after the answer. (A phone that never
+# rings, such as a trunk that sends 183 and no 180, costs its answer this much.)
+RING_LAG_S = 0.1
 # How long the first acknowledgement waits for others to share its round trip.
 ACK_BATCH_S = 0.05
 # How long the answer waits for this process's IVR session, to be written with its claim
@@ -379,7 +384,7 @@ class Originator:
                 answered_call, reason = await self._originate(ami, req, token, channel)
                 if answered_call:
                     answered = time.time()
-                    rang = await ringing.take()
+                    rang = await ringing.take(answered_at=answered)
                     await self._store.mark_answered(req.id, answered, ringing_at=rang,
                                                     hand_over_s=self._answer_hold_s)
                     log.info("call_answered", ring_ms=round((answered - started) * 1000),
@@ -558,9 +563,12 @@ class _Ringing:
             self._timer.cancel()
             self._timer = None
 
-    async def take(self) -> float | None:
+    async def take(self, *, answered_at: float | None = None) -> float | None:
         """When the phone started ringing, if its event is still to be written (the caller
-        writes it now); None if it was written (waited for) or the phone has not rung."""
+        writes it now); None if it was written (waited for) or the phone has not rung.
+
+        With ``answered_at`` (the call was answered), a ring not seen yet is waited for up
+        to ``RING_LAG_S``, and dated to the answer if it comes."""
         self._stop_timer()
         if self._writing is not None:
             task, self._written = self._writing, True
@@ -568,9 +576,17 @@ class _Ringing:
             self._writing = None  # a finished task keeps its coroutine for the call's length
             if not task.cancelled():
                 task.exception()  # a failed write is not the call's failure: read, dropped
-        if self._written or (self._at is None and not self._watch.ringing.is_set()):
+        if self._written:
             return None
-        return self._at or time.time()  # rang an instant ago: not yet noted
+        rang = self._watch.ringing
+        if self._at is None and not rang.is_set() and answered_at is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rang.wait(), RING_LAG_S)
+        if self._at is not None:
+            return self._at
+        if not rang.is_set():
+            return None
+        return answered_at or time.time()  # rang an instant ago: not yet noted
 
     async def close(self) -> None:
         """Stop watching."""

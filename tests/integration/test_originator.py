@@ -126,11 +126,15 @@ class FakeAmi:
 
 # --- what the network does with a call ---
 
-def answered_then(outcome: Outcome | None, cause: int = 16) -> Network:
+def answered_then(outcome: Outcome | None, cause: int = 16, *,
+                  ring_after_s: float | None = None) -> Network:
     """The phone answers; the IVR stores ``outcome`` (None: nothing), then the channel
-    hangs up with ``cause``."""
+    hangs up with ``cause``. With ``ring_after_s``, its ring (the Newstate) comes that long
+    after the answer (OriginateResponse), as Asterisk's message bus may deliver it."""
     async def network(ami: FakeAmi, call: OriginateCall, watch: ChannelWatch) -> OriginateResult:
         rid = call.fields["ChannelId"]
+        if ring_after_s is not None:
+            asyncio.get_running_loop().call_later(ring_after_s, watch.ring)
 
         async def ivr_then_hangup() -> None:
             # The IVR starts once the originator has seen the answer (as on a real line,
@@ -667,6 +671,19 @@ class TestCallOutcomes:
         assert (await h.redis.hget(call_key(rid), "answered_at")) is not None
         events = [e["event"] for e in await h.events_of(rid)]
         assert events == ["queued", "dialing", "answered", "finished"]
+
+    async def test_a_ring_seen_after_the_answer_precedes_it(self, start: Start) -> None:
+        """The Newstate of the ring may trail the OriginateResponse of the answer: the
+        answer waits for it, so the events still go ringing, answered (the ring dated to the
+        answer, never after it)."""
+        h = await start(answered_then(Outcome.APPROVED, ring_after_s=0.02))
+        rid, _ = await h.submit()
+
+        await h.outcome(rid)
+
+        events = {e["event"]: e for e in await h.events_of(rid)}
+        assert list(events) == ["queued", "dialing", "ringing", "answered", "finished"]
+        assert events["ringing"]["at"] == events["answered"]["at"]
 
     async def test_busy(self, start: Start) -> None:
         """A failed Originate (Reason 0) after a Hangup with cause 17 is busy."""
