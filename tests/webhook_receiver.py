@@ -7,6 +7,7 @@ accepted by webhook-id, so a test sees duplicates.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import time
@@ -85,9 +86,26 @@ class WebhookReceiver:
 
 
 class _Mailbox:
+    """Keeps what it accepts. ``refuse_first[address]``: RCPT answers 450 (greylisted) that
+    many times first; ``quit_delay_s``: QUIT is answered that late (a slow relay)."""
+
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
+        self.refuse_first: dict[str, int] = {}
+        self.quit_delay_s = 0.0
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any,  # noqa: N802
+                          address: str, rcpt_options: list[str]) -> str:
+        if self.refuse_first.get(address, 0) > 0:
+            self.refuse_first[address] -= 1
+            return "450 4.2.0 greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        await asyncio.sleep(self.quit_delay_s)
+        return "221 Bye"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)

@@ -231,7 +231,8 @@ def security_deliveries(audit_id: str, entry: Mapping[str, str], *, url: str,
                         recipients: tuple[str, ...],
                         mail_events: frozenset[str]) -> list[dict[str, str]]:
     """The deliveries an audit entry makes: a security webhook to ``url`` and an alert
-    e-mail to ``recipients`` (for the events in ``mail_events``); none for other entries.
+    e-mail to each of ``recipients`` (for the events in ``mail_events``: one delivery each,
+    so a mailbox that refuses it for a while is tried again alone); none for other entries.
 
     Their webhook ids come from the audit entry's id: the same if it is routed twice.
     """
@@ -245,9 +246,10 @@ def security_deliveries(audit_id: str, entry: Mapping[str, str], *, url: str,
     if url:
         out.append({"channel": "webhook", "target": url,
                     "webhook_id": f"msg_audit_{audit_id}", **common})
-    if recipients and kind.removeprefix("security.") in mail_events:
-        out.append({"channel": "email", "target": ",".join(recipients),
-                    "webhook_id": f"msg_audit_{audit_id}_email", **common})
+    if kind.removeprefix("security.") in mail_events:
+        out += [{"channel": "email", "target": address,
+                 "webhook_id": f"msg_audit_{audit_id}_email{n}", **common}
+                for n, address in enumerate(recipients, 1)]
     return out
 
 

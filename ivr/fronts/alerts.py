@@ -49,16 +49,22 @@ class MailSender:
         return f"MailSender(host={self._s.smtp_host!r}, password=***)"
 
     async def send(self, d: Delivery) -> None:
-        """One SMTP transaction, bounded by CALLMFA_WEBHOOK_TIMEOUT_S."""
+        """One SMTP transaction, bounded by CALLMFA_WEBHOOK_TIMEOUT_S; a refused recipient
+        fails it (each delivery has one, so only its own is tried again)."""
         s = self._s
         msg = alert_message(d, s.smtp_from)
+        smtp = aiosmtplib.SMTP(
+            hostname=s.smtp_host, port=s.smtp_port, start_tls=s.smtp_starttls == "on",
+            use_tls=s.smtp_starttls == "tls", username=s.smtp_user or None,
+            password=s.smtp_password or None, timeout=s.webhook_timeout_s)
         try:
-            await aiosmtplib.send(
-                msg, hostname=s.smtp_host, port=s.smtp_port,
-                start_tls=s.smtp_starttls == "on",
-                use_tls=s.smtp_starttls == "tls",
-                username=s.smtp_user or None, password=s.smtp_password or None,
-                timeout=s.webhook_timeout_s,
-            )
+            await smtp.connect()
+            refused, _ = await smtp.send_message(msg)
         except (aiosmtplib.SMTPException, OSError) as e:
             raise DeliveryError(f"smtp: {type(e).__name__}: {e}"[:200]) from None
+        finally:
+            # The relay owns the mail once it has answered DATA (RFC 5321 4.1.1.4): QUIT's
+            # answer is not waited for, so a relay slow to give it is not sent the mail again.
+            smtp.close()
+        if refused:
+            raise DeliveryError(f"smtp: recipient refused: {refused}"[:200])

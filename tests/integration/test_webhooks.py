@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -274,8 +275,8 @@ class TestSecurityEvents:
             await guard.record("unblocked", "nobody", actor="cli")  # not a security webhook
             await guard.apply(*fraud_report_args(rid=rid, user="alice", number="+12015550100",
                                                  context="{}", block_s=3600))
-            await eventually(lambda: len(receiver.received) == 1 and len(mail.messages) == 1,
-                             what="the webhook and the e-mail")
+            await eventually(lambda: len(receiver.received) == 1 and len(mail.messages) == 2,
+                             what="the webhook and the e-mails")
             await eventually(lambda: _drained(w.queue), what="the queue to empty")
         body = receiver.received[0].body
         assert body["type"] == "security.fraud_reported"
@@ -284,13 +285,47 @@ class TestSecurityEvents:
         msg = mail.messages[0]
         assert "fraud" in msg["Subject"]
         assert "alice" in msg["Subject"]
-        assert mail.box.envelopes[0] == ("callmfa@example.com",
-                                         ["sec@example.com", "soc@example.com"])
+        assert sorted(mail.box.envelopes) == [("callmfa@example.com", ["sec@example.com"]),
+                                              ("callmfa@example.com", ["soc@example.com"])]
         text = msg.get_content()
         assert rid in text
         assert "+120•••0100" in text
         assert "callmfa unblock alice" in text
-        assert w.count("email", "delivered") == 1
+        assert w.count("email", "delivered") == 2
+
+    async def test_a_greylisted_mailbox_is_tried_again_alone(
+            self, redis: Redis, redis_server: RedisServer, mail: MailCatcher) -> None:
+        """A 450 to one of two recipients: the other has its alert at once, and only the
+        refused one is tried again (it used to be dropped, the alert counted delivered)."""
+        mail.box.refuse_first["soc@example.com"] = 1
+        s = _settings(redis_server, CALLMFA_ALERT_EMAIL="sec@example.com,soc@example.com",
+                      CALLMFA_SMTP_HOST="127.0.0.1", CALLMFA_SMTP_PORT=str(mail.port))
+        async with Worker(s, redis) as w:
+            await _guard(redis).apply(*fraud_report_args(
+                rid=str(uuid.uuid4()), user="alice", number="+12015550100", context="{}",
+                block_s=0))
+            await eventually(lambda: len(mail.messages) == 2, what="both e-mails")
+            await eventually(lambda: _drained(w.queue), what="the queue to empty")
+        assert [rcpt for _, rcpt in mail.box.envelopes] == [["sec@example.com"],
+                                                           ["soc@example.com"]]
+        assert (w.count("email", "failed"), w.count("email", "delivered")) == (1, 2)
+
+    async def test_a_relay_slow_to_answer_quit_gets_the_alert_once(
+            self, redis: Redis, redis_server: RedisServer, mail: MailCatcher) -> None:
+        """The mail is the relay's once DATA is answered: a QUIT answered after the timeout
+        neither fails the delivery nor sends it again (it was sent on every retry)."""
+        mail.box.quit_delay_s = 5.0
+        s = _settings(redis_server, CALLMFA_ALERT_EMAIL="sec@example.com",
+                      CALLMFA_SMTP_HOST="127.0.0.1", CALLMFA_SMTP_PORT=str(mail.port),
+                      CALLMFA_WEBHOOK_TIMEOUT_S="1")
+        async with Worker(s, redis) as w:
+            await _guard(redis).apply(*fraud_report_args(
+                rid=str(uuid.uuid4()), user="alice", number="+12015550100", context="{}",
+                block_s=0))
+            await eventually(lambda: w.count("email", "delivered") == 1, what="delivered")
+            await asyncio.sleep(1.5)  # past the timeout and a retry's backoff
+        assert len(mail.messages) == 1
+        assert w.count("email", "failed") == 0
 
     async def test_bypass_used_and_pin_lockout_are_sent_and_e_mailed_when_asked(
             self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver,

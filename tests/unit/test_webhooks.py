@@ -184,9 +184,11 @@ class TestMessages:
         out = security_deliveries("1700000000000-0", self.fraud, url="https://h.example/",
                                   recipients=("sec@example.com", "soc@example.com"),
                                   mail_events=frozenset({"fraud_reported"}))
-        assert [d["channel"] for d in out] == ["webhook", "email"]
-        assert out[0]["webhook_id"] == "msg_audit_1700000000000-0"
-        assert out[1]["target"] == "sec@example.com,soc@example.com"
+        assert [d["channel"] for d in out] == ["webhook", "email", "email"]
+        assert [d["webhook_id"] for d in out] == ["msg_audit_1700000000000-0",
+                                                  "msg_audit_1700000000000-0_email1",
+                                                  "msg_audit_1700000000000-0_email2"]
+        assert [d["target"] for d in out[1:]] == ["sec@example.com", "soc@example.com"]
         assert json.loads(out[0]["payload"]) == self.fraud
         assert out[0]["created_at"] == "1700000000.0"
 
@@ -208,15 +210,15 @@ class TestMessages:
         assert mask_phone("+1234") == "•••"
 
     def test_the_fraud_email_says_who_when_and_what_to_do(self) -> None:
-        d = Delivery("1-0", {"channel": "email", "target": "a@example.com,b@example.com",
-                             "webhook_id": "msg_audit_1-0_email",
+        d = Delivery("1-0", {"channel": "email", "target": "a@example.com",
+                             "webhook_id": "msg_audit_1-0_email1",
                              "payload": json.dumps(self.fraud)})
         msg = alert_message(d, "callmfa@example.com")
         text = msg.get_content()
         assert "alice" in msg["Subject"]
         assert "fraud" in msg["Subject"]
-        assert msg["To"] == "a@example.com, b@example.com"
-        assert msg["Message-ID"] == "<msg_audit_1-0_email@callmfa>"
+        assert msg["To"] == "a@example.com"
+        assert msg["Message-ID"] == "<msg_audit_1-0_email1@callmfa>"
         assert "+120•••0100" in text
         assert "+12015550100" not in text
         assert RID in text
@@ -247,6 +249,8 @@ class TestSettings:
         ({"CALLMFA_WEBHOOK_ALLOWED_URLS": "https://h.example/?a=1"}, "query"),
         ({"CALLMFA_ALERT_EVENTS": "fraud_reported,nope"}, "unknown event"),
         ({"CALLMFA_SMTP_STARTTLS": "maybe"}, "on, tls or off"),
+        ({"CALLMFA_SMTP_STARTTLS": "off", "CALLMFA_SMTP_HOST": "smtp.example.com",
+          "CALLMFA_SMTP_USER": "callmfa", "CALLMFA_SMTP_PASSWORD": "pw"}, "clear text"),
         ({"CALLMFA_SMTP_FROM": "a@b\r\nBcc: x@y"}, "CR, LF"),
         ({"CALLMFA_WEBHOOK_BACKOFF_BASE_S": "0"}, "more than 0"),
     ])
@@ -254,6 +258,11 @@ class TestSettings:
                                                       why: str) -> None:
         with pytest.raises(SettingsError, match=why):
             Settings.from_env({"CALLMFA_WEBHOOK_SECRET": SECRET, **env})
+
+    def test_plain_smtp_is_for_a_relay_here_or_one_without_a_password(self) -> None:
+        for env in ({"CALLMFA_SMTP_HOST": "127.0.0.1", "CALLMFA_SMTP_PASSWORD": "pw"},
+                    {"CALLMFA_SMTP_HOST": "relay.example.com"}):
+            Settings.from_env({"CALLMFA_SMTP_STARTTLS": "off", **env})
 
     def test_the_webhooks_role(self) -> None:
         assert Settings.from_env({"CALLMFA_ROLES": "webhooks"}).role_set == {"webhooks"}
