@@ -418,7 +418,7 @@ class Settings:
     smtp_starttls: str = field(
         default="on",
         metadata={"doc": "on (STARTTLS, required), tls (TLS from the start, port 465) or off "
-                  "(plain; a relay on this host only)."},
+                  "(plain: with a user and password, only to a relay on this host)."},
     )
     smtp_user: str = field(
         default="", metadata={"doc": "SMTP user name; empty: no authentication."}
@@ -774,6 +774,11 @@ class Settings:
             raise SettingsError("CALLMFA_SMTP_STARTTLS must be on, tls or off")
         if not 0 < self.smtp_port < 65536:
             raise SettingsError("CALLMFA_SMTP_PORT must be 1 to 65535")
+        if (self.smtp_starttls == "off" and (self.smtp_user or self.smtp_password)
+                and not is_loopback(self.smtp_host)):
+            raise SettingsError(
+                "CALLMFA_SMTP_STARTTLS=off would send the SMTP user and password in clear "
+                f"text to {self.smtp_host}: use on or tls (or off to a relay on this host)")
         for name in ("alert_email", "smtp_from", "smtp_host", "smtp_user"):
             if any(c in getattr(self, name) for c in "\r\n\0"):
                 raise SettingsError(f"CALLMFA_{name.upper()} must not contain CR, LF or NUL")
