@@ -41,6 +41,8 @@ CHANNEL_EVENTS = frozenset({b"Newstate", b"Hangup"})
 # an account with more read rights than manager_callmfa.conf's still gets only those.
 LOGIN_EVENTS = "call"
 EOL2 = b"\r\n\r\n"
+# A Ping every this often; one still unanswered at the next is a hung or cut-off Asterisk.
+PING_INTERVAL_S = 10
 
 
 @dataclass
@@ -191,14 +193,30 @@ def _fields(text: str) -> dict[str, str]:
 
 
 class _Manager(Manager):  # type: ignore[misc]
-    """panoramisk's Manager minus its reconnect loop and action replay."""
+    """panoramisk's Manager minus its reconnect loop and action replay, and with a Ping
+    that must be answered (panoramisk's only sends it: a hung Asterisk, or one whose
+    network is cut, kept its calls coming)."""
 
     def __init__(self, owner: AmiClient, **config: Any) -> None:
         super().__init__(**config)
         self._owner = owner
+        self._ping: asyncio.Future[Any] | None = None
+        self.gone: asyncio.Future[None] = self.loop.create_future()  # the connection ended
+
+    def ping(self) -> None:
+        if self._ping is not None and not self._ping.done():
+            log.error("ami_ping_unanswered", endpoint=self._owner.endpoint,
+                      after_s=self.ping_interval)
+            self.pinger = None
+            self.protocol.transport.abort()  # connection_lost follows: calls go elsewhere
+            return
+        self.pinger = self.loop.call_later(self.ping_interval, self.ping)
+        self._ping = self.protocol.send({"Action": "Ping"})
 
     def connection_lost(self, exc: object) -> None:
         self._connected = False
+        if not self.gone.done():
+            self.gone.set_result(None)
         pinger: Any = getattr(self, "pinger", None)
         if pinger is not None:
             pinger.cancel()
@@ -223,9 +241,10 @@ class AmiClient:
 
     def __init__(
         self, *, host: str, port: int, user: str, secret: str, timeout_s: float,
-        on_reconnect: Callable[[], None] | None = None,
+        on_reconnect: Callable[[], None] | None = None, ping_interval_s: int = PING_INTERVAL_S,
     ) -> None:
         self._host = host
+        self._ping_interval_s = ping_interval_s
         self._on_reconnect = on_reconnect
         self._port = port
         self._user = user
@@ -275,7 +294,8 @@ class AmiClient:
         loop = asyncio.get_running_loop()
         manager = _Manager(
             self, loop=loop, host=self._host, port=self._port, username=self._user,
-            secret=self._secret, events=LOGIN_EVENTS, ping_delay=10, ping_interval=10,
+            secret=self._secret, events=LOGIN_EVENTS, ping_delay=self._ping_interval_s,
+            ping_interval=self._ping_interval_s,
         )
         try:
             transport, protocol = await asyncio.wait_for(
@@ -291,16 +311,21 @@ class AmiClient:
         done: asyncio.Future[tuple[Any, Any]] = loop.create_future()
         done.set_result((transport, protocol))
         manager.connection_made(done)  # sends Login
+        login: asyncio.Future[Any] = manager.authenticated_future
         try:
-            reply = await asyncio.wait_for(
-                asyncio.shield(manager.authenticated_future), self._timeout
-            )
-        except TimeoutError:
-            manager.close()
-            raise AmiLoginError(f"no AMI login reply within {self._timeout}s") from None
-        except BaseException:  # cancelled (a stop while reconnecting) or lost during login
+            await asyncio.wait({login, manager.gone}, timeout=self._timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled: a stop while reconnecting
             manager.close()
             raise
+        if not login.done():
+            # No answer is no refusal: an Asterisk that hangs or drops the connection is
+            # unreachable (the pool starts without it), not wrongly configured.
+            manager.close()
+            why = ("closed the connection" if manager.gone.done()
+                   else f"did not answer within {self._timeout}s")
+            raise AmiConnectError(f"AMI at {self._host}:{self._port} {why} during login")
+        reply = login.result()
         if not reply.success:
             manager.close()
             raise AmiLoginError(
@@ -348,7 +373,9 @@ class AmiClient:
 
     def unwatch(self, uniqueid: str) -> None:
         """Stop collecting events for a channel."""
-        self._watches.pop(uniqueid, None)
+        w = self._watches.pop(uniqueid, None)
+        if w is not None and w.hangup.done() and not w.hangup.cancelled():
+            w.hangup.exception()  # a lost connection's, unread when the Originate failed
 
     async def originate(
         self, fields: Mapping[str, str], variables: Mapping[str, str], *, timeout_s: float

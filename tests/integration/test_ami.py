@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from ivr.exceptions import AmiConnectError, AmiError
 from ivr.transport.ami import AmiClient
+from ivr.transport.ami_pool import AmiPool
 
 from ..unit.test_ami import OTHER, OURS, channel, event
 
@@ -24,6 +27,8 @@ class FakeAsterisk:
         self.server: asyncio.Server | None = None
         # What an Originate gets instead of the call: a reply, nothing (b""), or a close (None).
         self.originate_reply: bytes | None = b"call"
+        self.login = "accept"  # or "close" (the connection), or "hang" (no answer)
+        self.pongs = True  # False: Pings go unanswered (a hung Asterisk)
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
@@ -41,9 +46,16 @@ class FakeAsterisk:
                 action = dict(line.split(": ", 1) for line in block.decode().strip().split("\r\n"))
                 self.actions.append(action)
                 aid = action["ActionID"].encode()
-                if action["Action"] == "Login":
+                if action["Action"] == "Login" and self.login != "accept":
+                    if self.login == "close":
+                        break
+                elif action["Action"] == "Login":
                     await self._send(writer, b"Response: Success\r\nActionID: " + aid
                                      + b"\r\nMessage: Authentication accepted\r\n\r\n")
+                elif action["Action"] == "Ping":
+                    if self.pongs:
+                        await self._send(writer, b"Response: Success\r\nActionID: " + aid
+                                         + b"\r\nPing: Pong\r\n\r\n")
                 elif action["Action"] == "Originate" and self.originate_reply != b"call":
                     if self.originate_reply is None:
                         break
@@ -216,3 +228,81 @@ async def test_a_connect_cancelled_during_login_closes_its_connection() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class TestLiveness:
+    """An Asterisk that stops answering, or drops the connection during the login, is
+    unreachable: never a refused login, never a connection trusted for new calls."""
+
+    async def _client(self, fake: FakeAsterisk, **kw: float) -> AmiClient:
+        port = await fake.start()
+        return AmiClient(host="127.0.0.1", port=port, user="callmfa", secret="s",
+                         timeout_s=kw.pop("timeout_s", 5), **kw)  # type: ignore[arg-type]
+
+    async def test_a_hung_asterisk_is_dropped_at_its_unanswered_ping(self) -> None:
+        """Pings answered keep the connection; the first left unanswered for an interval
+        ends it (it was kept for ever, so calls went on to a hung Asterisk)."""
+        fake = FakeAsterisk()
+        client = await self._client(fake, ping_interval_s=1)
+        try:
+            await client.connect()
+            watch = client.watch(OURS)
+            await asyncio.sleep(2.5)  # two Pings, answered
+            assert client.connected.is_set()
+            fake.pongs = False
+            await asyncio.wait_for(client.lost.wait(), 3)
+            assert not client.connected.is_set()
+            with pytest.raises(AmiConnectError):
+                await watch.hangup
+            assert sum(a["Action"] == "Ping" for a in fake.actions) >= 3
+        finally:
+            await client.close()
+            await fake.close()
+
+    @pytest.mark.parametrize(("login", "why"), [("close", "closed the connection"),
+                                                ("hang", "did not answer")])
+    async def test_no_login_answer_is_unreachable_not_refused(
+            self, login: str, why: str) -> None:
+        """A connection closed, or never answered, at the login: AmiConnectError (at once
+        when closed), so the pool starts with the other Asterisks; it was AmiLoginError,
+        which stopped `callmfa serve` and blamed the secret."""
+        dead, good = FakeAsterisk(), FakeAsterisk()
+        dead.login = login
+        bad = await self._client(dead, timeout_s=1.5)
+        try:
+            started = time.monotonic()
+            with pytest.raises(AmiConnectError, match=why):
+                await bad.connect()
+            assert time.monotonic() - started < (1 if login == "close" else 3)
+            pool = AmiPool([bad, await self._client(good)], capacity=1)
+            await pool.start()
+            try:
+                assert [c.connected.is_set() for c in pool.clients] == [False, True]
+            finally:
+                await pool.close()
+        finally:
+            await dead.close()
+            await good.close()
+
+    async def test_a_watch_failed_by_a_lost_connection_leaves_no_unread_error(self) -> None:
+        """The Originate failed with the connection: its watch's error is read at unwatch
+        (asyncio printed "Future exception was never retrieved" for each such call)."""
+        fake = FakeAsterisk()
+        fake.originate_reply = None
+        client = await self._client(fake)
+        unread: list[object] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: unread.append(c))
+        try:
+            await client.connect()
+            client.watch(OURS)
+            with pytest.raises(AmiConnectError):
+                await client.originate({"Channel": "PJSIP/x@y", "ChannelId": OURS}, {},
+                                       timeout_s=5)
+            client.unwatch(OURS)
+            gc.collect()
+            await asyncio.sleep(0)
+            assert unread == []
+        finally:
+            asyncio.get_running_loop().set_exception_handler(None)
+            await client.close()
+            await fake.close()
