@@ -43,6 +43,8 @@ LOGIN_EVENTS = "call"
 EOL2 = b"\r\n\r\n"
 # A Ping every this often; one still unanswered at the next is a hung or cut-off Asterisk.
 PING_INTERVAL_S = 10
+# An AMI message is a few hundred bytes: one still unended at this size ends the connection.
+MAX_MESSAGE_BYTES = 1 << 20
 
 
 @dataclass
@@ -139,8 +141,13 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         if self._buffer:
+            if EOL2 not in self._buffer[-3:] + data[:3] and EOL2 not in data:
+                self._buffer += data  # still no end: not split again
+                self._check_unended()
+                return
             data = self._buffer + data
         *messages, self._buffer = data.split(EOL2)
+        self._check_unended()
         for raw in messages:
             # Asterisk sometimes ends a message with a single CRLF (panoramisk strips too).
             raw = raw.strip()
@@ -175,6 +182,12 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
                 self._counts.unneeded += 1
                 if len(self._counts.unneeded_names) < 8:
                     self._counts.unneeded_names.add(name.decode(self.encoding, "ignore"))
+
+    def _check_unended(self) -> None:
+        if len(self._buffer) > MAX_MESSAGE_BYTES:
+            log.error("ami_message_too_large", bytes=len(self._buffer))
+            self._buffer = b""
+            self.transport.abort()  # connection_lost follows, then a new login
 
     def _parse(self, raw: bytes) -> None:
         message = Message.from_line(raw.decode(self.encoding, "ignore"))

@@ -34,12 +34,16 @@ class FakeTransport:
 
     def __init__(self) -> None:
         self.written = bytearray()
+        self.aborted = False
 
     def write(self, data: bytes) -> None:
         self.written += data
 
     def close(self) -> None:
         pass
+
+    def abort(self) -> None:
+        self.aborted = True
 
 
 class Factory:
@@ -171,3 +175,26 @@ class TestLazyParser:
         p.data_received(data)
         assert factory.dispatched == []
         assert all(name == b"" for name, _ in seen.calls)
+
+
+class TestUnendedMessage:
+    def test_a_long_message_in_small_pieces_is_read_once_ended(self) -> None:
+        """Pieces of a message not yet ended are kept (not split again each time) until
+        its end comes, even when the end is itself cut in two."""
+        p, _, seen, _ = protocol({OURS})
+        big = channel("Newstate", OURS, ChannelState="5", Padding="x" * 500_000)
+        for i in range(0, len(big) - 2, 4096):
+            p.data_received(big[i:min(i + 4096, len(big) - 2)])
+        assert seen.calls == []
+        p.data_received(big[-2:])
+        assert [n for n, _ in seen.calls] == [b"Newstate"]
+        assert not p.transport.aborted
+
+    def test_a_message_past_a_mebibyte_ends_the_connection(self) -> None:
+        """Asterisk never sends one: what does is no AMI, and its buffer is not kept."""
+        p, _, seen, _ = protocol({OURS})
+        for _ in range(300):
+            p.data_received(b"Event: Newstate\r\n" + b"x" * 4096)
+        assert p.transport.aborted
+        assert seen.calls == []
+        assert len(p._buffer) < 300 * 4096
