@@ -291,14 +291,18 @@ class Originator:
                                retry_after=refusal.retry_after, reason=refusal.reason)
         return True
 
+    def _ends_by(self, started: float) -> float:
+        """When a call placed at ``started`` has ended at the latest, its IVR's outcome in."""
+        s = self._settings
+        return started + s.ring_timeout_s + s.max_call_s + s.outcome_grace_s
+
     async def _adopt(self, req: VerificationRequest, info: dict[str, str]) -> None:
         """A taken-over request whose call was placed: never dial again; wait, then settle."""
-        s = self._settings
         try:
             started = float(info.get("call_started_at") or time.time())
         except ValueError:  # unreadable: the call may have just started
             started = time.time()
-        ends_by = started + s.ring_timeout_s + s.max_call_s + s.outcome_grace_s
+        ends_by = self._ends_by(started)
         log.info("call_adopted", wait_s=round(max(0.0, ends_by - time.time()), 1))
         record = await self._results.wait(req.id, max(0.0, ends_by - time.time()))
         if record is None:
@@ -389,7 +393,7 @@ class Originator:
                                                     hand_over_s=self._answer_hold_s)
                     log.info("call_answered", ring_ms=round((answered - started) * 1000),
                              channel=channel, asterisk=ami.endpoint)
-                    await self._settle_answered(req, watch, started, expected)
+                    await self._settle_answered(req, ami, watch, started, expected)
                     return
                 cause = await _hangup_cause(watch, HANGUP_EVENT_WAIT_S)
                 outcome, detail = failed_call_outcome(reason, cause)
@@ -413,7 +417,8 @@ class Originator:
             ami.unwatch(req.id)
 
     async def _settle_answered(
-        self, req: VerificationRequest, watch: ChannelWatch, started: float, expected: Expected
+        self, req: VerificationRequest, ami: AmiClient, watch: ChannelWatch, started: float,
+        expected: Expected,
     ) -> None:
         """The IVR stores the outcome; if the channel ends without one, store an error."""
         s = self._settings
@@ -421,8 +426,15 @@ class Originator:
         await either(arrived, watch.hangup, timeout_s=s.max_call_s + 30)
         if not arrived.done() and watch.hangup.done():
             # Hung up: the IVR's outcome is at most a moment behind the Hangup event.
+            wait_s = s.outcome_grace_s
+            if watch.hangup.exception() is not None:
+                # The AMI connection was lost instead. Back within the grace time, Asterisk
+                # lives and only the connection went: the call goes on, its IVR has its say.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ami.connected.wait(), s.outcome_grace_s)
+                wait_s = self._ends_by(started) - time.time() if ami.connected.is_set() else 0.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(arrived), s.outcome_grace_s)
+                await asyncio.wait_for(asyncio.shield(arrived), max(0.0, wait_s))
         if arrived.done():
             record: OutcomeRecord | None = arrived.result()
         elif watch.hangup.done():

@@ -82,6 +82,7 @@ class FakeAmi:
     active: int = 0
     max_active: int = 0
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)  # after a lost connection
 
     endpoint = "fake-asterisk:5038"
 
@@ -771,6 +772,34 @@ class TestCallOutcomes:
         record = await h.outcome(rid)
 
         assert (record.outcome, record.detail) == (Outcome.ERROR, "asterisk_lost")
+
+    async def test_ami_lost_and_back_during_answered_call_keeps_the_ivr_outcome(
+        self, start: Start
+    ) -> None:
+        """Only the AMI connection dropped (it is back within outcome_grace_s): the call
+        goes on, and the user's '#' keyed a second later is the outcome (it was ended
+        error/asterisk_lost after the grace time, and the IVR's approval refused)."""
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            rid = call.fields["ChannelId"]
+            watch.hangup.set_exception(AmiConnectError("AMI connection lost"))
+            ami.connected.set()
+
+            async def ivr() -> None:
+                await asyncio.sleep(1.0)
+                await ami.store.store_outcome(OutcomeRecord(
+                    id=rid, user="alice", outcome=Outcome.APPROVED, input_at=time.time(),
+                    finished_at=time.time()))
+            ami.later(ivr())
+            return OriginateResult(True, 4, {})
+
+        h = await start(network, outcome_grace_s=0.2)
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+
+        assert record.outcome is Outcome.APPROVED
 
 
 class TestDeliveryAndConcurrency:
