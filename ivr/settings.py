@@ -400,7 +400,8 @@ class Settings:
                   "(callmfa:webhooks:dead)."},
     )
     webhook_concurrency: int = field(
-        default=16, metadata={"doc": "Deliveries in flight at once per `callmfa serve`."}
+        default=16, metadata={"doc": "Deliveries in flight at once per `callmfa serve` (alert "
+                                    "e-mails: a quarter of them, at least 1)."}
     )
     alert_email: str = field(
         default="",

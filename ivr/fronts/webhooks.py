@@ -113,6 +113,8 @@ class Deliverer:
                                 max_s=settings.webhook_backoff_max_s,
                                 give_up_s=settings.webhook_give_up_s)
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
+        # E-mails get a quarter of them: a stalled relay holds up no webhook.
+        self._mail_slots = asyncio.Semaphore(max(1, settings.webhook_concurrency // 4))
         self._attempts: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         # A first attempt (or an audit entry) still unsettled after this long was lost with
@@ -222,12 +224,25 @@ class Deliverer:
 
     async def _spawn(self, d: Delivery) -> None:
         await self._slots.acquire()
+        mail = d.channel == "email"
+        if mail and self._mail_slots.locked():
+            # Every e-mail slot is taken (a slow relay): tried again once one may be free,
+            # with no failure counted, rather than waited for in the way of the webhooks.
+            self._slots.release()
+            at_ms = int((self._clock() + self._s.webhook_timeout_s) * 1000)
+            await retrying(lambda: self._queue.retry_at(d, at_ms, d.failures),
+                           what="email_deferred", for_s=BOOKKEEPING_RETRY_S)
+            return
+        if mail:
+            await self._mail_slots.acquire()  # at once: not locked
         task = asyncio.create_task(self._attempt(d), name=f"webhook-{d.entry_id}")
         self._attempts.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self._attempts.discard(t)
             self._slots.release()
+            if mail:
+                self._mail_slots.release()
             if not t.cancelled() and t.exception() is not None:
                 log.error("webhook_attempt_crashed", error=repr(t.exception()))
 

@@ -358,6 +358,42 @@ class TestSecurityEvents:
             await eventually(lambda: w.count("email", "failed") >= 1, what="a failed attempt")
         assert await redis.zcard("callmfa:webhooks:retry") == 1
 
+    async def test_a_stalled_relay_holds_up_no_webhook(
+            self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver) -> None:
+        """A relay that takes the connection and never greets: e-mails get a quarter of
+        the slots, the others wait in the schedule, and an outcome's webhook goes at once
+        (it waited behind every e-mail's timeout)."""
+        held: list[asyncio.StreamWriter] = []
+
+        async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+
+        stalled = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = stalled.sockets[0].getsockname()[1]
+        s = _settings(redis_server, CALLMFA_WEBHOOK_URL=receiver.url,
+                      CALLMFA_ALERT_EMAIL="sec@example.com", CALLMFA_SMTP_HOST="127.0.0.1",
+                      CALLMFA_SMTP_PORT=str(port), CALLMFA_WEBHOOK_CONCURRENCY="4",
+                      CALLMFA_WEBHOOK_TIMEOUT_S="3")
+        store = await _store(redis, receiver.url)
+        record = _record()
+        try:
+            async with Worker(s, redis) as w:
+                for _ in range(4):
+                    await _guard(redis).apply(*fraud_report_args(
+                        rid=str(uuid.uuid4()), user="alice", number="+12015550100",
+                        context="{}", block_s=0))
+                await eventually(lambda: len(receiver.of_type("security.fraud_reported")) == 4,
+                                 what="the security webhooks")
+                assert await store.store_outcome(record)
+                await eventually(lambda: len(receiver.of_type("verification.finished")) == 1,
+                                 what="the outcome's webhook")
+                assert w.count("email", "failed") == 0  # no e-mail attempt has ended yet
+        finally:
+            for writer in held:
+                writer.close()
+            stalled.close()
+            await stalled.wait_closed()
+
     async def test_a_routed_audit_entry_is_acknowledged(
             self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver) -> None:
         s = _settings(redis_server, CALLMFA_WEBHOOK_URL=receiver.url)
