@@ -34,7 +34,13 @@ from .domain.flow import keys_are_secret
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
 from .domain.request import VerificationRequest, parse_fields, peek_id, request_fields
 from .domain.webhooks import parse_allowed_urls
-from .exceptions import AmiConnectError, AmiError, DirectoryError, RequestError
+from .exceptions import (
+    AmiConnectError,
+    AmiError,
+    AmiNotConnectedError,
+    DirectoryError,
+    RequestError,
+)
 from .security import Security
 from .settings import Settings
 from .storage.guard import Admission, Verdict
@@ -404,8 +410,13 @@ class Originator:
         except AmiConnectError as e:
             log.error("call_lost", error=str(e))
             await self._report_ringing(req.id, ringing)
-            # The IVR may still have had its say (or say it now): give it the grace time.
-            record = await self._results.wait(req.id, s.outcome_grace_s)
+            # The IVR may still have had its say (or say it now): give it the grace time, or
+            # longer when only the connection went (the call may ring on, or be answered).
+            if isinstance(e, AmiNotConnectedError):
+                wait_s = s.outcome_grace_s  # no Originate was sent
+            else:
+                wait_s = await self._ivr_wait_s(ami, started)
+            record = await self._results.wait(req.id, wait_s)
             if record is None:
                 await self._finish(req, Outcome.ERROR, "asterisk_lost", started=started)
         except AmiError as e:
@@ -426,15 +437,10 @@ class Originator:
         await either(arrived, watch.hangup, timeout_s=s.max_call_s + 30)
         if not arrived.done() and watch.hangup.done():
             # Hung up: the IVR's outcome is at most a moment behind the Hangup event.
-            wait_s = s.outcome_grace_s
-            if watch.hangup.exception() is not None:
-                # The AMI connection was lost instead. Back within the grace time, Asterisk
-                # lives and only the connection went: the call goes on, its IVR has its say.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ami.connected.wait(), s.outcome_grace_s)
-                wait_s = self._ends_by(started) - time.time() if ami.connected.is_set() else 0.0
+            lost = watch.hangup.exception() is not None  # the AMI connection, instead
+            wait_s = await self._ivr_wait_s(ami, started) if lost else s.outcome_grace_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(arrived), max(0.0, wait_s))
+                await asyncio.wait_for(asyncio.shield(arrived), wait_s)
         if arrived.done():
             record: OutcomeRecord | None = arrived.result()
         elif watch.hangup.done():
@@ -452,6 +458,14 @@ class Originator:
         cause = watch.hangup.result() if watch.hangup.done() and not lost else None
         detail = "asterisk_lost" if lost else "no_ivr_outcome"
         await self._finish(req, Outcome.ERROR, detail, started=started, cause=cause)
+
+    async def _ivr_wait_s(self, ami: AmiClient, started: float) -> float:
+        """How long a call's IVR may still take once the AMI connection dropped during the
+        call: back within the grace time, Asterisk lives and only the connection went, so
+        until the call's latest end; else no longer (the grace time is waited here)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ami.connected.wait(), self._settings.outcome_grace_s)
+        return max(0.0, self._ends_by(started) - time.time()) if ami.connected.is_set() else 0.0
 
     async def _report_ringing(self, rid: str, ringing: _Ringing) -> None:
         """The 'ringing' event of a call that was not answered (before its outcome)."""

@@ -28,7 +28,7 @@ from ivr.domain.codes import hash_code
 from ivr.domain.directory import DirectoryEntry, UserDirectory
 from ivr.domain.outcome import Outcome, OutcomeRecord, iso
 from ivr.domain.request import MAX_REQUEST_BYTES
-from ivr.exceptions import AmiConnectError, AmiError, DirectoryError
+from ivr.exceptions import AmiConnectError, AmiError, AmiNotConnectedError, DirectoryError
 from ivr.metrics import Metrics
 from ivr.originator import Originator
 from ivr.security import limits
@@ -742,6 +742,36 @@ class TestCallOutcomes:
 
         assert (record.outcome, record.detail) == (Outcome.ERROR, "asterisk_lost")
         await h.all_acked()
+
+    @pytest.mark.parametrize(("error", "outcome"), [
+        (AmiConnectError("AMI connection lost"), Outcome.APPROVED),
+        (AmiNotConnectedError("not connected to AMI"), Outcome.ERROR)])
+    async def test_ami_lost_and_back_while_ringing(
+        self, start: Start, error: AmiConnectError, outcome: Outcome
+    ) -> None:
+        """The connection dropped while the Originate waited, and is back within
+        outcome_grace_s: the call may ring on and be answered, so its IVR's outcome a second
+        later counts; an Originate never sent (not connected) is asterisk_lost."""
+        async def network(
+            ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+        ) -> OriginateResult:
+            rid = call.fields["ChannelId"]
+            ami.connected.set()
+
+            async def ivr() -> None:
+                await asyncio.sleep(1.0)
+                await ami.store.store_outcome(OutcomeRecord(
+                    id=rid, user="alice", outcome=Outcome.APPROVED, input_at=time.time(),
+                    finished_at=time.time()))
+            ami.later(ivr())
+            raise error
+
+        h = await start(network, outcome_grace_s=0.2)
+        rid, _ = await h.submit()
+
+        record = await h.outcome(rid)
+
+        assert record.outcome is outcome
 
     async def test_answered_without_ivr_outcome(self, start: Start) -> None:
         """Answered, then hung up with no IVR outcome within outcome_grace_s:
