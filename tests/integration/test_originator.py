@@ -155,6 +155,13 @@ def answered_then(outcome: Outcome | None, cause: int = 16, *,
     return network
 
 
+async def approved_after(store: Store, rid: str, delay_s: float) -> None:
+    """The IVR of a call that goes on: the user's '#', ``delay_s`` from now."""
+    await asyncio.sleep(delay_s)
+    await store.store_outcome(OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED,
+                                            input_at=time.time(), finished_at=time.time()))
+
+
 def failed(reason: int, cause: int | None) -> Network:
     """The call fails with OriginateResponse ``reason``; a Hangup event with ``cause``
     comes first (None: no Hangup event at all)."""
@@ -755,15 +762,8 @@ class TestCallOutcomes:
         async def network(
             ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
         ) -> OriginateResult:
-            rid = call.fields["ChannelId"]
             ami.connected.set()
-
-            async def ivr() -> None:
-                await asyncio.sleep(1.0)
-                await ami.store.store_outcome(OutcomeRecord(
-                    id=rid, user="alice", outcome=Outcome.APPROVED, input_at=time.time(),
-                    finished_at=time.time()))
-            ami.later(ivr())
+            ami.later(approved_after(ami.store, call.fields["ChannelId"], 1.0))
             raise error
 
         h = await start(network, outcome_grace_s=0.2)
@@ -812,16 +812,9 @@ class TestCallOutcomes:
         async def network(
             ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
         ) -> OriginateResult:
-            rid = call.fields["ChannelId"]
             watch.hangup.set_exception(AmiConnectError("AMI connection lost"))
             ami.connected.set()
-
-            async def ivr() -> None:
-                await asyncio.sleep(1.0)
-                await ami.store.store_outcome(OutcomeRecord(
-                    id=rid, user="alice", outcome=Outcome.APPROVED, input_at=time.time(),
-                    finished_at=time.time()))
-            ami.later(ivr())
+            ami.later(approved_after(ami.store, call.fields["ChannelId"], 1.0))
             return OriginateResult(True, 4, {})
 
         h = await start(network, outcome_grace_s=0.2)

@@ -261,6 +261,12 @@ def _guard(redis: Redis) -> Guard:
                                number_per_hour=0, global_per_hour=0, lock_ttl_s=60))
 
 
+async def _fraud_report(redis: Redis) -> None:
+    """alice presses 0# (no block made)."""
+    await _guard(redis).apply(*fraud_report_args(
+        rid=str(uuid.uuid4()), user="alice", number="+12015550100", context="{}", block_s=0))
+
+
 class TestSecurityEvents:
     async def test_a_fraud_report_sends_the_security_webhook_and_the_alert_email(
             self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver,
@@ -301,9 +307,7 @@ class TestSecurityEvents:
         s = _settings(redis_server, CALLMFA_ALERT_EMAIL="sec@example.com,soc@example.com",
                       CALLMFA_SMTP_HOST="127.0.0.1", CALLMFA_SMTP_PORT=str(mail.port))
         async with Worker(s, redis) as w:
-            await _guard(redis).apply(*fraud_report_args(
-                rid=str(uuid.uuid4()), user="alice", number="+12015550100", context="{}",
-                block_s=0))
+            await _fraud_report(redis)
             await eventually(lambda: len(mail.messages) == 2, what="both e-mails")
             await eventually(lambda: _drained(w.queue), what="the queue to empty")
         assert [rcpt for _, rcpt in mail.box.envelopes] == [["sec@example.com"],
@@ -319,9 +323,7 @@ class TestSecurityEvents:
                       CALLMFA_SMTP_HOST="127.0.0.1", CALLMFA_SMTP_PORT=str(mail.port),
                       CALLMFA_WEBHOOK_TIMEOUT_S="1")
         async with Worker(s, redis) as w:
-            await _guard(redis).apply(*fraud_report_args(
-                rid=str(uuid.uuid4()), user="alice", number="+12015550100", context="{}",
-                block_s=0))
+            await _fraud_report(redis)
             await eventually(lambda: w.count("email", "delivered") == 1, what="delivered")
             await asyncio.sleep(1.5)  # past the timeout and a retry's backoff
         assert len(mail.messages) == 1
@@ -352,9 +354,7 @@ class TestSecurityEvents:
         s = _settings(redis_server, CALLMFA_ALERT_EMAIL="sec@example.com",
                       CALLMFA_SMTP_HOST="127.0.0.1", CALLMFA_SMTP_PORT=str(mail.port))
         async with Worker(s, redis) as w:
-            await _guard(redis).apply(*fraud_report_args(
-                rid=str(uuid.uuid4()), user="alice", number="+12015550100", context="{}",
-                block_s=0))
+            await _fraud_report(redis)
             await eventually(lambda: w.count("email", "failed") >= 1, what="a failed attempt")
         assert await redis.zcard("callmfa:webhooks:retry") == 1
 
@@ -379,9 +379,7 @@ class TestSecurityEvents:
         try:
             async with Worker(s, redis) as w:
                 for _ in range(4):
-                    await _guard(redis).apply(*fraud_report_args(
-                        rid=str(uuid.uuid4()), user="alice", number="+12015550100",
-                        context="{}", block_s=0))
+                    await _fraud_report(redis)
                 await eventually(lambda: len(receiver.of_type("security.fraud_reported")) == 4,
                                  what="the security webhooks")
                 assert await store.store_outcome(record)
