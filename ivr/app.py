@@ -237,7 +237,7 @@ class Service:
             gc.freeze()
             if self.deliveries is not None:
                 session = http_session(s)
-                senders: dict[str, Sender] = {"email": MailSender(s)}
+                senders: dict[str, Sender] = {"email": MailSender(s)} if s.alert_recipients else {}
                 if s.webhook_secret:
                     senders["webhook"] = WebhookSender(session, s.webhook_secret)
                 self.deliverer = Deliverer(s, self.deliveries, senders, observer=self.metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from .. import __version__
 from ..domain.outcome import iso
 from ..domain.webhooks import Backoff, envelope, security_deliveries
 from ..settings import Settings
+from ..storage.keys import ALERT_GROUP, AUDIT_GROUP
 from ..storage.retry import TRANSIENT, backoff, retrying
 from ..storage.webhooks import Delivery, DeliveryQueue
 from ..tasks import cancel_and_wait, drain
@@ -124,20 +126,25 @@ class Deliverer:
         self._reclaim_idle_ms = int(reclaim_idle_s * 1000)
 
     @property
-    def routes_audit(self) -> bool:
-        """Whether security events have anywhere to go."""
-        return bool(self._s.security_url or self._s.alert_recipients)
+    def audit_groups(self) -> tuple[str, ...]:
+        """The audit readers' groups this process is in: security webhooks with a URL for
+        them, alert e-mails with recipients (each group routes its own channel only)."""
+        s = self._s
+        return ((AUDIT_GROUP,) if s.security_url else ()) + (
+            (ALERT_GROUP,) if s.alert_recipients else ())
 
     async def start(self) -> None:
         """Create the consumer groups and start reading."""
-        await retrying(lambda: self._queue.ensure_groups(audit=self.routes_audit),
+        groups = self.audit_groups
+        await retrying(lambda: self._queue.ensure_groups(groups),
                        what="webhook_groups", for_s=BOOKKEEPING_RETRY_S)
         self._loops = [asyncio.create_task(self._guarded(self._read_new), name="webhooks_new"),
                        asyncio.create_task(self._guarded(self._read_due), name="webhooks_due")]
-        if self.routes_audit:
-            self._loops.append(asyncio.create_task(self._guarded(self._read_audit),
-                                                   name="webhooks_audit"))
-        log.info("webhooks_started", security_events=self.routes_audit,
+        for group in groups:
+            self._loops.append(asyncio.create_task(
+                self._guarded(functools.partial(self._read_audit, group)),
+                name=f"webhooks_audit_{group}"))
+        log.info("webhooks_started", security_events=list(groups),
                  concurrency=self._s.webhook_concurrency)
 
     async def stop(self, grace_s: float) -> None:
@@ -161,7 +168,7 @@ class Deliverer:
                 await asyncio.sleep(wait)
                 if "NOGROUP" in str(e):
                     with contextlib.suppress(*TRANSIENT, RedisError):
-                        await self._queue.ensure_groups(audit=self.routes_audit)
+                        await self._queue.ensure_groups(self.audit_groups)
             except Exception:  # a bug must not stop deliveries for good: logged, retried
                 wait = backoff(failures, base_s=0.5, cap_s=30.0)
                 failures += 1
@@ -197,41 +204,50 @@ class Deliverer:
             if not due:
                 await asyncio.sleep(tick)
 
-    async def _read_audit(self) -> None:
+    async def _read_audit(self, group: str) -> None:
         s = self._s
         consumer = s.consumer
+        mail = group == ALERT_GROUP
         next_reclaim = 0.0
         while True:
             entries = []
             if time.monotonic() >= next_reclaim:
-                entries = await self._queue.reclaim_audit(consumer, self._reclaim_idle_ms, 100)
+                entries = await self._queue.reclaim_audit(group, consumer,
+                                                          self._reclaim_idle_ms, 100)
                 next_reclaim = time.monotonic() + self._reclaim_idle_ms / 2000
             if not entries:
-                entries = await self._queue.read_audit(consumer, 100, BLOCK_MS)
+                entries = await self._queue.read_audit(group, consumer, 100, BLOCK_MS)
             for audit_id, entry in entries:
-                routed = security_deliveries(audit_id, entry, url=s.security_url,
-                                             recipients=s.alert_recipients,
-                                             mail_events=s.alert_event_set)
+                routed = security_deliveries(
+                    audit_id, entry, url="" if mail else s.security_url,
+                    recipients=s.alert_recipients if mail else (),
+                    mail_events=s.alert_event_set)
                 age = self._clock() - int(audit_id.split("-", 1)[0]) / 1000
                 if routed and age > s.webhook_give_up_s:
                     log.warning("security_event_too_old", audit_id=audit_id,
                                 audit_event=entry.get("event"), age_s=round(age))
                     routed = []
-                await self._queue.route_audit(audit_id, routed)
+                await self._queue.route_audit(group, audit_id, routed)
                 if routed:
                     log.info("security_event_queued", audit_id=audit_id,
                              audit_event=entry.get("event"), deliveries=len(routed))
 
     async def _spawn(self, d: Delivery) -> None:
+        if d.channel not in self._senders:
+            # Another process's to send (its settings have this channel, these do not): put
+            # back for it, no failure counted, until it is too old.
+            if self._backoff.next_attempt(d.failures, d.created_at, self._clock()) is None:
+                await self._failed(d, f"no process sent its {d.channel}")
+            else:
+                await self._defer(d)
+            return
         await self._slots.acquire()
         mail = d.channel == "email"
         if mail and self._mail_slots.locked():
             # Every e-mail slot is taken (a slow relay): tried again once one may be free,
             # with no failure counted, rather than waited for in the way of the webhooks.
             self._slots.release()
-            at_ms = int((self._clock() + self._s.webhook_timeout_s) * 1000)
-            await retrying(lambda: self._queue.retry_at(d, at_ms, d.failures),
-                           what="email_deferred", for_s=BOOKKEEPING_RETRY_S)
+            await self._defer(d)
             return
         if mail:
             await self._mail_slots.acquire()  # at once: not locked
@@ -248,15 +264,19 @@ class Deliverer:
 
         task.add_done_callback(done)
 
+    async def _defer(self, d: Delivery) -> None:
+        """Back in the schedule for one timeout, its failures as they were."""
+        at_ms = int((self._clock() + self._s.webhook_timeout_s) * 1000)
+        await retrying(lambda: self._queue.retry_at(d, at_ms, d.failures),
+                       what="webhook_deferred", for_s=BOOKKEEPING_RETRY_S)
+
     async def _attempt(self, d: Delivery) -> None:
         bound = structlog.contextvars.bound_contextvars(
             webhook_id=d.webhook_id, channel=d.channel)
         with bound:
-            sender = self._senders.get(d.channel)
+            sender = self._senders[d.channel]
             started = time.monotonic()
             try:
-                if sender is None:
-                    raise DeliveryError(f"no sender for channel {d.channel!r} here")
                 await asyncio.wait_for(sender.send(d), self._s.webhook_timeout_s)
             except (DeliveryError, TimeoutError) as e:
                 await self._failed(d, str(e) or "timeout")

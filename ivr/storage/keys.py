@@ -21,13 +21,16 @@ DEADLETTER = "callmfa:deadletter"
 # Webhook and alert deliveries (docs/webhooks.md): the stream of what is to be sent, its
 # senders' consumer group, the retry schedule (entry id -> next attempt, epoch ms), the
 # failures so far per entry, and what was given up on; the security events come from
-# AUDIT through a consumer group of their own.
+# AUDIT through a consumer group per channel (read only where that channel is set up, so
+# that a process without the alert settings never takes an entry whose e-mail it cannot
+# queue).
 WEBHOOKS = "callmfa:webhooks"
 WEBHOOK_GROUP = "senders"
 WEBHOOK_RETRY = "callmfa:webhooks:retry"
 WEBHOOK_FAILURES = "callmfa:webhooks:failures"
 WEBHOOK_DEAD = "callmfa:webhooks:dead"
-AUDIT_GROUP = "webhooks"
+AUDIT_GROUP = "webhooks"  # security webhooks
+ALERT_GROUP = "alerts"  # alert e-mails
 
 
 def result_key(rid: str) -> str:

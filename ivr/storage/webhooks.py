@@ -24,7 +24,6 @@ from redis.exceptions import ResponseError
 
 from .keys import (
     AUDIT,
-    AUDIT_GROUP,
     WEBHOOK_DEAD,
     WEBHOOK_FAILURES,
     WEBHOOK_GROUP,
@@ -144,12 +143,10 @@ class DeliveryQueue:
         self._retry = redis.register_script(_RETRY)
         self._dead = redis.register_script(_DEAD)
 
-    async def ensure_groups(self, *, audit: bool) -> None:
-        """Create the senders' group (and, with ``audit``, the audit readers' group, from
-        now on: earlier audit entries are not sent) if missing."""
-        groups = [(WEBHOOKS, WEBHOOK_GROUP, "0")]
-        if audit:
-            groups.append((AUDIT, AUDIT_GROUP, "$"))
+    async def ensure_groups(self, audit_groups: Sequence[str] = ()) -> None:
+        """Create the senders' group, and these audit readers' groups (from now on: earlier
+        audit entries are not sent), if missing."""
+        groups = [(WEBHOOKS, WEBHOOK_GROUP, "0"), *((AUDIT, g, "$") for g in audit_groups)]
         for stream, group, start in groups:
             try:
                 await self.redis.xgroup_create(stream, group, id=start, mkstream=True)
@@ -195,28 +192,29 @@ class DeliveryQueue:
         await self._dead(keys=[WEBHOOKS, WEBHOOK_RETRY, WEBHOOK_FAILURES, WEBHOOK_DEAD],
                          args=[WEBHOOK_GROUP, d.entry_id, DEAD_MAXLEN, *letter])
 
-    async def read_audit(self, consumer: str, count: int,
+    async def read_audit(self, group: str, consumer: str, count: int,
                          block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        """Audit entries not yet routed, waiting up to ``block_ms``."""
+        """Audit entries ``group`` has not routed yet, waiting up to ``block_ms``."""
         reply: Any = await self.redis.xreadgroup(
-            AUDIT_GROUP, consumer, {AUDIT: ">"}, count=count, block=block_ms)
+            group, consumer, {AUDIT: ">"}, count=count, block=block_ms)
         return [(_text(eid), _delivery(eid, f).fields)
                 for _s, items in reply or () for eid, f in items]
 
-    async def reclaim_audit(self, consumer: str, min_idle_ms: int,
+    async def reclaim_audit(self, group: str, consumer: str, min_idle_ms: int,
                             count: int) -> list[tuple[str, dict[str, str]]]:
-        """Audit entries that a process read and never routed (it died)."""
+        """Audit entries that a process of ``group`` read and never routed (it died)."""
         reply: Any = await self.redis.xautoclaim(
-            AUDIT, AUDIT_GROUP, consumer, min_idle_time=min_idle_ms, count=count)
+            AUDIT, group, consumer, min_idle_time=min_idle_ms, count=count)
         return [(_text(eid), _delivery(eid, f).fields) for eid, f in reply[1] if f]
 
-    async def route_audit(self, audit_id: str,
+    async def route_audit(self, group: str, audit_id: str,
                           deliveries: Sequence[Mapping[str, str]]) -> None:
-        """Queue the deliveries of one audit entry and acknowledge it, atomically."""
+        """Queue the deliveries of one audit entry and acknowledge it for ``group``,
+        atomically."""
         async with self.redis.pipeline(transaction=True) as pipe:
             for fields in deliveries:
                 pipe.xadd(WEBHOOKS, dict(fields))  # type: ignore[arg-type]
-            pipe.xack(AUDIT, AUDIT_GROUP, audit_id)
+            pipe.xack(AUDIT, group, audit_id)
             await pipe.execute()
 
     async def figures(self) -> QueueFigures:

@@ -55,8 +55,9 @@ class Worker:
 
     async def __aenter__(self) -> Worker:
         self.session = http_session(self.settings)
-        senders: dict[str, Sender] = {"webhook": WebhookSender(self.session, SECRET),
-                                      "email": MailSender(self.settings)}
+        senders: dict[str, Sender] = {"webhook": WebhookSender(self.session, SECRET)}
+        if self.settings.alert_recipients:  # as `callmfa serve` does
+            senders["email"] = MailSender(self.settings)
         self.deliverer = Deliverer(self.settings, self.queue, senders, observer=self.metrics,
                                    reclaim_idle_s=self.reclaim_idle_s)
         await self.deliverer.start()
@@ -150,7 +151,7 @@ class TestOutcomeWebhooks:
         record = _record()
         await store.store_outcome(record)
         queue = DeliveryQueue(redis)
-        await queue.ensure_groups(audit=False)
+        await queue.ensure_groups()
         # A process read it and died before it settled it (no ack, no retry scheduled).
         assert len(await queue.read_new("crashed-1", 10, 0)) == 1
         async with Worker(s, redis, reclaim_idle_s=0.2) as w:
@@ -250,6 +251,22 @@ async def test_a_sender_that_crashes_fails_the_attempt_and_is_dead_lettered_in_t
     letter = (await DeliveryQueue(redis).dead_letters())[0]
     assert letter["error"] == "RuntimeError: a bug"
     assert await redis.xlen(WEBHOOKS) == 0
+
+
+async def test_a_channel_no_process_sends_is_dead_lettered_once_too_old(
+        redis: Redis, redis_server: RedisServer) -> None:
+    """An e-mail queued where no process has the alert settings: put back, no failure
+    counted, and given up on at the end of its window."""
+    s = _settings(redis_server, CALLMFA_WEBHOOK_GIVE_UP_S="1", CALLMFA_WEBHOOK_TIMEOUT_S="0.2")
+    await DeliveryQueue(redis).ensure_groups()
+    await redis.xadd(WEBHOOKS, {"channel": "email", "target": "sec@example.com",
+                                "webhook_id": "msg_x_email1", "created_at": str(time.time()),
+                                "payload": "{}"})
+    async with Worker(s, redis) as w:
+        await eventually(lambda: _dead(redis), timeout_s=10, what="the dead letter")
+    letter = (await w.queue.dead_letters())[0]
+    assert letter["error"] == "no process sent its email"
+    assert w.count("email", "failed") == 0
 
 
 async def _dead(redis: Redis) -> bool:
@@ -391,6 +408,30 @@ class TestSecurityEvents:
                 writer.close()
             stalled.close()
             await stalled.wait_closed()
+
+    async def test_every_alert_is_e_mailed_when_only_one_sender_has_the_alert_settings(
+            self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver,
+            mail: MailCatcher) -> None:
+        """An originator with only the webhook URL beside a sender with the alert and SMTP
+        settings: each fraud report is one security webhook and one e-mail, and the
+        originator tries no e-mail (it took audit entries and dropped their e-mail, 9 of
+        20 here, and failed the e-mails it picked up against its default SMTP host)."""
+        mailer = _settings(redis_server, CALLMFA_WEBHOOK_URL=receiver.url,
+                           CALLMFA_ALERT_EMAIL="sec@example.com",
+                           CALLMFA_SMTP_HOST="127.0.0.1", CALLMFA_SMTP_PORT=str(mail.port),
+                           CALLMFA_WEBHOOK_TIMEOUT_S="0.5")
+        plain = _settings(redis_server, CALLMFA_WEBHOOK_URL=receiver.url,
+                          CALLMFA_WEBHOOK_TIMEOUT_S="0.5")
+        async with Worker(mailer, redis) as a, Worker(plain, redis) as b:
+            for _ in range(20):
+                await _fraud_report(redis)
+            await eventually(lambda: len(mail.messages) == 20
+                             and len(receiver.of_type("security.fraud_reported")) == 20,
+                             timeout_s=20, what="20 e-mails and 20 webhooks")
+            await eventually(lambda: _drained(a.queue), what="the queue to empty")
+        assert len({r.webhook_id for r in receiver.received}) == 20
+        assert sum(b.count("email", r) for r in ("delivered", "failed")) == 0
+        assert a.count("email", "failed") == 0
 
     async def test_a_routed_audit_entry_is_acknowledged(
             self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver) -> None:
