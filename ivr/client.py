@@ -13,10 +13,15 @@ Every outcome must also answer the request: its id, its user, and a ``requested_
 earlier than the submission. A genuine signed outcome of another request, copied into this
 request's result key, raises :class:`~ivr.exceptions.OutcomeBindingError`; a forged or
 foreign published message is ignored and the wait goes on.
+
+Every call ends by its own timeout, Redis' retries included, even when Redis stops
+answering: ``submit`` by the client's ``timeout_s``, ``wait``, ``verify`` and ``watch`` by
+theirs plus ``READ_GRACE_S``; they raise TimeoutError when Redis did not answer in time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -44,6 +49,8 @@ log = structlog.get_logger("ivr.client")
 
 # What the client remembers of its own submissions, for the binding check of a later wait.
 REMEMBERED_SUBMISSIONS = 10_000
+# How long a wait, verify or watch may go on past its timeout_s for its last read of Redis.
+READ_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,10 @@ class VerificationClient:
 
     def __init__(
         self, redis: Redis, *, signing_key: str | bytes = b"",
-        durability: Durability | None = None,
+        durability: Durability | None = None, timeout_s: float = 5.0,
     ) -> None:
         self._redis = redis
+        self._timeout_s = timeout_s  # the most a submit takes, Redis' retries included
         self._durability = durability or Durability()  # WAIT for replicas after the XADD
         key = signing_key.encode() if isinstance(signing_key, str) else signing_key
         if not key:
@@ -82,9 +90,13 @@ class VerificationClient:
         cls, url: str, *, max_connections: int = 50, timeout_s: float = 5.0,
         signing_key: str | bytes = b"",
     ) -> Self:
-        """A client with its own connection pool (closed by :meth:`aclose`)."""
-        return cls(connect(url, max_connections=max_connections, timeout_s=timeout_s),
-                   signing_key=signing_key)
+        """A client with its own connection pool (closed by :meth:`aclose`); ``timeout_s``
+        bounds a connect and a :meth:`submit`, retries included."""
+        # A read waits a little longer than watch's XREAD blocks (1 s), no more: every call
+        # has its own deadline, and a reply that late is not waited for.
+        redis = connect(url, max_connections=max_connections, timeout_s=timeout_s,
+                        socket_timeout_s=timeout_s + 1)
+        return cls(redis, signing_key=signing_key, timeout_s=timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -92,7 +104,8 @@ class VerificationClient:
         followed across failovers), its signing key, and CALLMFA_REDIS_WAIT_REPLICAS for the
         request entry."""
         return cls(connect_for(settings, max_connections=50), signing_key=settings.signing_key,
-                   durability=Durability.from_settings(settings))
+                   durability=Durability.from_settings(settings),
+                   timeout_s=settings.connect_timeout_s)
 
     async def __aenter__(self) -> Self:
         await self._ensure_started()
@@ -132,9 +145,14 @@ class VerificationClient:
         match_number: str | None = None,
         callback_url: str | None = None,
         otp: str | None = None,
+        timeout_s: float | None = None,
     ) -> str:
         """Queue a verification; returns its id (ValueError if the request would be over
         ``MAX_REQUEST_BYTES``, which callmfa rejects).
+
+        TimeoutError when Redis has not taken it within ``timeout_s`` (by default the
+        client's): it may have been queued all the same, so submit again with the same
+        ``request_id`` (one id is one call).
 
         ``callback_url``: where callmfa POSTs the outcome as a signed webhook (it must be
         under CALLMFA_WEBHOOK_ALLOWED_URLS).
@@ -166,8 +184,9 @@ class VerificationClient:
             raise ValueError(f"the request is {len(payload)} bytes, over {MAX_REQUEST_BYTES}")
         # A retried XADD (its reply lost in a failover) may queue the request twice: the
         # call claim lets only one of them dial.
-        entry_id: Any = await self._durability.command(
-            self._redis, "request", "XADD", REQUESTS, "*", "request", payload)
+        async with asyncio.timeout(self._timeout_s if timeout_s is None else timeout_s):
+            entry_id: Any = await self._durability.command(
+                self._redis, "request", "XADD", REQUESTS, "*", "request", payload)
         # The entry id is Redis' clock at the XADD: what the outcome's requested_at will be.
         self._submitted[rid.lower()] = (user, Entry(_text(entry_id), None).enqueued_at)
         while len(self._submitted) > REMEMBERED_SUBMISSIONS:
@@ -183,12 +202,24 @@ class VerificationClient:
         OutcomeSignatureError (a forged published message is ignored). An outcome of another
         request raises OutcomeBindingError: another id, another ``user`` (by default the
         one this client submitted it for), or older than this client's submission.
+
+        TimeoutError when Redis does not answer: the call never outlasts ``timeout_s`` +
+        ``READ_GRACE_S`` (the grace is for the last read of the result key).
         """
-        await self._ensure_started()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
         submitted_user, submitted_at = self._submitted.get(request_id.lower(), (None, None))
-        record = await self._results.wait(
-            request_id, timeout_s, user=user or submitted_user, submitted_at=submitted_at
-        )
+        async with asyncio.timeout_at(end + READ_GRACE_S):
+            await self._ensure_started()
+            with self._results.expecting(request_id, user=user or submitted_user,
+                                         submitted_at=submitted_at) as expected:
+                record = await expected.read(timeout_s)
+                if record is None:
+                    await asyncio.wait({expected.arrived}, timeout=max(end - loop.time(), 0))
+                    if expected.arrived.done():
+                        record = expected.arrived.result()
+                    else:  # in the key, if the message was lost with the subscription
+                        record = await expected.read(READ_GRACE_S)
         if record is not None:
             self._submitted.pop(request_id.lower(), None)
         return record
@@ -196,10 +227,15 @@ class VerificationClient:
     async def verify(
         self, *, user: str, phone: str | None = None, timeout_s: float = 180, **options: Any
     ) -> OutcomeRecord | None:
-        """Queue a verification and wait for its outcome (None on timeout)."""
-        await self._ensure_started()
-        rid = await self.submit(user=user, phone=phone, **options)
-        return await self.wait(rid, timeout_s)
+        """Queue a verification and wait for its outcome (None on timeout; TimeoutError,
+        by ``timeout_s`` + ``READ_GRACE_S``, when Redis does not answer)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        async with asyncio.timeout_at(end + READ_GRACE_S):
+            await self._ensure_started()
+        rid = await self.submit(user=user, phone=phone, **options,
+                                timeout_s=min(self._timeout_s, max(end - loop.time(), 0)))
+        return await self.wait(rid, max(end - loop.time(), 0))
 
     async def watch(
         self, request_id: str, *, since_ms: int = 0, timeout_s: float = 180
@@ -207,13 +243,15 @@ class VerificationClient:
         """Yield the progress events of ``request_id`` until ``finished`` (or the timeout).
 
         ``since_ms`` (epoch milliseconds) skips older history; use the time just before
-        the request was submitted.
+        the request was submitted. TimeoutError when Redis does not answer: no read of it
+        outlasts ``timeout_s`` + ``READ_GRACE_S``.
         """
         last = f"{since_ms}-0"
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
-            reply: Any = await self._redis.xread({EVENTS: last}, count=500,
-                                            block=int(min(left, 1.0) * 1000) or 1)
+            async with asyncio.timeout(left + READ_GRACE_S):  # never around a yield
+                reply: Any = await self._redis.xread({EVENTS: last}, count=500,
+                                                block=int(min(left, 1.0) * 1000) or 1)
             for _stream, items in reply or ():
                 for entry_id, raw in items:
                     last = entry_id.decode()

@@ -71,9 +71,11 @@ class ResultListener:
             self._task = asyncio.create_task(self._run(), name="result-listener")
         task = self._task
         waiter = asyncio.ensure_future(self._subscribed.wait())
-        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()  # done already, or this start was cancelled
         if not self._subscribed.is_set():
-            waiter.cancel()
             await task  # raises what made it fail
 
     async def close(self) -> None:
@@ -147,12 +149,15 @@ class ResultListener:
         return record
 
     @contextlib.contextmanager
-    def expecting(self, rid: str) -> Iterator[Expected]:
+    def expecting(
+        self, rid: str, *, user: str | None = None, submitted_at: float | None = None
+    ) -> Iterator[Expected]:
         """Wait for the outcome of ``rid`` from now on, for a caller that knows it has none
         yet (the originator, before it places the call): the outcome arrives by pub/sub
         (after a lost subscription, the listener reads the key again), so nothing is read
-        now. :meth:`Expected.read` reads the key, for when nothing came in time."""
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), None, None)
+        now. :meth:`Expected.read` reads the key, for when nothing came in time or for
+        one stored before. ``user`` and ``submitted_at`` are checked as by :meth:`wait`."""
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), user, submitted_at)
         self._waiters.setdefault(rid, []).append(waiter)
         try:
             yield Expected(self, rid, waiter)

@@ -200,8 +200,10 @@ def driver_info() -> dict[str, Any]:
 
 
 def connect(url: str, *, max_connections: int, timeout_s: float,
-            traffic: RedisTraffic | None = None) -> Redis:
-    """A client on a blocking pool: waiting for a free connection beats failing at once."""
+            traffic: RedisTraffic | None = None, socket_timeout_s: float | None = None) -> Redis:
+    """A client on a blocking pool: waiting for a free connection beats failing at once.
+
+    A read waits ``socket_timeout_s`` for its reply (by default ``timeout_s`` + 10 s)."""
     base = parse_url(url).get("connection_class", Connection)
     pool = BlockingConnectionPool.from_url(
         url,
@@ -210,7 +212,7 @@ def connect(url: str, *, max_connections: int, timeout_s: float,
         max_connections=max_connections,
         timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s + 10,
+        socket_timeout=timeout_s + 10 if socket_timeout_s is None else socket_timeout_s,
         health_check_interval=30,
         # After a Redis restart every pooled connection is stale: retry on a fresh one.
         retry=redis_retry(PLAIN_RETRIES, base_s=0.05, cap_s=1.0),

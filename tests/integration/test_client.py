@@ -1,0 +1,161 @@
+"""The sign-in side's client on a real redis-server: every call ends by its own timeout, even
+when Redis stops answering (SIGSTOP stands for a paused VM or a blackholed network)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from redis.asyncio import Redis
+
+from ivr.client import VerificationClient
+from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.storage.store import Store
+
+from ..conftest import RedisServer, start_redis
+
+KEY = "k" * 32
+# What a call may take past its bound on a loaded test machine.
+MARGIN_S = 1.0
+READ_GRACE_S = 1.0  # ivr.client.READ_GRACE_S: what a call may add for its last read
+T = TypeVar("T")
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], RedisServer]]:
+    """A redis-server of this test alone, to freeze; running again before it is stopped."""
+    proc, server = start_redis(tmp_path)
+    try:
+        yield proc, server
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def frozen(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Redis stopped (its sockets stay open, nothing answers) until the block ends."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+async def ends_within(call: Awaitable[T], bound_s: float) -> tuple[T | BaseException, float]:
+    """What ``call`` returned or raised, and how long it took; fails the test (at once) if
+    it is still running after ``bound_s``."""
+    task = asyncio.ensure_future(call)
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait({task}, timeout=bound_s)
+        assert task.done(), f"still running after {bound_s}s"
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    elapsed = time.monotonic() - t0
+    error = task.exception()
+    return (error if error is not None else task.result()), elapsed
+
+
+async def first_event(client: VerificationClient, rid: str, timeout_s: float) -> Any:
+    async for ev in client.watch(rid, timeout_s=timeout_s):
+        return ev
+    return None
+
+
+@pytest.fixture
+async def client(
+    own_redis: tuple[subprocess.Popen[bytes], RedisServer],
+) -> AsyncIterator[VerificationClient]:
+    async with VerificationClient.from_url(own_redis[1].url, signing_key=KEY,
+                                           timeout_s=1) as c:
+        yield c
+
+
+class TestFrozenRedis:
+    async def test_wait_ends_by_its_timeout(
+        self, own_redis: tuple[subprocess.Popen[bytes], RedisServer],
+        client: VerificationClient,
+    ) -> None:
+        """wait(rid, 2) on a Redis that stopped answering raises TimeoutError by
+        2 s + READ_GRACE_S (it took 92 s: retries of 15 s socket reads)."""
+        rid = await client.submit(user="alice", phone="+12015550100")
+        with frozen(own_redis[0]):
+            got, elapsed = await ends_within(client.wait(rid, 2), 2 + READ_GRACE_S + MARGIN_S)
+        assert isinstance(got, TimeoutError)
+        assert elapsed >= 2 - 0.1  # it waited for the outcome first
+
+    async def test_a_first_wait_ends_by_its_timeout(
+        self, own_redis: tuple[subprocess.Popen[bytes], RedisServer],
+    ) -> None:
+        """The first wait also starts the subscription: that too is bounded."""
+        c = VerificationClient.from_url(own_redis[1].url, signing_key=KEY, timeout_s=1)
+        try:
+            with frozen(own_redis[0]):
+                got, _ = await ends_within(c.wait("0b6d2c44-3e4f-4a8e-9d7c-2f7f1c0e5a11", 1),
+                                           1 + READ_GRACE_S + MARGIN_S)
+            assert isinstance(got, TimeoutError)
+        finally:
+            await c.aclose()
+
+    async def test_submit_ends_by_the_clients_timeout_and_recovers(
+        self, own_redis: tuple[subprocess.Popen[bytes], RedisServer],
+        client: VerificationClient,
+    ) -> None:
+        """submit() raises TimeoutError by the client's timeout (1 s), a later submit too,
+        and once Redis answers again a submit goes through at once."""
+        with frozen(own_redis[0]):
+            for _ in range(2):
+                got, _ = await ends_within(
+                    client.submit(user="alice", phone="+12015550100"), 1 + MARGIN_S)
+                assert isinstance(got, TimeoutError)
+        got, elapsed = await ends_within(client.submit(user="alice", phone="+12015550100"),
+                                         1 + MARGIN_S)
+        assert isinstance(got, str)
+        assert elapsed < 1
+
+    async def test_verify_ends_by_its_timeout(
+        self, own_redis: tuple[subprocess.Popen[bytes], RedisServer],
+        client: VerificationClient,
+    ) -> None:
+        with frozen(own_redis[0]):
+            got, _ = await ends_within(
+                client.verify(user="alice", phone="+12015550100", timeout_s=2),
+                2 + READ_GRACE_S + MARGIN_S)
+        assert isinstance(got, TimeoutError)
+
+    async def test_watch_ends_by_its_timeout(
+        self, own_redis: tuple[subprocess.Popen[bytes], RedisServer],
+        client: VerificationClient,
+    ) -> None:
+        with frozen(own_redis[0]):
+            got, _ = await ends_within(first_event(client, "x", 2), 2 + READ_GRACE_S + MARGIN_S)
+        assert isinstance(got, TimeoutError)
+
+    async def test_an_outcome_still_arrives_when_redis_answers(
+        self, own_redis: tuple[subprocess.Popen[bytes], RedisServer],
+        client: VerificationClient,
+    ) -> None:
+        """The bound costs nothing on a Redis that answers: the outcome comes at once."""
+        rid = await client.submit(user="alice", phone="+12015550100")
+        waiting = asyncio.create_task(client.wait(rid, 5))
+        async with Redis.from_url(own_redis[1].url) as redis:
+            await Store(redis, result_ttl_s=60, events_maxlen=100,
+                        signing_key=KEY.encode()).store_outcome(OutcomeRecord(
+                id=rid, user="alice", outcome=Outcome.APPROVED, requested_at=time.time(),
+                finished_at=time.time()))
+        got, elapsed = await ends_within(waiting, 5)
+        assert isinstance(got, OutcomeRecord)
+        assert got.outcome is Outcome.APPROVED
+        assert elapsed < 1
