@@ -1,13 +1,15 @@
 """The sign-in side: ask for a verification and wait for its outcome, over Redis only.
 
-    async with VerificationClient.from_url("redis://127.0.0.1:6379/0") as client:
+    key = os.environ["CALLMFA_SIGNING_KEY"]  # the key `callmfa serve` signs outcomes with
+    async with VerificationClient.from_url("redis://127.0.0.1:6379/0", signing_key=key) as client:
         record = await client.verify(user="alice", phone="+12015550100")
         if record.outcome is Outcome.APPROVED: ...
 
 One client shares one pub/sub subscription among all its waiting calls. Given the
 service's ``signing_key`` (CALLMFA_SIGNING_KEY), it refuses unsigned or tampered outcomes:
-``wait`` and ``verify`` raise :class:`~ivr.exceptions.OutcomeSignatureError`. Without a key
-it warns once, and accepts what Redis holds.
+``wait`` and ``verify`` raise :class:`~ivr.exceptions.OutcomeSignatureError`. A client
+without a key is refused (:class:`~ivr.exceptions.SettingsError`) unless its caller passes
+``insecure_unsigned=True``: it then warns once, and accepts what Redis holds.
 
 Every outcome must also answer the request: its id, its user, and a ``requested_at`` no
 earlier than the submission. A genuine signed outcome of another request, copied into this
@@ -39,6 +41,7 @@ from .domain.codes import hash_code
 from .domain.outcome import OutcomeRecord, iso
 from .domain.request import MAX_REQUEST_BYTES
 from .domain.signing import verified
+from .exceptions import SettingsError
 from .storage.results import ResultListener
 from .storage.store import EVENTS, REQUESTS, Durability, Entry, connect, connect_for
 
@@ -67,13 +70,19 @@ class VerificationClient:
     """Submits requests to ``callmfa:requests`` and reads outcomes and progress."""
 
     def __init__(
-        self, redis: Redis, *, signing_key: str | bytes = b"",
+        self, redis: Redis, *, signing_key: str | bytes = b"", insecure_unsigned: bool = False,
         durability: Durability | None = None, timeout_s: float = 5.0,
     ) -> None:
         self._redis = redis
         self._timeout_s = timeout_s  # the most a submit takes, Redis' retries included
         self._durability = durability or Durability()  # WAIT for replicas after the XADD
         key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        if not key and not insecure_unsigned:
+            raise SettingsError(
+                "VerificationClient needs the key callmfa signs outcomes with "
+                "(signing_key=, CALLMFA_SIGNING_KEY): without it a forged 'approved' written to "
+                "Redis is believed. Pass insecure_unsigned=True (CALLMFA_INSECURE_UNSIGNED=1 "
+                "for from_settings) to accept unsigned outcomes on purpose")
         if not key:
             log.warning("outcomes_unverified",
                         reason="no signing key: forged outcomes cannot be told apart")
@@ -88,7 +97,7 @@ class VerificationClient:
     @classmethod
     def from_url(
         cls, url: str, *, max_connections: int = 50, timeout_s: float = 5.0,
-        signing_key: str | bytes = b"",
+        signing_key: str | bytes = b"", insecure_unsigned: bool = False,
     ) -> Self:
         """A client with its own connection pool (closed by :meth:`aclose`); ``timeout_s``
         bounds a connect and a :meth:`submit`, retries included."""
@@ -96,14 +105,16 @@ class VerificationClient:
         # has its own deadline, and a reply that late is not waited for.
         redis = connect(url, max_connections=max_connections, timeout_s=timeout_s,
                         socket_timeout_s=timeout_s + 1)
-        return cls(redis, signing_key=signing_key, timeout_s=timeout_s)
+        return cls(redis, signing_key=signing_key, insecure_unsigned=insecure_unsigned,
+                   timeout_s=timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
         """A client of the service configured by ``settings``: its Redis (or its Sentinels,
-        followed across failovers), its signing key, and CALLMFA_REDIS_WAIT_REPLICAS for the
-        request entry."""
+        followed across failovers), its signing key (or CALLMFA_INSECURE_UNSIGNED=1), and
+        CALLMFA_REDIS_WAIT_REPLICAS for the request entry."""
         return cls(connect_for(settings, max_connections=50), signing_key=settings.signing_key,
+                   insecure_unsigned=bool(settings.insecure_unsigned),
                    durability=Durability.from_settings(settings),
                    timeout_s=settings.connect_timeout_s)
 

@@ -616,10 +616,17 @@ def check_user() -> str:
 
 
 async def check_call(settings: Settings, number: str, timeout_s: float) -> CheckResult:
-    """Place a real verification to ``number`` through the running service; with a signing
-    key, the outcome counts only if its signature verifies."""
+    """Place a real verification to ``number`` through the running service; the outcome
+    counts only if its signature verifies (no key: nothing is placed, unless
+    CALLMFA_INSECURE_UNSIGNED=1)."""
     user = check_user()
-    async with VerificationClient.from_settings(settings) as client:
+    try:
+        verifier = VerificationClient.from_settings(settings)
+    except SettingsError as e:
+        return CheckResult("call", Status.FAIL, f"{number}: not placed: {e}",
+                           "set CALLMFA_SIGNING_KEY (or _FILE) to the key `callmfa serve` "
+                           "signs with")
+    async with verifier as client:
         try:
             record = await client.verify(user=user, phone=number, timeout_s=timeout_s,
                                          expires_in_s=timeout_s)

@@ -18,7 +18,9 @@ from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord
-from ivr.storage.store import Store
+from ivr.exceptions import OutcomeSignatureError, SettingsError
+from ivr.settings import Settings
+from ivr.storage.store import Store, result_key
 
 from ..conftest import RedisServer, start_redis
 
@@ -159,3 +161,44 @@ class TestFrozenRedis:
         assert isinstance(got, OutcomeRecord)
         assert got.outcome is Outcome.APPROVED
         assert elapsed < 1
+
+
+class TestSigningKey:
+    def test_a_client_without_a_key_is_refused(self, redis_server: RedisServer) -> None:
+        """A default client accepted a hand-written unsigned 'approved' (found in review):
+        with no key and no opt-out, every way of making one is refused, naming both."""
+        makers = [
+            lambda: VerificationClient.from_url(redis_server.url),
+            lambda: VerificationClient(Redis.from_url(redis_server.url)),
+            lambda: VerificationClient.from_settings(Settings(redis_url=redis_server.url)),
+        ]
+        for make in makers:
+            with pytest.raises(SettingsError, match=r"CALLMFA_SIGNING_KEY.*insecure_unsigned"):
+                make()
+
+    async def test_the_opt_out_accepts_an_unsigned_outcome(
+        self, redis_server: RedisServer, redis: Redis
+    ) -> None:
+        """insecure_unsigned=True (or CALLMFA_INSECURE_UNSIGNED=1) is the explicit way to
+        believe unsigned outcomes; a key, when given, is still required of every outcome."""
+        for c in (VerificationClient.from_url(redis_server.url, insecure_unsigned=True),
+                  VerificationClient.from_settings(
+                      Settings(redis_url=redis_server.url, insecure_unsigned=1))):
+            async with c:
+                rid = await c.submit(user="alice", phone="+12015550100")
+                await redis.set(result_key(rid), unsigned(rid))
+                got = await c.wait(rid, 1)
+                assert got is not None
+                assert got.outcome is Outcome.APPROVED
+        async with VerificationClient.from_url(redis_server.url, signing_key=KEY,
+                                               insecure_unsigned=True) as c:
+            rid = await c.submit(user="alice", phone="+12015550100")
+            await redis.set(result_key(rid), unsigned(rid))
+            with pytest.raises(OutcomeSignatureError, match="unsigned"):
+                await c.wait(rid, 1)
+
+
+def unsigned(rid: str) -> str:
+    """A hand-written 'approved' for ``rid``, with no signature."""
+    return OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED,
+                         requested_at=time.time(), finished_at=time.time()).to_json()

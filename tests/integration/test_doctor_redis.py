@@ -122,7 +122,7 @@ class TestCheckCall:
                                            outcome: Outcome) -> None:
         """check --call raised KeyError on throttled, blocked, bypassed, machine_answered,
         denied and locked_out: every outcome now gives a result with a fix."""
-        settings = Settings(redis_url=redis_server.url)
+        settings = Settings(redis_url=redis_server.url, insecure_unsigned=1)
         task = asyncio.create_task(check_call(settings, "+12015550100", 10))
         await _answer_next_request(redis, outcome)
         result = await task
@@ -132,7 +132,7 @@ class TestCheckCall:
     async def test_a_user_per_run_so_a_second_check_is_not_under_the_cooldown(
         self, redis: Redis, redis_server: RedisServer
     ) -> None:
-        settings = Settings(redis_url=redis_server.url)
+        settings = Settings(redis_url=redis_server.url, insecure_unsigned=1)
         users = []
         for _ in range(2):
             task = asyncio.create_task(check_call(settings, "+12015550100", 10))
@@ -143,7 +143,7 @@ class TestCheckCall:
 
     async def test_throttled_says_when_to_retry(self, redis: Redis, redis_server: RedisServer
                                                 ) -> None:
-        settings = Settings(redis_url=redis_server.url)
+        settings = Settings(redis_url=redis_server.url, insecure_unsigned=1)
         task = asyncio.create_task(check_call(settings, "+12015550100", 10))
         await _answer_next_request(redis, Outcome.THROTTLED, detail="number_cooldown",
                                    retry_after=42)
@@ -169,3 +169,14 @@ class TestCheckCall:
         result = await task
         assert result.status is Status.OK
         assert "signature verified" in result.message
+
+    async def test_without_a_signing_key_nothing_is_placed(
+        self, redis: Redis, redis_server: RedisServer
+    ) -> None:
+        """With no CALLMFA_SIGNING_KEY and no CALLMFA_INSECURE_UNSIGNED=1 the check's
+        client would believe any outcome: it fails at once, with the fix, and queues
+        nothing."""
+        result = await check_call(Settings(redis_url=redis_server.url), "+12015550100", 1)
+        assert result.status is Status.FAIL
+        assert "CALLMFA_SIGNING_KEY" in (result.fix or "")
+        assert await redis.xlen(REQUESTS) == 0

@@ -1048,7 +1048,7 @@ class TestBoundedQueue:
         self, redis: Redis
     ) -> None:
         """VerificationClient.submit raises ValueError, naming the limit, and adds nothing."""
-        client = VerificationClient(redis)
+        client = VerificationClient(redis, signing_key="k" * 32)
         with pytest.raises(ValueError, match=str(MAX_REQUEST_BYTES)):
             await client.submit(user="alice", phone="+12015550100",
                                 context={"pad": "x" * MAX_REQUEST_BYTES})

@@ -73,7 +73,8 @@ class ApiParts:
             settings=settings, redis=redis, tokens=Tokens(redis, guard),
             submissions=Submissions(redis, idempotency_ttl_s=settings.api_idempotency_ttl_s),
             guard=guard, results=ResultListener(redis, parse),
-            watcher=VerificationClient(redis, signing_key=key),
+            watcher=VerificationClient(redis, signing_key=key,
+                                       insecure_unsigned=bool(settings.insecure_unsigned)),
             observer=observer, users=users,
         )
 

@@ -102,7 +102,8 @@ class EntraFront:
         self._keys_mtime = self._mtime()
         self._directory = directory
         self._redis = redis
-        self._client = VerificationClient(redis, signing_key=settings.signing_key)
+        self._client = VerificationClient(redis, signing_key=settings.signing_key,
+                                          insecure_unsigned=bool(settings.insecure_unsigned))
         self._http: aiohttp.ClientSession | None = None
         self._entra: EntraKeys | None = None
         self.refused: Counter[str] = Counter()  # reason -> count
