@@ -239,7 +239,12 @@ class VerificationClient:
         self, *, user: str, phone: str | None = None, timeout_s: float = 180, **options: Any
     ) -> OutcomeRecord | None:
         """Queue a verification and wait for its outcome (None on timeout; TimeoutError,
-        by ``timeout_s`` + ``READ_GRACE_S``, when Redis does not answer)."""
+        by ``timeout_s`` + ``READ_GRACE_S``, when Redis does not answer).
+
+        The request expires after ``timeout_s`` unless ``expires_in_s`` says otherwise: a
+        sign-in that gave up is not rung later.
+        """
+        options.setdefault("expires_in_s", timeout_s)
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         async with asyncio.timeout_at(end + READ_GRACE_S):

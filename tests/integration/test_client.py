@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,10 +18,10 @@ import pytest
 from redis.asyncio import Redis
 
 from ivr.client import VerificationClient
-from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.domain.outcome import Outcome, OutcomeRecord, parse_iso
 from ivr.exceptions import OutcomeSignatureError, SettingsError
 from ivr.settings import Settings
-from ivr.storage.store import Store, result_key
+from ivr.storage.store import REQUESTS, Store, result_key
 
 from ..conftest import RedisServer, start_redis
 
@@ -202,3 +203,20 @@ def unsigned(rid: str) -> str:
     """A hand-written 'approved' for ``rid``, with no signature."""
     return OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED,
                          requested_at=time.time(), finished_at=time.time()).to_json()
+
+
+class TestExpiry:
+    async def test_verify_expires_the_request_with_its_timeout(
+        self, redis_server: RedisServer, redis: Redis
+    ) -> None:
+        """verify(timeout_s=1) queued a request that expired after 120 s: a sign-in that
+        gave up could still ring the phone long after (found in review). It now expires
+        with the timeout, unless expires_in_s says otherwise."""
+        async with VerificationClient.from_url(redis_server.url, signing_key=KEY) as c:
+            for options, expected_s in (({}, 1), ({"expires_in_s": 30}, 30)):
+                before = time.time()
+                assert await c.verify(user="alice", phone="+12015550100", timeout_s=1,
+                                      **options) is None
+                [(_, fields)] = await redis.xrevrange(REQUESTS, count=1)
+                expires_at = parse_iso(json.loads(fields[b"request"])["expires_at"])
+                assert before + expected_s - 0.01 <= expires_at <= time.time() + expected_s
