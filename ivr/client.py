@@ -270,8 +270,8 @@ class VerificationClient:
                                                 block=int(min(left, 1.0) * 1000) or 1)
             for _stream, items in reply or ():
                 for entry_id, raw in items:
-                    last = entry_id.decode()
-                    fields = {k.decode(): v.decode() for k, v in raw.items()}
+                    last = _text(entry_id)
+                    fields = {_text(k): _text(v) for k, v in raw.items()}
                     if fields.get("id") != request_id:
                         continue
                     yield ProgressEvent(request_id, fields["event"], fields.get("at", ""), fields)

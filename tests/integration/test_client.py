@@ -21,7 +21,7 @@ from ivr.client import VerificationClient
 from ivr.domain.outcome import Outcome, OutcomeRecord, parse_iso
 from ivr.exceptions import OutcomeSignatureError, SettingsError
 from ivr.settings import Settings
-from ivr.storage.store import REQUESTS, Store, result_key
+from ivr.storage.store import EVENTS, REQUESTS, Store, result_key
 
 from ..conftest import RedisServer, start_redis
 
@@ -220,3 +220,31 @@ class TestExpiry:
                 [(_, fields)] = await redis.xrevrange(REQUESTS, count=1)
                 expires_at = parse_iso(json.loads(fields[b"request"])["expires_at"])
                 assert before + expected_s - 0.01 <= expires_at <= time.time() + expected_s
+
+
+class TestDecodedReplies:
+    async def test_a_client_on_decode_responses_redis_watches_and_waits(
+        self, redis_server: RedisServer, redis: Redis
+    ) -> None:
+        """watch() called .decode() on str entry ids and broke on a
+        Redis(decode_responses=True), which the constructor accepts and submit() handles
+        (found in review): every call works on one."""
+        async with Redis.from_url(redis_server.url, decode_responses=True) as text:
+            c = VerificationClient(text, signing_key=KEY)
+            try:
+                since = int(time.time() * 1000) - 1
+                rid = await c.submit(user="alice", phone="+12015550100")
+                for event in ("queued", "finished"):
+                    await redis.xadd(EVENTS, {"id": rid, "event": event, "at": "t"})
+                events = [ev.event async for ev in c.watch(rid, since_ms=since, timeout_s=2)]
+                assert events == ["queued", "finished"]
+
+                await Store(redis, result_ttl_s=60, events_maxlen=100,
+                            signing_key=KEY.encode()).store_outcome(OutcomeRecord(
+                    id=rid, user="alice", outcome=Outcome.APPROVED, requested_at=time.time(),
+                    finished_at=time.time()))
+                got = await c.wait(rid, 2)
+                assert got is not None
+                assert got.outcome is Outcome.APPROVED
+            finally:
+                await c.stop()
