@@ -112,11 +112,12 @@ class VerificationClient:
     def from_settings(cls, settings: Settings) -> Self:
         """A client of the service configured by ``settings``: its Redis (or its Sentinels,
         followed across failovers), its signing key (or CALLMFA_INSECURE_UNSIGNED=1), and
-        CALLMFA_REDIS_WAIT_REPLICAS for the request entry."""
+        CALLMFA_REDIS_WAIT_REPLICAS for the request entry. A submit may take as long as a
+        failover (CALLMFA_REDIS_FAILOVER_S), as the service's own commands do."""
         return cls(connect_for(settings, max_connections=50), signing_key=settings.signing_key,
                    insecure_unsigned=bool(settings.insecure_unsigned),
                    durability=Durability.from_settings(settings),
-                   timeout_s=settings.connect_timeout_s)
+                   timeout_s=settings.redis_failover_s + settings.connect_timeout_s)
 
     async def __aenter__(self) -> Self:
         await self._ensure_started()
