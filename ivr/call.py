@@ -36,6 +36,10 @@ AMD_CAUSE = "AMDCAUSE"
 EARLY_KEYS = "CALLMFA_EARLY_KEYS"
 TOKEN = "CALLMFA_TOKEN"  # noqa: S105 - a variable name, not a secret
 
+# How long both drivers retry the outcome's write (and a fraud report's) through a Redis
+# restart: the caller is on the line, and an outcome stored a little late beats none.
+STORE_RETRY_S = 30.0
+
 
 class PinEffect(Enum):
     """What an outcome does to the user's PIN denial count."""

@@ -14,9 +14,9 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from .call import CallContext, PinEffect
+from .call import STORE_RETRY_S, CallContext, PinEffect
 from .domain.flow import (
     CheckCode,
     Collect,
@@ -33,6 +33,7 @@ from .domain.flow import (
 from .domain.outcome import Outcome
 from .exceptions import AgiError, AgiHangup, IvrError
 from .settings import Settings, read_config_file
+from .storage.backoff import retrying_sync
 from .transport.agi import (
     COLLECT_CONTEXT,
     collect_args,
@@ -42,6 +43,8 @@ from .transport.agi import (
 )
 
 ENV_FILE = "callmfa.env"
+
+T = TypeVar("T")
 
 
 def load_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -111,7 +114,15 @@ class ClassicDriver:
         return None
 
     def run(self, rid: str) -> None:
-        """Run one verification call to its end."""
+        """Run one verification call to its end; an error nobody expected (Redis down past
+        the retries, a bug) is logged and the call hung up, never raised to pyst2."""
+        try:
+            self._run(rid)
+        except Exception as e:  # noqa: BLE001 - the session's one boundary: logged, hung up
+            self._log(f"{rid}: failed ({type(e).__name__}: {e}); hanging up", level=1)
+            self._play_and_hang_up(())
+
+    def _run(self, rid: str) -> None:
         info = self._store.call_info(rid) if rid else {}
         call = CallContext.from_marker(rid, info, time.time())
         refusal = self._admit(call)
@@ -190,10 +201,12 @@ class ClassicDriver:
     def _report(self, call: CallContext, step: Report) -> None:
         if step.outcome is Outcome.FRAUD_REPORTED and call.user:
             # Block before the outcome is published: the next request must find the block.
-            self._store.report_fraud(rid=call.id, user=call.user, number=call.number,
-                                     context=call.context)
-        stored = self._store.store_outcome(call.record(step.outcome, step.detail),
-                                           input_at=call.take_input())
+            self._retrying("report_fraud", lambda: self._store.report_fraud(
+                rid=call.id, user=call.user, number=call.number, context=call.context))
+        record = call.record(step.outcome, step.detail)
+        input_at = call.take_input()
+        stored = self._retrying("store_outcome", lambda: self._store.store_outcome(
+            record, input_at=input_at))
         self._log(f"{call.id}: outcome {step.outcome.value}"
                   + ("" if stored else " (an outcome was already stored)"))
         effect = call.pin_effect(step.outcome) if stored else PinEffect.NONE
@@ -203,6 +216,13 @@ class ClassicDriver:
         elif (effect is PinEffect.RESET and call.user
               and self._store.reset_pin(call.user, call.pin_upgrade) == 2):
             self._log(f"{call.id}: the user's PIN hash is now peppered")
+
+    def _retrying(self, what: str, write: Callable[[], T]) -> T:
+        """``write`` retried through a Redis restart for as long as serve's IVR does."""
+        def note(error: Exception, attempt: int, wait_s: float) -> None:
+            self._log(f"Redis unavailable for {what} ({error or type(error).__name__}): "
+                      f"retry {attempt} in {wait_s:.2f}s", level=2)
+        return retrying_sync(write, for_s=STORE_RETRY_S, on_retry=note)
 
     def _play_and_hang_up(self, files: tuple[str, ...]) -> None:
         try:

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import structlog
 
-from .call import CallContext, PinEffect
+from .call import STORE_RETRY_S, CallContext, PinEffect
 from .domain.flow import (
     CheckCode,
     Collect,
@@ -47,8 +47,6 @@ from .transport.fastagi import AgiSession
 
 log = structlog.get_logger("ivr.session")
 
-# The caller is on the line: an outcome stored a little late beats none (Redis restarting).
-STORE_RETRY_S = 30.0
 # Reads before the first prompt longer than this (a failover) make "no input" an error.
 REDIS_STALL_S = 1.0
 

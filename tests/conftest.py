@@ -60,11 +60,14 @@ def reply_of(port: int, command: bytes = b"") -> bytes | None:
         return None
 
 
-def start_redis(workdir: Path, *args: str) -> tuple[subprocess.Popen[bytes], RedisServer]:
-    """redis-server on a free port, with ``args`` added (``--requirepass``, ...)."""
+def start_redis(
+    workdir: Path, *args: str, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], RedisServer]:
+    """redis-server on a free port (or ``port``, to restart one), with ``args`` added
+    (``--requirepass``, ...)."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is missing: run 'make deps' (apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
          "--appendonly", "no", "--dir", str(workdir), *args],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -12,20 +11,14 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import AuthenticationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .backoff import TRANSIENT, backoff
+
+__all__ = ["TRANSIENT", "LoginNotRetried", "backoff", "redis_retry", "retrying"]
 
 log = structlog.get_logger("ivr.retry")
 
 T = TypeVar("T")
-
-# What a Redis restart or a network blip raises; anything else is a real error.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
-
-
-def backoff(attempt: int, *, base_s: float = 0.05, cap_s: float = 2.0) -> float:
-    """Exponential backoff with full jitter: a random wait in [0, min(cap, base * 2^n)]."""
-    return random.uniform(0, min(cap_s, base_s * 2**attempt))  # noqa: S311 - not crypto
 
 
 async def retrying(operation: Callable[[], Awaitable[T]], *, what: str, for_s: float) -> T:
