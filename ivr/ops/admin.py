@@ -6,6 +6,7 @@ import argparse
 import getpass
 import re
 import socket
+import sys
 
 from ..domain.outcome import iso
 from ..domain.users import UserNameError, normalise_user
@@ -31,6 +32,18 @@ def duration(text: str) -> int:
     return seconds
 
 
+def block_duration(requested: int | None, settings: Settings) -> int | None:
+    """How long a manual block lasts: ``requested``, else CALLMFA_FRAUD_BLOCK_S; None when
+    neither gives a length (CALLMFA_FRAUD_BLOCK_S=0 means 0# only audits, not "block for
+    0 s": the administrator must say how long)."""
+    seconds = requested if requested is not None else settings.fraud_block_s
+    return seconds if seconds > 0 else None
+
+
+NO_BLOCK_LENGTH = ("CALLMFA_FRAUD_BLOCK_S is 0 (0# only audits), so a block has no default "
+                   "length: give one with --for, e.g. --for 12h")
+
+
 def user_name(text: str) -> str:
     """A user name in its normalised form, as every per-user key holds it (argparse type)."""
     try:
@@ -44,7 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     b = sub.add_parser("block", help="block a user: their requests end 'blocked', uncalled")
     b.add_argument("user", type=user_name)
     b.add_argument("--for", dest="duration", type=duration, default=None,
-                   help="how long (default CALLMFA_FRAUD_BLOCK_S), e.g. 12h or 90d")
+                   help="how long, e.g. 12h or 90d (default CALLMFA_FRAUD_BLOCK_S; needed "
+                        "when that is 0)")
     b.add_argument("--reason", default="manual")
     b.add_argument("--replace", action="store_true",
                    help="set this block even if it ends sooner than the current one")
@@ -79,12 +93,17 @@ async def bypass(guard: Guard, user: str, seconds: int, *, actor: str, reason: s
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Run one admin command; 0 on success, 1 when there was nothing to do."""
+    """Run one admin command; 0 on success, 1 when there was nothing to do, 2 for a block
+    with no length."""
+    seconds = block_duration(args.duration, settings) if args.command == "block" else None
+    if args.command == "block" and seconds is None:
+        print(f"callmfa: {NO_BLOCK_LENGTH}", file=sys.stderr)
+        return 2
     redis = connect_for(settings, max_connections=2)
     try:
         guard = Guard(redis, limits(settings))
         if args.command == "block":
-            seconds = args.duration or settings.fraud_block_s
+            assert seconds is not None
             if not await guard.block(args.user, seconds, actor=actor(), reason=args.reason,
                                      replace=args.replace):
                 print(f"{args.user} is already blocked until "

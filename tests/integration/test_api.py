@@ -447,6 +447,23 @@ class TestAdmin:
             ("blocked", "api:ops"), ("unblocked", "api:ops")]
         assert audit[0]["reason"] == "lost phone"
 
+    async def test_a_block_needs_a_length_when_fraud_blocking_is_off(self, redis: Redis
+                                                                      ) -> None:
+        """CALLMFA_FRAUD_BLOCK_S=0 (0# only audits) is no default length: a block without
+        "for" is 400 and blocks nothing (it had been 201 with until == now)."""
+        parts, observer, app = await _start(redis, fraud_block_s=0)
+        admin = await parts.tokens.create("ops", "admin", expires_s=None, actor="test")
+        assert admin
+        async with TestClient(TestServer(app)) as http:
+            api = Api(http, parts, redis, observer, admin, admin)
+            body = await api.call("POST", "/v1/admin/blocks", "/v1/admin/blocks",
+                                  token=admin, json={"user": "bob"}, expect=400)
+            assert body["error"] == "duration_required"
+            assert await parts.guard.blocked() == []
+            await api.call("POST", "/v1/admin/blocks", "/v1/admin/blocks", token=admin,
+                           json={"user": "bob", "for": "1h"}, expect=201)
+        assert [b.user for b in await parts.guard.blocked()] == ["bob"]
+
     async def test_bypass_is_refused_for_a_blocked_user(self, api: Api) -> None:
         await api.call("POST", "/v1/admin/bypasses", "/v1/admin/bypasses", token=api.admin,
                        json={"user": "carol", "for": "10m"}, expect=201)

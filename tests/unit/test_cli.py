@@ -48,7 +48,8 @@ class TestVerifyMode:
 
 
 class TestAdminDurations:
-    @pytest.mark.parametrize("bad", ["0", "forever", "9" * 5000, "999999999999d", "3651d"])
+    @pytest.mark.parametrize("bad", ["0", "0s", "-1", "forever", "9" * 5000, "999999999999d",
+                                     "3651d"])
     def test_a_duration_out_of_range_is_a_usage_error(
         self, bad: str, capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -34,10 +34,11 @@ def _user(value: object) -> str:
         raise ApiError(400, "invalid_user", str(e)) from None
 
 
-def _duration(body: dict[str, Any], default: int) -> int:
+def _duration(body: dict[str, Any]) -> int | None:
+    """The body's ``for`` in seconds; None when there is none."""
     value = body.get("for")
     if value is None:
-        return default
+        return None
     try:
         return ops.duration(str(value))
     except argparse.ArgumentTypeError as e:
@@ -59,12 +60,14 @@ async def blocked(request: web.Request) -> web.Response:
 
 
 async def block(request: web.Request) -> web.Response:
-    """Block a user (``for``: 600, 10m, 12h, 90d; default CALLMFA_FRAUD_BLOCK_S). A block is
-    only lengthened: a shorter one is 409 unless ``replace``."""
+    """Block a user (``for``: 600, 10m, 12h, 90d; default CALLMFA_FRAUD_BLOCK_S, and needed
+    when that is 0). A block is only lengthened: a shorter one is 409 unless ``replace``."""
     parts = request.app[PARTS]
     body = await json_body(request)
     user = _user(body.get("user"))
-    seconds = _duration(body, parts.settings.fraud_block_s)
+    seconds = ops.block_duration(_duration(body), parts.settings)
+    if seconds is None:
+        raise ApiError(400, "duration_required", ops.NO_BLOCK_LENGTH.replace("--for", '"for"'))
     replace = body.get("replace", False)
     if not isinstance(replace, bool):
         raise ApiError(400, "invalid_replace", "replace must be true or false")
@@ -93,7 +96,8 @@ async def bypass(request: web.Request) -> web.Response:
     parts = request.app[PARTS]
     body = await json_body(request)
     user = _user(body.get("user"))
-    seconds = _duration(body, 600)
+    requested = _duration(body)
+    seconds = 600 if requested is None else requested
     if not await ops.bypass(parts.guard, user, seconds, actor=_actor(request),
                             reason=_text(body, "reason", "")):
         raise ApiError(409, "user_blocked", "a blocked user gets no bypass: unblock first")
