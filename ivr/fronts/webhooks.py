@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 from .. import __version__
 from ..domain.outcome import iso
 from ..domain.webhooks import Backoff, envelope, security_deliveries
+from ..redaction import redacted_url
 from ..settings import Settings
 from ..storage.keys import ALERT_GROUP, AUDIT_GROUP
 from ..storage.retry import TRANSIENT, backoff, retrying
@@ -314,8 +315,8 @@ class Deliverer:
 
 
 def _redacted(d: Delivery) -> str:
-    """The target for the logs: a URL without its query (it may hold a token)."""
-    return d.target.split("?", 1)[0] if d.channel == "webhook" else d.target
+    """The target for the logs: a URL without its query (it may hold a token) or password."""
+    return redacted_url(d.target, query=False) if d.channel == "webhook" else d.target
 
 
 def http_session(settings: Settings) -> aiohttp.ClientSession:

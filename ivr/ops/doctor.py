@@ -37,6 +37,7 @@ from ..exceptions import (
 from ..fronts.radius.clients import load_clients
 from ..fronts.radius.packets import dictionary as radius_dictionary
 from ..fronts.radius.upstream import UpstreamError, UpstreamPasswordChecker
+from ..redaction import redacted_url
 from ..settings import Settings
 from ..storage.acl import SERVICE
 from ..storage.directory import LocalDirectory
@@ -94,15 +95,6 @@ OUTCOME_FIXES: dict[Outcome, str] = {
     Outcome.BYPASSED: "a one-time bypass (`callmfa bypass`) was used instead of a call: run "
                       "the check again",
 }
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return urlunsplit(parts._replace(netloc=user + host))
-    return url
 
 
 def probe_url(agi_url: str) -> str:
@@ -345,7 +337,7 @@ async def check_sentinels(settings: Settings) -> CheckResult:
 
 async def check_redis(settings: Settings) -> AsyncIterator[CheckResult]:
     """Reachable, every command allowed, and the request queue's state."""
-    url = _redacted(settings.redis_url)
+    url = redacted_url(settings.redis_url)
     if settings.redis_sentinels:
         yield await check_sentinels(settings)
     redis = connect_for(settings, max_connections=4)
@@ -412,7 +404,7 @@ async def check_directory(settings: Settings) -> CheckResult:
                            "check CALLMFA_LDAP_URL, CALLMFA_LDAP_BIND_DN and "
                            "CALLMFA_LDAP_BIND_PASSWORD_FILE (docs/directory.md)")
     return CheckResult("directory", Status.OK,
-                       f"{local}; LDAP bind as {who} on {settings.ldap_url} works")
+                       f"{local}; LDAP bind as {who} on {redacted_url(settings.ldap_url)} works")
 
 
 async def _queue_state(redis: Redis) -> CheckResult:
@@ -434,11 +426,11 @@ async def _webhooks_state(redis: Redis, settings: Settings) -> CheckResult:
     figures = await queue.figures()
     where = []
     if settings.webhook_url:
-        where.append(f"outcomes to {settings.webhook_url.split('?', 1)[0]}")
+        where.append(f"outcomes to {redacted_url(settings.webhook_url, query=False)}")
     if settings.webhook_allowed_urls:
         where.append("callback_url allowed")
     if settings.security_url:
-        where.append(f"security events to {settings.security_url.split('?', 1)[0]}")
+        where.append(f"security events to {redacted_url(settings.security_url, query=False)}")
     if settings.alert_recipients:
         where.append(f"alert e-mails to {len(settings.alert_recipients)} recipient(s) "
                      f"via {settings.smtp_host}:{settings.smtp_port}")

@@ -32,6 +32,7 @@ from ..domain.directory import DirectoryEntry
 from ..domain.entries import EntryError, directory_entry
 from ..domain.numbers import default_region
 from ..exceptions import DirectoryError
+from ..redaction import redacted_url
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -54,6 +55,7 @@ class LdapDirectory:
 
     def __init__(self, settings: Settings) -> None:
         self._url = settings.ldap_url
+        self._shown_url = redacted_url(settings.ldap_url)  # for errors and repr
         self._bind_dn = settings.ldap_bind_dn
         self._bind_password = settings.ldap_bind_password
         self._base = settings.ldap_base_dn
@@ -65,7 +67,7 @@ class LdapDirectory:
         self._cache: OrderedDict[str, tuple[float, DirectoryEntry | None]] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"LdapDirectory(url={self._url!r}, bind_dn={self._bind_dn!r})"  # no password
+        return f"LdapDirectory(url={self._shown_url!r}, bind_dn={self._bind_dn!r})"
 
     async def lookup(self, user: str) -> DirectoryEntry | None:
         """The normalised ``user``'s entry, or None; DirectoryError if the server fails."""
@@ -121,7 +123,7 @@ class LdapDirectory:
         except (bonsai.LDAPError, OSError, TimeoutError) as e:
             # An LDAPError ended the connect; a timeout left it pending.
             _close(conn, None if isinstance(e, bonsai.LDAPError) else connect_id)
-            raise DirectoryError(f"LDAP server {self._url} failed: {_text(e)}") from None
+            raise DirectoryError(f"LDAP server {self._shown_url} failed: {_text(e)}") from None
         except BaseException:
             _close(conn, connect_id)
             raise
@@ -140,9 +142,9 @@ class LdapDirectory:
             found = [None, None]  # more than one: treated as unknown, below
         except bonsai.NoSuchObjectError:
             raise DirectoryError(f"CALLMFA_LDAP_BASE_DN {self._base!r} does not exist on "
-                                 f"{self._url}") from None
+                                 f"{self._shown_url}") from None
         except (bonsai.LDAPError, OSError, TimeoutError) as e:
-            raise DirectoryError(f"LDAP search on {self._url} failed: {_text(e)}") from None
+            raise DirectoryError(f"LDAP search on {self._shown_url} failed: {_text(e)}") from None
         finally:
             _close(conn)
         if len(found) != 1 or found[0] is None:
