@@ -43,6 +43,19 @@ from .transport.agi import (
 )
 
 ENV_FILE = "callmfa.env"
+# The settings this script reads (the driver, ivr.call, ivr.storage.sync and its Sentinel
+# plan): `callmfa install-dialplan` writes these to callmfa.env and no others, so that the
+# file, which Asterisk's group reads, holds no secret the script does not use.
+SETTINGS_READ = frozenset({
+    "redis_url", "connect_timeout_s", "redis_sentinels", "redis_sentinel_service",
+    "redis_sentinel_user", "redis_sentinel_password", "redis_sentinel_tls",
+    "redis_failover_s", "redis_wait_replicas", "redis_wait_timeout_ms",
+    "result_ttl_s", "events_maxlen", "signing_key", "webhook_url",
+    "input_timeout_s", "max_attempts", "prompt_override_dir",
+    "pin_pepper", "pin_lockout_after", "pin_lockout_s", "fraud_block_s",
+})
+# What callmfa.env says of its role: AGI only (no webhook sender, so no webhook secret).
+ROLE = "agi"
 
 T = TypeVar("T")
 

@@ -380,7 +380,8 @@ class Settings:
         default="",
         repr=False,
         metadata={"doc": "The Standard Webhooks signing secret, whsec_<base64 of 24 to 64 "
-                  "bytes>; or CALLMFA_WEBHOOK_SECRET_FILE. Required when a webhook URL is set."},
+                  "bytes>; or CALLMFA_WEBHOOK_SECRET_FILE. Required when a webhook URL is set, in "
+                  "a process that sends them (roles originator or webhooks)."},
     )
     webhook_timeout_s: float = field(
         default=10.0,
@@ -750,7 +751,9 @@ class Settings:
             parse_allowed_urls(self.webhook_allowed_urls)
         except UrlError as e:
             raise SettingsError(f"CALLMFA_WEBHOOK_ALLOWED_URLS: {e}") from None
-        if self.webhooks_configured:
+        # Only a sender signs (the classic AGI script, role agi, queues outcomes unsigned).
+        sends = bool(self.role_set & {"originator", "webhooks"})
+        if self.webhooks_configured and (sends or self.webhook_secret):
             try:
                 secret = base64.b64decode(self.webhook_secret.removeprefix("whsec_"),
                                           validate=True)
@@ -760,7 +763,8 @@ class Settings:
                 raise SettingsError(
                     "CALLMFA_WEBHOOK_SECRET must be whsec_ and the base64 of 24 to 64 random "
                     "bytes (e.g. echo whsec_$(head -c 32 /dev/urandom | base64)); it is needed "
-                    "as soon as a webhook URL is set")
+                    "as soon as a webhook URL is set (in a process with the originator or "
+                    "webhooks role)")
         for name in ("webhook_timeout_s", "webhook_backoff_base_s", "webhook_backoff_max_s",
                      "webhook_give_up_s"):
             if getattr(self, name) <= 0:

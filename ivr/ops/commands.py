@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..classic import ENV_FILE
+from ..classic import ENV_FILE, ROLE, SETTINGS_READ
 from ..exceptions import RequestError
 from ..log import configure
 from ..settings import ENV_PREFIX, Settings
@@ -127,17 +127,15 @@ def dialplan_directory() -> Path:
     return shipped_directory("dialplan", "*.conf")
 
 
-# Not for the classic AGI script: it places no calls, and is no originator.
-_NOT_FOR_CLASSIC = frozenset({"ami_secret", "consumer"})
-
-
 def classic_env(settings: Settings) -> str:
-    """The classic AGI script's ``callmfa.env``: every setting that is not the default
-    (secrets as values: the script cannot read serve's secret files), less the AMI secret."""
-    lines = ["# Written by `callmfa install-dialplan`: the classic AGI script's settings."]
+    """The classic AGI script's ``callmfa.env``: of the settings it reads
+    (:data:`ivr.classic.SETTINGS_READ`), those that are not the default (secrets as values:
+    the script cannot read serve's secret files); no other setting, and no other secret."""
+    lines = ["# Written by `callmfa install-dialplan`: the classic AGI script's settings.",
+             f"{ENV_PREFIX}ROLES={ROLE}"]
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
-        if f.name not in _NOT_FOR_CLASSIC and value != f.default:
+        if f.name in SETTINGS_READ and value != f.default:
             lines.append(f"{ENV_PREFIX}{f.name.upper()}={value}")
     return "\n".join(lines) + "\n"
 

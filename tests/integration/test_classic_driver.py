@@ -19,7 +19,7 @@ from asterisk.agi import AGI
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from ivr.classic import ClassicDriver
+from ivr.classic import SETTINGS_READ, ClassicDriver
 from ivr.domain.calltoken import token_hash
 from ivr.settings import Settings
 from ivr.storage.keys import BLOCKED, call_key, result_key
@@ -178,3 +178,35 @@ def test_the_classic_script_does_not_load_structlog() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+class Recording:
+    """Settings that note which of them are read."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.read: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        self.read.add(name)
+        return getattr(self._settings, name)
+
+
+@pytest.mark.parametrize("keys", ["", "0"])
+def test_the_script_reads_only_the_settings_callmfa_env_holds(
+    server: Restartable, keys: str
+) -> None:
+    """install-dialplan writes SETTINGS_READ to callmfa.env and nothing else: a call (an
+    approval, a fraud report) reads no other setting."""
+    place_call(server.url)
+    settings = Recording(Settings(redis_url=server.url, fraud_block_s=600, pin_lockout_s=0))
+    store = SyncStore(Redis.from_url(server.url), settings)  # type: ignore[arg-type]
+    try:
+        out = io.StringIO()
+        agi = AGI(io.StringIO(asterisk_replies(keys)), out, io.StringIO())
+        ClassicDriver(agi, store, settings).run(RID)  # type: ignore[arg-type]
+    finally:
+        store.close()
+    assert "outcome" in out.getvalue()
+    assert settings.read
+    assert settings.read <= SETTINGS_READ

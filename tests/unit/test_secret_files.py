@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ivr.classic import SETTINGS_READ
+from ivr.exceptions import SettingsError
 from ivr.ops.commands import _install_dialplan as install_dialplan
 from ivr.ops.commands import classic_env, write_secret_file
 from ivr.settings import Settings, read_config_file
@@ -20,6 +22,7 @@ from ..conftest import REPO
 from .test_docker import ENTRYPOINT, ENTRYPOINT_FUNCTIONS, SANDBOX_FUNCTIONS, SANDBOX_SH
 
 PEPPER = "p" * 40
+WEBHOOK_SECRET = "whsec_" + "QUJD" * 8
 
 
 class TestInstallDialplan:
@@ -38,6 +41,51 @@ class TestInstallDialplan:
         assert values["CALLMFA_PIN_LOCKOUT_AFTER"] == "5"
         assert "ami-secret-value" not in path.read_text()
         assert Settings.from_env(values).pin_pepper == PEPPER
+
+    def test_env_file_holds_no_secret_the_script_does_not_read(self, tmp_path: Path) -> None:
+        """Only the settings the classic script reads go in (found in review: the SMTP
+        password, webhook secret, LDAP bind password, provider tokens and RADIUS secret went
+        into a file Asterisk's group reads); the script loads it without them."""
+        unrelated = {
+            "smtp_password": "smtp-pw-value", "webhook_secret": WEBHOOK_SECRET,
+            "ldap_bind_password": "ldap-pw-value", "provider_okta_token": "okta-token-value",
+            "provider_privacyidea_token": "pi-token-value",
+            "provider_authentik_token": "ak-token-value",
+            "provider_linotp_token": "lino-token-value",
+            "radius_upstream_secret": "radius-secret-value", "ami_secret": "ami-secret-value",
+        }
+        settings = Settings(
+            redis_url="redis://u:pw@127.0.0.1:6379/0", pin_pepper=PEPPER,
+            signing_key="k" * 32, webhook_url="https://hooks.example.com/mfa",
+            fraud_block_s=0, input_timeout_s=7, smtp_user="mailer",
+            ldap_url="ldap://ldap.example.com", ldap_base_dn="dc=example,dc=com",
+            ldap_bind_dn="cn=svc,dc=example,dc=com", radius_password="radius",
+            radius_upstream="127.0.0.1:1812", **unrelated)
+        path = tmp_path / "callmfa.env"
+        path.write_text(classic_env(settings))
+        text = path.read_text()
+        for value in unrelated.values():
+            assert value not in text
+        values = read_config_file(path)
+        assert {k: values[k] for k in ("CALLMFA_REDIS_URL", "CALLMFA_PIN_PEPPER",
+                                       "CALLMFA_SIGNING_KEY", "CALLMFA_WEBHOOK_URL",
+                                       "CALLMFA_FRAUD_BLOCK_S", "CALLMFA_INPUT_TIMEOUT_S")} == {
+            "CALLMFA_REDIS_URL": "redis://u:pw@127.0.0.1:6379/0", "CALLMFA_PIN_PEPPER": PEPPER,
+            "CALLMFA_SIGNING_KEY": "k" * 32, "CALLMFA_WEBHOOK_URL": "https://hooks.example.com/mfa",
+            "CALLMFA_FRAUD_BLOCK_S": "0", "CALLMFA_INPUT_TIMEOUT_S": "7"}
+        assert not {k for k in values if k.removeprefix("CALLMFA_").lower()
+                    not in SETTINGS_READ} - {"CALLMFA_ROLES"}
+        loaded = Settings.from_env(values)  # a webhook URL without its secret: role agi
+        assert (loaded.webhook_url, loaded.webhook_secret) == (settings.webhook_url, "")
+
+    def test_a_sender_still_needs_the_webhook_secret(self) -> None:
+        with pytest.raises(SettingsError, match="CALLMFA_WEBHOOK_SECRET"):
+            Settings(webhook_url="https://hooks.example.com/mfa")
+        with pytest.raises(SettingsError, match="CALLMFA_WEBHOOK_SECRET"):
+            Settings(webhook_url="https://hooks.example.com/mfa", roles="webhooks")
+        with pytest.raises(SettingsError, match="CALLMFA_WEBHOOK_SECRET"):  # given: valid
+            Settings(webhook_url="https://hooks.example.com/mfa", roles="agi",
+                     webhook_secret="nope")
 
     def test_install_dialplan_writes_it_unreadable_by_others(self, tmp_path: Path) -> None:
         """install-dialplan DIR writes DIR/callmfa.env with no rights for others; an
