@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"mode otp: the one-time code to read out ({OTP_MIN_DIGITS} to "
                         f"{OTP_MAX_DIGITS} digits)")
     v.add_argument("--lang", help="the prompts' language (default: the directory's, else en)")
-    v.add_argument("--timeout", type=float, default=180, help="seconds to wait (default 180)")
+    v.add_argument("--timeout", type=admin.wait_seconds, default=180,
+                   help=f"seconds to wait (default 180, at most {admin.MAX_WAIT_S})")
     v.add_argument("--json", action="store_true", help="print only the outcome as JSON")
     st = sub.add_parser("settings", help="print the settings reference")
     st.add_argument("--markdown", action="store_true", help="as the Markdown table of the docs")

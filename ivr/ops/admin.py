@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import re
 import socket
 import sys
@@ -19,6 +20,8 @@ COMMANDS = ("block", "unblock", "blocked", "bypass")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Ten years: a longer block or bypass is a typing mistake.
 MAX_DURATION_S = 3650 * 86400
+# An hour: a command waiting longer for one call is a typing mistake.
+MAX_WAIT_S = 3600
 
 
 def duration(text: str) -> int:
@@ -30,6 +33,19 @@ def duration(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text[:40]!r} is not a duration like 600, 10m, 12h, 90d (at most 3650d)")
     return seconds
+
+
+def wait_seconds(text: str) -> float:
+    """Seconds a command waits, such as ``90`` or ``2.5``: over 0 and at most an hour
+    (argparse type; nan, inf and 0 are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a number of seconds over 0 and at most {MAX_WAIT_S}")
+    return value
 
 
 def block_duration(requested: int | None, settings: Settings) -> int | None:

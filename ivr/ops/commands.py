@@ -22,6 +22,7 @@ from ..log import configure
 from ..settings import ENV_PREFIX, Settings
 from ..storage.store import connect_for
 from . import dialcheck, doctor, promptgen, report
+from .admin import MAX_WAIT_S, wait_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -32,8 +33,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                                      "exit 1 if anything fails")
     c.add_argument("--call", metavar="NUMBER",
                    help="also place a real verification to NUMBER (E.164) and expect '#'")
-    c.add_argument("--call-timeout", type=float, default=90, metavar="S",
-                   help="seconds to wait for the test call's outcome (default 90)")
+    c.add_argument("--call-timeout", type=wait_seconds, default=90, metavar="S",
+                   help="seconds to wait for the test call's outcome (default 90, at most "
+                        f"{MAX_WAIT_S})")
     c.add_argument("--number", metavar="NUMBER",
                    help="only say what callmfa makes of NUMBER (region, type, valid) and "
                         "whether it would dial it; exit 0 if it would, 1 if not")

@@ -8,6 +8,7 @@ A running ``callmfa serve`` reads the file again when it changes.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one keys command."""
     path = settings.entra_signing_key_file
     if not path:
-        print("callmfa: set CALLMFA_ENTRA_SIGNING_KEY_FILE")
+        print("callmfa: set CALLMFA_ENTRA_SIGNING_KEY_FILE", file=sys.stderr)
         return EXIT_FAILED
     now = time.time()
     keys = SigningKeys.from_file(path) if Path(path).exists() else None
@@ -40,7 +41,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         write_keys(path, keys)
         print(f"added {keys.keys[-1].kid}, signing from {iso(keys.keys[-1].signs_from)}")
     if keys is None:
-        print(f"callmfa: no key file at {path} (callmfa keys rotate makes one)")
+        print(f"callmfa: no key file at {path} (callmfa keys rotate makes one)",
+              file=sys.stderr)
         return EXIT_FAILED
     signing = keys.signing_at(now)
     for k in keys.keys:

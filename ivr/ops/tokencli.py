@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import sys
 
 from ..domain.outcome import iso
 from ..security import limits
@@ -55,12 +56,12 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                                         actor=actor())
             if token is None:
                 print(f"callmfa: {args.name} has a token already "
-                      f"(callmfa token revoke {args.name} first)")
+                      f"(callmfa token revoke {args.name} first)", file=sys.stderr)
                 return EXIT_FAILED
             print(token)
         elif args.action == "revoke":
             if not await tokens.revoke(args.name, actor=actor()):
-                print(f"callmfa: no token named {args.name}")
+                print(f"callmfa: no token named {args.name}", file=sys.stderr)
                 return EXIT_FAILED
             print(f"revoked {args.name}")
         else:

@@ -30,6 +30,26 @@ def redis(redis_server: RedisServer) -> Iterator[Redis]:
         yield client
 
 
+class TestToken:
+    def test_errors_go_to_stderr_not_into_the_token(
+        self, redis: Redis, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`T=$(callmfa token create ci)` had captured the error text as the token."""
+        assert main(["token", "create", "ci"]) == 0
+        token = capsys.readouterr().out.strip()
+        assert token.startswith("cmfa_")
+
+        assert main(["token", "create", "ci"]) == 1
+        out = capsys.readouterr()
+        assert out.out == ""
+        assert "ci has a token already" in out.err
+
+        assert main(["token", "revoke", "nobody"]) == 1
+        out = capsys.readouterr()
+        assert out.out == ""
+        assert "no token named nobody" in out.err
+
+
 class TestBlock:
     def test_no_length_with_fraud_blocking_off_is_a_usage_error(
         self, redis: Redis, monkeypatch: pytest.MonkeyPatch,

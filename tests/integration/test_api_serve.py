@@ -98,7 +98,7 @@ class TestTokenCommand:
         token = capsys.readouterr().out.strip()
         assert await tokencli._run(settings, _args(action="create", name="ops", scope="admin",
                                                    expires=None)) == 1
-        assert "has a token already" in capsys.readouterr().out
+        assert "has a token already" in capsys.readouterr().err
         assert await tokencli._run(settings, _args(action="list")) == 0
         listed = capsys.readouterr().out
         assert listed.startswith("ops\tadmin\tcreated ")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ivr.cli import EXIT_USAGE, main
 from ivr.exceptions import OutcomeSignatureError
+from ivr.ops.admin import wait_seconds
 
 BASE = ["verify", "--user", "alice", "--phone", "+12015550100"]
 
@@ -59,6 +61,46 @@ class TestAdminDurations:
         assert e.value.code == 2
         assert "is not a duration like 600, 10m, 12h, 90d (at most 3650d)" in (
             capsys.readouterr().err)
+
+
+class TestWaitSeconds:
+    @pytest.mark.parametrize("bad", ["nan", "inf", "1e12", "3601", "0", "-1", "x", ""])
+    @pytest.mark.parametrize("command", [[*BASE, "--timeout"], ["check", "--call-timeout"]])
+    def test_a_wait_out_of_range_is_a_usage_error(
+        self, command: list[str], bad: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """nan, inf and 1e12 ended in a traceback (iso() and the clock overflowed); 0 and -1
+        queued a request already expired: now argparse's exit 2, with the allowed range."""
+        with pytest.raises(SystemExit) as e:
+            main([*command, bad])
+        assert e.value.code == 2
+        assert "is not a number of seconds over 0 and at most 3600" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(("text", "value"), [("180", 180.0), ("2.5", 2.5), ("3600", 3600.0)])
+    def test_a_wait_in_range(self, text: str, value: float) -> None:
+        assert wait_seconds(text) == value
+
+
+class TestErrorsGoToStderr:
+    def test_keys_without_a_key_file(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An error is no output: `K=$(callmfa keys list)` had captured it."""
+        monkeypatch.delenv("CALLMFA_ENTRA_SIGNING_KEY_FILE", raising=False)
+        assert main(["keys", "list"]) == 1
+        out = capsys.readouterr()
+        assert out.out == ""
+        assert "callmfa: set CALLMFA_ENTRA_SIGNING_KEY_FILE" in out.err
+
+    def test_keys_with_no_file_yet(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path,
+    ) -> None:
+        monkeypatch.setenv("CALLMFA_ENTRA_SIGNING_KEY_FILE", str(tmp_path / "keys.pem"))
+        assert main(["keys", "list"]) == 1
+        out = capsys.readouterr()
+        assert out.out == ""
+        assert "no key file at" in out.err
 
 
 class TestVerifyStops:
