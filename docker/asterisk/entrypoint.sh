@@ -9,6 +9,9 @@ here=/opt/callmfa  # the sandbox's directory: asterisk/*.conf
 repo=/opt/callmfa  # the repository: dialplan/, agi_scripts/, ivr/ and the prompts in build/
 NS=${CALLMFA_NETNS:-callmfa}
 PHONE=${CALLMFA_PHONE:-127.0.0.1:5070}
+# The settings the classic AGI script reads (ivr.classic.SETTINGS_READ): its callmfa.env
+# holds these and no other (Asterisk's group reads the file), and says it is AGI only.
+CLASSIC_SETTINGS='CONNECT_TIMEOUT_S|EVENTS_MAXLEN|FRAUD_BLOCK_S|INPUT_TIMEOUT_S|MAX_ATTEMPTS|PIN_LOCKOUT_AFTER|PIN_LOCKOUT_S|PIN_PEPPER|PROMPT_OVERRIDE_DIR|REDIS_FAILOVER_S|REDIS_SENTINELS|REDIS_SENTINEL_PASSWORD|REDIS_SENTINEL_SERVICE|REDIS_SENTINEL_TLS|REDIS_SENTINEL_USER|REDIS_URL|REDIS_WAIT_REPLICAS|REDIS_WAIT_TIMEOUT_MS|RESULT_TTL_S|SIGNING_KEY|WEBHOOK_URL'
 # Secrets given as files (Docker secrets, readable by root only): their values go to the
 # classic script's callmfa.env, which Asterisk's user can read.
 PEPPER_FILE=${CALLMFA_PIN_PEPPER_FILE:-}
@@ -60,8 +63,8 @@ install_classic_agi() {
   cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
   find "$agi" -name __pycache__ -prune -exec rm -rf {} +
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
-  (umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ -e '^CALLMFA_NETNS=' \
-      | sed 's/^/export /' || true
+  (umask 077 && { echo "export CALLMFA_ROLES=agi"; env | grep '^CALLMFA_' | sed 's/^/export /' \
+      | grep -E "^export CALLMFA_($CLASSIC_SETTINGS)=" || true
     [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
     [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"

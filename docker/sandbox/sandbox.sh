@@ -49,6 +49,9 @@ LDAP_BIND_DN=cn=callmfa,ou=services,dc=callmfa,dc=test
 REDIS_MODE=${CALLMFA_SANDBOX_REDIS:-single}
 REDIS_SERVER=${CALLMFA_SANDBOX_REDIS_SERVER:-redis}
 AST_CONF=/etc/asterisk-$NS/asterisk.conf
+# The settings the classic AGI script reads (ivr.classic.SETTINGS_READ): its callmfa.env
+# holds these and no other (Asterisk's group reads the file), and says it is AGI only.
+CLASSIC_SETTINGS='CONNECT_TIMEOUT_S|EVENTS_MAXLEN|FRAUD_BLOCK_S|INPUT_TIMEOUT_S|MAX_ATTEMPTS|PIN_LOCKOUT_AFTER|PIN_LOCKOUT_S|PIN_PEPPER|PROMPT_OVERRIDE_DIR|REDIS_FAILOVER_S|REDIS_SENTINELS|REDIS_SENTINEL_PASSWORD|REDIS_SENTINEL_SERVICE|REDIS_SENTINEL_TLS|REDIS_SENTINEL_USER|REDIS_URL|REDIS_WAIT_REPLICAS|REDIS_WAIT_TIMEOUT_MS|RESULT_TTL_S|SIGNING_KEY|WEBHOOK_URL'
 # Secrets serve reads from files, whose values go to the classic script's callmfa.env (the
 # files may be unreadable to Asterisk's user, or outside its root). The signing key's value
 # is in $SB/env already.
@@ -216,10 +219,10 @@ install_classic_agi() {
   cp -r "$repo/ivr" "$site/asterisk" "$agi/callmfa-lib/"
   find "$agi" -name __pycache__ -prune -exec rm -rf {} +
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
-  # The script's settings: this sandbox's, less the AMI secret it does not need, and the
-  # PIN pepper's value (the file it names is outside the root). 0640 root:asterisk.
-  (umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ -e '^#' "$SB/env"; env | grep '^CALLMFA_' | grep -v -e AMI_SECRET \
-      -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' || true
+  # The script's settings: those it reads of this sandbox's, and the PIN pepper's value (the
+  # file it names is outside the root). 0640 root:asterisk.
+  (umask 077 && { echo "export CALLMFA_ROLES=agi"; { cat "$SB/env"; env | grep '^CALLMFA_' | sed 's/^/export /'; } \
+      | grep -E "^export CALLMFA_($CLASSIC_SETTINGS)=" || true
     [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
     [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"

@@ -18,6 +18,7 @@ from importlib.metadata import version
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from ivr.classic import SETTINGS_READ
 from ivr.settings import SECRETS, Settings
 
 from ..conftest import REPO
@@ -48,21 +49,14 @@ SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
     ("install_classic_agi",
      "site=$(\"$VENV/bin/python\" -c 'import asterisk, os; "
      "print(os.path.dirname(os.path.dirname(asterisk.__file__)))')"): "site=/opt/callmfa/site",
-    # The classic script's settings: the sandbox's env file and CALLMFA_* environment (less
-    # the AMI secret and its own variables); the container's CALLMFA_* environment (less the
-    # AMI secret and the namespace name). Neither has the Entra EAM's settings (its key file
-    # would go with SIGNING_KEY_FILE, and its issuer alone is refused).
+    # The classic script's settings, of those it reads (CLASSIC_SETTINGS): the sandbox's env
+    # file and CALLMFA_* environment; the container's CALLMFA_* environment.
     ("install_classic_agi",
-     "(umask 077 && { grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE "
-     "-e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ -e '^#' \"$SB/env\"; "
-     "env | grep '^CALLMFA_' "
-     "| grep -v -e AMI_SECRET -e PIN_PEPPER_FILE -e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE "
-     "-e PROVIDER_ -e ENTRA_ -e '^CALLMFA_NETNS=' -e '^CALLMFA_SANDBOX' | sed 's/^/export /' "
-     "|| true"):
-        "(umask 077 && { env | grep '^CALLMFA_' | grep -v -e AMI_SECRET -e PIN_PEPPER_FILE "
-        "-e SIGNING_KEY_FILE -e LDAP_BIND_PASSWORD_FILE -e PROVIDER_ -e ENTRA_ "
-        "-e '^CALLMFA_NETNS=' "
-        "| sed 's/^/export /' || true",
+     "(umask 077 && { echo \"export CALLMFA_ROLES=agi\"; { cat \"$SB/env\"; "
+     "env | grep '^CALLMFA_' | sed 's/^/export /'; } "
+     "| grep -E \"^export CALLMFA_($CLASSIC_SETTINGS)=\" || true"):
+        "(umask 077 && { echo \"export CALLMFA_ROLES=agi\"; env | grep '^CALLMFA_' "
+        "| sed 's/^/export /' | grep -E \"^export CALLMFA_($CLASSIC_SETTINGS)=\" || true",
     # The prompts are made once, when the image is built (test_prompts_made_at_build_time).
     ("install_prompts", '"$VENV/bin/python" -m ivr.ops.promptgen "$repo/build/prompts" >/dev/null'):
         None,
@@ -164,6 +158,25 @@ class TestAsteriskImage:
             for line in expected:  # a step the sandbox adds in a new function needs it here
                 for command in _commands(line):
                     assert command not in SANDBOX_FUNCTIONS or command in MIRRORED, (fn, line)
+
+    def test_callmfa_env_holds_only_what_the_classic_script_reads(self) -> None:
+        """Both scripts write the classic script's callmfa.env from the same allow-list:
+        ivr.classic.SETTINGS_READ (they let through every secret but a few, found in
+        review)."""
+        expected = "|".join(sorted(n.upper() for n in SETTINGS_READ))
+        for script in (SANDBOX_SH, ENTRYPOINT):
+            assert f"CLASSIC_SETTINGS='{expected}'" in _main(script)
+        line = SANDBOX_FUNCTIONS["install_classic_agi"]
+        env = "\n".join(["export CALLMFA_REDIS_URL=redis://r/0", "export CALLMFA_SMTP_PASSWORD=pw",
+                         "export CALLMFA_WEBHOOK_SECRET=whsec_x", "export CALLMFA_PIN_PEPPER=p",
+                         "export CALLMFA_REDIS_URL_X=1"])
+        kept = subprocess.run(
+            ["bash", "-c", f"CLASSIC_SETTINGS='{expected}'; "
+             f"grep -E \"^export CALLMFA_($CLASSIC_SETTINGS)=\""],
+            input=env, capture_output=True, text=True, check=True).stdout.split()
+        assert [k for k in kept if k.startswith("CALLMFA_")] == [
+            "CALLMFA_REDIS_URL=redis://r/0", "CALLMFA_PIN_PEPPER=p"]
+        assert any("CLASSIC_SETTINGS" in step for step in line)
 
     def test_every_variable_the_steps_read_is_set(self) -> None:
         """Under `set -u` no step reads a variable the entrypoint does not set (not $SB, $VENV)."""
