@@ -85,9 +85,10 @@ class DialPolicy:
     """Which numbers callmfa dials: structure first, then the prefix lists.
 
     A number is refused, with its reason word, when it is not valid for its region
-    (``invalid_number``), outside the allowed prefixes (``outside_allowed_prefixes``), under
-    a denied prefix (``denied_prefix``), of a denied type (``type_premium_rate``, ...), or of
-    a region that is not allowed (``region_not_allowed``).
+    (``invalid_number``), not written as E.164 writes it (``not_e164``), outside the allowed
+    prefixes (``outside_allowed_prefixes``), under a denied prefix (``denied_prefix``), of a
+    denied type (``type_premium_rate``, ...), or of a region that is not allowed
+    (``region_not_allowed``).
     """
 
     def __init__(
@@ -126,6 +127,11 @@ class DialPolicy:
     def _reason(self, number: str, facts: NumberFacts) -> str | None:
         if not facts.valid:
             return "invalid_number"
+        if facts.e164 != number:
+            # A trunk prefix after the country code (+44 0..., +1 1...), which libphonenumber
+            # drops: the prefix lists, the throttles and the dial string would see another
+            # number than the one judged valid.
+            return "not_e164"
         by_prefix = self.prefixes.refusal(number)
         if by_prefix is not None:
             return by_prefix

@@ -27,6 +27,9 @@ def _why(settings: Settings, policy: DialPolicy, number: str, reason: str,
          region: str | None, kind: str) -> str:
     if reason == "invalid_number":
         return "not a valid number of any region (libphonenumber's metadata)"
+    if reason == "not_e164":
+        return (f"not in E.164 form: {policy.assess(number).facts.e164} is (a trunk prefix "
+                "after the country code is not dialled)")
     if reason == "outside_allowed_prefixes":
         return f"outside CALLMFA_ALLOWED_PREFIXES={settings.allowed_prefixes}"
     if reason == "denied_prefix":

@@ -122,6 +122,21 @@ class TestRegions:
         assert policy.refusal("+8816123456789") is None
 
 
+class TestTrunkPrefix:
+    @pytest.mark.parametrize(("typed", "e164"), [
+        ("+4407012345678", "+447012345678"), ("+112015550100", "+12015550100"),
+        ("+330123456789", "+33123456789"), ("+49030123456", "+4930123456")])
+    def test_a_trunk_prefix_after_the_country_code_is_not_e164(
+            self, typed: str, e164: str) -> None:
+        """libphonenumber drops it before judging the number, so the deny-list (+4470) and
+        the per-number throttles saw another number than the one judged and dialled (found
+        in review): refused, whatever the lists say."""
+        policy = _policy(allowed="+", regions="*")
+        assert describe(typed).e164 == e164
+        assert policy.refusal(typed) == "not_e164"
+        assert DEFAULT.refusal("+4407012345678") == "not_e164"
+
+
 class TestPolicyCombination:
     def test_invalid_first(self) -> None:
         """A number that is not a number is called that, whatever the lists say."""
