@@ -273,8 +273,11 @@ class Originator:
             ami = await self._ami.acquire(timeout_s=0)
             try:
                 token = new_token()  # only Asterisk learns it; the marker keeps its hash
+                # With no room now, the call waits for one until the request expires.
+                wait_s = 0.0 if ami is not None else req.expires_at - time.time()
                 found, detail, retry = await self._store.place_call(
-                    req.id, self._security.guard.admission(req.id, req.user, req.number),
+                    req.id, self._security.guard.admission(req.id, req.user, req.number,
+                                                           wait_s=wait_s),
                     _call_fields(req, token, entry.entry_id), dialing=ami is not None)
                 if found in _CLAIMS:
                     claim = Claim(found)

@@ -14,6 +14,7 @@ Every change of a block or a bypass, every bypass used and every request refused
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -204,16 +205,20 @@ class Guard:
         self._admit = redis.register_script(_ADMIT)
         self._record = redis.register_script(RECORD_AUDIT)
 
-    def admission(self, rid: str, user: str, number: str) -> tuple[list[str], list[str | int]]:
-        """KEYS and ARGV of the admission of ``rid`` (its script, or the place-call one)."""
+    def admission(self, rid: str, user: str, number: str, *, wait_s: float = 0.0
+                  ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of the admission of ``rid`` (its script, or the place-call one);
+        ``wait_s``: how long its call may wait for an Asterisk with room, which its in-flight
+        lock outlasts as well."""
         lim = self._limits
+        lock_ttl_s = lim.lock_ttl_s + math.ceil(max(0.0, wait_s))
         return [
             result_key(rid), call_key(rid), BLOCKED, bypass_key(user),
             inflight_key(user), f"callmfa:cooldown:user:{user}",
             f"callmfa:cooldown:number:{number}", f"callmfa:rate:user:{user}",
             f"callmfa:rate:number:{number}", "callmfa:rate:global", AUDIT,
         ], [
-            rid, user, number, lim.lock_ttl_s, lim.user_cooldown_s, lim.number_cooldown_s,
+            rid, user, number, lock_ttl_s, lim.user_cooldown_s, lim.number_cooldown_s,
             lim.user_per_hour, lim.number_per_hour, lim.global_per_hour, AUDIT_MAXLEN,
             result_key(""), iso(time.time()) or "",
         ]

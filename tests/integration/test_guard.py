@@ -198,6 +198,7 @@ class TestSecurity:
         ("+447011112222", "outside_allowed_prefixes"),
         ("+33123456789", "outside_allowed_prefixes"),
         ("+16585551234", "region_not_allowed"), ("+1011882123456", "invalid_number"),
+        ("+112015550100", "not_e164"),
     ])
     async def test_numbers_outside_the_policy_are_rejected_uncounted(
         self, redis: Redis, number: str, reason: str

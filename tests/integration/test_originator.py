@@ -693,6 +693,29 @@ class TestCallOutcomes:
         assert list(events) == ["queued", "dialing", "ringing", "answered", "finished"]
         assert events["ringing"]["at"] == events["answered"]["at"]
 
+    async def test_a_call_waiting_for_room_keeps_its_user_locked(self, start: Start) -> None:
+        """No Asterisk with room at admission: the call may wait until the request expires,
+        and the user's in-flight lock lasts that long more (it lapsed after the longest
+        call's time, so a second call to the same user could start; found in review)."""
+        ttls: list[int] = []
+        answer = answered_then(Outcome.APPROVED)
+
+        async def network(ami: FakeAmi, call: OriginateCall, watch: ChannelWatch
+                          ) -> OriginateResult:
+            ttls.append(await ami.store.redis.ttl("callmfa:inflight:alice"))
+            return await answer(ami, call, watch)
+
+        h = await start(network)
+        lock_ttl = limits(make_settings()).lock_ttl_s
+
+        async def no_room_now(timeout_s: float) -> FakeAmi | None:
+            return None if timeout_s == 0 else h.ami
+        h.ami.acquire = no_room_now  # type: ignore[method-assign]
+        rid, _ = await h.submit(expires_in_s=600)
+
+        assert (await h.outcome(rid)).outcome is Outcome.APPROVED
+        assert ttls[0] > lock_ttl + 590
+
     async def test_busy(self, start: Start) -> None:
         """A failed Originate (Reason 0) after a Hangup with cause 17 is busy."""
         h = await start(failed(0, 17))

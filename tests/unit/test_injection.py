@@ -108,7 +108,7 @@ class FakeStore:
 class AdmitAll:
     """The security screen, admitting everything (the parser is what is under test)."""
 
-    guard = SimpleNamespace(admission=lambda rid, user, number: ([], []))
+    guard = SimpleNamespace(admission=lambda rid, user, number, wait_s=0.0: ([], []))
 
     async def screen(self, req: Any) -> None:
         return None
