@@ -49,20 +49,27 @@ def call_key(rid: str) -> str:
 
 
 # The first IVR session that proved its token takes the call; any later one is refused.
-# (HSETNX alone would create the marker of a call that was never placed.)
+# (HSETNX alone would create the marker of a call that was never placed.) The same claim
+# again (its reply lost with a connection, and the script retried) is still that session's.
 CLAIM_IVR = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('HSETNX', KEYS[1], 'ivr_at', ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'ivr_at', ARGV[1]) == 1 then return 1 end
+if redis.call('HGET', KEYS[1], 'ivr_at') == ARGV[1] then return 1 end
+return 0
 """
 
 
 STORE_OUTCOME = """
+local new = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+if not new and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return 1  -- this very outcome, by a run whose reply was lost: all was done then
+end
 if ARGV[8] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
              'id', ARGV[5], 'event', 'input', 'at', ARGV[8])
 end
 local stored = 0
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+if new then
   stored = 1
   redis.call('PUBLISH', ARGV[3], ARGV[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',

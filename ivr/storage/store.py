@@ -96,7 +96,8 @@ _ANSWERED = _ANSWER_LUA + "return answer()\n"
 # it, in one step: 0 refused (nothing written), 1 claimed, 2 claimed and the answer written.
 _CLAIM_ANSWERED = _ANSWER_LUA + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-if redis.call('HSETNX', KEYS[2], 'ivr_at', ARGV[6]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[2], 'ivr_at', ARGV[6]) == 0
+   and redis.call('HGET', KEYS[2], 'ivr_at') ~= ARGV[6] then return 0 end
 return 1 + answer()
 """
 

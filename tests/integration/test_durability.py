@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from ivr.domain.outcome import Outcome, OutcomeRecord
 from ivr.storage.keys import EVENTS
-from ivr.storage.store import Claim, Durability, Store
+from ivr.storage.store import Claim, Durability, Store, call_key
 
 from ..conftest import RedisServer, free_port, wait_until
 
@@ -37,18 +37,45 @@ class TestRetriedWrites:
         await store.store_outcome(_record("r1", Outcome.APPROVED))
         assert await store.claim_call("r1", ours) is Claim.DONE
 
-    async def test_a_retried_outcome_is_dropped(self, redis: Redis) -> None:
-        """The outcome script run twice (or a second, different outcome): the first stands,
-        with one ``finished`` event."""
+    async def test_a_retried_outcome_is_stored_once(self, redis: Redis) -> None:
+        """The outcome script run again with the same outcome (its reply lost, the script
+        retried): still stored (it said not, so a wrong PIN's denial went uncounted; found
+        in review), nothing written twice; a different outcome is refused: the first
+        stands, with one ``input`` and one ``finished`` event."""
         store = Store(redis, result_ttl_s=60, events_maxlen=100)
-        assert await store.store_outcome(_record("r2", Outcome.APPROVED)) is True
-        assert await store.store_outcome(_record("r2", Outcome.APPROVED)) is False
+        record, at = _record("r2", Outcome.APPROVED), time.time()
+        assert await store.store_outcome(record, input_at=at) is True
+        assert await store.store_outcome(record, input_at=at) is True
         assert await store.store_outcome(_record("r2", Outcome.ERROR)) is False
         stored = await store.get_outcome("r2")
         assert stored is not None
         assert stored.outcome is Outcome.APPROVED
         events = [f for _, f in await redis.xrange(EVENTS) if f[b"id"] == b"r2"]
-        assert [f[b"event"] for f in events] == [b"finished"]
+        assert [f[b"event"] for f in events] == [b"input", b"finished"]
+
+    async def test_a_retried_ivr_claim_is_still_the_sessions(self, redis: Redis) -> None:
+        """The IVR session's claim run again (its reply lost): still that session's (it
+        was refused as already_claimed, and the real call ended without an outcome; found
+        in review); another session's claim is refused."""
+        store = Store(redis, result_ttl_s=60, events_maxlen=100)
+        await redis.hset(call_key("r3"), "user", "alice")
+        assert await store.claim_ivr("r3", 1.25) is True
+        assert await store.claim_ivr("r3", 1.25) is True
+        assert await store.claim_ivr("r3", 2.5) is False
+
+    async def test_a_retried_claim_with_the_answer_is_still_the_sessions(
+            self, redis: Redis) -> None:
+        """The claim that carries the originator's answer, run again: claimed (1: the
+        answer in already), with one 'answered' event; another session's: refused (0)."""
+        store = Store(redis, result_ttl_s=60, events_maxlen=100)
+        await redis.hset(call_key("r4"), "user", "alice")
+        args = [*store._answer_args("r4", 1.0, None), "1.25"]
+        claim = store._claim_answered
+        assert await claim(keys=[EVENTS, call_key("r4")], args=args) == 2
+        assert await claim(keys=[EVENTS, call_key("r4")], args=args) == 1
+        assert await claim(keys=[EVENTS, call_key("r4")], args=[*args[:-1], "2.5"]) == 0
+        events = [f for _, f in await redis.xrange(EVENTS) if f[b"id"] == b"r4"]
+        assert [f[b"event"] for f in events] == [b"answered"]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -188,7 +189,8 @@ class TestOutcomeWebhooks:
         loud = await _store(redis, "https://h.example/")
         record = _record()
         assert await loud.store_outcome(record)
-        assert not await loud.store_outcome(record)
+        assert await loud.store_outcome(record)  # the same again (a retried write): stored
+        assert not await loud.store_outcome(dataclasses.replace(record, outcome=Outcome.DENIED))
         assert await redis.xlen(WEBHOOKS) == 1
 
     async def test_given_up_after_the_window_dead_lettered_and_counted(
