@@ -213,9 +213,10 @@ class VerificationIvr:
     async def _report(self, call: CallContext, step: Report) -> None:
         if step.outcome is Outcome.FRAUD_REPORTED and call.user:
             # Block before the outcome is published: the next request must find the block.
-            await self._security.report_fraud(
-                rid=call.id, user=call.user, number=call.number, context=call.context
-            )
+            user = call.user
+            await retrying(lambda: self._security.report_fraud(
+                rid=call.id, user=user, number=call.number, context=call.context),
+                what="report_fraud", for_s=STORE_RETRY_S)
         record = call.record(step.outcome, step.detail)
         input_at = call.take_input()  # the 'input' event rides with the outcome
         stored = await retrying(

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ivr.domain.outcome import Outcome, OutcomeRecord, parse_iso
+from ivr.storage.guard import Guard
 from ivr.storage.store import RESULTS_CHANNEL
 
 from .conftest import COMMAND_TIMEOUT_S, Ivr, StartIvr
@@ -613,6 +616,27 @@ class TestUnknownAndDuplicates:
 
 
 class TestRedisStall:
+    async def test_a_fraud_report_in_a_redis_blip_still_blocks(
+        self, ivr: Ivr, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The block's write meets a lost connection: retried, as the outcome's is (the
+        session failed, with no block and no outcome; found in review)."""
+        rid = "57575757-5757-4575-8575-575757575757"
+        apply, tries = Guard.apply, []
+
+        async def blip(guard: Guard, *args: Any) -> bool:
+            tries.append(1)
+            if len(tries) == 1:
+                raise RedisConnectionError("Connection reset by peer")
+            return await apply(guard, *args)
+
+        monkeypatch.setattr(Guard, "apply", blip)
+        _, stored = await run_call(ivr, rid, PRESS_ZERO_POUND)
+
+        assert stored["outcome"] == "fraud_reported"
+        assert len(tries) == 2
+        assert await ivr.redis.zscore("callmfa:blocked", "alice") is not None
+
     async def test_silence_after_a_redis_stall_is_an_error_not_no_input(
         self, ivr: Ivr, monkeypatch: pytest.MonkeyPatch
     ) -> None:
