@@ -237,8 +237,8 @@ class Deliverer:
         if d.channel not in self._senders:
             # Another process's to send (its settings have this channel, these do not): put
             # back for it, no failure counted, until it is too old.
-            if self._backoff.next_attempt(d.failures, d.created_at, self._clock()) is None:
-                await self._failed(d, f"no process sent its {d.channel}")
+            if self._clock() > d.created_at + self._s.webhook_give_up_s:
+                await self._dead(d, d.failures, f"no process sent its {d.channel}")
             else:
                 await self._defer(d)
             return
@@ -297,17 +297,20 @@ class Deliverer:
         now = self._clock()
         at = self._backoff.next_attempt(failures, d.created_at, now)
         if at is None:
-            await retrying(lambda: self._queue.dead(d, failures, error, iso(now) or ""),
-                           what="webhook_dead", for_s=BOOKKEEPING_RETRY_S)
-            log.error("webhook_dead_lettered", attempts=failures, error=error,
-                      target=_redacted(d))
-            self._settled(d.channel, "dead_lettered")
+            await self._dead(d, failures, error)
             return
         await retrying(lambda: self._queue.retry_at(d, int(at * 1000), failures),
                        what="webhook_retry", for_s=BOOKKEEPING_RETRY_S)
         log.warning("webhook_attempt_failed", attempts=failures, error=error,
                     retry_in_s=round(at - now, 2))
         self._settled(d.channel, "failed")
+
+    async def _dead(self, d: Delivery, attempts: int, error: str) -> None:
+        now = iso(self._clock()) or ""
+        await retrying(lambda: self._queue.dead(d, attempts, error, now),
+                       what="webhook_dead", for_s=BOOKKEEPING_RETRY_S)
+        log.error("webhook_dead_lettered", attempts=attempts, error=error, target=_redacted(d))
+        self._settled(d.channel, "dead_lettered")
 
     def _settled(self, channel: str, result: str) -> None:
         if self._observer is not None:
