@@ -273,8 +273,11 @@ class Originator:
             ami = await self._ami.acquire(timeout_s=0)
             try:
                 token = new_token()  # only Asterisk learns it; the marker keeps its hash
-                # With no room now, the call waits for one until the request expires.
-                wait_s = 0.0 if ami is not None else req.expires_at - time.time()
+                # With no room now, the call waits for one until the request expires; its
+                # lock lasts that much longer, never past its outcome's key (which frees it).
+                lock_ttl = self._security.guard.lock_ttl_s
+                wait_s = 0.0 if ami is not None else min(
+                    req.expires_at - time.time(), self._settings.result_ttl_s - lock_ttl)
                 found, detail, retry = await self._store.place_call(
                     req.id, self._security.guard.admission(req.id, req.user, req.number,
                                                            wait_s=wait_s),

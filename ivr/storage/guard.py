@@ -205,6 +205,11 @@ class Guard:
         self._admit = redis.register_script(_ADMIT)
         self._record = redis.register_script(RECORD_AUDIT)
 
+    @property
+    def lock_ttl_s(self) -> int:
+        """How long a user's in-flight lock lasts (a call's longest time and a margin)."""
+        return self._limits.lock_ttl_s
+
     def admission(self, rid: str, user: str, number: str, *, wait_s: float = 0.0
                   ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of the admission of ``rid`` (its script, or the place-call one);

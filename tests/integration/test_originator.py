@@ -705,16 +705,19 @@ class TestCallOutcomes:
             ttls.append(await ami.store.redis.ttl("callmfa:inflight:alice"))
             return await answer(ami, call, watch)
 
-        h = await start(network)
+        h = await start(network, result_ttl_s=3600)
         lock_ttl = limits(make_settings()).lock_ttl_s
 
         async def no_room_now(timeout_s: float) -> FakeAmi | None:
             return None if timeout_s == 0 else h.ami
         h.ami.acquire = no_room_now  # type: ignore[method-assign]
         rid, _ = await h.submit(expires_in_s=600)
-
         assert (await h.outcome(rid)).outcome is Outcome.APPROVED
         assert ttls[0] > lock_ttl + 590
+        # Never past the outcome's key, which frees it (an expired outcome left it locked).
+        rid, _ = await h.submit(expires_in_s=7200)
+        await h.outcome(rid)
+        assert ttls[1] <= 3600
 
     async def test_busy(self, start: Start) -> None:
         """A failed Originate (Reason 0) after a Hangup with cause 17 is busy."""

@@ -108,7 +108,8 @@ class FakeStore:
 class AdmitAll:
     """The security screen, admitting everything (the parser is what is under test)."""
 
-    guard = SimpleNamespace(admission=lambda rid, user, number, wait_s=0.0: ([], []))
+    guard = SimpleNamespace(admission=lambda rid, user, number, wait_s=0.0: ([], []),
+                            lock_ttl_s=100)
 
     async def screen(self, req: Any) -> None:
         return None
