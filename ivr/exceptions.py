@@ -36,10 +36,6 @@ class AmiConnectError(AmiError):
     """No TCP connection to AMI, or it was lost."""
 
 
-class AmiNotConnectedError(AmiConnectError):
-    """Not connected to AMI at the time: the action was not sent."""
-
-
 class AmiLoginError(AmiError):
     """AMI refused the login (wrong user or secret, or the host is not permitted)."""
 

@@ -34,13 +34,7 @@ from .domain.flow import keys_are_secret
 from .domain.outcome import Outcome, OutcomeRecord, failed_call_outcome, iso
 from .domain.request import VerificationRequest, parse_fields, peek_id, request_fields
 from .domain.webhooks import parse_allowed_urls
-from .exceptions import (
-    AmiConnectError,
-    AmiError,
-    AmiNotConnectedError,
-    DirectoryError,
-    RequestError,
-)
+from .exceptions import AmiConnectError, AmiError, DirectoryError, RequestError
 from .security import Security
 from .settings import Settings
 from .storage.guard import Admission, Verdict
@@ -416,13 +410,8 @@ class Originator:
         except AmiConnectError as e:
             log.error("call_lost", error=str(e))
             await self._report_ringing(req.id, ringing)
-            # The IVR may still have had its say (or say it now): give it the grace time, or
-            # longer when only the connection went (the call may ring on, or be answered).
-            if isinstance(e, AmiNotConnectedError):
-                wait_s = s.outcome_grace_s  # no Originate was sent
-            else:
-                wait_s = await self._ivr_wait_s(ami, started)
-            record = await self._results.wait(req.id, wait_s)
+            # The IVR may still have had its say (or say it now): give it the grace time.
+            record = await self._results.wait(req.id, s.outcome_grace_s)
             if record is None:
                 await self._finish(req, Outcome.ERROR, "asterisk_lost", started=started)
         except AmiError as e:
@@ -466,12 +455,17 @@ class Originator:
         await self._finish(req, Outcome.ERROR, detail, started=started, cause=cause)
 
     async def _ivr_wait_s(self, ami: AmiClient, started: float) -> float:
-        """How long a call's IVR may still take once the AMI connection dropped during the
-        call: back within the grace time, Asterisk lives and only the connection went, so
-        until the call's latest end; else no longer (the grace time is waited here)."""
+        """How long an answered call's IVR may still take once the AMI connection dropped:
+        back within the grace time, Asterisk lives or restarted; over FastAGI a session
+        still running has its say until the call's latest end, and one that died with
+        Asterisk says so itself (asterisk_lost). Else no longer (the grace time is waited
+        here)."""
+        s = self._settings
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ami.connected.wait(), self._settings.outcome_grace_s)
-        return max(0.0, self._ends_by(started) - time.time()) if ami.connected.is_set() else 0.0
+            await asyncio.wait_for(ami.connected.wait(), s.outcome_grace_s)
+        if not ami.connected.is_set() or s.agi_mode != "fastagi":
+            return 0.0
+        return max(0.0, self._ends_by(started) - time.time())
 
     async def _report_ringing(self, rid: str, ringing: _Ringing) -> None:
         """The 'ringing' event of a call that was not answered (before its outcome)."""

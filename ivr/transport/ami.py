@@ -30,7 +30,7 @@ from panoramisk import Manager
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
-from ..exceptions import AmiConnectError, AmiError, AmiLoginError, AmiNotConnectedError
+from ..exceptions import AmiConnectError, AmiError, AmiLoginError
 from ..tasks import within
 
 log = structlog.get_logger("ivr.ami")
@@ -395,7 +395,7 @@ class AmiClient:
     ) -> OriginateResult:
         """Send an async Originate and wait for its OriginateResponse."""
         if self._manager is None or not self.connected.is_set():
-            raise AmiNotConnectedError("not connected to AMI")
+            raise AmiConnectError("not connected to AMI")
         assigned = [f"{k}={v}" for k, v in variables.items()]
         for value in (*fields, *fields.values(), *assigned):
             if "\r" in value or "\n" in value or "\0" in value:
@@ -428,7 +428,7 @@ class AmiClient:
     async def action(self, fields: Mapping[str, str], *, timeout_s: float) -> list[dict[str, Any]]:
         """Send any action; its reply messages (one, or a list's events) as dicts."""
         if self._manager is None or not self.connected.is_set():
-            raise AmiNotConnectedError("not connected to AMI")
+            raise AmiConnectError("not connected to AMI")
         future = self._manager.send_action(dict(fields))
         try:
             reply = await asyncio.wait_for(asyncio.shield(future), timeout_s)
