@@ -12,11 +12,14 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 import aiosmtplib
+import structlog
 
 from ..domain.webhooks import fraud_alert
 from ..settings import Settings
 from ..storage.webhooks import Delivery
 from .webhooks import DeliveryError
+
+log = structlog.get_logger("ivr.alerts")
 
 
 def alert_message(d: Delivery, sender: str) -> EmailMessage:
@@ -49,7 +52,7 @@ class MailSender:
         return f"MailSender(host={self._s.smtp_host!r}, password=***)"
 
     async def send(self, d: Delivery) -> None:
-        """One SMTP transaction, bounded by CALLMFA_WEBHOOK_TIMEOUT_S; a refused recipient
+        """One SMTP transaction, bounded by CALLMFA_WEBHOOK_TIMEOUT_S; its recipient refused
         fails it (each delivery has one, so only its own is tried again)."""
         s = self._s
         msg = alert_message(d, s.smtp_from)
@@ -66,5 +69,5 @@ class MailSender:
             # The relay owns the mail once it has answered DATA (RFC 5321 4.1.1.4): QUIT's
             # answer is not waited for, so a relay slow to give it is not sent the mail again.
             smtp.close()
-        if refused:
-            raise DeliveryError(f"smtp: recipient refused: {refused}"[:200])
+        if refused:  # some of a delivery queued before each recipient had one of its own
+            log.warning("alert_recipients_refused", refused=sorted(refused))

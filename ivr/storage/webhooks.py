@@ -23,7 +23,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .keys import (
+    ALERT_GROUP,
     AUDIT,
+    AUDIT_GROUP,
     WEBHOOK_DEAD,
     WEBHOOK_FAILURES,
     WEBHOOK_GROUP,
@@ -146,13 +148,30 @@ class DeliveryQueue:
     async def ensure_groups(self, audit_groups: Sequence[str] = ()) -> None:
         """Create the senders' group, and these audit readers' groups (from now on: earlier
         audit entries are not sent), if missing."""
-        groups = [(WEBHOOKS, WEBHOOK_GROUP, "0"), *((AUDIT, g, "$") for g in audit_groups)]
+        groups = [(WEBHOOKS, WEBHOOK_GROUP, "0")]
+        for group in audit_groups:
+            groups.append((AUDIT, group, await self._audit_start(group)))
         for stream, group, start in groups:
             try:
                 await self.redis.xgroup_create(stream, group, id=start, mkstream=True)
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
+
+    async def _audit_start(self, group: str) -> str:
+        """Where a new audit group starts: now; the e-mails' group where the security
+        webhooks' group is, if it exists (it queued the e-mails too before they had a group
+        of their own, so an upgrade loses none)."""
+        if group != ALERT_GROUP:
+            return "$"
+        try:
+            groups: Any = await self.redis.xinfo_groups(AUDIT)
+        except ResponseError:  # no stream yet
+            return "$"
+        for g in groups:
+            if _text(g["name"]) == AUDIT_GROUP:
+                return _text(g["last-delivered-id"])
+        return "$"
 
     async def read_new(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
         """Deliveries no process has tried yet, waiting up to ``block_ms``."""

@@ -435,6 +435,23 @@ class TestSecurityEvents:
         assert sum(b.count("email", r) for r in ("delivered", "failed")) == 0
         assert a.count("email", "failed") == 0
 
+    async def test_an_upgrade_e_mails_what_the_old_group_had_not_read(
+            self, redis: Redis, redis_server: RedisServer, mail: MailCatcher) -> None:
+        """Before the e-mails had a group of their own, the webhooks group queued them:
+        the new group starts where that one is, so a fraud report written while serve was
+        being upgraded is still e-mailed, and one the old version had read is not again."""
+        await redis.xgroup_create(AUDIT, AUDIT_GROUP, id="$", mkstream=True)
+        await _fraud_report(redis)  # read by the old version, its e-mail sent then
+        await redis.xreadgroup(AUDIT_GROUP, "old", {AUDIT: ">"})
+        await _fraud_report(redis)  # written during the upgrade
+        s = _settings(redis_server, CALLMFA_ALERT_EMAIL="sec@example.com",
+                      CALLMFA_SMTP_HOST="127.0.0.1", CALLMFA_SMTP_PORT=str(mail.port))
+        async with Worker(s, redis) as w:
+            await eventually(lambda: len(mail.messages) == 1, what="the e-mail")
+            await eventually(lambda: _drained(w.queue), what="the queue to empty")
+            await asyncio.sleep(0.5)
+        assert len(mail.messages) == 1
+
     async def test_a_routed_audit_entry_is_acknowledged(
             self, redis: Redis, redis_server: RedisServer, receiver: WebhookReceiver) -> None:
         s = _settings(redis_server, CALLMFA_WEBHOOK_URL=receiver.url)
