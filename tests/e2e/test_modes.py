@@ -30,7 +30,8 @@ VOICEMAIL = ("Hi, you have reached the voicemail of Alice Example. I am not avai
 
 def _callmfa(sandbox: Sandbox, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CALLMFA_REDIS_URL": sandbox.redis_url,
-           "CALLMFA_PIN_PEPPER_FILE": sandbox.env["CALLMFA_PIN_PEPPER_FILE"]}
+           "CALLMFA_PIN_PEPPER_FILE": sandbox.env["CALLMFA_PIN_PEPPER_FILE"],
+           "CALLMFA_SIGNING_KEY": sandbox.env["CALLMFA_SIGNING_KEY"]}
     return subprocess.run([str(REPO / ".venv" / "bin" / "callmfa"), *args], input=stdin,
                           capture_output=True, text=True, env=env, timeout=30)
 
