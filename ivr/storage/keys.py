@@ -38,6 +38,11 @@ def result_key(rid: str) -> str:
     return f"callmfa:result:{rid}"
 
 
+def reported_key(rid: str) -> str:
+    """Present once the 0# of ``rid`` is audited (a retried report is then done already)."""
+    return f"callmfa:reported:{rid}"
+
+
 def consumer_key(consumer: str) -> str:
     """The liveness lease of an originator: present while it runs."""
     return f"callmfa:consumer:{consumer}"
@@ -163,9 +168,12 @@ def bypass_key(user: str) -> str:
     return f"callmfa:bypass:{user}"
 
 
-# KEYS: the block set, the user's bypass key, the audit stream.
+# KEYS: the block set, the user's bypass key, the audit stream, [a call's report marker].
 # ARGV: op, user, until_ms or bypass seconds, audit maxlen, channel, message, audit fields...
 RECORD_AUDIT = """
+-- KEYS[4], when given, marks the report of one call (a 0#) as written: the same report run
+-- again after its reply was lost is then done already, not audited (and alerted) twice.
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then return 1 end
 local op, user = ARGV[1], ARGV[2]
 local changed = 1
 if op == 'blocked' then
@@ -189,6 +197,7 @@ end
 if changed == 1 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 7))
   redis.call('PUBLISH', ARGV[5], ARGV[6])
+  if KEYS[4] then redis.call('SET', KEYS[4], '1', 'EX', 3600) end  -- past any retry
 end
 return changed
 """
@@ -211,10 +220,14 @@ def audit_script_args(
 def fraud_report_args(
     *, rid: str, user: str, number: str, context: str, block_s: float
 ) -> tuple[list[str], list[str | int]]:
-    """The audit script's arguments for a 0#: block the user for ``block_s`` (0: audit only)."""
+    """The audit script's arguments for a 0#: block the user for ``block_s`` (0: audit only),
+    once per call: run again (its reply lost), it audits and alerts nothing more."""
     facts = {"actor": "ivr", "id": rid, "number": number, "context": context}
     if block_s <= 0:
-        return audit_script_args("fraud_reported", user, 0, facts)
-    until = time.time() + block_s
-    return audit_script_args("blocked", user, int(until * 1000),
-                             {**facts, "reason": "fraud_reported", "until": iso(until) or ""})
+        keys, args = audit_script_args("fraud_reported", user, 0, facts)
+    else:
+        until = time.time() + block_s
+        keys, args = audit_script_args(
+            "blocked", user, int(until * 1000),
+            {**facts, "reason": "fraud_reported", "until": iso(until) or ""})
+    return [*keys, reported_key(rid)], args

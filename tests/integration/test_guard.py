@@ -17,7 +17,9 @@ from ivr.settings import Settings
 from ivr.storage.guard import Guard, Limits, Verdict
 from ivr.storage.keys import AUDIT, SECURITY_CHANNEL
 from ivr.storage.store import Store
+from ivr.storage.sync import SyncStore
 
+from ..conftest import RedisServer
 from .conftest import Alerts
 
 NUMBER = "+12015550100"
@@ -345,6 +347,45 @@ class TestBlockLength:
         assert until > time.time() + 364 * 86400
         assert [e["event"] for e in await security.guard.audit()] == [
             "fraud_reported", "blocked"]
+
+
+class TestFraudReportOnce:
+    """A 0# report run again (its reply lost with the connection, and retried) is done
+    already: one audit entry, so one security webhook and one alert e-mail."""
+
+    @pytest.mark.parametrize("block_s", [3600, 0])
+    async def test_a_retried_report_is_audited_once(self, redis: Redis, block_s: int) -> None:
+        security = Security.for_redis(Settings(fraud_block_s=block_s), redis)
+        for _ in range(2):
+            await security.report_fraud(rid="r1", user="alice", number=NUMBER, context="{}")
+        assert await redis.xlen(AUDIT) == 1
+
+    async def test_a_retried_report_under_a_longer_block_is_audited_once(
+        self, redis: Redis
+    ) -> None:
+        security = Security.for_redis(Settings(fraud_block_s=3600), redis)
+        await security.guard.block("mallory", 365 * 86400, actor="cli:ops", reason="manual")
+        for _ in range(2):
+            await security.report_fraud(rid="r1", user="mallory", number=NUMBER, context="{}")
+        assert [e["event"] for e in await security.guard.audit()] == [
+            "fraud_reported", "blocked"]
+
+    async def test_the_classic_driver_s_retried_report_is_audited_once(
+        self, redis: Redis, redis_server: RedisServer
+    ) -> None:
+        sync = SyncStore.connect(Settings(redis_url=redis_server.url, fraud_block_s=60))
+        try:
+            for _ in range(2):
+                sync.report_fraud(rid="r2", user="bob", number=NUMBER, context="{}")
+        finally:
+            sync.close()
+        assert await redis.xlen(AUDIT) == 1
+
+    async def test_another_call_s_report_is_audited(self, redis: Redis) -> None:
+        security = Security.for_redis(Settings(fraud_block_s=3600), redis)
+        await security.report_fraud(rid="r1", user="alice", number=NUMBER, context="{}")
+        await security.report_fraud(rid="r2", user="alice", number=NUMBER, context="{}")
+        assert await redis.xlen(AUDIT) == 2
 
 
 class TestEveryAuditEntryPublished:
