@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .domain.policy import parse_number_types, parse_prefixes, parse_regions
+from .domain.request import MAX_EXPIRES_IN_S
 from .domain.webhooks import (
     SECURITY_TYPES,
     UrlError,
@@ -146,7 +147,8 @@ class Settings:
     )
     max_attempts: int = field(default=3, metadata={"doc": "Prompts played before giving up."})
     request_ttl_s: int = field(
-        default=120, metadata={"doc": "Deadline for requests that carry no expires_at."}
+        default=120,
+        metadata={"doc": "Deadline for requests that carry no expires_at (1 to 3600 s)."},
     )
     result_ttl_s: int = field(default=3600, metadata={"doc": "How long outcomes stay in Redis."})
     events_maxlen: int = field(default=100_000, metadata={"doc": "Approximate events cap."})
@@ -630,6 +632,8 @@ class Settings:
                      "api_rate_per_min", "api_idempotency_ttl_s", "api_max_connections"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
+        if not 1 <= self.request_ttl_s <= MAX_EXPIRES_IN_S:
+            raise SettingsError(f"CALLMFA_REQUEST_TTL_S must be 1 to {MAX_EXPIRES_IN_S} (s)")
         self._check_security()
         self._check_ldap()
         self._check_radius()

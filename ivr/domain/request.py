@@ -29,6 +29,9 @@ FIELDS = frozenset(
 )
 MAX_REQUEST_BYTES = 8192
 MAX_CONTEXT_BYTES = 4096
+# A sign-in waits seconds, not days: a request's expires_at is at most this long after it
+# was made (past it, its lock and its outcome's key would no longer cover its wait).
+MAX_EXPIRES_IN_S = 3600
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # E.164: '+', a country code that does not start with 0, at most 15 digits in all;
@@ -187,6 +190,9 @@ def parse_fields(
             raise RequestError(
                 "invalid_expires_at", "expires_at must be ISO 8601 with a time zone"
             ) from None
+        if expires_at > requested_at + MAX_EXPIRES_IN_S:
+            raise RequestError("invalid_expires_at",
+                               f"expires_at must be at most {MAX_EXPIRES_IN_S} s away")
     context = data.get("context")
     if context is None:
         context = {}

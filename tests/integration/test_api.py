@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from ivr.domain.directory import DirectoryEntry
-from ivr.domain.outcome import Outcome, OutcomeRecord
+from ivr.domain.outcome import Outcome, OutcomeRecord, iso
 from ivr.fronts.api import ApiParts, build_app
 from ivr.fronts.api.demo import masked
 from ivr.fronts.web import BODY_TIMEOUT_S
@@ -27,6 +27,7 @@ from ivr.settings import Settings
 from ivr.storage.guard import Guard
 from ivr.storage.keys import AUDIT, REQUESTS
 from ivr.storage.store import Store
+from ivr.storage.tokens import owner_key
 
 from ..http_bodies import exchange, post_head
 from ..openapi import check
@@ -234,6 +235,8 @@ class TestSubmit:
         ({"user": "a", "phone": PHONE, "mode": "dance"}, "unsupported_mode"),
         ({"user": "a", "phone": PHONE, "mode": "match"}, "invalid_match_hash"),
         ({"user": "a", "phone": PHONE, "expires_at": "soon"}, "invalid_expires_at"),
+        ({"user": "a", "phone": PHONE, "expires_at": "2099-01-01T00:00:00Z"},
+         "invalid_expires_at"),
         ([1, 2], "invalid_json"),
         ({"user": "a", "phone": PHONE, "context": {"note": "\ud800"}}, "invalid_json"),
     ])
@@ -245,6 +248,15 @@ class TestSubmit:
         assert found["error"] == detail
         assert found["message"]
         assert await _queued(api.redis) == []
+
+    async def test_the_creator_may_read_it_as_long_as_its_outcome_lives(
+        self, api: Api
+    ) -> None:
+        """A request that may wait 50 min to be placed keeps its owner past that wait and
+        the outcome's life (RESULT_TTL_S), not only past CALLMFA_REQUEST_TTL_S."""
+        rid = (await api.post({"user": "a", "phone": PHONE,
+                               "expires_at": iso(time.time() + 3000)}))["id"]
+        assert await api.redis.ttl(owner_key(rid)) > 3000 + api.parts.settings.result_ttl_s
 
     async def test_an_escaped_surrogate_pair_is_text(self, api: Api) -> None:
         """\ud83d\ude00 (one emoji, as json.dumps escapes it) is accepted and queued whole."""

@@ -715,7 +715,7 @@ class TestCallOutcomes:
         assert (await h.outcome(rid)).outcome is Outcome.APPROVED
         assert ttls[0] > lock_ttl + 590
         # Never past the outcome's key, which frees it (an expired outcome left it locked).
-        rid, _ = await h.submit(expires_in_s=7200)
+        rid, _ = await h.submit(expires_in_s=3600)
         await h.outcome(rid)
         assert ttls[1] <= 3600
 

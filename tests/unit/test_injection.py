@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivr.domain.outcome import OutcomeRecord
+from ivr.domain.outcome import OutcomeRecord, iso
 from ivr.originator import Originator
 from ivr.settings import Settings
 from ivr.storage.store import Claim, Entry
@@ -31,7 +32,7 @@ INJECTIONS = [
 ]
 VALID = {"id": "0b6d2c44-3e4f-4a8e-9d7c-2f7f1c0e5a11", "user": "alice",
          "phone": "+12015550100", "mode": "standard", "lang": "en",
-         "expires_at": "2999-01-01T00:00:00Z", "context": {"app": "vpn"}}
+         "expires_at": iso(time.time() + 3000), "context": {"app": "vpn"}}
 
 
 class FakeAmi:
@@ -133,7 +134,8 @@ def _run(payload: bytes) -> tuple[FakeAmi, FakeStore]:
     ami, store = FakeAmi(), FakeStore()
     originator = Originator(Settings(), store, ami, FakeResults(),  # type: ignore[arg-type]
                             AdmitAll())  # type: ignore[arg-type]
-    asyncio.run(originator._process(Entry("1700000000000-0", payload), taken_over=False))
+    entry = Entry(f"{int(time.time() * 1000)}-0", payload)  # queued now
+    asyncio.run(originator._process(entry, taken_over=False))
     return ami, store
 
 

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ivr.domain.outcome import iso
 from ivr.domain.request import (
     MAX_CONTEXT_BYTES,
+    MAX_EXPIRES_IN_S,
     MAX_REQUEST_BYTES,
     MAX_USER_CHARS,
     VerificationRequest,
@@ -97,13 +99,13 @@ class TestValid:
         req = parse_with(
             mode="standard",
             lang="fr-CA",
-            expires_at="2030-01-01T00:00:00Z",
+            expires_at="2026-05-28T20:56:40Z",
             context={"ip": "192.0.2.1", "n": [1, 2]},
         )
 
         assert req.mode == "standard"
         assert req.lang == "fr-CA"
-        assert req.expires_at == epoch("2030-01-01T00:00:00+00:00")
+        assert req.expires_at == NOW + 1800
         assert req.context == {"ip": "192.0.2.1", "n": [1, 2]}
 
     @pytest.mark.parametrize("lang", [None, "en"])
@@ -140,7 +142,9 @@ class TestValid:
     )
     def test_expires_at_with_zone(self, text: str, expected: str) -> None:
         """ISO 8601 with Z or an offset is converted to epoch seconds."""
-        assert parse_with(expires_at=text).expires_at == epoch(expected)
+        req = parse_request(json.dumps({**MINIMAL, "expires_at": text}),
+                            requested_at=epoch(expected) - 60, default_ttl_s=TTL)
+        assert req.expires_at == epoch(expected)
 
     def test_null_context_is_empty(self) -> None:
         """context null is an empty context."""
@@ -293,6 +297,15 @@ class TestRejected:
         """expires_at must be an ISO 8601 string with a time zone; naive times are refused."""
         assert rejection_with(expires_at=expires_at) == "invalid_expires_at"
 
+    def test_expires_at_at_most_an_hour_away(self) -> None:
+        """A request may wait at most MAX_EXPIRES_IN_S to be placed: a day-long expires_at
+        would outlive its lock and its outcome's key."""
+        assert parse_with(expires_at=iso(NOW + MAX_EXPIRES_IN_S)).expires_at == (
+            NOW + MAX_EXPIRES_IN_S)
+        assert rejection_with(expires_at=iso(NOW + MAX_EXPIRES_IN_S + 1)) == (
+            "invalid_expires_at")
+        assert rejection_with(expires_at="2030-01-01T00:00:00Z") == "invalid_expires_at"
+
     @pytest.mark.parametrize("context", ["text", [1, 2], 42, True])
     def test_context_not_object(self, context: object) -> None:
         """context must be a JSON object."""
@@ -430,7 +443,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "phone": st.from_regex(PHONE_RE, fullmatch=True),
     "mode": st.just("standard"),
     "lang": st.from_regex(LANG_RE, fullmatch=True),
-    "expires_at": st.just("2030-01-01T00:00:00Z"),
+    "expires_at": st.just("2026-05-28T20:56:40Z"),
     "context": st.just({}),
 }
 FUZZED: dict[str, st.SearchStrategy[Any]] = {

@@ -76,7 +76,7 @@ async def start(request: web.Request) -> web.Response:
         match = f"{secrets.randbelow(10 ** MATCH_DIGITS):0{MATCH_DIGITS}d}"
         request_body["match_hash"] = await asyncio.to_thread(hash_code, match)  # scrypt: CPU
     try:
-        rid, payload = validate(request_body)
+        rid, payload, _ = validate(request_body)
     except RequestError as e:
         raise ApiError(400, e.detail, e.message) from None
     found = await parts.submissions.submit(

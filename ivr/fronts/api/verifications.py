@@ -63,20 +63,24 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _owner_ttl_s(parts: ApiParts) -> int:
+def _owner_ttl_s(parts: ApiParts, wait_s: float) -> int:
     s = parts.settings
-    return int(s.result_ttl_s + s.request_ttl_s + s.ring_timeout_s + s.max_call_s + 600)
+    wait_s = max(wait_s, s.request_ttl_s)
+    return int(s.result_ttl_s + wait_s + s.ring_timeout_s + s.max_call_s + 600)
 
 
-def validate(body: dict[str, Any]) -> tuple[str, str]:
-    """The request's id (made when missing) and its contract JSON; RequestError (the
-    ``rejected`` outcome's detail) if the request is bad. A request with a ``user`` and no
+def validate(body: dict[str, Any]) -> tuple[str, str, float]:
+    """The request's id (made when missing), its contract JSON and how long it may wait to
+    be placed (0 for the default); RequestError (the ``rejected`` outcome's detail) if the
+    request is bad. A request with a ``user`` and no
     ``phone`` passes: the originator finds the phone in the user directory."""
     request = {**body, "id": str(uuid.uuid4())} if body.get("id") is None else dict(body)
     checked = request if "phone" in request else {**request, "phone": _PLACEHOLDER_PHONE}
-    parsed = parse_request(json.dumps(checked), requested_at=time.time(), default_ttl_s=0)
+    now = time.time()
+    parsed = parse_request(json.dumps(checked), requested_at=now, default_ttl_s=0)
     request["id"] = parsed.id
-    return parsed.id, json.dumps({"id": parsed.id, **request}, ensure_ascii=False)
+    return (parsed.id, json.dumps({"id": parsed.id, **request}, ensure_ascii=False),
+            max(0.0, parsed.expires_at - now))
 
 
 async def create(request: web.Request) -> web.Response:
@@ -89,11 +93,11 @@ async def create(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_idempotency_key",
                        "Idempotency-Key must be 1 to 255 printable ASCII characters")
     try:
-        rid, payload = validate(body)
+        rid, payload, wait_s = validate(body)
     except RequestError as e:
         raise ApiError(400, e.detail, e.message) from None
     found = await parts.submissions.submit(
-        token.name, rid, payload, owner_ttl_s=_owner_ttl_s(parts),
+        token.name, rid, payload, owner_ttl_s=_owner_ttl_s(parts, wait_s),
         idempotency_key=key, fingerprint=fingerprint(body),
     )
     if found.verdict is Submitted.ID_IN_USE:
