@@ -230,6 +230,14 @@ class TestSettingsReference:
         for name, _, _ in Settings.reference():
             assert f"| `{name}` |" in table
 
+    def test_every_default_is_shown_as_it_is(self) -> None:
+        """A default that starts with "(" is a value, not a placeholder: the table showed
+        the LDAP filter's (uid={user}) as uid={user}, which the settings then refuse."""
+        table = settings_markdown()
+        assert "| `CALLMFA_LDAP_USER_FILTER` | `(uid={user})` |" in table
+        assert "| `CALLMFA_CONSUMER` | host-pid |" in table
+        assert "| `CALLMFA_AMI_SECRET` | (none) |" in table
+
     def test_grafana_dashboard_uses_exported_metrics(self) -> None:
         """Every metric the dashboard queries is one callmfa exports."""
         exported = {f.name for f in text_string_to_metric_families(
