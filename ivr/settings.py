@@ -611,6 +611,10 @@ class Settings:
             raise SettingsError(
                 "CALLMFA_PROMPT_OVERRIDE_DIR must be an absolute path of letters, digits, _ . - /"
             )
+        self._check_redis_url()
+        for name in ("agi_port", "health_port", "metrics_port", "api_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise SettingsError(f"CALLMFA_{name.upper()} must be 0 to 65535")
         if self.event_loop not in ("auto", "asyncio", "uvloop"):
             raise SettingsError("CALLMFA_EVENT_LOOP must be auto, asyncio or uvloop")
         if "{number}" not in self.dial_template and "{digits}" not in self.dial_template:
@@ -637,6 +641,19 @@ class Settings:
         self._check_security()
         self._check_ldap()
         self._check_radius()
+
+    def _check_redis_url(self) -> None:
+        # Checked here, not at the first connection, where redis-py's ValueError was a
+        # traceback; the message leaves the URL out (it may hold the password).
+        try:
+            url = urlsplit(self.redis_url)
+            url.port  # noqa: B018 - parsed for its errors
+            scheme = url.scheme
+        except ValueError:  # a port that is no number or out of range, a broken [IPv6] host
+            scheme = ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError("CALLMFA_REDIS_URL must be redis://[user:password@]host[:port]"
+                                "/db, rediss://... (TLS) or unix:///path")
 
     def _check_entra(self) -> None:
         if not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", self.entra_issuer):

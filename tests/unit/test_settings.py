@@ -224,6 +224,29 @@ class TestValidation:
         with pytest.raises(SettingsError, match="CALLMFA_DIAL_TEMPLATE"):
             Settings.from_env({"CALLMFA_DIAL_TEMPLATE": template})
 
+    @pytest.mark.parametrize("url", ["foo://x", "localhost:6379", "redis://h:abc/0",
+                                     "redis://h:70000/0", "redis://[x/0",
+                                     "http://u:s3cret@h/0"])
+    def test_a_malformed_redis_url_is_a_settings_error(self, url: str) -> None:
+        """A malformed CALLMFA_REDIS_URL was a redis-py ValueError traceback at the first
+        connection; it is a settings error now, which leaves the password out."""
+        with pytest.raises(SettingsError, match="CALLMFA_REDIS_URL") as e:
+            Settings.from_env({"CALLMFA_REDIS_URL": url})
+        assert "s3cret" not in str(e.value)
+
+    @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://u:p@h/1",
+                                     "redis://[::1]:6379/0", "unix:///run/redis.sock"])
+    def test_redis_urls(self, url: str) -> None:
+        """redis://, rediss:// and unix:// URLs pass."""
+        assert Settings.from_env({"CALLMFA_REDIS_URL": url}).redis_url == url
+
+    @pytest.mark.parametrize("name", ["AGI_PORT", "HEALTH_PORT", "METRICS_PORT", "API_PORT"])
+    @pytest.mark.parametrize("port", ["-1", "65536", "99999"])
+    def test_listen_ports_are_checked(self, name: str, port: str) -> None:
+        """A listen port out of range is refused at start-up, not at the bind."""
+        with pytest.raises(SettingsError, match=f"CALLMFA_{name} must be 0 to 65535"):
+            Settings.from_env({f"CALLMFA_{name}": port})
+
     @pytest.mark.parametrize("template", ["PJSIP/{number}@trunk", "SIP/trunk/{digits}"])
     def test_dial_template_with_number(self, template: str) -> None:
         """{number} or {digits} alone is enough."""
