@@ -1031,6 +1031,11 @@ def read_config_file(path: str | Path) -> dict[str, str]:
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
+        elif re.search(r"\s#", value):
+            # A shell takes it for a comment, systemd's EnvironmentFile for part of the
+            # value: refused, as a dial template or a secret file's name would be wrong.
+            raise SettingsError(f"{path}:{number}: a '#' after the value is no comment: "
+                                "put the comment on a line of its own (or quote the value)")
         values[key.strip()] = value
     return values
 

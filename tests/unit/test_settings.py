@@ -366,6 +366,30 @@ class TestConfigFile:
         with pytest.raises(SettingsError, match=r"callmfa.conf:2"):
             Settings.load({"CALLMFA_CONFIG_FILE": str(conf)})
 
+    @pytest.mark.parametrize("line", [
+        "CALLMFA_DIAL_TEMPLATE='PJSIP/{number}@my-itsp'      # the ITSP wants +E.164",
+        "CALLMFA_WEBHOOK_SECRET_FILE=/etc/callmfa/webhook-secret   # whsec_",
+        "CALLMFA_DIAL_TEMPLATE=PJSIP/{number}@my-itsp\t# a tab, then a comment",
+    ])
+    def test_a_comment_after_a_value_is_an_error(self, tmp_path: Path, line: str) -> None:
+        """A '#' after a value was kept in it (the docs' own examples had one: the dial
+        template became the comment's text too); the line is refused, with its number."""
+        conf = tmp_path / "callmfa.conf"
+        conf.write_text(f"# comment\n{line}\n")
+        with pytest.raises(SettingsError, match=r"callmfa.conf:2: a '#' after the value"):
+            Settings.load({"CALLMFA_CONFIG_FILE": str(conf)})
+
+    @pytest.mark.parametrize(("line", "value"), [
+        ("CALLMFA_AMI_SECRET=ab#cd", "ab#cd"),
+        ("CALLMFA_AMI_SECRET='ab #cd'", "ab #cd"),
+        ('CALLMFA_AMI_SECRET="ab #cd"', "ab #cd"),
+    ])
+    def test_a_hash_inside_a_value_stays(self, tmp_path: Path, line: str, value: str) -> None:
+        """A '#' with no space before it, or in a quoted value, is part of the value."""
+        conf = tmp_path / "callmfa.conf"
+        conf.write_text(line + "\n")
+        assert Settings.load({"CALLMFA_CONFIG_FILE": str(conf)}).ami_secret == value
+
     def test_classic_script_reads_its_env_file_the_same_way(self, tmp_path: Path) -> None:
         """The classic AGI script's callmfa.env (export lines, as the sandbox writes it) is
         parsed like CALLMFA_CONFIG_FILE: a quoted caller name keeps its quotes; the
