@@ -1013,6 +1013,12 @@ def default_config_file(environ: MutableMapping[str, str],
         environ[key] = str(default)
 
 
+def config_line(name: str, value: object) -> str:
+    """``name="value"``: a line :func:`read_config_file` reads back as ``value``, whole (a
+    ``#``, quotes or spaces in it included: only the outer pair of quotes is taken off)."""
+    return f'{name}="{value}"'
+
+
 def read_config_file(path: str | Path) -> dict[str, str]:
     """``CALLMFA_NAME=value`` lines (``#`` comments; an ``export`` prefix and a wholly
     quoted value are allowed, as in a shell env file); SettingsError for anything else."""

@@ -221,10 +221,10 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   # The script's settings: those it reads of this sandbox's, and the PIN pepper's value (the
   # file it names is outside the root). 0640 root:asterisk.
-  (umask 077 && { echo "export CALLMFA_ROLES=agi"; { cat "$SB/env"; env | grep '^CALLMFA_' | sed 's/^/export /'; } \
+  (umask 077 && { echo "export CALLMFA_ROLES=agi"; { cat "$SB/env"; env | grep '^CALLMFA_' | sed 's/^\([^=]*\)=\(.*\)$/export \1="\2"/'; } \
       | grep -E "^export CALLMFA_($CLASSIC_SETTINGS)=" || true
-    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER=%s\n' "$(<"$PEPPER_FILE")"
-    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY=%s\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
+    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER="%s"\n' "$(<"$PEPPER_FILE")"
+    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY="%s"\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
   chroot "$ROOT" chown root:asterisk "/etc/asterisk-$key/callmfa.env"
   chmod 640 "$ROOT/etc/asterisk-$key/callmfa.env"

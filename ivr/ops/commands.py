@@ -19,7 +19,7 @@ from pathlib import Path
 from ..classic import ENV_FILE, ROLE, SETTINGS_READ
 from ..exceptions import RequestError
 from ..log import configure
-from ..settings import ENV_PREFIX, Settings
+from ..settings import ENV_PREFIX, Settings, config_line
 from ..storage.store import connect_for
 from . import dialcheck, doctor, promptgen, report
 from .admin import MAX_WAIT_S, wait_seconds
@@ -138,7 +138,7 @@ def classic_env(settings: Settings) -> str:
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if f.name in SETTINGS_READ and value != f.default:
-            lines.append(f"{ENV_PREFIX}{f.name.upper()}={value}")
+            lines.append(config_line(f"{ENV_PREFIX}{f.name.upper()}", value))
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,18 @@ class TestInstallDialplan:
         assert "ami-secret-value" not in path.read_text()
         assert Settings.from_env(values).pin_pepper == PEPPER
 
+    @pytest.mark.parametrize("secret", [
+        "a pass #phrase for the Sentinels", "'quoted'", '"double"', " spaced ",
+    ])
+    def test_env_file_values_read_back_whole(self, tmp_path: Path, secret: str) -> None:
+        """A value with ' #' in it (the file's parser refuses it unquoted), or wholly quoted,
+        or with spaces around it, reads back as it was set."""
+        settings = Settings(redis_url="redis://u:pw@127.0.0.1:6379/0", pin_pepper=PEPPER,
+                            redis_sentinels="127.0.0.1:26379", redis_sentinel_password=secret)
+        path = tmp_path / "callmfa.env"
+        path.write_text(classic_env(settings))
+        assert read_config_file(path)["CALLMFA_REDIS_SENTINEL_PASSWORD"] == secret
+
     def test_env_file_holds_no_secret_the_script_does_not_read(self, tmp_path: Path) -> None:
         """Only the settings the classic script reads go in (found in review: the SMTP
         password, webhook secret, LDAP bind password, provider tokens and RADIUS secret went
