@@ -638,6 +638,7 @@ class Settings:
                 raise SettingsError(f"CALLMFA_{name.upper()} must be at least 1")
         if not 1 <= self.request_ttl_s <= MAX_EXPIRES_IN_S:
             raise SettingsError(f"CALLMFA_REQUEST_TTL_S must be 1 to {MAX_EXPIRES_IN_S} (s)")
+        self._check_agi_url()
         self._check_security()
         self._check_ldap()
         self._check_radius()
@@ -654,6 +655,17 @@ class Settings:
         if scheme not in ("redis", "rediss", "unix"):
             raise SettingsError("CALLMFA_REDIS_URL must be redis://[user:password@]host[:port]"
                                 "/db, rediss://... (TLS) or unix:///path")
+
+    def _check_agi_url(self) -> None:
+        # Asterisk's AGI() takes agi:// (FastAGI) and hagi:// (its SRV records); a port that
+        # is no number failed only when the first call was answered.
+        try:
+            url = urlsplit(self.agi_url)
+            url.port  # noqa: B018 - parsed for its errors
+        except ValueError:
+            url = urlsplit("")
+        if url.scheme not in ("agi", "hagi") or not url.hostname:
+            raise SettingsError("CALLMFA_AGI_URL must be agi://host[:port]/path (or hagi://)")
 
     def _check_entra(self) -> None:
         if not re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", self.entra_issuer):

@@ -430,10 +430,18 @@ class TestIvrHere:
         ("127.0.0.1", "agi://10.0.0.5:4573/verify"),  # another host
         ("10.0.0.5", "agi://127.0.0.1:4573/verify"),  # not listening on loopback
         (ALL_INTERFACES, "agi://ivr.example:4573/verify"),  # a name: maybe a balancer
-        ("127.0.0.1", "agi://127.0.0.1:port/verify"),
     ])
     def test_agi_url_names_another(self, agi_host: str, agi_url: str) -> None:
         assert not Settings(agi_host=agi_host, agi_url=agi_url).ivr_here
+
+    @pytest.mark.parametrize("agi_url", [
+        "agi://127.0.0.1:port/verify", "agi://127.0.0.1:70000/verify", "127.0.0.1:4573",
+        "http://127.0.0.1:4573/verify", "agi:///verify",
+    ])
+    def test_a_malformed_agi_url_is_a_settings_error(self, agi_url: str) -> None:
+        """It failed only when the first call was answered (found in a docs review)."""
+        with pytest.raises(SettingsError, match="CALLMFA_AGI_URL"):
+            Settings(agi_url=agi_url)
 
     @pytest.mark.parametrize("change", [{"roles": "originator"}, {"agi_mode": "classic"}])
     def test_no_fastagi_here(self, change: dict[str, str]) -> None:
