@@ -8,6 +8,7 @@ import grp
 import os
 import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -201,7 +202,22 @@ class TestNoSecretOnACommandLine:
             assert "sed" not in config.split("secret=")[1].split("chmod 640")[0]
             classic = "\n".join(functions["install_classic_agi"])
             for name, var in (("PIN_PEPPER", "PEPPER_FILE"), ("SIGNING_KEY", "SIGNING_FILE")):
-                assert f"printf 'export CALLMFA_{name}=%s\\n' \"$(<\"${var}\")\"" in classic
+                assert f"printf 'export CALLMFA_{name}=\"%s\"\\n' \"$(<\"${var}\")\"" in classic
+
+    @pytest.mark.parametrize("functions", [SANDBOX_FUNCTIONS, ENTRYPOINT_FUNCTIONS])
+    def test_both_scripts_quote_the_settings_they_pass_on(
+        self, functions: dict[str, list[str]], tmp_path: Path
+    ) -> None:
+        """The environment's CALLMFA_* lines go into callmfa.env quoted, so that a value
+        with ' #' in it (refused unquoted) reads back whole: the scripts' own sed, run."""
+        classic = "\n".join(functions["install_classic_agi"])
+        [sed] = re.findall(r"sed '(s/\^[^']*)'", classic)
+        value = "a pass #phrase"
+        line = subprocess.run(["sed", sed], input=f"CALLMFA_REDIS_SENTINEL_PASSWORD={value}\n",
+                              capture_output=True, text=True, check=True).stdout
+        path = tmp_path / "callmfa.env"
+        path.write_text(line)
+        assert read_config_file(path) == {"CALLMFA_REDIS_SENTINEL_PASSWORD": value}
 
     @pytest.mark.parametrize("path", ["docker/sandbox/sandbox.sh", "docker/asterisk/entrypoint.sh",
                                       "docker/compose.yaml", "docker/Dockerfile",
