@@ -53,10 +53,11 @@ SANDBOX_ONLY: dict[tuple[str, str], str | None] = {
     # file and CALLMFA_* environment; the container's CALLMFA_* environment.
     ("install_classic_agi",
      "(umask 077 && { echo \"export CALLMFA_ROLES=agi\"; { cat \"$SB/env\"; "
-     "env | grep '^CALLMFA_' | sed 's/^/export /'; } "
+     "env | grep '^CALLMFA_' | sed 's/^\\([^=]*\\)=\\(.*\\)$/export \\1=\"\\2\"/'; } "
      "| grep -E \"^export CALLMFA_($CLASSIC_SETTINGS)=\" || true"):
         "(umask 077 && { echo \"export CALLMFA_ROLES=agi\"; env | grep '^CALLMFA_' "
-        "| sed 's/^/export /' | grep -E \"^export CALLMFA_($CLASSIC_SETTINGS)=\" || true",
+        "| sed 's/^\\([^=]*\\)=\\(.*\\)$/export \\1=\"\\2\"/' "
+        "| grep -E \"^export CALLMFA_($CLASSIC_SETTINGS)=\" || true",
     # The prompts are made once, when the image is built (test_prompts_made_at_build_time).
     ("install_prompts", '"$VENV/bin/python" -m ivr.ops.promptgen "$repo/build/prompts" >/dev/null'):
         None,
