@@ -9,7 +9,8 @@ One client shares one pub/sub subscription among all its waiting calls. Given th
 service's ``signing_key`` (CALLMFA_SIGNING_KEY), it refuses unsigned or tampered outcomes:
 ``wait`` and ``verify`` raise :class:`~ivr.exceptions.OutcomeSignatureError`. A client
 without a key is refused (:class:`~ivr.exceptions.SettingsError`) unless its caller passes
-``insecure_unsigned=True``: it then warns once, and accepts what Redis holds.
+``insecure_unsigned=True``: it then warns once, and accepts what Redis holds. While the key
+is rotated, ``previous_signing_key`` (CALLMFA_SIGNING_KEY_PREVIOUS) is believed too.
 
 Every outcome must also answer the request: its id, its user, and a ``requested_at`` no
 earlier than the submission. A genuine signed outcome of another request, copied into this
@@ -72,11 +73,13 @@ class VerificationClient:
     def __init__(
         self, redis: Redis, *, signing_key: str | bytes = b"", insecure_unsigned: bool = False,
         durability: Durability | None = None, timeout_s: float = 5.0,
+        previous_signing_key: str | bytes = b"",
     ) -> None:
         self._redis = redis
         self._timeout_s = timeout_s  # the most a submit takes, Redis' retries included
         self._durability = durability or Durability()  # WAIT for replicas after the XADD
-        key = signing_key.encode() if isinstance(signing_key, str) else signing_key
+        key, previous = (k.encode() if isinstance(k, str) else k
+                         for k in (signing_key, previous_signing_key))
         if not key and not insecure_unsigned:
             raise SettingsError(
                 "VerificationClient needs the key callmfa signs outcomes with "
@@ -86,7 +89,9 @@ class VerificationClient:
         if not key:
             log.warning("outcomes_unverified",
                         reason="no signing key: forged outcomes cannot be told apart")
-        parse = functools.partial(verified, key) if key else OutcomeRecord.from_json
+        # While the key is rotated, outcomes signed with the one before it are believed too.
+        keys = (key, previous) if previous else (key,)
+        parse = functools.partial(verified, keys) if key else OutcomeRecord.from_json
         self._results = ResultListener(redis, parse)
         self._started = False
         self._submitted: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id: user, time
@@ -98,6 +103,7 @@ class VerificationClient:
     def from_url(
         cls, url: str, *, max_connections: int = 50, timeout_s: float = 5.0,
         signing_key: str | bytes = b"", insecure_unsigned: bool = False,
+        previous_signing_key: str | bytes = b"",
     ) -> Self:
         """A client with its own connection pool (closed by :meth:`aclose`); ``timeout_s``
         bounds a connect and a :meth:`submit`, retries included."""
@@ -106,7 +112,7 @@ class VerificationClient:
         redis = connect(url, max_connections=max_connections, timeout_s=timeout_s,
                         socket_timeout_s=timeout_s + 1)
         return cls(redis, signing_key=signing_key, insecure_unsigned=insecure_unsigned,
-                   timeout_s=timeout_s)
+                   timeout_s=timeout_s, previous_signing_key=previous_signing_key)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -115,6 +121,7 @@ class VerificationClient:
         CALLMFA_REDIS_WAIT_REPLICAS for the request entry. A submit may take as long as a
         failover (CALLMFA_REDIS_FAILOVER_S), as the service's own commands do."""
         return cls(connect_for(settings, max_connections=50), signing_key=settings.signing_key,
+                   previous_signing_key=settings.signing_key_previous,
                    insecure_unsigned=bool(settings.insecure_unsigned),
                    durability=Durability.from_settings(settings),
                    timeout_s=settings.redis_failover_s + settings.connect_timeout_s)

@@ -29,10 +29,10 @@ ENV_PREFIX = "CALLMFA_"
 MIN_SIGNING_KEY_BYTES = 32
 # Secrets that may instead come from the file named by CALLMFA_<NAME>_FILE.
 MIN_PEPPER_BYTES = 32
-SECRETS = ("ami_secret", "signing_key", "pin_pepper", "ldap_bind_password", "webhook_secret",
-           "smtp_password", "provider_privacyidea_token", "provider_authentik_token",
-           "provider_okta_token", "provider_linotp_token", "radius_upstream_secret",
-           "redis_sentinel_password")
+SECRETS = ("ami_secret", "signing_key", "signing_key_previous", "pin_pepper",
+           "ldap_bind_password", "webhook_secret", "smtp_password", "provider_privacyidea_token",
+           "provider_authentik_token", "provider_okta_token", "provider_linotp_token",
+           "radius_upstream_secret", "redis_sentinel_password")
 # What `callmfa serve` can run (CALLMFA_ROLES).
 ROLES = frozenset({"originator", "agi", "api", "radius", "webhooks"})
 # The file the systemd unit names in CALLMFA_CONFIG_FILE; the command line reads it too
@@ -440,6 +440,12 @@ class Settings:
         repr=False,
         metadata={"doc": "HMAC-SHA256 key that signs outcomes (field sig), at least 32 bytes; "
                   "or CALLMFA_SIGNING_KEY_FILE. Required by `callmfa serve`."},
+    )
+    signing_key_previous: str = field(
+        default="",
+        repr=False,
+        metadata={"doc": "While the signing key is rotated: the key before it, whose outcomes "
+                  "are still accepted (docs/security.md); or CALLMFA_SIGNING_KEY_PREVIOUS_FILE."},
     )
     insecure_unsigned: int = field(
         default=0,
@@ -876,18 +882,28 @@ class Settings:
         """Why outcomes would not be signed as they must be (for ``callmfa serve`` and
         ``callmfa check``); None when a key of at least 32 bytes is set, or when
         CALLMFA_INSECURE_UNSIGNED=1 accepts unsigned outcomes on purpose."""
-        size = len(self.signing_key.encode())
-        if size == 0:
+        if not self.signing_key and self.signing_key_previous:
+            return "CALLMFA_SIGNING_KEY_PREVIOUS is set without CALLMFA_SIGNING_KEY"
+        if not self.signing_key:
             return None if self.insecure_unsigned else (
                 "no CALLMFA_SIGNING_KEY (or CALLMFA_SIGNING_KEY_FILE): outcomes must be signed "
                 "so that sign-in services can tell forged ones; generate one with "
                 "`head -c 32 /dev/urandom | base64`, or set CALLMFA_INSECURE_UNSIGNED=1 to "
                 "run unsigned"
             )
-        if size < MIN_SIGNING_KEY_BYTES:
-            return (f"CALLMFA_SIGNING_KEY has {size} bytes; it needs at least "
-                    f"{MIN_SIGNING_KEY_BYTES} (`head -c 32 /dev/urandom | base64`)")
+        for name, key in (("CALLMFA_SIGNING_KEY", self.signing_key),
+                          ("CALLMFA_SIGNING_KEY_PREVIOUS", self.signing_key_previous)):
+            size = len(key.encode())
+            if key and size < MIN_SIGNING_KEY_BYTES:
+                return (f"{name} has {size} bytes; it needs at least "
+                        f"{MIN_SIGNING_KEY_BYTES} (`head -c 32 /dev/urandom | base64`)")
         return None
+
+    @property
+    def verifying_keys(self) -> tuple[bytes, ...]:
+        """The keys an outcome may be signed with: the signing key, then the previous one
+        while they are rotated; () when outcomes are not signed."""
+        return tuple(k.encode() for k in (self.signing_key, self.signing_key_previous) if k)
 
     def agi_peer_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``agi_allowed_peers`` as networks (a bare address is a /32 or /128)."""

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import OutcomeSignatureError
@@ -39,8 +40,9 @@ def signed_json(key: bytes, record: OutcomeRecord) -> str:
     return f'{body[:-1].decode()},"{SIG_FIELD}":"{sig}"}}'
 
 
-def verified(key: bytes, raw: str | bytes) -> OutcomeRecord:
-    """Parse an outcome, refusing it unless its ``sig`` matches; raise OutcomeSignatureError."""
+def verified(keys: bytes | Sequence[bytes], raw: str | bytes) -> OutcomeRecord:
+    """Parse an outcome, refusing it unless its ``sig`` is by ``keys`` (one key, or the
+    current one and the one before it while they are rotated); raise OutcomeSignatureError."""
     try:
         data = json.loads(raw)
     except (ValueError, TypeError, RecursionError):
@@ -53,10 +55,13 @@ def verified(key: bytes, raw: str | bytes) -> OutcomeRecord:
     if not isinstance(sig, str) or not _SIG.match(sig):
         raise OutcomeSignatureError("outcome sig is not 64 lower-case hex digits")
     try:
-        expected = signature(key, data)
+        body = canonical(data)
     except (TypeError, ValueError):  # keys that cannot be sorted, lone surrogates, ...
         raise OutcomeSignatureError("outcome is not a signable object") from None
-    if not hmac.compare_digest(sig.encode(), expected.encode()):
+    given = sig.encode()
+    if not any(hmac.compare_digest(given, hmac.new(key, body, hashlib.sha256).hexdigest()
+                                   .encode())
+               for key in ((keys,) if isinstance(keys, bytes) else keys)):
         raise OutcomeSignatureError(f"outcome signature mismatch for id {data.get('id')!r}")
     try:
         return OutcomeRecord.from_wire(data)

@@ -395,6 +395,20 @@ class TestRead:
         assert found["error"] == "outcome_unverified"
 
 
+    async def test_while_rotating_an_outcome_of_the_previous_key_is_served(
+        self, redis: Redis
+    ) -> None:
+        """CALLMFA_SIGNING_KEY_PREVIOUS: an outcome signed before the switch is a 200."""
+        parts, _, app = await _start(redis, signing_key="n" * 32, signing_key_previous=KEY)
+        token = await parts.tokens.create("signin", "verify", expires_s=None, actor="test")
+        assert token
+        async with TestClient(TestServer(app)) as http:
+            api = Api(http, parts, redis, Counted(), token, token)
+            rid = (await api.post({"user": "alice", "phone": PHONE}))["id"]
+            await _store(redis).store_outcome(_outcome(rid))  # signed with KEY
+            found = await api.get(rid, expect=200)
+            assert found["outcome"] == "approved"
+
 class TestEvents:
     async def test_events_stream_in_order_and_end_with_finished(self, api: Api) -> None:
         """SSE: the history first, then live events, each before finished; then the end."""

@@ -199,6 +199,31 @@ class TestSigningKey:
                 await c.wait(rid, 1)
 
 
+    async def test_while_rotating_outcomes_of_the_previous_key_are_believed(
+        self, redis_server: RedisServer, redis: Redis
+    ) -> None:
+        """The sign-in side takes the new key first, with the old one as previous
+        (CALLMFA_SIGNING_KEY_PREVIOUS): outcomes signed before callmfa switches keys, and
+        after, are both believed; one signed by any other key is not."""
+        old, new = KEY, "n" * 32
+        settings = Settings(redis_url=redis_server.url, signing_key=new,
+                            signing_key_previous=old)
+        async with VerificationClient.from_settings(settings) as c:
+            for signer, believed in ((old, True), (new, True), ("x" * 32, False)):
+                rid = await c.submit(user="alice", phone="+12015550100")
+                await Store(redis, result_ttl_s=60, events_maxlen=100,
+                            signing_key=signer.encode()).store_outcome(OutcomeRecord(
+                    id=rid, user="alice", outcome=Outcome.APPROVED, requested_at=time.time(),
+                    finished_at=time.time()))
+                if believed:
+                    got = await c.wait(rid, 1)
+                    assert got is not None
+                    assert got.outcome is Outcome.APPROVED
+                else:
+                    with pytest.raises(OutcomeSignatureError, match="mismatch"):
+                        await c.wait(rid, 1)
+
+
 def unsigned(rid: str) -> str:
     """A hand-written 'approved' for ``rid``, with no signature."""
     return OutcomeRecord(id=rid, user="alice", outcome=Outcome.APPROVED,

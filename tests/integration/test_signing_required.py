@@ -28,6 +28,10 @@ class TestNoKeyNoStart:
         ({}, "no CALLMFA_SIGNING_KEY"),
         ({"CALLMFA_SIGNING_KEY": "short-key"}, "CALLMFA_SIGNING_KEY has 9 bytes"),
         ({"CALLMFA_SIGNING_KEY": "k" * 31, "CALLMFA_INSECURE_UNSIGNED": "1"}, "has 31 bytes"),
+        ({"CALLMFA_SIGNING_KEY": "k" * 32, "CALLMFA_SIGNING_KEY_PREVIOUS": "old"},
+         "CALLMFA_SIGNING_KEY_PREVIOUS has 3 bytes"),
+        ({"CALLMFA_SIGNING_KEY_PREVIOUS": "o" * 32, "CALLMFA_INSECURE_UNSIGNED": "1"},
+         "CALLMFA_SIGNING_KEY_PREVIOUS is set without CALLMFA_SIGNING_KEY"),
     ])
     def test_serve_refuses_to_start(
         self, redis_server: RedisServer, settings: dict[str, str], says: str
@@ -58,5 +62,17 @@ class TestNoKeyNoStart:
     def test_a_long_enough_key_is_accepted(self) -> None:
         assert Settings(signing_key="k" * 32).signing_refusal() is None
         assert Settings(signing_key="é" * 16).signing_refusal() is None  # 32 bytes of UTF-8
+
+    def test_the_previous_key_may_come_from_a_file(self, tmp_path: Path) -> None:
+        """While rotating, CALLMFA_SIGNING_KEY_PREVIOUS(_FILE) adds a key outcomes are
+        verified with; the new key signs, and comes first."""
+        path = tmp_path / "previous"
+        path.write_text("o" * 32 + "\n")
+        s = Settings.from_env({"CALLMFA_SIGNING_KEY": "n" * 32,
+                               "CALLMFA_SIGNING_KEY_PREVIOUS_FILE": str(path)})
+        assert s.signing_refusal() is None
+        assert s.verifying_keys == (b"n" * 32, b"o" * 32)
+        assert Settings(signing_key="n" * 32).verifying_keys == (b"n" * 32,)
+        assert "o" * 32 not in repr(s)
         assert Settings(insecure_unsigned=1).signing_refusal() is None
         assert Settings().signing_refusal() is not None

@@ -101,6 +101,17 @@ class TestVerify:
         with pytest.raises(OutcomeSignatureError):
             verified(b"other", signed_json(KEY, record))
 
+    def test_while_rotating_the_previous_key_verifies_too(self) -> None:
+        """verified((new, old), ...) takes an outcome signed with either, and no other."""
+        record = OutcomeRecord(id="r", user="alice", outcome=Outcome.APPROVED)
+        new, old = b"new-" + KEY, KEY
+        for signer in (new, old):
+            assert verified((new, old), signed_json(signer, record)) == record
+        with pytest.raises(OutcomeSignatureError, match="mismatch"):
+            verified((new, old), signed_json(b"third-" + KEY, record))
+        with pytest.raises(OutcomeSignatureError, match="mismatch"):
+            verified(new, signed_json(old, record))
+
     @pytest.mark.parametrize("raw", [b"", b"[]", b"{", b'{"sig":"00","outcome":"nope"}'])
     def test_garbage_is_refused_not_crashed(self, raw: bytes) -> None:
         """Whatever is stored, verification raises OutcomeSignatureError, nothing else."""

@@ -60,20 +60,21 @@ class ApiParts:
 
     def parse(self, raw: str | bytes) -> OutcomeRecord:
         """An outcome as stored, its signature checked when the service has a key."""
-        key = self.settings.signing_key.encode()
-        return verified(key, raw) if key else OutcomeRecord.from_json(raw)
+        keys = self.settings.verifying_keys
+        return verified(keys, raw) if keys else OutcomeRecord.from_json(raw)
 
     @classmethod
     def for_redis(cls, settings: Settings, redis: Redis, guard: Guard,
                   observer: Observer | None = None, users: UserAdmin | None = None) -> ApiParts:
         """The parts over one Redis client."""
-        key = settings.signing_key.encode()
-        parse = functools.partial(verified, key) if key else OutcomeRecord.from_json
+        keys = settings.verifying_keys
+        parse = functools.partial(verified, keys) if keys else OutcomeRecord.from_json
         return cls(
             settings=settings, redis=redis, tokens=Tokens(redis, guard),
             submissions=Submissions(redis, idempotency_ttl_s=settings.api_idempotency_ttl_s),
             guard=guard, results=ResultListener(redis, parse),
-            watcher=VerificationClient(redis, signing_key=key,
+            watcher=VerificationClient(redis, signing_key=settings.signing_key,
+                                       previous_signing_key=settings.signing_key_previous,
                                        insecure_unsigned=bool(settings.insecure_unsigned)),
             observer=observer, users=users,
         )

@@ -103,6 +103,7 @@ class EntraFront:
         self._directory = directory
         self._redis = redis
         self._client = VerificationClient(redis, signing_key=settings.signing_key,
+                                          previous_signing_key=settings.signing_key_previous,
                                           insecure_unsigned=bool(settings.insecure_unsigned))
         self._http: aiohttp.ClientSession | None = None
         self._entra: EntraKeys | None = None
