@@ -38,6 +38,7 @@ from .transport.agi import (
     COLLECT_CONTEXT,
     collect_args,
     parse_read_result,
+    parse_reply,
     read_args,
     read_result,
 )
@@ -69,10 +70,27 @@ def load_env(environ: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
+class _LastLine:
+    """pyst2's stdin, keeping the last line read: pyst2 parses both ``200 result=`` ('#'
+    alone) and ``200 result= (timeout)`` as ``('', '')``, and only the raw line tells them
+    apart."""
+
+    def __init__(self, stdin: Any) -> None:
+        self._stdin = stdin
+        self.last = ""
+
+    def readline(self) -> Any:
+        line = self._stdin.readline()
+        self.last = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        return line
+
+
 class ClassicDriver:
     """Carries out the flow's steps over pyst2's AGI (stdin/stdout) and redis-py's sync client."""
 
     def __init__(self, agi: Any, store: Any, settings: Settings) -> None:
+        self._lines = _LastLine(agi.stdin)
+        agi.stdin = self._lines
         self._agi = agi
         self._store = store
         self._settings = settings
@@ -177,8 +195,8 @@ class ClassicDriver:
                 if step.secret:  # GET DATA: unlike Read(), it does not log the keys
                     reply = self._command("execute", "GET DATA", files[0],
                                           str(step.timeout_ms), str(step.max_digits))
-                    digits, data = reply["result"]
-                    timed_out = data == "timeout"
+                    digits = reply["result"][0]
+                    timed_out = parse_reply(self._lines.last.strip()).data == "timeout"
                 elif (seen := call.collect_seen) is not None:
                     self._gosub(COLLECT_CONTEXT, "s", "1", collect_args(
                         seen, files, step.timeout_ms, step.max_digits))

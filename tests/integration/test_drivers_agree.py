@@ -1,0 +1,59 @@
+"""The FastAGI IVR and the classic AGI driver run the same flow: the same caller, scripted
+once (fake_asterisk.py), gets the same outcome and hears the same prompts from both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ..conftest import RedisServer
+from .classic_asterisk import run_classic
+from .conftest import Ivr
+from .fake_asterisk import Action, FakeAsterisk, outcome_json, place_call, run_call
+from .test_ivr_modes import PIN, match_call, set_pin
+
+
+async def both(
+    ivr: Ivr, redis_server: RedisServer, rid: str, keys: list[Action],
+    marker: dict[str, str] | None = None, **options: Any,
+) -> tuple[tuple[list[str], dict[str, Any]], tuple[list[str], dict[str, Any]]]:
+    """(commands, outcome) of the FastAGI IVR, then of the classic driver, for one script."""
+    fast = await run_call(ivr, rid, *keys, marker=marker, **options)
+    classic_rid = rid[:-1] + ("0" if rid[-1] != "0" else "1")
+    await place_call(ivr.store, classic_rid, **(marker or {}))
+    commands = run_classic(redis_server.url, ivr.settings, classic_rid,
+                           FakeAsterisk(list(keys), **options))
+    stored = await outcome_json(ivr.redis, classic_rid)
+    assert stored is not None, f"no classic outcome; commands were {commands}"
+    return fast, (commands, stored)
+
+
+class TestSecretModesSilence:
+    @pytest.mark.parametrize("marker", [{"mode": "pin"}, match_call()], ids=["pin", "match"])
+    async def test_silence_is_a_timeout_in_both(
+        self, ivr: Ivr, redis_server: RedisServer, marker: dict[str, str],
+    ) -> None:
+        """A caller who keys nothing at a PIN or match prompt (a voicemail with AMD off):
+        ``no_input``/``timeout``, the greeting played again (not the retry prompt), from
+        both drivers. pyst2 parses GET DATA's ``200 result= (timeout)`` as an empty
+        result with no data, the same as ``#`` alone: the classic driver took the silence
+        for a wrong key (``invalid_input``, "please try again")."""
+        await set_pin(ivr, "alice", PIN)
+        (fast_cmds, fast), (classic_cmds, classic) = await both(
+            ivr, redis_server, "d1d1d1d1-0000-4000-8000-000000000002", ["", ""], marker)
+        assert (fast["outcome"], fast["detail"]) == ("no_input", "timeout")
+        assert (classic["outcome"], classic["detail"]) == ("no_input", "timeout")
+        gets = [c for c in fast_cmds if c.startswith("GET DATA")]
+        assert [c for c in classic_cmds if c.startswith("GET DATA")] == gets
+
+    async def test_pound_alone_is_a_wrong_key_in_both(
+        self, ivr: Ivr, redis_server: RedisServer,
+    ) -> None:
+        """'#' with no PIN before it is a wrong answer, in both drivers."""
+        await set_pin(ivr, "alice", PIN)
+        (_, fast), (_, classic) = await both(
+            ivr, redis_server, "d1d1d1d1-0000-4000-8000-000000000004", ["#", "#"],
+            {"mode": "pin"})
+        assert (fast["outcome"], fast["detail"]) == ("no_input", "invalid_input")
+        assert (classic["outcome"], classic["detail"]) == ("no_input", "invalid_input")
