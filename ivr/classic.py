@@ -123,6 +123,19 @@ class ClassicDriver:
 
         self._call("GOSUB", gosub)
 
+    def _playing(self, file: str, method: str, *args: str) -> Any:
+        """A command that plays ``file``. Its ``result=-1`` is a hang-up or a missing file
+        (as FastAGI's channel tells them apart): after a hang-up, Asterisk sends SIGHUP
+        before it reads the next command, so a NOOP says which."""
+        try:
+            return self._command(method, *args)
+        except AgiHangup:
+            raw = self._lines.last.strip()
+            self._command("noop")  # AgiHangup if the SIGHUP came (before or with it)
+            self._command("test_hangup")
+            raise AgiError(f"cannot play {file} on a live call: is the prompt installed?",
+                           raw) from None
+
     def _log(self, message: str, level: int = 3) -> None:
         with contextlib.suppress(AgiHangup, AgiError):  # a log line is not worth a failed call
             self._command("verbose", f"callmfa: {message}", str(level))
@@ -193,7 +206,7 @@ class ClassicDriver:
                 files = call.files(step.prompts, self._settings)
                 heard = ""
                 if step.secret:  # GET DATA: unlike Read(), it does not log the keys
-                    reply = self._command("execute", "GET DATA", files[0],
+                    reply = self._playing(files[0], "execute", "GET DATA", files[0],
                                           str(step.timeout_ms), str(step.max_digits))
                     digits = reply["result"][0]
                     timed_out = parse_reply(self._lines.last.strip()).data == "timeout"
@@ -218,7 +231,7 @@ class ClassicDriver:
                 files = call.files(step.prompts, self._settings)
                 escape = "*" if step.interruptible else ""
                 for played, file in enumerate(files):
-                    if key := str(self._command("stream_file", file, escape)):
+                    if key := str(self._playing(file, "stream_file", file, escape)):
                         return Recited(key, played)
                 waited = self._command("wait_for_digit", str(step.wait_ms)) \
                     if step.wait_ms else ""

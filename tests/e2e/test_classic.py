@@ -172,3 +172,20 @@ class TestClassicAgi:
         assert record is not None
         assert record.outcome is Outcome.APPROVED
         assert p.wait(20) == 0, p.errors()
+
+    async def test_hanging_up_at_the_pin_prompt_is_hung_up(
+        self, sandbox: Sandbox, client: VerificationClient, phone: PhoneFactory
+    ) -> None:
+        """A wrong PIN, then a BYE while GET DATA plays the wrong-code prompt: hung_up. GET
+        DATA's result=-1 is a missing prompt too; the script tells the hang-up by its
+        SIGHUP, which Asterisk sends before it reads the next command."""
+        await set_pin(sandbox, "classic-bye", PIN)
+        p = phone(keys="1111#", key_delay_ms=2500, hangup_after_ms=800)
+        record = await client.verify(user="classic-bye", phone="+12015550100", mode="pin",
+                                     timeout_s=60)
+        assert record is not None
+        assert record.outcome is Outcome.HUNG_UP
+        assert p.wait(20) == 0, p.errors()
+        log = (sandbox.directory / "logs" / "asterisk.log").read_text()
+        assert "Playing 'callmfa/pin_wrong_code" in log
+        assert f"callmfa: {record.id}: AGI failed" not in log

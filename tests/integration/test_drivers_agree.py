@@ -3,6 +3,7 @@ once (fake_asterisk.py), gets the same outcome and hears the same prompts from b
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -10,8 +11,9 @@ import pytest
 from ..conftest import RedisServer
 from .classic_asterisk import run_classic
 from .conftest import Ivr
-from .fake_asterisk import Action, FakeAsterisk, outcome_json, place_call, run_call
+from .fake_asterisk import HANG_UP, Action, FakeAsterisk, outcome_json, place_call, run_call
 from .test_ivr_modes import PIN, match_call, set_pin
+from .test_ivr_otp import otp_entry
 
 
 async def both(
@@ -19,11 +21,11 @@ async def both(
     marker: dict[str, str] | None = None, **options: Any,
 ) -> tuple[tuple[list[str], dict[str, Any]], tuple[list[str], dict[str, Any]]]:
     """(commands, outcome) of the FastAGI IVR, then of the classic driver, for one script."""
-    fast = await run_call(ivr, rid, *keys, marker=marker, **options)
+    fast = await run_call(ivr, rid, *keys, marker=marker, **copy.deepcopy(options))
     classic_rid = rid[:-1] + ("0" if rid[-1] != "0" else "1")
     await place_call(ivr.store, classic_rid, **(marker or {}))
     commands = run_classic(redis_server.url, ivr.settings, classic_rid,
-                           FakeAsterisk(list(keys), **options))
+                           FakeAsterisk(list(keys), **copy.deepcopy(options)))
     stored = await outcome_json(ivr.redis, classic_rid)
     assert stored is not None, f"no classic outcome; commands were {commands}"
     return fast, (commands, stored)
@@ -57,3 +59,52 @@ class TestSecretModesSilence:
             {"mode": "pin"})
         assert (fast["outcome"], fast["detail"]) == ("no_input", "invalid_input")
         assert (classic["outcome"], classic["detail"]) == ("no_input", "invalid_input")
+
+
+class TestMissingPrompt:
+    """GET DATA and STREAM FILE answer ``200 result=-1`` for a file that is not installed as
+    for a hang-up; a hang-up is told apart by what follows it (FastAGI: a ``HANGUP`` line;
+    classic AGI: SIGHUP), before Asterisk reads the next command."""
+
+    async def test_a_missing_pin_prompt_is_agi_failed_in_both(
+        self, ivr: Ivr, redis_server: RedisServer,
+    ) -> None:
+        """The classic driver took every result=-1 for a hang-up: it reported hung_up,
+        blaming a caller who never hung up, where serve's IVR reports error/agi_failed."""
+        await set_pin(ivr, "alice", PIN)
+        (_, fast), (_, classic) = await both(
+            ivr, redis_server, "d1d1d1d1-0000-4000-8000-000000000006", [],
+            {"mode": "pin"}, missing=frozenset({"callmfa/pin_greeting"}))
+        assert (fast["outcome"], fast["detail"]) == ("error", "agi_failed")
+        assert (classic["outcome"], classic["detail"]) == ("error", "agi_failed")
+
+    async def test_a_missing_otp_digit_is_agi_failed_in_both(
+        self, ivr: Ivr, redis_server: RedisServer,
+    ) -> None:
+        def missing_digit(command: str) -> bytes | bool:
+            return b"200 result=-1 endpos=0\n" if command.startswith(
+                "STREAM FILE callmfa/digit_") else False
+
+        rid = "d1d1d1d1-0000-4000-8000-000000000008"
+        marker = await otp_entry(ivr, rid)
+        marker_classic = await otp_entry(ivr, rid[:-1] + "0")
+        assert marker["mode"] == marker_classic["mode"]
+        fast = await run_call(ivr, rid, "#", marker=marker, on_command=missing_digit)
+        classic_rid = rid[:-1] + "0"
+        await place_call(ivr.store, classic_rid, **marker_classic)
+        run_classic(redis_server.url, ivr.settings, classic_rid,
+                    FakeAsterisk(["#"], on_command=missing_digit))
+        classic = await outcome_json(ivr.redis, classic_rid)
+        assert classic is not None
+        assert (fast[1]["outcome"], fast[1]["detail"]) == ("error", "agi_failed")
+        assert (classic["outcome"], classic["detail"]) == ("error", "agi_failed")
+
+    async def test_a_hang_up_during_a_pin_prompt_is_hung_up_in_both(
+        self, ivr: Ivr, redis_server: RedisServer,
+    ) -> None:
+        await set_pin(ivr, "alice", PIN)
+        (_, fast), (_, classic) = await both(
+            ivr, redis_server, "d1d1d1d1-0000-4000-8000-00000000000a", ["1111#", HANG_UP],
+            {"mode": "pin"})
+        assert (fast["outcome"], fast["detail"]) == ("hung_up", None)
+        assert (classic["outcome"], classic["detail"]) == ("hung_up", None)
