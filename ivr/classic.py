@@ -136,6 +136,20 @@ class ClassicDriver:
             raise AgiError(f"cannot play {file} on a live call: is the prompt installed?",
                            raw) from None
 
+    def _read_result(self, expression: str) -> str:
+        """GET FULL VARIABLE of how Read() ended, without pyst2's SIGHUP check first: after
+        a hang-up just as Read() returned (its SIGHUP comes before Asterisk reads this
+        command), the answer Read() collected still counts, as in serve's IVR. The command
+        is allowed on a dead channel; a hang-up during Read() reads READSTATUS=HANGUP."""
+        def get_full_variable() -> str:
+            try:
+                self._agi.send_command("GET FULL VARIABLE", f'"{expression}"')
+            except BrokenPipeError:
+                raise AgiHangup() from None
+            return str(self._agi.get_result()["result"][1])
+
+        return str(self._call("GET FULL VARIABLE", get_full_variable))
+
     def _log(self, message: str, level: int = 3) -> None:
         with contextlib.suppress(AgiHangup, AgiError):  # a log line is not worth a failed call
             self._command("verbose", f"callmfa: {message}", str(level))
@@ -217,8 +231,8 @@ class ClassicDriver:
                     self._command("appexec", "Read", read_args(
                         files, step.timeout_ms, step.max_digits))
                 if not step.secret:
-                    digits, timed_out, heard, _ = parse_read_result(str(self._command(
-                        "get_full_variable", read_result(call.heard_expression))))
+                    digits, timed_out, heard, _ = parse_read_result(
+                        self._read_result(read_result(call.heard_expression)))
                 return call.collected(digits, timed_out, heard, step.max_digits)
             if isinstance(step, CheckCode):
                 return call.code_checked(

@@ -108,3 +108,44 @@ class TestMissingPrompt:
             {"mode": "pin"})
         assert (fast["outcome"], fast["detail"]) == ("hung_up", None)
         assert (classic["outcome"], classic["detail"]) == ("hung_up", None)
+
+
+class TestPoundThenHangUp:
+    @pytest.mark.parametrize(("keys", "outcome"), [("#", "approved"), ("0#", "fraud_reported")])
+    async def test_an_answer_read_collected_counts_in_both(
+        self, ivr: Ivr, redis_server: RedisServer, keys: str, outcome: str,
+    ) -> None:
+        """'#' (or '0#'), then a hang-up as Read() returns: Read() ended OK with the answer,
+        and Asterisk tells of the hang-up before it reads the IVR's next command (FastAGI:
+        a HANGUP line; classic: SIGHUP). serve's IVR reads Read()'s result all the same and
+        stores the answer; the classic driver let pyst2's SIGHUP check refuse the
+        GET FULL VARIABLE that reads it, and stored hung_up."""
+        def then_hang_up(asterisk: FakeAsterisk) -> Any:
+            def on_command(command: str) -> bytes | bool:
+                if not command.startswith("EXEC Read "):
+                    return False
+                asterisk.on_command = None
+                reply = asterisk.reply(command)
+                asterisk.dead = True
+                assert reply is not None
+                return reply + b"HANGUP\n"
+            return on_command
+
+        rid = "d1d1d1d1-0000-4000-8000-00000000000c" if keys == "#" else \
+            "d1d1d1d1-0000-4000-8000-00000000000e"
+        await place_call(ivr.store, rid)
+        fake = FakeAsterisk([keys])
+        fake.on_command = then_hang_up(fake)
+        await fake.call(ivr.port, rid)
+        await ivr.idle()
+        fast = await outcome_json(ivr.redis, rid)
+        classic_rid = rid[:-1] + "0"
+        await place_call(ivr.store, classic_rid)
+        fake = FakeAsterisk([keys])
+        fake.on_command = then_hang_up(fake)
+        run_classic(redis_server.url, ivr.settings, classic_rid, fake)
+        classic = await outcome_json(ivr.redis, classic_rid)
+        assert fast is not None
+        assert classic is not None
+        assert fast["outcome"] == outcome
+        assert classic["outcome"] == outcome
