@@ -256,12 +256,20 @@ class Service:
                                return_when=asyncio.FIRST_COMPLETED)
             log.info("service_stopping",
                      in_flight=self.originator.in_flight if self.originator else 0)
+            # One deadline for the whole drain: each part gets what is left of the grace
+            # (the grace given to each in turn made a stop last up to three graces).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.shutdown_grace_s
+
+            def left() -> float:
+                return max(0.0, deadline - loop.time())
+
             if self.radius is not None:  # its held requests wait for the calls in flight
-                await self.radius.close(self.settings.shutdown_grace_s)
+                await self.radius.close(left())
             if self.originator is not None:
-                await self.originator.stop(self.settings.shutdown_grace_s)
+                await self.originator.stop(left())
             if self.agi is not None:
-                await self.agi.close(grace_s=self.settings.shutdown_grace_s)
+                await self.agi.close(grace_s=left())
             drained = True
             if running is not None and running.done():
                 running.result()  # the originator failed: raise why

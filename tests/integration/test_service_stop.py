@@ -13,6 +13,7 @@ from ivr.app import Service
 from ivr.settings import Settings
 
 from ..conftest import RedisServer, free_port
+from .conftest import eventually
 
 
 def _settings(redis_server: RedisServer, **overrides: Any) -> Settings:
@@ -76,3 +77,40 @@ async def test_an_originator_that_fails_closes_the_fastagi_sessions_and_listener
     finally:
         writer.close()
     assert await _refused(settings.agi_port)
+
+
+async def test_a_stop_lasts_the_shutdown_grace_once_not_once_per_part(
+    redis_server: RedisServer,
+) -> None:
+    """A call still in flight in the originator and a FastAGI session still open when the
+    stop comes: the grace is one deadline for the whole drain. It was given to each part
+    in turn (RADIUS, originator, FastAGI), so a 30 s grace stopped in 60 s or more, past
+    systemd's TimeoutStopSec (45 s) and compose's stop_grace_period (40 s): a SIGKILL."""
+    grace_s = 1.0
+    settings = _settings(redis_server, roles="agi,originator", ami_port=free_port(),
+                         shutdown_grace_s=grace_s, agi_header_timeout_s=30.0)
+    service = Service(settings)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", settings.agi_port)
+                break
+            except ConnectionRefusedError:
+                await asyncio.sleep(0.05)
+    assert service.originator is not None
+    call = asyncio.create_task(asyncio.Event().wait())  # a call that outlasts the grace
+    service.originator._tasks[call] = "1-0"
+    try:
+        await eventually(lambda: service.agi is not None and service.agi.active_sessions > 0,
+                         what="the FastAGI session is open")
+        started = asyncio.get_running_loop().time()
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        writer.close()
+        call.cancel()
+    assert call.cancelled()
+    assert took < grace_s * 1.5, f"the stop took {took:.2f} s for a grace of {grace_s} s"
