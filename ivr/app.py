@@ -305,7 +305,9 @@ async def redis_failover(settings: Settings) -> bool:
     down, are switching, disagree, or none answers; or the primary they name does not
     answer a PING: they have not noticed yet)?"""
     try:
-        return await asyncio.wait_for(failover_in_progress(settings), 2)
+        # The Sentinels, then the primary, within 0.9 s each: one Sentinel down (refused
+        # or silent) is not a failover while the others answer.
+        return await asyncio.wait_for(failover_in_progress(settings, timeout_s=0.9), 2)
     except TimeoutError:
         return True
 

@@ -1,8 +1,10 @@
 """What the Sentinels say about callmfa's primary: for ``callmfa check`` and ``/healthz``.
 
 Each Sentinel is asked on its own (``SENTINEL MASTER``, ``REPLICAS``, ``SENTINELS``,
-``CKQUORUM``), with the connect timeout, so that one dead or stopped Sentinel costs a
-timeout and nothing else.
+``CKQUORUM``), once (no retry) and within one timeout for the whole exchange (the connect
+timeout, or less for /healthz), so that one dead or stopped Sentinel costs that timeout and
+nothing else. (redis-py's default client retried ten times: a refused Sentinel cost 3.3 s,
+a silent one ten socket timeouts.)
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..settings import Settings
@@ -74,19 +78,26 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def _ask(settings: Settings, host: str, port: int) -> SentinelAnswer:
-    options = sentinel.plan(settings, {}, timeout_s=settings.connect_timeout_s).sentinel
-    client = Redis(host=host, port=port, **options)
+def _once() -> Retry:
+    """No retry: a Sentinel or a primary asked here answers at once or not at all."""
+    return Retry(NoBackoff(), 0)
+
+
+async def _ask(settings: Settings, host: str, port: int, timeout_s: float) -> SentinelAnswer:
+    options = sentinel.plan(settings, {}, timeout_s=timeout_s).sentinel
+    client = Redis(host=host, port=port, retry=_once(), **options)
     address = f"{host}:{port}"
     service = settings.redis_sentinel_service
     try:
-        # Raw replies: redis-py's parsers of SENTINEL replies differ between RESP versions.
-        master = _pairs(await client.execute_command("SENTINEL", "MASTER", service))  # type: ignore[no-untyped-call]  # redis-py: untyped
-        replicas = await client.execute_command("SENTINEL", "REPLICAS", service)  # type: ignore[no-untyped-call]  # redis-py: untyped
-        try:
-            ckquorum = _s(await client.execute_command("SENTINEL", "CKQUORUM", service))  # type: ignore[no-untyped-call]  # redis-py: untyped
-        except RedisError as e:  # NOQUORUM and the like
-            ckquorum = str(e)
+        async with asyncio.timeout(timeout_s):
+            # Raw replies: redis-py's parsers of SENTINEL replies differ between RESP
+            # versions.
+            master = _pairs(await client.execute_command("SENTINEL", "MASTER", service))  # type: ignore[no-untyped-call]  # redis-py: untyped
+            replicas = await client.execute_command("SENTINEL", "REPLICAS", service)  # type: ignore[no-untyped-call]  # redis-py: untyped
+            try:
+                ckquorum = _s(await client.execute_command("SENTINEL", "CKQUORUM", service))  # type: ignore[no-untyped-call]  # redis-py: untyped
+            except RedisError as e:  # NOQUORUM and the like
+                ckquorum = str(e)
     except (RedisError, OSError, TimeoutError) as e:
         return SentinelAnswer(address, error=str(e) or type(e).__name__)
     finally:
@@ -108,34 +119,42 @@ async def _ask(settings: Settings, host: str, port: int) -> SentinelAnswer:
     )
 
 
-async def sentinel_report(settings: Settings) -> SentinelReport:
-    """Ask every Sentinel of ``CALLMFA_REDIS_SENTINELS`` at once."""
+async def sentinel_report(settings: Settings, timeout_s: float | None = None
+                          ) -> SentinelReport:
+    """Ask every Sentinel of ``CALLMFA_REDIS_SENTINELS`` at once, each within ``timeout_s``
+    (default: the connect timeout)."""
+    wait_s = settings.connect_timeout_s if timeout_s is None else timeout_s
     answers = await asyncio.gather(
-        *(_ask(settings, host, port) for host, port in settings.sentinel_addresses))
+        *(_ask(settings, host, port, wait_s) for host, port in settings.sentinel_addresses))
     return SentinelReport(tuple(answers))
 
 
-async def primary_answers(settings: Settings, address: str | None) -> bool:
-    """Does the primary the Sentinels name answer a PING at once (no retry, no pool)?"""
+async def primary_answers(settings: Settings, address: str | None,
+                          timeout_s: float = 1.0) -> bool:
+    """Does the primary the Sentinels name answer a PING within ``timeout_s`` (no retry, no
+    pool)?"""
     if not address:
         return False
     host, _, port = address.rpartition(":")
     options = dict(parse_url(settings.redis_url))
-    node = sentinel.plan(settings, options, timeout_s=1.0).node
-    client = Redis(host=host, port=int(port), socket_connect_timeout=1.0, socket_timeout=1.0,
-                   retry_on_timeout=False, **node)
+    node = sentinel.plan(settings, options, timeout_s=timeout_s).node
+    client = Redis(host=host, port=int(port), socket_connect_timeout=timeout_s,
+                   socket_timeout=timeout_s, retry=_once(), **node)
     try:
-        return bool(await client.ping())
+        async with asyncio.timeout(timeout_s):
+            return bool(await client.ping())
     except (RedisError, OSError, TimeoutError):
         return False
     finally:
         await client.aclose()
 
 
-async def failover_in_progress(settings: Settings) -> bool:
+async def failover_in_progress(settings: Settings, timeout_s: float = 1.0) -> bool:
     """For /healthz: the Sentinels see a failover (:attr:`SentinelReport.failover`), or the
-    primary they name does not answer (they have not noticed yet)."""
-    report = await sentinel_report(settings)
+    primary they name does not answer (they have not noticed yet). Each Sentinel, then the
+    primary, is given ``timeout_s``: a Sentinel that does not answer in time is one that
+    does not answer, as a refused one is."""
+    report = await sentinel_report(settings, timeout_s)
     if report.failover:
         return True
-    return not await primary_answers(settings, report.usable[0].primary)
+    return not await primary_answers(settings, report.usable[0].primary, timeout_s)

@@ -20,6 +20,7 @@ import pytest
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from ivr.app import redis_failover
 from ivr.settings import Settings
 from ivr.storage.sentinel import retries_for
 from ivr.storage.store import connect_for
@@ -159,3 +160,32 @@ class TestRetriesThroughTheSentinels:
             assert store.call_info("some-call") == {}
         finally:
             store.close()
+
+
+class TestOneSentinelDown:
+    """/healthz with one Sentinel of several down: the others answer, the primary they name
+    answers its PING, so no failover is reported (docs/scaling.md: "one Sentinel dies | 2
+    of 3 still make the quorum ... | none"). Each Sentinel was asked with redis-py's
+    default retries (ten): a refused port cost 3.3 s and a silent host ten connect
+    timeouts, past /healthz's 2 s bound, so /healthz said ``redis_failover: true`` and
+    answered 503 for as long as one Sentinel was down."""
+
+    @staticmethod
+    def _settings(sentinels: Sentinels, other: int) -> Settings:
+        return Settings(redis_url=f"redis://:{PASSWORD}@/0",
+                        redis_sentinels=f"127.0.0.1:{sentinels.sentinel_port},127.0.0.1:{other}",
+                        redis_sentinel_service="live", connect_timeout_s=5.0)
+
+    async def test_a_refused_sentinel_is_no_failover(self, sentinels: Sentinels) -> None:
+        assert await redis_failover(self._settings(sentinels, free_port())) is False
+
+    async def test_a_silent_sentinel_is_no_failover(self, sentinels: Sentinels) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+            assert await redis_failover(
+                self._settings(sentinels, silent.getsockname()[1])) is False
+
+    async def test_every_sentinel_down_is_still_a_failover(self, sentinels: Sentinels) -> None:
+        settings = Settings(redis_url=f"redis://:{PASSWORD}@/0",
+                            redis_sentinels=f"127.0.0.1:{free_port()}",
+                            redis_sentinel_service="live")
+        assert await redis_failover(settings) is True
