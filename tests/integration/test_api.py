@@ -258,6 +258,19 @@ class TestSubmit:
                                "expires_at": iso(time.time() + 3000)}))["id"]
         assert await api.redis.ttl(owner_key(rid)) > 3000 + api.parts.settings.result_ttl_s
 
+    @pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-32"])
+    async def test_a_lone_surrogate_in_a_utf16_or_utf32_body_is_400(
+        self, api: Api, codec: str
+    ) -> None:
+        """json.loads reads UTF-16 and UTF-32 bodies too, where the surrogate check (which
+        looked for a \\u escape in the raw bytes) found none: the request was then a 500
+        (UnicodeEncodeError on its way to Redis). A body that is not UTF-8 is 400."""
+        text = '{"user": "a", "phone": "+12015550100", "context": {"x": "\\ud800"}}'
+        found = await api.post(None, data=text.encode(codec), expect=400,
+                               headers={"Content-Type": "application/json"})
+        assert found["error"] == "invalid_json"
+        assert await _queued(api.redis) == []
+
     async def test_an_escaped_surrogate_pair_is_text(self, api: Api) -> None:
         """\ud83d\ude00 (one emoji, as json.dumps escapes it) is accepted and queued whole."""
         await api.post({"user": "alice", "phone": PHONE, "context": {"note": "\U0001f600"}})

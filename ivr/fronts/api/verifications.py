@@ -47,14 +47,20 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     except BodyError as e:
         raise ApiError(e.status, e.reason, e.message) from None
     try:
-        body = json.loads(raw)
+        # UTF-8 only (RFC 8259, 8.1; a BOM is let through): json.loads would also read
+        # UTF-16 and UTF-32 bytes, in which the \u check below finds no escape.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_json", "the body is not UTF-8") from None
+    try:
+        body = json.loads(text)
     except (ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     # A lone \ud800-\udfff escape is valid JSON but not text Redis can store; only a
     # body with a \u escape can hold one, so only such a body is checked whole.
-    if b"\\u" in raw:
+    if "\\u" in text:
         try:
             json.dumps(body, ensure_ascii=False).encode()
         except UnicodeEncodeError:
