@@ -623,3 +623,25 @@ class TestUsers:
             await api.call("DELETE", "/v1/admin/users/alice", path, expect=404)
             await api.call("GET", "/v1/admin/users/alice", path, expect=404)
         assert directory.actors == ["api:ops", "api:ops", "api:ops"]
+
+    async def test_an_entry_may_have_every_documented_mode(self, redis: Redis) -> None:
+        """standard, pin and match (docs/openapi.yaml, `callmfa user set --mode`); match
+        was 400 invalid_match_hash: the entry was checked as a request, which needs its
+        own match_hash. otp (a code per request) is no entry's mode."""
+        settings = Settings(signing_key=KEY)
+        directory = FakeDirectory()
+        parts = ApiParts.for_redis(settings, redis, Guard(redis, limits(settings)),
+                                   users=directory)
+        token = await parts.tokens.create("ops", "admin", expires_s=None, actor="t")
+        assert token
+        async with TestClient(TestServer(build_app(parts))) as http:
+            api = Api(http, parts, redis, Counted(), token, token)
+            path = "/v1/admin/users/{user}"
+            for mode in ("standard", "pin", "match"):
+                found = await api.call("PUT", f"/v1/admin/users/u-{mode}", path, expect=200,
+                                       json={"phone": PHONE, "mode": mode})
+                assert found["mode"] == mode
+            bad = await api.call("PUT", "/v1/admin/users/bob", path, expect=400,
+                                 json={"phone": PHONE, "mode": "otp"})
+            assert bad["error"] == "unsupported_mode"
+        assert sorted(directory.entries) == ["u-match", "u-pin", "u-standard"]

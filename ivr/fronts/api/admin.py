@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ...domain.directory import DirectoryEntry
 from ...domain.outcome import iso
+from ...domain.request import USER_MODES, check_mode
 from ...domain.users import UserNameError, normalise_user
 from ...exceptions import RequestError
 from ...ops import admin as ops
@@ -130,8 +131,9 @@ async def put_user(request: web.Request) -> web.Response:
                                 ("lang", lang, "invalid_lang")):
         if not isinstance(value, str):
             raise ApiError(400, detail, f"{name} must be a string")
-    try:  # the same checks as a request's
-        validate({"user": user, "phone": body.get("phone"), "mode": mode, "lang": lang})
+    try:  # the same checks as a request's, with an entry's modes (match: the request's hash)
+        check_mode(mode, USER_MODES)
+        validate({"user": user, "phone": body.get("phone"), "lang": lang})
     except RequestError as e:
         raise ApiError(400, e.detail, e.message) from None
     entry = DirectoryEntry(user=user, phone=str(body["phone"]), mode=mode, lang=lang)
