@@ -486,6 +486,24 @@ class TestAdmin:
             ("blocked", "api:ops"), ("unblocked", "api:ops")]
         assert audit[0]["reason"] == "lost phone"
 
+    @pytest.mark.parametrize("reason", ["x%0A2026-01-01  unblocked  alice  api:ops",
+                                        "a" * 201, "%00"])
+    async def test_an_unblock_reason_is_checked_like_a_block_reason(
+        self, api: Api, reason: str
+    ) -> None:
+        """?reason= went into callmfa:audit unchecked: a newline forged rows in
+        `callmfa report`'s audit table. 400 invalid_reason, as for a block; still blocked."""
+        await api.parts.guard.block("bob", 600, actor="t", reason="t")
+        found = await api.call("DELETE", f"/v1/admin/blocks/bob?reason={reason}",
+                               "/v1/admin/blocks/{user}", token=api.admin, expect=400)
+        assert found["error"] == "invalid_reason"
+        assert await api.parts.guard.is_blocked("bob")
+        assert "unblocked" not in [e["event"] for e in await self._audit(api)]
+        await api.call("DELETE", "/v1/admin/blocks/bob?reason=found%20it",
+                       "/v1/admin/blocks/{user}", token=api.admin, expect=200)
+        assert [e["reason"] for e in await self._audit(api)
+                if e["event"] == "unblocked"] == ["found it"]
+
     async def test_a_block_needs_a_length_when_fraud_blocking_is_off(self, redis: Redis
                                                                       ) -> None:
         """CALLMFA_FRAUD_BLOCK_S=0 (0# only audits) is no default length: a block without

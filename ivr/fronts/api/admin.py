@@ -5,6 +5,7 @@ with ``api:<token name>`` as its actor."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -46,7 +47,8 @@ def _duration(body: dict[str, Any]) -> int | None:
         raise ApiError(400, "invalid_duration", str(e)) from None
 
 
-def _text(body: dict[str, Any], name: str, default: str) -> str:
+def _text(body: Mapping[str, object], name: str, default: str) -> str:
+    """The field or query parameter ``name``: printable (an audit row is one line)."""
     value = body.get(name, default)
     if not isinstance(value, str) or len(value) > 200 or not value.isprintable():
         raise ApiError(400, f"invalid_{name}", f"{name} must be printable text, 200 at most")
@@ -86,7 +88,7 @@ async def unblock(request: web.Request) -> web.Response:
     parts = request.app[PARTS]
     user = _user(request.match_info["user"])
     if not await parts.guard.unblock(user, actor=_actor(request),
-                                     reason=request.query.get("reason", "")):
+                                     reason=_text(request.query, "reason", "")):
         raise ApiError(404, "not_blocked", "this user is not blocked")
     return web.json_response({"user": user})
 
