@@ -120,3 +120,39 @@ class TestDemoPage:
         await browser.evaluate("document.getElementById('go').click()")
         await browser.until(DONE, 10)
         assert "try again" in await _text(browser, "outcome")
+
+    async def test_a_server_restart_mid_call_shows_each_step_once(
+        self, demo: Demo, browser: Chromium
+    ) -> None:
+        """The listener restarts while the phone rings: EventSource reconnects and the
+        server sends the events from the first again. The page said them all twice
+        ("Calling … ringing … Calling … ringing … answered …")."""
+        await _sign_in(browser, demo)
+        rid = await demo.queued_id()
+        for name in ("queued", "dialing", "ringing"):
+            await demo.store.event(rid, name)
+        await browser.until("document.getElementById('progress').textContent"
+                            ".endsWith('ringing')", 10)
+        await demo.stop()
+        await demo.start()
+        await demo.store.event(rid, "answered")
+        await demo.finish(rid)
+        assert await browser.until("document.getElementById('outcome').dataset.outcome",
+                                   20) == "approved"
+        assert await _text(browser, "progress") == (
+            "Calling +1 201 ••• 0100 … ringing … answered … approved")
+
+    async def test_a_stream_that_cannot_come_back_is_said_and_the_form_comes_back(
+        self, demo: Demo, browser: Chromium
+    ) -> None:
+        """The listener comes back without the demo (404 for the event stream):
+        EventSource gives up. The page waited for ever with its button disabled."""
+        await _sign_in(browser, demo)
+        rid = await demo.queued_id()
+        await demo.store.event(rid, "dialing")
+        await browser.until("document.getElementById('progress').textContent", 10)
+        await demo.stop()
+        await demo.start(demo=False)
+        await browser.until(DONE, 20)
+        assert await browser.evaluate(
+            "document.getElementById('outcome').dataset.outcome") is None
