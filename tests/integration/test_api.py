@@ -4,6 +4,7 @@ and the admin endpoints; every answer checked against docs/openapi.yaml."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import time
@@ -270,6 +271,26 @@ class TestSubmit:
                                headers={"Content-Type": "application/json"})
         assert found["error"] == "invalid_json"
         assert await _queued(api.redis) == []
+
+    async def test_an_allowed_callback_url_is_queued_and_another_is_400(
+        self, redis: Redis
+    ) -> None:
+        """The contract's callback_url under CALLMFA_WEBHOOK_ALLOWED_URLS: the API checked
+        it against no rule at all, so even an allowed one was 400 invalid_callback_url."""
+        parts, observer, app = await _start(
+            redis, webhook_allowed_urls="https://hooks.example.com/mfa/",
+            webhook_secret="whsec_" + base64.b64encode(b"s" * 32).decode())
+        token = await parts.tokens.create("signin", "verify", expires_s=None, actor="t")
+        assert token
+        async with TestClient(TestServer(app)) as http:
+            api = Api(http, parts, redis, observer, token, token)
+            hook = "https://hooks.example.com/mfa/signin"
+            rid = (await api.post({"user": "alice", "phone": PHONE, "callback_url": hook}))["id"]
+            found = await api.post({"user": "alice", "phone": PHONE,
+                                    "callback_url": "https://evil.example.net/"}, expect=400)
+            assert found["error"] == "invalid_callback_url"
+        [queued] = await _queued(redis)
+        assert queued == {"id": rid, "user": "alice", "phone": PHONE, "callback_url": hook}
 
     async def test_an_escaped_surrogate_pair_is_text(self, api: Api) -> None:
         """\ud83d\ude00 (one emoji, as json.dumps escapes it) is accepted and queued whole."""

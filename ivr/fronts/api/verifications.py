@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import time
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 
 from ...client import ProgressEvent
 from ...domain.request import MAX_REQUEST_BYTES, parse_request
+from ...domain.webhooks import UrlRule, parse_allowed_urls
 from ...exceptions import OutcomeSignatureError, RequestError
 from ...storage.keys import EVENTS, result_key
 from ...storage.tokens import Submitted, fingerprint
@@ -75,15 +77,22 @@ def _owner_ttl_s(parts: ApiParts, wait_s: float) -> int:
     return int(s.result_ttl_s + wait_s + s.ring_timeout_s + s.max_call_s + 600)
 
 
-def validate(body: dict[str, Any]) -> tuple[str, str, float]:
+@functools.cache
+def _callback_rules(allowed_urls: str) -> tuple[UrlRule, ...]:
+    return parse_allowed_urls(allowed_urls)
+
+
+def validate(body: dict[str, Any], allowed_urls: str = "") -> tuple[str, str, float]:
     """The request's id (made when missing), its contract JSON and how long it may wait to
     be placed (0 for the default); RequestError (the ``rejected`` outcome's detail) if the
-    request is bad. A request with a ``user`` and no
-    ``phone`` passes: the originator finds the phone in the user directory."""
+    request is bad. A request with a ``user`` and no ``phone`` passes: the originator finds
+    the phone in the user directory. A ``callback_url`` must fall under ``allowed_urls``
+    (CALLMFA_WEBHOOK_ALLOWED_URLS), as the originator checks it."""
     request = {**body, "id": str(uuid.uuid4())} if body.get("id") is None else dict(body)
     checked = request if "phone" in request else {**request, "phone": _PLACEHOLDER_PHONE}
     now = time.time()
-    parsed = parse_request(json.dumps(checked), requested_at=now, default_ttl_s=0)
+    parsed = parse_request(json.dumps(checked), requested_at=now, default_ttl_s=0,
+                           callback_rules=_callback_rules(allowed_urls))
     request["id"] = parsed.id
     return (parsed.id, json.dumps({"id": parsed.id, **request}, ensure_ascii=False),
             max(0.0, parsed.expires_at - now))
@@ -99,7 +108,7 @@ async def create(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_idempotency_key",
                        "Idempotency-Key must be 1 to 255 printable ASCII characters")
     try:
-        rid, payload, wait_s = validate(body)
+        rid, payload, wait_s = validate(body, parts.settings.webhook_allowed_urls)
     except RequestError as e:
         raise ApiError(400, e.detail, e.message) from None
     found = await parts.submissions.submit(
