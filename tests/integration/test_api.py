@@ -603,6 +603,7 @@ class TestDemo:
             async with http.get("/demo") as r:
                 assert r.status == 200
                 assert "EventSource" in await r.text()
+                assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
             async with http.post("/demo/verifications",
                                  json={"user": "alice", "phone": PHONE}) as r:
                 assert (r.status, (await r.json())["error"]) == (400, "invalid_user")

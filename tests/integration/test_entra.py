@@ -67,6 +67,8 @@ class Eam:
     async def authorize(self, form: dict[str, str], expect: int = 200) -> str:
         response = await self.http.post("/entra/authorize", data=form)
         assert response.status == expect
+        if response.content_type == "text/html":  # no other site may frame a sign-in page
+            assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
         return await response.text()
 
     async def answer(self, page: str, expect: int = 200) -> str:

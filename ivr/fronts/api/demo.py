@@ -51,8 +51,9 @@ async def page(request: web.Request) -> web.Response:
     """The page (no script or style from elsewhere)."""
     html = resources.files(__package__).joinpath("demo.html").read_text()
     return web.Response(text=html, content_type="text/html", headers={
+        # frame-ancestors: a sign-in page another site frames could be clicked through.
         "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                                   "style-src 'unsafe-inline'",
+                                   "style-src 'unsafe-inline'; frame-ancestors 'none'",
         "Cache-Control": "no-store"})
 
 

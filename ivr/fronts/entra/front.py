@@ -67,8 +67,9 @@ NONCE_PREFIX = "callmfa:entra:seen:"
 ANSWER_WAIT_S = 10.0
 MAX_FORM_BYTES = 64 * 1024
 _SID = re.compile(r"[A-Za-z0-9_-]{32}")
+# Entra sends the browser here at the top level: no other site may frame the page.
 _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "connect-src 'self'; form-action 'none'")
+        "connect-src 'self'; form-action 'none'; frame-ancestors 'none'")
 
 
 @dataclass(frozen=True)
