@@ -220,6 +220,15 @@ class Service:
         session: aiohttp.ClientSession | None = None
         http = [h for h in self.http if h is not None]
         drained = False
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # of the drain, once the stop has come
+
+        def left() -> float:
+            """What is left of the shutdown grace (all of it before the stop)."""
+            if deadline is None:
+                return self.settings.shutdown_grace_s
+            return max(0.0, deadline - loop.time())
+
         try:
             await asyncio.wait_for(self.redis.ping(), s.connect_timeout_s)
             await normalise_stored_users(self.redis)  # blocks and PINs from before issue 12
@@ -256,14 +265,9 @@ class Service:
                                return_when=asyncio.FIRST_COMPLETED)
             log.info("service_stopping",
                      in_flight=self.originator.in_flight if self.originator else 0)
-            # One deadline for the whole drain: each part gets what is left of the grace
-            # (the grace given to each in turn made a stop last up to three graces).
-            loop = asyncio.get_running_loop()
+            # One deadline for the whole stop: each part gets what is left of the grace
+            # (the grace given to each in turn made a stop last up to four graces).
             deadline = loop.time() + self.settings.shutdown_grace_s
-
-            def left() -> float:
-                return max(0.0, deadline - loop.time())
-
             if self.radius is not None:  # its held requests wait for the calls in flight
                 await self.radius.close(left())
             if self.originator is not None:
@@ -284,7 +288,7 @@ class Service:
                 if self.agi is not None:
                     await self.agi.close(grace_s=0)
             if self.deliverer is not None:
-                await self.deliverer.stop(min(s.shutdown_grace_s, s.webhook_timeout_s))
+                await self.deliverer.stop(min(left(), s.webhook_timeout_s))
             if session is not None:
                 await session.close()
             if self.radius is not None:

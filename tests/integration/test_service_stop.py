@@ -8,9 +8,13 @@ import socket
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from ivr.app import Service
+from ivr.security import limits
 from ivr.settings import Settings
+from ivr.storage.guard import Guard
+from ivr.storage.keys import AUDIT, AUDIT_GROUP
 
 from ..conftest import RedisServer, free_port
 from .conftest import eventually
@@ -20,6 +24,17 @@ def _settings(redis_server: RedisServer, **overrides: Any) -> Settings:
     return Settings(**{"redis_url": redis_server.url, "agi_port": free_port(), "health_port": 0,
                        "metrics_port": 0, "signing_key": "k" * 32, "shutdown_grace_s": 0.5,
                        **overrides})
+
+
+WEBHOOK_SECRET = "whsec_" + "QUJD" * 8
+
+
+async def _has_groups(redis: Redis) -> bool:
+    try:
+        groups = await redis.xinfo_groups(AUDIT)
+    except Exception:  # noqa: BLE001 - no stream yet
+        return False
+    return any(g["name"] in (AUDIT_GROUP, AUDIT_GROUP.encode()) for g in groups)
 
 
 async def _refused(port: int) -> bool:
@@ -113,4 +128,48 @@ async def test_a_stop_lasts_the_shutdown_grace_once_not_once_per_part(
         writer.close()
         call.cancel()
     assert call.cancelled()
+    assert took < grace_s * 1.5, f"the stop took {took:.2f} s for a grace of {grace_s} s"
+
+
+async def test_a_webhook_that_never_answers_is_cut_at_the_same_deadline(
+    redis_server: RedisServer,
+) -> None:
+    """A delivery still in flight when the stop comes (a receiver that never answers), and
+    a FastAGI session that outlasts the grace: the webhook sender got min(grace,
+    CALLMFA_WEBHOOK_TIMEOUT_S) more after the drain, past the one grace. It is cut at the
+    same deadline (and sent again later: it stays pending)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    receiver = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = receiver.sockets[0].getsockname()[1]
+    grace_s = 1.0
+    settings = _settings(redis_server, roles="agi,webhooks", shutdown_grace_s=grace_s,
+                         agi_header_timeout_s=30.0,
+                         webhook_timeout_s=10.0, webhook_secret=WEBHOOK_SECRET,
+                         security_webhook_url=f"http://127.0.0.1:{port}/hook")
+    stop = asyncio.Event()
+    service = Service(settings)
+    running = asyncio.create_task(service.run(stop))
+    try:
+        async with Redis.from_url(redis_server.url) as redis:
+            await eventually(lambda: _has_groups(redis), what="the delivery groups")
+            await Guard(redis, limits(settings)).record("fraud_reported", "alice",
+                                                        actor="ivr", id="r1")
+        await eventually(lambda: bool(accepted), what="the delivery is in flight")
+        _, session = await asyncio.open_connection("127.0.0.1", settings.agi_port)
+        accepted.append(session)  # closed at the end
+        await eventually(lambda: service.agi is not None and service.agi.active_sessions > 0,
+                         what="the FastAGI session is open")
+        started = asyncio.get_running_loop().time()
+        stop.set()
+        await asyncio.wait_for(running, 20)
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        for writer in accepted:
+            writer.close()
+        receiver.close()
+        await receiver.wait_closed()
     assert took < grace_s * 1.5, f"the stop took {took:.2f} s for a grace of {grace_s} s"
