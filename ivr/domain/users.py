@@ -20,11 +20,19 @@ class UserNameError(ValueError):
     """A user name that cannot be normalised; the message says why."""
 
 
+# What LDAP's string preparation maps to nothing (RFC 4518, 2.2) and is not in C*: the
+# Mongolian soft hyphen, the combining grapheme joiner, variation selectors and the object
+# replacement character. 'ali<U+FE00>ce' would be a user of its own here, and alice in LDAP.
+_MAPPED_TO_NOTHING = frozenset("\u1806\u034f\u180b\u180c\u180d\ufffc")
+
+
 def _refused(c: str) -> bool:
     # Separators (Z*) other than the ASCII space, among them U+2028 and U+2029, and all of
     # C* (controls, format characters such as zero-width joiners, surrogates, unassigned).
     category = unicodedata.category(c)
-    return category[0] == "C" or (category[0] == "Z" and c != " ")
+    return (category[0] == "C" or (category[0] == "Z" and c != " ")
+            or c in _MAPPED_TO_NOTHING or "\ufe00" <= c <= "\ufe0f"
+            or "\U000e0100" <= c <= "\U000e01ef")
 
 
 def normalise_user(name: object) -> str:
@@ -52,7 +60,8 @@ def normalise_user(name: object) -> str:
     if bad is not None:
         raise UserNameError(
             f"user must not contain U+{ord(bad):04X} ({unicodedata.category(bad)}): "
-            "separators other than the space, control and format characters are refused"
+            "separators other than the space, control and format characters, and what LDAP "
+            "ignores (variation selectors, U+034F, U+1806, U+FFFC) are refused"
         )
     if len(folded) > MAX_USER_CHARS:
         raise UserNameError(f"user must be at most {MAX_USER_CHARS} characters once normalised")

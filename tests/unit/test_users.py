@@ -98,6 +98,17 @@ class TestRefused:
             normalise_user(name)
         assert str(ei.value).startswith("user must")
 
+    @pytest.mark.parametrize("c", [
+        "\u034f", "\u180b", "\u180c", "\u180d", "\u1806", "\ufe00", "\ufe0f", "\ufffc",
+        "\U000e0100",
+    ])
+    def test_what_ldap_maps_to_nothing_is_refused(self, c: str) -> None:
+        """RFC 4518 (LDAP's string preparation) maps these to nothing, so slapd's
+        caseIgnoreMatch finds alice for 'ali<c>ce': a user of its own to callmfa (its own
+        blocks and throttles) with alice's phone, past her fraud block (found in review)."""
+        with pytest.raises(UserNameError, match=f"U\\+{ord(c):04X}"):
+            normalise_user(f"ali{c}ce")
+
     def test_the_refused_character_is_named(self) -> None:
         """The message names the code point, so the operator sees what was wrong."""
         with pytest.raises(UserNameError, match="U\\+2028"):
