@@ -192,19 +192,19 @@ class ClassicDriver:
             from .domain.request import otp_of  # (only otp calls load the request parser)
 
             call.otp = otp_of(self._store.request_payload(call.entry_id), call.id)
-        try:
-            self._command("set_variable", "CHANNEL(language)", call.lang)
-            self._command("test_hangup")  # Asterisk's SIGHUP: keys before it never count
-        except AgiHangup:
-            call.early_keys = ""  # the flow's first step finds the caller gone
-        started = call.started(
-            pin_hash=pin.hash if pin else "", pin_locked=bool(pin and pin.locked)
-        )
-        flow = call.flow(self._settings)
-        step: Step = flow.send(started)
-        if flow.answered_early:  # keys pressed before the IVR ran are the answer
-            call.note_input()
-        try:
+        try:  # an AGI error from here on is agi_failed, as in serve's IVR
+            try:
+                self._command("set_variable", "CHANNEL(language)", call.lang)
+                self._command("test_hangup")  # Asterisk's SIGHUP: keys before it never count
+            except AgiHangup:
+                call.early_keys = ""  # the flow's first step finds the caller gone
+            started = call.started(
+                pin_hash=pin.hash if pin else "", pin_locked=bool(pin and pin.locked)
+            )
+            flow = call.flow(self._settings)
+            step: Step = flow.send(started)
+            if flow.answered_early:  # keys pressed before the IVR ran are the answer
+                call.note_input()
             while not isinstance(step, Hangup):
                 step = flow.send(self._carry_out(step, call))
         except AgiError as e:

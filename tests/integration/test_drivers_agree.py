@@ -149,3 +149,21 @@ class TestPoundThenHangUp:
         assert classic is not None
         assert fast["outcome"] == outcome
         assert classic["outcome"] == outcome
+
+
+class TestLanguageRefused:
+    async def test_a_refused_set_variable_is_agi_failed_in_both(
+        self, ivr: Ivr, redis_server: RedisServer,
+    ) -> None:
+        """Asterisk refuses the SET VARIABLE of the language (a 510 from a broken or odd
+        build): serve's IVR stores error/agi_failed; the classic driver raised past its
+        step loop, logged, hung up and stored nothing (found in review)."""
+        def refuse(command: str) -> bytes | bool:
+            return b"510 Invalid or unknown command\n" \
+                if command.startswith("SET VARIABLE CHANNEL(language)") else False
+
+        (_, fast), (_, classic) = await both(
+            ivr, redis_server, "d1d1d1d1-0000-4000-8000-000000000010", ["#"],
+            on_command=refuse)
+        assert (fast["outcome"], fast["detail"]) == ("error", "agi_failed")
+        assert (classic["outcome"], classic["detail"]) == ("error", "agi_failed")
