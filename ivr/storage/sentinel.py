@@ -38,12 +38,20 @@ class SentinelPlan:
     node: Mapping[str, Any] = field(repr=False)  # data nodes: user, password, db, ssl_*
     sentinel: Mapping[str, Any] = field(repr=False)  # the Sentinels' own connections
     retries: int
+    budget_s: float  # no retry of a command starts later than this after its first try
 
 
 def retries_for(failover_s: float) -> int:
     """Retries of one command that outlast ``failover_s`` with our backoff (whose mean
     wait, once capped, is half of ``RETRY_CAP_S``)."""
     return PLAIN_RETRIES + math.ceil(failover_s / (RETRY_CAP_S / 2))
+
+
+def budget_for(failover_s: float) -> float:
+    """How long the :func:`retries_for` retries of one command may go on: as long as they
+    take when each try fails at once, with a margin; a count alone is no bound when each
+    try waits its socket timeout (a frozen primary: 126 tries of 5 s at the defaults)."""
+    return failover_s + PLAIN_RETRIES * RETRY_CAP_S
 
 
 def plan(settings: Settings, url_options: Mapping[str, Any], *, timeout_s: float) -> SentinelPlan:
@@ -70,6 +78,7 @@ def plan(settings: Settings, url_options: Mapping[str, Any], *, timeout_s: float
         node=node,
         sentinel=sentinel,
         retries=retries_for(settings.redis_failover_s),
+        budget_s=budget_for(settings.redis_failover_s),
     )
 
 

@@ -85,23 +85,30 @@ class SyncStore:
                 finally:
                     self.resolving = False
 
-        class RefusedLoginError(Exception):
-            def __init__(self, error: AuthenticationError) -> None:
+        class FinalError(Exception):
+            def __init__(self, error: Exception) -> None:
                 self.error = error
 
         class LoginNotRetried(Retry):
-            # As retry.LoginNotRetried (which is asyncio's): a refused login is final. The
-            # error goes through redis-py's loop as one it does not retry, because the
-            # Asterisk host's redis-py may be older (6.x: no is_retryable).
+            # As retry.LoginNotRetried (which is asyncio's): a refused login is final, and
+            # so is any error once the plan's budget has gone by. The error goes
+            # through redis-py's loop as one it does not retry, because the Asterisk host's
+            # redis-py may be older (6.x: no is_retryable).
             def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+                ends = time.monotonic() + p.budget_s
+
                 def once() -> Any:
                     try:
                         return do()
                     except AuthenticationError as e:
-                        raise RefusedLoginError(e) from e
+                        raise FinalError(e) from e
+                    except (RedisConnectionError, RedisTimeoutError) as e:
+                        if time.monotonic() >= ends:
+                            raise FinalError(e) from e
+                        raise
                 try:
                     return super().call_with_retry(once, fail, *args, **kwargs)
-                except RefusedLoginError as r:
+                except FinalError as r:
                     raise r.error from None
 
         class FollowingSSL(Following, SSLConnection):

@@ -1,15 +1,19 @@
 """Connecting through a real redis-sentinel: a primary that refuses is retried for
 CALLMFA_REDIS_FAILOVER_S, once per retry, and a refused login is not retried at all.
 
-The Sentinels name two primaries: ``live``, a redis-server with a password, and ``dead``,
-a port nothing listens on (named until its down-after-milliseconds of a minute ends).
+The Sentinels name three primaries: ``live``, a redis-server with a password, ``dead``, a
+port nothing listens on, and ``frozen``, a port that takes connections and never answers
+(a SIGSTOPped primary); the last two are named until their down-after-milliseconds of a
+minute ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,10 +23,11 @@ from typing import Any
 import pytest
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ivr.app import redis_failover
 from ivr.settings import Settings
-from ivr.storage.sentinel import retries_for
+from ivr.storage.sentinel import budget_for, retries_for
 from ivr.storage.store import connect_for
 from ivr.storage.sync import SyncStore
 
@@ -37,6 +42,7 @@ class Sentinels:
     sentinel_port: int
     live_port: int
     dead_port: int
+    frozen_port: int
 
     def settings(self, service: str, password: str = PASSWORD) -> Settings:
         return Settings(redis_url=f"redis://:{password}@/0",
@@ -49,18 +55,23 @@ def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentinels]:
     """redis-server (with a password) and one redis-sentinel naming it and a dead port."""
     workdir: Path = tmp_path_factory.mktemp("sentinel")
     server, live = start_redis(workdir, "--requirepass", PASSWORD)
-    s = Sentinels(free_port(), live.port, free_port())
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(64)  # connections complete in the kernel; nothing is ever read or answered
+    s = Sentinels(free_port(), live.port, free_port(), frozen.getsockname()[1])
     conf = workdir / "sentinel.conf"
     conf.write_text(
         f"port {s.sentinel_port}\nbind 127.0.0.1\ndir {workdir}\n"
         f"sentinel monitor live 127.0.0.1 {s.live_port} 1\n"
         f"sentinel auth-pass live {PASSWORD}\n"
         f"sentinel monitor dead 127.0.0.1 {s.dead_port} 1\n"
-        "sentinel down-after-milliseconds dead 60000\n")
+        "sentinel down-after-milliseconds dead 60000\n"
+        f"sentinel monitor frozen 127.0.0.1 {s.frozen_port} 1\n"
+        "sentinel down-after-milliseconds frozen 60000\n")
     sentinel = subprocess.Popen(["redis-sentinel", str(conf)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for service in ("live", "dead"):
+        for service in ("live", "dead", "frozen"):
             ask = f"SENTINEL GET-MASTER-ADDR-BY-NAME {service}\r\n".encode()
             wait_until(lambda ask=ask: b"127.0.0.1" in (reply_of(s.sentinel_port, ask) or b""),
                        10, "redis-sentinel")
@@ -69,6 +80,7 @@ def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentinels]:
         for proc in (sentinel, server):
             proc.terminate()
             proc.wait(10)
+        frozen.close()
 
 
 @pytest.fixture
@@ -124,6 +136,39 @@ class TestRetriesThroughTheSentinels:
         finally:
             store.close()
         assert sync_connects[sentinels.dead_port] == retries_for(FAILOVER_S) + 1
+
+    async def test_a_frozen_primary_is_retried_for_a_time_not_a_count(
+        self, sentinels: Sentinels
+    ) -> None:
+        """Each try against a primary that never answers waits its socket timeout: the
+        count of retries (retries_for) made a command last retries x timeout, about ten
+        minutes at the defaults (126 x 5 s) for CALLMFA_REDIS_FAILOVER_S=30 (found in
+        review). No retry starts once budget_for(the failover time) has gone by."""
+        settings = dataclasses.replace(sentinels.settings("frozen"), connect_timeout_s=0.5)
+        redis = connect_for(settings, max_connections=1)
+        started = time.monotonic()
+        try:
+            with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+                await asyncio.wait_for(redis.ping(), 30)
+        finally:
+            await redis.aclose()
+        took = time.monotonic() - started
+        # the last try starts before the budget and waits its 0.5 s (10 tries took 8.2 s)
+        assert took < budget_for(FAILOVER_S) + 2.0, took
+
+    def test_the_classic_scripts_client_stops_at_the_budget_too(
+        self, sentinels: Sentinels
+    ) -> None:
+        settings = dataclasses.replace(sentinels.settings("frozen"), connect_timeout_s=0.5)
+        store = SyncStore.connect(settings)
+        started = time.monotonic()
+        try:
+            with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+                store.call_info("some-call")
+        finally:
+            store.close()
+        # (10 tries took 7.9 s)
+        assert time.monotonic() - started < budget_for(FAILOVER_S) + 2.0
 
     async def test_a_refused_login_is_not_retried(
         self, sentinels: Sentinels, connects: Counter[int]
