@@ -112,7 +112,10 @@ class VerificationIvr:
             log.error("ivr_agi_failed", error=str(e), raw=e.raw)
             await self._report(call, Report(Outcome.ERROR, "agi_failed"))
             if not session.channel.hung_up:
-                await session.channel.hangup()
+                # After a failed command (a timeout: Asterisk may be stuck) the HANGUP is a
+                # courtesy, waited for the header timeout at most.
+                with contextlib.suppress(AgiError):
+                    await session.channel.hangup(timeout_s=self._settings.agi_header_timeout_s)
 
     async def _admit(self, call: CallContext, channel: AgiChannel) -> tuple[str | None, float]:
         """None when this session is the call its marker describes and now owns it; else

@@ -291,7 +291,7 @@ class AgiChannel:
         held for the prompt's length)."""
         return self.execute("EXEC", "Playback", "&".join(files))
 
-    async def hangup(self) -> None:
+    async def hangup(self, *, timeout_s: float | None = None) -> None:
         """Hang up the channel; a caller (or an Asterisk) that is already gone is fine."""
         with contextlib.suppress(AgiHangup, AgiConnectionLostError):
-            await self.execute("HANGUP")
+            await self.execute("HANGUP", timeout_s=timeout_s)

@@ -15,6 +15,8 @@ import time
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ivr.domain.outcome import Outcome, OutcomeRecord, parse_iso
@@ -584,6 +586,26 @@ class TestErrors:
         assert (await outcome_json(ivr.redis, rid) or {}).get("outcome") == "error"
         assert commands[-1] == "HANGUP"
 
+
+    async def test_a_hangup_unanswered_after_a_timeout_ends_the_session_quietly(
+        self, ivr: Ivr
+    ) -> None:
+        """After a command's timeout the IVR's HANGUP went unanswered too: it waited a
+        second command timeout and its AgiError reached the server's boundary
+        (fastagi_session_failed, a traceback), the outcome long stored (found in review)."""
+        rid = "12121212-1212-4212-8212-121212121213"
+        await place_call(ivr.store, rid)
+
+        def never(command: str) -> Reply | bool:
+            return b"" if command.startswith(("EXEC Read", "HANGUP")) else False
+
+        with structlog.testing.capture_logs() as logs:
+            commands = await FakeAsterisk(on_command=never).call(
+                ivr.port, rid, timeout_s=2 * COMMAND_TIMEOUT_S + 3)
+            await ivr.idle()
+        assert (await outcome_json(ivr.redis, rid) or {}).get("outcome") == "error"
+        assert commands[-1] == "HANGUP"
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["ivr_agi_failed"]
 
 class TestUnknownAndDuplicates:
     async def test_id_from_uniqueid_without_argument(self, ivr: Ivr) -> None:
