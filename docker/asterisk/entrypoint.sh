@@ -53,6 +53,15 @@ install_asterisk_config() {
   install_prompts
 }
 
+# A secret file's value as callmfa's settings read it (stripped): without the blanks, CRs
+# and newlines around it. Bash builtins only: a secret is never a program's argument.
+file_secret() {
+  local secret
+  secret=$(<"$1")
+  secret=${secret#"${secret%%[![:space:]]*}"}
+  printf '%s' "${secret%"${secret##*[![:space:]]}"}"
+}
+
 install_classic_agi() {
   local key=$1 agi site
   agi=$ROOT/var/lib/asterisk-$key/agi-bin
@@ -65,8 +74,8 @@ install_classic_agi() {
   chroot "$ROOT" python3 -m compileall -q "/var/lib/asterisk-$key/agi-bin/callmfa-lib" >/dev/null
   (umask 077 && { echo "export CALLMFA_ROLES=agi"; env | grep '^CALLMFA_' | sed 's/^\([^=]*\)=\(.*\)$/export \1="\2"/' \
       | grep -E "^export CALLMFA_($CLASSIC_SETTINGS)=" || true
-    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER="%s"\n' "$(<"$PEPPER_FILE")"
-    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY="%s"\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
+    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER="%s"\n' "$(file_secret "$PEPPER_FILE")"
+    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY="%s"\n' "$(file_secret "$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
   chroot "$ROOT" chown root:asterisk "/etc/asterisk-$key/callmfa.env"
   chmod 640 "$ROOT/etc/asterisk-$key/callmfa.env"

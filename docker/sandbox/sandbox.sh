@@ -207,6 +207,15 @@ install_asterisk_config() {
   install_prompts
 }
 
+# A secret file's value as callmfa's settings read it (stripped): without the blanks, CRs
+# and newlines around it. Bash builtins only: a secret is never a program's argument.
+file_secret() {
+  local secret
+  secret=$(<"$1")
+  secret=${secret#"${secret%%[![:space:]]*}"}
+  printf '%s' "${secret%"${secret##*[![:space:]]}"}"
+}
+
 # The classic AGI script and what it imports (ivr, pyst2's asterisk package) in this
 # instance's astagidir; redis-py comes from the root's python3-redis.
 install_classic_agi() {
@@ -223,8 +232,8 @@ install_classic_agi() {
   # file it names is outside the root). 0640 root:asterisk.
   (umask 077 && { echo "export CALLMFA_ROLES=agi"; { cat "$SB/env"; env | grep '^CALLMFA_' | sed 's/^\([^=]*\)=\(.*\)$/export \1="\2"/'; } \
       | grep -E "^export CALLMFA_($CLASSIC_SETTINGS)=" || true
-    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER="%s"\n' "$(<"$PEPPER_FILE")"
-    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY="%s"\n' "$(<"$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
+    [[ -z $PEPPER_FILE ]] || printf 'export CALLMFA_PIN_PEPPER="%s"\n' "$(file_secret "$PEPPER_FILE")"
+    [[ -z $SIGNING_FILE ]] || printf 'export CALLMFA_SIGNING_KEY="%s"\n' "$(file_secret "$SIGNING_FILE")"; } >"$ROOT/etc/asterisk-$key/callmfa.env")
   chroot "$ROOT" chown -R asterisk:asterisk "/var/lib/asterisk-$key/agi-bin"
   chroot "$ROOT" chown root:asterisk "/etc/asterisk-$key/callmfa.env"
   chmod 640 "$ROOT/etc/asterisk-$key/callmfa.env"

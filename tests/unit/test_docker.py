@@ -34,7 +34,8 @@ LOCK = (DOCKER / "requirements.lock").read_text()
 
 # The per-instance steps of `sandbox.sh up` (before it starts an Asterisk): the entrypoint
 # defines functions of the same names and runs them for instance 1.
-MIRRORED = ("inst_key", "install_asterisk_config", "install_classic_agi", "install_prompts")
+MIRRORED = ("inst_key", "install_asterisk_config", "install_classic_agi", "install_prompts",
+            "file_secret")
 
 # Every line of those functions that must differ, as (function, sandbox line) -> the image's
 # line, or None where the image has no such step (lines as _functions gives them).
