@@ -663,14 +663,8 @@ class Settings:
                                 "/db, rediss://... (TLS) or unix:///path")
 
     def _check_agi_url(self) -> None:
-        # Asterisk's AGI() takes agi:// (FastAGI) and hagi:// (its SRV records); a port that
-        # is no number failed only when the first call was answered.
-        try:
-            url = urlsplit(self.agi_url)
-            url.port  # noqa: B018 - parsed for its errors
-        except ValueError:
-            url = urlsplit("")
-        if url.scheme not in ("agi", "hagi") or not url.hostname:
+        # A port that is no number failed only when the first call was answered.
+        if agi_address(self.agi_url) is None:
             raise SettingsError("CALLMFA_AGI_URL must be agi://host[:port]/path (or hagi://)")
 
     def _check_entra(self) -> None:
@@ -929,15 +923,13 @@ class Settings:
         address and port, or a loopback address while it listens on one or on all)."""
         if self.agi_mode != "fastagi" or "agi" not in self.role_set:
             return False
-        url = urlsplit(self.agi_url)
-        try:
-            if (url.port or 4573) != self.agi_port or not url.hostname:
-                return False
-        except ValueError:  # a port that is no number
+        address = agi_address(self.agi_url)
+        if address is None or address[1] != self.agi_port:
             return False
-        if url.hostname == self.agi_host:
+        host = address[0]
+        if host == self.agi_host:
             return True
-        return is_loopback(url.hostname) and (is_loopback(self.agi_host) or self.agi_host in _ANY)
+        return is_loopback(host) and (is_loopback(self.agi_host) or self.agi_host in _ANY)
 
     @property
     def asterisks(self) -> list[tuple[str, int]]:
@@ -1039,6 +1031,29 @@ def default_config_file(environ: MutableMapping[str, str],
     key = ENV_PREFIX + "CONFIG_FILE"
     if key not in environ and Path(default).is_file():
         environ[key] = str(default)
+
+
+AGI_PORT = 4573  # Asterisk's, when an agi:// URL names none
+
+
+def agi_address(url: str) -> tuple[str, int] | None:
+    """The (host, port) an ``agi://`` or ``hagi://`` URL names, as Asterisk's AGI() reads
+    it; None when it is malformed. As in Asterisk (ast_sockaddr_split_hostport), a host of
+    two colons or more without brackets is an IPv6 address with no port:
+    ``agi://2001:db8::10/verify`` is port 4573, ``agi://[2001:db8::10]:4574/verify`` not."""
+    try:
+        url_parts = urlsplit(url)
+        if url_parts.scheme not in ("agi", "hagi"):
+            return None
+        netloc = url_parts.netloc.rpartition("@")[2]
+        if netloc.count(":") > 1 and not netloc.startswith("["):
+            return str(ipaddress.IPv6Address(netloc)), AGI_PORT
+        port = url_parts.port
+    except ValueError:  # a port that is no number or out of range, a broken address
+        return None
+    if not url_parts.hostname:
+        return None
+    return url_parts.hostname, port or AGI_PORT
 
 
 def config_line(name: str, value: object) -> str:

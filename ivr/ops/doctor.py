@@ -38,7 +38,7 @@ from ..fronts.radius.clients import load_clients
 from ..fronts.radius.packets import dictionary as radius_dictionary
 from ..fronts.radius.upstream import UpstreamError, UpstreamPasswordChecker
 from ..redaction import redacted_url
-from ..settings import Settings
+from ..settings import Settings, agi_address
 from ..storage.acl import SERVICE
 from ..storage.directory import LocalDirectory
 from ..storage.failover import sentinel_report
@@ -134,7 +134,7 @@ def check_number_policy(settings: Settings) -> CheckResult:
 
 def check_agi_address(settings: Settings) -> CheckResult | None:
     """A loopback AGI URL with Asterisk elsewhere means Asterisk calls itself."""
-    agi_host = urlsplit(settings.agi_url).hostname or ""
+    agi_host = (agi_address(settings.agi_url) or ("", 0))[0]
     loopback = {"127.0.0.1", "localhost", "::1"}
     if agi_host in loopback and settings.ami_host not in loopback:
         return CheckResult(

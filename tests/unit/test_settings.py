@@ -443,6 +443,20 @@ class TestIvrHere:
         with pytest.raises(SettingsError, match="CALLMFA_AGI_URL"):
             Settings(agi_url=agi_url)
 
+    @pytest.mark.parametrize("agi_url", [
+        "agi://2001:db8::10/verify", "agi://::1/verify", "hagi://agi.example.com/verify",
+        "AGI://[2001:db8::10]:4573/verify",
+    ])
+    def test_an_agi_url_asterisk_accepts_is_accepted(self, agi_url: str) -> None:
+        """Asterisk's FastAGI takes a bare IPv6 address without a port (its
+        ast_sockaddr_split_hostport: two colons or more are the host's, port 4573); the
+        check refused it at start-up (found in review)."""
+        Settings(agi_url=agi_url)
+
+    def test_a_bare_ipv6_agi_url_names_this_listener(self) -> None:
+        assert Settings(agi_host="::", agi_url="agi://::1/verify").ivr_here
+        assert not Settings(agi_host="::", agi_url="agi://::1:4574/verify").ivr_here
+
     @pytest.mark.parametrize("change", [{"roles": "originator"}, {"agi_mode": "classic"}])
     def test_no_fastagi_here(self, change: dict[str, str]) -> None:
         assert not Settings(**change).ivr_here  # type: ignore[arg-type]
