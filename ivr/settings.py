@@ -1077,10 +1077,13 @@ def read_config_file(path: str | Path) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep or not key.strip().startswith(ENV_PREFIX):
             raise SettingsError(f"{path}:{number}: expected CALLMFA_NAME=value")
+        # (A blank before the '#' counts with no value before it: 'NAME=  # note' is
+        # an empty value to a shell, and was '# note' here.)
+        spaced = value[:1].isspace()
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-        elif re.search(r"\s#", value):
+        elif re.search(r"\s#", value) or (spaced and value.startswith("#")):
             # A shell takes it for a comment, systemd's EnvironmentFile for part of the
             # value: refused, as a dial template or a secret file's name would be wrong.
             raise SettingsError(f"{path}:{number}: a '#' after the value is no comment: "

@@ -370,6 +370,7 @@ class TestConfigFile:
         "CALLMFA_DIAL_TEMPLATE='PJSIP/{number}@my-itsp'      # the ITSP wants +E.164",
         "CALLMFA_WEBHOOK_SECRET_FILE=/etc/callmfa/webhook-secret   # whsec_",
         "CALLMFA_DIAL_TEMPLATE=PJSIP/{number}@my-itsp\t# a tab, then a comment",
+        "CALLMFA_LDAP_BIND_DN=   # empty: bind anonymously",  # no value, then a comment
     ])
     def test_a_comment_after_a_value_is_an_error(self, tmp_path: Path, line: str) -> None:
         """A '#' after a value was kept in it (the docs' own examples had one: the dial
