@@ -153,7 +153,6 @@ class Submitted(StrEnum):
     REPLAY = "replay"  # this token's Idempotency-Key was used before: its id, not queued again
     EXISTS = "exists"  # this token queued this id before: not queued again
     ID_IN_USE = "id_in_use"  # another token's id: refused
-    ID_REUSED = "id_reused"  # this token's id, with another body: refused
 
 
 _SUBMIT = """
@@ -163,19 +162,13 @@ if ARGV[7] == '1' then
 end
 local owner = redis.call('HGET', KEYS[2], 'token')
 if owner and owner ~= ARGV[2] then return {'id_in_use', ''} end
-if owner then
-  -- The same id again from its token: the same request (202), or another body (409: it
-  -- would not be queued).
-  local first = redis.call('HGET', KEYS[2], 'fingerprint')
-  if first and first ~= ARGV[3] then return {'id_reused', ''} end
-end
 if ARGV[7] == '1' then
   redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[3], 'EX', ARGV[4])
 end
 if owner then return {'exists', ''} end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[2], 'token', ARGV[2], 'at_ms', ms, 'fingerprint', ARGV[3])
+redis.call('HSET', KEYS[2], 'token', ARGV[2], 'at_ms', ms)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'request', ARGV[6])
 return {'queued', ''}

@@ -372,24 +372,6 @@ class TestIdempotency:
         assert len(await _queued(api.redis)) == 1
 
 
-    async def test_the_same_id_again_is_one_request_and_another_body_is_409(
-        self, api: Api
-    ) -> None:
-        """An id the token chose, posted again: the same body is the same request (202,
-        not queued again); another body was 202 and silently not queued (found in review)."""
-        rid = str(uuid.uuid4())
-        body = {"id": rid, "user": "alice", "phone": PHONE}
-        assert (await api.post(body))["id"] == rid
-        assert (await api.post(body))["id"] == rid
-        found = await api.post({**body, "user": "bob"}, expect=409)
-        assert found["error"] == "id_in_use"
-        found = await api.post({**body, "user": "bob"}, headers={"Idempotency-Key": "k9"},
-                               expect=409)
-        assert found["error"] == "id_in_use"
-        [queued] = await _queued(api.redis)
-        assert queued["user"] == "alice"
-        assert api.observer.submitted == 1
-
 class TestRead:
     async def test_pending_then_the_outcome_exactly_as_stored(self, api: Api) -> None:
         """202 with the events so far; then 200 with the stored (signed) outcome object."""

@@ -117,8 +117,6 @@ async def create(request: web.Request) -> web.Response:
     )
     if found.verdict is Submitted.ID_IN_USE:
         raise ApiError(409, "id_in_use", "this id belongs to another verification")
-    if found.verdict is Submitted.ID_REUSED:
-        raise ApiError(409, "id_in_use", "this id was queued with another body")
     if found.verdict is Submitted.REPLAY and found.fingerprint != fingerprint(body):
         raise ApiError(409, "idempotency_key_reused",
                        "this Idempotency-Key was used with another body")
