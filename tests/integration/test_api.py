@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import time
@@ -634,16 +635,22 @@ class FakeDirectory:
         return self.entries.pop(user, None) is not None
 
 
+@contextlib.asynccontextmanager
+async def _users_api(redis: Redis, directory: FakeDirectory) -> AsyncIterator[Api]:
+    """The API over ``directory``, with an admin token."""
+    settings = Settings(signing_key=KEY)
+    parts = ApiParts.for_redis(settings, redis, Guard(redis, limits(settings)),
+                               users=directory)
+    token = await parts.tokens.create("ops", "admin", expires_s=None, actor="t")
+    assert token
+    async with TestClient(TestServer(build_app(parts))) as http:
+        yield Api(http, parts, redis, Counted(), token, token)
+
+
 class TestUsers:
     async def test_put_get_delete_through_the_directory_seam(self, redis: Redis) -> None:
-        settings = Settings(signing_key=KEY)
         directory = FakeDirectory()
-        parts = ApiParts.for_redis(settings, redis, Guard(redis, limits(settings)),
-                                   users=directory)
-        token = await parts.tokens.create("ops", "admin", expires_s=None, actor="t")
-        assert token
-        async with TestClient(TestServer(build_app(parts))) as http:
-            api = Api(http, parts, redis, Counted(), token, token)
+        async with _users_api(redis, directory) as api:
             path = "/v1/admin/users/{user}"
             found = await api.call("PUT", "/v1/admin/users/Alice", path, expect=200,
                                    json={"phone": "+12015550100", "mode": "pin"})
@@ -668,14 +675,8 @@ class TestUsers:
         """standard, pin and match (docs/openapi.yaml, `callmfa user set --mode`); match
         was 400 invalid_match_hash: the entry was checked as a request, which needs its
         own match_hash. otp (a code per request) is no entry's mode."""
-        settings = Settings(signing_key=KEY)
         directory = FakeDirectory()
-        parts = ApiParts.for_redis(settings, redis, Guard(redis, limits(settings)),
-                                   users=directory)
-        token = await parts.tokens.create("ops", "admin", expires_s=None, actor="t")
-        assert token
-        async with TestClient(TestServer(build_app(parts))) as http:
-            api = Api(http, parts, redis, Counted(), token, token)
+        async with _users_api(redis, directory) as api:
             path = "/v1/admin/users/{user}"
             for mode in ("standard", "pin", "match"):
                 found = await api.call("PUT", f"/v1/admin/users/u-{mode}", path, expect=200,

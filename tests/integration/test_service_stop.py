@@ -37,6 +37,18 @@ async def _has_groups(redis: Redis) -> bool:
     return any(g["name"] in (AUDIT_GROUP, AUDIT_GROUP.encode()) for g in groups)
 
 
+async def _stop_with_a_session_open(service: Service, stop: asyncio.Event,
+                                    running: asyncio.Task[None]) -> float:
+    """Once a FastAGI session is open, stop ``service``: how long its run took to end."""
+    await eventually(lambda: service.agi is not None and service.agi.active_sessions > 0,
+                     what="the FastAGI session is open")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stop.set()
+    await asyncio.wait_for(running, 20)
+    return loop.time() - started
+
+
 async def _refused(port: int) -> bool:
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -118,12 +130,7 @@ async def test_a_stop_lasts_the_shutdown_grace_once_not_once_per_part(
     call = asyncio.create_task(asyncio.Event().wait())  # a call that outlasts the grace
     service.originator._tasks[call] = "1-0"
     try:
-        await eventually(lambda: service.agi is not None and service.agi.active_sessions > 0,
-                         what="the FastAGI session is open")
-        started = asyncio.get_running_loop().time()
-        stop.set()
-        await asyncio.wait_for(running, 10)
-        took = asyncio.get_running_loop().time() - started
+        took = await _stop_with_a_session_open(service, stop, running)
     finally:
         writer.close()
         call.cancel()
@@ -161,12 +168,7 @@ async def test_a_webhook_that_never_answers_is_cut_at_the_same_deadline(
         await eventually(lambda: bool(accepted), what="the delivery is in flight")
         _, session = await asyncio.open_connection("127.0.0.1", settings.agi_port)
         accepted.append(session)  # closed at the end
-        await eventually(lambda: service.agi is not None and service.agi.active_sessions > 0,
-                         what="the FastAGI session is open")
-        started = asyncio.get_running_loop().time()
-        stop.set()
-        await asyncio.wait_for(running, 20)
-        took = asyncio.get_running_loop().time() - started
+        took = await _stop_with_a_session_open(service, stop, running)
     finally:
         for writer in accepted:
             writer.close()
