@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from ivr.domain.directory import DirectoryEntry
 from ivr.domain.outcome import Outcome, OutcomeRecord, iso
 from ivr.fronts.api import ApiParts, build_app
-from ivr.fronts.api.demo import masked
+from ivr.fronts.api.demo import DEMO_PER_MIN, masked
 from ivr.fronts.web import BODY_TIMEOUT_S
 from ivr.security import limits
 from ivr.settings import Settings
@@ -607,6 +607,17 @@ class TestDemo:
             async with http.get(f"/v1/verifications/{started['id']}",
                                 headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 404
+
+    async def test_the_demo_s_429_says_when_to_retry(self, redis: Redis) -> None:
+        """Past DEMO_PER_MIN a minute: 429 with Retry-After, as the API's own 429."""
+        _, _, app = await _start(redis, demo=True)
+        async with TestClient(TestServer(app)) as http:
+            for _ in range(DEMO_PER_MIN):
+                async with http.post("/demo/verifications", json={"user": "demo-a"}) as r:
+                    assert r.status == 202
+            async with http.post("/demo/verifications", json={"user": "demo-a"}) as r:
+                assert (r.status, (await r.json())["error"]) == (429, "rate_limited")
+                assert 0 < int(r.headers["Retry-After"]) <= 60
 
     def test_the_phone_is_masked(self) -> None:
         assert masked("+12015550100") == "+1 201 ••• 0100"

@@ -68,7 +68,8 @@ async def start(request: web.Request) -> web.Response:
         raise ApiError(400, "unsupported_mode", "the demo has modes standard and match")
     wait = await parts.tokens.spend(IDENTITY, DEMO_PER_MIN)
     if wait is not None:
-        raise ApiError(429, "rate_limited", f"the demo is busy; retry in {wait} s")
+        raise ApiError(429, "rate_limited", f"the demo is busy; retry in {wait} s",
+                       headers={"Retry-After": str(wait)})
     request_body: dict[str, object] = {"user": user, "mode": mode}
     if phone:
         request_body["phone"] = phone
