@@ -64,6 +64,9 @@ ACK_BATCH_S = 0.05
 # How long the answer waits for this process's IVR session, to be written with its claim
 # (one round trip for both; with AMD off the session starts within milliseconds).
 ANSWER_HOLD_S = 0.05
+# A request's expires_at was checked on the sign-in side's clock (the HTTP API's host), its
+# queueing time is Redis's: the hour's bound allows them a minute apart.
+CLOCK_SKEW_S = 60.0
 _CLAIMS = frozenset(c.value for c in Claim)
 
 
@@ -232,7 +235,7 @@ class Originator:
         fields = await resolve(request_fields(entry.payload or b""), self._directory)
         return parse_fields(fields, requested_at=entry.enqueued_at,
                             default_ttl_s=self._settings.request_ttl_s,
-                            callback_rules=self._callback_rules)
+                            callback_rules=self._callback_rules, clock_skew_s=CLOCK_SKEW_S)
 
     async def _process(self, entry: Entry, *, taken_over: bool) -> bool:
         """Settle one entry; True when it may be acknowledged, False when it was (by the

@@ -141,9 +141,11 @@ def request_fields(raw: str | bytes) -> dict[str, Any]:
 
 def parse_fields(
     data: Mapping[str, Any], *, requested_at: float, default_ttl_s: float,
-    callback_rules: tuple[UrlRule, ...] = (),
+    callback_rules: tuple[UrlRule, ...] = (), clock_skew_s: float = 0.0,
 ) -> VerificationRequest:
-    """Validate a request's fields (:func:`request_fields`); RequestError if one is bad."""
+    """Validate a request's fields (:func:`request_fields`); RequestError if one is bad.
+    ``clock_skew_s``: how far the clock ``expires_at`` was made by may run ahead of the one
+    ``requested_at`` was read from (another host's)."""
     unknown = set(data) - FIELDS
     if unknown:
         raise RequestError("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -190,7 +192,7 @@ def parse_fields(
             raise RequestError(
                 "invalid_expires_at", "expires_at must be ISO 8601 with a time zone"
             ) from None
-        if expires_at > requested_at + MAX_EXPIRES_IN_S:
+        if expires_at > requested_at + MAX_EXPIRES_IN_S + clock_skew_s:
             raise RequestError("invalid_expires_at",
                                f"expires_at must be at most {MAX_EXPIRES_IN_S} s away")
     context = data.get("context")

@@ -27,7 +27,7 @@ from ivr.domain.calltoken import token_hash
 from ivr.domain.codes import hash_code
 from ivr.domain.directory import DirectoryEntry, UserDirectory
 from ivr.domain.outcome import Outcome, OutcomeRecord, iso
-from ivr.domain.request import MAX_REQUEST_BYTES
+from ivr.domain.request import MAX_EXPIRES_IN_S, MAX_REQUEST_BYTES
 from ivr.exceptions import AmiConnectError, AmiError, DirectoryError
 from ivr.metrics import Metrics
 from ivr.originator import Originator
@@ -369,6 +369,18 @@ class TestRefusedBeforeDialling:
         assert h.ami.calls == []
         assert not await h.redis.exists(call_key(rid))
         await h.all_acked()
+
+    async def test_an_expires_at_the_api_took_is_not_rejected_for_clock_skew(
+        self, start: Start
+    ) -> None:
+        """The API checks the hour's bound on its own clock, the originator on the stream
+        entry's (Redis's): a front a few seconds ahead of Redis got 202 for a request at
+        the bound, which then ended rejected. A minute of skew is allowed here."""
+        h = await start(answered_then(Outcome.APPROVED))
+        rid, _ = await h.submit(expires_in_s=MAX_EXPIRES_IN_S + 30)
+        assert (await h.outcome(rid)).outcome is Outcome.APPROVED
+        rid, _ = await h.submit(expires_in_s=MAX_EXPIRES_IN_S + 120)
+        assert (await h.outcome(rid)).detail == "invalid_expires_at"
 
     @pytest.mark.parametrize(("change", "detail"), [
         ({"mode": "sms"}, "unsupported_mode"),
